@@ -1,0 +1,353 @@
+use super::*;
+use crate::config::parse;
+use crate::test_support::capture_logs;
+use std::collections::BTreeMap;
+
+const CONFIG: &str = r#"
+workloads:
+  - {uid: c, name: client-abc, namespace: demo, serviceAccount: client, addresses: [10.0.1.1],
+     canonicalName: client, canonicalRevision: v1, clusterId: east}
+  - {uid: s, name: server-xyz, namespace: prod, serviceAccount: server, addresses: [10.0.2.1]}
+services:
+  - {name: server, namespace: prod, hostname: server.prod.svc.cluster.local, vips: [10.96.0.1],
+     ports: [{port: 80, targetPort: 8080}], endpoints: [s]}
+"#;
+
+/// The value of the single sample of `name` whose labels include all of `want`.
+fn sample(m: &Metrics, name: &str, want: &[(&str, &str)]) -> Option<u64> {
+    let families = m.registry().gather();
+    let fam = families.iter().find(|f| f.name() == name)?;
+    let hits: Vec<u64> = fam
+        .get_metric()
+        .iter()
+        .filter(|s| {
+            let labels: BTreeMap<&str, &str> = s
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            want.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .map(|s| s.get_counter().get_value() as u64)
+        .collect();
+    match hits.as_slice() {
+        [v] => Some(*v),
+        [] => None,
+        _ => panic!("{name}: {} samples match {want:?}", hits.len()),
+    }
+}
+
+fn outbound_labels() -> ConnectionLabels {
+    let cfg = parse(CONFIG).expect("test config");
+    let (c, s, svc) = (&cfg.workloads[0], &cfg.workloads[1], &cfg.services[0]);
+    ConnectionLabels::new(
+        Reporter::Source,
+        Some(c),
+        Some(c.identity()),
+        Some(s),
+        Some(s.identity()),
+        Some(svc),
+        SecurityPolicy::MutualTls,
+    )
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn labels_follow_istio_names_and_fallbacks() {
+    let l = outbound_labels();
+    let got: BTreeMap<&str, &str> = LABEL_NAMES.iter().copied().zip(l.values()).collect();
+    let want: BTreeMap<&str, &str> = [
+        ("reporter", "source"),
+        ("source_workload", "client-abc"),
+        ("source_canonical_service", "client"),
+        ("source_canonical_revision", "v1"),
+        ("source_workload_namespace", "demo"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/demo/sa/client",
+        ),
+        ("source_app", "client"),
+        ("source_version", "v1"),
+        ("source_cluster", "east"),
+        ("destination_service", "server.prod.svc.cluster.local"),
+        ("destination_service_namespace", "prod"),
+        ("destination_service_name", "server"),
+        ("destination_workload", "server-xyz"),
+        ("destination_canonical_service", "server-xyz"),
+        ("destination_canonical_revision", "latest"),
+        ("destination_workload_namespace", "prod"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/prod/sa/server",
+        ),
+        ("destination_app", "server-xyz"),
+        ("destination_version", "latest"),
+        ("destination_cluster", "unknown"),
+        ("request_protocol", "tcp"),
+        ("response_flags", "-"),
+        ("connection_security_policy", "mutual_tls"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn unknown_peer_is_reported_as_unknown() {
+    let id: crate::Identity = "spiffe://cluster.local/ns/far/sa/x".parse().unwrap();
+    let l = ConnectionLabels::new(
+        Reporter::Destination,
+        None,
+        Some(id),
+        None,
+        None,
+        None,
+        SecurityPolicy::Unknown,
+    );
+    assert_eq!(l.source_workload, UNKNOWN);
+    assert_eq!(l.source_canonical_service, UNKNOWN);
+    // The verified identity still names the namespace.
+    assert_eq!(l.source_workload_namespace, "far");
+    assert_eq!(l.source_principal, "spiffe://cluster.local/ns/far/sa/x");
+    assert_eq!(l.destination_principal, UNKNOWN);
+    assert_eq!(l.destination_service, UNKNOWN);
+    assert_eq!(l.connection_security_policy.as_str(), "unknown");
+    assert_eq!(l.reporter.as_str(), "destination");
+}
+
+#[test]
+fn guard_records_open_close_and_bytes_once_with_labels() {
+    let m = Metrics::new();
+    let labels = [
+        ("reporter", "source"),
+        ("source_workload", "client-abc"),
+        ("destination_workload", "server-xyz"),
+    ];
+
+    let mut g = m.connection_opened(
+        outbound_labels(),
+        addr("10.0.1.1:40000"),
+        addr("10.0.2.1:8080"),
+        "outbound",
+    );
+    assert_eq!(
+        sample(&m, "istio_tcp_connections_opened_total", &labels),
+        Some(1)
+    );
+    assert_eq!(
+        sample(&m, "istio_tcp_connections_closed_total", &labels),
+        Some(0),
+        "open, not closed"
+    );
+    g.set_bytes(300, 100);
+    drop(g);
+    assert_eq!(
+        sample(&m, "istio_tcp_connections_closed_total", &labels),
+        Some(1)
+    );
+    assert_eq!(sample(&m, "istio_tcp_sent_bytes_total", &labels), Some(300));
+    assert_eq!(
+        sample(&m, "istio_tcp_received_bytes_total", &labels),
+        Some(100)
+    );
+
+    // A second connection with the same labels adds to the same series.
+    let mut g = m.connection_opened(
+        outbound_labels(),
+        addr("10.0.1.1:40001"),
+        addr("10.0.2.1:8080"),
+        "outbound",
+    );
+    g.set_bytes(1, 2);
+    drop(g);
+    assert_eq!(
+        sample(&m, "istio_tcp_connections_opened_total", &labels),
+        Some(2)
+    );
+    assert_eq!(
+        sample(&m, "istio_tcp_connections_closed_total", &labels),
+        Some(2)
+    );
+    assert_eq!(sample(&m, "istio_tcp_sent_bytes_total", &labels), Some(301));
+    assert_eq!(
+        sample(&m, "istio_tcp_received_bytes_total", &labels),
+        Some(102)
+    );
+}
+
+#[test]
+fn response_flags_set_later_label_the_close() {
+    let m = Metrics::new();
+    let mut g = m.connection_opened(
+        outbound_labels(),
+        addr("10.0.1.1:40000"),
+        addr("10.0.2.1:8080"),
+        "outbound",
+    );
+    g.set_response_flags("UF");
+    g.set_error("connection refused");
+    drop(g);
+    let flags = |f| [("reporter", "source"), ("response_flags", f)];
+    assert_eq!(
+        sample(&m, "istio_tcp_connections_opened_total", &flags("-")),
+        Some(1)
+    );
+    assert_eq!(
+        sample(&m, "istio_tcp_connections_closed_total", &flags("UF")),
+        Some(1)
+    );
+    assert_eq!(
+        sample(&m, "istio_tcp_connections_closed_total", &flags("-")),
+        Some(0)
+    );
+    assert_eq!(
+        sample(&m, "istio_tcp_sent_bytes_total", &flags("UF")),
+        Some(0)
+    );
+}
+
+#[test]
+fn errors_are_counted_by_reason_and_exported_from_the_start() {
+    let m = Metrics::new();
+    for r in ErrorReason::ALL {
+        assert_eq!(
+            sample(&m, "trellis_proxy_errors_total", &[("reason", r.as_str())]),
+            Some(0),
+            "{r:?}"
+        );
+    }
+    m.record_error(ErrorReason::PolicyDenied);
+    m.record_error(ErrorReason::PolicyDenied);
+    m.record_error(ErrorReason::NoHealthyEndpoint);
+    assert_eq!(
+        sample(
+            &m,
+            "trellis_proxy_errors_total",
+            &[("reason", "policy_denied")]
+        ),
+        Some(2)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "trellis_proxy_errors_total",
+            &[("reason", "no_healthy_endpoint")]
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "trellis_proxy_errors_total",
+            &[("reason", "unknown_identity")]
+        ),
+        Some(0)
+    );
+    let text = m.encode_text();
+    assert!(
+        text.contains("trellis_proxy_errors_total{reason=\"policy_denied\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_config_reloads_total{result=\"failure\"} 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn registries_are_independent() {
+    let a = Metrics::new();
+    let b = Metrics::new();
+    a.record_error(ErrorReason::MalformedConnect);
+    a.config_metrics();
+    assert_eq!(
+        sample(
+            &b,
+            "trellis_proxy_errors_total",
+            &[("reason", "malformed_connect")]
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        sample(
+            &a,
+            "trellis_proxy_errors_total",
+            &[("reason", "malformed_connect")]
+        ),
+        Some(1)
+    );
+}
+
+#[test]
+fn access_log_line_is_written_on_close_in_the_chosen_format() {
+    let m = Metrics::new();
+    assert_eq!(m.access_log_format(), AccessLogFormat::Text);
+    let (_log, logs) = capture_logs();
+
+    let mut g = m.connection_opened(
+        outbound_labels(),
+        addr("10.0.1.1:40000"),
+        addr("10.0.2.1:8080"),
+        "outbound",
+    );
+    g.set_bytes(7, 5);
+    drop(g);
+    let text: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(" access: "))
+        .collect();
+    assert_eq!(text.len(), 1, "{text:#?}");
+    assert!(
+        text[0].starts_with(" INFO access: src.addr=10.0.1.1:40000 dst.addr=10.0.2.1:8080"),
+        "{}",
+        text[0]
+    );
+    assert!(
+        text[0].contains("bytes_sent=7 bytes_received=5"),
+        "{}",
+        text[0]
+    );
+
+    m.set_access_log_format(AccessLogFormat::Json);
+    let mut g = m.connection_opened(
+        outbound_labels(),
+        addr("10.0.1.1:40001"),
+        addr("10.0.2.1:8080"),
+        "outbound",
+    );
+    g.set_error("denied: DENY policy prod/x matched");
+    drop(g);
+    let lines: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(" access: "))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let json = lines[1]
+        .split_once(" access: ")
+        .map(|(_, j)| j)
+        .expect("access line");
+    let v: serde_json::Value = serde_json::from_str(json).expect("valid json");
+    assert_eq!(v["src.addr"], "10.0.1.1:40001");
+    assert_eq!(v["src.workload"], "client-abc");
+    assert_eq!(
+        v["dst.identity"],
+        "spiffe://cluster.local/ns/prod/sa/server"
+    );
+    assert_eq!(v["direction"], "outbound");
+    assert_eq!(v["error"], "denied: DENY policy prod/x matched");
+}
+
+#[test]
+fn guard_is_one_pointer_and_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<ConnectionGuard>();
+    assert_eq!(
+        std::mem::size_of::<ConnectionGuard>(),
+        std::mem::size_of::<usize>()
+    );
+}

@@ -1,0 +1,216 @@
+use super::*;
+use crate::config::parse;
+
+const CONFIG: &str = r#"
+workloads:
+  - {uid: c, name: client, namespace: demo, addresses: [10.0.1.1], node: node1, authorizationPolicies: [other/cross-ns]}
+  - {uid: s1, name: server-1, namespace: demo, addresses: [10.0.2.1, 'fd00::2:1'], node: node2,
+     authorizationPolicies: [demo/server-only, demo/ns-wide, root/everyone]}
+  - {uid: s2, name: server-2, namespace: demo, addresses: ['fd00::2:2'], node: node2}
+  - {uid: s3, name: server-3, namespace: demo, addresses: [10.0.2.3], node: node2, status: Unhealthy}
+  - {uid: o, name: other, namespace: other, addresses: [10.0.3.1], node: node1}
+services:
+  - name: server
+    namespace: demo
+    hostname: server.demo.svc.cluster.local
+    vips: [10.96.0.1, 'fd00::96:1']
+    ports: [{port: 80, targetPort: 8080}, {port: 443, targetPort: 8443}]
+    endpoints: [s1, s2, s3]
+policies:
+  - {name: everyone, namespace: root, scope: GLOBAL, action: DENY}
+  - {name: ns-wide, namespace: demo, scope: NAMESPACE, action: ALLOW}
+  - {name: server-only, namespace: demo, scope: WORKLOAD_SELECTOR, action: ALLOW}
+  - {name: other-ns, namespace: other, scope: NAMESPACE, action: ALLOW}
+  - {name: cross-ns, namespace: other, scope: NAMESPACE, action: DENY}
+"#;
+
+fn state() -> ProxyState {
+    ProxyState::new(parse(CONFIG).expect("test config parses")).expect("test config valid")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn policy_names(st: &ProxyState, uid: &str) -> Vec<String> {
+    let w = st.workload_by_uid(uid).expect("workload exists");
+    st.policies_for(w).map(|p| p.key()).collect()
+}
+
+#[test]
+fn lookups_by_ip_uid_vip_and_node() {
+    let st = state();
+    assert_eq!(st.version(), 1);
+    assert_eq!(
+        st.workload_by_ip(ip("10.0.2.1")).map(|w| w.uid.as_str()),
+        Some("s1")
+    );
+    assert_eq!(
+        st.workload_by_ip(ip("fd00::2:1")).map(|w| w.uid.as_str()),
+        Some("s1")
+    );
+    // A dual-stack socket reports IPv4 peers as mapped addresses.
+    assert_eq!(
+        st.workload_by_ip(ip("::ffff:10.0.1.1"))
+            .map(|w| w.uid.as_str()),
+        Some("c")
+    );
+    assert!(st.workload_by_ip(ip("10.9.9.9")).is_none());
+    assert_eq!(
+        st.workload_by_uid("o").map(|w| w.name.as_str()),
+        Some("other")
+    );
+    assert!(st.workload_by_uid("nope").is_none());
+    assert_eq!(
+        st.service_by_vip(ip("fd00::96:1")).map(|s| s.name.as_str()),
+        Some("server")
+    );
+    assert!(st.service_by_vip(ip("10.0.2.1")).is_none());
+    let on2: Vec<&str> = st
+        .workloads_on_node("node2")
+        .iter()
+        .map(|w| w.uid.as_str())
+        .collect();
+    assert_eq!(on2, ["s1", "s2", "s3"]);
+    assert!(st.workloads_on_node("node9").is_empty());
+    assert_eq!(st.config().workloads.len(), 5);
+}
+
+#[test]
+fn endpoints_are_healthy_mapped_to_target_port_in_the_vip_family() {
+    let st = state();
+    let svc = st.service_by_vip(ip("10.96.0.1")).expect("service").clone();
+    let got: Vec<(String, SocketAddr)> = st
+        .endpoints(&svc, 80)
+        .into_iter()
+        .map(|(w, a)| (w.uid.clone(), a))
+        .collect();
+    // s3 is unhealthy; s2 has only IPv6, so it falls back to that.
+    assert_eq!(
+        got,
+        vec![
+            ("s1".to_string(), "10.0.2.1:8080".parse().unwrap()),
+            ("s2".to_string(), "[fd00::2:2]:8080".parse().unwrap()),
+        ]
+    );
+    let v6: Vec<SocketAddr> = st
+        .endpoints_via(&svc, Some(ip("fd00::96:1")), 443)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(
+        v6,
+        vec![
+            "[fd00::2:1]:8443".parse().unwrap(),
+            "[fd00::2:2]:8443".parse().unwrap()
+        ]
+    );
+    assert!(
+        st.endpoints(&svc, 81).is_empty(),
+        "unknown service port has no endpoints"
+    );
+}
+
+#[test]
+fn service_for_workload_port_matches_target_ports() {
+    let st = state();
+    let s1 = st.workload_by_uid("s1").unwrap().clone();
+    assert_eq!(
+        st.service_for_workload_port(&s1, 8443)
+            .map(|s| s.name.clone()),
+        Some("server".into())
+    );
+    assert!(
+        st.service_for_workload_port(&s1, 80).is_none(),
+        "80 is the service port, not the target"
+    );
+    let c = st.workload_by_uid("c").unwrap().clone();
+    assert!(st.service_for_workload_port(&c, 8080).is_none());
+}
+
+#[test]
+fn policies_for_combines_scopes_without_duplicates() {
+    let st = state();
+    // s1 lists a GLOBAL and a same-namespace policy too; each appears once.
+    assert_eq!(
+        policy_names(&st, "s1"),
+        ["root/everyone", "demo/ns-wide", "demo/server-only"]
+    );
+    assert_eq!(policy_names(&st, "s2"), ["root/everyone", "demo/ns-wide"]);
+    assert_eq!(
+        policy_names(&st, "o"),
+        ["root/everyone", "other/other-ns", "other/cross-ns"]
+    );
+    // A listed policy from another namespace is not dropped.
+    assert_eq!(
+        policy_names(&st, "c"),
+        ["root/everyone", "demo/ns-wide", "other/cross-ns"]
+    );
+}
+
+#[test]
+fn new_state_refuses_an_invalid_config() {
+    let mut cfg = parse(CONFIG).unwrap();
+    cfg.workloads[1].uid = "c".into();
+    match ProxyState::new(cfg) {
+        Err(ConfigError::Invalid(p)) => {
+            assert_eq!(p.len(), 2, "{p:#?}");
+            assert!(p[0].starts_with("workloads[1].uid: \"c\" is already the uid of workloads[0]"));
+            assert!(p[1].starts_with("services[0].endpoints[0]: no workload has uid \"s1\""));
+        }
+        other => panic!("expected an invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn apply_bumps_version_notifies_and_keeps_state_on_error() {
+    let store = StateStore::new(state());
+    let mut rx = store.subscribe();
+    assert_eq!(*rx.borrow_and_update(), 1);
+
+    let mut cfg = parse(CONFIG).unwrap();
+    cfg.workloads.retain(|w| w.uid != "o");
+    assert_eq!(store.apply(cfg.clone()).expect("valid"), 2);
+    assert!(rx.has_changed().expect("sender alive"));
+    assert_eq!(*rx.borrow_and_update(), 2);
+    assert!(store.load().workload_by_uid("o").is_none());
+
+    // The same config again is not a change.
+    assert_eq!(store.apply(cfg.clone()).expect("valid"), 2);
+    assert!(!rx.has_changed().expect("sender alive"));
+
+    let mut bad = cfg.clone();
+    bad.services[0].endpoints.push("ghost".into());
+    assert!(matches!(store.apply(bad), Err(ConfigError::Invalid(_))));
+    assert_eq!(store.version(), 2);
+    assert!(!rx.has_changed().expect("sender alive"));
+    assert_eq!(store.snapshot().config(), &cfg);
+}
+
+#[test]
+fn concurrent_applies_get_distinct_versions() {
+    let store = Arc::new(StateStore::new(state()));
+    let base = parse(CONFIG).unwrap();
+    let handles: Vec<_> = (0..4u8)
+        .map(|t| {
+            let store = store.clone();
+            let base = base.clone();
+            std::thread::spawn(move || {
+                (0..25u8)
+                    .map(|i| {
+                        let mut cfg = base.clone();
+                        cfg.workloads[0].name = format!("client-{t}-{i}");
+                        store.apply(cfg).expect("valid")
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("thread ran"))
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (2..=101).collect::<Vec<u64>>());
+    assert_eq!(store.version(), 101);
+}

@@ -1,0 +1,361 @@
+//! Connection pooling: many tunnels share few mutual-TLS HTTP/2 connections.
+//!
+//! Connections are keyed by (our identity, accepted peer identities, peer
+//! address), so a connection authenticated for one purpose is never reused for
+//! another. New tunnels go to the oldest connection with stream headroom, which
+//! lets surplus connections go idle and be closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+
+use crate::client::{ClientConn, ConnectRequest, StreamSlot};
+use crate::error::HboneError;
+use crate::identity::Identity;
+use crate::settings::H2Settings;
+use crate::stream::H2Stream;
+
+/// Tries per `connect` when a pooled connection turns out to be going away.
+const MAX_ATTEMPTS: usize = 3;
+
+/// What a pooled connection is for; tunnels only share a connection with an equal key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Our identity (the client certificate presented).
+    pub src: Identity,
+    /// Server identities accepted, sorted and deduplicated.
+    pub expected: Vec<Identity>,
+    /// The peer's HBONE address (usually node or pod IP, port 15008).
+    pub dst: SocketAddr,
+}
+
+impl PoolKey {
+    /// Builds a key, sorting `expected` so equal sets give equal keys.
+    pub fn new(src: Identity, mut expected: Vec<Identity>, dst: SocketAddr) -> PoolKey {
+        expected.sort();
+        expected.dedup();
+        PoolKey { src, expected, dst }
+    }
+}
+
+/// Pool tuning.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// Most tunnels on one connection before another is opened (default 100,
+    /// matching the server's default max_concurrent_streams).
+    pub max_streams_per_conn: u32,
+    /// How long a connection may have no tunnels before it is closed (default 60 s).
+    ///
+    /// Long enough to keep a warm connection across typical gaps between
+    /// requests (health checks every 10-30 s keep it alive), short enough
+    /// that connections to peers no longer talked to do not linger.
+    pub idle_timeout: Duration,
+    /// HTTP/2 settings for pooled connections.
+    pub h2: H2Settings,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_streams_per_conn: 100,
+            idle_timeout: Duration::from_secs(60),
+            h2: H2Settings::default(),
+        }
+    }
+}
+
+/// A snapshot of pool usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Pooled connections (all keys).
+    pub connections: usize,
+    /// Tunnels open or being opened on pooled connections.
+    pub streams: usize,
+}
+
+/// A pool of HBONE client connections; clones share it.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// Outcome of a dial that other callers wait for; the error is shared by all of them.
+type DialOutcome = Option<Result<(), Arc<HboneError>>>;
+
+struct Inner {
+    settings: PoolSettings,
+    state: Mutex<State>,
+    reaper_started: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    conns: AHashMap<PoolKey, Vec<ClientConn>>,
+    dials: AHashMap<PoolKey, watch::Receiver<DialOutcome>>,
+}
+
+enum Step {
+    Reuse(ClientConn, StreamSlot),
+    Wait(watch::Receiver<DialOutcome>),
+    Dial(DialGuard),
+}
+
+impl Pool {
+    /// Creates an empty pool; its idle reaper starts with the first `connect`.
+    pub fn new(settings: PoolSettings) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                settings,
+                state: Mutex::new(State::default()),
+                reaper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Opens a tunnel to `req.target` over a pooled connection for `key`.
+    ///
+    /// Reuses a live connection with stream headroom; otherwise calls `dial`
+    /// (which makes the socket and does TLS) and starts HTTP/2 on the result.
+    /// Callers arriving while a dial for the same key is in flight wait for it
+    /// instead of dialing too, and get its error if it fails.
+    pub async fn connect<F, Fut>(
+        &self,
+        key: &PoolKey,
+        req: &ConnectRequest,
+        dial: F,
+    ) -> Result<H2Stream, HboneError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<TlsStream<TcpStream>, HboneError>>,
+    {
+        self.ensure_reaper();
+        let mut dial = Some(dial);
+        let mut last_err = None;
+        for _ in 0..MAX_ATTEMPTS {
+            match self.inner.next_step(key) {
+                Step::Reuse(conn, slot) => match conn.connect_with_slot(req, slot).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) if is_conn_unusable(&e) => {
+                        // Typically a GOAWAY from a draining peer: stop using it, try again.
+                        tracing::debug!(error = %e, dst = %key.dst, "pooled hbone connection unusable");
+                        self.inner.remove(key, &conn);
+                        last_err = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                },
+                Step::Wait(mut rx) => {
+                    let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+                    // On success, loop to take a stream on the new connection; if the
+                    // dialer was cancelled (sender gone), loop and maybe dial ourselves.
+                    if let Ok(Some(Err(e))) = outcome {
+                        return Err(e.duplicate());
+                    }
+                }
+                Step::Dial(guard) => {
+                    let Some(dial) = dial.take() else {
+                        break;
+                    };
+                    return self.dial_and_connect(key, req, dial, guard).await;
+                }
+            }
+        }
+        Err(last_err.unwrap_or(HboneError::ConnectionClosed))
+    }
+
+    async fn dial_and_connect<F, Fut>(
+        &self,
+        key: &PoolKey,
+        req: &ConnectRequest,
+        dial: F,
+        guard: DialGuard,
+    ) -> Result<H2Stream, HboneError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<TlsStream<TcpStream>, HboneError>>,
+    {
+        let conn = match dial().await {
+            Ok(tls) => ClientConn::handshake(tls, &self.inner.settings.h2).await,
+            Err(e) => Err(e),
+        };
+        match conn {
+            Ok(conn) => {
+                tracing::debug!(dst = %key.dst, src = %key.src, "new pooled hbone connection");
+                let slot = guard.succeed(conn.clone());
+                conn.connect_with_slot(req, slot).await
+            }
+            Err(e) => {
+                guard.fail(Arc::new(e.duplicate()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Current number of pooled connections and tunnels on them.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.inner.lock();
+        let mut stats = PoolStats::default();
+        for conn in state.conns.values().flatten() {
+            stats.connections += 1;
+            stats.streams += conn.active_streams();
+        }
+        stats
+    }
+
+    /// Starts the task that evicts idle and closed connections, once, on the current runtime.
+    fn ensure_reaper(&self) {
+        if self.inner.reaper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let period = (self.inner.settings.idle_timeout / 2)
+            .clamp(Duration::from_millis(10), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Holding only a Weak lets the task end once every Pool clone is gone.
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                inner.sweep();
+            }
+        });
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: every update is a single map edit.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_step(self: &Arc<Self>, key: &PoolKey) -> Step {
+        let max = self.settings.max_streams_per_conn.max(1) as usize;
+        let mut state = self.lock();
+        if let Some(list) = state.conns.get_mut(key) {
+            list.retain(|c| !c.is_closed());
+            for conn in list.iter() {
+                if let Some(slot) = conn.try_reserve(max) {
+                    return Step::Reuse(conn.clone(), slot);
+                }
+            }
+            if list.is_empty() {
+                state.conns.remove(key);
+            }
+        }
+        if let Some(rx) = state.dials.get(key) {
+            return Step::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        state.dials.insert(key.clone(), rx);
+        Step::Dial(DialGuard {
+            inner: self.clone(),
+            key: key.clone(),
+            tx,
+            finished: false,
+        })
+    }
+
+    fn remove(&self, key: &PoolKey, conn: &ClientConn) {
+        let mut state = self.lock();
+        if let Some(list) = state.conns.get_mut(key) {
+            list.retain(|c| !Arc::ptr_eq(c.shared(), conn.shared()));
+            if list.is_empty() {
+                state.conns.remove(key);
+            }
+        }
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        let idle_timeout = self.settings.idle_timeout;
+        let mut evicted = Vec::new();
+        {
+            let mut state = self.lock();
+            state.conns.retain(|key, list| {
+                list.retain(|c| {
+                    let idle = c.shared().idle_for(now).is_some_and(|d| d >= idle_timeout);
+                    let keep = !c.is_closed() && !idle;
+                    if !keep {
+                        tracing::debug!(dst = %key.dst, idle, "evicting pooled hbone connection");
+                        evicted.push(c.clone());
+                    }
+                    keep
+                });
+                !list.is_empty()
+            });
+        }
+        // Dropping the last handle lets h2 send GOAWAY and close the socket;
+        // done outside the lock since it touches h2's own lock.
+        drop(evicted);
+    }
+}
+
+/// The right to dial for a key; waiters are released when it finishes or is dropped.
+struct DialGuard {
+    inner: Arc<Inner>,
+    key: PoolKey,
+    tx: watch::Sender<DialOutcome>,
+    finished: bool,
+}
+
+impl DialGuard {
+    /// Publishes the new connection and takes the first stream slot on it for the dialer.
+    fn succeed(mut self, conn: ClientConn) -> StreamSlot {
+        let max = self.inner.settings.max_streams_per_conn.max(1) as usize;
+        let slot = conn.try_reserve(max);
+        {
+            let mut state = self.inner.lock();
+            state
+                .conns
+                .entry(self.key.clone())
+                .or_default()
+                .push(conn.clone());
+            state.dials.remove(&self.key);
+        }
+        self.finished = true;
+        self.tx.send_replace(Some(Ok(())));
+        // A fresh connection always has headroom unless the peer allows zero streams;
+        // then opening the stream fails with the peer's refusal, which is the truth.
+        slot.unwrap_or_else(|| conn.force_reserve())
+    }
+
+    fn fail(mut self, e: Arc<HboneError>) {
+        self.inner.lock().dials.remove(&self.key);
+        self.finished = true;
+        self.tx.send_replace(Some(Err(e)));
+    }
+}
+
+impl Drop for DialGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The dialing caller was cancelled: free the slot so a waiter can dial.
+            let mut state = self.inner.lock();
+            if state
+                .dials
+                .get(&self.key)
+                .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+            {
+                state.dials.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Errors after which the connection must not get new tunnels.
+fn is_conn_unusable(e: &HboneError) -> bool {
+    match e {
+        HboneError::H2(e) => e.is_go_away(),
+        HboneError::Io(_) | HboneError::ConnectionClosed => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,170 @@
+//! The HBONE server: accepts CONNECT streams on an established TLS connection.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::HboneError;
+use crate::request::{ConnectRequest, RequestError};
+use crate::settings::H2Settings;
+use crate::stream::H2Stream;
+
+/// Runs the server TLS handshake on an accepted socket (client certificate required).
+///
+/// Use [`crate::tls::peer_identity`] on `stream.get_ref().1` to learn who connected.
+pub async fn tls_accept(
+    tcp: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+) -> Result<TlsStream<TcpStream>, HboneError> {
+    let peer = tcp.peer_addr().ok();
+    crate::client::set_nodelay(&tcp);
+    let tls = TlsAcceptor::from(cfg).accept(tcp).await.map_err(|e| {
+        let e = HboneError::from_tls_io(e);
+        tracing::debug!(peer = ?peer, error = %e, "hbone tls accept failed");
+        e
+    })?;
+    Ok(tls)
+}
+
+/// One CONNECT request from the peer; answer it with [`accept`](Self::accept) or [`reject`](Self::reject).
+///
+/// Dropping it without answering resets the stream.
+pub struct IncomingRequest {
+    /// The parsed request, or why it is invalid.
+    pub parsed: Result<ConnectRequest, RequestError>,
+    body: RecvStream,
+    respond: SendResponse<Bytes>,
+}
+
+impl std::fmt::Debug for IncomingRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingRequest")
+            .field("parsed", &self.parsed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IncomingRequest {
+    /// Answers 200 and returns the tunnel.
+    ///
+    /// An invalid request (`parsed` is `Err`) is never tunnelled: it is answered
+    /// with its error's status and the error is returned.
+    pub fn accept(mut self) -> Result<H2Stream, HboneError> {
+        if let Err(e) = &self.parsed {
+            let e = e.clone();
+            self.reject(e.status());
+            return Err(HboneError::InvalidRequest(e));
+        }
+        let send = self
+            .respond
+            .send_response(Response::new(()), false)
+            .map_err(HboneError::from_h2)?;
+        Ok(H2Stream::new(send, self.body, None))
+    }
+
+    /// Answers with `status` (meant to be non-2xx) and ends the stream.
+    pub fn reject(mut self, status: StatusCode) {
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        if let Err(e) = self.respond.send_response(resp, true) {
+            // The peer is gone or reset the stream; nobody is left to tell.
+            tracing::debug!(error = %e, %status, "could not send hbone rejection");
+        }
+    }
+}
+
+/// Serves CONNECT streams on `io` until the peer closes the connection.
+///
+/// `on_request` is called once per stream, in the connection's task; it should
+/// spawn the tunnel's work instead of awaiting it.
+pub async fn serve<IO, F>(io: IO, settings: &H2Settings, on_request: F) -> Result<(), HboneError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(IncomingRequest) + Send,
+{
+    serve_with_shutdown(io, settings, on_request, std::future::pending()).await
+}
+
+/// Like [`serve`], but when `shutdown` resolves sends GOAWAY, stops taking new
+/// streams and returns once in-flight streams have finished.
+pub async fn serve_with_shutdown<IO, F, S>(
+    io: IO,
+    settings: &H2Settings,
+    mut on_request: F,
+    shutdown: S,
+) -> Result<(), HboneError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(IncomingRequest) + Send,
+    S: Future<Output = ()>,
+{
+    let mut conn = settings
+        .server_builder()?
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(HboneError::from_h2)?;
+    let keepalive = crate::keepalive::run(
+        conn.ping_pong(),
+        settings.keepalive_interval,
+        settings.keepalive_timeout,
+    );
+    tokio::pin!(keepalive);
+    tokio::pin!(shutdown);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                None => {
+                    tracing::debug!("hbone connection closed");
+                    return Ok(());
+                }
+                Some(Ok((request, respond))) => {
+                    let (head, body) = request.into_parts();
+                    let parsed = ConnectRequest::from_http(&head.method, &head.uri, &head.headers);
+                    if let Err(e) = &parsed {
+                        tracing::debug!(error = %e, "invalid hbone request");
+                    }
+                    on_request(IncomingRequest { parsed, body, respond });
+                }
+                Some(Err(e)) => {
+                    // After our GOAWAY the peer may close the socket as soon as
+                    // its streams are done, racing our final frames; that is
+                    // the expected end of a drain, not a failure.
+                    if draining && is_peer_hangup(&e) {
+                        tracing::debug!(error = %e, "hbone connection closed by peer while draining");
+                        return Ok(());
+                    }
+                    return Err(HboneError::from_h2(e));
+                }
+            },
+            () = &mut shutdown, if !draining => {
+                tracing::debug!("hbone connection draining: sent goaway");
+                conn.graceful_shutdown();
+                draining = true;
+            }
+            e = &mut keepalive => return Err(e),
+        }
+    }
+}
+
+fn is_peer_hangup(e: &h2::Error) -> bool {
+    use std::io::ErrorKind as K;
+    e.get_io().is_some_and(|io| {
+        matches!(
+            io.kind(),
+            K::BrokenPipe
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::UnexpectedEof
+                | K::NotConnected
+        )
+    })
+}

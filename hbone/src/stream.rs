@@ -1,0 +1,179 @@
+//! The tunnel stream: one HTTP/2 CONNECT stream used as a byte pipe.
+//!
+//! [`H2Stream`] implements tokio's `AsyncRead`/`AsyncWrite` for general use;
+//! the data path should use [`copy_bidirectional`], which avoids the copies
+//! and per-call capacity juggling the generic traits force.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::client::StreamSlot;
+use crate::error::HboneError;
+
+pub use crate::copy::copy_bidirectional;
+
+/// Upper bound on one `poll_write`'s reservation, so a huge write does not
+/// claim the whole connection window for one stream.
+const MAX_WRITE: usize = 256 * 1024;
+
+/// An established HBONE tunnel: bytes written go to the peer, bytes read come from it.
+///
+/// Dropping it before both directions finished resets the stream (CANCEL).
+pub struct H2Stream {
+    pub(crate) send: SendStream<Bytes>,
+    pub(crate) recv: RecvStream,
+    /// Received bytes not yet handed to `poll_read`.
+    pub(crate) read_buf: Bytes,
+    /// END_STREAM has been sent.
+    pub(crate) write_closed: bool,
+    /// Keeps the pool's stream count for this connection until the tunnel ends.
+    pub(crate) slot: Option<StreamSlot>,
+}
+
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.send.stream_id().as_u32())
+            .field("write_closed", &self.write_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl H2Stream {
+    pub(crate) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        slot: Option<StreamSlot>,
+    ) -> H2Stream {
+        H2Stream {
+            send,
+            recv,
+            read_buf: Bytes::new(),
+            write_closed: false,
+            slot,
+        }
+    }
+}
+
+/// Converts an h2 failure into an `io::Error` whose kind reflects what happened.
+pub(crate) fn h2_to_io(e: h2::Error) -> io::Error {
+    let kind = if e.is_reset() {
+        io::ErrorKind::ConnectionReset
+    } else if e.is_go_away() {
+        io::ErrorKind::ConnectionAborted
+    } else {
+        io::ErrorKind::Other
+    };
+    if e.is_io() {
+        if let Some(inner) = e.into_io() {
+            return inner;
+        }
+        return io::Error::from(io::ErrorKind::BrokenPipe);
+    }
+    io::Error::new(kind, HboneError::from_h2(e))
+}
+
+/// The error for a send side that can no longer carry data.
+pub(crate) fn poll_send_closed(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> HboneError {
+    match send.poll_reset(cx) {
+        Poll::Ready(Ok(reason)) => HboneError::StreamReset(reason),
+        Poll::Ready(Err(e)) => HboneError::from_h2(e),
+        Poll::Pending => HboneError::ConnectionClosed,
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        while this.read_buf.is_empty() {
+            match this.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => this.read_buf = data,
+                // END_STREAM: the peer finished writing.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = buf.remaining().min(this.read_buf.len());
+        buf.put_slice(&this.read_buf.split_to(n));
+        // Only now is the data out of our hands, so only now may the peer send more.
+        if let Err(e) = this.recv.flow_control().release_capacity(n) {
+            tracing::debug!(error = %e, "releasing tunnel receive capacity failed");
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // Reserving before sending bounds what h2 buffers to what the peer allows.
+        this.send.reserve_capacity(buf.len().min(MAX_WRITE));
+        loop {
+            let cap = this.send.capacity();
+            if cap > 0 {
+                let n = cap.min(buf.len());
+                this.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(h2_to_io)?;
+                return Poll::Ready(Ok(n));
+            }
+            match this.send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
+                Poll::Ready(None) => {
+                    let e = poll_send_closed(&mut this.send, cx);
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e)));
+                }
+                Poll::Pending => {
+                    // Capacity may never come if the peer reset the stream.
+                    if let Poll::Ready(r) = this.send.poll_reset(cx) {
+                        let e = match r {
+                            Ok(reason) => HboneError::StreamReset(reason),
+                            Err(e) => HboneError::from_h2(e),
+                        };
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, e)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection driver task writes frames out; nothing is held here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.write_closed {
+            this.write_closed = true;
+            this.send.reserve_capacity(0);
+            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}

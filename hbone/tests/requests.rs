@@ -1,0 +1,253 @@
+//! CONNECT request handling, statuses, metadata, graceful shutdown and keep-alive.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use hbone::{
+    client_config, tls_accept, tls_connect, ClientConn, ConnectRequest, H2Settings, HboneError,
+    IncomingRequest,
+};
+use http::{HeaderValue, Method, Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// A plain h2 client over HBONE mTLS, for sending requests `ClientConn` would never send.
+async fn raw_h2(addr: SocketAddr, pki: &Pki) -> h2::client::SendRequest<Bytes> {
+    let cfg = client_config(&pki.cert("client"), &pki.bundle, &[id("server")]).expect("config");
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let tls = tls_connect(tcp, cfg).await.expect("tls");
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2");
+    tokio::spawn(conn);
+    send
+}
+
+async fn status_of(send: &h2::client::SendRequest<Bytes>, method: Method, uri: &str) -> StatusCode {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(())
+        .expect("request");
+    let mut send = send.clone().ready().await.expect("ready");
+    let (resp, _body) = send.send_request(req, true).expect("send");
+    within(resp).await.expect("response").status()
+}
+
+#[tokio::test]
+async fn invalid_requests_get_405_and_400() {
+    let pki = Pki::new();
+    let server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    let send = within(raw_h2(server.addr, &pki)).await;
+    assert_eq!(
+        status_of(&send, Method::GET, "http://127.0.0.1:80/").await,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        status_of(&send, Method::POST, "http://127.0.0.1:80/").await,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        status_of(&send, Method::CONNECT, "example.com:80").await,
+        StatusCode::BAD_REQUEST
+    );
+    // The connection survives bad requests.
+    assert_eq!(
+        status_of(&send, Method::CONNECT, "127.0.0.1:0").await,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn refusals_surface_as_status_errors() {
+    let pki = Pki::new();
+    let handler: Handler = Arc::new(|req: IncomingRequest| {
+        if req.parsed.as_ref().is_ok_and(|r| r.target.port() == 503) {
+            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+        } else {
+            let _ = req.accept(); // invalid requests are answered with their status
+        }
+    });
+    let server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        handler,
+    )
+    .await;
+    let conn = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect("connect");
+    let err = within(conn.connect(&ConnectRequest::new("10.0.0.1:503".parse().expect("addr"))))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, HboneError::Status(StatusCode::SERVICE_UNAVAILABLE)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("destination proxy refused the tunnel with status 503"),
+        "{err}"
+    );
+    let err = within(conn.connect(&ConnectRequest::new("10.0.0.1:0".parse().expect("addr"))))
+        .await
+        .expect_err("port 0 is invalid");
+    assert!(
+        matches!(err, HboneError::Status(StatusCode::BAD_REQUEST)),
+        "{err:?}"
+    );
+    assert_eq!(conn.active_streams(), 0);
+}
+
+#[tokio::test]
+async fn forwarded_and_traceparent_reach_the_server() {
+    let pki = Pki::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler: Handler = Arc::new(move |req: IncomingRequest| {
+        let _ = tx.send(req.parsed.clone());
+        req.reject(StatusCode::NO_CONTENT);
+    });
+    let server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        handler,
+    )
+    .await;
+    let conn = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect("connect");
+    for (target, from) in [
+        ("10.1.2.3:8080", "192.168.7.9:41000"),
+        ("[fd00::5]:443", "[::1]:80"),
+    ] {
+        let mut req = ConnectRequest::new(target.parse().expect("target"));
+        req.forwarded_for = Some(from.parse().expect("from"));
+        req.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        req.extra_headers.insert(
+            "baggage",
+            HeaderValue::from_static("k8s.namespace.name=default"),
+        );
+        let _ = within(conn.connect(&req)).await;
+        let seen = within(rx.recv())
+            .await
+            .expect("request seen")
+            .expect("request valid");
+        assert_eq!(seen, req);
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_in_flight_streams() {
+    let pki = Pki::new();
+    let mut server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    let conn = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect("connect");
+    assert!(matches!(
+        server.next_event().await,
+        ServerEvent::Accepted(_)
+    ));
+    let mut stream =
+        within(conn.connect(&ConnectRequest::new("10.0.0.1:80".parse().expect("addr"))))
+            .await
+            .expect("tunnel");
+    let mut buf = [0u8; 1];
+    stream.write_all(b"a").await.expect("write");
+    within(stream.read_exact(&mut buf))
+        .await
+        .expect("echo before shutdown");
+
+    server.shutdown();
+    // The in-flight stream keeps working after GOAWAY.
+    stream.write_all(b"b").await.expect("write after goaway");
+    within(stream.read_exact(&mut buf))
+        .await
+        .expect("echo after goaway");
+    assert_eq!(&buf, b"b");
+    stream.shutdown().await.expect("finish");
+    let mut rest = Vec::new();
+    within(stream.read_to_end(&mut rest))
+        .await
+        .expect("peer finishes");
+    drop(stream);
+
+    match server.next_event().await {
+        ServerEvent::Served(result) => result.expect("clean shutdown"),
+        other => panic!("unexpected {other:?}"),
+    }
+    eventually("client sees the connection closed", || conn.is_closed()).await;
+    let err = within(conn.connect(&ConnectRequest::new("10.0.0.1:80".parse().expect("addr"))))
+        .await
+        .expect_err("closed connection takes no new tunnels");
+    assert!(!err.to_string().is_empty());
+}
+
+#[tokio::test]
+async fn keepalive_closes_connection_to_silent_peer() {
+    let pki = Pki::new();
+    let cfg = hbone::server_config(&pki.cert("server"), &pki.bundle).expect("server config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Completes TLS, then never speaks HTTP/2: pings go unanswered.
+    let (hold_tx, mut hold_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let tls = tls_accept(tcp, cfg).await.expect("tls");
+        let _ = hold_tx.send(tls);
+    });
+    let client_cfg =
+        client_config(&pki.cert("client"), &pki.bundle, &[id("server")]).expect("config");
+    let tls = within(async {
+        tls_connect(TcpStream::connect(addr).await.expect("tcp"), client_cfg).await
+    })
+    .await
+    .expect("tls");
+    let settings = H2Settings {
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(100),
+        ..H2Settings::default()
+    };
+    let conn = within(ClientConn::handshake(tls, &settings))
+        .await
+        .expect("h2 handshake");
+    let _silent = within(hold_rx.recv()).await.expect("server side held");
+    assert!(!conn.is_closed());
+    eventually("keep-alive timeout closes the connection", || {
+        conn.is_closed()
+    })
+    .await;
+    assert!(!conn.is_ready());
+}

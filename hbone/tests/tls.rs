@@ -1,0 +1,263 @@
+//! Mutual TLS and identity checks on real loopback handshakes.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use hbone::{client_config, tls_connect, ClientConn, ErrorSide, H2Settings, HboneError, TlsError};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn mutual_tls_exchanges_identities() {
+    let pki = Pki::new();
+    let mut server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    let conn = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("other"), id("server")],
+    ))
+    .await
+    .expect("handshake with server in expected set");
+    match server.next_event().await {
+        ServerEvent::Accepted(peer) => assert_eq!(peer, id("client")),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!conn.is_closed());
+}
+
+#[tokio::test]
+async fn wrong_trust_root_fails_with_shared_root_hint() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    let err = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &other.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect_err("server cert is from an untrusted root");
+    assert!(matches!(err, HboneError::TlsHandshake { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.starts_with("tls handshake failed:"), "{msg}");
+    assert!(msg.contains("check both nodes share a root CA"), "{msg}");
+    assert_eq!(err.side(), ErrorSide::Upstream);
+}
+
+#[tokio::test]
+async fn server_rejects_client_from_other_root() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let mut server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    // The client trusts the server, but its own cert is from another CA.
+    let mut bundle = pki.bundle.clone();
+    bundle.merge(other.bundle.clone());
+    let client = within(async {
+        let conn =
+            client_conn(server.addr, &other.cert("client"), &bundle, &[id("server")]).await?;
+        conn.connect(&hbone::ConnectRequest::new(
+            "127.0.0.1:9".parse().expect("addr"),
+        ))
+        .await
+    })
+    .await;
+    assert!(client.is_err(), "tunnel must not open");
+    match server.next_event().await {
+        ServerEvent::TlsFailed(e) => assert!(e.to_string().contains("share a root CA"), "{e}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn identity_mismatch_names_expected_and_presented() {
+    let pki = Pki::new();
+    let server = start_server(
+        &pki.cert("impostor"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    let err = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect_err("identity not in expected set");
+    match &err {
+        HboneError::IdentityMismatch {
+            expected,
+            presented,
+        } => {
+            assert_eq!(expected, &vec![id("server")]);
+            assert_eq!(presented, &id("impostor"));
+        }
+        other => panic!("expected IdentityMismatch, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("spiffe://cluster.local/ns/default/sa/impostor"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("spiffe://cluster.local/ns/default/sa/server"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn no_expected_identities_is_a_config_error() {
+    let pki = Pki::new();
+    let err = client_config(&pki.cert("client"), &pki.bundle, &[]).expect_err("must refuse");
+    assert!(matches!(err, TlsError::NoExpectedIdentities), "{err:?}");
+}
+
+/// Accepts any server certificate: lets the test act as a client without a certificate.
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        hbone::tls::crypto_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_rejected() {
+    let pki = Pki::new();
+    let mut server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(hbone::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let result = within(async {
+        let tcp = TcpStream::connect(server.addr)
+            .await
+            .map_err(HboneError::Io)?;
+        // With TLS 1.3 the client may finish before the server checks it; the
+        // rejection then arrives as an alert on the first read.
+        let tls = tls_connect(tcp, Arc::new(cfg)).await?;
+        let conn = ClientConn::handshake(tls, &H2Settings::default()).await?;
+        conn.connect(&hbone::ConnectRequest::new(
+            "127.0.0.1:9".parse().expect("addr"),
+        ))
+        .await
+    })
+    .await;
+    let err = result.expect_err("server must refuse a client without certificate");
+    assert!(
+        matches!(
+            err,
+            HboneError::TlsHandshake { .. } | HboneError::ConnectionClosed | HboneError::Io(_)
+        ),
+        "{err:?}"
+    );
+    match server.next_event().await {
+        ServerEvent::TlsFailed(e) => {
+            assert!(e.to_string().contains("presented no certificate"), "{e}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn plaintext_to_tls_server_is_an_error_not_a_panic() {
+    let pki = Pki::new();
+    let mut server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    let mut tcp = within(TcpStream::connect(server.addr))
+        .await
+        .expect("connect");
+    tcp.write_all(b"CONNECT 10.0.0.1:80 HTTP/1.1\r\nHost: 10.0.0.1:80\r\n\r\n")
+        .await
+        .expect("write");
+    // The server answers with an alert (or nothing) and closes; it must not hang.
+    let mut sink = Vec::new();
+    let _ = within(tcp.read_to_end(&mut sink)).await;
+    match server.next_event().await {
+        ServerEvent::TlsFailed(e) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with("tls handshake failed:"), "{msg}");
+            assert!(msg.contains("did not speak tls"), "{msg}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The listener survives and still serves proper clients.
+    within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect("server still works");
+}

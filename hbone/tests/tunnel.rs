@@ -1,0 +1,268 @@
+//! Data-path behaviour over real loopback TLS + HTTP/2: app → tcp → hbone → tcp → backend.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::*;
+use hbone::{
+    copy_bidirectional, ConnectRequest, ErrorSide, H2Settings, HboneError, IncomingRequest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+type Counts = Result<(u64, u64), HboneError>;
+
+/// Server side of a node proxy: accept the tunnel, dial its target, copy.
+fn proxy_handler(counts: mpsc::UnboundedSender<Counts>) -> Handler {
+    Arc::new(move |req: IncomingRequest| {
+        let Ok(target) = req.parsed.as_ref().map(|r| r.target) else {
+            return req.reject(http::StatusCode::BAD_REQUEST);
+        };
+        let stream = req.accept().expect("accept tunnel");
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(target).await.expect("dial backend");
+            let _ = counts.send(copy_bidirectional(&mut tcp, stream).await);
+        });
+    })
+}
+
+/// Sets up server + client connection; returns the app-side socket, the client
+/// proxy's copy task and the server proxy's count receiver.
+async fn tunnel_to(
+    backend: SocketAddr,
+) -> (
+    TcpStream,
+    tokio::task::JoinHandle<Counts>,
+    mpsc::UnboundedReceiver<Counts>,
+) {
+    let pki = Pki::new();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        proxy_handler(tx),
+    )
+    .await;
+    let conn = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect("client connection");
+    let stream = within(conn.connect(&ConnectRequest::new(backend)))
+        .await
+        .expect("open tunnel");
+    let (app, mut downstream) = tcp_pair().await;
+    let copy = tokio::spawn(async move {
+        let _keep = server; // keep the server's event channel alive for the test's duration
+        copy_bidirectional(&mut downstream, stream).await
+    });
+    (app, copy, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payload_round_trip_with_exact_counts() {
+    const UP: usize = 16 << 20;
+    const DOWN: usize = (16 << 20) + 12_345;
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    let backend_task = tokio::spawn(async move {
+        let (sock, _) = backend.accept().await.expect("accept");
+        let (mut r, mut w) = sock.into_split();
+        let read = async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.expect("backend read");
+            got
+        };
+        let write = async {
+            w.write_all(&pattern(DOWN, 7)).await.expect("backend write");
+            w.shutdown().await.expect("backend shutdown");
+        };
+        tokio::join!(read, write).0
+    });
+
+    let (app, client_copy, mut server_counts) = tunnel_to(backend_addr).await;
+    let (mut r, mut w) = app.into_split();
+    let write = async {
+        w.write_all(&pattern(UP, 3)).await.expect("app write");
+        w.shutdown().await.expect("app shutdown");
+    };
+    let read = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.expect("app read");
+        got
+    };
+    let ((), app_got) = within(async { tokio::join!(write, read) }).await;
+    assert_eq!(app_got.len(), DOWN);
+    assert!(app_got == pattern(DOWN, 7), "downstream payload corrupted");
+    let backend_got = within(backend_task).await.expect("backend task");
+    assert_eq!(backend_got.len(), UP);
+    assert!(backend_got == pattern(UP, 3), "upstream payload corrupted");
+
+    let client = within(client_copy)
+        .await
+        .expect("join")
+        .expect("client copy");
+    assert_eq!(
+        client,
+        (UP as u64, DOWN as u64),
+        "client: (tcp→tunnel, tunnel→tcp)"
+    );
+    let server = within(server_counts.recv())
+        .await
+        .expect("count")
+        .expect("server copy");
+    assert_eq!(
+        server,
+        (DOWN as u64, UP as u64),
+        "server: (tcp→tunnel, tunnel→tcp)"
+    );
+}
+
+#[tokio::test]
+async fn client_half_close_keeps_the_reply_direction_open() {
+    // Backend answers only after it saw EOF: proves END_STREAM became a FIN and
+    // that the other direction kept working afterwards.
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = backend.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut sock, _) = backend.accept().await.expect("accept");
+        let mut got = Vec::new();
+        sock.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"ping");
+        sock.write_all(b"pong").await.expect("write");
+        sock.shutdown().await.expect("shutdown");
+    });
+    let (mut app, client_copy, mut server_counts) = tunnel_to(addr).await;
+    app.write_all(b"ping").await.expect("write");
+    app.shutdown().await.expect("half-close");
+    let mut reply = Vec::new();
+    within(app.read_to_end(&mut reply)).await.expect("read");
+    assert_eq!(reply, b"pong");
+    assert_eq!(
+        within(client_copy).await.expect("join").expect("copy"),
+        (4, 4)
+    );
+    assert_eq!(
+        within(server_counts.recv())
+            .await
+            .expect("count")
+            .expect("copy"),
+        (4, 4)
+    );
+}
+
+#[tokio::test]
+async fn server_half_close_keeps_the_request_direction_open() {
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = backend.local_addr().expect("addr");
+    let backend_task = tokio::spawn(async move {
+        let (mut sock, _) = backend.accept().await.expect("accept");
+        sock.write_all(b"hello").await.expect("write");
+        sock.shutdown().await.expect("backend half-close");
+        let mut got = Vec::new();
+        sock.read_to_end(&mut got).await.expect("read");
+        got
+    });
+    let (mut app, client_copy, _server_counts) = tunnel_to(addr).await;
+    let mut greeting = Vec::new();
+    within(app.read_to_end(&mut greeting))
+        .await
+        .expect("read until backend's FIN");
+    assert_eq!(greeting, b"hello");
+    app.write_all(b"late data")
+        .await
+        .expect("write after peer FIN");
+    app.shutdown().await.expect("shutdown");
+    assert_eq!(within(backend_task).await.expect("join"), b"late data");
+    assert_eq!(
+        within(client_copy).await.expect("join").expect("copy"),
+        (9, 5)
+    );
+}
+
+#[tokio::test]
+async fn peer_reset_ends_the_copy_with_an_error() {
+    let pki = Pki::new();
+    // Reads one byte, then drops the tunnel: h2 resets the stream (CANCEL).
+    let handler: Handler = Arc::new(|req: IncomingRequest| {
+        let mut stream = req.accept().expect("accept");
+        tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            let _ = stream.read_exact(&mut byte).await;
+            drop(stream);
+        });
+    });
+    let server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        handler,
+    )
+    .await;
+    let conn = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect("connect");
+    let stream = within(conn.connect(&ConnectRequest::new("127.0.0.1:9".parse().expect("addr"))))
+        .await
+        .expect("tunnel");
+    let (mut app, mut downstream) = tcp_pair().await;
+    app.write_all(b"x").await.expect("write");
+    let err = within(copy_bidirectional(&mut downstream, stream))
+        .await
+        .expect_err("reset must fail the copy");
+    assert!(matches!(err, HboneError::StreamReset(_)), "{err:?}");
+    assert_eq!(err.side(), ErrorSide::Upstream);
+    assert_eq!(conn.active_streams(), 0, "stream slot released");
+}
+
+#[tokio::test]
+async fn h2stream_async_read_write_echo() {
+    let pki = Pki::new();
+    let server = start_server(
+        &pki.cert("server"),
+        &pki.bundle,
+        H2Settings::default(),
+        echo_handler(),
+    )
+    .await;
+    let conn = within(client_conn(
+        server.addr,
+        &pki.cert("client"),
+        &pki.bundle,
+        &[id("server")],
+    ))
+    .await
+    .expect("connect");
+    let stream = within(conn.connect(&ConnectRequest::new("127.0.0.1:9".parse().expect("addr"))))
+        .await
+        .expect("tunnel");
+    assert_eq!(conn.active_streams(), 1);
+    let payload = pattern(1 << 20, 11);
+    let (mut r, mut w) = tokio::io::split(stream);
+    let write = async {
+        w.write_all(&payload).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let read = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.expect("read");
+        got
+    };
+    let ((), echoed) = within(async { tokio::join!(write, read) }).await;
+    assert!(echoed == payload, "echo mismatch ({} bytes)", echoed.len());
+    drop((r, w));
+    assert_eq!(conn.active_streams(), 0);
+}

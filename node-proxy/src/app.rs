@@ -1,0 +1,309 @@
+//! Builds and runs a node proxy: workers on their cores, and the admin thread
+//! (admin API, metrics, readiness, config watcher, drain).
+//!
+//! `start` returns the addresses it actually bound, so tests and the demo can
+//! ask for port 0 and never collide.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use trellis_core::drain::{self, DrainOutcome};
+use trellis_core::metrics::{AccessLogFormat, Metrics};
+use trellis_core::state::{ProxyState, StateStore};
+use trellis_core::watch;
+
+use crate::admin::{self, AdminCtx, Server};
+use crate::certs::CertManager;
+use crate::context::{ListenerKind, ProxyCtx};
+use crate::logging::LogControl;
+use crate::pods::Pods;
+use crate::settings::{parse_pod_arg, LogFormat, Mode, Settings};
+use crate::worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid settings:\n  {}", .0.join("\n  "))]
+    Settings(Vec<String>),
+    #[error("config file {path}: {source}")]
+    Config {
+        path: String,
+        #[source]
+        source: trellis_core::config::ConfigError,
+    },
+    #[error("dev ca in {path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: hbone::CaError,
+    },
+    #[error("trust bundle {path}: {source}")]
+    TrustBundle {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pod(#[from] crate::pods::PodError),
+    #[error("cannot start threads: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The addresses the proxy really listens on.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BoundAddrs {
+    pub admin: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub readiness: Option<SocketAddr>,
+    pub hbone: Option<SocketAddr>,
+    pub outbound: Option<SocketAddr>,
+    pub inbound_plain: Option<SocketAddr>,
+    pub forwards: Vec<SocketAddr>,
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    pub addrs: BoundAddrs,
+    pub metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    thread: Option<JoinHandle<DrainOutcome>>,
+}
+
+impl ProxyHandle {
+    /// Starts a graceful drain (as SIGTERM does).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the proxy has drained and stopped.
+    pub fn wait(mut self) -> DrainOutcome {
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or(DrainOutcome::Completed)
+    }
+}
+
+fn bind_std(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    Ok(l)
+}
+
+/// Starts a proxy. `log` lets /logging change the process's filter.
+pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle, StartError> {
+    settings.validate().map_err(StartError::Settings)?;
+    let cfg_path = settings.config.display().to_string();
+    let cfg = watch::load_file(&settings.config).map_err(|source| StartError::Config {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let state = ProxyState::new(cfg).map_err(|source| StartError::Config {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let store = Arc::new(StateStore::new(state));
+    let ca = hbone::DevCa::load_from_dir(&settings.ca_dir).map_err(|source| StartError::Ca {
+        path: settings.ca_dir.display().to_string(),
+        source,
+    })?;
+    let extra = match &settings.trust_bundle {
+        Some(p) => {
+            let pem = std::fs::read_to_string(p).map_err(|e| StartError::TrustBundle {
+                path: p.display().to_string(),
+                source: Box::new(e),
+            })?;
+            Some(hbone::TrustBundle::from_pem(&pem).map_err(|e| StartError::TrustBundle {
+                path: p.display().to_string(),
+                source: Box::new(e),
+            })?)
+        }
+        None => None,
+    };
+    let metrics = Metrics::new();
+    metrics.set_access_log_format(match settings.access_log {
+        LogFormat::Text => AccessLogFormat::Text,
+        LogFormat::Json => AccessLogFormat::Json,
+    });
+    let (trigger, watcher) = drain::new();
+    let workers = if settings.workers == 0 {
+        worker::allowed_cpus().len().max(1)
+    } else {
+        settings.workers
+    };
+    let proxy = Arc::new(ProxyCtx {
+        state: store.clone(),
+        metrics: metrics.clone(),
+        certs: Arc::new(CertManager::new(ca, extra)),
+        drain: watcher,
+        shutdown: CancellationToken::new(),
+        h2: hbone::H2Settings::default(),
+        transparent_ok: AtomicBool::new(true),
+        settings,
+    });
+    let s = &proxy.settings;
+
+    // Bind the admin-thread sockets before anything runs, so errors surface here.
+    let admin_l = bind_std("admin api", s.admin_addr)?;
+    let metrics_l = bind_std("metrics", s.metrics_addr)?;
+    let ready_l = bind_std("readiness", s.readiness_addr)?;
+    let mut addrs = BoundAddrs {
+        admin: admin_l.local_addr().ok(),
+        metrics: metrics_l.local_addr().ok(),
+        readiness: ready_l.local_addr().ok(),
+        ..Default::default()
+    };
+
+    let handles = worker::spawn_workers(proxy.clone(), workers).map_err(StartError::Thread)?;
+    let pods = Arc::new(Pods::new(proxy.clone(), handles));
+    match s.mode {
+        Mode::Dedicated => {
+            let uid = s.workload_uid.clone().unwrap_or_default();
+            if proxy.state.load().workload_by_uid(&uid).is_none() {
+                warn!(workload = %uid, "dedicated workload is not in the config yet; connections fail until it is");
+            }
+            let mut wanted: Vec<(ListenerKind, SocketAddr)> = Vec::new();
+            if let Some(a) = s.hbone_addr {
+                wanted.push((ListenerKind::Hbone, a));
+            }
+            if let Some(a) = s.outbound_addr {
+                wanted.push((ListenerKind::Outbound, a));
+            }
+            if let Some(a) = s.inbound_plain_addr {
+                wanted.push((ListenerKind::InboundPlain, a));
+            }
+            for f in &s.outbound_forwards {
+                wanted.push((ListenerKind::OutboundForward(f.target), f.listen));
+            }
+            let bound = pods.start_dedicated(&uid, &wanted)?;
+            for ((kind, _), addr) in wanted.iter().zip(bound) {
+                match kind {
+                    ListenerKind::Hbone => addrs.hbone = Some(addr),
+                    ListenerKind::Outbound => addrs.outbound = Some(addr),
+                    ListenerKind::InboundPlain => addrs.inbound_plain = Some(addr),
+                    ListenerKind::OutboundForward(_) => addrs.forwards.push(addr),
+                }
+            }
+        }
+        Mode::Shared => {
+            for p in &s.pods {
+                let (uid, path) = parse_pod_arg(p).map_err(|e| StartError::Settings(vec![e]))?;
+                pods.add(&uid, &path)?;
+            }
+        }
+    }
+    if let Some(path) = &s.bound_addrs_file {
+        let body = serde_json::to_vec_pretty(&addrs).unwrap_or_default();
+        // Write then rename, so a reader never sees half a file.
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, path)) {
+            warn!(path = %path.display(), error = %e, "cannot write bound addresses");
+        }
+    }
+
+    let stop = CancellationToken::new();
+    let admin = Arc::new(AdminCtx {
+        proxy: proxy.clone(),
+        pods: pods.clone(),
+        log,
+        stop: stop.clone(),
+    });
+    let thread = std::thread::Builder::new()
+        .name("trellis-admin".into())
+        .spawn({
+            let stop = stop.clone();
+            move || run_admin(admin, pods, trigger, stop, [admin_l, metrics_l, ready_l])
+        })
+        .map_err(StartError::Thread)?;
+    info!(node = %proxy.settings.node, mode = ?proxy.settings.mode, workers, ?addrs, "node proxy started");
+    Ok(ProxyHandle {
+        addrs,
+        metrics,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn run_admin(
+    ctx: Arc<AdminCtx>,
+    pods: Arc<Pods>,
+    trigger: drain::DrainTrigger,
+    stop: CancellationToken,
+    listeners: [std::net::TcpListener; 3],
+) -> DrainOutcome {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the admin runtime");
+            ctx.proxy.shutdown.cancel();
+            return DrainOutcome::Completed;
+        }
+    };
+    let outcome = rt.block_on(async {
+        let servers_stop = CancellationToken::new();
+        for (l, which) in listeners.into_iter().zip([Server::Admin, Server::Metrics, Server::Readiness]) {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::spawn(admin::serve(l, which, ctx.clone(), servers_stop.clone()));
+                }
+                Err(e) => error!(error = %e, "cannot register admin listener"),
+            }
+        }
+        let proxy = &ctx.proxy;
+        tokio::spawn(watch::watch_file(
+            proxy.settings.config.clone(),
+            proxy.state.clone(),
+            proxy.settings.config_poll,
+            Some(proxy.metrics.config_metrics()),
+        ));
+        wait_for_stop(&stop).await;
+        info!(deadline = ?proxy.settings.drain_deadline, "draining");
+        let outcome = trigger.drain(proxy.settings.drain_deadline).await;
+        match &outcome {
+            DrainOutcome::Completed => info!("drain complete"),
+            DrainOutcome::DeadlineExceeded { remaining } => {
+                warn!(remaining, "drain deadline passed; closing remaining connections")
+            }
+        }
+        servers_stop.cancel();
+        outcome
+    });
+    ctx.proxy.shutdown.cancel();
+    // Drop the admin tasks and our reference so the workers' handles can be joined.
+    drop(rt);
+    drop(ctx);
+    if let Ok(pods) = Arc::try_unwrap(pods) {
+        for w in pods.into_workers() {
+            w.join();
+        }
+    }
+    outcome
+}
+
+/// Resolves on /quitquitquit, `ProxyHandle::stop`, or SIGTERM/SIGINT.
+async fn wait_for_stop(stop: &CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        Some(_) = async { match term.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+            info!("sigterm received");
+        }
+        Some(_) = async { match int.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+            info!("sigint received");
+        }
+    }
+}

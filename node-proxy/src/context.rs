@@ -1,0 +1,109 @@
+//! Shared context: what every connection handler can reach.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use trellis_core::drain::DrainWatcher;
+use trellis_core::metrics::Metrics;
+use trellis_core::state::StateStore;
+
+use crate::certs::CertManager;
+use crate::lb::ActiveConns;
+use crate::netns::NetNs;
+use crate::settings::{Mode, Settings};
+
+/// Process-wide context, shared read-only by the workers.
+pub struct ProxyCtx {
+    pub settings: Settings,
+    pub state: Arc<StateStore>,
+    pub metrics: Arc<Metrics>,
+    pub certs: Arc<CertManager>,
+    pub drain: DrainWatcher,
+    /// Cancelled when draining is over (or its deadline passed): workers stop.
+    pub shutdown: CancellationToken,
+    pub h2: hbone::H2Settings,
+    /// Cleared after the first failed transparent connect, so a kernel or
+    /// namespace that refuses IP_TRANSPARENT costs one failed attempt, not one per connection.
+    pub transparent_ok: AtomicBool,
+}
+
+impl ProxyCtx {
+    pub fn shared_mode(&self) -> bool {
+        self.settings.mode == Mode::Shared
+    }
+
+    pub fn try_transparent(&self) -> bool {
+        self.shared_mode()
+            && self.settings.preserve_source_ip
+            && self.transparent_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn transparent_failed(&self) {
+        if self.transparent_ok.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "cannot preserve client source ips (IP_TRANSPARENT connect failed); \
+                 connecting to pods from their own address instead"
+            );
+        }
+    }
+}
+
+/// Per-worker context: the shared one plus what this worker owns alone.
+pub struct WorkerCtx {
+    pub proxy: Arc<ProxyCtx>,
+    pub index: usize,
+    pub pool: hbone::Pool,
+    pub lb: ActiveConns,
+}
+
+impl WorkerCtx {
+    pub fn new(proxy: Arc<ProxyCtx>, index: usize) -> Self {
+        let pool = hbone::Pool::new(hbone::PoolSettings {
+            h2: proxy.h2.clone(),
+            ..Default::default()
+        });
+        WorkerCtx {
+            proxy,
+            index,
+            pool,
+            lb: ActiveConns::default(),
+        }
+    }
+}
+
+/// Who a listener serves: one enrolled pod (shared mode) or the dedicated workload.
+pub struct Scope {
+    /// Workload uid, as in the config.
+    pub uid: String,
+    /// The pod's network namespace; sockets for it are created inside. None in dedicated mode.
+    pub netns: Option<NetNs>,
+    /// Whether this pod's netns routes replies to foreign source IPs back to
+    /// the proxy (set up with the capture rules), so IP_TRANSPARENT can work.
+    pub transparent: bool,
+}
+
+/// What a listener does with accepted connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// 15001: captured outbound, original destination from SO_ORIGINAL_DST.
+    Outbound,
+    /// Dedicated mode static capture: the original destination is fixed.
+    OutboundForward(SocketAddr),
+    /// 15006: plaintext inbound from non-mesh clients.
+    InboundPlain,
+    /// 15008: HBONE inbound.
+    Hbone,
+}
+
+impl ListenerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ListenerKind::Outbound => "outbound",
+            ListenerKind::OutboundForward(_) => "outbound_forward",
+            ListenerKind::InboundPlain => "inbound_plain",
+            ListenerKind::Hbone => "inbound_hbone",
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Inbound HBONE (15008): terminate mTLS as the destination workload, verify
+//! the caller's SPIFFE identity, apply L4 authorization per CONNECT stream,
+//! and connect to the pod.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::StatusCode;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn, Instrument};
+use trellis_core::authz::{self, ConnContext, Decision};
+use trellis_core::config::Workload;
+use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
+
+use crate::context::{Scope, WorkerCtx};
+use crate::upstream;
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error("no workload with address {0} is served here; check the config and the pod's enrollment")]
+    UnknownDestination(IpAddr),
+    #[error("plaintext on the hbone port from {0}; only mTLS HBONE clients may use 15008")]
+    Plaintext(SocketAddr),
+    #[error("tls handshake with {peer} failed: {source}; check both sides share a trust root")]
+    Handshake {
+        peer: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("client {peer} presented no usable spiffe identity: {source}")]
+    Identity {
+        peer: SocketAddr,
+        #[source]
+        source: hbone::TlsError,
+    },
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
+    #[error("hbone session with {peer}: {source}")]
+    Session {
+        peer: SocketAddr,
+        #[source]
+        source: hbone::HboneError,
+    },
+    #[error("cannot read from {peer}: {source}")]
+    Io {
+        peer: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub async fn handle(ctx: Arc<WorkerCtx>, stream: TcpStream, peer: SocketAddr, scope: Arc<Scope>) {
+    if let Err(e) = serve(ctx, stream, peer, scope).await {
+        warn!(error = %e, "hbone connection rejected");
+    }
+}
+
+async fn serve(
+    ctx: Arc<WorkerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    scope: Arc<Scope>,
+) -> Result<(), InboundError> {
+    let proxy = ctx.proxy.clone();
+    let local = stream
+        .local_addr()
+        .map_err(|source| InboundError::Io { peer, source })?;
+    let dst_wl = local_workload(&ctx, &scope, local.ip())?;
+
+    let mut first = [0u8; 1];
+    let n = stream
+        .peek(&mut first)
+        .await
+        .map_err(|source| InboundError::Io { peer, source })?;
+    if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        proxy.metrics.record_error(ErrorReason::PlaintextOnHbonePort);
+        return Err(InboundError::Plaintext(peer));
+    }
+
+    let dst_id = dst_wl.identity();
+    let tls_cfg = proxy.certs.server_config(&dst_id)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
+    let tls = match acceptor.accept(stream).await {
+        Ok(t) => t,
+        Err(source) => {
+            proxy.metrics.record_error(ErrorReason::UnknownIdentity);
+            return Err(InboundError::Handshake { peer, source });
+        }
+    };
+    let src_id = match hbone::peer_identity(tls.get_ref().1) {
+        Ok(id) => id,
+        Err(source) => {
+            proxy.metrics.record_error(ErrorReason::UnknownIdentity);
+            return Err(InboundError::Identity { peer, source });
+        }
+    };
+    info!(src.identity = %src_id, dst.identity = %dst_id, "hbone connection established");
+
+    let drain = proxy.drain.clone();
+    let on_request = {
+        let ctx = ctx.clone();
+        let scope = scope.clone();
+        let src_id = src_id.clone();
+        move |req: hbone::IncomingRequest| {
+            let span = tracing::info_span!("stream", src.identity = %src_id);
+            let guard = ctx.proxy.drain.track();
+            tokio::spawn(
+                stream_task(ctx.clone(), scope.clone(), dst_wl.clone(), src_id.clone(), peer, req, guard)
+                    .instrument(span),
+            );
+        }
+    };
+    hbone::serve_with_shutdown(tls, &proxy.h2, on_request, async move { drain.signaled().await })
+        .await
+        .map_err(|source| InboundError::Session { peer, source })
+}
+
+fn local_workload(ctx: &WorkerCtx, scope: &Scope, ip: IpAddr) -> Result<Arc<Workload>, InboundError> {
+    let state = ctx.proxy.state.load();
+    match state.workload_by_ip(ip) {
+        // In shared mode a pod's listener serves that pod only.
+        Some(w) if w.uid == scope.uid || scope.netns.is_none() => Ok(w.clone()),
+        _ => Err(InboundError::UnknownDestination(ip)),
+    }
+}
+
+async fn stream_task(
+    ctx: Arc<WorkerCtx>,
+    scope: Arc<Scope>,
+    dst_wl: Arc<Workload>,
+    src_id: hbone::Identity,
+    peer: SocketAddr,
+    req: hbone::IncomingRequest,
+    _drain: trellis_core::drain::DrainGuard,
+) {
+    let proxy = &ctx.proxy;
+    let creq = match &req.parsed {
+        Ok(r) => r.clone(),
+        Err(e) => {
+            proxy.metrics.record_error(ErrorReason::MalformedConnect);
+            warn!(error = %e, "malformed connect request");
+            let status = e.status();
+            req.reject(status);
+            return;
+        }
+    };
+    let target = creq.target;
+    if !dst_wl.addresses.contains(&target.ip()) {
+        proxy.metrics.record_error(ErrorReason::MalformedConnect);
+        warn!(dst.addr = %target, workload = %dst_wl.uid, "connect target is not the workload this tunnel reached");
+        req.reject(StatusCode::BAD_REQUEST);
+        return;
+    }
+    let client_addr = creq.forwarded_for.unwrap_or(peer);
+    let (src_wl, decision, service) = {
+        let state = proxy.state.load();
+        let decision = authz::evaluate(
+            state.policies_for(&dst_wl),
+            &ConnContext {
+                src_identity: Some(&src_id),
+                src_ip: client_addr.ip(),
+                dst_ip: target.ip(),
+                dst_port: target.port(),
+            },
+        );
+        let src_wl = state.workload_by_ip(client_addr.ip()).cloned();
+        let service = state.service_for_workload_port(&dst_wl, target.port());
+        (src_wl, decision, service)
+    };
+    let labels = ConnectionLabels::new(
+        Reporter::Destination,
+        src_wl.as_deref(),
+        Some(src_id.clone()),
+        Some(&dst_wl),
+        Some(dst_wl.identity()),
+        service.as_deref(),
+        SecurityPolicy::MutualTls,
+    );
+    let mut guard = proxy
+        .metrics
+        .connection_opened(labels, client_addr, target, "inbound");
+    if let Decision::Deny(reason) = decision {
+        proxy.metrics.record_error(ErrorReason::PolicyDenied);
+        info!(dst.addr = %target, %reason, "connection denied by policy");
+        guard.set_error(format!("denied: {reason}"));
+        req.reject(StatusCode::UNAUTHORIZED);
+        return;
+    }
+    let mut app = match upstream::connect(proxy, &scope, target, Some(client_addr.ip())).await {
+        Ok(s) => s,
+        Err(e) => {
+            proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);
+            warn!(error = %e, "cannot reach the destination pod");
+            guard.set_error(e.to_string());
+            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        }
+    };
+    let stream = match req.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            guard.set_error(e.to_string());
+            return;
+        }
+    };
+    match hbone::copy_bidirectional(&mut app, stream).await {
+        // The tunnel's sent/received are from the client's view: bytes it sent reach the app.
+        Ok((to_tunnel, from_tunnel)) => guard.set_bytes(to_tunnel, from_tunnel),
+        Err(e) => {
+            debug!(error = %e, "hbone stream ended with an error");
+            guard.set_error(e.to_string());
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Trellis node proxy: one per node, thread-per-core, HBONE tunnels and L4
+//! identity policy for the pods it serves.
+//!
+//! Threads and ports:
+//!
+//! | thread | runtime | serves |
+//! |---|---|---|
+//! | `trellis-worker-N` (one per allowed CPU, pinned) | current-thread | 15001 outbound, 15006 plaintext inbound, 15008 HBONE, per pod, SO_REUSEPORT |
+//! | `trellis-admin` | current-thread | 15000 admin (localhost), 15020 metrics, 15021 readiness, config watcher, drain |
+
+pub mod admin;
+pub mod app;
+pub mod certs;
+pub mod context;
+pub mod inbound;
+pub mod inbound_plain;
+pub mod lb;
+pub mod logging;
+pub mod netns;
+pub mod outbound;
+pub mod pods;
+pub mod redirect;
+pub mod settings;
+pub mod sockopt;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,174 @@
+//! Outbound: connections the pod's application makes, captured on 15001.
+//!
+//! First `decide` computes a plain `Route`; then one `match` picks the I/O
+//! path: a plain TCP passthrough, or an HBONE stream from the per-worker pool.
+
+pub mod decide;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
+
+use crate::context::{Scope, WorkerCtx};
+use crate::sockopt;
+use crate::upstream;
+use decide::Route;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("no original destination for a captured connection: {0}; are the capture rules installed?")]
+    NoOrigDst(std::io::Error),
+    #[error("source workload {0} is not in the config; enroll it or fix the config")]
+    UnknownSource(String),
+    #[error(transparent)]
+    Decide(#[from] decide::DecideError),
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
+    #[error("hbone tunnel to {tunnel}: {source}")]
+    Hbone {
+        tunnel: SocketAddr,
+        #[source]
+        source: hbone::HboneError,
+    },
+    #[error("connection loops back into the proxy ({0}); refusing it")]
+    Loop(SocketAddr),
+}
+
+/// Serves one captured outbound connection.
+pub async fn handle(
+    ctx: Arc<WorkerCtx>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    scope: Arc<Scope>,
+    forward_target: Option<SocketAddr>,
+) {
+    if let Err(e) = proxy(&ctx, &mut stream, peer, &scope, forward_target).await {
+        warn!(error = %e, "outbound connection failed");
+    }
+}
+
+async fn proxy(
+    ctx: &WorkerCtx,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    scope: &Scope,
+    forward_target: Option<SocketAddr>,
+) -> Result<(), OutboundError> {
+    let proxy = &ctx.proxy;
+    let orig_dst = match forward_target {
+        Some(t) => t,
+        None => {
+            let local = stream.local_addr().map_err(OutboundError::NoOrigDst)?;
+            let dst = sockopt::original_dst(stream, local).map_err(OutboundError::NoOrigDst)?;
+            // Without a redirect, SO_ORIGINAL_DST reports the listener itself.
+            if dst == local {
+                return Err(OutboundError::Loop(dst));
+            }
+            dst
+        }
+    };
+    // Take what we need from the snapshot and let it go before any await.
+    let (src_wl, route) = {
+        let state = proxy.state.load();
+        let src = state
+            .workload_by_uid(&scope.uid)
+            .cloned()
+            .ok_or_else(|| OutboundError::UnknownSource(scope.uid.clone()))?;
+        let route = decide::decide(&state, orig_dst, |eps| ctx.lb.pick(eps, |e| e.1));
+        (src, route)
+    };
+    let route = match route {
+        Ok(r) => r,
+        Err(e) => {
+            proxy.metrics.record_error(ErrorReason::NoHealthyEndpoint);
+            return Err(e.into());
+        }
+    };
+    let security = match route {
+        Route::Hbone { .. } => SecurityPolicy::MutualTls,
+        Route::Passthrough { .. } => SecurityPolicy::Unknown,
+    };
+    let labels = ConnectionLabels::new(
+        Reporter::Source,
+        Some(&src_wl),
+        Some(src_wl.identity()),
+        route.workload().map(|w| w.as_ref()),
+        route.workload().map(|w| w.identity()),
+        route.service().map(|s| s.as_ref()),
+        security,
+    );
+    let mut guard = proxy
+        .metrics
+        .connection_opened(labels, peer, route.target(), "outbound");
+    let _active = ctx.lb.track(route.target());
+    debug!(dst.addr = %orig_dst, route = ?RouteKind(&route), "routing");
+
+    let result = match &route {
+        Route::Passthrough { dst, .. } => match upstream::connect(proxy, scope, *dst, None).await {
+            Ok(mut up) => tokio::io::copy_bidirectional_with_sizes(stream, &mut up, 64 << 10, 64 << 10)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => {
+                proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);
+                guard.set_error(e.to_string());
+                return Err(e.into());
+            }
+        },
+        Route::Hbone {
+            target,
+            tunnel,
+            expected,
+            ..
+        } => {
+            let src_id = src_wl.identity();
+            let tls = proxy.certs.client_config(&src_id, expected)?;
+            let key = hbone::PoolKey::new(src_id, vec![expected.clone()], *tunnel);
+            let req = hbone::ConnectRequest {
+                target: *target,
+                forwarded_for: Some(peer),
+                traceparent: None,
+                extra_headers: Default::default(),
+            };
+            let tunnel = *tunnel;
+            let dial = || async move {
+                let tcp = upstream::connect(proxy, scope, tunnel, None)
+                    .await
+                    .map_err(|e| hbone::HboneError::Io(std::io::Error::other(e.to_string())))?;
+                hbone::tls_connect(tcp, tls).await
+            };
+            match ctx.pool.connect(&key, &req, dial).await {
+                Ok(h2) => hbone::copy_bidirectional(stream, h2)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(source) => {
+                    proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);
+                    guard.set_error(source.to_string());
+                    return Err(OutboundError::Hbone { tunnel, source });
+                }
+            }
+        }
+    };
+    match result {
+        // Istio semantics: received = from the client, sent = back to the client.
+        Ok((from_client, to_client)) => guard.set_bytes(to_client, from_client),
+        Err(e) => guard.set_error(e),
+    }
+    Ok(())
+}
+
+/// Compact Debug for logs: the route without the full workload records.
+struct RouteKind<'a>(&'a Route);
+
+impl std::fmt::Debug for RouteKind<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Route::Passthrough { dst, .. } => write!(f, "passthrough({dst})"),
+            Route::Hbone { target, tunnel, .. } => write!(f, "hbone({target} via {tunnel})"),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Enrolled pods (shared mode) and the dedicated workload's listeners.
+//!
+//! Enrolling a pod opens its network namespace, installs the capture rules
+//! there, and creates one SO_REUSEPORT listener per worker for each of
+//! 15001, 15006 and 15008 inside it. Removing a pod cancels its listeners and
+//! connections and removes the rules.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ahash::AHashMap;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::context::{ListenerKind, ProxyCtx, Scope};
+use crate::netns::{self, ListenOpts, NetNs};
+use crate::redirect::{self, RedirectConfig};
+use crate::settings::{HBONE_PORT, INBOUND_PLAIN_PORT, OUTBOUND_PORT, PROXY_MARK};
+use crate::worker::{ListenSpec, WorkerHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("cannot open network namespace {path}: {source}; is the pod still running?")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install capture rules in {path}: {source}")]
+    Redirect {
+        path: PathBuf,
+        #[source]
+        source: redirect::RedirectError,
+    },
+    #[error("cannot listen on {addr} ({kind}) for pod {uid}: {source}")]
+    Listen {
+        uid: String,
+        kind: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod {0} is not enrolled")]
+    NotEnrolled(String),
+    #[error("pod uid must not be empty")]
+    EmptyUid,
+}
+
+struct Enrolled {
+    netns_path: PathBuf,
+    cancel: CancellationToken,
+    redirect_installed: bool,
+    scope: Arc<Scope>,
+}
+
+/// A pod as shown by the admin API.
+#[derive(Debug, Serialize)]
+pub struct PodInfo {
+    pub uid: String,
+    pub netns: String,
+    pub capture_rules: bool,
+}
+
+/// The set of enrolled pods and the workers serving them.
+pub struct Pods {
+    proxy: Arc<ProxyCtx>,
+    workers: Vec<WorkerHandle>,
+    enrolled: Mutex<AHashMap<String, Enrolled>>,
+}
+
+impl Pods {
+    pub fn new(proxy: Arc<ProxyCtx>, workers: Vec<WorkerHandle>) -> Self {
+        Pods {
+            proxy,
+            workers,
+            enrolled: Mutex::new(AHashMap::new()),
+        }
+    }
+
+    pub fn into_workers(self) -> Vec<WorkerHandle> {
+        self.workers
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AHashMap<String, Enrolled>> {
+        self.enrolled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enrolls a pod; enrolling the same uid and netns again is a no-op,
+    /// with a new netns it replaces the old enrollment (the pod was recreated).
+    pub fn add(&self, uid: &str, netns_path: &Path) -> Result<(), PodError> {
+        if uid.is_empty() {
+            return Err(PodError::EmptyUid);
+        }
+        if let Some(e) = self.lock().get(uid) {
+            if e.netns_path == netns_path {
+                return Ok(());
+            }
+        }
+        let _ = self.remove(uid);
+        let ns = NetNs::open(netns_path).map_err(|source| PodError::Netns {
+            path: netns_path.to_path_buf(),
+            source,
+        })?;
+        let settings = &self.proxy.settings;
+        let mut redirect_installed = false;
+        if settings.install_redirect {
+            redirect::install(&ns, &redirect_config()).map_err(|source| PodError::Redirect {
+                path: netns_path.to_path_buf(),
+                source,
+            })?;
+            redirect_installed = true;
+        }
+        let scope = Arc::new(Scope {
+            uid: uid.to_string(),
+            netns: Some(ns),
+            // With the rules installed by us, replies to foreign source IPs are routed back.
+            transparent: settings.preserve_source_ip,
+        });
+        let cancel = CancellationToken::new();
+        let unspecified = std::net::Ipv4Addr::UNSPECIFIED.into();
+        let listeners = [
+            (ListenerKind::Outbound, SocketAddr::new(unspecified, OUTBOUND_PORT)),
+            (ListenerKind::InboundPlain, SocketAddr::new(unspecified, INBOUND_PLAIN_PORT)),
+            (ListenerKind::Hbone, SocketAddr::new(unspecified, HBONE_PORT)),
+        ];
+        if let Err(e) = self.start_listeners(&scope, &listeners, &cancel).map(drop) {
+            cancel.cancel();
+            if redirect_installed {
+                if let Some(ns) = &scope.netns {
+                    let _ = redirect::remove(ns);
+                }
+            }
+            return Err(e);
+        }
+        info!(pod = uid, netns = %netns_path.display(), "pod enrolled");
+        self.lock().insert(
+            uid.to_string(),
+            Enrolled {
+                netns_path: netns_path.to_path_buf(),
+                cancel,
+                redirect_installed,
+                scope,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts listeners for the dedicated workload on the configured addresses.
+    /// Returns the bound address of each listener, in order.
+    pub fn start_dedicated(
+        &self,
+        uid: &str,
+        listeners: &[(ListenerKind, SocketAddr)],
+    ) -> Result<Vec<SocketAddr>, PodError> {
+        let scope = Arc::new(Scope {
+            uid: uid.to_string(),
+            netns: None,
+            transparent: false,
+        });
+        let cancel = CancellationToken::new();
+        let bound = self.start_listeners(&scope, listeners, &cancel)?;
+        self.lock().insert(
+            uid.to_string(),
+            Enrolled {
+                netns_path: PathBuf::new(),
+                cancel,
+                redirect_installed: false,
+                scope,
+            },
+        );
+        Ok(bound)
+    }
+
+    fn start_listeners(
+        &self,
+        scope: &Arc<Scope>,
+        listeners: &[(ListenerKind, SocketAddr)],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<SocketAddr>, PodError> {
+        // Create every socket first so a failure leaves nothing half-started.
+        let mut specs = Vec::new();
+        let mut bound = Vec::new();
+        for &(kind, mut addr) in listeners {
+            for _ in &self.workers {
+                let opts = ListenOpts {
+                    reuse_port: true,
+                    transparent: false,
+                    backlog: 1024,
+                };
+                let l = netns::tcp_listener(scope.netns.as_ref(), addr, opts).map_err(|source| {
+                    PodError::Listen {
+                        uid: scope.uid.clone(),
+                        kind: kind.name(),
+                        addr,
+                        source,
+                    }
+                })?;
+                // With port 0 the first socket picks the port; the other
+                // workers' sockets must share it for SO_REUSEPORT to spread load.
+                if addr.port() == 0 {
+                    if let Ok(a) = l.local_addr() {
+                        addr = a;
+                    }
+                }
+                specs.push((kind, l));
+            }
+            bound.push(addr);
+        }
+        for (i, (kind, listener)) in specs.into_iter().enumerate() {
+            let worker = &self.workers[i % self.workers.len()];
+            let spec = ListenSpec {
+                listener,
+                kind,
+                scope: scope.clone(),
+                cancel: cancel.clone(),
+            };
+            if let Err(e) = worker.listen(spec) {
+                warn!(error = %e, "worker unavailable");
+            }
+        }
+        Ok(bound)
+    }
+
+    /// Removes a pod: stops its listeners and connections and its capture rules.
+    pub fn remove(&self, uid: &str) -> Result<(), PodError> {
+        let entry = self
+            .lock()
+            .remove(uid)
+            .ok_or_else(|| PodError::NotEnrolled(uid.to_string()))?;
+        entry.cancel.cancel();
+        if entry.redirect_installed {
+            if let Some(ns) = &entry.scope.netns {
+                // The netns may already be gone with the pod; nothing to clean then.
+                if let Err(e) = redirect::remove(ns) {
+                    warn!(pod = uid, error = %e, "could not remove capture rules");
+                }
+            }
+        }
+        info!(pod = uid, "pod removed");
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<PodInfo> {
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.scope.netns.is_some())
+            .map(|(uid, e)| PodInfo {
+                uid: uid.clone(),
+                netns: e.netns_path.display().to_string(),
+                capture_rules: e.redirect_installed,
+            })
+            .collect();
+        v.sort_by(|a, b| a.uid.cmp(&b.uid));
+        v
+    }
+}
+
+fn redirect_config() -> RedirectConfig {
+    RedirectConfig {
+        outbound_port: OUTBOUND_PORT,
+        inbound_plain_port: INBOUND_PLAIN_PORT,
+        hbone_port: HBONE_PORT,
+        proxy_mark: PROXY_MARK,
+    }
+}

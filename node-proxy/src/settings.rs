@@ -1,0 +1,274 @@
+//! Runtime settings of one node proxy, parsed from the command line.
+//!
+//! Kept apart from `main.rs` so that tests and the demo can build a proxy in
+//! process with the same settings type the binary uses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Ports the proxy listens on inside each pod's network namespace.
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAIN_PORT: u16 = 15006;
+pub const HBONE_PORT: u16 = 15008;
+/// SO_MARK the proxy puts on its own sockets inside pod namespaces so the
+/// capture rules let them through instead of looping them back to 15001.
+pub const PROXY_MARK: u32 = 0x539;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One proxy serves every enrolled pod of the node, with listeners inside each pod's netns.
+    Shared,
+    /// One workload, with listeners on given addresses (VMs, local development).
+    Dedicated,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A static outbound capture for dedicated mode without redirect rules:
+/// connections accepted on `listen` are treated as if sent to `target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboundForward {
+    pub listen: SocketAddr,
+    pub target: SocketAddr,
+}
+
+impl std::str::FromStr for OutboundForward {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (l, t) = s
+            .split_once('=')
+            .ok_or_else(|| format!("outbound forward {s:?} must look like LISTEN_ADDR=TARGET_ADDR"))?;
+        let listen = l
+            .parse()
+            .map_err(|e| format!("outbound forward listen address {l:?}: {e}"))?;
+        let target = t
+            .parse()
+            .map_err(|e| format!("outbound forward target address {t:?}: {e}"))?;
+        Ok(OutboundForward { listen, target })
+    }
+}
+
+/// Everything a node proxy needs to start.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "trellis-node-proxy", version, about = "Trellis node proxy (HBONE, L4 policy)")]
+pub struct Settings {
+    /// shared: serve enrolled pods of this node; dedicated: one workload on given addresses.
+    #[arg(long, value_enum, default_value = "shared")]
+    pub mode: Mode,
+    /// Name of this node; workloads whose `node` equals it are local.
+    #[arg(long, env = "NODE_NAME", default_value = "node")]
+    pub node: String,
+    /// Local config file (workloads, services, authorization policies). Watched for changes.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Directory holding the dev CA (root-cert.pem, root-key.pem) used to issue workload certificates.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// Extra trust roots (PEM) accepted from peers, besides the CA's own root.
+    #[arg(long)]
+    pub trust_bundle: Option<PathBuf>,
+    /// Dedicated mode: uid of the one workload this proxy serves.
+    #[arg(long)]
+    pub workload_uid: Option<String>,
+    /// Dedicated mode: outbound capture listener (SO_ORIGINAL_DST), e.g. 127.0.1.1:15001.
+    #[arg(long)]
+    pub outbound_addr: Option<SocketAddr>,
+    /// Dedicated mode: HBONE listener, e.g. 127.0.1.1:15008.
+    #[arg(long)]
+    pub hbone_addr: Option<SocketAddr>,
+    /// Dedicated mode: plaintext inbound listener (needs a redirect rule for SO_ORIGINAL_DST).
+    #[arg(long)]
+    pub inbound_plain_addr: Option<SocketAddr>,
+    /// Dedicated mode: static captures LISTEN=TARGET, for hosts without redirect rules.
+    #[arg(long = "outbound-forward")]
+    pub outbound_forwards: Vec<OutboundForward>,
+    /// Shared mode: pods to enroll at start, as UID=NETNS_PATH (more can be added over the admin API).
+    #[arg(long = "pod")]
+    pub pods: Vec<String>,
+    /// Admin API (config_dump, logging, pods, quitquitquit); keep it on localhost.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Prometheus metrics (/metrics).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    /// Readiness probe (/healthz/ready).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+    /// Write the actually bound addresses here as JSON once listening (tests bind port 0).
+    #[arg(long)]
+    pub bound_addrs_file: Option<PathBuf>,
+    /// Worker threads (one current-thread runtime each, pinned); 0 = one per allowed CPU.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Hard deadline for draining connections on SIGTERM or /quitquitquit.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub drain_deadline: Duration,
+    /// How often the config file is checked for changes.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub config_poll: Duration,
+    /// Access log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub access_log: LogFormat,
+    /// Log filter (tracing EnvFilter syntax); changeable at runtime via /logging.
+    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
+    pub log: String,
+    /// Preserve the client's source IP towards local pods with IP_TRANSPARENT (shared mode).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub preserve_source_ip: bool,
+    /// Install the nftables capture rules in each enrolled pod (shared mode). Off when a CNI plugin does it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub install_redirect: bool,
+}
+
+/// Parses "10s", "250ms", "2m" or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?}: expected a number followed by ms, s or m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        other => return Err(format!("duration {s:?}: unknown unit {other:?}; use ms, s or m")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("duration {s:?} must be a non-negative number"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Settings {
+    /// Checks combinations clap cannot express, reporting every problem at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        match self.mode {
+            Mode::Dedicated => {
+                if self.workload_uid.is_none() {
+                    errs.push("--mode dedicated needs --workload-uid".to_string());
+                }
+                if self.hbone_addr.is_none()
+                    && self.outbound_addr.is_none()
+                    && self.outbound_forwards.is_empty()
+                {
+                    errs.push(
+                        "--mode dedicated needs at least one of --hbone-addr, --outbound-addr, --outbound-forward"
+                            .to_string(),
+                    );
+                }
+                if !self.pods.is_empty() {
+                    errs.push("--pod is for --mode shared".to_string());
+                }
+            }
+            Mode::Shared => {
+                for flag in [
+                    ("--hbone-addr", self.hbone_addr.is_some()),
+                    ("--outbound-addr", self.outbound_addr.is_some()),
+                    ("--inbound-plain-addr", self.inbound_plain_addr.is_some()),
+                    ("--outbound-forward", !self.outbound_forwards.is_empty()),
+                ] {
+                    if flag.1 {
+                        errs.push(format!(
+                            "{} is for --mode dedicated; shared mode listens inside each pod's netns",
+                            flag.0
+                        ));
+                    }
+                }
+                for p in &self.pods {
+                    if parse_pod_arg(p).is_err() {
+                        errs.push(format!("--pod {p:?} must look like UID=/path/to/netns"));
+                    }
+                }
+            }
+        }
+        if !self.admin_addr.ip().is_loopback() {
+            errs.push(format!(
+                "--admin-addr {} must be a loopback address: the admin API can stop the proxy",
+                self.admin_addr
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+/// Splits a `UID=NETNS_PATH` pod argument.
+pub fn parse_pod_arg(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((uid, path)) if !uid.is_empty() && !path.is_empty() => {
+            Ok((uid.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("pod {s:?} must look like UID=/path/to/netns")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("10s", Some(Duration::from_secs(10))),
+            ("250ms", Some(Duration::from_millis(250))),
+            ("2m", Some(Duration::from_secs(120))),
+            ("3", Some(Duration::from_secs(3))),
+            ("1h", None),
+            ("abc", None),
+            ("", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_duration(input).ok(), want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn forwards() {
+        let f: OutboundForward = "127.0.0.1:1=127.0.0.2:2".parse().unwrap();
+        assert_eq!(f.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(f.target, "127.0.0.2:2".parse().unwrap());
+        assert!("127.0.0.1:1".parse::<OutboundForward>().is_err());
+        assert!("x=127.0.0.2:2".parse::<OutboundForward>().is_err());
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let s = Settings::parse_from([
+            "p",
+            "--config",
+            "c.yaml",
+            "--ca-dir",
+            "ca",
+            "--mode",
+            "dedicated",
+            "--admin-addr",
+            "0.0.0.0:15000",
+        ]);
+        let errs = s.validate().unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        let s = Settings::parse_from([
+            "p",
+            "--config",
+            "c.yaml",
+            "--ca-dir",
+            "ca",
+            "--pod",
+            "nouid",
+        ]);
+        assert_eq!(s.validate().unwrap_err().len(), 1);
+    }
+}

@@ -1,0 +1,333 @@
+//! The demo mesh behind `trellis-demo`, kept in the library so an end-to-end
+//! test runs exactly what the README's first command runs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use trellis_core::metrics::Metrics;
+use trellis_node_proxy::app::{self, ProxyHandle};
+use trellis_node_proxy::netns::NetNs;
+use trellis_node_proxy::settings::{Mode, OutboundForward, Settings};
+
+use crate::Topology;
+
+const TRUST_DOMAIN: &str = "cluster.local";
+const APP_PORTS: [u16; 2] = [8080, 9090];
+
+/// Workloads, one service and the policy: sa/client may reach sa/server on 8080 only.
+fn config_yaml(client_ip: IpAddr, server_ip: IpAddr) -> String {
+    format!(
+        r#"workloads:
+  - uid: client
+    name: client
+    namespace: demo
+    serviceAccount: client
+    addresses: [{client_ip}]
+    node: node1
+    protocol: HBONE
+  - uid: server
+    name: server
+    namespace: demo
+    serviceAccount: server
+    addresses: [{server_ip}]
+    node: node2
+    protocol: HBONE
+    authorizationPolicies: [demo/server-allow-client]
+policies:
+  - name: server-allow-client
+    namespace: demo
+    scope: WORKLOAD_SELECTOR
+    action: ALLOW
+    groups:
+      - rules:
+          - matches:
+              - principals: ["{TRUST_DOMAIN}/ns/demo/sa/client"]
+          - matches:
+              - destinationPorts: [8080]
+"#
+    )
+}
+
+enum Kind {
+    Loopback { forwards: Vec<(u16, SocketAddr)> },
+    Netns { topo: Topology, client: NetNs, server_ip: IpAddr },
+}
+
+/// A running demo mesh.
+pub struct Mesh {
+    kind: Kind,
+    proxies: Vec<(String, ProxyHandle)>,
+    _dir: tempfile::TempDir,
+}
+
+fn base_settings(dir: &Path, node: &str) -> Settings {
+    Settings {
+        mode: Mode::Dedicated,
+        node: node.into(),
+        config: dir.join("mesh.yaml"),
+        ca_dir: dir.join("ca"),
+        trust_bundle: None,
+        workload_uid: None,
+        outbound_addr: None,
+        hbone_addr: None,
+        inbound_plain_addr: None,
+        outbound_forwards: vec![],
+        pods: vec![],
+        admin_addr: "127.0.0.1:0".parse().expect("static address"),
+        metrics_addr: "127.0.0.1:0".parse().expect("static address"),
+        readiness_addr: "127.0.0.1:0".parse().expect("static address"),
+        bound_addrs_file: None,
+        workers: 1,
+        drain_deadline: Duration::from_secs(2),
+        config_poll: Duration::from_secs(1),
+        access_log: trellis_node_proxy::settings::LogFormat::Text,
+        log: "info".into(),
+        preserve_source_ip: true,
+        install_redirect: true,
+    }
+}
+
+fn write_common(dir: &Path, client_ip: IpAddr, server_ip: IpAddr) -> Result<()> {
+    let ca = hbone::DevCa::generate(TRUST_DOMAIN).context("generating the dev CA")?;
+    ca.write_to_dir(&dir.join("ca")).context("writing the dev CA")?;
+    std::fs::write(dir.join("mesh.yaml"), config_yaml(client_ip, server_ip))?;
+    Ok(())
+}
+
+/// A line server: answers each connection with who it is and whom it sees.
+fn spawn_app(listener: TcpListener, name: &'static str) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let peer = conn.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+                let port = conn.local_addr().map(|a| a.port()).unwrap_or(0);
+                let mut r = BufReader::new(&conn);
+                let mut line = String::new();
+                if r.read_line(&mut line).is_ok() && !line.is_empty() {
+                    let _ = writeln!(&conn, "{name}:{port} got {:?} from {peer}", line.trim());
+                }
+            });
+        }
+    });
+}
+
+impl Mesh {
+    /// Loopback mesh, no root: proxies in dedicated mode with static captures.
+    pub fn start_loopback() -> Result<Mesh> {
+        let dir = tempfile::tempdir()?;
+        let client_ip: IpAddr = "127.0.1.1".parse()?;
+        let server_ip: IpAddr = "127.0.2.1".parse()?;
+        write_common(dir.path(), client_ip, server_ip)?;
+        for port in APP_PORTS {
+            let l = TcpListener::bind((server_ip, port))
+                .with_context(|| format!("binding the demo app on {server_ip}:{port}"))?;
+            spawn_app(l, "server");
+        }
+        let mut server = base_settings(dir.path(), "node2");
+        server.workload_uid = Some("server".into());
+        server.hbone_addr = Some(SocketAddr::new(server_ip, 15008));
+        let mut client = base_settings(dir.path(), "node1");
+        client.workload_uid = Some("client".into());
+        client.hbone_addr = Some(SocketAddr::new(client_ip, 15008));
+        client.outbound_forwards = APP_PORTS
+            .iter()
+            .map(|&p| OutboundForward {
+                listen: SocketAddr::new(client_ip, 0),
+                target: SocketAddr::new(server_ip, p),
+            })
+            .collect();
+        let server_h = app::start(server, None).context("starting the server-side proxy")?;
+        let client_h = app::start(client, None).context("starting the client-side proxy")?;
+        let forwards = APP_PORTS.iter().copied().zip(client_h.addrs.forwards.iter().copied()).collect();
+        Ok(Mesh {
+            kind: Kind::Loopback { forwards },
+            proxies: vec![("node1".into(), client_h), ("node2".into(), server_h)],
+            _dir: dir,
+        })
+    }
+
+    /// Netns mesh (root): two nodes, a pod on each, proxies in shared mode.
+    pub fn start_netns() -> Result<Mesh> {
+        crate::require_root();
+        let topo = Topology::builder()
+            .node("node1")
+            .node("node2")
+            .pod("node1", "client")
+            .pod("node2", "server")
+            .build()?;
+        let dir = tempfile::tempdir()?;
+        let client = topo.pod("client").ok_or_else(|| anyhow!("no client pod"))?;
+        let server = topo.pod("server").ok_or_else(|| anyhow!("no server pod"))?;
+        let (client_ip, server_ip) = (client.ip, server.ip);
+        write_common(dir.path(), client_ip, server_ip)?;
+        let server_ns = server.netns()?;
+        for port in APP_PORTS {
+            let l = server_ns
+                .run_in(|| TcpListener::bind((server_ip, port)))?
+                .with_context(|| format!("binding the demo app in the server pod on {port}"))?;
+            spawn_app(l, "server");
+        }
+        let mut handles = Vec::new();
+        for (node, pod) in [("node1", client), ("node2", server)] {
+            let mut s = base_settings(dir.path(), node);
+            s.mode = Mode::Shared;
+            s.pods = vec![format!("{}={}", pod.name, pod.netns_path().display())];
+            handles.push((node.to_string(), app::start(s, None).with_context(|| format!("starting the {node} proxy"))?));
+        }
+        let client_ns = client.netns()?;
+        Ok(Mesh {
+            kind: Kind::Netns {
+                topo,
+                client: client_ns,
+                server_ip,
+            },
+            proxies: handles,
+            _dir: dir,
+        })
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self.kind {
+            Kind::Loopback { .. } => "loopback, dedicated mode, no root",
+            Kind::Netns { .. } => "network namespaces, shared mode, nftables capture",
+        }
+    }
+
+    pub fn topology_lines(&self) -> Vec<String> {
+        let mut v = vec![];
+        match &self.kind {
+            Kind::Loopback { forwards } => {
+                v.push("client workload 127.0.1.1 (spiffe://cluster.local/ns/demo/sa/client), proxy node1".into());
+                v.push("server workload 127.0.2.1 (spiffe://cluster.local/ns/demo/sa/server), proxy node2 hbone 127.0.2.1:15008".into());
+                for (port, listen) in forwards {
+                    v.push(format!("capture {listen} -> 127.0.2.1:{port}"));
+                }
+            }
+            Kind::Netns { topo, server_ip, .. } => {
+                for p in topo.pods() {
+                    v.push(format!("pod {} {} on {}", p.name, p.ip, p.node));
+                }
+                v.push(format!("server app listens on {server_ip}:8080 and :9090"));
+            }
+        }
+        for (node, h) in &self.proxies {
+            v.push(format!("proxy {node}: admin {:?} metrics {:?}", h.addrs.admin, h.addrs.metrics));
+        }
+        v
+    }
+
+    /// Sends one line to the server's `port` through the mesh; returns the reply ("" if closed).
+    pub fn request(&self, port: u16, msg: &str) -> Result<String> {
+        let stream = match &self.kind {
+            Kind::Loopback { forwards } => {
+                let addr = forwards
+                    .iter()
+                    .find(|(p, _)| *p == port)
+                    .map(|(_, a)| *a)
+                    .ok_or_else(|| anyhow!("no capture for port {port}"))?;
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5))?
+            }
+            Kind::Netns { client, server_ip, .. } => {
+                let dst = SocketAddr::new(*server_ip, port);
+                client.run_in(|| TcpStream::connect_timeout(&dst, Duration::from_secs(5)))??
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        writeln!(&stream, "{msg}")?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        Ok(line)
+    }
+
+    fn metrics(&self) -> impl Iterator<Item = (&str, &Arc<Metrics>)> {
+        self.proxies.iter().map(|(n, h)| (n.as_str(), &h.metrics))
+    }
+
+    /// Waits until the proxies have recorded `n` closed connections each side.
+    pub fn wait_for_closed_connections(&self, n: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let done = self.metrics().all(|(_, m)| {
+                sum_metric(&m.encode_text(), "istio_tcp_connections_closed_total") >= n as f64
+            });
+            if done {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("proxies did not record {n} closed connections within 10s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One line per proxy and reporter: who talked to whom, by SPIFFE identity.
+    pub fn hop_lines(&self) -> Result<Vec<String>> {
+        let mut v = vec![];
+        for (node, m) in self.metrics() {
+            for line in m.encode_text().lines() {
+                if !line.starts_with("istio_tcp_connections_opened_total{") {
+                    continue;
+                }
+                let l = |k: &str| label(line, k).unwrap_or_default();
+                v.push(format!(
+                    "{node} reporter={}: {} ({}) -> {} ({}) security={}",
+                    l("reporter"),
+                    l("source_workload"),
+                    l("source_principal"),
+                    l("destination_workload"),
+                    l("destination_principal"),
+                    l("connection_security_policy"),
+                ));
+            }
+        }
+        Ok(v)
+    }
+
+    /// The counters an operator would look at, per proxy.
+    pub fn counter_lines(&self) -> Result<Vec<String>> {
+        let mut v = vec![];
+        for (node, m) in self.metrics() {
+            let text = m.encode_text();
+            for name in [
+                "istio_tcp_connections_opened_total",
+                "istio_tcp_connections_closed_total",
+                "istio_tcp_sent_bytes_total",
+                "istio_tcp_received_bytes_total",
+            ] {
+                v.push(format!("{node} {name} = {}", sum_metric(&text, name)));
+            }
+            for line in text.lines().filter(|l| l.starts_with("trellis_proxy_errors_total{")) {
+                v.push(format!("{node} {line}"));
+            }
+        }
+        Ok(v)
+    }
+
+    pub fn stop(self) {
+        for (_, h) in &self.proxies {
+            h.stop();
+        }
+        for (_, h) in self.proxies {
+            h.wait();
+        }
+    }
+}
+
+/// Sum of every sample of a metric in Prometheus text format.
+pub fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A label's value in one Prometheus sample line.
+pub fn label(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("{key}=\""))? + key.len() + 2;
+    let end = line[start..].find('"')? + start;
+    Some(line[start..end].to_string())
+}

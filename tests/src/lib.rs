@@ -1,0 +1,22 @@
+//! End-to-end test support for Trellis: a network-namespace harness (nodes
+//! and pods as netns joined by veth pairs), test servers and clients that run
+//! inside pods, and waiting helpers. Used by the e2e tests, the perf
+//! benchmarks and the root-mode demo.
+//!
+//! Tests that build namespaces start with
+//! `if !trellis_e2e::require_root() { return; }`.
+
+pub mod cleanup;
+pub mod demo;
+mod plan;
+pub mod process;
+pub mod root;
+pub mod servers;
+pub mod topology;
+pub mod wait;
+
+pub use process::ChildGuard;
+pub use root::require_root;
+pub use servers::{ask_identity, connect, connect_async, echo_roundtrip, Identity, ServerKind, TestServer};
+pub use topology::{cleanup_stale_namespaces, Node, Pod, Topology, TopologyBuilder, TopologyError};
+pub use wait::{wait_for, wait_until, wait_until_async, WaitTimeout};

@@ -1,0 +1,338 @@
+//! The netns harness itself: connectivity through the topology, isolation
+//! from the outside, and cleanup of every namespace it makes.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use trellis_e2e::topology::{owner_pid, NETNS_DIR};
+use trellis_e2e::{
+    ask_identity, assert_eventually, cleanup_stale_namespaces, echo_roundtrip, require_root,
+    wait_until, TestServer, Topology, TopologyError,
+};
+use trellis_node_proxy::netns::NetNs;
+
+const T: Duration = Duration::from_secs(5);
+
+fn netns_exists(name: &str) -> bool {
+    Path::new(NETNS_DIR).join(name).exists()
+}
+
+/// Interface names in the calling thread's network namespace
+/// (/proc/thread-self/net follows the thread, not the process).
+fn ifaces() -> Vec<String> {
+    let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default();
+    let mut v: Vec<String> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split_once(':')?.0.trim().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn three_pods() -> Topology {
+    Topology::builder()
+        .node("node1")
+        .pod("node1", "a")
+        .pod("node1", "b")
+        .pod("node2", "c")
+        .build()
+        .expect("building the topology")
+}
+
+#[test]
+fn pods_reach_each_other_on_the_same_node_and_across_nodes() {
+    if !require_root() {
+        return;
+    }
+    let topo = three_pods();
+    let (a, b, c) = (
+        topo.pod("a").unwrap(),
+        topo.pod("b").unwrap(),
+        topo.pod("c").unwrap(),
+    );
+    assert_eq!(a.ip, IpAddr::from([198, 18, 1, 2]));
+    assert_eq!(b.ip, IpAddr::from([198, 18, 1, 3]));
+    assert_eq!(c.ip, IpAddr::from([198, 18, 2, 2]));
+    assert_eq!(
+        topo.node("node2").unwrap().uplink_ip,
+        IpAddr::from([198, 19, 255, 2])
+    );
+
+    let b_echo = TestServer::echo(Some(&b.netns().unwrap()), SocketAddr::new(b.ip, 7)).unwrap();
+    let c_echo = TestServer::echo(Some(&c.netns().unwrap()), SocketAddr::new(c.ip, 7)).unwrap();
+    let a_ns = a.netns().unwrap();
+    let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    for server in [&b_echo, &c_echo] {
+        let back = echo_roundtrip(Some(&a_ns), server.addr(), &payload, T).unwrap();
+        assert!(
+            back == payload,
+            "echo via {} returned {} bytes",
+            server.addr(),
+            back.len()
+        );
+        assert_eq!(server.peers().len(), 1);
+        // Plain routing, no NAT: the server sees the pod's own address.
+        assert_eq!(server.peers()[0].ip(), a.ip);
+    }
+
+    // And back the other way, across nodes, with the identity server.
+    let a_id = TestServer::identity(Some(&a_ns), SocketAddr::new(a.ip, 80)).unwrap();
+    let seen = ask_identity(Some(&c.netns().unwrap()), a_id.addr(), T).unwrap();
+    assert_eq!(seen.peer.ip(), c.ip);
+    assert_eq!(seen.local, a_id.addr());
+}
+
+#[test]
+fn pods_have_no_route_out_of_the_topology() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder().pod("node1", "a").build().unwrap();
+    let a = topo.pod("a").unwrap();
+    let routes = topo.exec("a", &["ip", "-4", "route", "show"]).unwrap();
+    assert!(
+        !routes.contains("default"),
+        "pod has a default route:\n{routes}"
+    );
+    assert!(
+        routes.contains("198.18.0.0/15 via 198.18.1.1 dev eth0"),
+        "{routes}"
+    );
+    for node in topo.nodes() {
+        let routes = topo
+            .exec(&node.name, &["ip", "-4", "route", "show"])
+            .unwrap();
+        assert!(
+            !routes.contains("default"),
+            "node has a default route:\n{routes}"
+        );
+    }
+
+    // TEST-NET-1 (RFC 5737): no route, so the kernel refuses before sending anything.
+    let outside = SocketAddr::from(([192, 0, 2, 1], 80));
+    let started = Instant::now();
+    let err = trellis_e2e::connect(Some(&a.netns().unwrap()), outside, T).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn drop_removes_every_namespace_and_kills_spawned_processes() {
+    if !require_root() {
+        return;
+    }
+    let topo = three_pods();
+    let names = topo.netns_names();
+    assert_eq!(
+        names.len(),
+        1 + 2 + 3,
+        "fabric, two nodes, three pods: {names:?}"
+    );
+    for n in &names {
+        assert!(n.starts_with(topo.prefix()) && netns_exists(n), "{n}");
+        assert_eq!(owner_pid(n), Some(std::process::id()));
+    }
+    let mut sleeper = topo.spawn("c", &["sleep", "60"]).unwrap();
+    let pid = sleeper.pid();
+    assert!(
+        sleeper.try_status().is_none(),
+        "sleep exited early: {}",
+        sleeper.log()
+    );
+    drop(topo);
+    for n in &names {
+        assert!(!netns_exists(n), "{n} still exists after drop");
+    }
+    // Killed by the topology even though its guard is still alive.
+    let status = sleeper.wait_exit(T).unwrap();
+    assert!(!status.success(), "{status}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn namespaces_are_removed_when_a_test_panics() {
+    if !require_root() {
+        return;
+    }
+    let mut names = vec![];
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let topo = Topology::builder().pod("node1", "a").build().unwrap();
+        names = topo.netns_names();
+        panic!("test failure while the topology is alive");
+    }));
+    assert!(result.is_err());
+    assert_eq!(names.len(), 3);
+    for n in &names {
+        assert!(!netns_exists(n), "{n} survived the panic");
+    }
+}
+
+#[test]
+fn namespaces_of_dead_test_processes_are_cleaned_up() {
+    if !require_root() {
+        return;
+    }
+    // A PID that surely belongs to nobody now: a child we started and reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!("trl{dead}-0-p-left");
+    trellis_e2e::process::run("ip", &["netns", "add", &stale], T).unwrap();
+    let live = Topology::builder().pod("node1", "a").build().unwrap();
+    // build() cleans up too; an explicit call must find nothing more to do, and
+    // never touch namespaces of a live process.
+    let removed_later = cleanup_stale_namespaces();
+    assert!(
+        !netns_exists(&stale),
+        "stale namespace {stale} was not removed"
+    );
+    assert!(!removed_later.iter().any(|n| n.starts_with(live.prefix())));
+    for n in live.netns_names() {
+        assert!(netns_exists(&n), "{n} of a live topology was removed");
+    }
+}
+
+#[test]
+fn mtu_and_pod_addresses_are_tunable() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .mtu(9000)
+        .pod_with_ip("node1", "a", Ipv4Addr::new(198, 18, 1, 50))
+        .pod("node1", "b")
+        .build()
+        .unwrap();
+    assert_eq!(topo.pod("a").unwrap().ip, IpAddr::from([198, 18, 1, 50]));
+    assert_eq!(topo.pod("b").unwrap().ip, IpAddr::from([198, 18, 1, 2]));
+    let link = topo.exec("a", &["ip", "link", "show", "eth0"]).unwrap();
+    assert!(link.contains("mtu 9000"), "{link}");
+    let bridge = topo.exec("node1", &["ip", "link", "show", "br0"]).unwrap();
+    assert!(bridge.contains("mtu 9000"), "{bridge}");
+    let b = topo.pod("b").unwrap();
+    let server = TestServer::echo(Some(&b.netns().unwrap()), SocketAddr::new(b.ip, 7)).unwrap();
+    let big = vec![7u8; 8000];
+    let back = echo_roundtrip(
+        Some(&topo.pod("a").unwrap().netns().unwrap()),
+        server.addr(),
+        &big,
+        T,
+    )
+    .unwrap();
+    assert_eq!(back, big);
+}
+
+#[test]
+fn bad_topologies_are_refused_before_anything_is_created() {
+    // No root needed: validation happens first.
+    let e = Topology::builder()
+        .pod("node1", "bad name")
+        .build()
+        .err()
+        .unwrap();
+    assert!(matches!(e, TopologyError::BadName(_)), "{e}");
+    let e = Topology::builder()
+        .pod("node1", "x")
+        .pod("node2", "x")
+        .build()
+        .err()
+        .unwrap();
+    assert!(matches!(e, TopologyError::Duplicate(_)), "{e}");
+    let e = Topology::builder()
+        .pod("fabric", "a")
+        .build()
+        .err()
+        .unwrap();
+    assert!(matches!(e, TopologyError::Reserved(_)), "{e}");
+    let e = Topology::builder()
+        .pod_with_ip("node1", "a", Ipv4Addr::new(198, 18, 2, 5))
+        .build()
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("198.18.1.2-254"), "{e}");
+}
+
+#[test]
+fn run_in_switches_only_the_calling_thread_and_restores_after_a_panic() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder().pod("node1", "a").build().unwrap();
+    let a = topo.pod("a").unwrap();
+    let ns = a.netns().unwrap();
+    let home = ifaces();
+    let inside = ns.run_in(ifaces).unwrap();
+    assert!(
+        inside.contains(&"eth0".to_string()) && inside != home,
+        "{inside:?}"
+    );
+    // A thread that already exists stays where it is while this one is inside
+    // (a thread spawned inside would start in the pod's netns, like any clone).
+    let (ask, asked) = std::sync::mpsc::channel::<()>();
+    let (tell, told) = std::sync::mpsc::channel();
+    let other = std::thread::spawn(move || {
+        while asked.recv().is_ok() {
+            let _ = tell.send(ifaces());
+        }
+    });
+    let seen_by_other = ns
+        .run_in(|| {
+            ask.send(()).unwrap();
+            told.recv_timeout(T).unwrap()
+        })
+        .unwrap();
+    assert_eq!(seen_by_other, home);
+    drop(ask);
+    other.join().unwrap();
+    // Nested: back to the pod's netns, not the thread's home, after the inner call.
+    let node = topo.node("node1").unwrap().netns().unwrap();
+    let (inner, after_inner) = ns
+        .run_in(|| (node.run_in(ifaces).unwrap(), ifaces()))
+        .unwrap();
+    assert!(inner.contains(&"up0".to_string()), "{inner:?}");
+    assert_eq!(after_inner, inside);
+    assert_eq!(ifaces(), home);
+
+    let caught = std::panic::catch_unwind(|| ns.run_in(|| panic!("inside the pod netns")));
+    assert!(caught.is_err());
+    assert_eq!(
+        ifaces(),
+        home,
+        "thread was left in the pod's namespace after a panic"
+    );
+    assert_eq!(NetNs::open(a.netns_path()).unwrap().path(), a.netns_path());
+}
+
+#[test]
+fn waits_report_what_they_waited_for() {
+    let start = Instant::now();
+    let mut n = 0;
+    wait_until(T, "counter to reach 3", || {
+        n += 1;
+        n >= 3
+    })
+    .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(1));
+    let e = wait_until(
+        Duration::from_millis(30),
+        "a condition that never holds",
+        || false,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("a condition that never holds"),
+        "{e}"
+    );
+    assert!(e.waited >= Duration::from_millis(30));
+    let caught =
+        std::panic::catch_unwind(|| assert_eventually!(Duration::from_millis(10), 1 + 1 == 3));
+    let msg = caught.unwrap_err();
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("1 + 1 == 3"), "{msg}");
+}
