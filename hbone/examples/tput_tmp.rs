@@ -27,6 +27,12 @@ async fn run() {
     let sink_addr = sink.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = sink.accept().await.unwrap();
+        if std::env::args().nth(2).as_deref() == Some("down") {
+            let buf = vec![9u8; 256 << 10];
+            let mut sent = 0;
+            while sent < TOTAL { s.write_all(&buf).await.unwrap(); sent += buf.len(); }
+            s.shutdown().await.unwrap();
+        }
         let mut buf = vec![0u8; 256 << 10];
         let mut n = 0usize;
         loop { let r = s.read(&mut buf).await.unwrap(); if r == 0 { break; } n += r; }
@@ -65,10 +71,11 @@ async fn run() {
     let buf = vec![7u8; 256 << 10];
     let start = Instant::now();
     let mut sent = 0;
-    while sent < TOTAL { app.write_all(&buf).await.unwrap(); sent += buf.len(); }
+    let down = std::env::args().nth(2).as_deref() == Some("down");
+    while !down && sent < TOTAL { app.write_all(&buf).await.unwrap(); sent += buf.len(); }
     app.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    app.read_to_end(&mut rest).await.unwrap();
+    let mut rbuf = vec![0u8; 256 << 10];
+    loop { if app.read(&mut rbuf).await.unwrap() == 0 { break; } }
     let el = start.elapsed();
     let r = proxy.await.unwrap();
     println!("{r:?} {:.2} Gbit/s in {el:?}", (TOTAL as f64 * 8.0) / el.as_secs_f64() / 1e9);

@@ -17,6 +17,7 @@ use crate::Topology;
 
 const TRUST_DOMAIN: &str = "cluster.local";
 const APP_PORTS: [u16; 2] = [8080, 9090];
+const CLIENT_LOOPBACK_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, 1));
 
 /// Workloads, one service and the policy: sa/client may reach sa/server on 8080 only.
 fn config_yaml(client_ip: IpAddr, server_ip: IpAddr) -> String {
@@ -119,7 +120,7 @@ impl Mesh {
     /// Loopback mesh, no root: proxies in dedicated mode with static captures.
     pub fn start_loopback() -> Result<Mesh> {
         let dir = tempfile::tempdir()?;
-        let client_ip: IpAddr = "127.0.1.1".parse()?;
+        let client_ip = CLIENT_LOOPBACK_IP;
         let server_ip: IpAddr = "127.0.2.1".parse()?;
         write_common(dir.path(), client_ip, server_ip)?;
         for port in APP_PORTS {
@@ -229,7 +230,12 @@ impl Mesh {
                     .find(|(p, _)| *p == port)
                     .map(|(_, a)| *a)
                     .ok_or_else(|| anyhow!("no capture for port {port}"))?;
-                TcpStream::connect_timeout(&addr, Duration::from_secs(5))?
+                // Connect from the client workload's own address, as the app
+                // would, so the server side can name the source workload.
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                sock.bind(&SocketAddr::new(CLIENT_LOOPBACK_IP, 0).into())?;
+                sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+                TcpStream::from(sock)
             }
             Kind::Netns { client, server_ip, .. } => {
                 let dst = SocketAddr::new(*server_ip, port);
