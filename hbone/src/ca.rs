@@ -76,6 +76,7 @@ pub struct DevCa {
     cert_pem: String,
     cert_der: CertificateDer<'static>,
     key: KeyPair,
+    key_pem: String,
 }
 
 impl std::fmt::Debug for DevCa {
@@ -122,6 +123,7 @@ impl DevCa {
         Ok(DevCa {
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
             key,
         })
     }
@@ -147,6 +149,7 @@ impl DevCa {
             cert_pem: cert_pem.to_owned(),
             cert_der,
             key,
+            key_pem: key_pem.to_owned(),
         })
     }
 
@@ -155,9 +158,9 @@ impl DevCa {
         &self.cert_pem
     }
 
-    /// The root private key as PKCS#8 PEM.
-    pub fn root_key_pem(&self) -> String {
-        self.key.serialize_pem()
+    /// The root private key as PEM.
+    pub fn root_key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// Writes `root-cert.pem` and `root-key.pem` (mode 0600) into `dir`, creating it.
@@ -174,7 +177,7 @@ impl DevCa {
         let cert_path = dir.join(ROOT_CERT_FILE);
         fs::write(&cert_path, &self.cert_pem).map_err(io(&cert_path))?;
         let key_path = dir.join(ROOT_KEY_FILE);
-        write_private(&key_path, self.root_key_pem().as_bytes()).map_err(io(&key_path))
+        write_private(&key_path, self.key_pem.as_bytes()).map_err(io(&key_path))
     }
 
     /// Loads a CA written by [`DevCa::write_to_dir`].
@@ -298,7 +301,7 @@ mod tests {
         ));
         let ca = DevCa::generate("td").expect("generate");
         let other = DevCa::generate("td").expect("generate");
-        let err = DevCa::from_pem(ca.root_cert_pem(), &other.root_key_pem()).unwrap_err();
+        let err = DevCa::from_pem(ca.root_cert_pem(), other.root_key_pem()).unwrap_err();
         assert!(matches!(err, CaError::RootKey(_)), "{err}");
         let leaf = ca
             .issue(&Identity::new("td", "a", "b"), Duration::from_secs(60))

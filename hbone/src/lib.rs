@@ -9,6 +9,8 @@
 //! - [`client`] / [`server`]: the two ends of a tunnel; [`pool`] shares client connections.
 //! - [`stream`]: the tunnel byte stream and the fast copy loop.
 
+#![warn(missing_docs)]
+
 pub mod ca;
 pub mod client;
 mod copy;

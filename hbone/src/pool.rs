@@ -49,7 +49,8 @@ impl PoolKey {
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
     /// Most tunnels on one connection before another is opened (default 100,
-    /// matching the server's default max_concurrent_streams).
+    /// matching the server's default max_concurrent_streams; 0 is treated as 1).
+    /// The peer's own stream limit applies too, whichever is lower.
     pub max_streams_per_conn: u32,
     /// How long a connection may have no tunnels before it is closed (default 60 s).
     ///

@@ -254,3 +254,14 @@ async fn closed_connections_are_replaced() {
     assert_eq!(d.dials(), 2);
     assert_eq!(pool.stats().connections, 1);
 }
+
+#[tokio::test]
+async fn pool_and_connect_future_are_send() {
+    fn send_sync_clone<T: Send + Sync + Clone>(_: &T) {}
+    let (pool, d, _server) = setup(PoolSettings::default()).await;
+    send_sync_clone(&pool);
+    let key = d.key(&[id("server")]);
+    // Node-proxy tasks are spawned: the pooled connect must be spawnable.
+    let task = tokio::spawn(async move { d.open(&pool, &key).await.map(|_| d.dials()) });
+    assert_eq!(within(task).await.expect("join").expect("stream"), 1);
+}

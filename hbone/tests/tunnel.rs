@@ -100,30 +100,21 @@ async fn large_payload_round_trip_with_exact_counts() {
         got
     };
     let ((), app_got) = within(async { tokio::join!(write, read) }).await;
-    assert_eq!(app_got.len(), DOWN);
-    assert!(app_got == pattern(DOWN, 7), "downstream payload corrupted");
     let backend_got = within(backend_task).await.expect("backend task");
-    assert_eq!(backend_got.len(), UP);
+    let client = within(client_copy).await.expect("join");
+    let server = within(server_counts.recv()).await.expect("count");
+    let summary = format!(
+        "app got {}, backend got {}, client copy {client:?}, server copy {server:?}",
+        app_got.len(),
+        backend_got.len()
+    );
+    assert_eq!(app_got.len(), DOWN, "{summary}");
+    assert!(app_got == pattern(DOWN, 7), "downstream payload corrupted");
+    assert_eq!(backend_got.len(), UP, "{summary}");
     assert!(backend_got == pattern(UP, 3), "upstream payload corrupted");
-
-    let client = within(client_copy)
-        .await
-        .expect("join")
-        .expect("client copy");
-    assert_eq!(
-        client,
-        (UP as u64, DOWN as u64),
-        "client: (tcp→tunnel, tunnel→tcp)"
-    );
-    let server = within(server_counts.recv())
-        .await
-        .expect("count")
-        .expect("server copy");
-    assert_eq!(
-        server,
-        (DOWN as u64, UP as u64),
-        "server: (tcp→tunnel, tunnel→tcp)"
-    );
+    // (tcp→tunnel, tunnel→tcp) on each side.
+    assert_eq!(client.expect("client copy"), (UP as u64, DOWN as u64));
+    assert_eq!(server.expect("server copy"), (DOWN as u64, UP as u64));
 }
 
 #[tokio::test]

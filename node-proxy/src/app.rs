@@ -39,7 +39,7 @@ pub enum StartError {
     Ca {
         path: String,
         #[source]
-        source: hbone::CaError,
+        source: Box<hbone::CaError>,
     },
     #[error("trust bundle {path}: {source}")]
     TrustBundle {
@@ -117,7 +117,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     let store = Arc::new(StateStore::new(state));
     let ca = hbone::DevCa::load_from_dir(&settings.ca_dir).map_err(|source| StartError::Ca {
         path: settings.ca_dir.display().to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let extra = match &settings.trust_bundle {
         Some(p) => {

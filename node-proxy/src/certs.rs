@@ -21,13 +21,13 @@ pub enum CertError {
     Issue {
         identity: Identity,
         #[source]
-        source: hbone::CaError,
+        source: Box<hbone::CaError>,
     },
     #[error("cannot build a tls config for {identity}: {source}")]
     Tls {
         identity: Identity,
         #[source]
-        source: hbone::TlsError,
+        source: Box<hbone::TlsError>,
     },
 }
 
@@ -80,7 +80,7 @@ impl CertManager {
                 .issue(id, CERT_LIFETIME)
                 .map_err(|source| CertError::Issue {
                     identity: id.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             tracing::info!(identity = %id, "issued workload certificate");
             map.insert(
@@ -109,7 +109,7 @@ impl CertManager {
             }
             let c = hbone::server_config(&i.cert, bundle).map_err(|source| CertError::Tls {
                 identity: id.clone(),
-                source,
+                source: Box::new(source),
             })?;
             i.server = Some(c.clone());
             Ok(c)
@@ -129,7 +129,7 @@ impl CertManager {
             let c = hbone::client_config(&i.cert, bundle, std::slice::from_ref(expected))
                 .map_err(|source| CertError::Tls {
                     identity: src.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             i.clients.insert(expected.clone(), c.clone());
             Ok(c)

@@ -34,7 +34,7 @@ pub enum InboundError {
     Identity {
         peer: SocketAddr,
         #[source]
-        source: hbone::TlsError,
+        source: Box<hbone::TlsError>,
     },
     #[error(transparent)]
     Certs(#[from] crate::certs::CertError),
@@ -68,7 +68,8 @@ async fn serve(
     let local = stream
         .local_addr()
         .map_err(|source| InboundError::Io { peer, source })?;
-    let dst_wl = local_workload(&ctx, &scope, local.ip())?;
+    let dst_wl = local_workload(&ctx, &scope, local.ip())
+        .ok_or(InboundError::UnknownDestination(local.ip()))?;
 
     let mut first = [0u8; 1];
     let n = stream
@@ -83,7 +84,8 @@ async fn serve(
     let dst_id = dst_wl.identity();
     let tls_cfg = proxy.certs.server_config(&dst_id)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
-    let tls = match acceptor.accept(stream).await {
+    // Boxed: the handshake state is large and only needed up front.
+    let tls = match Box::pin(acceptor.accept(stream)).await {
         Ok(t) => t,
         Err(source) => {
             proxy.metrics.record_error(ErrorReason::UnknownIdentity);
@@ -94,7 +96,10 @@ async fn serve(
         Ok(id) => id,
         Err(source) => {
             proxy.metrics.record_error(ErrorReason::UnknownIdentity);
-            return Err(InboundError::Identity { peer, source });
+            return Err(InboundError::Identity {
+                peer,
+                source: Box::new(source),
+            });
         }
     };
     info!(src.identity = %src_id, dst.identity = %dst_id, "hbone connection established");
@@ -118,13 +123,13 @@ async fn serve(
         .map_err(|source| InboundError::Session { peer, source })
 }
 
-fn local_workload(ctx: &WorkerCtx, scope: &Scope, ip: IpAddr) -> Result<Arc<Workload>, InboundError> {
+fn local_workload(ctx: &WorkerCtx, scope: &Scope, ip: IpAddr) -> Option<Arc<Workload>> {
     let state = ctx.proxy.state.load();
-    match state.workload_by_ip(ip) {
-        // In shared mode a pod's listener serves that pod only.
-        Some(w) if w.uid == scope.uid || scope.netns.is_none() => Ok(w.clone()),
-        _ => Err(InboundError::UnknownDestination(ip)),
-    }
+    // A listener serves its own pod (or dedicated workload) only.
+    state
+        .workload_by_ip(ip)
+        .filter(|w| w.uid == scope.uid)
+        .cloned()
 }
 
 async fn stream_task(
@@ -189,7 +194,7 @@ async fn stream_task(
         req.reject(StatusCode::UNAUTHORIZED);
         return;
     }
-    let mut app = match upstream::connect(proxy, &scope, target, Some(client_addr.ip())).await {
+    let mut app = match Box::pin(upstream::connect(proxy, &scope, target, Some(client_addr.ip()))).await {
         Ok(s) => s,
         Err(e) => {
             proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);

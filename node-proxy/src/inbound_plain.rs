@@ -84,7 +84,7 @@ async fn serve(
         guard.set_error(format!("denied: {reason}"));
         return Err(PlainError::Denied(reason.to_string()));
     }
-    let mut app = match upstream::connect(proxy, scope, dst, Some(peer.ip())).await {
+    let mut app = match Box::pin(upstream::connect(proxy, scope, dst, Some(peer.ip()))).await {
         Ok(s) => s,
         Err(e) => {
             proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);

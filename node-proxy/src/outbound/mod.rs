@@ -109,7 +109,7 @@ async fn proxy(
     debug!(dst.addr = %orig_dst, route = ?RouteKind(&route), "routing");
 
     let result = match &route {
-        Route::Passthrough { dst, .. } => match upstream::connect(proxy, scope, *dst, None).await {
+        Route::Passthrough { dst, .. } => match Box::pin(upstream::connect(proxy, scope, *dst, None)).await {
             Ok(mut up) => tokio::io::copy_bidirectional_with_sizes(stream, &mut up, 64 << 10, 64 << 10)
                 .await
                 .map_err(|e| e.to_string()),
@@ -141,7 +141,9 @@ async fn proxy(
                     .map_err(|e| hbone::HboneError::Io(std::io::Error::other(e.to_string())))?;
                 hbone::tls_connect(tcp, tls).await
             };
-            match ctx.pool.connect(&key, &req, dial).await {
+            // Boxed: connection setup (TLS handshake, pool wait) is large and
+            // short-lived; inline it would bloat the future for the whole connection.
+            match Box::pin(ctx.pool.connect(&key, &req, dial)).await {
                 Ok(h2) => hbone::copy_bidirectional(stream, h2)
                     .await
                     .map_err(|e| e.to_string()),
