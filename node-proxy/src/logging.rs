@@ -38,7 +38,12 @@ pub fn init(filter: &str, format: LogFormat) -> Result<LogControl, String> {
     let registry = tracing_subscriber::registry().with(layer);
     let res = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    // Colour codes only for a person at a terminal, not for log files.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json().flatten_event(true))

@@ -4,7 +4,7 @@ use trellis_node_proxy::{app, logging, settings::Settings};
 
 fn main() {
     let settings = Settings::parse();
-    let log = match logging::init(&settings.log, settings.access_log) {
+    let log = match logging::init(&settings.log, settings.log_format) {
         Ok(l) => Some(l),
         Err(e) => {
             eprintln!("trellis-node-proxy: {e}");

@@ -113,9 +113,12 @@ pub struct Settings {
     /// How often the config file is checked for changes.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub config_poll: Duration,
-    /// Access log format.
+    /// Access log format: key=value text, or one JSON object after the `access:` prefix.
     #[arg(long, value_enum, default_value = "text")]
     pub access_log: LogFormat,
+    /// Format of the proxy's own log lines.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax); changeable at runtime via /logging.
     #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
     pub log: String,

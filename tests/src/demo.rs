@@ -86,6 +86,7 @@ fn base_settings(dir: &Path, node: &str) -> Settings {
         drain_deadline: Duration::from_secs(2),
         config_poll: Duration::from_secs(1),
         access_log: trellis_node_proxy::settings::LogFormat::Text,
+        log_format: trellis_node_proxy::settings::LogFormat::Text,
         log: "info".into(),
         preserve_source_ip: true,
         install_redirect: true,
