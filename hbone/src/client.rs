@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::conn_io::{ConnIo, TlsFailure};
 use crate::error::HboneError;
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
@@ -56,14 +57,16 @@ pub(crate) struct ConnShared {
     active: AtomicUsize,
     /// When `active` last dropped to zero (or the connection was created).
     idle_since: Mutex<Instant>,
+    tls_failure: TlsFailure,
 }
 
 impl ConnShared {
-    fn new() -> ConnShared {
+    fn new(tls_failure: TlsFailure) -> ConnShared {
         ConnShared {
             closed: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            tls_failure,
         }
     }
 
@@ -113,12 +116,13 @@ impl ClientConn {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let (io, tls_failure) = ConnIo::new(io);
         let (send, mut conn) = settings
             .client_builder()?
             .handshake::<_, Bytes>(io)
             .await
-            .map_err(HboneError::from_h2)?;
-        let shared = Arc::new(ConnShared::new());
+            .map_err(|e| HboneError::from_h2_on(e, &tls_failure))?;
+        let shared = Arc::new(ConnShared::new(tls_failure));
         let driver_shared = shared.clone();
         let keepalive = crate::keepalive::run(
             conn.ping_pong(),
@@ -130,7 +134,7 @@ impl ClientConn {
         // connection when keep-alive fails closes the socket.
         tokio::spawn(async move {
             let result = tokio::select! {
-                r = conn => r.map_err(HboneError::from_h2),
+                r = conn => r.map_err(|e| HboneError::from_h2_on(e, &driver_shared.tls_failure)),
                 e = keepalive => Err(e),
             };
             driver_shared.closed.store(true, Ordering::Release);
@@ -171,16 +175,10 @@ impl ClientConn {
         slot: StreamSlot,
     ) -> Result<H2Stream, HboneError> {
         let head = req.to_http()?;
-        let mut send = self
-            .send
-            .clone()
-            .ready()
-            .await
-            .map_err(HboneError::from_h2)?;
-        let (response, stream) = send
-            .send_request(head, false)
-            .map_err(HboneError::from_h2)?;
-        let response = response.await.map_err(HboneError::from_h2)?;
+        let map = |e| HboneError::from_h2_on(e, &self.shared.tls_failure);
+        let mut send = self.send.clone().ready().await.map_err(map)?;
+        let (response, stream) = send.send_request(head, false).map_err(map)?;
+        let response = response.await.map_err(map)?;
         if response.status() != StatusCode::OK {
             tracing::debug!(status = %response.status(), target = %req.target, "hbone connect refused");
             return Err(HboneError::Status(response.status()));

@@ -7,6 +7,7 @@ use http::StatusCode;
 use rustls::{AlertDescription, CertificateError};
 use std::io;
 
+use crate::conn_io::TlsFailure;
 use crate::identity::Identity;
 use crate::request::RequestError;
 use crate::tls::TlsError;
@@ -156,20 +157,21 @@ impl HboneError {
     }
 
     /// Maps an I/O error from a TLS stream (handshake or later) to a hinted error.
-    ///
-    /// With TLS 1.3 the server checks the client certificate after the client
-    /// thinks the handshake is done, so a rejection shows up as an alert on the
-    /// first read; that is why this is also used for post-handshake I/O.
     pub(crate) fn from_tls_io(e: io::Error) -> HboneError {
-        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                return HboneError::TlsHandshake {
-                    detail: e.to_string(),
-                    hint: "the peer closed the connection during the handshake; it may have rejected our certificate or not be an hbone endpoint",
-                };
-            }
-            return HboneError::Io(e);
-        };
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return HboneError::from_rustls(tls);
+        }
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            return HboneError::TlsHandshake {
+                detail: e.to_string(),
+                hint: "the peer closed the connection during the handshake; it may have rejected our certificate or not be an hbone endpoint",
+            };
+        }
+        HboneError::Io(e)
+    }
+
+    /// Maps a rustls failure, recovering our own identity-mismatch error from the verifier.
+    pub(crate) fn from_rustls(tls: &rustls::Error) -> HboneError {
         if let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = tls {
             if let Some(TlsError::IdentityMismatch {
                 expected,
@@ -185,6 +187,20 @@ impl HboneError {
         HboneError::TlsHandshake {
             detail: tls.to_string(),
             hint: hint_for(tls),
+        }
+    }
+
+    /// Maps an h2 error on a connection whose TLS layer may have failed first.
+    ///
+    /// h2 keeps only the kind and text of I/O errors, so a TLS alert (e.g. the
+    /// peer rejecting our certificate after a TLS 1.3 handshake) would surface
+    /// as plain I/O; `tls_failure` is what the connection's I/O wrapper saw.
+    pub(crate) fn from_h2_on(e: h2::Error, tls_failure: &TlsFailure) -> HboneError {
+        match (HboneError::from_h2(e), tls_failure.get()) {
+            (HboneError::Io(_) | HboneError::ConnectionClosed | HboneError::H2(_), Some(tls)) => {
+                tls.duplicate()
+            }
+            (mapped, _) => mapped,
         }
     }
 }
@@ -213,7 +229,8 @@ fn hint_for(e: &rustls::Error) -> &'static str {
         E::NoCertificatesPresented => {
             "the client presented no certificate; hbone requires mutual tls with a workload certificate"
         }
-        E::AlertReceived(AlertDescription::UnknownCA) => {
+        // rustls answers a same-named-but-different root with decrypt_error.
+        E::AlertReceived(AlertDescription::UnknownCA | AlertDescription::DecryptError) => {
             "the peer does not trust our certificate; check both nodes share a root CA"
         }
         E::AlertReceived(AlertDescription::CertificateRequired) => {

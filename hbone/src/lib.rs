@@ -13,6 +13,7 @@
 
 pub mod ca;
 pub mod client;
+mod conn_io;
 mod copy;
 pub mod error;
 pub mod identity;

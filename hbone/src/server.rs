@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn_io::ConnIo;
 use crate::error::HboneError;
 use crate::request::{ConnectRequest, RequestError};
 use crate::settings::H2Settings;
@@ -106,11 +107,12 @@ where
     F: FnMut(IncomingRequest) + Send,
     S: Future<Output = ()>,
 {
+    let (io, tls_failure) = ConnIo::new(io);
     let mut conn = settings
         .server_builder()?
         .handshake::<_, Bytes>(io)
         .await
-        .map_err(HboneError::from_h2)?;
+        .map_err(|e| HboneError::from_h2_on(e, &tls_failure))?;
     let keepalive = crate::keepalive::run(
         conn.ping_pong(),
         settings.keepalive_interval,
@@ -142,7 +144,7 @@ where
                         tracing::debug!(error = %e, "hbone connection closed by peer while draining");
                         return Ok(());
                     }
-                    return Err(HboneError::from_h2(e));
+                    return Err(HboneError::from_h2_on(e, &tls_failure));
                 }
             },
             () = &mut shutdown, if !draining => {
@@ -155,6 +157,7 @@ where
     }
 }
 
+/// True for I/O errors that just mean the peer closed the socket.
 fn is_peer_hangup(e: &h2::Error) -> bool {
     use std::io::ErrorKind as K;
     e.get_io().is_some_and(|io| {

@@ -60,6 +60,9 @@ async fn tunnel_to(
         .await
         .expect("open tunnel");
     let (app, mut downstream) = tcp_pair().await;
+    // `conn` is dropped on return: the connection then closes right after the
+    // tunnel ends, which is exactly when an abrupt close would lose the tail
+    // of the data (see the lingering close in the crate).
     let copy = tokio::spawn(async move {
         let _keep = server; // keep the server's event channel alive for the test's duration
         copy_bidirectional(&mut downstream, stream).await

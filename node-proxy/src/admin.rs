@@ -43,7 +43,12 @@ pub enum Server {
 }
 
 /// Serves one of the admin-thread HTTP servers until `stop` fires.
-pub async fn serve(listener: TcpListener, which: Server, ctx: Arc<AdminCtx>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    which: Server,
+    ctx: Arc<AdminCtx>,
+    stop: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -75,8 +80,10 @@ pub async fn serve(listener: TcpListener, which: Server, ctx: Arc<AdminCtx>, sto
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.into())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -85,8 +92,10 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
         serde_json::to_vec_pretty(v).unwrap_or_default(),
     )));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -102,7 +111,8 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 async fn route(which: Server, ctx: &AdminCtx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match (which, req.method().clone(), path.as_str()) {
-        (Server::Metrics, Method::GET, "/metrics") | (Server::Metrics, Method::GET, "/stats/prometheus") => {
+        (Server::Metrics, Method::GET, "/metrics")
+        | (Server::Metrics, Method::GET, "/stats/prometheus") => {
             let mut r = text(StatusCode::OK, ctx.proxy.metrics.encode_text());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -126,9 +136,10 @@ async fn route(which: Server, ctx: &AdminCtx, req: Request<Incoming>) -> Respons
             ctx.stop.cancel();
             text(StatusCode::OK, "draining\n")
         }
-        (Server::Admin, Method::GET, "/pods") => {
-            json(StatusCode::OK, &serde_json::json!({ "pods": ctx.pods.list() }))
-        }
+        (Server::Admin, Method::GET, "/pods") => json(
+            StatusCode::OK,
+            &serde_json::json!({ "pods": ctx.pods.list() }),
+        ),
         (Server::Admin, Method::POST, "/pods") => add_pod(ctx, req).await,
         (Server::Admin, Method::DELETE, p) if p.starts_with("/pods/") => {
             let uid = &p["/pods/".len()..];
@@ -137,17 +148,26 @@ async fn route(which: Server, ctx: &AdminCtx, req: Request<Incoming>) -> Respons
                 Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, format!("no such endpoint: {} {path}\n", req.method())),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {} {path}\n", req.method()),
+        ),
     }
 }
 
 fn logging(ctx: &AdminCtx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(log) = &ctx.log else {
-        return text(StatusCode::NOT_IMPLEMENTED, "logging is not controlled by this proxy\n");
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "logging is not controlled by this proxy\n",
+        );
     };
     match (req.method(), query_param(req, "level")) {
         (&Method::POST, Some(level)) => match log.set(&level.replace("%2C", ",")) {
-            Ok(()) => text(StatusCode::OK, format!("log filter now {}\n", log.current())),
+            Ok(()) => text(
+                StatusCode::OK,
+                format!("log filter now {}\n", log.current()),
+            ),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         },
         (&Method::POST, None) => text(StatusCode::BAD_REQUEST, "POST /logging?level=<filter>\n"),
@@ -177,7 +197,10 @@ async fn add_pod(ctx: &AdminCtx, req: Request<Incoming>) -> Response<Full<Bytes>
         }
     };
     if !ctx.proxy.shared_mode() {
-        return text(StatusCode::CONFLICT, "pods are enrolled only in shared mode\n");
+        return text(
+            StatusCode::CONFLICT,
+            "pods are enrolled only in shared mode\n",
+        );
     }
     match ctx.pods.add(&add.uid, &add.netns) {
         Ok(()) => text(StatusCode::OK, format!("enrolled {}\n", add.uid)),

@@ -96,7 +96,11 @@ impl ProxyHandle {
 }
 
 fn bind_std(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })?;
+    let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        what,
+        addr,
+        source,
+    })?;
     l.set_nonblocking(true)
         .map_err(|source| StartError::Bind { what, addr, source })?;
     Ok(l)
@@ -125,10 +129,12 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
                 path: p.display().to_string(),
                 source: Box::new(e),
             })?;
-            Some(hbone::TrustBundle::from_pem(&pem).map_err(|e| StartError::TrustBundle {
-                path: p.display().to_string(),
-                source: Box::new(e),
-            })?)
+            Some(
+                hbone::TrustBundle::from_pem(&pem).map_err(|e| StartError::TrustBundle {
+                    path: p.display().to_string(),
+                    source: Box::new(e),
+                })?,
+            )
         }
         None => None,
     };
@@ -243,7 +249,10 @@ fn run_admin(
     stop: CancellationToken,
     listeners: [std::net::TcpListener; 3],
 ) -> DrainOutcome {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the admin runtime");
@@ -253,7 +262,11 @@ fn run_admin(
     };
     let outcome = rt.block_on(async {
         let servers_stop = CancellationToken::new();
-        for (l, which) in listeners.into_iter().zip([Server::Admin, Server::Metrics, Server::Readiness]) {
+        for (l, which) in
+            listeners
+                .into_iter()
+                .zip([Server::Admin, Server::Metrics, Server::Readiness])
+        {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
                     tokio::spawn(admin::serve(l, which, ctx.clone(), servers_stop.clone()));
@@ -274,7 +287,10 @@ fn run_admin(
         match &outcome {
             DrainOutcome::Completed => info!("drain complete"),
             DrainOutcome::DeadlineExceeded { remaining } => {
-                warn!(remaining, "drain deadline passed; closing remaining connections")
+                warn!(
+                    remaining,
+                    "drain deadline passed; closing remaining connections"
+                )
             }
         }
         servers_stop.cancel();

@@ -126,11 +126,12 @@ impl CertManager {
             if let Some(c) = i.clients.get(expected) {
                 return Ok(c.clone());
             }
-            let c = hbone::client_config(&i.cert, bundle, std::slice::from_ref(expected))
-                .map_err(|source| CertError::Tls {
+            let c = hbone::client_config(&i.cert, bundle, std::slice::from_ref(expected)).map_err(
+                |source| CertError::Tls {
                     identity: src.clone(),
                     source: Box::new(source),
-                })?;
+                },
+            )?;
             i.clients.insert(expected.clone(), c.clone());
             Ok(c)
         })

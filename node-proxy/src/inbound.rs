@@ -20,7 +20,9 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
-    #[error("no workload with address {0} is served here; check the config and the pod's enrollment")]
+    #[error(
+        "no workload with address {0} is served here; check the config and the pod's enrollment"
+    )]
     UnknownDestination(IpAddr),
     #[error("plaintext on the hbone port from {0}; only mTLS HBONE clients may use 15008")]
     Plaintext(SocketAddr),
@@ -77,7 +79,9 @@ async fn serve(
         .await
         .map_err(|source| InboundError::Io { peer, source })?;
     if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-        proxy.metrics.record_error(ErrorReason::PlaintextOnHbonePort);
+        proxy
+            .metrics
+            .record_error(ErrorReason::PlaintextOnHbonePort);
         return Err(InboundError::Plaintext(peer));
     }
 
@@ -113,14 +117,27 @@ async fn serve(
             let span = tracing::info_span!("stream", src.identity = %src_id);
             let guard = ctx.proxy.drain.track();
             tokio::spawn(
-                stream_task(ctx.clone(), scope.clone(), dst_wl.clone(), src_id.clone(), peer, req, guard)
-                    .instrument(span),
+                stream_task(
+                    ctx.clone(),
+                    scope.clone(),
+                    dst_wl.clone(),
+                    src_id.clone(),
+                    peer,
+                    req,
+                    guard,
+                )
+                .instrument(span),
             );
         }
     };
-    hbone::serve_with_shutdown(tls, &proxy.h2, on_request, async move { drain.signaled().await })
-        .await
-        .map_err(|source| InboundError::Session { peer, source })
+    hbone::serve_with_shutdown(
+        tls,
+        &proxy.h2,
+        on_request,
+        async move { drain.signaled().await },
+    )
+    .await
+    .map_err(|source| InboundError::Session { peer, source })
 }
 
 fn local_workload(ctx: &WorkerCtx, scope: &Scope, ip: IpAddr) -> Option<Arc<Workload>> {
@@ -194,10 +211,19 @@ async fn stream_task(
         req.reject(StatusCode::UNAUTHORIZED);
         return;
     }
-    let mut app = match Box::pin(upstream::connect(proxy, &scope, target, Some(client_addr.ip()))).await {
+    let mut app = match Box::pin(upstream::connect(
+        proxy,
+        &scope,
+        target,
+        Some(client_addr.ip()),
+    ))
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
-            proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);
+            proxy
+                .metrics
+                .record_error(ErrorReason::UpstreamConnectFailed);
             warn!(error = %e, "cannot reach the destination pod");
             guard.set_error(e.to_string());
             req.reject(StatusCode::SERVICE_UNAVAILABLE);

@@ -28,7 +28,12 @@ pub enum PlainError {
     Upstream(#[from] upstream::UpstreamError),
 }
 
-pub async fn handle(ctx: Arc<WorkerCtx>, mut stream: TcpStream, peer: SocketAddr, scope: Arc<Scope>) {
+pub async fn handle(
+    ctx: Arc<WorkerCtx>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    scope: Arc<Scope>,
+) {
     if let Err(e) = serve(&ctx, &mut stream, peer, &scope).await {
         warn!(error = %e, "plaintext inbound connection rejected");
     }
@@ -87,7 +92,9 @@ async fn serve(
     let mut app = match Box::pin(upstream::connect(proxy, scope, dst, Some(peer.ip()))).await {
         Ok(s) => s,
         Err(e) => {
-            proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);
+            proxy
+                .metrics
+                .record_error(ErrorReason::UpstreamConnectFailed);
             guard.set_error(e.to_string());
             return Err(e.into());
         }

@@ -18,7 +18,8 @@ pub struct LogControl {
 impl LogControl {
     /// Replaces the filter; a bad filter is refused and the old one stays.
     pub fn set(&self, filter: &str) -> Result<(), String> {
-        let f = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+        let f = EnvFilter::try_new(filter)
+            .map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
         self.handle
             .reload(f)
             .map_err(|e| format!("cannot change the log filter: {e}"))?;
@@ -27,13 +28,17 @@ impl LogControl {
     }
 
     pub fn current(&self) -> String {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 /// Installs the global subscriber. Call once per process.
 pub fn init(filter: &str, format: LogFormat) -> Result<LogControl, String> {
-    let f = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+    let f =
+        EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
     let (layer, handle) = reload::Layer::new(f);
     let registry = tracing_subscriber::registry().with(layer);
     let res = match format {

@@ -121,9 +121,18 @@ impl Pods {
         let cancel = CancellationToken::new();
         let unspecified = std::net::Ipv4Addr::UNSPECIFIED.into();
         let listeners = [
-            (ListenerKind::Outbound, SocketAddr::new(unspecified, OUTBOUND_PORT)),
-            (ListenerKind::InboundPlain, SocketAddr::new(unspecified, INBOUND_PLAIN_PORT)),
-            (ListenerKind::Hbone, SocketAddr::new(unspecified, HBONE_PORT)),
+            (
+                ListenerKind::Outbound,
+                SocketAddr::new(unspecified, OUTBOUND_PORT),
+            ),
+            (
+                ListenerKind::InboundPlain,
+                SocketAddr::new(unspecified, INBOUND_PLAIN_PORT),
+            ),
+            (
+                ListenerKind::Hbone,
+                SocketAddr::new(unspecified, HBONE_PORT),
+            ),
         ];
         if let Err(e) = self.start_listeners(&scope, &listeners, &cancel).map(drop) {
             cancel.cancel();
@@ -189,14 +198,15 @@ impl Pods {
                     transparent: false,
                     backlog: 1024,
                 };
-                let l = netns::tcp_listener(scope.netns.as_ref(), addr, opts).map_err(|source| {
-                    PodError::Listen {
-                        uid: scope.uid.clone(),
-                        kind: kind.name(),
-                        addr,
-                        source,
-                    }
-                })?;
+                let l =
+                    netns::tcp_listener(scope.netns.as_ref(), addr, opts).map_err(|source| {
+                        PodError::Listen {
+                            uid: scope.uid.clone(),
+                            kind: kind.name(),
+                            addr,
+                            source,
+                        }
+                    })?;
                 // With port 0 the first socket picks the port; the other
                 // workers' sockets must share it for SO_REUSEPORT to spread load.
                 if addr.port() == 0 {

@@ -42,9 +42,9 @@ pub struct OutboundForward {
 impl std::str::FromStr for OutboundForward {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (l, t) = s
-            .split_once('=')
-            .ok_or_else(|| format!("outbound forward {s:?} must look like LISTEN_ADDR=TARGET_ADDR"))?;
+        let (l, t) = s.split_once('=').ok_or_else(|| {
+            format!("outbound forward {s:?} must look like LISTEN_ADDR=TARGET_ADDR")
+        })?;
         let listen = l
             .parse()
             .map_err(|e| format!("outbound forward listen address {l:?}: {e}"))?;
@@ -57,7 +57,11 @@ impl std::str::FromStr for OutboundForward {
 
 /// Everything a node proxy needs to start.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "trellis-node-proxy", version, about = "Trellis node proxy (HBONE, L4 policy)")]
+#[command(
+    name = "trellis-node-proxy",
+    version,
+    about = "Trellis node proxy (HBONE, L4 policy)"
+)]
 pub struct Settings {
     /// shared: serve enrolled pods of this node; dedicated: one workload on given addresses.
     #[arg(long, value_enum, default_value = "shared")]
@@ -144,7 +148,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        other => return Err(format!("duration {s:?}: unknown unit {other:?}; use ms, s or m")),
+        other => {
+            return Err(format!(
+                "duration {s:?}: unknown unit {other:?}; use ms, s or m"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("duration {s:?} must be a non-negative number"));
@@ -264,13 +272,7 @@ mod tests {
         let errs = s.validate().unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:?}");
         let s = Settings::parse_from([
-            "p",
-            "--config",
-            "c.yaml",
-            "--ca-dir",
-            "ca",
-            "--pod",
-            "nouid",
+            "p", "--config", "c.yaml", "--ca-dir", "ca", "--pod", "nouid",
         ]);
         assert_eq!(s.validate().unwrap_err().len(), 1);
     }

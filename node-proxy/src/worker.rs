@@ -149,7 +149,13 @@ fn start_accepting(ctx: Arc<WorkerCtx>, spec: ListenSpec) {
             return;
         }
     };
-    tokio::spawn(accept_loop(ctx, listener, spec.kind, spec.scope, spec.cancel));
+    tokio::spawn(accept_loop(
+        ctx,
+        listener,
+        spec.kind,
+        spec.scope,
+        spec.cancel,
+    ));
 }
 
 async fn accept_loop(

@@ -35,7 +35,9 @@ async fn connection_futures_stay_small() {
     let ca = hbone::DevCa::generate("cluster.local").unwrap();
     let proxy = Arc::new(ProxyCtx {
         settings,
-        state: Arc::new(StateStore::new(ProxyState::new(LocalConfig::default()).unwrap())),
+        state: Arc::new(StateStore::new(
+            ProxyState::new(LocalConfig::default()).unwrap(),
+        )),
         metrics: Metrics::new(),
         certs: Arc::new(CertManager::new(ca, None)),
         drain,
@@ -63,7 +65,11 @@ async fn connection_futures_stay_small() {
     let plain = inbound_plain::handle(ctx.clone(), it.next().unwrap(), addr, scope.clone());
     let sizes = [
         ("outbound", size_of_future(&out), MAX_OUTBOUND),
-        ("inbound hbone session", size_of_future(&inb), MAX_HBONE_SESSION),
+        (
+            "inbound hbone session",
+            size_of_future(&inb),
+            MAX_HBONE_SESSION,
+        ),
         ("inbound plaintext", size_of_future(&plain), MAX_PLAINTEXT),
     ];
     println!("connection future sizes: {sizes:?}");

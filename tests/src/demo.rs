@@ -54,8 +54,14 @@ policies:
 }
 
 enum Kind {
-    Loopback { forwards: Vec<(u16, SocketAddr)> },
-    Netns { topo: Topology, client: NetNs, server_ip: IpAddr },
+    Loopback {
+        forwards: Vec<(u16, SocketAddr)>,
+    },
+    Netns {
+        topo: Topology,
+        client: NetNs,
+        server_ip: IpAddr,
+    },
 }
 
 /// A running demo mesh.
@@ -95,7 +101,8 @@ fn base_settings(dir: &Path, node: &str) -> Settings {
 
 fn write_common(dir: &Path, client_ip: IpAddr, server_ip: IpAddr) -> Result<()> {
     let ca = hbone::DevCa::generate(TRUST_DOMAIN).context("generating the dev CA")?;
-    ca.write_to_dir(&dir.join("ca")).context("writing the dev CA")?;
+    ca.write_to_dir(&dir.join("ca"))
+        .context("writing the dev CA")?;
     std::fs::write(dir.join("mesh.yaml"), config_yaml(client_ip, server_ip))?;
     Ok(())
 }
@@ -144,7 +151,11 @@ impl Mesh {
             .collect();
         let server_h = app::start(server, None).context("starting the server-side proxy")?;
         let client_h = app::start(client, None).context("starting the client-side proxy")?;
-        let forwards = APP_PORTS.iter().copied().zip(client_h.addrs.forwards.iter().copied()).collect();
+        let forwards = APP_PORTS
+            .iter()
+            .copied()
+            .zip(client_h.addrs.forwards.iter().copied())
+            .collect();
         Ok(Mesh {
             kind: Kind::Loopback { forwards },
             proxies: vec![("node1".into(), client_h), ("node2".into(), server_h)],
@@ -154,7 +165,9 @@ impl Mesh {
 
     /// Netns mesh (root): two nodes, a pod on each, proxies in shared mode.
     pub fn start_netns() -> Result<Mesh> {
-        crate::require_root();
+        if !crate::require_root() {
+            bail!("the netns demo needs root, ip and nft (TRELLIS_SKIP_NETNS is set)");
+        }
         let topo = Topology::builder()
             .node("node1")
             .node("node2")
@@ -178,7 +191,10 @@ impl Mesh {
             let mut s = base_settings(dir.path(), node);
             s.mode = Mode::Shared;
             s.pods = vec![format!("{}={}", pod.name, pod.netns_path().display())];
-            handles.push((node.to_string(), app::start(s, None).with_context(|| format!("starting the {node} proxy"))?));
+            handles.push((
+                node.to_string(),
+                app::start(s, None).with_context(|| format!("starting the {node} proxy"))?,
+            ));
         }
         let client_ns = client.netns()?;
         Ok(Mesh {
@@ -209,7 +225,9 @@ impl Mesh {
                     v.push(format!("capture {listen} -> 127.0.2.1:{port}"));
                 }
             }
-            Kind::Netns { topo, server_ip, .. } => {
+            Kind::Netns {
+                topo, server_ip, ..
+            } => {
                 for p in topo.pods() {
                     v.push(format!("pod {} {} on {}", p.name, p.ip, p.node));
                 }
@@ -217,7 +235,10 @@ impl Mesh {
             }
         }
         for (node, h) in &self.proxies {
-            v.push(format!("proxy {node}: admin {:?} metrics {:?}", h.addrs.admin, h.addrs.metrics));
+            v.push(format!(
+                "proxy {node}: admin {:?} metrics {:?}",
+                h.addrs.admin, h.addrs.metrics
+            ));
         }
         v
     }
@@ -233,12 +254,15 @@ impl Mesh {
                     .ok_or_else(|| anyhow!("no capture for port {port}"))?;
                 // Connect from the client workload's own address, as the app
                 // would, so the server side can name the source workload.
-                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                let sock =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
                 sock.bind(&SocketAddr::new(CLIENT_LOOPBACK_IP, 0).into())?;
                 sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
                 TcpStream::from(sock)
             }
-            Kind::Netns { client, server_ip, .. } => {
+            Kind::Netns {
+                client, server_ip, ..
+            } => {
                 let dst = SocketAddr::new(*server_ip, port);
                 client.run_in(|| TcpStream::connect_timeout(&dst, Duration::from_secs(5)))??
             }
@@ -307,7 +331,10 @@ impl Mesh {
             ] {
                 v.push(format!("{node} {name} = {}", sum_metric(&text, name)));
             }
-            for line in text.lines().filter(|l| l.starts_with("trellis_proxy_errors_total{")) {
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with("trellis_proxy_errors_total{"))
+            {
                 v.push(format!("{node} {line}"));
             }
         }

@@ -19,7 +19,9 @@ use decide::Route;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
-    #[error("no original destination for a captured connection: {0}; are the capture rules installed?")]
+    #[error(
+        "no original destination for a captured connection: {0}; are the capture rules installed?"
+    )]
     NoOrigDst(std::io::Error),
     #[error("source workload {0} is not in the config; enroll it or fix the config")]
     UnknownSource(String),
@@ -109,16 +111,22 @@ async fn proxy(
     debug!(dst.addr = %orig_dst, route = ?RouteKind(&route), "routing");
 
     let result = match &route {
-        Route::Passthrough { dst, .. } => match Box::pin(upstream::connect(proxy, scope, *dst, None)).await {
-            Ok(mut up) => tokio::io::copy_bidirectional_with_sizes(stream, &mut up, 64 << 10, 64 << 10)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => {
-                proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);
-                guard.set_error(e.to_string());
-                return Err(e.into());
+        Route::Passthrough { dst, .. } => {
+            match Box::pin(upstream::connect(proxy, scope, *dst, None)).await {
+                Ok(mut up) => {
+                    tokio::io::copy_bidirectional_with_sizes(stream, &mut up, 64 << 10, 64 << 10)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => {
+                    proxy
+                        .metrics
+                        .record_error(ErrorReason::UpstreamConnectFailed);
+                    guard.set_error(e.to_string());
+                    return Err(e.into());
+                }
             }
-        },
+        }
         Route::Hbone {
             target,
             tunnel,
@@ -148,7 +156,9 @@ async fn proxy(
                     .await
                     .map_err(|e| e.to_string()),
                 Err(source) => {
-                    proxy.metrics.record_error(ErrorReason::UpstreamConnectFailed);
+                    proxy
+                        .metrics
+                        .record_error(ErrorReason::UpstreamConnectFailed);
                     guard.set_error(source.to_string());
                     return Err(OutboundError::Hbone { tunnel, source });
                 }

@@ -39,7 +39,9 @@ fn main() -> Result<()> {
 
     println!("\n== 2. client -> server:9090 (denied: no ALLOW rule for port 9090)");
     match mesh.request(9090, "should not arrive") {
-        Ok(r) if !r.is_empty() => bail!("port 9090 should have been denied but the server replied {r:?}"),
+        Ok(r) if !r.is_empty() => {
+            bail!("port 9090 should have been denied but the server replied {r:?}")
+        }
         Ok(_) => println!("   connection closed by the mesh without a reply: denied"),
         Err(e) => println!("   connection refused by the mesh: {e}"),
     }

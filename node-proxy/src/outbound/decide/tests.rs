@@ -238,7 +238,10 @@ fn decisions() {
     for (name, dst, pick, want) in cases {
         let got = decide(&st, sa(dst), |eps| {
             // Unhealthy endpoints never reach the balancer.
-            assert!(eps.iter().all(|(w, _)| w.uid != "sick"), "{name}: unhealthy endpoint offered");
+            assert!(
+                eps.iter().all(|(w, _)| w.uid != "sick"),
+                "{name}: unhealthy endpoint offered"
+            );
             pick
         });
         assert_eq!(summarize(got), want_summary(&want), "case: {name}");
