@@ -24,7 +24,8 @@ pub use crate::request::ConnectRequest;
 /// Runs the client TLS handshake on an already-connected socket.
 ///
 /// The `ServerName` given to rustls is the peer's IP as a placeholder: no SNI
-/// is sent and the name is not verified (see [`crate::tls`]).
+/// is sent and the name is not verified (see [`crate::tls`]). Sets TCP_NODELAY.
+/// Has no timeout of its own: wrap it in `tokio::time::timeout`.
 pub async fn tls_connect(
     tcp: TcpStream,
     cfg: Arc<rustls::ClientConfig>,
@@ -147,6 +148,9 @@ impl ClientConn {
     }
 
     /// Opens a tunnel: sends CONNECT and waits for the peer's 200.
+    ///
+    /// Waits while the peer's stream limit is reached and has no timeout of
+    /// its own: wrap it in `tokio::time::timeout`.
     pub async fn connect(&self, req: &ConnectRequest) -> Result<H2Stream, HboneError> {
         self.connect_with_slot(req, self.force_reserve()).await
     }

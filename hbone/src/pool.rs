@@ -22,7 +22,7 @@ use crate::identity::Identity;
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
 
-/// Tries per `connect` when a pooled connection turns out to be going away.
+/// Pooled connections a `connect` may find unusable (e.g. going away) before giving up.
 const MAX_ATTEMPTS: usize = 3;
 
 /// What a pooled connection is for; tunnels only share a connection with an equal key.
@@ -138,8 +138,10 @@ impl Pool {
     {
         self.ensure_reaper();
         let mut dial = Some(dial);
-        let mut last_err = None;
-        for _ in 0..MAX_ATTEMPTS {
+        let mut failures = 0;
+        // Waiting on someone else's dial does not count as an attempt: each wait
+        // ends with a finished dial, so the loop always makes progress.
+        loop {
             match self.inner.next_step(key) {
                 Step::Reuse(conn, slot) => match conn.connect_with_slot(req, slot).await {
                     Ok(stream) => return Ok(stream),
@@ -147,7 +149,10 @@ impl Pool {
                         // Typically a GOAWAY from a draining peer: stop using it, try again.
                         tracing::debug!(error = %e, dst = %key.dst, "pooled hbone connection unusable");
                         self.inner.remove(key, &conn);
-                        last_err = Some(e);
+                        failures += 1;
+                        if failures >= MAX_ATTEMPTS {
+                            return Err(e);
+                        }
                     }
                     Err(e) => return Err(e),
                 },
@@ -160,14 +165,14 @@ impl Pool {
                     }
                 }
                 Step::Dial(guard) => {
+                    // Dialing is terminal below, so `dial` is always still here.
                     let Some(dial) = dial.take() else {
-                        break;
+                        return Err(HboneError::ConnectionClosed);
                     };
                     return self.dial_and_connect(key, req, dial, guard).await;
                 }
             }
         }
-        Err(last_err.unwrap_or(HboneError::ConnectionClosed))
     }
 
     async fn dial_and_connect<F, Fut>(

@@ -21,6 +21,8 @@ use crate::stream::H2Stream;
 /// Runs the server TLS handshake on an accepted socket (client certificate required).
 ///
 /// Use [`crate::tls::peer_identity`] on `stream.get_ref().1` to learn who connected.
+/// Sets TCP_NODELAY. Has no timeout of its own: wrap it in `tokio::time::timeout`
+/// so a client that stalls mid-handshake cannot hold the task forever.
 pub async fn tls_accept(
     tcp: TcpStream,
     cfg: Arc<rustls::ServerConfig>,

@@ -158,6 +158,30 @@ async fn concurrent_callers_share_one_dial() {
 }
 
 #[tokio::test]
+async fn many_concurrent_callers_all_get_streams() {
+    let settings = PoolSettings {
+        max_streams_per_conn: 2,
+        ..PoolSettings::default()
+    };
+    let (pool, d, _server) = setup(settings).await;
+    let key = d.key(&[id("server")]);
+    // Far more callers than one connection takes: several rounds of waiting
+    // on other callers' dials must still end in a stream for everyone.
+    let opens = (0..25).map(|_| d.open(&pool, &key));
+    let streams = futures_util::future::join_all(opens).await;
+    let streams: Vec<_> = streams.into_iter().map(|s| s.expect("stream")).collect();
+    assert_eq!(
+        pool.stats(),
+        PoolStats {
+            connections: 13,
+            streams: 25
+        }
+    );
+    assert_eq!(d.dials(), 13, "one dial per connection, none wasted");
+    drop(streams);
+}
+
+#[tokio::test]
 async fn failed_dial_is_reported_to_every_waiter() {
     let (pool, d, _server) = setup(PoolSettings::default()).await;
     // Expecting an identity the server does not have: the one shared dial fails.
