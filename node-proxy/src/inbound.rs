@@ -8,12 +8,11 @@ use std::sync::Arc;
 use http::StatusCode;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
-use trellis_core::authz::{self, ConnContext, Decision};
 use trellis_core::config::Workload;
-use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
+use trellis_core::metrics::ErrorReason;
 
 use crate::context::{Scope, WorkerCtx};
-use crate::upstream;
+use crate::{admission, upstream};
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -177,37 +176,15 @@ async fn stream_task(
         return;
     }
     let client_addr = creq.forwarded_for.unwrap_or(peer);
-    let (src_wl, decision, service) = {
-        let state = proxy.state.load();
-        let decision = authz::evaluate(
-            state.policies_for(&dst_wl),
-            &ConnContext {
-                src_identity: Some(&src_id),
-                src_ip: client_addr.ip(),
-                dst_ip: target.ip(),
-                dst_port: target.port(),
-            },
-        );
-        let src_wl = state.workload_by_ip(client_addr.ip()).cloned();
-        let service = state.service_for_workload_port(&dst_wl, target.port());
-        (src_wl, decision, service)
-    };
-    let labels = ConnectionLabels::new(
-        Reporter::Destination,
-        src_wl.as_deref(),
-        Some(src_id.clone()),
-        Some(&dst_wl),
-        Some(dst_wl.identity()),
-        service.as_deref(),
-        SecurityPolicy::MutualTls,
+    let (mut guard, admitted) = admission::admit(
+        proxy,
+        &dst_wl,
+        Some(&src_id),
+        client_addr,
+        target,
+        "inbound",
     );
-    let mut guard = proxy
-        .metrics
-        .connection_opened(labels, client_addr, target, "inbound");
-    if let Decision::Deny(reason) = decision {
-        proxy.metrics.record_error(ErrorReason::PolicyDenied);
-        info!(dst.addr = %target, %reason, "connection denied by policy");
-        guard.set_error(format!("denied: {reason}"));
+    if admitted.is_err() {
         req.reject(StatusCode::UNAUTHORIZED);
         return;
     }

@@ -6,13 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tracing::{info, warn};
-use trellis_core::authz::{self, ConnContext, Decision};
-use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
+use tracing::warn;
+use trellis_core::metrics::ErrorReason;
 
 use crate::context::{Scope, WorkerCtx};
 use crate::settings::{HBONE_PORT, INBOUND_PLAIN_PORT, OUTBOUND_PORT};
-use crate::{sockopt, upstream};
+use crate::{admission, sockopt, upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlainError {
@@ -51,44 +50,15 @@ async fn serve(
     if [OUTBOUND_PORT, INBOUND_PLAIN_PORT, HBONE_PORT].contains(&dst.port()) {
         return Err(PlainError::ProxyPort(dst));
     }
-    let (dst_wl, src_wl, decision, service) = {
-        let state = proxy.state.load();
-        let wl = state
-            .workload_by_uid(&scope.uid)
-            .filter(|w| w.addresses.contains(&dst.ip()))
-            .cloned()
-            .ok_or_else(|| PlainError::NotThisPod(dst, scope.uid.clone()))?;
-        let decision = authz::evaluate(
-            state.policies_for(&wl),
-            &ConnContext {
-                src_identity: None,
-                src_ip: peer.ip(),
-                dst_ip: dst.ip(),
-                dst_port: dst.port(),
-            },
-        );
-        let src = state.workload_by_ip(peer.ip()).cloned();
-        let service = state.service_for_workload_port(&wl, dst.port());
-        (wl, src, decision, service)
-    };
-    let labels = ConnectionLabels::new(
-        Reporter::Destination,
-        src_wl.as_deref(),
-        None,
-        Some(&dst_wl),
-        Some(dst_wl.identity()),
-        service.as_deref(),
-        SecurityPolicy::Unknown,
-    );
-    let mut guard = proxy
-        .metrics
-        .connection_opened(labels, peer, dst, "inbound_plain");
-    if let Decision::Deny(reason) = decision {
-        proxy.metrics.record_error(ErrorReason::PolicyDenied);
-        info!(dst.addr = %dst, %reason, "plaintext connection denied by policy");
-        guard.set_error(format!("denied: {reason}"));
-        return Err(PlainError::Denied(reason.to_string()));
-    }
+    let dst_wl = proxy
+        .state
+        .load()
+        .workload_by_uid(&scope.uid)
+        .filter(|w| w.addresses.contains(&dst.ip()))
+        .cloned()
+        .ok_or_else(|| PlainError::NotThisPod(dst, scope.uid.clone()))?;
+    let (mut guard, admitted) = admission::admit(proxy, &dst_wl, None, peer, dst, "inbound_plain");
+    admitted.map_err(|reason| PlainError::Denied(reason.to_string()))?;
     let mut app = match Box::pin(upstream::connect(proxy, scope, dst, Some(peer.ip()))).await {
         Ok(s) => s,
         Err(e) => {

@@ -9,6 +9,7 @@
 //! | `trellis-admin` | current-thread | 15000 admin (localhost), 15020 metrics, 15021 readiness, config watcher, drain |
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod certs;
 pub mod context;
