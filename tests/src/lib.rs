@@ -7,6 +7,7 @@
 //! `if !trellis_e2e::require_root() { return; }`.
 
 pub mod cleanup;
+pub mod cluster;
 pub mod demo;
 mod plan;
 pub mod process;

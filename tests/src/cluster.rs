@@ -1,0 +1,405 @@
+//! Real `trellis-node-proxy` processes on a netns [`Topology`]: config and
+//! CA files, one shared-mode proxy per node, and small clients for their
+//! admin, metrics and readiness endpoints.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::Topology;
+
+/// Path of the node proxy binary: `TRELLIS_NODE_PROXY_BIN`, or the one cargo
+/// built next to this test executable (`cargo test --workspace` builds it).
+pub fn node_proxy_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("TRELLIS_NODE_PROXY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("trellis-node-proxy");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("trellis-node-proxy binary not found near {}; build it with `cargo build -p trellis-node-proxy`", exe.display())
+}
+
+/// A workload entry of the config file.
+#[derive(Clone, Debug)]
+pub struct Wl {
+    pub uid: String,
+    pub namespace: String,
+    pub sa: String,
+    pub ip: std::net::IpAddr,
+    pub node: String,
+    pub hbone: bool,
+    pub policies: Vec<String>,
+}
+
+impl Wl {
+    /// An HBONE workload for a harness pod, in namespace "demo" with service account = pod name.
+    pub fn pod(topo: &Topology, name: &str) -> Wl {
+        let p = topo
+            .pod(name)
+            .unwrap_or_else(|| panic!("no pod {name} in topology"));
+        Wl {
+            uid: name.into(),
+            namespace: "demo".into(),
+            sa: name.into(),
+            ip: p.ip,
+            node: p.node.clone(),
+            hbone: true,
+            policies: vec![],
+        }
+    }
+    pub fn ns(mut self, ns: &str) -> Wl {
+        self.namespace = ns.into();
+        self
+    }
+    pub fn sa(mut self, sa: &str) -> Wl {
+        self.sa = sa.into();
+        self
+    }
+    pub fn tcp(mut self) -> Wl {
+        self.hbone = false;
+        self
+    }
+    pub fn policy(mut self, key: &str) -> Wl {
+        self.policies.push(key.into());
+        self
+    }
+}
+
+/// Renders a config file: workloads, services (name, vip, port→target, endpoint uids) and raw policy YAML.
+pub fn render_config(
+    wls: &[Wl],
+    services: &[(&str, &str, u16, u16, &[&str])],
+    policies_yaml: &str,
+) -> String {
+    let mut s = String::from("workloads:\n");
+    for w in wls {
+        s += &format!(
+            "  - uid: {}\n    name: {}\n    namespace: {}\n    serviceAccount: {}\n    addresses: [{}]\n    node: {}\n    protocol: {}\n",
+            w.uid, w.uid, w.namespace, w.sa, w.ip, w.node, if w.hbone { "HBONE" } else { "TCP" }
+        );
+        if !w.policies.is_empty() {
+            s += &format!("    authorizationPolicies: [{}]\n", w.policies.join(", "));
+        }
+    }
+    if !services.is_empty() {
+        s += "services:\n";
+        for (name, vip, port, target, eps) in services {
+            s += &format!(
+                "  - name: {name}\n    namespace: demo\n    hostname: {name}.demo.svc.cluster.local\n    vips: [{vip}]\n    ports: [{{port: {port}, targetPort: {target}}}]\n    endpoints: [{}]\n",
+                eps.join(", ")
+            );
+        }
+    }
+    if !policies_yaml.trim().is_empty() {
+        s += "policies:\n";
+        s += policies_yaml;
+    }
+    s
+}
+
+/// Files shared by a cluster's proxies: CA directories and config files.
+pub struct ClusterFiles {
+    pub dir: tempfile::TempDir,
+}
+
+impl ClusterFiles {
+    pub fn new() -> Result<ClusterFiles> {
+        Ok(ClusterFiles {
+            dir: tempfile::tempdir()?,
+        })
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    /// Creates a dev CA in `name` (a directory under the cluster dir).
+    pub fn ca(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.path(name);
+        hbone::DevCa::generate("cluster.local")?.write_to_dir(&dir)?;
+        Ok(dir)
+    }
+    /// Writes a config file atomically (write + rename), as a ConfigMap update would.
+    pub fn write_config(&self, name: &str, body: &str) -> Result<PathBuf> {
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+}
+
+/// One running node proxy process, killed on drop.
+pub struct NodeProxy {
+    pub node: String,
+    child: Child,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+    log: PathBuf,
+}
+
+impl NodeProxy {
+    /// Starts a shared-mode proxy for `node`, enrolling `pods` (names from the topology).
+    pub fn start(
+        topo: &Topology,
+        files: &ClusterFiles,
+        node: &str,
+        config: &Path,
+        ca_dir: &Path,
+        pods: &[&str],
+        extra: &[&str],
+    ) -> Result<NodeProxy> {
+        let bin = node_proxy_bin()?;
+        let addrs_file = files.path(&format!("{node}-addrs.json"));
+        let log = files.path(&format!("{node}.log"));
+        let _ = std::fs::remove_file(&addrs_file);
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--mode", "shared", "--node", node])
+            .arg("--config")
+            .arg(config)
+            .arg("--ca-dir")
+            .arg(ca_dir)
+            .args([
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--readiness-addr", "127.0.0.1:0", "--workers", "1"])
+            .args(["--config-poll", "100ms", "--log", "info"])
+            .arg("--bound-addrs-file")
+            .arg(&addrs_file);
+        for p in pods {
+            let pod = topo.pod(p).ok_or_else(|| anyhow!("no pod {p}"))?;
+            cmd.arg("--pod")
+                .arg(format!("{}={}", p, pod.netns_path().display()));
+        }
+        cmd.args(extra);
+        let out = std::fs::File::create(&log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut proxy = NodeProxy {
+            node: node.into(),
+            child,
+            admin: "0.0.0.0:0".parse()?,
+            metrics: "0.0.0.0:0".parse()?,
+            readiness: "0.0.0.0:0".parse()?,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let addrs: serde_json::Value = loop {
+            if let Some(status) = proxy.child.try_wait()? {
+                bail!(
+                    "{node} proxy exited with {status} at start:\n{}",
+                    proxy.log()
+                );
+            }
+            if let Ok(body) = std::fs::read(&addrs_file) {
+                break serde_json::from_slice(&body)?;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{node} proxy did not write its addresses in 15s:\n{}",
+                    proxy.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let get = |k: &str| -> Result<SocketAddr> {
+            addrs[k]
+                .as_str()
+                .ok_or_else(|| anyhow!("no {k} in addrs"))?
+                .parse()
+                .map_err(Into::into)
+        };
+        proxy.admin = get("admin")?;
+        proxy.metrics = get("metrics")?;
+        proxy.readiness = get("readiness")?;
+        crate::wait_until(Duration::from_secs(10), "proxy readiness", || {
+            proxy.ready().unwrap_or(false)
+        })
+        .map_err(|e| anyhow!("{e}\n{}", proxy.log()))?;
+        Ok(proxy)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn ready(&self) -> Result<bool> {
+        Ok(http(self.readiness, "GET", "/healthz/ready", "")?.0 == 200)
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        http(self.admin, method, path, body)
+    }
+
+    pub fn metrics_text(&self) -> Result<String> {
+        Ok(http(self.metrics, "GET", "/metrics", "")?.1)
+    }
+
+    /// Sum of a metric's samples whose labels include all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics_text().unwrap_or_default();
+        sum_samples(&text, name, labels)
+    }
+
+    pub fn config_version(&self) -> u64 {
+        self.admin("GET", "/config_dump", "")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["configVersion"].as_u64())
+            .unwrap_or(0)
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit; None if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of `name` samples in Prometheus text whose label set includes `labels`.
+pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Minimal HTTP/1.1 request with `Connection: close`; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("bad http response {resp:?}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The labels of every sample of `name`, for assertion messages.
+pub fn samples(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sorted map of metric label values, for a compact view in failures.
+pub fn labels_of(line: &str) -> BTreeMap<String, String> {
+    let inner = line
+        .split_once('{')
+        .and_then(|(_, r)| r.rsplit_once('}'))
+        .map(|(l, _)| l)
+        .unwrap_or("");
+    inner
+        .split("\",")
+        .filter_map(|kv| kv.split_once("=\""))
+        .map(|(k, v)| (k.to_string(), v.trim_end_matches('"').to_string()))
+        .collect()
+}
+
+/// A topology plus the files its proxies share: the usual setup of a test.
+pub struct Fixture {
+    pub topo: Topology,
+    pub files: ClusterFiles,
+    pub ca: PathBuf,
+}
+
+impl Fixture {
+    /// Builds nodes and pods from `(node, pod)` pairs and a dev CA.
+    pub fn new(pods: &[(&str, &str)]) -> Result<Fixture> {
+        let mut b = Topology::builder();
+        for (node, pod) in pods {
+            b = b.pod(node, pod);
+        }
+        let topo = b.build()?;
+        let files = ClusterFiles::new()?;
+        let ca = files.ca("ca")?;
+        Ok(Fixture { topo, files, ca })
+    }
+
+    pub fn netns(&self, pod: &str) -> trellis_node_proxy::netns::NetNs {
+        self.topo
+            .pod(pod)
+            .unwrap_or_else(|| panic!("no pod {pod}"))
+            .netns()
+            .expect("pod netns opens")
+    }
+
+    pub fn addr(&self, pod: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(
+            self.topo
+                .pod(pod)
+                .unwrap_or_else(|| panic!("no pod {pod}"))
+                .ip,
+            port,
+        )
+    }
+
+    pub fn wl(&self, pod: &str) -> Wl {
+        Wl::pod(&self.topo, pod)
+    }
+
+    /// Starts `node`'s proxy with the fixture's CA, enrolling `pods`.
+    pub fn proxy(&self, node: &str, config: &Path, pods: &[&str]) -> Result<NodeProxy> {
+        NodeProxy::start(&self.topo, &self.files, node, config, &self.ca, pods, &[])
+    }
+}
