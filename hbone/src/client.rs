@@ -11,13 +11,13 @@ use http::StatusCode;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::conn_io::{ConnIo, TlsFailure};
 use crate::error::HboneError;
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
+use crate::transport::{transport, ClientTls};
 
 pub use crate::request::ConnectRequest;
 
@@ -29,14 +29,14 @@ pub use crate::request::ConnectRequest;
 pub async fn tls_connect(
     tcp: TcpStream,
     cfg: Arc<rustls::ClientConfig>,
-) -> Result<TlsStream<TcpStream>, HboneError> {
+) -> Result<ClientTls, HboneError> {
     set_nodelay(&tcp);
     let ip = tcp
         .peer_addr()
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let tls = TlsConnector::from(cfg)
-        .connect(ServerName::IpAddress(ip.into()), tcp)
+        .connect(ServerName::IpAddress(ip.into()), transport(tcp))
         .await
         .map_err(HboneError::from_tls_io)?;
     tracing::debug!(peer = %ip, "hbone tls handshake complete");

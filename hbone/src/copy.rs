@@ -27,6 +27,10 @@ use crate::stream::{poll_send_closed, H2Stream};
 /// per-wakeup costs, small enough to stay cache-friendly and well under h2's
 /// per-stream send buffer (~400 KiB).
 const CHUNK: usize = 128 * 1024;
+/// A connection starts with small reads and switches to CHUNK once a read
+/// fills its buffer, so idle and request/response connections (most of
+/// them) never hold a bulk-transfer buffer.
+const FIRST_CHUNK: usize = 8 * 1024;
 /// Below this much spare room, get a fresh chunk instead of doing tiny reads.
 const MIN_READ: usize = 16 * 1024;
 /// Chunks one direction may move per poll before yielding, so one busy
@@ -53,6 +57,7 @@ where
     let mut up = Up {
         send,
         buf: BytesMut::new(),
+        chunk: FIRST_CHUNK,
         pending: None,
         done: write_closed,
         bytes: 0,
@@ -106,6 +111,8 @@ where
 struct Up {
     send: SendStream<Bytes>,
     buf: BytesMut,
+    /// Current read size: FIRST_CHUNK, then CHUNK once traffic is bulk.
+    chunk: usize,
     /// Read from TCP, not yet accepted by h2.
     pending: Option<Bytes>,
     done: bool,
@@ -143,10 +150,11 @@ impl Up {
                 }
                 continue;
             }
-            if self.buf.capacity() < MIN_READ {
+            if self.buf.capacity() < MIN_READ.min(self.chunk) {
                 // Reuses the old allocation when h2 has released every chunk of it.
-                self.buf.reserve(CHUNK);
+                self.buf.reserve(self.chunk);
             }
+            let spare = self.buf.capacity() - self.buf.len();
             match poll_read_buf(Pin::new(&mut *tcp), cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => {
                     self.send.reserve_capacity(0);
@@ -156,7 +164,12 @@ impl Up {
                     self.done = true;
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(_)) => self.pending = Some(self.buf.split().freeze()),
+                Poll::Ready(Ok(n)) => {
+                    if n == spare {
+                        self.chunk = CHUNK;
+                    }
+                    self.pending = Some(self.buf.split().freeze());
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(HboneError::Tcp(e))),
                 Poll::Pending => return self.poll_peer_reset(cx),
             }

@@ -24,6 +24,7 @@ pub mod server;
 pub mod settings;
 pub mod stream;
 pub mod tls;
+pub mod transport;
 
 pub use ca::{CaError, DevCa};
 pub use client::{tls_connect, ClientConn, ConnectRequest};
@@ -35,3 +36,4 @@ pub use server::{serve, serve_with_shutdown, tls_accept, IncomingRequest};
 pub use settings::H2Settings;
 pub use stream::{copy_bidirectional, H2Stream};
 pub use tls::{client_config, peer_identity, server_config, TlsError, TrustBundle, WorkloadCert};
+pub use transport::{transport, ClientTls, ServerTls, Transport};

@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::transport::ClientTls;
 use ahash::AHashMap;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_rustls::client::TlsStream;
 
 use crate::client::{ClientConn, ConnectRequest, StreamSlot};
 use crate::error::HboneError;
@@ -134,7 +133,7 @@ impl Pool {
     ) -> Result<H2Stream, HboneError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<TlsStream<TcpStream>, HboneError>>,
+        Fut: Future<Output = Result<ClientTls, HboneError>>,
     {
         self.ensure_reaper();
         let mut dial = Some(dial);
@@ -184,7 +183,7 @@ impl Pool {
     ) -> Result<H2Stream, HboneError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<TlsStream<TcpStream>, HboneError>>,
+        Fut: Future<Output = Result<ClientTls, HboneError>>,
     {
         let conn = match dial().await {
             Ok(tls) => ClientConn::handshake(tls, &self.inner.settings.h2).await,

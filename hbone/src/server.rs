@@ -9,7 +9,6 @@ use h2::RecvStream;
 use http::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::conn_io::ConnIo;
@@ -17,6 +16,7 @@ use crate::error::HboneError;
 use crate::request::{ConnectRequest, RequestError};
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
+use crate::transport::{transport, ServerTls};
 
 /// Runs the server TLS handshake on an accepted socket (client certificate required).
 ///
@@ -26,14 +26,17 @@ use crate::stream::H2Stream;
 pub async fn tls_accept(
     tcp: TcpStream,
     cfg: Arc<rustls::ServerConfig>,
-) -> Result<TlsStream<TcpStream>, HboneError> {
+) -> Result<ServerTls, HboneError> {
     let peer = tcp.peer_addr().ok();
     crate::client::set_nodelay(&tcp);
-    let tls = TlsAcceptor::from(cfg).accept(tcp).await.map_err(|e| {
-        let e = HboneError::from_tls_io(e);
-        tracing::debug!(peer = ?peer, error = %e, "hbone tls accept failed");
-        e
-    })?;
+    let tls = TlsAcceptor::from(cfg)
+        .accept(transport(tcp))
+        .await
+        .map_err(|e| {
+            let e = HboneError::from_tls_io(e);
+            tracing::debug!(peer = ?peer, error = %e, "hbone tls accept failed");
+            e
+        })?;
     Ok(tls)
 }
 

@@ -25,11 +25,11 @@ pub enum InboundError {
     UnknownDestination(IpAddr),
     #[error("plaintext on the hbone port from {0}; only mTLS HBONE clients may use 15008")]
     Plaintext(SocketAddr),
-    #[error("tls handshake with {peer} failed: {source}; check both sides share a trust root")]
+    #[error("tls handshake with {peer} failed: {source}")]
     Handshake {
         peer: SocketAddr,
         #[source]
-        source: std::io::Error,
+        source: Box<hbone::HboneError>,
     },
     #[error("client {peer} presented no usable spiffe identity: {source}")]
     Identity {
@@ -86,13 +86,15 @@ async fn serve(
 
     let dst_id = dst_wl.identity();
     let tls_cfg = proxy.certs.server_config(&dst_id)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
     // Boxed: the handshake state is large and only needed up front.
-    let tls = match Box::pin(acceptor.accept(stream)).await {
+    let tls = match Box::pin(hbone::tls_accept(stream, tls_cfg)).await {
         Ok(t) => t,
         Err(source) => {
             proxy.metrics.record_error(ErrorReason::UnknownIdentity);
-            return Err(InboundError::Handshake { peer, source });
+            return Err(InboundError::Handshake {
+                peer,
+                source: Box::new(source),
+            });
         }
     };
     let src_id = match hbone::peer_identity(tls.get_ref().1) {

@@ -69,7 +69,7 @@ async fn serve(
             return Err(e.into());
         }
     };
-    match tokio::io::copy_bidirectional_with_sizes(stream, &mut app, 64 << 10, 64 << 10).await {
+    match tokio::io::copy_bidirectional(stream, &mut app).await {
         Ok((from_client, to_client)) => guard.set_bytes(to_client, from_client),
         Err(e) => guard.set_error(e.to_string()),
     }

@@ -113,11 +113,9 @@ async fn proxy(
     let result = match &route {
         Route::Passthrough { dst, .. } => {
             match Box::pin(upstream::connect(proxy, scope, *dst, None)).await {
-                Ok(mut up) => {
-                    tokio::io::copy_bidirectional_with_sizes(stream, &mut up, 64 << 10, 64 << 10)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
+                Ok(mut up) => tokio::io::copy_bidirectional(stream, &mut up)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => {
                     proxy
                         .metrics
