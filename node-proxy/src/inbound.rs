@@ -16,6 +16,9 @@ use crate::{admission, upstream};
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// A client that connects and then stalls must not hold a task (and delay
+/// drain) forever.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
@@ -25,6 +28,8 @@ pub enum InboundError {
     UnknownDestination(IpAddr),
     #[error("plaintext on the hbone port from {0}; only mTLS HBONE clients may use 15008")]
     Plaintext(SocketAddr),
+    #[error("{0} did not complete the tls handshake within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout(SocketAddr),
     #[error("tls handshake with {peer} failed: {source}")]
     Handshake {
         peer: SocketAddr,
@@ -73,9 +78,9 @@ async fn serve(
         .ok_or(InboundError::UnknownDestination(local.ip()))?;
 
     let mut first = [0u8; 1];
-    let n = stream
-        .peek(&mut first)
+    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
         .await
+        .map_err(|_| InboundError::HandshakeTimeout(peer))?
         .map_err(|source| InboundError::Io { peer, source })?;
     if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
         proxy
@@ -87,7 +92,14 @@ async fn serve(
     let dst_id = dst_wl.identity();
     let tls_cfg = proxy.certs.server_config(&dst_id)?;
     // Boxed: the handshake state is large and only needed up front.
-    let tls = match Box::pin(hbone::tls_accept(stream, tls_cfg)).await {
+    let accept = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        Box::pin(hbone::tls_accept(stream, tls_cfg)),
+    );
+    let tls = match accept
+        .await
+        .map_err(|_| InboundError::HandshakeTimeout(peer))?
+    {
         Ok(t) => t,
         Err(source) => {
             proxy.metrics.record_error(ErrorReason::UnknownIdentity);
@@ -171,12 +183,14 @@ async fn stream_task(
         }
     };
     let target = creq.target;
-    if !dst_wl.addresses.contains(&target.ip()) {
+    // Policy and labels follow the config current for this stream, not the
+    // one the (pooled, long-lived) connection was accepted under.
+    let Some(dst_wl) = local_workload(&ctx, &scope, target.ip()) else {
         proxy.metrics.record_error(ErrorReason::MalformedConnect);
         warn!(dst.addr = %target, workload = %dst_wl.uid, "connect target is not the workload this tunnel reached");
         req.reject(StatusCode::BAD_REQUEST);
         return;
-    }
+    };
     let client_addr = creq.forwarded_for.unwrap_or(peer);
     let (mut guard, admitted) = admission::admit(
         proxy,

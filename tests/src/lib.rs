@@ -9,6 +9,7 @@
 pub mod cleanup;
 pub mod cluster;
 pub mod demo;
+pub mod mesh_kit;
 mod plan;
 pub mod process;
 pub mod root;

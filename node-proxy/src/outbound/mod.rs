@@ -154,9 +154,13 @@ async fn proxy(
                     .await
                     .map_err(|e| e.to_string()),
                 Err(source) => {
-                    proxy
-                        .metrics
-                        .record_error(ErrorReason::UpstreamConnectFailed);
+                    // The peer's certificate is valid but names another
+                    // workload: a config or impersonation problem, not reachability.
+                    let reason = match source {
+                        hbone::HboneError::IdentityMismatch { .. } => ErrorReason::IdentityMismatch,
+                        _ => ErrorReason::UpstreamConnectFailed,
+                    };
+                    proxy.metrics.record_error(reason);
                     guard.set_error(source.to_string());
                     return Err(OutboundError::Hbone { tunnel, source });
                 }
