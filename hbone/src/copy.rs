@@ -27,10 +27,10 @@ use crate::stream::{poll_send_closed, H2Stream};
 /// per-wakeup costs, small enough to stay cache-friendly and well under h2's
 /// per-stream send buffer (~400 KiB).
 const CHUNK: usize = 128 * 1024;
-/// A connection starts with small reads and switches to CHUNK once a read
+/// A connection starts with small (2 KiB) reads and switches to CHUNK once a read
 /// fills its buffer, so idle and request/response connections (most of
 /// them) never hold a bulk-transfer buffer.
-const FIRST_CHUNK: usize = 8 * 1024;
+const FIRST_CHUNK: usize = 2 * 1024;
 /// Below this much spare room, get a fresh chunk instead of doing tiny reads.
 const MIN_READ: usize = 16 * 1024;
 /// Chunks one direction may move per poll before yielding, so one busy
