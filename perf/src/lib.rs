@@ -1,1 +1,29 @@
-//! placeholder, filled in by the crate's owner
+//! Trellis benchmarks: direct pod-to-pod against Trellis over HBONE, on the
+//! network-namespace topology of `trellis-e2e`. The program is
+//! `trellis-bench` (src/bin); these modules are its reusable parts.
+//!
+//! * [`sys`]: CPU pinning, fd limit, running a closure on a pinned thread inside a netns.
+//! * [`topo`]: the topology, the mesh config and CA, the node proxies as child processes, their admin API.
+//! * [`servers`]: the echo server (Rust, in-process) and nginx / iperf3 in the server pod.
+//! * [`throughput`]: iperf3 single-stream TCP.
+//! * [`latency`]: ping-pong round trips on one connection; idle connections.
+//! * [`http_load`]: open-loop fixed-rate HTTP/1.1 keep-alive client.
+//! * [`conn_rate`]: one new TCP connection per HTTP request, closed-loop with fixed concurrency.
+//! * [`proc_stats`]: CPU time and RSS of processes from /proc.
+//! * [`report`]: result rows with targets, JSON and Markdown.
+
+pub mod conn_rate;
+pub mod hist;
+pub mod http_load;
+pub mod latency;
+pub mod proc_stats;
+pub mod report;
+pub mod servers;
+pub mod sys;
+pub mod throughput;
+pub mod topo;
+
+/// CPU of the load generators (iperf3 client, the Rust clients).
+pub const LOADGEN_CPU: usize = 0;
+/// CPU of the servers (iperf3 -s, echo, nginx) and both node proxies.
+pub const SERVER_CPU: usize = 1;

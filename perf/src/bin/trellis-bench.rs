@@ -1,0 +1,545 @@
+//! trellis-bench: direct pod-to-pod against Trellis over HBONE on a netns
+//! topology (two nodes; client pod on node1, server pod on node2).
+//!
+//! ```text
+//! cargo build --release -p trellis-perf -p trellis-node-proxy
+//! cargo run --release -p trellis-perf --bin trellis-bench -- [--quick] [--out perf/results]
+//! ```
+//!
+//! See perf/README.md for what is measured and how.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use trellis_perf::conn_rate::{self, ConnRateConfig};
+use trellis_perf::http_load::{self, RateConfig};
+use trellis_perf::latency::{self, PingPong};
+use trellis_perf::proc_stats::{self, CpuMeter};
+use trellis_perf::report::{self, PathResults, ProxyCosts};
+use trellis_perf::servers::{EchoServer, Iperf3Server, Nginx};
+use trellis_perf::topo::{self, BenchTopo, NodeProxy};
+use trellis_perf::{sys, throughput, LOADGEN_CPU, SERVER_CPU};
+
+const ECHO_PORT: u16 = 7000;
+const HTTP_PORT: u16 = 80;
+const IPERF_PORT: u16 = 5201;
+
+#[derive(Debug, Clone)]
+struct Opts {
+    quick: bool,
+    out: PathBuf,
+    /// perf record the proxies during each Trellis phase into this dir.
+    profile: Option<PathBuf>,
+    /// strace -c -f the proxies during each Trellis phase into this dir.
+    syscalls: Option<PathBuf>,
+    iperf_secs: u32,
+    pings: usize,
+    http_rate: f64,
+    http_secs: f64,
+    http_conns: usize,
+    conn_concurrency: usize,
+    conn_secs: f64,
+    extra_pods: usize,
+    idle_conns: usize,
+}
+
+fn usage() -> &'static str {
+    "usage: trellis-bench [--quick] [--out DIR] [--profile DIR] [--syscalls DIR]\n\
+     \n  --quick          short runs (about 20 s of load instead of about 50 s)\
+     \n  --out DIR        where latest.{json,md} (quick.{json,md} with --quick) go; default perf/results\
+     \n  --profile DIR    perf record both proxies in each Trellis phase (numbers are then perturbed)\
+     \n  --syscalls DIR   strace -c -f both proxies in each Trellis phase (numbers are then perturbed)\n"
+}
+
+fn parse_args() -> Result<Opts> {
+    let mut quick = false;
+    let mut out = PathBuf::from("perf/results");
+    let mut profile = None;
+    let mut syscalls = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = |name: &str| {
+            args.next()
+                .map(PathBuf::from)
+                .with_context(|| format!("{name} needs a value\n{}", usage()))
+        };
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--out" => out = val("--out")?,
+            "--profile" => profile = Some(val("--profile")?),
+            "--syscalls" => syscalls = Some(val("--syscalls")?),
+            "-h" | "--help" => {
+                print!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{}", usage()),
+        }
+    }
+    Ok(Opts {
+        quick,
+        out,
+        profile,
+        syscalls,
+        iperf_secs: if quick { 2 } else { 5 },
+        pings: if quick { 2_000 } else { 20_000 },
+        http_rate: 2_000.0,
+        http_secs: if quick { 1.0 } else { 5.0 },
+        http_conns: 4,
+        conn_concurrency: 32,
+        conn_secs: if quick { 1.0 } else { 5.0 },
+        extra_pods: 20,
+        idle_conns: 1_000,
+    })
+}
+
+/// Tools attached to the proxies during a phase (profiling runs only).
+struct Attached(Vec<Child>);
+
+impl Attached {
+    fn start(o: &Opts, phase: &str, pids: &[u32]) -> Result<Attached> {
+        let mut v = Vec::new();
+        let list = pids
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Some(dir) = &o.profile {
+            std::fs::create_dir_all(dir)?;
+            let data = dir.join(format!("{phase}.perf.data"));
+            v.push(
+                Command::new("perf")
+                    .args([
+                        "record",
+                        "-e",
+                        "cpu-clock",
+                        "-F",
+                        "999",
+                        "-g",
+                        "--call-graph",
+                        "dwarf,16384",
+                        "-p",
+                        &list,
+                        "-o",
+                    ])
+                    .arg(&data)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting perf record (apt-get install linux-perf)")?,
+            );
+        }
+        if let Some(dir) = &o.syscalls {
+            std::fs::create_dir_all(dir)?;
+            for pid in pids {
+                let out = dir.join(format!("{phase}-{pid}.strace.txt"));
+                v.push(
+                    Command::new("strace")
+                        .args(["-c", "-f", "-p", &pid.to_string(), "-o"])
+                        .arg(&out)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting strace (apt-get install strace)")?,
+                );
+            }
+        }
+        if !v.is_empty() {
+            std::thread::sleep(Duration::from_millis(1500)); // let them attach
+        }
+        Ok(Attached(v))
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SIGINT makes perf and strace write their output and exit.
+            // SAFETY: plain syscall on our own unreaped child.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
+        }
+        for c in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn say(msg: impl AsRef<str>) {
+    eprintln!("[trellis-bench] {}", msg.as_ref());
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default()
+}
+
+fn git_rev() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The four load phases on one path (direct or Trellis). `proxies` empty: direct.
+fn run_path(
+    o: &Opts,
+    bt: &BenchTopo,
+    label: &str,
+    proxies: &mut [NodeProxy],
+    costs: &mut ProxyCosts,
+) -> Result<PathResults> {
+    let client_ns = bt.client.netns()?;
+    let echo = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    let http = SocketAddr::new(bt.server.ip, HTTP_PORT);
+    let iperf = SocketAddr::new(bt.server.ip, IPERF_PORT);
+    let pids: Vec<u32> = proxies.iter().map(|p| p.pid).collect();
+    let check = |proxies: &mut [NodeProxy]| -> Result<()> {
+        for p in proxies.iter_mut() {
+            p.check_alive()?;
+        }
+        Ok(())
+    };
+
+    say(format!(
+        "{label}: TCP throughput (iperf3, {} s)",
+        o.iperf_secs
+    ));
+    let tp = {
+        let _a = Attached::start(o, "throughput", &pids)?;
+        let m = CpuMeter::start(&pids)?;
+        let r = throughput::run(&bt.topo, &bt.client.name, iperf, o.iperf_secs, LOADGEN_CPU)?;
+        let cpu = m.elapsed()?;
+        if !pids.is_empty() {
+            costs.cpu_s_throughput = cpu;
+            costs.cpu_s_per_gb = cpu / (r.bytes as f64 / 1e9);
+        }
+        r
+    };
+    say(format!("{label}:   {:.2} Gbit/s", tp.gbit_per_s));
+    check(proxies)?;
+
+    say(format!("{label}: RTT ({} ping-pongs of 64 B)", o.pings));
+    let rtt = {
+        let _a = Attached::start(o, "latency", &pids)?;
+        latency::ping_pong(
+            &client_ns,
+            LOADGEN_CPU,
+            echo,
+            PingPong {
+                count: o.pings,
+                warmup: o.pings / 10,
+                size: 64,
+                max_time: Duration::from_secs(120),
+            },
+        )?
+    };
+    say(format!(
+        "{label}:   p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+        rtt.p50_us, rtt.p99_us, rtt.p999_us
+    ));
+    check(proxies)?;
+
+    say(format!(
+        "{label}: HTTP at {} req/s for {} s over {} connections",
+        o.http_rate, o.http_secs, o.http_conns
+    ));
+    let h = {
+        let _a = Attached::start(o, "http", &pids)?;
+        let m = CpuMeter::start(&pids)?;
+        let r = http_load::fixed_rate(
+            &client_ns,
+            LOADGEN_CPU,
+            http,
+            RateConfig {
+                rate: o.http_rate,
+                duration: Duration::from_secs_f64(o.http_secs),
+                conns: o.http_conns,
+                timeout: Duration::from_secs(2),
+            },
+        )?;
+        let cpu = m.elapsed()?;
+        if !pids.is_empty() {
+            costs.cpu_s_http = cpu;
+            costs.cpu_s_per_1k_req = cpu / (r.ok.max(1) as f64 / 1000.0);
+        }
+        r
+    };
+    say(format!(
+        "{label}:   {:.0} req/s, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, {} errors",
+        h.achieved_rps, h.latency.p50_us, h.latency.p99_us, h.latency.p999_us, h.errors
+    ));
+    check(proxies)?;
+
+    say(format!(
+        "{label}: new connections ({} concurrent, {} s)",
+        o.conn_concurrency, o.conn_secs
+    ));
+    let c = {
+        let _a = Attached::start(o, "connrate", &pids)?;
+        let m = CpuMeter::start(&pids)?;
+        let r = conn_rate::run(
+            &client_ns,
+            LOADGEN_CPU,
+            http,
+            ConnRateConfig {
+                concurrency: o.conn_concurrency,
+                duration: Duration::from_secs_f64(o.conn_secs),
+                timeout: Duration::from_secs(5),
+            },
+        )?;
+        let cpu = m.elapsed()?;
+        if !pids.is_empty() {
+            costs.cpu_s_conn = cpu;
+            costs.cpu_s_per_1k_conn = cpu / (r.ok.max(1) as f64 / 1000.0);
+        }
+        r
+    };
+    say(format!(
+        "{label}:   {:.0} conn/s, {} errors {:?}",
+        c.conns_per_s, c.errors, c.error_kinds
+    ));
+    check(proxies)?;
+
+    Ok(PathResults {
+        throughput: tp,
+        rtt,
+        http: h,
+        conn: c,
+    })
+}
+
+fn rss_of(p: &NodeProxy) -> Result<u64> {
+    proc_stats::rss_kib(p.pid).with_context(|| format!("reading the {} proxy's RSS", p.node))
+}
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    if !trellis_e2e::require_root() {
+        bail!("trellis-bench needs root (network namespaces, nftables)");
+    }
+    let cpus = sys::allowed_cpus();
+    if !cpus.contains(&LOADGEN_CPU) || !cpus.contains(&SERVER_CPU) {
+        bail!("needs CPUs {LOADGEN_CPU} and {SERVER_CPU}; allowed: {cpus:?}");
+    }
+    for (tool, pkg) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("iperf3", "iperf3"),
+        ("nginx", "nginx-light"),
+        ("taskset", "util-linux"),
+    ] {
+        topo::require_tool(tool, pkg)?;
+    }
+    let proxy_bin = topo::proxy_binary()?;
+    // The orchestrating thread and everything it starts default to the load CPU;
+    // servers and proxies are pinned to the server CPU explicitly.
+    sys::pin_current_thread(LOADGEN_CPU)?;
+    let nofile = sys::raise_nofile()?;
+    let load_start = read_trim("/proc/loadavg");
+    let started = Instant::now();
+    say(format!(
+        "proxy binary {}; open files limit {nofile}; loadavg {load_start}",
+        proxy_bin.display()
+    ));
+
+    let bt = BenchTopo::build(o.extra_pods)?;
+    say(format!(
+        "topology {}: client {} on node1, server {} on node2, {} extra pods on node1",
+        bt.topo.prefix(),
+        bt.client.ip,
+        bt.server.ip,
+        bt.extra.len()
+    ));
+    let server_ns = bt.server.netns()?;
+    let client_ns = bt.client.netns()?;
+    let echo_addr = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    let echo = EchoServer::start(&server_ns, echo_addr, SERVER_CPU)?;
+    let _nginx = Nginx::start(&bt.topo, &bt.server, HTTP_PORT, SERVER_CPU)?;
+    let _iperf = Iperf3Server::start(&bt.topo, &bt.server, IPERF_PORT, SERVER_CPU)?;
+    latency::wait_echo(&client_ns, LOADGEN_CPU, echo_addr, Duration::from_secs(10))?;
+
+    let mut costs = ProxyCosts {
+        extra_pods: o.extra_pods,
+        idle_conns: o.idle_conns,
+        ..Default::default()
+    };
+    let direct = run_path(&o, &bt, "direct", &mut [], &mut costs)?;
+
+    say("starting the node proxies (shared mode, --workers 1, pinned to CPU 1)");
+    let mut proxies = vec![
+        bt.start_proxy(&proxy_bin, "node1", &bt.client, SERVER_CPU)?,
+        bt.start_proxy(&proxy_bin, "node2", &bt.server, SERVER_CPU)?,
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+    for p in &proxies {
+        let kib = rss_of(p)?;
+        say(format!(
+            "idle RSS {} proxy: {kib} KiB, {} threads",
+            p.node,
+            proc_stats::threads(p.pid)?
+        ));
+        costs.idle_rss_kib.push((p.node.clone(), kib));
+    }
+
+    say(format!(
+        "enrolling {} extra pods on node1 over the admin API",
+        bt.extra.len()
+    ));
+    let before = rss_of(&proxies[0])?;
+    for pod in &bt.extra {
+        proxies[0].enroll(&pod.name, pod.netns_path())?;
+    }
+    let listed = proxies[0].pod_count()?;
+    if listed != bt.extra.len() + 1 {
+        bail!(
+            "node1 lists {listed} pods after enrolling, expected {}",
+            bt.extra.len() + 1
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_of(&proxies[0])?;
+    costs.rss_per_pod_kib = (after as f64 - before as f64) / bt.extra.len().max(1) as f64;
+    say(format!(
+        "  node1 RSS {before} -> {after} KiB: {:.1} KiB per pod",
+        costs.rss_per_pod_kib
+    ));
+
+    // The mesh is up end to end, and the traffic really goes through both proxies.
+    latency::wait_echo(&client_ns, LOADGEN_CPU, echo_addr, Duration::from_secs(15))?;
+    let opened = |p: &NodeProxy| p.metric_sum("istio_tcp_connections_opened_total");
+    for p in &proxies {
+        if opened(p)? < 1.0 {
+            bail!(
+                "the {} proxy recorded no connection: traffic is not going through the mesh; its log:\n{}",
+                p.node,
+                p.log()
+            );
+        }
+    }
+
+    let trellis = run_path(&o, &bt, "trellis", &mut proxies, &mut costs)?;
+
+    say(format!(
+        "opening {} idle connections through the mesh",
+        o.idle_conns
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let before: Vec<u64> = proxies.iter().map(rss_of).collect::<Result<_>>()?;
+    let conns = latency::open_idle(&client_ns, LOADGEN_CPU, echo_addr, o.idle_conns)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<u64> = proxies.iter().map(rss_of).collect::<Result<_>>()?;
+    drop(conns);
+    let mut total = 0i64;
+    for ((p, b), a) in proxies.iter().zip(&before).zip(&after) {
+        let d = *a as i64 - *b as i64;
+        total += d;
+        costs.conn_rss_delta_kib.push((p.node.clone(), d));
+        say(format!("  {} RSS {b} -> {a} KiB", p.node));
+    }
+    costs.rss_per_conn_kib = total as f64 / o.idle_conns.max(1) as f64;
+    for p in proxies.iter_mut() {
+        p.check_alive()?;
+    }
+    let echo_accepted = echo.accepted();
+
+    let rows = report::rows(&direct, &trellis, &costs);
+    let load_end = read_trim("/proc/loadavg");
+    let mode = if o.quick { "quick" } else { "full" };
+    let notes = vec![
+        format!(
+            "run: {mode}, {} UTC epoch, git {}, took {:.0} s",
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            git_rev(),
+            started.elapsed().as_secs_f64()
+        ),
+        format!("machine: {} ({} CPUs allowed), kernel {}", cpu_model(), cpus.len(), read_trim("/proc/sys/kernel/osrelease")),
+        format!("loadavg at start {load_start}; at end {load_end}"),
+        "pinning: load generators (iperf3 -c, Rust clients) on CPU 0; iperf3 -s, echo server, nginx and both node proxies (--workers 1) on CPU 1".into(),
+        format!(
+            "loads: iperf3 {} s; {} ping-pongs of 64 B; HTTP {} req/s for {} s over {} keep-alive connections (open loop, latency from the scheduled time); new connections {} concurrent for {} s; {} extra pods; {} idle connections",
+            o.iperf_secs, o.pings, o.http_rate, o.http_secs, o.http_conns, o.conn_concurrency, o.conn_secs, o.extra_pods, o.idle_conns
+        ),
+    ];
+    let mut notes = notes;
+    if o.profile.is_some() || o.syscalls.is_some() {
+        notes.push(
+            "PROFILED RUN: perf/strace were attached to the proxies; Trellis numbers are perturbed"
+                .into(),
+        );
+    }
+    let title = format!("Trellis vs direct pod-to-pod ({mode} run)");
+    let md = report::markdown(&title, &notes, &rows);
+    let doc = json!({
+        "title": title,
+        "mode": mode,
+        "notes": notes,
+        "git": git_rev(),
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+        "pinning": {"load_generators_cpu": LOADGEN_CPU, "servers_and_proxies_cpu": SERVER_CPU, "proxy_workers": 1},
+        "parameters": {
+            "iperf_secs": o.iperf_secs, "pings": o.pings, "ping_size": 64,
+            "http_rate": o.http_rate, "http_secs": o.http_secs, "http_conns": o.http_conns,
+            "conn_concurrency": o.conn_concurrency, "conn_secs": o.conn_secs,
+            "extra_pods": o.extra_pods, "idle_conns": o.idle_conns,
+        },
+        "direct": direct.to_json(),
+        "trellis": trellis.to_json(),
+        "proxy": costs.to_json(),
+        "echo_connections_accepted": echo_accepted,
+        "rows": report::rows_json(&rows),
+    });
+    let out_dir = o
+        .profile
+        .clone()
+        .or(o.syscalls.clone())
+        .unwrap_or(o.out.clone());
+    write_results(
+        &out_dir,
+        if o.quick { "quick" } else { "latest" },
+        &doc,
+        &md,
+    )?;
+    println!("{md}");
+    drop(proxies);
+    drop(echo);
+    Ok(())
+}
+
+fn write_results(dir: &Path, stem: &str, doc: &serde_json::Value, md: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let j = dir.join(format!("{stem}.json"));
+    let m = dir.join(format!("{stem}.md"));
+    std::fs::write(&j, serde_json::to_string_pretty(doc)? + "\n")?;
+    std::fs::write(&m, md)?;
+    say(format!("wrote {} and {}", j.display(), m.display()));
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Pinning, limits, and running work on a pinned thread inside a netns.
+
+use std::io;
+
+use anyhow::{anyhow, Context, Result};
+use trellis_node_proxy::netns::NetNs;
+
+/// Pins the calling thread to one CPU. Threads it creates later inherit the mask.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it for cpu < CPU_SETSIZE;
+    // sched_setaffinity(0, ..) affects only the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cpu out of range",
+            ));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// CPUs the process may run on (from sched_getaffinity).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as above; sched_getaffinity fills the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (children inherit it):
+/// the idle-connection phase holds a few thousand sockets.
+pub fn raise_nofile() -> io::Result<u64> {
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        r.rlim_cur = r.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r.rlim_cur)
+    }
+}
+
+/// Runs `f` on a new thread pinned to `cpu`, inside `ns` for the whole call
+/// (so every socket `f` creates belongs to that namespace), and waits for it.
+/// `f` must not spawn threads (a new thread would start outside `ns`); a
+/// current-thread tokio runtime is fine.
+pub fn on_pinned_thread<T: Send + 'static>(
+    name: &str,
+    cpu: usize,
+    ns: &NetNs,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = ns.try_clone().context("cloning a netns handle")?;
+    let h = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || -> Result<T> {
+            pin_current_thread(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
+            ns.run_in(f)
+                .with_context(|| format!("entering {}", ns.path().display()))?
+        })
+        .context("spawning a load thread")?;
+    h.join().map_err(|_| anyhow!("thread {name} panicked"))?
+}
+
+/// A current-thread tokio runtime with IO and timers.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,325 @@
+//! The benchmark topology: two nodes, a client pod on node1, a server pod on
+//! node2, and extra pods on node1 for the per-pod memory measurement; the mesh
+//! config and dev CA; the node proxies as child processes; their admin API.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use trellis_e2e::{ChildGuard, Pod, Topology};
+use trellis_node_proxy::netns::NetNs;
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+pub const NAMESPACE: &str = "bench";
+
+/// The built topology plus a temp dir with the mesh config and the dev CA.
+pub struct BenchTopo {
+    pub topo: Topology,
+    pub client: Pod,
+    pub server: Pod,
+    /// Pods on node1 that exist only to be enrolled for the per-pod RSS figure.
+    pub extra: Vec<Pod>,
+    dir: tempfile::TempDir,
+}
+
+fn workload(uid: &str, sa: &str, ip: std::net::IpAddr, node: &str) -> String {
+    format!(
+        "  - uid: {uid}\n    name: {uid}\n    namespace: {NAMESPACE}\n    serviceAccount: {sa}\n    addresses: [{ip}]\n    node: {node}\n    protocol: HBONE\n"
+    )
+}
+
+impl BenchTopo {
+    /// Builds the namespaces, writes `mesh.yaml` (every pod an HBONE workload,
+    /// no policies: all allowed) and the dev CA.
+    pub fn build(extra_pods: usize) -> Result<BenchTopo> {
+        let mut b = Topology::builder()
+            .node("node1")
+            .node("node2")
+            .pod("node1", "client")
+            .pod("node2", "server");
+        let extra_names: Vec<String> = (1..=extra_pods).map(|i| format!("extra{i}")).collect();
+        for n in &extra_names {
+            b = b.pod("node1", n);
+        }
+        let topo = b.build().context("building the netns topology")?;
+        let get = |n: &str| topo.pod(n).cloned().ok_or_else(|| anyhow!("no pod {n}"));
+        let client = get("client")?;
+        let server = get("server")?;
+        let extra = extra_names
+            .iter()
+            .map(|n| get(n))
+            .collect::<Result<Vec<_>>>()?;
+        let dir = tempfile::Builder::new()
+            .prefix("trellis-bench-")
+            .tempdir()
+            .context("creating the bench temp dir")?;
+        let mut yaml = String::from("workloads:\n");
+        yaml += &workload("client", "client", client.ip, "node1");
+        yaml += &workload("server", "server", server.ip, "node2");
+        for p in &extra {
+            yaml += &workload(&p.name, "extra", p.ip, "node1");
+        }
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).context("writing mesh.yaml")?;
+        hbone::DevCa::generate(TRUST_DOMAIN)
+            .context("generating the dev CA")?
+            .write_to_dir(&dir.path().join("ca"))
+            .context("writing the dev CA")?;
+        Ok(BenchTopo {
+            topo,
+            client,
+            server,
+            extra,
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts `trellis-node-proxy --mode shared --workers 1` in `node`'s netns,
+    /// pinned to `cpu`, enrolling `pod`; waits until it has written its bound
+    /// addresses (it does so after enrolling the startup pods).
+    pub fn start_proxy(&self, bin: &Path, node: &str, pod: &Pod, cpu: usize) -> Result<NodeProxy> {
+        let node_ns = self
+            .topo
+            .node(node)
+            .ok_or_else(|| anyhow!("no node {node}"))?
+            .netns_path()
+            .to_path_buf();
+        let addrs_file = self.dir().join(format!("{node}-addrs.json"));
+        let _ = std::fs::remove_file(&addrs_file);
+        let cpu_s = cpu.to_string();
+        let bin_s = bin.display().to_string();
+        let config = self.dir().join("mesh.yaml").display().to_string();
+        let ca = self.dir().join("ca").display().to_string();
+        let pod_arg = format!("{}={}", pod.name, pod.netns_path().display());
+        let addrs_s = addrs_file.display().to_string();
+        let argv = [
+            "taskset",
+            "-c",
+            &cpu_s,
+            &bin_s,
+            "--mode",
+            "shared",
+            "--node",
+            node,
+            "--config",
+            &config,
+            "--ca-dir",
+            &ca,
+            "--pod",
+            &pod_arg,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--readiness-addr",
+            "127.0.0.1:0",
+            "--bound-addrs-file",
+            &addrs_s,
+            "--workers",
+            "1",
+        ];
+        let mut guard = self
+            .topo
+            .spawn(node, &argv)
+            .with_context(|| format!("starting the {node} proxy"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addrs: serde_json::Value = loop {
+            if let Some(status) = guard.try_status() {
+                bail!(
+                    "the {node} proxy exited during startup ({status}); its log:\n{}",
+                    guard.log()
+                );
+            }
+            if let Ok(text) = std::fs::read_to_string(&addrs_file) {
+                if let Ok(v) = serde_json::from_str(&text) {
+                    break v;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the {node} proxy did not write {} within 20s; its log:\n{}",
+                    addrs_file.display(),
+                    guard.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let addr = |k: &str| -> Result<SocketAddr> {
+            addrs[k]
+                .as_str()
+                .ok_or_else(|| anyhow!("no {k} address in {addrs}"))?
+                .parse()
+                .with_context(|| format!("parsing the {k} address"))
+        };
+        Ok(NodeProxy {
+            node: node.to_string(),
+            pid: guard.pid(),
+            admin: addr("admin")?,
+            metrics: addr("metrics")?,
+            node_ns,
+            guard,
+        })
+    }
+}
+
+/// A node proxy child process. Killed when dropped (and when the topology is).
+pub struct NodeProxy {
+    pub node: String,
+    pub pid: u32,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    node_ns: PathBuf,
+    guard: ChildGuard,
+}
+
+impl NodeProxy {
+    /// One HTTP/1.1 request to the proxy's admin or metrics server, from inside the node netns.
+    fn http(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String)> {
+        let ns = NetNs::open(&self.node_ns)?;
+        let stream = ns
+            .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
+            .with_context(|| format!("connecting to the {} proxy at {addr}", self.node))?;
+        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        (&stream).write_all(req.as_bytes())?;
+        let mut resp = String::new();
+        (&stream).read_to_string(&mut resp)?;
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("malformed response from {addr}: {resp:?}"))?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// `POST /pods {"uid":..,"netns":..}`.
+    pub fn enroll(&self, uid: &str, netns: &Path) -> Result<()> {
+        let body = serde_json::json!({"uid": uid, "netns": netns}).to_string();
+        let (status, text) = self.http(self.admin, "POST", "/pods", &body)?;
+        if status != 200 {
+            bail!("enrolling {uid} on {}: HTTP {status}: {text}", self.node);
+        }
+        Ok(())
+    }
+
+    /// Number of pods `GET /pods` lists.
+    pub fn pod_count(&self) -> Result<usize> {
+        let (status, text) = self.http(self.admin, "GET", "/pods", "")?;
+        if status != 200 {
+            bail!("GET /pods on {}: HTTP {status}", self.node);
+        }
+        let v: serde_json::Value = serde_json::from_str(text.trim())
+            .with_context(|| format!("parsing GET /pods: {text:?}"))?;
+        Ok(v["pods"].as_array().map(|a| a.len()).unwrap_or(0))
+    }
+
+    /// Prometheus text from /metrics.
+    pub fn metrics_text(&self) -> Result<String> {
+        let (status, text) = self.http(self.metrics, "GET", "/metrics", "")?;
+        if status != 200 {
+            bail!("GET /metrics on {}: HTTP {status}", self.node);
+        }
+        Ok(text)
+    }
+
+    /// Sum of every sample of one metric.
+    pub fn metric_sum(&self, name: &str) -> Result<f64> {
+        Ok(trellis_e2e::demo::sum_metric(&self.metrics_text()?, name))
+    }
+
+    /// Fails with the proxy's log if it has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.guard.try_status() {
+            bail!(
+                "the {} proxy exited ({status}); its log:\n{}",
+                self.node,
+                self.guard.log()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        self.guard.log()
+    }
+}
+
+/// Waits until something listens on TCP `port` inside `ns` (from /proc/net/tcp, no connection made).
+pub fn wait_listening(ns: &NetNs, port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let tables = ns.run_in(|| {
+            let a = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
+            let b = std::fs::read_to_string("/proc/thread-self/net/tcp6").unwrap_or_default();
+            a + &b
+        })?;
+        let listening = tables.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "0A"
+                && f[1]
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        });
+        if listening {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listens on port {port} in {} after {timeout:?}",
+                ns.path().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `trellis-node-proxy` next to this executable (target/release when run with cargo).
+pub fn proxy_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    let bin = exe
+        .parent()
+        .ok_or_else(|| anyhow!("executable has no parent dir"))?
+        .join("trellis-node-proxy");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it first with `cargo build --release -p trellis-node-proxy` \
+             (the bench runs the proxy binary from its own target dir)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Fails naming the package if a tool is not in PATH.
+pub fn require_tool(tool: &str, package: &str) -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).is_file());
+    if !found {
+        bail!("`{tool}` not found: apt-get install {package}");
+    }
+    Ok(())
+}
