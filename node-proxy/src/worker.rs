@@ -63,7 +63,14 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-fn pin_to(cpu: usize) -> io::Result<()> {
+/// Pins the calling thread to one CPU; threads it creates later inherit the mask.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cpu out of range",
+        ));
+    }
     // SAFETY: as above; we only set one bit in a zeroed set.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -102,7 +109,7 @@ fn run_worker(
     mut rx: mpsc::UnboundedReceiver<ListenSpec>,
 ) {
     if let Some(cpu) = cpu {
-        if let Err(e) = pin_to(cpu) {
+        if let Err(e) = pin_current_thread(cpu) {
             warn!(worker = index, cpu, error = %e, "could not pin worker to its cpu; running unpinned");
         }
     }

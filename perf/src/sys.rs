@@ -5,39 +5,8 @@ use std::io;
 use anyhow::{anyhow, Context, Result};
 use trellis_node_proxy::netns::NetNs;
 
-/// Pins the calling thread to one CPU. Threads it creates later inherit the mask.
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it for cpu < CPU_SETSIZE;
-    // sched_setaffinity(0, ..) affects only the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "cpu out of range",
-            ));
-        }
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// CPUs the process may run on (from sched_getaffinity).
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: as above; sched_getaffinity fills the set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![];
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
+/// Pinning is the node proxy's own: the benchmark pins the same way its workers do.
+pub use trellis_node_proxy::worker::{allowed_cpus, pin_current_thread};
 
 /// Raises the soft open-files limit to the hard one (children inherit it):
 /// the idle-connection phase holds a few thousand sockets.
