@@ -4,9 +4,7 @@
 mod common;
 
 use common::*;
-use hbone::{client_config, tls_connect, H2Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -64,19 +62,12 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
 #[tokio::test]
 async fn malformed_frames_end_the_session_cleanly() {
     let pki = Pki::new();
-    let mut server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
-    let cfg = client_config(&pki.cert("client"), &pki.bundle, &[id("server")]).expect("config");
+    let mut server = pki.serve(echo_handler()).await;
+    let cfg = pki.client_tls();
     for (name, bytes) in cases() {
-        let tcp = within(TcpStream::connect(server.addr))
+        let mut tls = within(tls_dial(server.addr, cfg.clone()))
             .await
-            .expect("connect");
-        let mut tls = within(tls_connect(tcp, cfg.clone())).await.expect("tls");
+            .expect("tls");
         // The server may close before reading everything; a write error is fine.
         let _ = tls.write_all(&bytes).await;
         let _ = tls.flush().await;
@@ -99,13 +90,6 @@ async fn malformed_frames_end_the_session_cleanly() {
         );
     }
     // Still serving proper clients.
-    let conn = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect("server still accepts");
+    let conn = pki.dial(server.addr).await.expect("server still accepts");
     assert!(!conn.is_closed());
 }

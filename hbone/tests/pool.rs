@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use hbone::{
-    client_config, tls_connect, ConnectRequest, H2Settings, HboneError, Identity, Pool, PoolKey,
-    PoolSettings, PoolStats, WorkloadCert,
+    client_config, HboneError, Identity, Pool, PoolKey, PoolSettings, PoolStats, WorkloadCert,
 };
-use tokio::net::TcpStream;
 
 /// Everything needed to dial one server, plus a count of dials made.
 struct Dialer {
@@ -28,14 +26,14 @@ impl Dialer {
     }
 
     async fn open(&self, pool: &Pool, key: &PoolKey) -> Result<hbone::H2Stream, HboneError> {
-        let req = ConnectRequest::new("10.0.0.1:80".parse().expect("addr"));
         let (addr, dials) = (self.addr, self.dials.clone());
         let cfg = client_config(&self.cert, &self.pki.bundle, &key.expected)?;
-        within(pool.connect(key, &req, move || async move {
-            dials.fetch_add(1, Ordering::SeqCst);
-            let tcp = TcpStream::connect(addr).await.map_err(HboneError::Io)?;
-            tls_connect(tcp, cfg).await
-        }))
+        within(
+            pool.connect(key, &request("10.0.0.1:80"), move || async move {
+                dials.fetch_add(1, Ordering::SeqCst);
+                tls_dial(addr, cfg).await
+            }),
+        )
         .await
     }
 
@@ -46,13 +44,7 @@ impl Dialer {
 
 async fn setup(settings: PoolSettings) -> (Pool, Dialer, TestServer) {
     let pki = Arc::new(Pki::new());
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
+    let server = pki.serve(echo_handler()).await;
     let dialer = Dialer {
         addr: server.addr,
         cert: pki.cert("client"),
@@ -60,6 +52,14 @@ async fn setup(settings: PoolSettings) -> (Pool, Dialer, TestServer) {
         dials: Arc::new(AtomicUsize::new(0)),
     };
     (Pool::new(settings), dialer, server)
+}
+
+/// Pool stats with `connections` open, carrying `streams` in total.
+fn stats(connections: usize, streams: usize) -> PoolStats {
+    PoolStats {
+        connections,
+        streams,
+    }
 }
 
 fn accepted(server: &mut TestServer) -> usize {
@@ -85,23 +85,11 @@ async fn reuses_connection_until_stream_limit() {
         streams.push(d.open(&pool, &key).await.expect("stream"));
     }
     assert_eq!(d.dials(), 1, "three streams share one connection");
-    assert_eq!(
-        pool.stats(),
-        PoolStats {
-            connections: 1,
-            streams: 3
-        }
-    );
+    assert_eq!(pool.stats(), stats(1, 3));
 
     streams.push(d.open(&pool, &key).await.expect("fourth stream"));
     assert_eq!(d.dials(), 2, "limit reached: a second connection");
-    assert_eq!(
-        pool.stats(),
-        PoolStats {
-            connections: 2,
-            streams: 4
-        }
-    );
+    assert_eq!(pool.stats(), stats(2, 4));
 
     // A freed slot on the first connection is reused before dialing again.
     streams.remove(0);
@@ -128,13 +116,7 @@ async fn distinct_keys_get_distinct_connections() {
     let _s2 = d.open(&pool, &b).await.expect("b");
     let _s3 = d.open(&pool, &a).await.expect("a again");
     assert_eq!(d.dials(), 2);
-    assert_eq!(
-        pool.stats(),
-        PoolStats {
-            connections: 2,
-            streams: 3
-        }
-    );
+    assert_eq!(pool.stats(), stats(2, 3));
 }
 
 #[tokio::test]
@@ -148,13 +130,7 @@ async fn concurrent_callers_share_one_dial() {
     );
     let _streams = (s1.expect("1"), s2.expect("2"), s3.expect("3"));
     assert_eq!(d.dials(), 1);
-    assert_eq!(
-        pool.stats(),
-        PoolStats {
-            connections: 1,
-            streams: 3
-        }
-    );
+    assert_eq!(pool.stats(), stats(1, 3));
 }
 
 #[tokio::test]
@@ -170,13 +146,7 @@ async fn many_concurrent_callers_all_get_streams() {
     let opens = (0..25).map(|_| d.open(&pool, &key));
     let streams = futures_util::future::join_all(opens).await;
     let streams: Vec<_> = streams.into_iter().map(|s| s.expect("stream")).collect();
-    assert_eq!(
-        pool.stats(),
-        PoolStats {
-            connections: 13,
-            streams: 25
-        }
-    );
+    assert_eq!(pool.stats(), stats(13, 25));
     assert_eq!(d.dials(), 13, "one dial per connection, none wasted");
     drop(streams);
 }
@@ -210,30 +180,15 @@ async fn idle_connections_are_evicted_and_closed() {
     let idle_key = d.key(&[id("server"), id("spare")]);
     let busy = d.open(&pool, &busy_key).await.expect("busy stream");
     drop(d.open(&pool, &idle_key).await.expect("short-lived stream"));
-    assert_eq!(
-        pool.stats(),
-        PoolStats {
-            connections: 2,
-            streams: 1
-        }
-    );
-    assert_eq!(accepted_within(&mut server, 2).await, 2);
+    assert_eq!(pool.stats(), stats(2, 1));
+    server.wait_for_accepted(2).await;
 
     // The idle connection's eviction proves idle_timeout passed and the reaper
     // ran; the busy connection must have survived that same sweep.
     eventually("idle connection evicted", || pool.stats().connections == 1).await;
-    assert_eq!(
-        pool.stats(),
-        PoolStats {
-            connections: 1,
-            streams: 1
-        }
-    );
+    assert_eq!(pool.stats(), stats(1, 1));
     // Eviction really closes the connection: the server's serve() returns.
-    match server.next_event().await {
-        ServerEvent::Served(r) => r.expect("clean close"),
-        other => panic!("unexpected {other:?}"),
-    }
+    server.expect_served().await.expect("clean close");
 
     drop(busy);
     eventually("connection evicted once its last stream ended", || {
@@ -247,30 +202,18 @@ async fn idle_connections_are_evicted_and_closed() {
     assert_eq!(d.dials(), 3);
 }
 
-/// Waits for `n` accepted TLS connections and returns how many were seen.
-async fn accepted_within(server: &mut TestServer, n: usize) -> usize {
-    let mut seen = 0;
-    while seen < n {
-        if let ServerEvent::Accepted(_) = server.next_event().await {
-            seen += 1;
-        }
-    }
-    seen
-}
-
 #[tokio::test]
 async fn closed_connections_are_replaced() {
     let (pool, d, mut server) = setup(PoolSettings::default()).await;
     let key = d.key(&[id("server")]);
     let stream = d.open(&pool, &key).await.expect("stream");
-    assert!(matches!(
-        server.next_event().await,
-        ServerEvent::Accepted(_)
-    ));
+    server.expect_accepted().await;
     server.shutdown();
     drop(stream);
-    let ev = server.next_event().await;
-    assert!(matches!(ev, ServerEvent::Served(Ok(()))), "{ev:?}");
+    server
+        .expect_served()
+        .await
+        .expect("graceful shutdown ends the session cleanly");
     let _s = d
         .open(&pool, &key)
         .await

@@ -8,20 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use hbone::{
-    client_config, tls_accept, tls_connect, ClientConn, ConnectRequest, H2Settings, HboneError,
-    IncomingRequest,
-};
+use hbone::{tls_accept, ClientConn, H2Settings, HboneError, IncomingRequest};
 use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// A plain h2 client over HBONE mTLS, for sending requests `ClientConn` would never send.
 async fn raw_h2(addr: SocketAddr, pki: &Pki) -> h2::client::SendRequest<Bytes> {
-    let cfg = client_config(&pki.cert("client"), &pki.bundle, &[id("server")]).expect("config");
-    let tcp = TcpStream::connect(addr).await.expect("tcp");
-    let tls = tls_connect(tcp, cfg).await.expect("tls");
+    let tls = tls_dial(addr, pki.client_tls()).await.expect("tls");
     let (send, conn) = h2::client::handshake(tls).await.expect("h2");
     tokio::spawn(conn);
     send
@@ -41,31 +35,26 @@ async fn status_of(send: &h2::client::SendRequest<Bytes>, method: Method, uri: &
 #[tokio::test]
 async fn invalid_requests_get_405_and_400() {
     let pki = Pki::new();
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
+    let server = pki.serve(echo_handler()).await;
     let send = within(raw_h2(server.addr, &pki)).await;
-    assert_eq!(
-        status_of(&send, Method::GET, "http://127.0.0.1:80/").await,
-        StatusCode::METHOD_NOT_ALLOWED
-    );
-    assert_eq!(
-        status_of(&send, Method::POST, "http://127.0.0.1:80/").await,
-        StatusCode::METHOD_NOT_ALLOWED
-    );
-    assert_eq!(
-        status_of(&send, Method::CONNECT, "example.com:80").await,
-        StatusCode::BAD_REQUEST
-    );
-    // The connection survives bad requests.
-    assert_eq!(
-        status_of(&send, Method::CONNECT, "127.0.0.1:0").await,
-        StatusCode::BAD_REQUEST
-    );
+    // All on one connection: it survives bad requests.
+    for (method, uri, expected) in [
+        (
+            Method::GET,
+            "http://127.0.0.1:80/",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::POST,
+            "http://127.0.0.1:80/",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (Method::CONNECT, "example.com:80", StatusCode::BAD_REQUEST),
+        (Method::CONNECT, "127.0.0.1:0", StatusCode::BAD_REQUEST),
+    ] {
+        let status = status_of(&send, method.clone(), uri).await;
+        assert_eq!(status, expected, "{method} {uri}");
+    }
 }
 
 #[tokio::test]
@@ -78,22 +67,9 @@ async fn refusals_surface_as_status_errors() {
             let _ = req.accept(); // invalid requests are answered with their status
         }
     });
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        handler,
-    )
-    .await;
-    let conn = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect("connect");
-    let err = within(conn.connect(&ConnectRequest::new("10.0.0.1:503".parse().expect("addr"))))
+    let server = pki.serve(handler).await;
+    let conn = pki.dial(server.addr).await.expect("connect");
+    let err = open_tunnel(&conn, "10.0.0.1:503")
         .await
         .expect_err("refused");
     assert!(
@@ -105,7 +81,7 @@ async fn refusals_surface_as_status_errors() {
             .contains("destination proxy refused the tunnel with status 503"),
         "{err}"
     );
-    let err = within(conn.connect(&ConnectRequest::new("10.0.0.1:0".parse().expect("addr"))))
+    let err = open_tunnel(&conn, "10.0.0.1:0")
         .await
         .expect_err("port 0 is invalid");
     assert!(
@@ -123,26 +99,13 @@ async fn forwarded_and_traceparent_reach_the_server() {
         let _ = tx.send(req.parsed.clone());
         req.reject(StatusCode::NO_CONTENT);
     });
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        handler,
-    )
-    .await;
-    let conn = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect("connect");
+    let server = pki.serve(handler).await;
+    let conn = pki.dial(server.addr).await.expect("connect");
     for (target, from) in [
         ("10.1.2.3:8080", "192.168.7.9:41000"),
         ("[fd00::5]:443", "[::1]:80"),
     ] {
-        let mut req = ConnectRequest::new(target.parse().expect("target"));
+        let mut req = request(target);
         req.forwarded_for = Some(from.parse().expect("from"));
         req.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         req.extra_headers.insert(
@@ -161,29 +124,10 @@ async fn forwarded_and_traceparent_reach_the_server() {
 #[tokio::test]
 async fn graceful_shutdown_drains_in_flight_streams() {
     let pki = Pki::new();
-    let mut server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
-    let conn = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect("connect");
-    assert!(matches!(
-        server.next_event().await,
-        ServerEvent::Accepted(_)
-    ));
-    let mut stream =
-        within(conn.connect(&ConnectRequest::new("10.0.0.1:80".parse().expect("addr"))))
-            .await
-            .expect("tunnel");
+    let mut server = pki.serve(echo_handler()).await;
+    let conn = pki.dial(server.addr).await.expect("connect");
+    server.expect_accepted().await;
+    let mut stream = open_tunnel(&conn, "10.0.0.1:80").await.expect("tunnel");
     let mut buf = [0u8; 1];
     stream.write_all(b"a").await.expect("write");
     within(stream.read_exact(&mut buf))
@@ -204,12 +148,9 @@ async fn graceful_shutdown_drains_in_flight_streams() {
         .expect("peer finishes");
     drop(stream);
 
-    match server.next_event().await {
-        ServerEvent::Served(result) => result.expect("clean shutdown"),
-        other => panic!("unexpected {other:?}"),
-    }
+    server.expect_served().await.expect("clean shutdown");
     eventually("client sees the connection closed", || conn.is_closed()).await;
-    let err = within(conn.connect(&ConnectRequest::new("10.0.0.1:80".parse().expect("addr"))))
+    let err = open_tunnel(&conn, "10.0.0.1:80")
         .await
         .expect_err("closed connection takes no new tunnels");
     assert!(!err.to_string().is_empty());
@@ -219,22 +160,10 @@ async fn graceful_shutdown_drains_in_flight_streams() {
 async fn keepalive_closes_connection_to_silent_peer() {
     let pki = Pki::new();
     let cfg = hbone::server_config(&pki.cert("server"), &pki.bundle).expect("server config");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     // Completes TLS, then never speaks HTTP/2: pings go unanswered.
-    let (hold_tx, mut hold_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.expect("accept");
-        let tls = tls_accept(tcp, cfg).await.expect("tls");
-        let _ = hold_tx.send(tls);
-    });
-    let client_cfg =
-        client_config(&pki.cert("client"), &pki.bundle, &[id("server")]).expect("config");
-    let tls = within(async {
-        tls_connect(TcpStream::connect(addr).await.expect("tcp"), client_cfg).await
-    })
-    .await
-    .expect("tls");
+    let (addr, silent_server) =
+        accept_once(|tcp| async move { tls_accept(tcp, cfg).await.expect("tls") }).await;
+    let tls = within(tls_dial(addr, pki.client_tls())).await.expect("tls");
     let settings = H2Settings {
         keepalive_interval: Duration::from_millis(50),
         keepalive_timeout: Duration::from_millis(100),
@@ -243,7 +172,7 @@ async fn keepalive_closes_connection_to_silent_peer() {
     let conn = within(ClientConn::handshake(tls, &settings))
         .await
         .expect("h2 handshake");
-    let _silent = within(hold_rx.recv()).await.expect("server side held");
+    let _silent = within(silent_server).await.expect("server side held");
     assert!(!conn.is_closed());
     eventually("keep-alive timeout closes the connection", || {
         conn.is_closed()

@@ -5,35 +5,28 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use hbone::{client_config, tls_connect, ClientConn, ErrorSide, H2Settings, HboneError, TlsError};
+use hbone::{client_config, ClientConn, ErrorSide, H2Settings, HboneError, TlsError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Opens one tunnel on `conn`; with TLS 1.3 a server-side rejection of the
+/// client only surfaces here, after the client finished its handshake.
+async fn first_tunnel(conn: ClientConn) -> Result<hbone::H2Stream, HboneError> {
+    conn.connect(&request("127.0.0.1:9")).await
+}
+
 #[tokio::test]
 async fn mutual_tls_exchanges_identities() {
     let pki = Pki::new();
-    let mut server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
-    let conn = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("other"), id("server")],
-    ))
-    .await
-    .expect("handshake with server in expected set");
-    match server.next_event().await {
-        ServerEvent::Accepted(peer) => assert_eq!(peer, id("client")),
-        other => panic!("unexpected {other:?}"),
-    }
+    let mut server = pki.serve(echo_handler()).await;
+    let conn = pki
+        .dial_expecting(server.addr, &[id("other"), id("server")])
+        .await
+        .expect("handshake with server in expected set");
+    assert_eq!(server.expect_accepted().await, id("client"));
     assert!(!conn.is_closed());
 }
 
@@ -41,13 +34,7 @@ async fn mutual_tls_exchanges_identities() {
 async fn wrong_trust_root_fails_with_shared_root_hint() {
     let pki = Pki::new();
     let other = Pki::new();
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
+    let server = pki.serve(echo_handler()).await;
     let err = within(client_conn(
         server.addr,
         &pki.cert("client"),
@@ -67,23 +54,14 @@ async fn wrong_trust_root_fails_with_shared_root_hint() {
 async fn server_rejects_client_from_other_root() {
     let pki = Pki::new();
     let other = Pki::new();
-    let mut server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
+    let mut server = pki.serve(echo_handler()).await;
     // The client trusts the server, but its own cert is from another CA.
     let mut bundle = pki.bundle.clone();
     bundle.merge(other.bundle.clone());
     let client = within(async {
         let conn =
             client_conn(server.addr, &other.cert("client"), &bundle, &[id("server")]).await?;
-        conn.connect(&hbone::ConnectRequest::new(
-            "127.0.0.1:9".parse().expect("addr"),
-        ))
-        .await
+        first_tunnel(conn).await
     })
     .await;
     let err = client.expect_err("tunnel must not open");
@@ -91,30 +69,18 @@ async fn server_rejects_client_from_other_root() {
     // yet is still reported as a TLS failure with a hint, not as plain I/O.
     assert!(matches!(err, HboneError::TlsHandshake { .. }), "{err:?}");
     assert!(err.to_string().contains("share a root CA"), "{err}");
-    match server.next_event().await {
-        ServerEvent::TlsFailed(e) => assert!(e.to_string().contains("share a root CA"), "{e}"),
-        other => panic!("unexpected {other:?}"),
-    }
+    let e = server.expect_tls_failure().await;
+    assert!(e.to_string().contains("share a root CA"), "{e}");
 }
 
 #[tokio::test]
 async fn identity_mismatch_names_expected_and_presented() {
     let pki = Pki::new();
-    let server = start_server(
-        &pki.cert("impostor"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
-    let err = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect_err("identity not in expected set");
+    let server = pki.serve_as("impostor", echo_handler()).await;
+    let err = pki
+        .dial(server.addr)
+        .await
+        .expect_err("identity not in expected set");
     match &err {
         HboneError::IdentityMismatch {
             expected,
@@ -184,13 +150,7 @@ impl ServerCertVerifier for AcceptAnyServer {
 #[tokio::test]
 async fn client_without_certificate_is_rejected() {
     let pki = Pki::new();
-    let mut server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
+    let mut server = pki.serve(echo_handler()).await;
     let mut cfg = rustls::ClientConfig::builder_with_provider(hbone::tls::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls13")
@@ -199,17 +159,11 @@ async fn client_without_certificate_is_rejected() {
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let result = within(async {
-        let tcp = TcpStream::connect(server.addr)
-            .await
-            .map_err(HboneError::Io)?;
         // With TLS 1.3 the client may finish before the server checks it; the
         // rejection then arrives as an alert on the first read.
-        let tls = tls_connect(tcp, Arc::new(cfg)).await?;
+        let tls = tls_dial(server.addr, Arc::new(cfg)).await?;
         let conn = ClientConn::handshake(tls, &H2Settings::default()).await?;
-        conn.connect(&hbone::ConnectRequest::new(
-            "127.0.0.1:9".parse().expect("addr"),
-        ))
-        .await
+        first_tunnel(conn).await
     })
     .await;
     let err = result.expect_err("server must refuse a client without certificate");
@@ -225,24 +179,14 @@ async fn client_without_certificate_is_rejected() {
         ),
         "{err:?}"
     );
-    match server.next_event().await {
-        ServerEvent::TlsFailed(e) => {
-            assert!(e.to_string().contains("presented no certificate"), "{e}");
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    let e = server.expect_tls_failure().await;
+    assert!(e.to_string().contains("presented no certificate"), "{e}");
 }
 
 #[tokio::test]
 async fn plaintext_to_tls_server_is_an_error_not_a_panic() {
     let pki = Pki::new();
-    let mut server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
+    let mut server = pki.serve(echo_handler()).await;
     let mut tcp = within(TcpStream::connect(server.addr))
         .await
         .expect("connect");
@@ -252,21 +196,9 @@ async fn plaintext_to_tls_server_is_an_error_not_a_panic() {
     // The server answers with an alert (or nothing) and closes; it must not hang.
     let mut sink = Vec::new();
     let _ = within(tcp.read_to_end(&mut sink)).await;
-    match server.next_event().await {
-        ServerEvent::TlsFailed(e) => {
-            let msg = e.to_string();
-            assert!(msg.starts_with("tls handshake failed:"), "{msg}");
-            assert!(msg.contains("did not speak tls"), "{msg}");
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    let msg = server.expect_tls_failure().await.to_string();
+    assert!(msg.starts_with("tls handshake failed:"), "{msg}");
+    assert!(msg.contains("did not speak tls"), "{msg}");
     // The listener survives and still serves proper clients.
-    within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect("server still works");
+    pki.dial(server.addr).await.expect("server still works");
 }

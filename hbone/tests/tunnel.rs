@@ -6,11 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::*;
-use hbone::{
-    copy_bidirectional, ConnectRequest, ErrorSide, H2Settings, HboneError, IncomingRequest,
-};
+use hbone::{copy_bidirectional, ConnectRequest, ErrorSide, HboneError, IncomingRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 type Counts = Result<(u64, u64), HboneError>;
@@ -41,21 +39,8 @@ async fn tunnel_to(
 ) {
     let pki = Pki::new();
     let (tx, rx) = mpsc::unbounded_channel();
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        proxy_handler(tx),
-    )
-    .await;
-    let conn = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect("client connection");
+    let server = pki.serve(proxy_handler(tx)).await;
+    let conn = pki.dial(server.addr).await.expect("client connection");
     let stream = within(conn.connect(&ConnectRequest::new(backend)))
         .await
         .expect("open tunnel");
@@ -74,35 +59,11 @@ async fn tunnel_to(
 async fn large_payload_round_trip_with_exact_counts() {
     const UP: usize = 16 << 20;
     const DOWN: usize = (16 << 20) + 12_345;
-    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let backend_addr = backend.local_addr().expect("addr");
-    let backend_task = tokio::spawn(async move {
-        let (sock, _) = backend.accept().await.expect("accept");
-        let (mut r, mut w) = sock.into_split();
-        let read = async {
-            let mut got = Vec::new();
-            r.read_to_end(&mut got).await.expect("backend read");
-            got
-        };
-        let write = async {
-            w.write_all(&pattern(DOWN, 7)).await.expect("backend write");
-            w.shutdown().await.expect("backend shutdown");
-        };
-        tokio::join!(read, write).0
-    });
+    let (backend_addr, backend_task) =
+        accept_once(|sock| async move { exchange(sock, &pattern(DOWN, 7)).await }).await;
 
     let (app, client_copy, mut server_counts) = tunnel_to(backend_addr).await;
-    let (mut r, mut w) = app.into_split();
-    let write = async {
-        w.write_all(&pattern(UP, 3)).await.expect("app write");
-        w.shutdown().await.expect("app shutdown");
-    };
-    let read = async {
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).await.expect("app read");
-        got
-    };
-    let ((), app_got) = within(async { tokio::join!(write, read) }).await;
+    let app_got = within(exchange(app, &pattern(UP, 3))).await;
     let backend_got = within(backend_task).await.expect("backend task");
     let client = within(client_copy).await.expect("join");
     let server = within(server_counts.recv()).await.expect("count");
@@ -124,16 +85,14 @@ async fn large_payload_round_trip_with_exact_counts() {
 async fn client_half_close_keeps_the_reply_direction_open() {
     // Backend answers only after it saw EOF: proves END_STREAM became a FIN and
     // that the other direction kept working afterwards.
-    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let (mut sock, _) = backend.accept().await.expect("accept");
+    let (addr, backend_task) = accept_once(|mut sock| async move {
         let mut got = Vec::new();
         sock.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, b"ping");
         sock.write_all(b"pong").await.expect("write");
         sock.shutdown().await.expect("shutdown");
-    });
+    })
+    .await;
     let (mut app, client_copy, mut server_counts) = tunnel_to(addr).await;
     app.write_all(b"ping").await.expect("write");
     app.shutdown().await.expect("half-close");
@@ -151,20 +110,19 @@ async fn client_half_close_keeps_the_reply_direction_open() {
             .expect("copy"),
         (4, 4)
     );
+    within(backend_task).await.expect("backend saw the request");
 }
 
 #[tokio::test]
 async fn server_half_close_keeps_the_request_direction_open() {
-    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let backend_task = tokio::spawn(async move {
-        let (mut sock, _) = backend.accept().await.expect("accept");
+    let (addr, backend_task) = accept_once(|mut sock| async move {
         sock.write_all(b"hello").await.expect("write");
         sock.shutdown().await.expect("backend half-close");
         let mut got = Vec::new();
         sock.read_to_end(&mut got).await.expect("read");
         got
-    });
+    })
+    .await;
     let (mut app, client_copy, _server_counts) = tunnel_to(addr).await;
     let mut greeting = Vec::new();
     within(app.read_to_end(&mut greeting))
@@ -194,24 +152,9 @@ async fn peer_reset_ends_the_copy_with_an_error() {
             drop(stream);
         });
     });
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        handler,
-    )
-    .await;
-    let conn = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect("connect");
-    let stream = within(conn.connect(&ConnectRequest::new("127.0.0.1:9".parse().expect("addr"))))
-        .await
-        .expect("tunnel");
+    let server = pki.serve(handler).await;
+    let conn = pki.dial(server.addr).await.expect("connect");
+    let stream = open_tunnel(&conn, "127.0.0.1:9").await.expect("tunnel");
     let (mut app, mut downstream) = tcp_pair().await;
     app.write_all(b"x").await.expect("write");
     let err = within(copy_bidirectional(&mut downstream, stream))
@@ -225,38 +168,13 @@ async fn peer_reset_ends_the_copy_with_an_error() {
 #[tokio::test]
 async fn h2stream_async_read_write_echo() {
     let pki = Pki::new();
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        H2Settings::default(),
-        echo_handler(),
-    )
-    .await;
-    let conn = within(client_conn(
-        server.addr,
-        &pki.cert("client"),
-        &pki.bundle,
-        &[id("server")],
-    ))
-    .await
-    .expect("connect");
-    let stream = within(conn.connect(&ConnectRequest::new("127.0.0.1:9".parse().expect("addr"))))
-        .await
-        .expect("tunnel");
+    let server = pki.serve(echo_handler()).await;
+    let conn = pki.dial(server.addr).await.expect("connect");
+    let stream = open_tunnel(&conn, "127.0.0.1:9").await.expect("tunnel");
     assert_eq!(conn.active_streams(), 1);
     let payload = pattern(1 << 20, 11);
-    let (mut r, mut w) = tokio::io::split(stream);
-    let write = async {
-        w.write_all(&payload).await.expect("write");
-        w.shutdown().await.expect("shutdown");
-    };
-    let read = async {
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).await.expect("read");
-        got
-    };
-    let ((), echoed) = within(async { tokio::join!(write, read) }).await;
+    // `exchange` consumes the stream and drops it once both directions finished.
+    let echoed = within(exchange(stream, &payload)).await;
     assert!(echoed == payload, "echo mismatch ({} bytes)", echoed.len());
-    drop((r, w));
     assert_eq!(conn.active_streams(), 0);
 }

@@ -29,7 +29,13 @@ pub struct ConnRateConfig {
 pub struct ConnRateResult {
     pub ok: u64,
     pub errors: u64,
+    /// Connections completed inside the window, per second of the window.
     pub conns_per_s: f64,
+    /// Connections that completed after the window closed (started inside it
+    /// but slow, e.g. a SYN retransmitted after 1 s); counted in `ok`, not in the rate.
+    pub late: u64,
+    /// Seconds from start until the last connection finished.
+    pub wall_s: f64,
     /// Connect to close, per connection.
     pub latency: Summary,
     /// Error message -> count.
@@ -42,6 +48,8 @@ impl ConnRateResult {
             "ok": self.ok,
             "errors": self.errors,
             "conns_per_s": hist::round2(self.conns_per_s),
+            "late": self.late,
+            "wall_s": hist::round2(self.wall_s),
             "latency": self.latency.to_json(),
             "error_kinds": self.error_kinds,
         })
@@ -79,13 +87,16 @@ async fn run_async(dst: SocketAddr, cfg: ConnRateConfig) -> Result<ConnRateResul
         set.spawn(async move {
             let mut h: Histogram<u64> = hist::new_ns();
             let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-            let (mut ok, mut errors) = (0u64, 0u64);
+            let (mut ok, mut errors, mut late) = (0u64, 0u64, 0u64);
             let mut buf = Vec::with_capacity(1024);
             while Instant::now() < end {
                 let t = Instant::now();
                 match tokio::time::timeout(cfg.timeout, one_conn(dst, &req, &mut buf)).await {
                     Ok(Ok(())) => {
                         ok += 1;
+                        if Instant::now() > end {
+                            late += 1;
+                        }
                         hist::record(&mut h, t.elapsed());
                     }
                     Ok(Err(e)) => {
@@ -98,16 +109,17 @@ async fn run_async(dst: SocketAddr, cfg: ConnRateConfig) -> Result<ConnRateResul
                     }
                 }
             }
-            (h, ok, errors, kinds)
+            (h, ok, errors, late, kinds)
         });
     }
     let mut h = hist::new_ns();
-    let (mut ok, mut errors) = (0, 0);
+    let (mut ok, mut errors, mut late) = (0, 0, 0);
     let mut kinds = BTreeMap::new();
     while let Some(r) = set.join_next().await {
-        let (th, tok, terr, tk) = r?;
+        let (th, tok, terr, tlate, tk) = r?;
         h.add(&th).ok();
         ok += tok;
+        late += tlate;
         errors += terr;
         for (k, v) in tk {
             *kinds.entry(k).or_default() += v;
@@ -117,7 +129,9 @@ async fn run_async(dst: SocketAddr, cfg: ConnRateConfig) -> Result<ConnRateResul
     Ok(ConnRateResult {
         ok,
         errors,
-        conns_per_s: ok as f64 / wall,
+        conns_per_s: (ok - late) as f64 / cfg.duration.as_secs_f64(),
+        late,
+        wall_s: wall,
         latency: Summary::of(&h),
         error_kinds: kinds,
     })

@@ -77,3 +77,43 @@ impl CpuMeter {
         Ok(cpu_seconds_sum(&self.pids)? - self.start)
     }
 }
+
+/// Busy time of one CPU in seconds (everything but idle and iowait, from
+/// /proc/stat): the server, both proxies and the softirq work done there.
+pub fn cpu_busy_seconds(cpu: usize) -> io::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .ok_or_else(|| io::Error::other(format!("no {name} in /proc/stat")))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Ok(busy as f64 / clock_ticks())
+}
+
+/// Busy time of one CPU sampled around a phase.
+#[derive(Debug, Clone)]
+pub struct BusyMeter {
+    cpu: usize,
+    start: f64,
+}
+
+impl BusyMeter {
+    pub fn start(cpu: usize) -> io::Result<BusyMeter> {
+        Ok(BusyMeter {
+            cpu,
+            start: cpu_busy_seconds(cpu)?,
+        })
+    }
+
+    pub fn elapsed(&self) -> io::Result<f64> {
+        Ok(cpu_busy_seconds(self.cpu)? - self.start)
+    }
+}

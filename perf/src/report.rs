@@ -25,6 +25,27 @@ pub mod targets {
     pub const RSS_PER_CONN_KIB: f64 = 16.0;
 }
 
+/// Busy time of the server CPU (CPU 1: the server, the proxies and the
+/// kernel's softirq work there) per unit of work, from /proc/stat.
+#[derive(Debug, Clone, Default)]
+pub struct ServerCpu {
+    pub s_per_gb: f64,
+    pub us_per_rtt: f64,
+    pub s_per_1k_req: f64,
+    pub us_per_conn: f64,
+}
+
+impl ServerCpu {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "s_per_gb": round3(self.s_per_gb),
+            "us_per_rtt": round2(self.us_per_rtt),
+            "s_per_1k_req": round3(self.s_per_1k_req),
+            "us_per_conn": round2(self.us_per_conn),
+        })
+    }
+}
+
 /// One path's results (direct or through Trellis).
 #[derive(Debug, Clone)]
 pub struct PathResults {
@@ -32,6 +53,7 @@ pub struct PathResults {
     pub rtt: Summary,
     pub http: RateResult,
     pub conn: ConnRateResult,
+    pub server_cpu: ServerCpu,
 }
 
 impl PathResults {
@@ -41,6 +63,7 @@ impl PathResults {
             "rtt": self.rtt.to_json(),
             "http_fixed_rate": self.http.to_json(),
             "conn_rate": self.conn.to_json(),
+            "server_cpu_busy": self.server_cpu.to_json(),
         })
     }
 }
@@ -62,9 +85,13 @@ pub struct ProxyCosts {
     pub extra_pods: usize,
     pub rss_per_pod_kib: f64,
     pub idle_conns: usize,
-    /// (node, KiB delta) for the idle connections.
+    /// (node, KiB delta) for the measured batch of idle connections.
     pub conn_rss_delta_kib: Vec<(String, i64)>,
+    /// Per connection of the measured (second) batch: the marginal cost.
     pub rss_per_conn_kib: f64,
+    /// Per connection of the first batch, which partly reuses heap freed by
+    /// earlier phases (so it reads lower).
+    pub first_batch_rss_per_conn_kib: f64,
 }
 
 impl ProxyCosts {
@@ -82,6 +109,7 @@ impl ProxyCosts {
             "idle_conns": self.idle_conns,
             "conn_rss_delta_kib": self.conn_rss_delta_kib.iter().map(|(n, k)| json!({"node": n, "kib": k})).collect::<Vec<_>>(),
             "rss_per_conn_kib": round2(self.rss_per_conn_kib),
+            "first_batch_rss_per_conn_kib": round2(self.first_batch_rss_per_conn_kib),
         })
     }
 }
@@ -164,6 +192,14 @@ pub fn rows(d: &PathResults, t: &PathResults, c: &ProxyCosts) -> Vec<Row> {
         Some(c.cpu_s_per_gb <= CPU_S_PER_GB),
     ));
     v.push(row(
+        "CPU 1 busy per GB: server + proxies + softirq (s/GB)",
+        f(d.server_cpu.s_per_gb, 3),
+        f(t.server_cpu.s_per_gb, 3),
+        format!("{:+.3} s/GB", t.server_cpu.s_per_gb - d.server_cpu.s_per_gb),
+        NA,
+        None,
+    ));
+    v.push(row(
         "RTT p50, 64 B ping-pong (µs)",
         f(d.rtt.p50_us, 1),
         f(t.rtt.p50_us, 1),
@@ -184,6 +220,14 @@ pub fn rows(d: &PathResults, t: &PathResults, c: &ProxyCosts) -> Vec<Row> {
         f(d.rtt.p999_us, 1),
         f(t.rtt.p999_us, 1),
         delta_us(t.rtt.p999_us, d.rtt.p999_us),
+        NA,
+        None,
+    ));
+    v.push(row(
+        "CPU 1 busy per round trip (µs)",
+        f(d.server_cpu.us_per_rtt, 1),
+        f(t.server_cpu.us_per_rtt, 1),
+        delta_us(t.server_cpu.us_per_rtt, d.server_cpu.us_per_rtt),
         NA,
         None,
     ));
@@ -237,6 +281,25 @@ pub fn rows(d: &PathResults, t: &PathResults, c: &ProxyCosts) -> Vec<Row> {
         Some(tc.errors == 0 && dc.errors == 0),
     ));
     v.push(row(
+        "new connection p99 / max, connect to close (µs)",
+        format!("{:.0} / {:.0}", dc.latency.p99_us, dc.latency.max_us),
+        format!("{:.0} / {:.0}", tc.latency.p99_us, tc.latency.max_us),
+        format!(
+            "in flight at the window's end, not counted: {} / {}",
+            dc.late, tc.late
+        ),
+        NA,
+        None,
+    ));
+    v.push(row(
+        "CPU 1 busy per new connection (µs)",
+        f(d.server_cpu.us_per_conn, 1),
+        f(t.server_cpu.us_per_conn, 1),
+        delta_us(t.server_cpu.us_per_conn, d.server_cpu.us_per_conn),
+        NA,
+        None,
+    ));
+    v.push(row(
         "proxy CPU per 1,000 new connections, both proxies (s)",
         NA.into(),
         f(c.cpu_s_per_1k_conn, 3),
@@ -268,13 +331,14 @@ pub fn rows(d: &PathResults, t: &PathResults, c: &ProxyCosts) -> Vec<Row> {
         NA.into(),
         f(c.rss_per_conn_kib, 2),
         format!(
-            "over {} conns ({})",
+            "second batch of {} conns ({}); first batch {:.2} KiB",
             c.idle_conns,
             c.conn_rss_delta_kib
                 .iter()
                 .map(|(n, k)| format!("{n} {k:+} KiB"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            c.first_batch_rss_per_conn_kib
         ),
         &format!("≤ {RSS_PER_CONN_KIB:.0} KiB"),
         Some(c.rss_per_conn_kib <= RSS_PER_CONN_KIB),

@@ -79,7 +79,8 @@ impl BenchTopo {
         self.dir.path()
     }
 
-    /// Starts `trellis-node-proxy --mode shared --workers 1` in `node`'s netns,
+    /// Starts `trellis-node-proxy --mode shared --workers 1` in `node`'s netns
+    /// (behind `$TRELLIS_PROXY_WRAPPER` if set, for manual investigation),
     /// pinned to `cpu`, enrolling `pod`; waits until it has written its bound
     /// addresses (it does so after enrolling the startup pods).
     pub fn start_proxy(&self, bin: &Path, node: &str, pod: &Pod, cpu: usize) -> Result<NodeProxy> {
@@ -123,9 +124,16 @@ impl BenchTopo {
             "--workers",
             "1",
         ];
+        // A wrapper (e.g. `heaptrack`, `valgrind --tool=massif`) for manual
+        // investigation; the PID is then the wrapper's, so CPU and RSS
+        // figures are not the proxy's.
+        let wrapper = std::env::var("TRELLIS_PROXY_WRAPPER").unwrap_or_default();
+        let mut full: Vec<&str> = argv[..3].to_vec();
+        full.extend(wrapper.split_whitespace());
+        full.extend_from_slice(&argv[3..]);
         let mut guard = self
             .topo
-            .spawn(node, &argv)
+            .spawn(node, &full)
             .with_context(|| format!("starting the {node} proxy"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         let addrs: serde_json::Value = loop {

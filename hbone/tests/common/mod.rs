@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use hbone::{
     client_config, peer_identity, serve_with_shutdown, server_config, tls_accept, tls_connect,
-    ClientConn, DevCa, H2Settings, HboneError, Identity, IncomingRequest, TrustBundle,
-    WorkloadCert,
+    ClientConn, ClientTls, ConnectRequest, DevCa, H2Settings, H2Stream, HboneError, Identity,
+    IncomingRequest, TrustBundle, WorkloadCert,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// Trust domain used by every test identity.
 pub const TD: &str = "cluster.local";
@@ -62,6 +63,41 @@ impl Pki {
             .issue(&id(sa), Duration::from_secs(3600))
             .expect("issue cert")
     }
+
+    /// Starts a server as `server` with default HTTP/2 settings.
+    pub async fn serve(&self, handler: Handler) -> TestServer {
+        self.serve_as("server", handler).await
+    }
+
+    /// Starts a server presenting a certificate for `sa`, with default HTTP/2 settings.
+    pub async fn serve_as(&self, sa: &str, handler: Handler) -> TestServer {
+        start_server(&self.cert(sa), &self.bundle, H2Settings::default(), handler).await
+    }
+
+    /// TLS config for `client` expecting `server`.
+    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        client_config(&self.cert("client"), &self.bundle, &[id("server")]).expect("client config")
+    }
+
+    /// Connects to `addr` as `client` expecting `server`, within the deadline.
+    pub async fn dial(&self, addr: SocketAddr) -> Result<ClientConn, HboneError> {
+        self.dial_expecting(addr, &[id("server")]).await
+    }
+
+    /// Connects to `addr` as `client` expecting one of `expected`, within the deadline.
+    pub async fn dial_expecting(
+        &self,
+        addr: SocketAddr,
+        expected: &[Identity],
+    ) -> Result<ClientConn, HboneError> {
+        within(client_conn(
+            addr,
+            &self.cert("client"),
+            &self.bundle,
+            expected,
+        ))
+        .await
+    }
 }
 
 /// What the test server observed.
@@ -96,6 +132,40 @@ impl TestServer {
         within(self.events.recv())
             .await
             .expect("server event channel closed")
+    }
+
+    /// The next event, which must be a completed TLS handshake; the client's identity.
+    pub async fn expect_accepted(&mut self) -> Identity {
+        match self.next_event().await {
+            ServerEvent::Accepted(peer) => peer,
+            other => panic!("expected Accepted, got {other:?}"),
+        }
+    }
+
+    /// The next event, which must be a failed TLS handshake; its error.
+    pub async fn expect_tls_failure(&mut self) -> HboneError {
+        match self.next_event().await {
+            ServerEvent::TlsFailed(e) => e,
+            other => panic!("expected TlsFailed, got {other:?}"),
+        }
+    }
+
+    /// The next event, which must be the end of a session; what `serve` returned.
+    pub async fn expect_served(&mut self) -> Result<(), HboneError> {
+        match self.next_event().await {
+            ServerEvent::Served(result) => result,
+            other => panic!("expected Served, got {other:?}"),
+        }
+    }
+
+    /// Waits for `n` completed TLS handshakes, skipping other events.
+    pub async fn wait_for_accepted(&mut self, n: usize) {
+        let mut seen = 0;
+        while seen < n {
+            if let ServerEvent::Accepted(_) = self.next_event().await {
+                seen += 1;
+            }
+        }
     }
 }
 
@@ -162,10 +232,58 @@ pub async fn client_conn(
     bundle: &TrustBundle,
     expected: &[Identity],
 ) -> Result<ClientConn, HboneError> {
-    let cfg = client_config(cert, bundle, expected)?;
-    let tcp = TcpStream::connect(addr).await.map_err(HboneError::Io)?;
-    let tls = tls_connect(tcp, cfg).await?;
+    let tls = tls_dial(addr, client_config(cert, bundle, expected)?).await?;
     ClientConn::handshake(tls, &H2Settings::default()).await
+}
+
+/// TCP connect to `addr`, then the client side of the TLS handshake.
+pub async fn tls_dial(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<ClientTls, HboneError> {
+    let tcp = TcpStream::connect(addr).await.map_err(HboneError::Io)?;
+    tls_connect(tcp, cfg).await
+}
+
+/// A CONNECT request for `target` (`ip:port`).
+pub fn request(target: &str) -> ConnectRequest {
+    ConnectRequest::new(target.parse().expect("target addr"))
+}
+
+/// Opens a tunnel to `target` on `conn`, within the deadline.
+pub async fn open_tunnel(conn: &ClientConn, target: &str) -> Result<H2Stream, HboneError> {
+    within(conn.connect(&request(target))).await
+}
+
+/// Binds a loopback listener and runs `on_accept` on its first connection.
+pub async fn accept_once<F, Fut>(on_accept: F) -> (SocketAddr, JoinHandle<Fut::Output>)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.expect("accept");
+        on_accept(sock).await
+    });
+    (addr, task)
+}
+
+/// Writes `payload` then half-closes, while reading until the peer's EOF; what was read.
+pub async fn exchange(stream: impl AsyncRead + AsyncWrite, payload: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let write = async {
+        w.write_all(payload).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let read = async {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.expect("read");
+        got
+    };
+    tokio::join!(write, read).1
 }
 
 /// A connected loopback TCP pair: (client side, server side).

@@ -18,8 +18,8 @@ use serde_json::json;
 use trellis_perf::conn_rate::{self, ConnRateConfig};
 use trellis_perf::http_load::{self, RateConfig};
 use trellis_perf::latency::{self, PingPong};
-use trellis_perf::proc_stats::{self, CpuMeter};
-use trellis_perf::report::{self, PathResults, ProxyCosts};
+use trellis_perf::proc_stats::{self, BusyMeter, CpuMeter};
+use trellis_perf::report::{self, PathResults, ProxyCosts, ServerCpu};
 use trellis_perf::servers::{EchoServer, Iperf3Server, Nginx};
 use trellis_perf::topo::{self, BenchTopo, NodeProxy};
 use trellis_perf::{sys, throughput, LOADGEN_CPU, SERVER_CPU};
@@ -34,7 +34,7 @@ struct Opts {
     out: PathBuf,
     /// perf record the proxies during each Trellis phase into this dir.
     profile: Option<PathBuf>,
-    /// strace -c -f the proxies during each Trellis phase into this dir.
+    /// perf stat syscall counts of the proxies during each Trellis phase into this dir.
     syscalls: Option<PathBuf>,
     iperf_secs: u32,
     pings: usize,
@@ -52,7 +52,7 @@ fn usage() -> &'static str {
      \n  --quick          short runs (about 20 s of load instead of about 50 s)\
      \n  --out DIR        where latest.{json,md} (quick.{json,md} with --quick) go; default perf/results\
      \n  --profile DIR    perf record both proxies in each Trellis phase (numbers are then perturbed)\
-     \n  --syscalls DIR   strace -c -f both proxies in each Trellis phase (numbers are then perturbed)\n"
+     \n  --syscalls DIR   perf stat syscall counts of each proxy in each Trellis phase\n"
 }
 
 fn parse_args() -> Result<Opts> {
@@ -87,14 +87,24 @@ fn parse_args() -> Result<Opts> {
         iperf_secs: if quick { 2 } else { 5 },
         pings: if quick { 2_000 } else { 20_000 },
         http_rate: 2_000.0,
-        http_secs: if quick { 1.0 } else { 5.0 },
-        http_conns: 4,
+        http_secs: if quick { 2.0 } else { 5.0 },
+        http_conns: 8,
         conn_concurrency: 32,
-        conn_secs: if quick { 1.0 } else { 5.0 },
+        conn_secs: if quick { 2.0 } else { 5.0 },
         extra_pods: 20,
         idle_conns: 1_000,
     })
 }
+
+/// Syscall tracepoints (cheap, unlike strace), page faults and context switches.
+const SYSCALL_EVENTS: &str = "raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,\
+syscalls:sys_enter_recvmsg,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,\
+syscalls:sys_enter_sendmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl,\
+syscalls:sys_enter_accept4,syscalls:sys_enter_connect,syscalls:sys_enter_socket,syscalls:sys_enter_close,\
+syscalls:sys_enter_setsockopt,syscalls:sys_enter_getsockopt,syscalls:sys_enter_getsockname,syscalls:sys_enter_bind,\
+syscalls:sys_enter_shutdown,syscalls:sys_enter_setns,syscalls:sys_enter_openat,syscalls:sys_enter_futex,\
+syscalls:sys_enter_mmap,syscalls:sys_enter_munmap,syscalls:sys_enter_madvise,syscalls:sys_enter_mprotect,\
+syscalls:sys_enter_brk,syscalls:sys_enter_ioctl,page-faults,context-switches,task-clock";
 
 /// Tools attached to the proxies during a phase (profiling runs only).
 struct Attached(Vec<Child>);
@@ -135,15 +145,15 @@ impl Attached {
         if let Some(dir) = &o.syscalls {
             std::fs::create_dir_all(dir)?;
             for pid in pids {
-                let out = dir.join(format!("{phase}-{pid}.strace.txt"));
+                let out = dir.join(format!("{phase}-{pid}.perfstat.txt"));
                 v.push(
-                    Command::new("strace")
-                        .args(["-c", "-f", "-p", &pid.to_string(), "-o"])
+                    Command::new("perf")
+                        .args(["stat", "-e", SYSCALL_EVENTS, "-p", &pid.to_string(), "-o"])
                         .arg(&out)
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()
-                        .context("starting strace (apt-get install strace)")?,
+                        .context("starting perf stat (apt-get install linux-perf)")?,
                 );
             }
         }
@@ -232,10 +242,13 @@ fn run_path(
         "{label}: TCP throughput (iperf3, {} s)",
         o.iperf_secs
     ));
+    let mut server_cpu = ServerCpu::default();
     let tp = {
         let _a = Attached::start(o, "throughput", &pids)?;
         let m = CpuMeter::start(&pids)?;
+        let busy = BusyMeter::start(SERVER_CPU)?;
         let r = throughput::run(&bt.topo, &bt.client.name, iperf, o.iperf_secs, LOADGEN_CPU)?;
+        server_cpu.s_per_gb = busy.elapsed()? / (r.bytes.max(1) as f64 / 1e9);
         let cpu = m.elapsed()?;
         if !pids.is_empty() {
             costs.cpu_s_throughput = cpu;
@@ -249,17 +262,22 @@ fn run_path(
     say(format!("{label}: RTT ({} ping-pongs of 64 B)", o.pings));
     let rtt = {
         let _a = Attached::start(o, "latency", &pids)?;
-        latency::ping_pong(
+        let busy = BusyMeter::start(SERVER_CPU)?;
+        let warmup = o.pings / 10;
+        let r = latency::ping_pong(
             &client_ns,
             LOADGEN_CPU,
             echo,
             PingPong {
                 count: o.pings,
-                warmup: o.pings / 10,
+                warmup,
                 size: 64,
                 max_time: Duration::from_secs(120),
             },
-        )?
+        )?;
+        // Includes connection setup; negligible against the round trips.
+        server_cpu.us_per_rtt = busy.elapsed()? * 1e6 / (o.pings + warmup) as f64;
+        r
     };
     say(format!(
         "{label}:   p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
@@ -274,6 +292,7 @@ fn run_path(
     let h = {
         let _a = Attached::start(o, "http", &pids)?;
         let m = CpuMeter::start(&pids)?;
+        let busy = BusyMeter::start(SERVER_CPU)?;
         let r = http_load::fixed_rate(
             &client_ns,
             LOADGEN_CPU,
@@ -286,6 +305,7 @@ fn run_path(
             },
         )?;
         let cpu = m.elapsed()?;
+        server_cpu.s_per_1k_req = busy.elapsed()? / (r.ok.max(1) as f64 / 1000.0);
         if !pids.is_empty() {
             costs.cpu_s_http = cpu;
             costs.cpu_s_per_1k_req = cpu / (r.ok.max(1) as f64 / 1000.0);
@@ -305,6 +325,7 @@ fn run_path(
     let c = {
         let _a = Attached::start(o, "connrate", &pids)?;
         let m = CpuMeter::start(&pids)?;
+        let busy = BusyMeter::start(SERVER_CPU)?;
         let r = conn_rate::run(
             &client_ns,
             LOADGEN_CPU,
@@ -316,6 +337,7 @@ fn run_path(
             },
         )?;
         let cpu = m.elapsed()?;
+        server_cpu.us_per_conn = busy.elapsed()? * 1e6 / r.ok.max(1) as f64;
         if !pids.is_empty() {
             costs.cpu_s_conn = cpu;
             costs.cpu_s_per_1k_conn = cpu / (r.ok.max(1) as f64 / 1000.0);
@@ -323,8 +345,8 @@ fn run_path(
         r
     };
     say(format!(
-        "{label}:   {:.0} conn/s, {} errors {:?}",
-        c.conns_per_s, c.errors, c.error_kinds
+        "{label}:   {:.0} conn/s, {} errors {:?}, p99 {:.0} µs, max {:.0} µs, {} late, wall {:.2} s",
+        c.conns_per_s, c.errors, c.error_kinds, c.latency.p99_us, c.latency.max_us, c.late, c.wall_s
     ));
     check(proxies)?;
 
@@ -333,7 +355,66 @@ fn run_path(
         rtt,
         http: h,
         conn: c,
+        server_cpu,
     })
+}
+
+/// Two benchmarks at once on a 2-CPU machine measure each other: hold an
+/// exclusive lock for the whole run (waits up to 10 minutes for another run).
+fn run_lock() -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = "/run/lock/trellis-bench.lock";
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {path}"))?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut said = false;
+    loop {
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        if !said {
+            say(format!(
+                "another trellis-bench holds {path}; waiting for it"
+            ));
+            said = true;
+        }
+        if Instant::now() > deadline {
+            bail!("another trellis-bench held {path} for 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits (at most 20 s) until both CPUs are nearly idle for half a second:
+/// the kernel tears down a previous run's namespaces in the background
+/// (kworkers), which otherwise lands in the direct phase of a run started
+/// right after another.
+fn settle() {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m0 = BusyMeter::start(LOADGEN_CPU);
+        let m1 = BusyMeter::start(SERVER_CPU);
+        std::thread::sleep(Duration::from_millis(500));
+        let busy = match (m0.and_then(|m| m.elapsed()), m1.and_then(|m| m.elapsed())) {
+            (Ok(a), Ok(b)) => a.max(b) / 0.5,
+            _ => return,
+        };
+        if busy < 0.10 {
+            return;
+        }
+        if Instant::now() > deadline {
+            say(format!(
+                "CPUs still {:.0}% busy after 20 s; measuring anyway (see loadavg in the notes)",
+                busy * 100.0
+            ));
+            return;
+        }
+    }
 }
 
 fn rss_of(p: &NodeProxy) -> Result<u64> {
@@ -359,6 +440,7 @@ fn main() -> Result<()> {
         topo::require_tool(tool, pkg)?;
     }
     let proxy_bin = topo::proxy_binary()?;
+    let _lock = run_lock()?;
     // The orchestrating thread and everything it starts default to the load CPU;
     // servers and proxies are pinned to the server CPU explicitly.
     sys::pin_current_thread(LOADGEN_CPU)?;
@@ -391,6 +473,7 @@ fn main() -> Result<()> {
         idle_conns: o.idle_conns,
         ..Default::default()
     };
+    settle();
     let direct = run_path(&o, &bt, "direct", &mut [], &mut costs)?;
 
     say("starting the node proxies (shared mode, --workers 1, pinned to CPU 1)");
@@ -447,24 +530,38 @@ fn main() -> Result<()> {
 
     let trellis = run_path(&o, &bt, "trellis", &mut proxies, &mut costs)?;
 
+    // Two batches: the first absorbs heap that earlier phases freed (glibc
+    // keeps it), the second gives the marginal cost per connection.
     say(format!(
-        "opening {} idle connections through the mesh",
+        "opening 2 x {} idle connections through the mesh",
         o.idle_conns
     ));
     std::thread::sleep(Duration::from_millis(500));
-    let before: Vec<u64> = proxies.iter().map(rss_of).collect::<Result<_>>()?;
-    let conns = latency::open_idle(&client_ns, LOADGEN_CPU, echo_addr, o.idle_conns)?;
+    let rss_all =
+        |proxies: &[NodeProxy]| -> Result<Vec<u64>> { proxies.iter().map(rss_of).collect() };
+    let r0 = rss_all(&proxies)?;
+    let first = latency::open_idle(&client_ns, LOADGEN_CPU, echo_addr, o.idle_conns)?;
     std::thread::sleep(Duration::from_secs(1));
-    let after: Vec<u64> = proxies.iter().map(rss_of).collect::<Result<_>>()?;
-    drop(conns);
-    let mut total = 0i64;
-    for ((p, b), a) in proxies.iter().zip(&before).zip(&after) {
-        let d = *a as i64 - *b as i64;
-        total += d;
-        costs.conn_rss_delta_kib.push((p.node.clone(), d));
-        say(format!("  {} RSS {b} -> {a} KiB", p.node));
+    let r1 = rss_all(&proxies)?;
+    let second = latency::open_idle(&client_ns, LOADGEN_CPU, echo_addr, o.idle_conns)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let r2 = rss_all(&proxies)?;
+    drop(first);
+    drop(second);
+    let sum_delta =
+        |a: &[u64], b: &[u64]| -> i64 { a.iter().zip(b).map(|(x, y)| *y as i64 - *x as i64).sum() };
+    let n = o.idle_conns.max(1) as f64;
+    costs.first_batch_rss_per_conn_kib = sum_delta(&r0, &r1) as f64 / n;
+    costs.rss_per_conn_kib = sum_delta(&r1, &r2) as f64 / n;
+    for (i, p) in proxies.iter().enumerate() {
+        costs
+            .conn_rss_delta_kib
+            .push((p.node.clone(), r2[i] as i64 - r1[i] as i64));
+        say(format!(
+            "  {} RSS {} -> {} -> {} KiB",
+            p.node, r0[i], r1[i], r2[i]
+        ));
     }
-    costs.rss_per_conn_kib = total as f64 / o.idle_conns.max(1) as f64;
     for p in proxies.iter_mut() {
         p.check_alive()?;
     }
@@ -484,14 +581,14 @@ fn main() -> Result<()> {
         format!("loadavg at start {load_start}; at end {load_end}"),
         "pinning: load generators (iperf3 -c, Rust clients) on CPU 0; iperf3 -s, echo server, nginx and both node proxies (--workers 1) on CPU 1".into(),
         format!(
-            "loads: iperf3 {} s; {} ping-pongs of 64 B; HTTP {} req/s for {} s over {} keep-alive connections (open loop, latency from the scheduled time); new connections {} concurrent for {} s; {} extra pods; {} idle connections",
+            "loads: iperf3 {} s; {} ping-pongs of 64 B; HTTP {} req/s for {} s over {} keep-alive connections (open loop, latency from the scheduled time); new connections {} concurrent for {} s; {} extra pods; 2 x {} idle connections (the second batch measured)",
             o.iperf_secs, o.pings, o.http_rate, o.http_secs, o.http_conns, o.conn_concurrency, o.conn_secs, o.extra_pods, o.idle_conns
         ),
     ];
     let mut notes = notes;
     if o.profile.is_some() || o.syscalls.is_some() {
         notes.push(
-            "PROFILED RUN: perf/strace were attached to the proxies; Trellis numbers are perturbed"
+            "PROFILED RUN: perf record / perf stat were attached to the proxies; Trellis numbers are perturbed"
                 .into(),
         );
     }
