@@ -220,7 +220,9 @@ async fn serve(
         ListenerKind::OutboundForward(target) => {
             outbound::handle(ctx, stream, peer, scope, Some(target)).await
         }
-        ListenerKind::Hbone => inbound::handle(ctx, stream, peer, scope).await,
+        // Boxed: the HBONE session future (TLS + h2 server) is ~9 KB and would
+        // otherwise size every outbound connection task too.
+        ListenerKind::Hbone => Box::pin(inbound::handle(ctx, stream, peer, scope)).await,
         ListenerKind::InboundPlain => inbound_plain::handle(ctx, stream, peer, scope).await,
     }
 }
