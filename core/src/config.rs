@@ -16,7 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::identity::Identity;
 
+pub mod l7;
 mod validate;
+
+pub use l7::{Dur, WaypointAddress};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +55,18 @@ pub struct LocalConfig {
     pub workloads: Vec<Workload>,
     #[serde(default)]
     pub services: Vec<Service>,
+    /// L4 policies, enforced by node proxies (Istio's workload API shape).
     #[serde(default)]
     pub policies: Vec<Authorization>,
+    /// L7 policies (Istio AuthorizationPolicy), enforced by waypoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<l7::L7Policy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_routes: Vec<l7::HttpRoute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_routes: Vec<l7::GrpcRoute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waypoints: Vec<l7::WaypointSettings>,
 }
 
 /// One pod (or VM) in the mesh.
@@ -84,6 +97,9 @@ pub struct Workload {
     pub canonical_revision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// Traffic addressed to this workload goes through this waypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointAddress>,
 }
 
 fn default_service_account() -> String {
@@ -149,6 +165,9 @@ pub struct Service {
     /// Workload uids.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Traffic to the service's VIPs goes through this waypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointAddress>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]

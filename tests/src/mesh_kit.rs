@@ -110,6 +110,7 @@ pub fn workload(topo: &Topology, pod: &str, ns: &str, sa: &str, protocol: Protoc
         canonical_name: None,
         canonical_revision: None,
         cluster_id: None,
+        waypoint: None,
     }
 }
 
@@ -190,6 +191,7 @@ impl MeshBuilder {
                 .map(|&(port, target_port)| ServicePort { port, target_port })
                 .collect(),
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            waypoint: None,
         });
         self
     }

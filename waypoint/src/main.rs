@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("trellis-waypoint: not yet wired");
+    std::process::exit(2);
+}
