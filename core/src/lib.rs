@@ -12,10 +12,13 @@
 //! - [`identity`]: the SPIFFE identity type (to become `hbone::Identity`).
 
 pub mod accesslog;
+pub mod admin;
 pub mod authz;
+pub mod certs;
 pub mod config;
 pub mod drain;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod state;
 pub mod watch;

@@ -12,7 +12,9 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use trellis_core::admin::{bind_std, wait_for_stop, write_bound_addrs, BindError};
 use trellis_core::drain::{self, DrainOutcome};
+use trellis_core::logging::LogControl;
 use trellis_core::metrics::{AccessLogFormat, Metrics};
 use trellis_core::state::{ProxyState, StateStore};
 use trellis_core::watch;
@@ -20,7 +22,6 @@ use trellis_core::watch;
 use crate::admin::{self, AdminCtx, Server};
 use crate::certs::CertManager;
 use crate::context::{ListenerKind, ProxyCtx};
-use crate::logging::LogControl;
 use crate::pods::Pods;
 use crate::settings::{parse_pod_arg, LogFormat, Mode, Settings};
 use crate::worker;
@@ -47,13 +48,8 @@ pub enum StartError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("cannot bind {what} on {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error(transparent)]
     Pod(#[from] crate::pods::PodError),
     #[error("cannot start threads: {0}")]
@@ -93,17 +89,6 @@ impl ProxyHandle {
             .and_then(|t| t.join().ok())
             .unwrap_or(DrainOutcome::Completed)
     }
-}
-
-fn bind_std(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
-        what,
-        addr,
-        source,
-    })?;
-    l.set_nonblocking(true)
-        .map_err(|source| StartError::Bind { what, addr, source })?;
-    Ok(l)
 }
 
 /// Starts a proxy. `log` lets /logging change the process's filter.
@@ -211,12 +196,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
         }
     }
     if let Some(path) = &s.bound_addrs_file {
-        let body = serde_json::to_vec_pretty(&addrs).unwrap_or_default();
-        // Write then rename, so a reader never sees half a file.
-        let tmp = path.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, path)) {
-            warn!(path = %path.display(), error = %e, "cannot write bound addresses");
-        }
+        write_bound_addrs(path, &addrs);
     }
 
     let stop = CancellationToken::new();
@@ -269,7 +249,8 @@ fn run_admin(
         {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::spawn(admin::serve(l, which, ctx.clone(), servers_stop.clone()));
+                    let handler = admin::handler(which, ctx.clone());
+                    tokio::spawn(trellis_core::admin::serve(l, handler, servers_stop.clone()));
                 }
                 Err(e) => error!(error = %e, "cannot register admin listener"),
             }
@@ -306,20 +287,4 @@ fn run_admin(
         }
     }
     outcome
-}
-
-/// Resolves on /quitquitquit, `ProxyHandle::stop`, or SIGTERM/SIGINT.
-async fn wait_for_stop(stop: &CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        Some(_) = async { match term.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
-            info!("sigterm received");
-        }
-        Some(_) = async { match int.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
-            info!("sigint received");
-        }
-    }
 }

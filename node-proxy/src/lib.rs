@@ -11,12 +11,10 @@
 pub mod admin;
 pub mod admission;
 pub mod app;
-pub mod certs;
 pub mod context;
 pub mod inbound;
 pub mod inbound_plain;
 pub mod lb;
-pub mod logging;
 pub mod netns;
 pub mod outbound;
 pub mod pods;
@@ -25,3 +23,9 @@ pub mod settings;
 pub mod sockopt;
 pub mod upstream;
 pub mod worker;
+
+/// Process logging, shared with the waypoint.
+pub use trellis_core::logging;
+
+/// Workload certificates and TLS configs, shared with the waypoint.
+pub use trellis_core::certs;

@@ -18,7 +18,7 @@ fn tune_malloc() {
 fn main() {
     tune_malloc();
     let settings = Settings::parse();
-    let log = match logging::init(&settings.log, settings.log_format) {
+    let log = match logging::init(&settings.log, settings.log_format.into()) {
         Ok(l) => Some(l),
         Err(e) => {
             eprintln!("trellis-node-proxy: {e}");

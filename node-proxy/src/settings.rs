@@ -31,6 +31,15 @@ pub enum LogFormat {
     Json,
 }
 
+impl From<LogFormat> for trellis_core::logging::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => trellis_core::logging::LogFormat::Text,
+            LogFormat::Json => trellis_core::logging::LogFormat::Json,
+        }
+    }
+}
+
 /// A static outbound capture for dedicated mode without redirect rules:
 /// connections accepted on `listen` are treated as if sent to `target`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

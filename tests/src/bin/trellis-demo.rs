@@ -21,7 +21,7 @@ fn main() -> Result<()> {
     // Show the proxies' access log lines (one per connection, with both
     // identities) and their warnings; the rest of their logs stay quiet.
     let filter = std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "warn,access=info".into());
-    trellis_node_proxy::logging::init(&filter, trellis_node_proxy::settings::LogFormat::Text)
+    trellis_core::logging::init(&filter, trellis_core::logging::LogFormat::Text)
         .map_err(anyhow::Error::msg)?;
     let mesh = if netns {
         demo::Mesh::start_netns().context("starting the netns demo (needs root, ip and nft)")?

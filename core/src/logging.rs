@@ -6,7 +6,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::settings::LogFormat;
 
 /// Changes the log filter of the running process.
 #[derive(Clone)]
@@ -33,6 +32,14 @@ impl LogControl {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Installs the global subscriber. Call once per process.

@@ -1,6 +1,6 @@
 //! Workload certificates and the TLS configs built from them.
 //!
-//! In the file-based mode the node proxy holds the dev CA and issues each
+//! In the file-based mode each proxy holds the dev CA and issues each
 //! local workload's SVID itself; the controller will replace the issuer with
 //! CreateCertificate calls. TLS configs are cached because building one
 //! parses keys and roots, and a new HBONE connection should not pay that.

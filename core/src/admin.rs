@@ -1,0 +1,191 @@
+//! Plumbing shared by the proxies' admin-thread HTTP servers (admin API,
+//! metrics, readiness): the accept loop, small response helpers, the
+//! `/logging` endpoint, and the stop signal (SIGTERM, SIGINT or an API call).
+//! Each proxy keeps its own routing table of endpoints.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::logging::LogControl;
+
+/// An admin response: bodies are small and built in memory.
+pub type AdminResponse = Response<Full<Bytes>>;
+
+/// A boxed handler future, so each proxy can route with its own async code.
+pub type AdminFuture = Pin<Box<dyn Future<Output = AdminResponse> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {what} on {addr}: {source}; is another process using the port?")]
+pub struct BindError {
+    pub what: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds a non-blocking std listener, to be handed to a runtime later.
+pub fn bind_std(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    let err = |source| BindError { what, addr, source };
+    let l = std::net::TcpListener::bind(addr).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(l)
+}
+
+/// Writes the bound addresses as JSON, atomically (write then rename), so a
+/// reader never sees half a file.
+pub fn write_bound_addrs(path: &Path, addrs: &impl serde::Serialize) {
+    let body = serde_json::to_vec_pretty(addrs).unwrap_or_default();
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, path)) {
+        warn!(path = %path.display(), error = %e, "cannot write bound addresses");
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler` until `stop` fires.
+pub async fn serve<H>(listener: TcpListener, handler: Arc<H>, stop: CancellationToken)
+where
+    H: Fn(Request<Incoming>) -> AdminFuture + Send + Sync + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let fut = handler(req);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+pub fn text(status: StatusCode, body: impl Into<String>) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub fn json(status: StatusCode, v: &serde_json::Value) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Prometheus text exposition.
+pub fn prometheus(body: String) -> AdminResponse {
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Readiness: 200 until draining, then 503 so load balancers stop sending.
+pub fn readiness(draining: bool) -> AdminResponse {
+    if draining {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        text(StatusCode::OK, "ready\n")
+    }
+}
+
+pub fn not_found(req: &Request<Incoming>) -> AdminResponse {
+    text(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {} {}\n", req.method(), req.uri().path()),
+    )
+}
+
+pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `GET /logging` shows the filter; `POST /logging?level=<filter>` changes it.
+pub fn logging(log: Option<&LogControl>, req: &Request<Incoming>) -> AdminResponse {
+    let Some(log) = log else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "logging is not controlled by this proxy\n",
+        );
+    };
+    match (req.method(), query_param(req, "level")) {
+        (&Method::POST, Some(level)) => match log.set(&level.replace("%2C", ",")) {
+            Ok(()) => text(
+                StatusCode::OK,
+                format!("log filter now {}\n", log.current()),
+            ),
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        },
+        (&Method::POST, None) => text(StatusCode::BAD_REQUEST, "POST /logging?level=<filter>\n"),
+        _ => text(StatusCode::OK, format!("{}\n", log.current())),
+    }
+}
+
+/// `POST /quitquitquit`: asks for a graceful drain.
+pub fn quit(stop: &CancellationToken) -> AdminResponse {
+    info!("shutdown requested over the admin api");
+    stop.cancel();
+    text(StatusCode::OK, "draining\n")
+}
+
+/// Resolves on `stop`, or SIGTERM/SIGINT.
+pub async fn wait_for_stop(stop: &CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        Some(_) = async { match term.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+            info!("sigterm received");
+        }
+        Some(_) = async { match int.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+            info!("sigint received");
+        }
+    }
+}
