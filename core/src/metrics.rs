@@ -84,13 +84,13 @@ impl std::fmt::Debug for Metrics {
 /// Builds a counter vector from a fixed definition in this file. Failure
 /// means the definition itself is wrong (a bug caught by the tests), not
 /// anything a user supplied.
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition is valid")
 }
 
 /// Registers `c`; a failure (a duplicate name) is logged and the metric
 /// still counts, it is just not exported.
-pub(crate) fn register<C: Collector + Clone + 'static>(registry: &Registry, c: &C) {
+pub fn register<C: Collector + Clone + 'static>(registry: &Registry, c: &C) {
     if let Err(e) = registry.register(Box::new(c.clone())) {
         error!(error = %e, "cannot register metric; it will be missing from /metrics");
     }

@@ -9,6 +9,7 @@
 pub mod cleanup;
 pub mod cluster;
 pub mod demo;
+pub mod l7kit;
 pub mod mesh_kit;
 mod plan;
 pub mod process;
@@ -16,6 +17,7 @@ pub mod root;
 pub mod servers;
 pub mod topology;
 pub mod wait;
+pub mod waypoint_proc;
 
 pub use process::ChildGuard;
 pub use root::require_root;

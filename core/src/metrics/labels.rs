@@ -39,6 +39,8 @@ pub const LABEL_NAMES: [&str; 23] = [
 pub enum Reporter {
     Source,
     Destination,
+    /// An L7 proxy between the two (Istio reports waypoint metrics so).
+    Waypoint,
 }
 
 impl Reporter {
@@ -46,6 +48,7 @@ impl Reporter {
         match self {
             Reporter::Source => "source",
             Reporter::Destination => "destination",
+            Reporter::Waypoint => "waypoint",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Outbound: connections the pod's application makes, captured on 15001.
 //!
 //! First `decide` computes a plain `Route`; then one `match` picks the I/O
-//! path: a plain TCP passthrough, or an HBONE stream from the per-worker pool.
+//! path: a plain TCP passthrough, or an HBONE stream from the per-worker pool
+//! (to the destination's node proxy or to its waypoint: the same I/O).
 
 pub mod decide;
 
@@ -81,12 +82,18 @@ async fn proxy(
             .workload_by_uid(&scope.uid)
             .cloned()
             .ok_or_else(|| OutboundError::UnknownSource(scope.uid.clone()))?;
-        let route = decide::decide(&state, orig_dst, |eps| ctx.lb.pick(eps, |e| e.1));
+        let source = decide::Source {
+            workload: &src,
+            ip: peer.ip(),
+        };
+        let route = decide::decide(&state, source, orig_dst, |eps| ctx.lb.pick(eps, |e| e.1));
         (src, route)
     };
     let route = match route {
         Ok(r) => r,
         Err(e) => {
+            // Every decide error (unknown port, no endpoint, unknown
+            // waypoint) leaves the connection without a usable upstream.
             proxy.metrics.record_error(ErrorReason::NoHealthyEndpoint);
             return Err(e.into());
         }
@@ -182,7 +189,18 @@ impl std::fmt::Debug for RouteKind<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Route::Passthrough { dst, .. } => write!(f, "passthrough({dst})"),
-            Route::Hbone { target, tunnel, .. } => write!(f, "hbone({target} via {tunnel})"),
+            Route::Hbone {
+                target,
+                tunnel,
+                via_waypoint: false,
+                ..
+            } => write!(f, "hbone({target} via {tunnel})"),
+            Route::Hbone {
+                target,
+                tunnel,
+                via_waypoint: true,
+                ..
+            } => write!(f, "hbone({target} via waypoint {tunnel})"),
         }
     }
 }

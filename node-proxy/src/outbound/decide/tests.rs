@@ -32,6 +32,21 @@ workloads:
     node: node2
     protocol: HBONE
     status: Unhealthy
+  - uid: pinned
+    name: pinned
+    namespace: demo
+    serviceAccount: pinned
+    addresses: [198.18.2.5]
+    node: node2
+    protocol: HBONE
+    waypoint: {address: 198.18.4.2}
+  - uid: wp
+    name: waypoint
+    namespace: demo
+    serviceAccount: waypoint
+    addresses: [198.18.4.2]
+    node: node2
+    protocol: HBONE
   - uid: legacy
     name: legacy
     namespace: old
@@ -57,11 +72,36 @@ services:
     vips: [198.19.100.3]
     ports: [{port: 80, targetPort: 80}]
     endpoints: [sick]
+  - name: routed
+    namespace: demo
+    hostname: routed.demo.svc.cluster.local
+    vips: [198.19.100.4]
+    ports: [{port: 80, targetPort: 8080}]
+    endpoints: [b1]
+    waypoint: {address: 198.18.4.2, hboneMtlsPort: 15018}
+  - name: routed-sick
+    namespace: demo
+    hostname: routed-sick.demo.svc.cluster.local
+    vips: [198.19.100.5]
+    ports: [{port: 80, targetPort: 8080}]
+    endpoints: [sick]
+    waypoint: {address: 198.18.4.2}
+  - name: pinned
+    namespace: demo
+    hostname: pinned.demo.svc.cluster.local
+    vips: [198.19.100.7]
+    ports: [{port: 80, targetPort: 8080}]
+    endpoints: [pinned]
 "#;
 
 fn state() -> ProxyState {
     ProxyState::new(config::parse(CONFIG).expect("test config parses")).expect("test config valid")
 }
+
+/// The usual caller: an enrolled pod using its own address.
+const CLIENT: (&str, &str) = ("a", "198.18.1.2");
+/// The waypoint itself, sending on what it received.
+const WAYPOINT: (&str, &str) = ("wp", "198.18.4.2");
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -76,6 +116,7 @@ enum Want {
         expected: &'static str,
         workload: &'static str,
         service: Option<&'static str>,
+        via_waypoint: bool,
     },
     Pass {
         dst: &'static str,
@@ -93,6 +134,7 @@ fn summarize(r: Result<Route, DecideError>) -> String {
             expected,
             workload,
             service,
+            via_waypoint,
         }) => format!(
             "{:?}",
             (
@@ -101,7 +143,8 @@ fn summarize(r: Result<Route, DecideError>) -> String {
                 tunnel.to_string(),
                 expected.to_string(),
                 workload.uid.clone(),
-                service.map(|s| s.name.clone())
+                service.map(|s| s.name.clone()),
+                via_waypoint
             )
         ),
         Ok(Route::Passthrough {
@@ -129,6 +172,7 @@ fn want_summary(w: &Want) -> String {
             expected,
             workload,
             service,
+            via_waypoint,
         } => format!(
             "{:?}",
             (
@@ -137,7 +181,8 @@ fn want_summary(w: &Want) -> String {
                 tunnel.to_string(),
                 expected.to_string(),
                 workload.to_string(),
-                service.map(|s| s.to_string())
+                service.map(|s| s.to_string()),
+                via_waypoint
             )
         ),
         Want::Pass {
@@ -157,13 +202,22 @@ fn want_summary(w: &Want) -> String {
     }
 }
 
+/// (case name, source (uid, ip), original destination, index the balancer picks, expected route)
+type Case = (
+    &'static str,
+    (&'static str, &'static str),
+    &'static str,
+    Option<usize>,
+    Want,
+);
+
 #[test]
 fn decisions() {
     let st = state();
-    // (case name, original destination, index the balancer picks, expected route)
-    let cases: Vec<(&str, &str, Option<usize>, Want)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "hbone pod ip is tunnelled to its 15008 with its identity",
+            CLIENT,
             "198.18.2.2:8080",
             None,
             Want::Hbone {
@@ -172,10 +226,12 @@ fn decisions() {
                 expected: "spiffe://cluster.local/ns/demo/sa/server",
                 workload: "b1",
                 service: None,
+                via_waypoint: false,
             },
         ),
         (
             "service vip maps the port and tunnels to the picked endpoint",
+            CLIENT,
             "198.19.100.1:80",
             Some(1),
             Want::Hbone {
@@ -184,10 +240,12 @@ fn decisions() {
                 expected: "spiffe://cluster.local/ns/demo/sa/server",
                 workload: "b2",
                 service: Some("server"),
+                via_waypoint: false,
             },
         ),
         (
             "tcp workload passes through as plain tcp",
+            CLIENT,
             "198.18.3.2:9090",
             None,
             Want::Pass {
@@ -198,6 +256,7 @@ fn decisions() {
         ),
         (
             "service of tcp workloads passes through to the target port",
+            CLIENT,
             "198.19.100.2:80",
             Some(0),
             Want::Pass {
@@ -208,6 +267,7 @@ fn decisions() {
         ),
         (
             "address outside the mesh passes through untouched",
+            CLIENT,
             "198.18.200.9:443",
             None,
             Want::Pass {
@@ -218,6 +278,7 @@ fn decisions() {
         ),
         (
             "unknown service port is an error",
+            CLIENT,
             "198.19.100.1:81",
             Some(0),
             Want::Err(DecideError::UnknownServicePort {
@@ -227,6 +288,7 @@ fn decisions() {
         ),
         (
             "service whose only endpoint is unhealthy has none",
+            CLIENT,
             "198.19.100.3:80",
             None,
             Want::Err(DecideError::NoHealthyEndpoint {
@@ -234,9 +296,124 @@ fn decisions() {
                 port: 80,
             }),
         ),
+        (
+            "service with a waypoint tunnels to the waypoint with the vip as authority",
+            CLIENT,
+            "198.19.100.4:80",
+            Some(0),
+            Want::Hbone {
+                target: "198.19.100.4:80",
+                tunnel: "198.18.4.2:15018",
+                expected: "spiffe://cluster.local/ns/demo/sa/waypoint",
+                workload: "wp",
+                service: Some("routed"),
+                via_waypoint: true,
+            },
+        ),
+        (
+            "service with a waypoint but no healthy endpoint still goes to the waypoint",
+            CLIENT,
+            "198.19.100.5:80",
+            None,
+            Want::Hbone {
+                target: "198.19.100.5:80",
+                tunnel: "198.18.4.2:15008",
+                expected: "spiffe://cluster.local/ns/demo/sa/waypoint",
+                workload: "wp",
+                service: Some("routed-sick"),
+                via_waypoint: true,
+            },
+        ),
+        (
+            "service with a waypoint and an unknown port is still an error",
+            CLIENT,
+            "198.19.100.4:81",
+            Some(0),
+            Want::Err(DecideError::UnknownServicePort {
+                service: "routed.demo.svc.cluster.local".into(),
+                port: 81,
+            }),
+        ),
+        (
+            "waypoint's own connection to its service goes to an endpoint",
+            WAYPOINT,
+            "198.19.100.4:80",
+            Some(0),
+            Want::Hbone {
+                target: "198.18.2.2:8080",
+                tunnel: "198.18.2.2:15008",
+                expected: "spiffe://cluster.local/ns/demo/sa/server",
+                workload: "b1",
+                service: Some("routed"),
+                via_waypoint: false,
+            },
+        ),
+        (
+            "waypoint workload seen from loopback (dedicated mode) goes to an endpoint",
+            ("wp", "127.0.0.1"),
+            "198.19.100.4:80",
+            Some(0),
+            Want::Hbone {
+                target: "198.18.2.2:8080",
+                tunnel: "198.18.2.2:15008",
+                expected: "spiffe://cluster.local/ns/demo/sa/server",
+                workload: "b1",
+                service: Some("routed"),
+                via_waypoint: false,
+            },
+        ),
+        (
+            "workload with a waypoint tunnels to the waypoint with the pod ip as authority",
+            CLIENT,
+            "198.18.2.5:8080",
+            None,
+            Want::Hbone {
+                target: "198.18.2.5:8080",
+                tunnel: "198.18.4.2:15008",
+                expected: "spiffe://cluster.local/ns/demo/sa/waypoint",
+                workload: "wp",
+                service: None,
+                via_waypoint: true,
+            },
+        ),
+        (
+            "waypoint's own connection to a workload with that waypoint goes direct",
+            WAYPOINT,
+            "198.18.2.5:8080",
+            None,
+            Want::Hbone {
+                target: "198.18.2.5:8080",
+                tunnel: "198.18.2.5:15008",
+                expected: "spiffe://cluster.local/ns/demo/sa/pinned",
+                workload: "pinned",
+                service: None,
+                via_waypoint: false,
+            },
+        ),
+        (
+            "service vip without a waypoint ignores its endpoint's workload waypoint",
+            CLIENT,
+            "198.19.100.7:80",
+            Some(0),
+            Want::Hbone {
+                target: "198.18.2.5:8080",
+                tunnel: "198.18.2.5:15008",
+                expected: "spiffe://cluster.local/ns/demo/sa/pinned",
+                workload: "pinned",
+                service: Some("pinned"),
+                via_waypoint: false,
+            },
+        ),
     ];
-    for (name, dst, pick, want) in cases {
-        let got = decide(&st, sa(dst), |eps| {
+    for (name, (src_uid, src_ip), dst, pick, want) in cases {
+        let src_wl = st
+            .workload_by_uid(src_uid)
+            .expect("case source is a workload");
+        let src = Source {
+            workload: src_wl,
+            ip: src_ip.parse().unwrap(),
+        };
+        let got = decide(&st, src, sa(dst), |eps| {
             // Unhealthy endpoints never reach the balancer.
             assert!(
                 eps.iter().all(|(w, _)| w.uid != "sick"),
@@ -245,5 +422,43 @@ fn decisions() {
             pick
         });
         assert_eq!(summarize(got), want_summary(&want), "case: {name}");
+    }
+}
+
+/// A config whose waypoint address is no workload's fails validation, so
+/// decide cannot meet one today; should a state ever carry one, the
+/// connection fails with a message that names the owner and the address.
+#[test]
+fn unknown_waypoint_errors_name_owner_and_address() {
+    let address = "198.18.9.9".parse().unwrap();
+    let cases = [
+        (
+            DecideError::UnknownServiceWaypoint {
+                service: "lost.demo.svc.cluster.local".into(),
+                address,
+            },
+            [
+                "service lost.demo.svc.cluster.local",
+                "198.18.9.9",
+                "service's waypoint address",
+            ],
+        ),
+        (
+            DecideError::UnknownWorkloadWaypoint {
+                workload: "demo/stray".into(),
+                address,
+            },
+            [
+                "workload demo/stray",
+                "198.18.9.9",
+                "workload's waypoint address",
+            ],
+        ),
+    ];
+    for (err, parts) in cases {
+        let msg = err.to_string();
+        for p in parts {
+            assert!(msg.contains(p), "{msg:?} lacks {p:?}");
+        }
     }
 }

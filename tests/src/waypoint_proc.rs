@@ -1,0 +1,247 @@
+//! A real `trellis-waypoint` process running inside a pod's netns, like a
+//! waypoint pod: it terminates HBONE on the pod IP itself (no node proxy in
+//! front). Its admin, metrics and readiness ports bind 127.0.0.1 *inside*
+//! that netns, so every call to them is made from a socket created there.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use trellis_node_proxy::netns::NetNs;
+
+use crate::cluster::{http, sum_samples, ClusterFiles, Fixture};
+use crate::Topology;
+
+/// Path of the waypoint binary: `TRELLIS_WAYPOINT_BIN`, or the one cargo
+/// built next to this test executable (`cargo test --workspace` builds it).
+pub fn waypoint_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("TRELLIS_WAYPOINT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("trellis-waypoint");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "trellis-waypoint binary not found near {}; build it with `cargo build -p trellis-waypoint`",
+        exe.display()
+    )
+}
+
+/// Who the waypoint is and where it runs.
+#[derive(Clone, Debug)]
+pub struct WaypointSpec<'a> {
+    /// The topology pod whose netns the waypoint runs in (its workload's address is that pod's IP).
+    pub pod: &'a str,
+    /// `--name`: `<namespace>/<name>`, selecting its `waypoints` settings in the config.
+    pub name: &'a str,
+    pub service_account: &'a str,
+    /// Appended to the command line as given.
+    pub extra: &'a [&'a str],
+}
+
+/// How long the waypoint gets to write its bound addresses, then to be ready.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One running waypoint process; killed (by PID) and reaped on drop.
+pub struct Waypoint {
+    pub pod: String,
+    child: Child,
+    netns: NetNs,
+    /// The HBONE listener (on the pod's addresses, port 15008).
+    pub hbone: SocketAddr,
+    /// These three are 127.0.0.1 inside the pod's netns.
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+    log: PathBuf,
+}
+
+impl Waypoint {
+    /// Starts the waypoint in `spec.pod`'s netns with `ip netns exec` (which
+    /// execs the binary, so the child's PID is the waypoint's), waits for its
+    /// bound-addresses file and for readiness.
+    pub fn start(
+        topo: &Topology,
+        files: &ClusterFiles,
+        config: &Path,
+        ca_dir: &Path,
+        spec: &WaypointSpec<'_>,
+    ) -> Result<Waypoint> {
+        let bin = waypoint_bin()?;
+        let pod = topo
+            .pod(spec.pod)
+            .ok_or_else(|| anyhow!("no pod {} in topology", spec.pod))?;
+        let tag = format!("waypoint-{}", spec.pod);
+        let addrs_file = files.path(&format!("{tag}-addrs.json"));
+        let log = files.path(&format!("{tag}.log"));
+        let _ = std::fs::remove_file(&addrs_file);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", pod.netns_name()])
+            .arg(&bin)
+            .args(["--name", spec.name])
+            .args(["--service-account", spec.service_account])
+            .arg("--config")
+            .arg(config)
+            .arg("--ca-dir")
+            .arg(ca_dir)
+            .args(["--listen", "0.0.0.0:15008"])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--readiness-addr", "127.0.0.1:0"])
+            .arg("--bound-addrs-file")
+            .arg(&addrs_file)
+            .args(["--workers", "1", "--config-poll", "100ms"])
+            .args(["--log", "info", "--access-log"])
+            .args(spec.extra);
+        let out = std::fs::File::create(&log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let netns = pod.netns()?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {} in {}", bin.display(), pod.netns_name()))?;
+        let unset: SocketAddr = "0.0.0.0:0".parse()?;
+        let mut wp = Waypoint {
+            pod: spec.pod.to_string(),
+            child,
+            netns,
+            hbone: unset,
+            admin: unset,
+            metrics: unset,
+            readiness: unset,
+            log,
+        };
+        let addrs = wp.wait_addrs(&addrs_file)?;
+        let get = |k: &str| -> Result<SocketAddr> {
+            addrs[k]
+                .as_str()
+                .ok_or_else(|| anyhow!("no {k} in {}: {addrs}", addrs_file.display()))?
+                .parse()
+                .with_context(|| format!("{k} in {}", addrs_file.display()))
+        };
+        wp.hbone = get("hbone")?;
+        wp.admin = get("admin")?;
+        wp.metrics = get("metrics")?;
+        wp.readiness = get("readiness")?;
+        crate::wait_until(READY_TIMEOUT, "waypoint readiness", || {
+            wp.ready().unwrap_or(false)
+        })
+        .map_err(|e| anyhow!("{e}\n{}", wp.log()))?;
+        Ok(wp)
+    }
+
+    /// [`Waypoint::start`] with the fixture's files and CA.
+    pub fn start_in(f: &Fixture, config: &Path, spec: &WaypointSpec<'_>) -> Result<Waypoint> {
+        Waypoint::start(&f.topo, &f.files, config, &f.ca, spec)
+    }
+
+    /// Waits for the bound-addresses JSON; fails early if the process exits.
+    fn wait_addrs(&mut self, file: &Path) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "waypoint in {} exited with {status} at start:\n{}",
+                    self.pod,
+                    self.log()
+                );
+            }
+            // Written once listening; a partial write fails to parse and is retried.
+            if let Some(v) = std::fs::read(file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "waypoint in {} did not write {} in {START_TIMEOUT:?}:\n{}",
+                    self.pod,
+                    file.display(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote so far (logs and access log), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An HTTP/1.1 call to one of its local ports, from inside the pod's netns.
+    fn local_http(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String)> {
+        // The whole exchange runs switched into the netns: the socket is made
+        // there, and nothing else runs on this thread meanwhile.
+        self.netns.run_in(|| http(addr, method, path, body))?
+    }
+
+    /// `GET /healthz/ready` on the readiness port answers 200.
+    pub fn ready(&self) -> Result<bool> {
+        Ok(self
+            .local_http(self.readiness, "GET", "/healthz/ready", "")?
+            .0
+            == 200)
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        self.local_http(self.admin, method, path, body)
+    }
+
+    pub fn metrics_text(&self) -> Result<String> {
+        Ok(self.local_http(self.metrics, "GET", "/metrics", "")?.1)
+    }
+
+    /// Sum of a metric's samples whose labels include all of `labels` (0 if unreachable).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics_text().unwrap_or_default();
+        sum_samples(&text, name, labels)
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own unreaped child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit; None if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Waypoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
