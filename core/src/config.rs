@@ -18,6 +18,7 @@ use crate::identity::Identity;
 
 pub mod l7;
 mod validate;
+mod validate_l7;
 
 pub use l7::{Dur, WaypointAddress};
 

@@ -6,7 +6,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-
 /// Changes the log filter of the running process.
 #[derive(Clone)]
 pub struct LogControl {

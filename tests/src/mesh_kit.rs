@@ -25,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::waypoint_proc::{Waypoint, WaypointSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use trellis_core::config::{
     Action, Authorization, Group, LocalConfig, Match, Protocol, Rules, Scope, Service, ServicePort,
@@ -137,9 +138,12 @@ struct PodSpec {
     /// (namespace, service account) of an HBONE workload enrolled in its
     /// node's proxy; None for a pod outside the mesh.
     workload: Option<(String, String)>,
+    /// The pod runs a waypoint (an HBONE workload that is not enrolled).
+    waypoint: bool,
 }
 
 type Override = Box<dyn Fn(&mut LocalConfig)>;
+type Change = Box<dyn FnOnce(&mut LocalConfig)>;
 
 /// Builder for [`Mesh`].
 #[derive(Default)]
@@ -150,6 +154,8 @@ pub struct MeshBuilder {
     own_ca: Vec<String>,
     overrides: Vec<(String, Override)>,
     args: Vec<String>,
+    changes: Vec<Change>,
+    waypoint_args: Vec<String>,
 }
 
 impl MeshBuilder {
@@ -159,8 +165,43 @@ impl MeshBuilder {
             node: node.into(),
             name: pod.into(),
             workload: Some((ns.into(), sa.into())),
+            waypoint: false,
         });
         self
+    }
+
+    /// A waypoint pod: an HBONE workload `ns/sa` that runs `trellis-waypoint`
+    /// (named `<ns>/<pod>`) instead of being enrolled in its node's proxy.
+    pub fn waypoint(mut self, node: &str, pod: &str, ns: &str, sa: &str) -> Self {
+        self.pods.push(PodSpec {
+            node: node.into(),
+            name: pod.into(),
+            workload: Some((ns.into(), sa.into())),
+            waypoint: true,
+        });
+        self
+    }
+
+    /// Extra flags for every waypoint, e.g. `["--drain-deadline", "3s"]`.
+    pub fn waypoint_args(mut self, args: &[&str]) -> Self {
+        self.waypoint_args
+            .extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Edits the config once the workloads, services and policies are in
+    /// (for routes, L7 policies, waypoint addresses).
+    pub fn configure(mut self, f: impl FnOnce(&mut LocalConfig) + 'static) -> Self {
+        self.changes.push(Box::new(f));
+        self
+    }
+
+    /// Adds the L7 sections (httpRoutes, grpcRoutes, authorizationPolicies,
+    /// waypoints) of a YAML snippet, so tests write routes as operators do.
+    pub fn l7_yaml(self, yaml: &str) -> Self {
+        let snippet: LocalConfig = serde_yaml_ng::from_str(yaml)
+            .unwrap_or_else(|e| panic!("test L7 snippet does not parse: {e}\n{yaml}"));
+        self.configure(move |cfg| add_l7(cfg, snippet))
     }
 
     /// A pod outside the mesh: not in the config, not enrolled.
@@ -169,6 +210,7 @@ impl MeshBuilder {
             node: node.into(),
             name: pod.into(),
             workload: None,
+            waypoint: false,
         });
         self
     }
@@ -240,10 +282,13 @@ impl MeshBuilder {
         }
         config.services = self.services;
         config.policies = self.policies;
+        for change in self.changes {
+            change(&mut config);
+        }
         // One proxy per node with enrolled pods, in order of first mention.
         let mut enrolled: Vec<(String, Vec<String>)> = vec![];
         for p in &self.pods {
-            if p.workload.is_none() {
+            if p.workload.is_none() || p.waypoint {
                 continue;
             }
             match enrolled.iter_mut().find(|(n, _)| *n == p.node) {
@@ -252,6 +297,7 @@ impl MeshBuilder {
             }
         }
         let mut mesh = Mesh {
+            waypoints: BTreeMap::new(),
             proxies: BTreeMap::new(),
             files,
             topo,
@@ -281,13 +327,55 @@ impl MeshBuilder {
             .with_context(|| format!("starting the proxy of {node}"))?;
             mesh.proxies.insert(node.clone(), proxy);
         }
+        let wargs: Vec<&str> = self.waypoint_args.iter().map(String::as_str).collect();
+        for p in self.pods.iter().filter(|p| p.waypoint) {
+            let (ns, sa) = p.workload.clone().expect("waypoints have a workload");
+            let name = format!("{ns}/{}", p.name);
+            let wp = Waypoint::start(
+                &mesh.topo,
+                &mesh.files,
+                &mesh.waypoint_config_path(),
+                &mesh.ca,
+                &WaypointSpec {
+                    pod: &p.name,
+                    name: &name,
+                    service_account: &sa,
+                    extra: &wargs,
+                },
+            )
+            .with_context(|| format!("starting the waypoint in {}", p.name))?;
+            mesh.waypoints.insert(p.name.clone(), wp);
+        }
         Ok(mesh)
     }
+}
+
+/// Appends the L7 sections of `snippet` to `cfg`.
+pub fn add_l7(cfg: &mut LocalConfig, snippet: LocalConfig) {
+    cfg.http_routes.extend(snippet.http_routes);
+    cfg.grpc_routes.extend(snippet.grpc_routes);
+    cfg.authorization_policies
+        .extend(snippet.authorization_policies);
+    cfg.waypoints.extend(snippet.waypoints);
+}
+
+/// Routes service `name` (namespace demo) through the waypoint at `ip`.
+pub fn use_waypoint(cfg: &mut LocalConfig, service: &str, ip: IpAddr) {
+    let svc = cfg
+        .services
+        .iter_mut()
+        .find(|s| s.name == service)
+        .unwrap_or_else(|| panic!("no service {service}"));
+    svc.waypoint = Some(trellis_core::config::WaypointAddress {
+        address: ip,
+        hbone_mtls_port: 15008,
+    });
 }
 
 /// A running mesh; dropping it kills the proxies and removes the namespaces.
 pub struct Mesh {
     // Fields drop in order: processes before the files and namespaces they use.
+    waypoints: BTreeMap<String, Waypoint>,
     proxies: BTreeMap<String, NodeProxy>,
     pub files: ClusterFiles,
     pub topo: Topology,
@@ -308,6 +396,24 @@ impl Mesh {
         self.proxies
             .get(node)
             .unwrap_or_else(|| panic!("no proxy on {node}"))
+    }
+
+    /// The waypoint running in `pod`; panics if there is none.
+    pub fn waypoint(&self, pod: &str) -> &Waypoint {
+        self.waypoints
+            .get(pod)
+            .unwrap_or_else(|| panic!("no waypoint in {pod}"))
+    }
+
+    pub fn waypoint_mut(&mut self, pod: &str) -> &mut Waypoint {
+        self.waypoints
+            .get_mut(pod)
+            .unwrap_or_else(|| panic!("no waypoint in {pod}"))
+    }
+
+    /// The config file every waypoint reads (the config without node overrides).
+    pub fn waypoint_config_path(&self) -> PathBuf {
+        self.files.path("waypoint.yaml")
     }
 
     pub fn proxy_mut(&mut self, node: &str) -> &mut NodeProxy {
@@ -372,6 +478,8 @@ impl Mesh {
             self.files
                 .write_config(&format!("{node}.yaml"), &self.node_text(node)?)?;
         }
+        self.files
+            .write_config("waypoint.yaml", &render(&self.config)?)?;
         Ok(())
     }
 
@@ -383,8 +491,25 @@ impl Mesh {
             .iter()
             .map(|(n, p)| Ok((n.clone(), self.node_text(n)?, p.config_version())))
             .collect::<Result<_>>()?;
+        let wp_before: Vec<(String, u64)> = self
+            .waypoints
+            .iter()
+            .map(|(n, w)| (n.clone(), w.config_version()))
+            .collect();
+        let wp_text = render(&self.config)?;
         change(&mut self.config);
         self.write_configs()?;
+        if render(&self.config)? != wp_text {
+            for (pod, old) in wp_before {
+                let w = self.waypoint(&pod);
+                wait_for(
+                    T,
+                    &format!("waypoint {pod} to apply the new config"),
+                    || (w.config_version() > old).then_some(()),
+                )
+                .map_err(|e| anyhow!("{e}\n{}", w.log()))?;
+            }
+        }
         for (node, old_text, old_version) in before {
             if self.node_text(&node)? == old_text {
                 continue;

@@ -173,6 +173,15 @@ impl Waypoint {
         }
     }
 
+    /// The config version the waypoint runs (0 if it cannot be asked).
+    pub fn config_version(&self) -> u64 {
+        self.admin("GET", "/config_dump", "")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["configVersion"].as_u64())
+            .unwrap_or(0)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,4 +1,23 @@
+use clap::Parser;
+use trellis_core::logging;
+use trellis_waypoint::{app, settings::Settings};
+
 fn main() {
-    eprintln!("trellis-waypoint: not yet wired");
-    std::process::exit(2);
+    let settings = Settings::parse();
+    let log = match logging::init(&settings.log, settings.log_format.into()) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("trellis-waypoint: {e}");
+            std::process::exit(2);
+        }
+    };
+    let handle = match app::start(settings, log) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("trellis-waypoint: {e}");
+            std::process::exit(1);
+        }
+    };
+    handle.wait();
 }

@@ -208,3 +208,257 @@ fn ip_lists_accept_bare_addresses() {
         .collect();
     assert_eq!(nets, &want);
 }
+
+// ---------------------------------------------------------------- L7
+
+/// Two services, a waypoint workload, and one of every L7 feature, all valid.
+const L7_GOOD: &str = r#"
+workloads:
+  - {uid: wp, name: waypoint, namespace: demo, serviceAccount: waypoint, addresses: [10.0.0.9], protocol: HBONE}
+  - {uid: r1, name: reviews-1, namespace: demo, addresses: [10.0.0.1], waypoint: {address: 10.0.0.9}}
+services:
+  - {name: reviews, namespace: demo, hostname: reviews.demo, vips: [10.96.0.1], ports: [{port: 80, targetPort: 8080}], endpoints: [r1], waypoint: {address: 10.0.0.9}}
+  - {name: reviews-v2, namespace: demo, hostname: reviews-v2.demo, ports: [{port: 80, targetPort: 8080}]}
+  - {name: grpc, namespace: other, hostname: grpc.other, ports: [{port: 9090, targetPort: 9090}]}
+httpRoutes:
+  - name: reviews
+    namespace: demo
+    parentRefs: [{name: reviews, port: 80}]
+    hostnames: [reviews.demo, "*.example.com"]
+    rules:
+      - name: canary
+        matches:
+          - path: {type: PathPrefix, value: /api}
+            headers: [{name: X-Canary, value: "yes"}]
+            queryParams: [{name: v, value: "2"}]
+            method: GET
+            baggage: [{name: colour, value: blue}]
+          - {}
+        filters:
+          - type: RequestHeaderModifier
+            requestHeaderModifier: {set: [{name: x-a, value: b}], add: [{name: x-c, value: d}], remove: [x-e]}
+          - type: URLRewrite
+            urlRewrite: {hostname: reviews.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+        backendRefs:
+          - {name: reviews, port: 80, weight: 0}
+          - name: reviews-v2
+            weight: 1000000
+            filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-v, value: "2"}]}}]
+        timeouts: {request: 2s, backendRequest: 500ms}
+        policy:
+          retry: {attempts: 3, retryOn: [5xx, reset], budget: {percent: 100}}
+          rateLimit: {requestsPerSecond: 0.5}
+          perCallerRateLimit: {requestsPerSecond: 10, burst: 5}
+          adaptiveConcurrency: {initialLimit: 1, minLimit: 1, maxLimit: 1, tolerance: 1.0}
+          circuitBreaker: {maxRequests: 1}
+          outlierDetection: {maxEjectionPercent: 100}
+          fault: {delay: {fixedDelay: 1s, percent: 0}, abort: {httpStatus: 503, percent: 100}}
+      - matches: [{path: {type: Exact, value: /old}}]
+        filters:
+          - type: RequestRedirect
+            requestRedirect: {scheme: https, hostname: new.example.com, port: 8443, statusCode: 308, path: {type: ReplaceFullPath, replaceFullPath: /new}}
+      - matches: [{path: {value: /strip}}]
+        filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: ""}}}]
+        backendRefs: [{name: reviews}]
+grpcRoutes:
+  - name: reviews
+    namespace: other
+    parentRefs: [{name: grpc}]
+    rules:
+      - matches: [{method: {service: helloworld.Greeter}, headers: [{name: x-user, value: a}]}, {method: {method: SayHello}}]
+        filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-grpc, value: "1"}]}}]
+        backendRefs: [{name: reviews, namespace: demo, port: 80}]
+authorizationPolicies:
+  - name: allow
+    namespace: demo
+    targetRefs: [{kind: Service, name: reviews}]
+    rules:
+      - when:
+          - {key: "request.headers[x-user]", values: [alice]}
+          - {key: source.principal, notValues: ["*/sa/bad"]}
+          - {key: source.namespace, values: [demo]}
+          - {key: source.ip, values: [10.0.0.0/8, 10.1.2.3]}
+waypoints:
+  - {name: waypoint, namespace: demo, totalRateLimit: {requestsPerSecond: 1000, burst: 100}}
+"#;
+
+#[test]
+fn l7_config_with_every_feature_is_valid() {
+    let cfg = parse(L7_GOOD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.http_routes[0].rules.len(), 3);
+    // The same config serialized and parsed again stays valid.
+    let yaml = serde_yaml_ng::to_string(&cfg).expect("serializes");
+    assert_eq!(parse(&yaml).expect("round trip parses"), cfg);
+}
+
+/// Applies `edit` to the good config's YAML and returns the problems.
+fn l7_problems(edit: impl Fn(&mut serde_yaml_ng::Value)) -> Vec<String> {
+    let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(L7_GOOD).expect("yaml");
+    edit(&mut v);
+    let yaml = serde_yaml_ng::to_string(&v).expect("yaml");
+    match parse(&yaml) {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected semantic problems, got {other:?}"),
+    }
+}
+
+/// Sets the field at `path` (dot-separated keys and indexes; index `len`
+/// appends) to the YAML `value`, creating missing mapping keys.
+fn set<'a>(path: &'a str, value: &'a str) -> impl Fn(&mut serde_yaml_ng::Value) + 'a {
+    move |root| {
+        let mut v = root;
+        for part in path.split('.') {
+            v = match (part.parse::<usize>(), v) {
+                (Ok(n), serde_yaml_ng::Value::Sequence(seq)) => {
+                    if n == seq.len() {
+                        seq.push(serde_yaml_ng::Value::Null);
+                    }
+                    &mut seq[n]
+                }
+                (_, v) => &mut v[part],
+            };
+        }
+        *v = serde_yaml_ng::from_str(value).expect("value");
+    }
+}
+
+#[test]
+fn every_l7_problem_is_reported_with_its_path() {
+    let r0 = "httpRoutes.0";
+    let rule0 = "httpRoutes.0.rules.0";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (format!("{r0}.name"), "''", "httpRoutes[0].name: must not be empty"),
+        (format!("{r0}.namespace"), "''", "httpRoutes[0].namespace: must not be empty"),
+        (format!("{rule0}.backendRefs.0.namespace"), "''", "httpRoutes[0].rules[0].backendRefs[0].namespace: must not be empty"),
+        (format!("{r0}.parentRefs"), "[]", "httpRoutes[0].parentRefs: must not be empty"),
+        (format!("{r0}.parentRefs.0.kind"), "Gateway", "httpRoutes[0].parentRefs[0].kind: \"Gateway\" is not supported"),
+        (format!("{r0}.parentRefs.0.group"), "gateway.networking.k8s.io", "httpRoutes[0].parentRefs[0].group: a Service is in the core group"),
+        (format!("{r0}.parentRefs.0.name"), "nope", "httpRoutes[0].parentRefs[0].name: no service \"nope\" in namespace \"demo\""),
+        (format!("{r0}.parentRefs.0.namespace"), "other", "httpRoutes[0].parentRefs[0].name: no service \"reviews\" in namespace \"other\""),
+        (format!("{r0}.parentRefs.0.port"), "81", "httpRoutes[0].parentRefs[0].port: service demo/reviews has no port 81; its ports are: 80"),
+        (format!("{r0}.hostnames.1"), "'*.bad_host'", "httpRoutes[0].hostnames[1]: \"*.bad_host\" is not a hostname"),
+        (format!("{r0}.rules.1.name"), "canary", "httpRoutes[0].rules[1].name: \"canary\" is already the name of rules[0]"),
+        (format!("{rule0}.backendRefs.1.name"), "x", "httpRoutes[0].rules[0].backendRefs[1].name: no service \"x\" in namespace \"demo\""),
+        (format!("{rule0}.backendRefs.1.port"), "8080", "httpRoutes[0].rules[0].backendRefs[1].port: service demo/reviews-v2 has no port 8080"),
+        (format!("{rule0}.backendRefs.1.weight"), "1000001", "httpRoutes[0].rules[0].backendRefs[1].weight: 1000001 is above the maximum"),
+        (format!("{rule0}.backendRefs.1.weight"), "0", "httpRoutes[0].rules[0].backendRefs: every weight is 0"),
+        (format!("{rule0}.filters.0.type"), "ResponseHeaderModifier", "httpRoutes[0].rules[0].filters[0]: type ResponseHeaderModifier needs the responseHeaderModifier field"),
+        (format!("{rule0}.filters.0.urlRewrite"), "{}", "httpRoutes[0].rules[0].filters[0].urlRewrite: set, but type is RequestHeaderModifier"),
+        (format!("{rule0}.filters.1.type"), "RequestHeaderModifier", "httpRoutes[0].rules[0].filters[1].type: a second RequestHeaderModifier filter"),
+        (format!("{rule0}.filters.0.requestHeaderModifier.set.0.name"), "'x a'", "httpRoutes[0].rules[0].filters[0].requestHeaderModifier.set[0].name: \"x a\" is not an HTTP header name"),
+        (format!("{rule0}.filters.0.requestHeaderModifier.add.0.value"), "\"a\\r\\nb\"", "httpRoutes[0].rules[0].filters[0].requestHeaderModifier.add[0].value: \"a\\r\\nb\" holds a control character"),
+        (format!("{rule0}.filters.0.requestHeaderModifier.remove.0"), "':path'", "httpRoutes[0].rules[0].filters[0].requestHeaderModifier.remove[0]: \":path\" is not an HTTP header name"),
+        (format!("{rule0}.filters.0.requestHeaderModifier.set.1"), "{name: X-A, value: c}", "httpRoutes[0].rules[0].filters[0].requestHeaderModifier.set[1].name: \"X-A\" is listed twice"),
+        (format!("{rule0}.matches.0.headers.0.name"), "'x:y'", "httpRoutes[0].rules[0].matches[0].headers[0].name: \"x:y\" can never match"),
+        (format!("{rule0}.matches.0.headers.0.value"), "\"a\\0\"", "httpRoutes[0].rules[0].matches[0].headers[0].value: \"a\\0\" can never match"),
+        (format!("{rule0}.matches.0.queryParams.0.name"), "'a=b'", "httpRoutes[0].rules[0].matches[0].queryParams[0].name: \"a=b\" can never match"),
+        (format!("{rule0}.matches.0.baggage.0.value"), "'a,b'", "httpRoutes[0].rules[0].matches[0].baggage[0].value: \"a,b\" can never match"),
+        (format!("{rule0}.matches.0.method"), "get", "httpRoutes[0].rules[0].matches[0].method: \"get\" is not an HTTP method"),
+        (format!("{rule0}.matches.0.path.value"), "api", "httpRoutes[0].rules[0].matches[0].path.value: \"api\" is not a URL path"),
+        (format!("{rule0}.matches.0.path.type"), "Exact", "httpRoutes[0].rules[0].filters[1].urlRewrite.path: ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"),
+        (format!("{rule0}.filters.1.urlRewrite.path.replaceFullPath"), "/x", "httpRoutes[0].rules[0].filters[1].urlRewrite.path.replaceFullPath: set, but type is ReplacePrefixMatch"),
+        (format!("{rule0}.filters.1.urlRewrite.path.type"), "ReplaceFullPath", "httpRoutes[0].rules[0].filters[1].urlRewrite.path: type ReplaceFullPath needs the replaceFullPath field"),
+        (format!("{rule0}.filters.1.urlRewrite.hostname"), "'a/b'", "httpRoutes[0].rules[0].filters[1].urlRewrite.hostname: \"a/b\" is not a hostname"),
+        (format!("{rule0}.timeouts.backendRequest"), "3s", "httpRoutes[0].rules[0].timeouts.backendRequest: 3s is longer than timeouts.request (2s)"),
+        (format!("{rule0}.policy.retry.attempts"), "11", "httpRoutes[0].rules[0].policy.retry.attempts: 11 is above the maximum 10"),
+        (format!("{rule0}.policy.retry.retryOn"), "[]", "httpRoutes[0].rules[0].policy.retry.retryOn: empty"),
+        (format!("{rule0}.policy.retry.budget.percent"), "100.5", "httpRoutes[0].rules[0].policy.retry.budget.percent: 100.5 is not a percentage"),
+        (format!("{rule0}.policy.rateLimit.requestsPerSecond"), "0", "httpRoutes[0].rules[0].policy.rateLimit.requestsPerSecond: 0 must be a number above 0"),
+        (format!("{rule0}.policy.rateLimit.requestsPerSecond"), ".inf", "httpRoutes[0].rules[0].policy.rateLimit.requestsPerSecond: inf must be a number above 0"),
+        (format!("{rule0}.policy.perCallerRateLimit.burst"), "0", "httpRoutes[0].rules[0].policy.perCallerRateLimit.burst: must be at least 1"),
+        (format!("{rule0}.policy.adaptiveConcurrency.minLimit"), "0", "httpRoutes[0].rules[0].policy.adaptiveConcurrency.minLimit: must be at least 1"),
+        (format!("{rule0}.policy.adaptiveConcurrency.initialLimit"), "2", "httpRoutes[0].rules[0].policy.adaptiveConcurrency: limits must satisfy minLimit <= initialLimit <= maxLimit, got 1 <= 2 <= 1"),
+        (format!("{rule0}.policy.adaptiveConcurrency.tolerance"), "0.9", "httpRoutes[0].rules[0].policy.adaptiveConcurrency.tolerance: 0.9 must be a number of at least 1.0"),
+        (format!("{rule0}.policy.adaptiveConcurrency.tolerance"), ".nan", "httpRoutes[0].rules[0].policy.adaptiveConcurrency.tolerance: NaN must be"),
+        (format!("{rule0}.policy.circuitBreaker.maxRequests"), "0", "httpRoutes[0].rules[0].policy.circuitBreaker.maxRequests: must be at least 1"),
+        (format!("{rule0}.policy.outlierDetection.maxEjectionPercent"), "101", "httpRoutes[0].rules[0].policy.outlierDetection.maxEjectionPercent: 101 is above 100"),
+        (format!("{rule0}.policy.outlierDetection.baseEjectionTime"), "0s", "httpRoutes[0].rules[0].policy.outlierDetection.baseEjectionTime: must be above 0s"),
+        (format!("{rule0}.policy.fault.delay.percent"), "-1", "httpRoutes[0].rules[0].policy.fault.delay.percent: -1 is not a percentage"),
+        (format!("{rule0}.policy.fault.abort.percent"), ".nan", "httpRoutes[0].rules[0].policy.fault.abort.percent: NaN is not a percentage"),
+        (format!("{rule0}.policy.fault.abort.httpStatus"), "600", "httpRoutes[0].rules[0].policy.fault.abort.httpStatus: 600 is not an HTTP status"),
+        (format!("{rule0}.backendRefs.1.filters.0"), "{type: RequestRedirect, requestRedirect: {}}", "httpRoutes[0].rules[0].backendRefs[1].filters[0].type: RequestRedirect is not allowed here"),
+        (format!("{rule0}.filters.2"), "{type: RequestRedirect, requestRedirect: {}}", "httpRoutes[0].rules[0].filters: RequestRedirect and URLRewrite cannot be combined"),
+        ("httpRoutes.0.rules.1.backendRefs".into(), "[{name: reviews}]", "httpRoutes[0].rules[1]: has both a RequestRedirect filter and backendRefs"),
+        ("httpRoutes.0.rules.1.filters.0.requestRedirect.statusCode".into(), "304", "httpRoutes[0].rules[1].filters[0].requestRedirect.statusCode: 304 is not a redirect status"),
+        ("httpRoutes.0.rules.1.filters.0.requestRedirect.scheme".into(), "ftp", "httpRoutes[0].rules[1].filters[0].requestRedirect.scheme: \"ftp\" is not supported"),
+        ("httpRoutes.0.rules.1.filters.0.requestRedirect.port".into(), "0", "httpRoutes[0].rules[1].filters[0].requestRedirect.port: 0 is not a usable port"),
+        ("httpRoutes.0.rules.1.filters.0.requestRedirect.path".into(), "{type: ReplacePrefixMatch, replacePrefixMatch: /x}", "httpRoutes[0].rules[1].filters[0].requestRedirect.path: ReplacePrefixMatch needs every match"),
+        ("httpRoutes.0.rules.1.filters.0.requestRedirect.path.replaceFullPath".into(), "'/a?b'", "httpRoutes[0].rules[1].filters[0].requestRedirect.path.replaceFullPath: \"/a?b\" is not a URL path"),
+        ("httpRoutes.1".into(), "{name: reviews, namespace: demo, parentRefs: [{name: reviews}]}", "httpRoutes[1]: \"demo/reviews\" is already defined by httpRoutes[0]"),
+        ("grpcRoutes.0.namespace".into(), "demo", "grpcRoutes[0]: \"demo/reviews\" is already defined by httpRoutes[0]"),
+        ("grpcRoutes.0.rules.0.matches.0.method".into(), "{}", "grpcRoutes[0].rules[0].matches[0].method: needs service, method or both"),
+        ("grpcRoutes.0.rules.0.matches.1.method.method".into(), "a/b", "grpcRoutes[0].rules[0].matches[1].method.method: \"a/b\" is not a gRPC method name"),
+        ("grpcRoutes.0.rules.0.filters.0".into(), "{type: URLRewrite, urlRewrite: {}}", "grpcRoutes[0].rules[0].filters[0].type: URLRewrite is not allowed here; on a gRPC route only header modifiers apply"),
+        ("grpcRoutes.0.rules.0.backendRefs.0.namespace".into(), "other", "grpcRoutes[0].rules[0].backendRefs[0].name: no service \"reviews\" in namespace \"other\""),
+        ("grpcRoutes.0.parentRefs.0.port".into(), "80", "grpcRoutes[0].parentRefs[0].port: service other/grpc has no port 80; its ports are: 9090"),
+        ("authorizationPolicies.0.name".into(), "' '", "authorizationPolicies[0].name: must not be empty"),
+        ("authorizationPolicies.0.targetRefs.0.kind".into(), "Pod", "authorizationPolicies[0].targetRefs[0].kind: \"Pod\" is not supported"),
+        ("authorizationPolicies.0.targetRefs.0.name".into(), "ghost", "authorizationPolicies[0].targetRefs[0].name: no service \"ghost\" in namespace \"demo\""),
+        ("authorizationPolicies.0.targetRefs.0.namespace".into(), "other", "authorizationPolicies[0].targetRefs[0].namespace: a policy applies only to services in its own namespace"),
+        ("authorizationPolicies.0.rules.0.when.0.key".into(), "request.auth.claims[iss]", "authorizationPolicies[0].rules[0].when[0].key: \"request.auth.claims[iss]\" is not supported; use request.headers[<name>], source.principal, source.namespace or source.ip"),
+        ("authorizationPolicies.0.rules.0.when.0.key".into(), "'request.headers[a b]'", "authorizationPolicies[0].rules[0].when[0].key: \"a b\" in \"request.headers[a b]\" is not an HTTP header name"),
+        ("authorizationPolicies.0.rules.0.when.0.values".into(), "[]", "authorizationPolicies[0].rules[0].when[0]: needs values or notValues"),
+        ("authorizationPolicies.0.rules.0.when.3.values".into(), "[10.0.0.300]", "authorizationPolicies[0].rules[0].when[3].values[0]: \"10.0.0.300\" is not an IP address or CIDR"),
+        ("authorizationPolicies.1".into(), "{name: allow, namespace: demo}", "authorizationPolicies[1]: \"demo/allow\" is already defined by authorizationPolicies[0]"),
+        ("workloads.1.waypoint.address".into(), "10.0.0.99", "workloads[1].waypoint.address: 10.0.0.99 is not an address of any workload"),
+        ("services.0.waypoint".into(), "{address: 10.0.0.98, hboneMtlsPort: 0}", "services[0].waypoint.address: 10.0.0.98 is not an address of any workload"),
+        ("services.0.waypoint.hboneMtlsPort".into(), "0", "services[0].waypoint.hboneMtlsPort: 0 is not a usable port"),
+        ("waypoints.0.namespace".into(), "''", "waypoints[0].namespace: must not be empty"),
+        ("waypoints.1".into(), "{name: waypoint, namespace: demo}", "waypoints[1]: \"demo/waypoint\" is already defined by waypoints[0]"),
+        ("waypoints.0.totalRateLimit.requestsPerSecond".into(), "-1", "waypoints[0].totalRateLimit.requestsPerSecond: -1 must be a number above 0"),
+    ];
+    for (path, value, want) in &cases {
+        let problems = l7_problems(set(path, value));
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "setting {path} = {value}: missing {want:?} in {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn l7_bounds_are_enforced() {
+    let many = |n: usize, item: &str| format!("[{}]", vec![item; n].join(", "));
+    let cases = [
+        (
+            "httpRoutes.0.rules.0.matches",
+            many(17, "{}"),
+            "httpRoutes[0].rules[0].matches: 17 matches, at most 16",
+        ),
+        (
+            "httpRoutes.0.rules",
+            many(65, "{}"),
+            "httpRoutes[0].rules: 65 rules, at most 64",
+        ),
+        (
+            "httpRoutes.0.rules.0.backendRefs",
+            many(17, "{name: reviews}"),
+            "httpRoutes[0].rules[0].backendRefs: 17 backends, at most 16",
+        ),
+        (
+            "httpRoutes.0.rules.0.matches.0.headers",
+            many(17, "{name: a, value: b}"),
+            "httpRoutes[0].rules[0].matches[0].headers: 17 entries, at most 16",
+        ),
+    ];
+    for (path, value, want) in &cases {
+        let problems = l7_problems(set(path, value));
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "setting {path}: missing {want:?} in {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn zero_timeouts_mean_none_and_do_not_conflict() {
+    let problems = l7_problems(|v| {
+        set(
+            "httpRoutes.0.rules.0.timeouts",
+            "{request: 0s, backendRequest: 10s}",
+        )(v);
+        // Something else must be wrong for l7_problems to return; only it may be.
+        set("waypoints.0.name", "''")(v);
+    });
+    assert_eq!(problems, vec!["waypoints[0].name: must not be empty"]);
+}

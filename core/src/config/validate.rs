@@ -15,10 +15,11 @@ pub(super) fn problems(cfg: &LocalConfig) -> Vec<String> {
     workloads(cfg, &policy_keys, &mut out);
     services(cfg, &mut out);
     policies(cfg, &mut out);
+    super::validate_l7::problems(cfg, &mut out);
     out
 }
 
-fn non_empty(out: &mut Vec<String>, path: &str, field: &str, value: &str) -> bool {
+pub(super) fn non_empty(out: &mut Vec<String>, path: &str, field: &str, value: &str) -> bool {
     if value.trim().is_empty() {
         out.push(format!("{path}.{field}: must not be empty"));
         false

@@ -1,0 +1,372 @@
+//! Request and response bodies on the proxy path.
+//!
+//! [`ReplayBody`] streams the client's request body upstream while keeping a
+//! copy (up to a bound) so a retry can send it again: the retry is possible
+//! only if the copy never overflowed. Copies are `Bytes` clones (a refcount),
+//! not memcpy. [`ResponseBody`] streams the upstream response to the client,
+//! counting bytes and reading `grpc-status` from trailers, and holds the
+//! request's record and permits until the last byte is out.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::metrics::RequestRecord;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the waypoint sends downstream.
+pub type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A small in-memory response body.
+pub fn full(b: impl Into<Bytes>) -> RespBody {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> RespBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+#[derive(Debug)]
+struct Shared<B> {
+    /// The rest of the client's body, not yet read by any attempt.
+    incoming: Option<B>,
+    /// Every frame read so far, while `recorded <= limit`.
+    chunks: Vec<Bytes>,
+    recorded: u64,
+    limit: u64,
+    /// More than `limit` was read: the beginning is lost, no replay.
+    overflow: bool,
+    /// The client's body ended (all of it is in `chunks` unless overflowed).
+    done: bool,
+    trailers: Option<HeaderMap>,
+    /// Bytes read from the client in total.
+    total: u64,
+}
+
+/// One attempt's view of the request body. See the module docs.
+#[derive(Debug)]
+pub struct ReplayBody<B = Incoming> {
+    shared: Arc<Mutex<Shared<B>>>,
+    /// Next recorded chunk this attempt sends.
+    pos: usize,
+    trailers_sent: bool,
+}
+
+impl<B: Body> ReplayBody<B> {
+    /// Wraps the client's body, keeping up to `limit` bytes for replays
+    /// (0: never replay a non-empty body).
+    pub fn new(incoming: B, limit: u64) -> ReplayBody<B> {
+        let done = incoming.is_end_stream();
+        ReplayBody {
+            shared: Arc::new(Mutex::new(Shared {
+                incoming: if done { None } else { Some(incoming) },
+                chunks: Vec::new(),
+                recorded: 0,
+                limit,
+                overflow: false,
+                done,
+                trailers: None,
+                total: 0,
+            })),
+            pos: 0,
+            trailers_sent: false,
+        }
+    }
+
+    /// A fresh view from the start, for a retry; `None` if the body cannot
+    /// be replayed (it overflowed the bound).
+    pub fn replay(&self) -> Option<ReplayBody<B>> {
+        let s = self.lock();
+        if s.overflow {
+            return None;
+        }
+        Some(ReplayBody {
+            shared: self.shared.clone(),
+            pos: 0,
+            trailers_sent: false,
+        })
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.lock().total
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared<B>> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut s = this.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if !s.overflow && this.pos < s.chunks.len() {
+            let chunk = s.chunks[this.pos].clone();
+            this.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if s.done {
+            if !this.trailers_sent {
+                this.trailers_sent = true;
+                if let Some(t) = s.trailers.clone() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+            }
+            return Poll::Ready(None);
+        }
+        let Some(incoming) = s.incoming.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(incoming).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                s.done = true;
+                s.incoming = None;
+                this.trailers_sent = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    let n = data.len() as u64;
+                    s.total += n;
+                    if !s.overflow {
+                        if s.recorded + n > s.limit {
+                            // Keeping more would turn retries into unbounded buffering.
+                            s.overflow = true;
+                            s.chunks = Vec::new();
+                        } else {
+                            s.recorded += n;
+                            s.chunks.push(data.clone());
+                            this.pos = s.chunks.len();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(t) => {
+                        s.trailers = Some(t.clone());
+                        s.done = true;
+                        s.incoming = None;
+                        this.trailers_sent = true;
+                        Poll::Ready(Some(Ok(Frame::trailers(t))))
+                    }
+                    // Unknown frame kinds carry nothing we forward.
+                    Err(_) => Poll::Ready(None),
+                },
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = self.lock();
+        s.done
+            && (s.overflow || self.pos >= s.chunks.len())
+            && (self.trailers_sent || s.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let s = self.lock();
+        match &s.incoming {
+            Some(i) if self.pos >= s.chunks.len() => i.size_hint(),
+            Some(_) => SizeHint::default(),
+            None if s.overflow => SizeHint::default(),
+            None => {
+                let rest: u64 = s.chunks[self.pos.min(s.chunks.len())..]
+                    .iter()
+                    .map(|c| c.len() as u64)
+                    .sum();
+                SizeHint::with_exact(rest)
+            }
+        }
+    }
+}
+
+/// Things that must live as long as the response streams (permits, load guards).
+pub type Hold = Box<dyn Send + Sync>;
+
+/// The upstream response body on its way to the client. Records the request
+/// when it ends (or is dropped: the client went away).
+pub struct ResponseBody {
+    inner: Incoming,
+    record: Option<RequestRecord>,
+    hold: Vec<Hold>,
+    bytes: u64,
+    header_bytes: u64,
+}
+
+impl ResponseBody {
+    pub fn new(inner: Incoming, record: RequestRecord, header_bytes: u64, hold: Vec<Hold>) -> Self {
+        ResponseBody {
+            inner,
+            record: Some(record),
+            hold,
+            bytes: 0,
+            header_bytes,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            r.response_bytes = self.header_bytes + self.bytes;
+            drop(r);
+        }
+        self.hold.clear();
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(r) = this.record.as_mut() {
+                    r.flags = "UPE";
+                }
+                this.finish();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                } else if let Some(t) = frame.trailers_ref() {
+                    if let (Some(r), Some(s)) = (this.record.as_mut(), grpc_status(t)) {
+                        r.grpc_status = Some(s);
+                    }
+                    this.bytes += header_size(t);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `grpc-status` of a header or trailer block.
+pub fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Approximate wire size of a header block (names, values, ": " and CRLF),
+/// as Istio's request/response size metrics count headers too.
+pub fn header_size(h: &HeaderMap) -> u64 {
+    h.iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    fn chunks(
+        parts: &[&'static str],
+    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>>>
+    {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    async fn collect<B>(b: B) -> String
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::fmt::Debug,
+    {
+        let bytes = b.collect().await.expect("body").to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf8")
+    }
+
+    #[tokio::test]
+    async fn a_small_body_replays_whole() {
+        let first = ReplayBody::new(chunks(&["hello ", "world"]), 1024);
+        let again = first.replay().expect("replayable before reading");
+        assert_eq!(collect(first).await, "hello world");
+        assert_eq!(collect(again).await, "hello world");
+    }
+
+    #[tokio::test]
+    async fn a_partly_read_body_replays_from_the_start() {
+        let mut first = ReplayBody::new(chunks(&["a", "b", "c"]), 1024);
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "a");
+        // The first attempt failed after one chunk; the retry sends everything.
+        let again = first.replay().unwrap();
+        drop(first);
+        assert_eq!(collect(again).await, "abc");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_bound_streams_but_cannot_replay() {
+        let first = ReplayBody::new(chunks(&["0123456789", "abcdef"]), 12);
+        let keep = first.replay().unwrap();
+        assert_eq!(collect(first).await, "0123456789abcdef");
+        assert!(keep.replay().is_none(), "overflowed body must not replay");
+        assert_eq!(keep.bytes_read(), 16);
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_always_replays() {
+        let b = ReplayBody::new(Full::new(Bytes::new()), 0);
+        assert!(b.replay().is_some());
+        assert_eq!(collect(b).await, "");
+    }
+
+    #[test]
+    fn grpc_status_parses_trailers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_status(&h), None);
+        h.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(grpc_status(&h), Some(14));
+        h.insert("grpc-status", "x".parse().unwrap());
+        assert_eq!(grpc_status(&h), None);
+    }
+}

@@ -1,0 +1,368 @@
+//! The waypoint's HBONE listener: terminate mTLS as the waypoint, learn the
+//! caller's identity, and for each CONNECT stream sniff the protocol: HTTP/1.1
+//! and HTTP/2 go to the L7 path (`proxy`), anything else is relayed as TCP
+//! with L4 policy only.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use hbone::{H2Stream, Identity};
+use http::StatusCode;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn, Instrument};
+use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
+
+use crate::authz::{AuthzDecision, TcpAuthzRequest};
+use crate::proxy::{principal_of, App, ConnCtx};
+use crate::sniff::{self, Sniffed};
+use crate::upstream::Endpoint;
+
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// A client that connects and then stalls must not hold a task forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error("plaintext on the hbone port from {0}; only mTLS HBONE clients may use 15008")]
+    Plaintext(SocketAddr),
+    #[error("{0} did not complete the tls handshake within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout(SocketAddr),
+    #[error("tls handshake with {peer} failed: {source}")]
+    Handshake {
+        peer: SocketAddr,
+        #[source]
+        source: Box<hbone::HboneError>,
+    },
+    #[error("client {peer} presented no usable spiffe identity: {source}")]
+    Identity {
+        peer: SocketAddr,
+        #[source]
+        source: Box<hbone::TlsError>,
+    },
+    #[error(transparent)]
+    Certs(#[from] trellis_core::certs::CertError),
+    #[error("hbone session with {peer}: {source}")]
+    Session {
+        peer: SocketAddr,
+        #[source]
+        source: hbone::HboneError,
+    },
+    #[error("cannot read from {peer}: {source}")]
+    Io {
+        peer: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Accepts connections until `stop` resolves.
+pub async fn run(app: Arc<App>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = app.drain.signaled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let span = tracing::info_span!("hbone", %peer);
+        tokio::spawn(
+            async move {
+                if let Err(e) = serve(app, stream, peer).await {
+                    warn!(error = %e, "hbone connection rejected");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) -> Result<(), InboundError> {
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+        .await
+        .map_err(|_| InboundError::HandshakeTimeout(peer))?
+        .map_err(|source| InboundError::Io { peer, source })?;
+    if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        app.metrics
+            .core
+            .record_error(ErrorReason::PlaintextOnHbonePort);
+        return Err(InboundError::Plaintext(peer));
+    }
+    let cfg = app.certs.server_config(&app.identity)?;
+    let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(hbone::tls_accept(stream, cfg)));
+    let tls = match accept
+        .await
+        .map_err(|_| InboundError::HandshakeTimeout(peer))?
+    {
+        Ok(t) => t,
+        Err(source) => {
+            app.metrics.core.record_error(ErrorReason::UnknownIdentity);
+            return Err(InboundError::Handshake {
+                peer,
+                source: Box::new(source),
+            });
+        }
+    };
+    let src_id = match hbone::peer_identity(tls.get_ref().1) {
+        Ok(id) => id,
+        Err(source) => {
+            app.metrics.core.record_error(ErrorReason::UnknownIdentity);
+            return Err(InboundError::Identity {
+                peer,
+                source: Box::new(source),
+            });
+        }
+    };
+    info!(src.identity = %src_id, "hbone connection established");
+    let drain = app.drain.clone();
+    let h2 = hbone::H2Settings::default();
+    let on_request = {
+        let app = app.clone();
+        move |req: hbone::IncomingRequest| {
+            let guard = app.drain.track();
+            let span = tracing::info_span!("stream", src.identity = %src_id);
+            tokio::spawn(
+                stream_task(app.clone(), src_id.clone(), peer, req, guard).instrument(span),
+            );
+        }
+    };
+    hbone::serve_with_shutdown(tls, &h2, on_request, async move { drain.signaled().await })
+        .await
+        .map_err(|source| InboundError::Session { peer, source })
+}
+
+async fn stream_task(
+    app: Arc<App>,
+    src_id: Identity,
+    peer: SocketAddr,
+    req: hbone::IncomingRequest,
+    _drain: trellis_core::drain::DrainGuard,
+) {
+    let creq = match &req.parsed {
+        Ok(r) => r.clone(),
+        Err(e) => {
+            app.metrics.core.record_error(ErrorReason::MalformedConnect);
+            warn!(error = %e, "malformed connect request");
+            let status = e.status();
+            req.reject(status);
+            return;
+        }
+    };
+    let target = creq.target;
+    let compiled = app.snapshot.load();
+    let state = &compiled.state;
+    let service = state.service_by_vip(target.ip()).cloned();
+    let dst_wl = state.workload_by_ip(target.ip()).cloned();
+    if service.is_none() && dst_wl.is_none() {
+        warn!(dst.addr = %target, "connect target is neither a service nor a workload in the config");
+        req.reject(StatusCode::NOT_FOUND);
+        return;
+    }
+    let src_wl = creq
+        .forwarded_for
+        .and_then(|a| state.workload_by_ip(a.ip()).cloned());
+    let labels = Arc::new(ConnectionLabels::new(
+        Reporter::Waypoint,
+        src_wl.as_deref(),
+        Some(src_id.clone()),
+        dst_wl.as_deref(),
+        dst_wl.as_ref().map(|w| w.identity()),
+        service.as_deref(),
+        SecurityPolicy::MutualTls,
+    ));
+    let mut stream = match req.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "could not accept the stream");
+            return;
+        }
+    };
+    let (kind, prefix) = match sniff::peek(&mut stream, app.settings.sniff_timeout).await {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(error = %e, "no protocol could be sniffed (stream ended or stalled mid-request)");
+            return;
+        }
+    };
+    let ctx = Arc::new(ConnCtx {
+        app: app.clone(),
+        source_identity: Some(src_id),
+        source_addr: creq.forwarded_for.or(Some(peer)),
+        target,
+        labels,
+    });
+    let io = Rewind::new(prefix, stream);
+    match kind {
+        Sniffed::Http1 | Sniffed::Http2 => serve_http(ctx, io).await,
+        Sniffed::Tcp | Sniffed::NeedMore => relay_tcp(ctx, io).await,
+    }
+}
+
+async fn serve_http(ctx: Arc<ConnCtx>, io: Rewind) {
+    let s = &ctx.app.settings;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .max_buf_size(s.max_header_bytes.max(8192))
+        .header_read_timeout(Duration::from_secs(30))
+        .timer(hyper_util::rt::TokioTimer::new());
+    b.http2()
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .max_header_list_size(s.max_header_bytes as u32)
+        // Bounds the work a client can cause with RST_STREAM floods
+        // ("rapid reset") and with streams we had to reset.
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(1024)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .timer(hyper_util::rt::TokioTimer::new());
+    let svc = {
+        let ctx = ctx.clone();
+        service_fn(move |req| crate::proxy::handle(ctx.clone(), req))
+    };
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let drain = ctx.app.drain.clone();
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            debug!(error = %e, "http connection ended with an error");
+        },
+        _ = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                debug!(error = %e, "http connection ended with an error while draining");
+            }
+        }
+    }
+}
+
+/// Not HTTP: L4 policy only (HTTP conditions cannot match), then a byte relay
+/// to one endpoint of the service, or to the workload dialled.
+async fn relay_tcp(ctx: Arc<ConnCtx>, mut io: Rewind) {
+    let app = &ctx.app;
+    let compiled = app.snapshot.load();
+    let state = &compiled.state;
+    let principal = ctx.source_identity.as_ref().map(principal_of);
+    let service = state.service_by_vip(ctx.target.ip()).cloned();
+    let (ns, name) = match &service {
+        Some(s) => (s.namespace.clone(), s.name.clone()),
+        None => match state.workload_by_ip(ctx.target.ip()) {
+            Some(w) => (w.namespace.clone(), String::new()),
+            None => return,
+        },
+    };
+    let areq = TcpAuthzRequest {
+        source_principal: principal.as_deref(),
+        source_namespace: ctx.source_identity.as_ref().map(|i| i.namespace()),
+        source_ip: ctx
+            .source_addr
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        port: ctx.target.port(),
+    };
+    if let AuthzDecision::Deny { policy } = compiled.authz.evaluate_tcp(&ns, &name, &areq) {
+        info!(%policy, "tcp stream denied");
+        app.metrics.core.record_error(ErrorReason::PolicyDenied);
+        return;
+    }
+    let ep = match &service {
+        Some(svc) => {
+            let eps = state.endpoints(svc, ctx.target.port());
+            if eps.is_empty() {
+                warn!(service = %svc.hostname, "no healthy endpoint for tcp stream");
+                return;
+            }
+            let (workload, addr) = eps[fastrand::usize(..eps.len())].clone();
+            Endpoint { addr, workload }
+        }
+        None => match state.workload_by_ip(ctx.target.ip()) {
+            Some(w) => Endpoint {
+                addr: ctx.target,
+                workload: w.clone(),
+            },
+            None => return,
+        },
+    };
+    let mut guard = app.metrics.core.connection_opened(
+        (*ctx.labels).clone(),
+        ctx.source_addr.unwrap_or(ctx.target),
+        ep.addr,
+        "waypoint",
+    );
+    let mut up = match app.upstream.connect(&ep, ctx.source_addr).await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(error = %e, "cannot reach endpoint for tcp stream");
+            guard.set_error(e.to_string());
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut io, &mut up).await {
+        Ok((to_up, from_up)) => guard.set_bytes(from_up, to_up),
+        Err(e) => {
+            debug!(error = %e, "tcp relay ended with an error");
+            guard.set_error(e.to_string());
+        }
+    }
+}
+
+/// The tunnel stream with the sniffed bytes put back in front.
+pub struct Rewind {
+    prefix: Bytes,
+    inner: H2Stream,
+}
+
+impl Rewind {
+    pub fn new(prefix: Bytes, inner: H2Stream) -> Rewind {
+        Rewind { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,285 @@
+//! Istio's L7 metrics with Istio's label set (reporter "waypoint"), the
+//! waypoint's own resilience counters, and the per-request JSON access log.
+//!
+//! A [`RequestRecord`] is filled in as the request goes and recorded once,
+//! when it drops, so every exit path (early 403, 429, upstream failure, client
+//! gone mid-body) is counted exactly once.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec};
+use trellis_core::metrics::{counter_vec, register, Metrics};
+use trellis_core::metrics::{ConnectionLabels, LABEL_NAMES};
+
+/// The TCP label set plus the two L7-only labels, in this order.
+const L7_EXTRA: [&str; 2] = ["response_code", "grpc_response_status"];
+
+/// Request duration buckets in milliseconds (Istio's defaults).
+const DURATION_MS: [f64; 14] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+];
+
+/// Body size buckets in bytes (Istio's: exponential from 1 to 10^8).
+const SIZE_BYTES: [f64; 9] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
+
+pub struct WaypointMetrics {
+    pub core: Arc<Metrics>,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
+    pub retries: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub overloaded: IntCounterVec,
+    pub adaptive_limit: IntGaugeVec,
+    access_log: bool,
+}
+
+impl std::fmt::Debug for WaypointMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaypointMetrics").finish_non_exhaustive()
+    }
+}
+
+fn l7_label_names() -> Vec<&'static str> {
+    LABEL_NAMES.iter().chain(L7_EXTRA.iter()).copied().collect()
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &l7_label_names(),
+    )
+    .expect("static metric definition is valid")
+}
+
+impl WaypointMetrics {
+    pub fn new(access_log: bool) -> Arc<WaypointMetrics> {
+        let core = Metrics::new();
+        let reg = core.registry();
+        let labels = l7_label_names();
+        let requests = counter_vec("istio_requests_total", "Requests served", &labels);
+        let duration = histogram(
+            "istio_request_duration_milliseconds",
+            "Request duration, first byte in to last byte out",
+            &DURATION_MS,
+        );
+        let request_bytes = histogram(
+            "istio_request_bytes",
+            "Request size: headers and body",
+            &SIZE_BYTES,
+        );
+        let response_bytes = histogram(
+            "istio_response_bytes",
+            "Response size: headers and body",
+            &SIZE_BYTES,
+        );
+        let retries = counter_vec(
+            "trellis_waypoint_retries_total",
+            "Retry attempts sent, by route rule",
+            &["rule"],
+        );
+        let rate_limited = counter_vec(
+            "trellis_waypoint_rate_limited_total",
+            "Requests answered 429, by route rule and limit (total, route, caller)",
+            &["rule", "limit"],
+        );
+        let ejections = counter_vec(
+            "trellis_waypoint_outlier_ejections_total",
+            "Endpoints ejected by outlier detection",
+            &["rule", "endpoint"],
+        );
+        let overloaded = counter_vec(
+            "trellis_waypoint_overloaded_total",
+            "Requests shed with 503, by rule and cause (adaptive, circuit_breaker, pending_timeout)",
+            &["rule", "cause"],
+        );
+        let adaptive_limit = IntGaugeVec::new(
+            prometheus::Opts::new(
+                "trellis_waypoint_adaptive_concurrency_limit",
+                "The concurrency limit the adaptive limiter has learnt, by rule",
+            ),
+            &["rule"],
+        )
+        .expect("static metric definition is valid");
+        register(reg, &requests);
+        register(reg, &duration);
+        register(reg, &request_bytes);
+        register(reg, &response_bytes);
+        register(reg, &retries);
+        register(reg, &rate_limited);
+        register(reg, &ejections);
+        register(reg, &overloaded);
+        register(reg, &adaptive_limit);
+        Arc::new(WaypointMetrics {
+            core,
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            retries,
+            rate_limited,
+            ejections,
+            overloaded,
+            adaptive_limit,
+            access_log,
+        })
+    }
+
+    pub fn encode_text(&self) -> String {
+        self.core.encode_text()
+    }
+}
+
+/// What is known of one request; recorded on drop.
+pub struct RequestRecord {
+    metrics: Arc<WaypointMetrics>,
+    start: Instant,
+    start_wall: SystemTime,
+    pub labels: Arc<ConnectionLabels>,
+    /// "http" or "grpc".
+    pub protocol: &'static str,
+    pub method: http::Method,
+    pub path: String,
+    pub authority: String,
+    pub status: u16,
+    /// gRPC status from headers or trailers; None for plain HTTP.
+    pub grpc_status: Option<u32>,
+    /// Envoy-style response flags: "-", "NR", "UF", "UO", "URX", "UT", "RL", "DI", "FI", "DC", "UC".
+    pub flags: &'static str,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub upstream: Option<std::net::SocketAddr>,
+    pub destination_workload: Option<Arc<trellis_core::config::Workload>>,
+    pub route: Arc<str>,
+    pub attempts: u32,
+    pub request_id: String,
+    pub trace_id: String,
+    pub denied_by: Option<String>,
+}
+
+impl RequestRecord {
+    pub fn new(
+        metrics: Arc<WaypointMetrics>,
+        labels: Arc<ConnectionLabels>,
+        method: http::Method,
+        path: String,
+        authority: String,
+    ) -> RequestRecord {
+        RequestRecord {
+            metrics,
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+            labels,
+            protocol: "http",
+            method,
+            path,
+            authority,
+            status: 0,
+            grpc_status: None,
+            flags: "-",
+            request_bytes: 0,
+            response_bytes: 0,
+            upstream: None,
+            destination_workload: None,
+            route: Arc::from(""),
+            attempts: 0,
+            request_id: String::new(),
+            trace_id: String::new(),
+            denied_by: None,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<WaypointMetrics> {
+        &self.metrics
+    }
+
+    fn record(&self) {
+        let code = if self.status == 0 {
+            // The client went away before any response: Envoy's 0 + "DC".
+            "0".to_string()
+        } else {
+            self.status.to_string()
+        };
+        let grpc = self
+            .grpc_status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".to_string());
+        let mut labels = (*self.labels).clone();
+        labels.request_protocol = self.protocol;
+        labels.response_flags = if self.status == 0 && self.flags == "-" {
+            "DC"
+        } else {
+            self.flags
+        };
+        if let Some(w) = &self.destination_workload {
+            labels.destination_workload = w.name.clone();
+            labels.destination_workload_namespace = w.namespace.clone();
+            labels.destination_canonical_service = w.canonical_name().to_string();
+            labels.destination_canonical_revision = w.canonical_revision().to_string();
+            labels.destination_app = labels.destination_canonical_service.clone();
+            labels.destination_version = labels.destination_canonical_revision.clone();
+            labels.destination_principal = w.identity().to_string();
+        }
+        let base = labels.values();
+        let mut values: Vec<&str> = Vec::with_capacity(base.len() + 2);
+        values.extend_from_slice(&base);
+        values.push(&code);
+        values.push(&grpc);
+        let m = &self.metrics;
+        let elapsed = self.start.elapsed();
+        m.requests.with_label_values(&values).inc();
+        m.duration
+            .with_label_values(&values)
+            .observe(elapsed.as_secs_f64() * 1000.0);
+        m.request_bytes
+            .with_label_values(&values)
+            .observe(self.request_bytes as f64);
+        m.response_bytes
+            .with_label_values(&values)
+            .observe(self.response_bytes as f64);
+        if m.access_log {
+            self.log(&labels, elapsed);
+        }
+    }
+
+    fn log(&self, labels: &ConnectionLabels, elapsed: std::time::Duration) {
+        let start_ms = self
+            .start_wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let line = serde_json::json!({
+            "start_time_ms": start_ms,
+            "duration_ms": elapsed.as_secs_f64() * 1000.0,
+            "method": self.method.as_str(),
+            "path": self.path,
+            "authority": self.authority,
+            "protocol": self.protocol,
+            "response_code": self.status,
+            "grpc_status": self.grpc_status,
+            "response_flags": labels.response_flags,
+            "bytes_received": self.request_bytes,
+            "bytes_sent": self.response_bytes,
+            "upstream_host": self.upstream.map(|a| a.to_string()),
+            "source_principal": labels.source_principal,
+            "source_workload": labels.source_workload,
+            "destination_service": labels.destination_service,
+            "destination_workload": labels.destination_workload,
+            "route": &*self.route,
+            "attempts": self.attempts,
+            "x_request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "denied_by": self.denied_by,
+        });
+        tracing::info!(target: "access", "{line}");
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        self.record();
+    }
+}

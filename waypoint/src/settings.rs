@@ -1,0 +1,185 @@
+//! Command-line settings of the waypoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use hbone::Identity;
+use trellis_core::config::Dur;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl From<LogFormat> for trellis_core::logging::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => trellis_core::logging::LogFormat::Text,
+            LogFormat::Json => trellis_core::logging::LogFormat::Json,
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    s.parse::<Dur>().map(|d| d.0).map_err(|e| e.to_string())
+}
+
+/// Everything a waypoint needs to start.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "trellis-waypoint",
+    version,
+    about = "Trellis waypoint (L7 policy, routing and resilience over HBONE)"
+)]
+pub struct Settings {
+    /// This waypoint as <namespace>/<name>: selects its entry in `waypoints` and its identity's namespace.
+    #[arg(long)]
+    pub name: String,
+    /// Service account of the waypoint's identity (spiffe://<td>/ns/<namespace>/sa/<sa>).
+    #[arg(long, default_value = "waypoint")]
+    pub service_account: String,
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Local config file (workloads, services, routes, policies). Watched for changes.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Directory holding the dev CA (root-cert.pem, root-key.pem) that issues the waypoint's certificate.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// HBONE listener.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    pub listen: SocketAddr,
+    /// Admin API (config_dump, logging, quitquitquit); keep it on localhost.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub readiness_addr: SocketAddr,
+    /// Write the actually bound addresses here as JSON once listening (tests bind port 0).
+    #[arg(long)]
+    pub bound_addrs_file: Option<PathBuf>,
+    /// Data-path threads; 0 means one per allowed CPU.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub config_poll: Duration,
+    /// On SIGTERM, stop accepting and give requests this long to finish.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub drain_deadline: Duration,
+    /// Write one JSON access-log line per request (target "access").
+    #[arg(long)]
+    pub access_log: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax); changeable at runtime via /logging.
+    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
+    pub log: String,
+    /// How long a tunnelled stream may stay silent before it is treated as
+    /// non-HTTP (server-first protocols send nothing first).
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub sniff_timeout: Duration,
+    /// Limit on a request's header block (HTTP/1 and HTTP/2); larger gets 431 or a stream reset.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Concurrent HTTP/2 streams per downstream connection.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+}
+
+impl Settings {
+    /// `(namespace, name)` from `--name`.
+    pub fn namespace_name(&self) -> Result<(&str, &str), String> {
+        match self.name.split_once('/') {
+            Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => Ok((ns, n)),
+            _ => Err(format!(
+                "--name {:?}: expected <namespace>/<name>, e.g. demo/waypoint",
+                self.name
+            )),
+        }
+    }
+
+    /// The waypoint's own SPIFFE identity.
+    pub fn identity(&self) -> Result<Identity, String> {
+        let (ns, _) = self.namespace_name()?;
+        let id = Identity::new(
+            self.trust_domain.as_str(),
+            ns,
+            self.service_account.as_str(),
+        );
+        // Round-trip through the parser so a bad trust domain or account fails here.
+        id.to_string()
+            .parse::<Identity>()
+            .map_err(|e| format!("waypoint identity {id}: {e}"))
+    }
+
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        if let Err(e) = self.identity() {
+            errs.push(e);
+        }
+        if self.max_header_bytes < 1024 {
+            errs.push("--max-header-bytes must be at least 1024".into());
+        }
+        if self.max_concurrent_streams == 0 {
+            errs.push("--max-concurrent-streams must be at least 1".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Settings {
+        let mut v = vec!["trellis-waypoint", "--config", "c.yaml", "--ca-dir", "ca"];
+        v.extend_from_slice(args);
+        Settings::try_parse_from(v).expect("valid args")
+    }
+
+    #[test]
+    fn name_must_be_namespace_slash_name() {
+        let cases = [
+            ("demo/waypoint", true),
+            ("demo", false),
+            ("/waypoint", false),
+            ("demo/", false),
+            ("a/b/c", false),
+        ];
+        for (name, ok) in cases {
+            let s = parse(&["--name", name]);
+            assert_eq!(s.validate().is_ok(), ok, "{name}");
+        }
+        let s = parse(&["--name", "demo/wp", "--service-account", "wp-sa"]);
+        assert_eq!(
+            s.identity().unwrap().to_string(),
+            "spiffe://cluster.local/ns/demo/sa/wp-sa"
+        );
+    }
+
+    #[test]
+    fn durations_use_gateway_api_syntax() {
+        let s = parse(&["--name", "d/w", "--drain-deadline", "1m30s"]);
+        assert_eq!(s.drain_deadline, Duration::from_secs(90));
+        let bad = Settings::try_parse_from([
+            "trellis-waypoint",
+            "--name",
+            "d/w",
+            "--config",
+            "c",
+            "--ca-dir",
+            "x",
+            "--config-poll",
+            "soon",
+        ]);
+        assert!(bad.is_err());
+    }
+}
