@@ -13,7 +13,7 @@
 //!   (a slower release) instead of strangling it forever; the price is that a
 //!   backend queueing on every single request for that long has its queueing
 //!   taken as the baseline, after which only failures cut the limit.
-//! - **RTT** is an EWMA of recent successful latencies (weight [`RTT_ALPHA`]).
+//! - **RTT** is an EWMA of recent successful latencies (weight `RTT_ALPHA`).
 //! - **gradient** = `clamp(tolerance * minRTT / RTT, 0.5, 1.0)`: 1 while
 //!   latency is within `tolerance` of the minimum, down to 0.5 as queues grow.
 //!   The floor of 0.5 bounds how fast one burst of slow answers can cut.
@@ -22,11 +22,11 @@
 //!   gradient is 1.
 //! - each sample moves the limit `SMOOTHING / limit` of the way to the new
 //!   limit, so one *round* (as many samples as the limit, about one round
-//!   trip at full concurrency) moves it about [`SMOOTHING`] of the way,
+//!   trip at full concurrency) moves it about `SMOOTHING` of the way,
 //!   whatever the request rate: growth is about `0.2 * sqrt(limit)` per round
 //!   trip, and latency far above tolerance cuts about 10% per round trip. The limit
 //!   stays within `[minLimit, maxLimit]`.
-//! - a failed request (error or timeout) cuts the limit by [`FAILURE_DECREASE`],
+//! - a failed request (error or timeout) cuts the limit by `FAILURE_DECREASE`,
 //!   at most once per round (like TCP's one decrease per window: a hundred
 //!   requests timing out together are one congestion signal, not a hundred),
 //!   and feeds no latency: a timeout measures the timeout, and a fast error is

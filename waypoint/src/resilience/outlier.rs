@@ -23,7 +23,7 @@
 //!
 //! Only endpoints with a history are tracked: successes of an unknown endpoint
 //! create nothing. Entries with nothing left to remember are dropped, and ones
-//! not heard from for [`IDLE`] are swept, so the map stays small.
+//! not heard from for `IDLE` are swept, so the map stays small.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
