@@ -462,3 +462,13 @@ fn zero_timeouts_mean_none_and_do_not_conflict() {
     });
     assert_eq!(problems, vec!["waypoints[0].name: must not be empty"]);
 }
+
+#[test]
+fn the_waypoint_example_config_is_valid() {
+    let cfg = parse(include_str!("../../examples/waypoint-config.yaml"))
+        .unwrap_or_else(|e| panic!("examples/waypoint-config.yaml: {e}"));
+    assert_eq!(cfg.http_routes.len(), 1);
+    assert_eq!(cfg.http_routes[0].rules.len(), 3);
+    assert_eq!(cfg.authorization_policies.len(), 1);
+    assert!(cfg.services[0].waypoint.is_some());
+}
