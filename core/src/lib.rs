@@ -11,6 +11,7 @@
 //! - [`drain`]: graceful drain with a hard deadline.
 //! - [`identity`]: the SPIFFE identity type (to become `hbone::Identity`).
 
+pub mod accept;
 pub mod accesslog;
 pub mod admin;
 pub mod authz;

@@ -8,17 +8,12 @@ use std::sync::Arc;
 use http::StatusCode;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
+use trellis_core::accept::{self, AcceptError};
 use trellis_core::config::Workload;
 use trellis_core::metrics::ErrorReason;
 
 use crate::context::{Scope, WorkerCtx};
 use crate::{admission, upstream};
-
-/// The first byte of every TLS connection: a handshake record.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-/// A client that connects and then stalls must not hold a task (and delay
-/// drain) forever.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
@@ -26,22 +21,8 @@ pub enum InboundError {
         "no workload with address {0} is served here; check the config and the pod's enrollment"
     )]
     UnknownDestination(IpAddr),
-    #[error("plaintext on the hbone port from {0}; only mTLS HBONE clients may use 15008")]
-    Plaintext(SocketAddr),
-    #[error("{0} did not complete the tls handshake within {HANDSHAKE_TIMEOUT:?}")]
-    HandshakeTimeout(SocketAddr),
-    #[error("tls handshake with {peer} failed: {source}")]
-    Handshake {
-        peer: SocketAddr,
-        #[source]
-        source: Box<hbone::HboneError>,
-    },
-    #[error("client {peer} presented no usable spiffe identity: {source}")]
-    Identity {
-        peer: SocketAddr,
-        #[source]
-        source: Box<hbone::TlsError>,
-    },
+    #[error(transparent)]
+    Accept(#[from] AcceptError),
     #[error(transparent)]
     Certs(#[from] crate::certs::CertError),
     #[error("hbone session with {peer}: {source}")]
@@ -77,48 +58,9 @@ async fn serve(
     let dst_wl = local_workload(&ctx, &scope, local.ip())
         .ok_or(InboundError::UnknownDestination(local.ip()))?;
 
-    let mut first = [0u8; 1];
-    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
-        .await
-        .map_err(|_| InboundError::HandshakeTimeout(peer))?
-        .map_err(|source| InboundError::Io { peer, source })?;
-    if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-        proxy
-            .metrics
-            .record_error(ErrorReason::PlaintextOnHbonePort);
-        return Err(InboundError::Plaintext(peer));
-    }
-
     let dst_id = dst_wl.identity();
     let tls_cfg = proxy.certs.server_config(&dst_id)?;
-    // Boxed: the handshake state is large and only needed up front.
-    let accept = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        Box::pin(hbone::tls_accept(stream, tls_cfg)),
-    );
-    let tls = match accept
-        .await
-        .map_err(|_| InboundError::HandshakeTimeout(peer))?
-    {
-        Ok(t) => t,
-        Err(source) => {
-            proxy.metrics.record_error(ErrorReason::UnknownIdentity);
-            return Err(InboundError::Handshake {
-                peer,
-                source: Box::new(source),
-            });
-        }
-    };
-    let src_id = match hbone::peer_identity(tls.get_ref().1) {
-        Ok(id) => id,
-        Err(source) => {
-            proxy.metrics.record_error(ErrorReason::UnknownIdentity);
-            return Err(InboundError::Identity {
-                peer,
-                source: Box::new(source),
-            });
-        }
-    };
+    let (tls, src_id) = accept::accept(stream, peer, tls_cfg, &proxy.metrics).await?;
     info!(src.identity = %src_id, dst.identity = %dst_id, "hbone connection established");
 
     let drain = proxy.drain.clone();

@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn, Instrument};
+use trellis_core::accept::{self, AcceptError};
 use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
 
 use crate::authz::{AuthzDecision, TcpAuthzRequest};
@@ -26,28 +27,10 @@ use crate::proxy::{principal_of, App, ConnCtx};
 use crate::sniff::{self, Sniffed};
 use crate::upstream::Endpoint;
 
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-/// A client that connects and then stalls must not hold a task forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
-    #[error("plaintext on the hbone port from {0}; only mTLS HBONE clients may use 15008")]
-    Plaintext(SocketAddr),
-    #[error("{0} did not complete the tls handshake within {HANDSHAKE_TIMEOUT:?}")]
-    HandshakeTimeout(SocketAddr),
-    #[error("tls handshake with {peer} failed: {source}")]
-    Handshake {
-        peer: SocketAddr,
-        #[source]
-        source: Box<hbone::HboneError>,
-    },
-    #[error("client {peer} presented no usable spiffe identity: {source}")]
-    Identity {
-        peer: SocketAddr,
-        #[source]
-        source: Box<hbone::TlsError>,
-    },
+    #[error(transparent)]
+    Accept(#[from] AcceptError),
     #[error(transparent)]
     Certs(#[from] trellis_core::certs::CertError),
     #[error("hbone session with {peer}: {source}")]
@@ -56,15 +39,9 @@ pub enum InboundError {
         #[source]
         source: hbone::HboneError,
     },
-    #[error("cannot read from {peer}: {source}")]
-    Io {
-        peer: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
 }
 
-/// Accepts connections until `stop` resolves.
+/// Accepts connections until the drain starts.
 pub async fn run(app: Arc<App>, listener: TcpListener) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -93,42 +70,8 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
 }
 
 async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) -> Result<(), InboundError> {
-    let mut first = [0u8; 1];
-    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
-        .await
-        .map_err(|_| InboundError::HandshakeTimeout(peer))?
-        .map_err(|source| InboundError::Io { peer, source })?;
-    if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-        app.metrics
-            .core
-            .record_error(ErrorReason::PlaintextOnHbonePort);
-        return Err(InboundError::Plaintext(peer));
-    }
     let cfg = app.certs.server_config(&app.identity)?;
-    let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(hbone::tls_accept(stream, cfg)));
-    let tls = match accept
-        .await
-        .map_err(|_| InboundError::HandshakeTimeout(peer))?
-    {
-        Ok(t) => t,
-        Err(source) => {
-            app.metrics.core.record_error(ErrorReason::UnknownIdentity);
-            return Err(InboundError::Handshake {
-                peer,
-                source: Box::new(source),
-            });
-        }
-    };
-    let src_id = match hbone::peer_identity(tls.get_ref().1) {
-        Ok(id) => id,
-        Err(source) => {
-            app.metrics.core.record_error(ErrorReason::UnknownIdentity);
-            return Err(InboundError::Identity {
-                peer,
-                source: Box::new(source),
-            });
-        }
-    };
+    let (tls, src_id) = accept::accept(stream, peer, cfg, &app.metrics.core).await?;
     info!(src.identity = %src_id, "hbone connection established");
     let drain = app.drain.clone();
     let h2 = hbone::H2Settings::default();
