@@ -13,14 +13,24 @@ use trellis_node_proxy::app::{self, ProxyHandle};
 use trellis_node_proxy::netns::NetNs;
 use trellis_node_proxy::settings::{Mode, OutboundForward, Settings};
 
+use crate::demo_waypoint::L7;
 use crate::Topology;
 
 const TRUST_DOMAIN: &str = "cluster.local";
 const APP_PORTS: [u16; 2] = [8080, 9090];
 const CLIENT_LOOPBACK_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, 1));
 
-/// Workloads, one service and the policy: sa/client may reach sa/server on 8080 only.
-fn config_yaml(client_ip: IpAddr, server_ip: IpAddr) -> String {
+/// Workloads and the L4 policy (sa/client may reach sa/server on 8080 only);
+/// with `l7`, also the waypoint's workloads, services, routes and L7 policy.
+fn config_yaml(client_ip: IpAddr, server_ip: IpAddr, l7: bool) -> String {
+    let (l7_workloads, l7_sections) = if l7 {
+        (
+            crate::demo_waypoint::workloads_yaml(),
+            crate::demo_waypoint::sections_yaml(),
+        )
+    } else {
+        Default::default()
+    };
     format!(
         r#"workloads:
   - uid: client
@@ -38,7 +48,7 @@ fn config_yaml(client_ip: IpAddr, server_ip: IpAddr) -> String {
     node: node2
     protocol: HBONE
     authorizationPolicies: [demo/server-allow-client]
-policies:
+{l7_workloads}policies:
   - name: server-allow-client
     namespace: demo
     scope: WORKLOAD_SELECTOR
@@ -49,7 +59,7 @@ policies:
               - principals: ["{TRUST_DOMAIN}/ns/demo/sa/client"]
           - matches:
               - destinationPorts: [8080]
-"#
+{l7_sections}"#
     )
 }
 
@@ -67,9 +77,15 @@ enum Kind {
 /// A running demo mesh.
 pub struct Mesh {
     kind: Kind,
+    /// By label: "node1" (client), "node2" (server), then the waypoint's endpoints.
     proxies: Vec<(String, ProxyHandle)>,
+    /// The waypoint and its services (loopback mode only).
+    l7: Option<L7>,
     _dir: tempfile::TempDir,
 }
+
+/// The proxies of the L4 steps: the client's and the server's.
+const L4_PROXIES: [&str; 2] = ["node1", "node2"];
 
 fn base_settings(dir: &Path, node: &str) -> Settings {
     Settings {
@@ -99,11 +115,11 @@ fn base_settings(dir: &Path, node: &str) -> Settings {
     }
 }
 
-fn write_common(dir: &Path, client_ip: IpAddr, server_ip: IpAddr) -> Result<()> {
+fn write_common(dir: &Path, client_ip: IpAddr, server_ip: IpAddr, l7: bool) -> Result<()> {
     let ca = hbone::DevCa::generate(TRUST_DOMAIN).context("generating the dev CA")?;
     ca.write_to_dir(&dir.join("ca"))
         .context("writing the dev CA")?;
-    std::fs::write(dir.join("mesh.yaml"), config_yaml(client_ip, server_ip))?;
+    std::fs::write(dir.join("mesh.yaml"), config_yaml(client_ip, server_ip, l7))?;
     Ok(())
 }
 
@@ -130,7 +146,7 @@ impl Mesh {
         let dir = tempfile::tempdir()?;
         let client_ip = CLIENT_LOOPBACK_IP;
         let server_ip: IpAddr = "127.0.2.1".parse()?;
-        write_common(dir.path(), client_ip, server_ip)?;
+        write_common(dir.path(), client_ip, server_ip, true)?;
         for port in APP_PORTS {
             let l = TcpListener::bind((server_ip, port))
                 .with_context(|| format!("binding the demo app on {server_ip}:{port}"))?;
@@ -139,26 +155,40 @@ impl Mesh {
         let mut server = base_settings(dir.path(), "node2");
         server.workload_uid = Some("server".into());
         server.hbone_addr = Some(SocketAddr::new(server_ip, 15008));
+        let server_h = app::start(server, None).context("starting the server-side proxy")?;
+        let (mut l7, endpoint_proxies) = L7::start(
+            dir.path(),
+            |node| base_settings(dir.path(), node),
+            client_ip,
+        )?;
         let mut client = base_settings(dir.path(), "node1");
         client.workload_uid = Some("client".into());
         client.hbone_addr = Some(SocketAddr::new(client_ip, 15008));
-        client.outbound_forwards = APP_PORTS
+        // Captures for the server's ports, then for the waypoint's service VIPs.
+        let targets = APP_PORTS
             .iter()
-            .map(|&p| OutboundForward {
+            .map(|&p| SocketAddr::new(server_ip, p))
+            .chain(L7::forward_targets());
+        client.outbound_forwards = targets
+            .map(|target| OutboundForward {
                 listen: SocketAddr::new(client_ip, 0),
-                target: SocketAddr::new(server_ip, p),
+                target,
             })
             .collect();
-        let server_h = app::start(server, None).context("starting the server-side proxy")?;
         let client_h = app::start(client, None).context("starting the client-side proxy")?;
+        let bound = &client_h.addrs.forwards;
         let forwards = APP_PORTS
             .iter()
             .copied()
-            .zip(client_h.addrs.forwards.iter().copied())
+            .zip(bound.iter().copied())
             .collect();
+        l7.set_forwards(bound.get(APP_PORTS.len()..).unwrap_or_default());
+        let mut proxies = vec![("node1".into(), client_h), ("node2".into(), server_h)];
+        proxies.extend(endpoint_proxies);
         Ok(Mesh {
             kind: Kind::Loopback { forwards },
-            proxies: vec![("node1".into(), client_h), ("node2".into(), server_h)],
+            proxies,
+            l7: Some(l7),
             _dir: dir,
         })
     }
@@ -178,7 +208,7 @@ impl Mesh {
         let client = topo.pod("client").ok_or_else(|| anyhow!("no client pod"))?;
         let server = topo.pod("server").ok_or_else(|| anyhow!("no server pod"))?;
         let (client_ip, server_ip) = (client.ip, server.ip);
-        write_common(dir.path(), client_ip, server_ip)?;
+        write_common(dir.path(), client_ip, server_ip, false)?;
         let server_ns = server.netns()?;
         for port in APP_PORTS {
             let l = server_ns
@@ -204,6 +234,7 @@ impl Mesh {
                 server_ip,
             },
             proxies: handles,
+            l7: None,
             _dir: dir,
         })
     }
@@ -233,6 +264,9 @@ impl Mesh {
                 }
                 v.push(format!("server app listens on {server_ip}:8080 and :9090"));
             }
+        }
+        if let Some(l7) = &self.l7 {
+            v.extend(l7.topology_lines());
         }
         for (node, h) in &self.proxies {
             v.push(format!(
@@ -274,15 +308,22 @@ impl Mesh {
         Ok(line)
     }
 
+    /// The waypoint part, in loopback mode.
+    pub fn waypoint(&self) -> Option<&L7> {
+        self.l7.as_ref()
+    }
+
     fn metrics(&self) -> impl Iterator<Item = (&str, &Arc<Metrics>)> {
         self.proxies.iter().map(|(n, h)| (n.as_str(), &h.metrics))
     }
 
-    /// Waits until the proxies have recorded `n` closed connections each side.
+    /// Waits until the client's and the server's proxies have recorded `n`
+    /// closed connections each.
     pub fn wait_for_closed_connections(&self, n: u64) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let done = self.metrics().all(|(_, m)| {
+            let mut l4 = self.metrics().filter(|(name, _)| L4_PROXIES.contains(name));
+            let done = l4.all(|(_, m)| {
                 sum_metric(&m.encode_text(), "istio_tcp_connections_closed_total") >= n as f64
             });
             if done {
@@ -304,8 +345,12 @@ impl Mesh {
                     continue;
                 }
                 let l = |k: &str| label(line, k).unwrap_or_default();
+                let service = match l("destination_service") {
+                    s if s.is_empty() || s == trellis_core::metrics::UNKNOWN => String::new(),
+                    s => format!(" service={s}"),
+                };
                 v.push(format!(
-                    "{node} reporter={}: {} ({}) -> {} ({}) security={}",
+                    "{node} reporter={}: {} ({}) -> {} ({}){service} security={}",
                     l("reporter"),
                     l("source_workload"),
                     l("source_principal"),
@@ -318,22 +363,26 @@ impl Mesh {
         Ok(v)
     }
 
-    /// The counters an operator would look at, per proxy.
+    /// The counters an operator would look at: one line per proxy, then its
+    /// non-zero error counters.
     pub fn counter_lines(&self) -> Result<Vec<String>> {
         let mut v = vec![];
         for (node, m) in self.metrics() {
             let text = m.encode_text();
-            for name in [
+            let [opened, closed, sent, received] = [
                 "istio_tcp_connections_opened_total",
                 "istio_tcp_connections_closed_total",
                 "istio_tcp_sent_bytes_total",
                 "istio_tcp_received_bytes_total",
-            ] {
-                v.push(format!("{node} {name} = {}", sum_metric(&text, name)));
-            }
+            ]
+            .map(|name| sum_metric(&text, name));
+            v.push(format!(
+                "{node}: istio_tcp_connections opened {opened} closed {closed}, \
+                 istio_tcp bytes sent {sent} received {received}"
+            ));
             for line in text
                 .lines()
-                .filter(|l| l.starts_with("trellis_proxy_errors_total{"))
+                .filter(|l| l.starts_with("trellis_proxy_errors_total{") && !l.ends_with(" 0"))
             {
                 v.push(format!("{node} {line}"));
             }
@@ -341,9 +390,16 @@ impl Mesh {
         Ok(v)
     }
 
+    /// Stops everything at once, so the drains overlap, then waits.
     pub fn stop(self) {
+        if let Some(l7) = &self.l7 {
+            l7.stop();
+        }
         for (_, h) in &self.proxies {
             h.stop();
+        }
+        if let Some(l7) = self.l7 {
+            l7.wait();
         }
         for (_, h) in self.proxies {
             h.wait();

@@ -1,12 +1,20 @@
-//! The demo mesh: two node proxies, the dev CA and small app servers.
+//! The demo mesh: node proxies, the dev CA, small app servers and a waypoint.
 //!
-//! Without root it runs on loopback: two proxies in dedicated mode on
-//! 127.0.1.1 (client) and 127.0.2.1 (server). With `--netns` (root) it
-//! builds two nodes and two pods as network namespaces and runs the proxies
-//! in shared mode, capturing the pods' traffic with nftables.
+//! Without root it runs on loopback: proxies in dedicated mode on 127.0.1.1
+//! (client), 127.0.2.1 (server) and one per waypoint endpoint on 127.0.2.x,
+//! and an in-process waypoint on 127.0.3.1 in front of two services. With
+//! `--netns` (root) it builds two nodes and two pods as network namespaces
+//! and runs the L4 steps with the proxies in shared mode, capturing the pods'
+//! traffic with nftables.
 
-use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{bail, ensure, Context, Result};
 use trellis_e2e::demo;
+use trellis_e2e::demo_waypoint::{L7, RATINGS_HOST, REVIEWS_HOST, WAYPOINT_PRINCIPAL};
+
+/// Requests for the canary split and for the retry step.
+const N: usize = 100;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,8 +28,9 @@ fn main() -> Result<()> {
     }
     // Show the proxies' access log lines (one per connection, with both
     // identities) and their warnings; the rest of their logs stay quiet.
-    let filter = std::env::var("TRELLIS_LOG").unwrap_or_else(|_| "warn,access=info".into());
-    trellis_core::logging::init(&filter, trellis_core::logging::LogFormat::Text)
+    let custom_filter = std::env::var("TRELLIS_LOG").ok();
+    let filter = custom_filter.as_deref().unwrap_or("warn,access=info");
+    let log = trellis_core::logging::init(filter, trellis_core::logging::LogFormat::Text)
         .map_err(anyhow::Error::msg)?;
     let mesh = if netns {
         demo::Mesh::start_netns().context("starting the netns demo (needs root, ip and nft)")?
@@ -47,7 +56,11 @@ fn main() -> Result<()> {
     }
 
     mesh.wait_for_closed_connections(2)?;
-    println!("\n== identities on each hop (from the proxies' metrics)");
+    match mesh.waypoint() {
+        Some(l7) => waypoint_steps(l7)?,
+        None => println!("\n(the waypoint steps run in loopback mode only)"),
+    }
+    println!("\n== identities on each hop (from the node proxies' metrics)");
     for line in mesh.hop_lines()? {
         println!("   {line}");
     }
@@ -55,7 +68,94 @@ fn main() -> Result<()> {
     for line in mesh.counter_lines()? {
         println!("   {line}");
     }
+    // Teardown drops the waypoint's pooled upstream tunnels abruptly, and the
+    // endpoints' proxies log each as a failed connection: noise, not a step
+    // of the demo. TRELLIS_LOG keeps every line.
+    if custom_filter.is_none() {
+        let _ = log.set("warn");
+    }
     mesh.stop();
     println!("\n== done");
     Ok(())
+}
+
+fn waypoint_steps(l7: &L7) -> Result<()> {
+    println!(
+        "\n== 3. canary: HTTPRoute reviews sends 80% to reviews-v1, 20% to reviews-v2 ({N} x GET {REVIEWS_HOST}/)"
+    );
+    let counts = l7.canary(N)?;
+    println!("   {}", tally(&counts));
+
+    println!("\n== 4. L7 deny: AuthorizationPolicy reviews-deny-admin, DENY paths [/admin*]");
+    for (path, r) in l7.deny()? {
+        let by = r
+            .server
+            .unwrap_or_else(|| format!("the waypoint: {}", r.body.trim()));
+        println!("   GET {path}: {} from {by}", r.status);
+    }
+    let mut sent = N + 2;
+
+    println!("\n== 5. rate limit: rule reviews/limited, rateLimit {{requestsPerSecond: 2, burst: 2}} (5 x GET /limited at once)");
+    let limited = l7.rate_limit(5)?;
+    sent += limited.len();
+    for (i, r) in limited.iter().enumerate() {
+        match (&r.server, &r.retry_after) {
+            (Some(s), _) => println!("   #{} {} from {s}", i + 1, r.status),
+            (None, ra) => println!(
+                "   #{} {} from the waypoint ({}), retry-after: {}",
+                i + 1,
+                r.status,
+                r.body.trim(),
+                ra.as_deref().unwrap_or("-")
+            ),
+        }
+    }
+
+    println!("\n== 6. retry: ratings has 2 endpoints, ratings-2 always answers 503; rule ratings/retry: retry {{attempts: 2, retryOn: [5xx]}} ({N} x GET {RATINGS_HOST}/)");
+    let out = l7.retry(N)?;
+    sent += N;
+    let statuses: BTreeMap<String, usize> = out
+        .statuses
+        .iter()
+        .map(|(s, n)| (s.to_string(), *n))
+        .collect();
+    println!("   client got: {}", tally(&statuses));
+    for (name, hits, failing) in &out.hits {
+        let what = if *failing {
+            "503, each retried on the other endpoint"
+        } else {
+            "200"
+        };
+        println!("   {name} answered {hits} request(s) with {what}");
+    }
+    println!(
+        "   waypoint trellis_waypoint_retries_total{{rule=\"demo/ratings/retry\"}} = {}",
+        out.retries
+    );
+    ensure!(
+        out.statuses.keys().all(|s| *s == 200),
+        "the retries should have hidden every 503: {:?}",
+        out.statuses
+    );
+
+    l7.wait_for_requests(sent as u64)?;
+    println!("\n== 7. the waypoint's Istio L7 metrics: istio_requests_total (reporter=waypoint)");
+    println!("   caller identity (from the client's HBONE tunnel) -> service (endpoint) code flags count");
+    for line in l7.request_lines()? {
+        println!("   {line}");
+    }
+    println!(
+        "   towards the endpoints the waypoint presents its own identity, {WAYPOINT_PRINCIPAL}:"
+    );
+    println!("   see the endpoints' reporter=destination lines below");
+    Ok(())
+}
+
+/// `a: 3, b: 5` from a count map.
+fn tally(counts: &BTreeMap<String, usize>) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
