@@ -149,6 +149,11 @@ impl HboneError {
         }
         if e.is_io() {
             return match e.into_io() {
+                // After the handshake, an EOF is the peer closing an established
+                // connection (e.g. a pool dropping it), not a handshake failure.
+                Some(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+                    HboneError::ConnectionClosed
+                }
                 Some(io) => HboneError::from_tls_io(io),
                 None => HboneError::ConnectionClosed,
             };

@@ -627,3 +627,17 @@ pub fn wait_errors(p: &NodeProxy, reason: &str, at_least: f64) {
         );
     }
 }
+
+/// Routes `service` (namespace demo) through the waypoint running in pod
+/// `waypoint_pod`, at that pod's workload address.
+pub fn use_waypoint_pod(cfg: &mut LocalConfig, service: &str, waypoint_pod: &str) {
+    let ip = workload_mut(cfg, waypoint_pod).addresses[0];
+    use_waypoint(cfg, service, ip);
+}
+
+/// The L7 sections of a YAML snippet (as [`MeshBuilder::l7_yaml`] reads
+/// them), to add with [`add_l7`] in a [`Mesh::reload`].
+pub fn l7_snippet(yaml: &str) -> LocalConfig {
+    serde_yaml_ng::from_str(yaml)
+        .unwrap_or_else(|e| panic!("test L7 snippet does not parse: {e}\n{yaml}"))
+}
