@@ -7,6 +7,7 @@
 //! counting bytes and reading `grpc-status` from trailers, and holds the
 //! request's record and permits until the last byte is out.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -59,6 +60,11 @@ pub struct ReplayBody<B = Incoming> {
     shared: Arc<Mutex<Shared<B>>>,
     /// Next recorded chunk this attempt sends.
     pos: usize,
+    /// Bytes of the body this attempt has sent. Below `Shared::total` after
+    /// an overflow means another attempt read bytes that are no longer kept:
+    /// this attempt cannot send the body whole, so it fails instead of
+    /// sending a body with a hole in it.
+    offset: u64,
     trailers_sent: bool,
 }
 
@@ -79,8 +85,15 @@ impl<B: Body> ReplayBody<B> {
                 total: 0,
             })),
             pos: 0,
+            offset: 0,
             trailers_sent: false,
         }
+    }
+
+    /// Whether a retry could still send the whole body: false once more than
+    /// the bound was read (the beginning is no longer kept).
+    pub fn can_replay(&self) -> bool {
+        !self.lock().overflow
     }
 
     /// A fresh view from the start, for a retry; `None` if the body cannot
@@ -93,6 +106,7 @@ impl<B: Body> ReplayBody<B> {
         Some(ReplayBody {
             shared: self.shared.clone(),
             pos: 0,
+            offset: 0,
             trailers_sent: false,
         })
     }
@@ -124,7 +138,16 @@ where
         if !s.overflow && this.pos < s.chunks.len() {
             let chunk = s.chunks[this.pos].clone();
             this.pos += 1;
+            this.offset += chunk.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if this.offset < s.total {
+            return Poll::Ready(Some(Err(
+                "the request body is larger than the retry buffer and was partly sent by an \
+                 earlier attempt, so it cannot be sent again; raise retry.maxBodyBytes to retry \
+                 such requests"
+                    .into(),
+            )));
         }
         if s.done {
             if !this.trailers_sent {
@@ -151,6 +174,7 @@ where
                 Ok(data) => {
                     let n = data.len() as u64;
                     s.total += n;
+                    this.offset += n;
                     if !s.overflow {
                         if s.recorded + n > s.limit {
                             // Keeping more would turn retries into unbounded buffering.
@@ -181,9 +205,9 @@ where
 
     fn is_end_stream(&self) -> bool {
         let s = self.lock();
-        s.done
-            && (s.overflow || self.pos >= s.chunks.len())
-            && (self.trailers_sent || s.trailers.is_none())
+        // Not ended while this attempt has bytes it did not send: polling
+        // reports the lost bytes as an error instead of an early end.
+        s.done && self.offset >= s.total && (self.trailers_sent || s.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -214,6 +238,9 @@ pub struct ResponseBody {
     hold: Vec<Hold>,
     bytes: u64,
     header_bytes: u64,
+    /// When the route's timeouts run out: the response must be complete by
+    /// then, body included, or the stream is cut (flag UT).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ResponseBody {
@@ -224,7 +251,17 @@ impl ResponseBody {
             hold,
             bytes: 0,
             header_bytes,
+            deadline: None,
         }
+    }
+
+    /// Cuts the body at `deadline` (None: no deadline). Gateway API's
+    /// request and backendRequest timeouts cover the whole response, so a
+    /// backend that sends a head and then stalls is timed out too.
+    pub fn with_deadline(mut self, deadline: Option<std::time::Instant>) -> Self {
+        self.deadline =
+            deadline.map(|d| Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(d))));
+        self
     }
 
     fn finish(&mut self) {
@@ -251,6 +288,18 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.deadline = None;
+                if let Some(r) = this.record.as_mut() {
+                    r.flags = "UT";
+                }
+                this.finish();
+                return Poll::Ready(Some(Err(
+                    "upstream response did not complete within the route's timeout".into(),
+                )));
+            }
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
@@ -350,6 +399,19 @@ mod tests {
         assert_eq!(collect(first).await, "0123456789abcdef");
         assert!(keep.replay().is_none(), "overflowed body must not replay");
         assert_eq!(keep.bytes_read(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_view_taken_before_an_overflow_fails_instead_of_sending_a_hole() {
+        let first = ReplayBody::new(chunks(&["0123456789", "abcdef"]), 12);
+        let again = first.replay().expect("replayable before reading");
+        assert_eq!(collect(first).await, "0123456789abcdef");
+        assert!(!again.can_replay());
+        assert!(
+            !again.is_end_stream(),
+            "an early end would truncate the body"
+        );
+        assert!(again.collect().await.is_err());
     }
 
     #[tokio::test]

@@ -235,24 +235,27 @@ async fn serve(
     let rt = app.runtimes.rule(&rule);
     let now = Instant::now();
 
-    // Rate limits: the waypoint's total, the route's, then the caller's.
+    // Rate limits: the caller's, the route's, then the waypoint's total.
+    // Each check that passes takes a token, so the narrowest goes first: a
+    // caller flooding past its own limit must not drain the buckets that
+    // every other caller shares.
     let caller_key = principal
         .clone()
         .or_else(|| ctx.source_addr.map(|a| a.ip().to_string()))
         .unwrap_or_default();
-    let limited = app
-        .runtimes
-        .total(compiled.total_limit)
-        .and_then(|g| g.check(now).err().map(|d| ("total", d)))
+    let limited = rt
+        .per_caller
+        .as_ref()
+        .and_then(|g| g.check(&caller_key, now).err().map(|d| ("caller", d)))
         .or_else(|| {
             rt.rate
                 .as_ref()
                 .and_then(|g| g.check(now).err().map(|d| ("route", d)))
         })
         .or_else(|| {
-            rt.per_caller
-                .as_ref()
-                .and_then(|g| g.check(&caller_key, now).err().map(|d| ("caller", d)))
+            app.runtimes
+                .total(compiled.total_limit)
+                .and_then(|g| g.check(now).err().map(|d| ("total", d)))
         });
     if let Some((limit, wait)) = limited {
         app.metrics
@@ -343,10 +346,22 @@ async fn serve(
         );
     }
     let brt = &rt.backends[backend_idx.min(rt.backends.len().saturating_sub(1))];
+    // The request timeout covers the wait for a circuit breaker slot too:
+    // time queued is time the caller waits.
+    let deadline = rule.request_timeout.map(|t| Instant::now() + t);
     let circuit = match &brt.circuit {
-        Some(c) => match c.acquire().await {
-            Ok(p) => Some(p),
-            Err(e) => {
+        Some(c) => match until(deadline, c.acquire()).await {
+            None => {
+                return local_reply(
+                    rec,
+                    grpc,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UT",
+                    "upstream request timeout",
+                )
+            }
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
                 let cause = match e {
                     crate::resilience::circuit::CircuitRejected::Overflow => "circuit_breaker",
                     crate::resilience::circuit::CircuitRejected::PendingTimeout => {
@@ -395,16 +410,16 @@ async fn serve(
         parts: &parts,
         grpc,
     };
-    let result = match rule.request_timeout {
-        Some(t) => match tokio::time::timeout(t, attempt.run(body, &mut rec, &mut rng)).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::Timeout),
-        },
-        None => attempt.run(body, &mut rec, &mut rng).await,
-    };
+    let result = until(deadline, attempt.run(body, &mut rec, &mut rng))
+        .await
+        .unwrap_or(Err(Failure::Timeout));
     let latency = started.elapsed();
-    let mut resp = match result {
-        Ok(resp) => resp,
+    let (mut resp, body_deadline) = match result {
+        Ok((resp, try_started)) => {
+            // The timeouts cover the body too: the sooner of the two ends.
+            let try_deadline = rule.per_try_timeout.map(|t| try_started + t);
+            (resp, deadline.into_iter().chain(try_deadline).min())
+        }
         Err(f) => {
             if let Some(p) = adaptive {
                 p.record(latency, false);
@@ -436,8 +451,16 @@ async fn serve(
         hold.push(Box::new(c));
     }
     let (rparts, rbody) = resp.into_parts();
-    let body = ResponseBody::new(rbody, rec, header_bytes, hold);
+    let body = ResponseBody::new(rbody, rec, header_bytes, hold).with_deadline(body_deadline);
     Response::from_parts(rparts, http_body_util::BodyExt::boxed(body))
+}
+
+/// Runs `fut` until `deadline`; None if the deadline came first.
+async fn until<F: std::future::Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), fut).await.ok(),
+        None => Some(fut.await),
+    }
 }
 
 /// Connects the two upgraded halves (e.g. WebSocket) once both are ready.
@@ -508,7 +531,7 @@ impl Attempts<'_> {
         body: ReplayBody,
         rec: &mut RequestRecord,
         rng: &mut fastrand::Rng,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<(Response<Incoming>, Instant), Failure> {
         let app = &self.ctx.app;
         let brt = &self.rt.backends[self.backend_idx.min(self.rt.backends.len() - 1)];
         let retry = self.rule.policy.retry.as_ref();
@@ -577,11 +600,12 @@ impl Attempts<'_> {
                 }
             }
             let Some(policy) = retry else {
-                return res;
+                return res.map(|r| (r, now));
             };
             let wants = retry::retryable(policy, &outcome);
-            let Some(again) = keep else {
-                return res;
+            // Checked after the attempt: it may have read past the bound.
+            let Some(again) = keep.filter(ReplayBody::can_replay) else {
+                return res.map(|r| (r, now));
             };
             let allowed = wants
                 && retries < policy.attempts
@@ -591,7 +615,7 @@ impl Attempts<'_> {
                     .as_ref()
                     .is_none_or(|b| b.try_retry(Instant::now()));
             if !allowed {
-                return res;
+                return res.map(|r| (r, now));
             }
             retries += 1;
             app.metrics

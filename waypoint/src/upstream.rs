@@ -5,10 +5,14 @@
 //! `ip:targetPort`), with the waypoint's own certificate. Plain (TCP)
 //! endpoints get a direct TCP connection. TLS connections are pooled by
 //! `hbone::Pool`; on top of the tunnels, HTTP connections are pooled per
-//! endpoint: one multiplexed HTTP/2 connection, or a stack of idle HTTP/1.1
-//! keep-alive connections.
+//! endpoint and caller address: one multiplexed HTTP/2 connection, or a stack
+//! of idle HTTP/1.1 keep-alive connections. The caller is part of the key
+//! because a tunnel's CONNECT carries the caller's address (`forwarded`),
+//! which the endpoint's node proxy checks L4 policy on and connects to the
+//! pod from: a connection opened for one caller must not carry another's
+//! requests.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,10 +74,14 @@ impl UpstreamError {
 type H1Sender = http1::SendRequest<ReplayBody>;
 type H2Sender = http2::SendRequest<ReplayBody>;
 
+/// What a pooled HTTP connection is for: the endpoint, and the caller's
+/// address its tunnel was opened with.
+type ConnKey = (SocketAddr, Option<IpAddr>);
+
 #[derive(Default)]
 struct Conns {
-    h2: AHashMap<SocketAddr, H2Sender>,
-    h1: AHashMap<SocketAddr, Vec<H1Sender>>,
+    h2: AHashMap<ConnKey, H2Sender>,
+    h1: AHashMap<ConnKey, Vec<H1Sender>>,
 }
 
 /// The waypoint's client side. Cheap to share; all state is inside.
@@ -103,7 +111,7 @@ impl Upstream {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.conns)
     }
 
     /// A byte stream to the endpoint: an HBONE tunnel or plain TCP.
@@ -179,9 +187,17 @@ impl Upstream {
         forwarded_for: Option<SocketAddr>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let addr = ep.addr;
+        let key = (addr, forwarded_for.map(|a| a.ip()));
         let pooled = {
-            let conns = self.lock();
-            conns.h2.get(&addr).filter(|s| !s.is_closed()).cloned()
+            let mut conns = self.lock();
+            match conns.h2.get(&key) {
+                Some(s) if !s.is_closed() => Some(s.clone()),
+                Some(_) => {
+                    conns.h2.remove(&key);
+                    None
+                }
+                None => None,
+            }
         };
         let mut sender = match pooled {
             Some(s) => s,
@@ -198,12 +214,14 @@ impl Upstream {
                         addr,
                         reason: format!("http/2 handshake: {e}"),
                     })?;
+                let conns = self.conns.clone();
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, error = %e, "upstream http/2 connection ended");
                     }
+                    forget_closed(&conns, key);
                 });
-                self.lock().h2.insert(addr, sender.clone());
+                self.lock().h2.insert(key, sender.clone());
                 sender
             }
         };
@@ -227,14 +245,19 @@ impl Upstream {
         forwarded_for: Option<SocketAddr>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let addr = ep.addr;
+        let key = (addr, forwarded_for.map(|a| a.ip()));
         let pooled = {
             let mut conns = self.lock();
-            let idle = conns.h1.entry(addr).or_default();
             let mut found = None;
-            while let Some(s) = idle.pop() {
-                if s.is_ready() {
-                    found = Some(s);
-                    break;
+            if let Some(idle) = conns.h1.get_mut(&key) {
+                while let Some(s) = idle.pop() {
+                    if s.is_ready() {
+                        found = Some(s);
+                        break;
+                    }
+                }
+                if idle.is_empty() {
+                    conns.h1.remove(&key);
                 }
             }
             found
@@ -250,10 +273,12 @@ impl Upstream {
                         addr,
                         reason: format!("http/1.1 handshake: {e}"),
                     })?;
+                let conns = self.conns.clone();
                 tokio::spawn(async move {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(%addr, error = %e, "upstream http/1.1 connection ended");
                     }
+                    forget_closed(&conns, key);
                 });
                 sender
             }
@@ -270,14 +295,33 @@ impl Upstream {
         let conns = self.conns.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
-                let idle = c.h1.entry(addr).or_default();
+                let mut c = lock(&conns);
+                let idle = c.h1.entry(key).or_default();
                 if idle.len() < MAX_IDLE_H1 {
                     idle.push(sender);
                 }
             }
         });
         Ok(resp)
+    }
+}
+
+fn lock(conns: &Mutex<Conns>) -> std::sync::MutexGuard<'_, Conns> {
+    conns.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Drops closed connections of `key` from the pools once one of them ends,
+/// so callers that went away leave no entries behind.
+fn forget_closed(conns: &Mutex<Conns>, key: ConnKey) {
+    let mut c = lock(conns);
+    if c.h2.get(&key).is_some_and(|s| s.is_closed()) {
+        c.h2.remove(&key);
+    }
+    if let Some(idle) = c.h1.get_mut(&key) {
+        idle.retain(|s| !s.is_closed());
+        if idle.is_empty() {
+            c.h1.remove(&key);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! so a test can see what a waypoint forwarded (method, path, version,
 //! authority, headers, body, peer) and which backend answered.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,6 +36,9 @@ pub enum Mode {
     Reset,
     /// Waits this long, then answers as in `Ok`.
     Delay(Duration),
+    /// Sends the `Ok` answer's head at once and its body only after this
+    /// long: a backend that stalls mid-response.
+    SlowBody(Duration),
 }
 
 /// A header the server adds to every answer, naming itself, so a test sees
@@ -50,6 +56,26 @@ struct Shared {
     name: String,
     mode: Mutex<Mode>,
     count: AtomicUsize,
+    /// Requests being handled now, and the most ever handled at once.
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts one request as in flight until dropped, however the handler ends.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Why the service answered nothing: hyper turns a service error into a
@@ -69,6 +95,8 @@ impl HttpServer {
             name: name.to_string(),
             mode: Mutex::new(Mode::Ok),
             count: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
         });
         let served = shared.clone();
         let thread = spawn_server("http-server", addr.port(), move |stopped| {
@@ -106,6 +134,17 @@ impl HttpServer {
 
     pub fn reset_count(&self) {
         self.shared.count.store(0, Ordering::SeqCst);
+    }
+
+    /// Requests being handled right now (received, not yet answered).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests ever handled at once (what a concurrency limit
+    /// in front of the server must bound).
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak.load(Ordering::SeqCst)
     }
 }
 
@@ -146,7 +185,7 @@ async fn connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Arc
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
 async fn respond(
     mut req: Request<Incoming>,
@@ -154,11 +193,12 @@ async fn respond(
     shared: Arc<Shared>,
 ) -> Result<Reply, ResetOnPurpose> {
     shared.count.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(&shared);
     let mode = *lock(&shared.mode);
     match mode {
         Mode::Reset => return Err(ResetOnPurpose),
         Mode::Delay(d) => tokio::time::sleep(d).await,
-        Mode::Ok | Mode::Status(_) => {}
+        Mode::Ok | Mode::Status(_) | Mode::SlowBody(_) => {}
     }
     let path = req.uri().path().to_string();
     if let Some(ms) = path_number(&path, "/delay/") {
@@ -187,7 +227,7 @@ async fn respond(
             .header(CONNECTION, "upgrade")
             .header(UPGRADE, proto)
             .header(SERVER_HEADER, shared.name.as_str())
-            .body(Full::default())
+            .body(Full::default().boxed_unsync())
             .unwrap_or_default());
     }
     let (parts, body) = req.into_parts();
@@ -206,7 +246,16 @@ async fn respond(
         .status(status)
         .header(CONTENT_TYPE, "application/json")
         .header(SERVER_HEADER, shared.name.as_str())
-        .body(Full::new(body))
+        .body(match mode {
+            Mode::SlowBody(d) => {
+                let later = futures_util::stream::once(async move {
+                    tokio::time::sleep(d).await;
+                    Ok::<_, Infallible>(Frame::data(body))
+                });
+                StreamBody::new(later).boxed_unsync()
+            }
+            _ => Full::new(body).boxed_unsync(),
+        })
         .unwrap_or_default())
 }
 
