@@ -1,0 +1,308 @@
+//! The attempts of one request: endpoint choice (skipping ejected and
+//! already-tried endpoints), the upstream call under the per-try timeout,
+//! outcome reporting to the balancer and outlier detector, and retries
+//! under the policy and budget with a replayable body.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use super::reply::{Failure, Reject};
+use super::request::{is_upgrade, splice_upgrade};
+use super::{ConnCtx, MAX_BACKOFF};
+use crate::body::{grpc_status, header_size, ReplayBody, RespBody, ResponseBody};
+use crate::headers;
+use crate::metrics::RequestRecord;
+use crate::resilience::outlier::Outcome;
+use crate::resilience::retry::{self, AttemptOutcome};
+use crate::route::Rule;
+use crate::state::{BackendRuntime, RuleRuntime};
+use crate::upstream::{Endpoint, Proto};
+
+/// The retry loop's fixed inputs.
+pub struct Attempts<'a> {
+    pub ctx: &'a Arc<ConnCtx>,
+    pub rule: &'a Arc<Rule>,
+    pub rt: &'a Arc<RuleRuntime>,
+    pub backend_idx: usize,
+    pub endpoints: &'a [Endpoint],
+    pub proto: Proto,
+    pub parts: &'a http::request::Parts,
+    pub grpc: bool,
+}
+
+impl Attempts<'_> {
+    /// Returns the response and when its attempt started (the per-try
+    /// timeout covers the body too).
+    pub async fn run(
+        &self,
+        body: ReplayBody,
+        rec: &mut RequestRecord,
+        rng: &mut fastrand::Rng,
+    ) -> Result<(Response<Incoming>, Instant), Failure> {
+        let app = &self.ctx.app;
+        let brt = &self.rt.backends[self.backend_idx.min(self.rt.backends.len() - 1)];
+        let retry = self.rule.policy.retry.as_ref();
+        let _budget_guard = self.rt.budget.as_ref().map(|b| b.request_started());
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut body = body;
+        let mut retries = 0u32;
+        loop {
+            let keep = body.replay();
+            let now = Instant::now();
+            let ep = self.pick(brt, &tried, now, rng);
+            tried.push(ep.addr);
+            rec.attempts += 1;
+            rec.upstream = Some(ep.addr);
+            rec.destination_workload = Some(ep.workload.clone());
+            let req = self.build_request(body);
+            let load = brt.balancer.start(ep.addr);
+            let sent = self
+                .ctx
+                .app
+                .upstream
+                .send(&ep, self.proto, req, self.ctx.source_addr);
+            let res = match self.rule.per_try_timeout {
+                Some(t) => match tokio::time::timeout(t, sent).await {
+                    Ok(r) => r.map_err(Failure::Upstream),
+                    Err(_) => Err(Failure::PerTryTimeout),
+                },
+                None => sent.await.map_err(Failure::Upstream),
+            };
+            let latency = now.elapsed();
+            let (outcome, detector) = match &res {
+                Ok(resp) => {
+                    let s = resp.status().as_u16();
+                    let o = match grpc_status(resp.headers()).filter(|_| self.grpc) {
+                        Some(g) if g != 0 => AttemptOutcome::GrpcStatus(g),
+                        _ => AttemptOutcome::Status(s),
+                    };
+                    let d = if s >= 500 {
+                        Outcome::ServerError
+                    } else {
+                        Outcome::Success
+                    };
+                    load.finish(latency, s < 500);
+                    (o, d)
+                }
+                Err(Failure::Upstream(e)) if e.is_connect_failure() => {
+                    load.finish(latency, false);
+                    (AttemptOutcome::ConnectFailure, Outcome::ConnectFailure)
+                }
+                Err(Failure::PerTryTimeout) => {
+                    load.finish(latency, false);
+                    (AttemptOutcome::Status(504), Outcome::ServerError)
+                }
+                Err(_) => {
+                    load.finish(latency, false);
+                    (AttemptOutcome::Reset, Outcome::ServerError)
+                }
+            };
+            if let Some(o) = &brt.outlier {
+                if let Some(for_) = o.report(ep.addr, detector, self.endpoints.len(), now) {
+                    tracing::info!(endpoint = %ep.addr, rule = %self.rule.key, ejected_for = ?for_, "outlier ejected");
+                    app.metrics
+                        .ejections
+                        .with_label_values(&[&*self.rule.key, ep.addr.to_string().as_str()])
+                        .inc();
+                }
+            }
+            let Some(policy) = retry else {
+                return res.map(|r| (r, now));
+            };
+            let wants = retry::retryable(policy, &outcome);
+            // Checked after the attempt: it may have read past the bound.
+            let Some(again) = keep.filter(ReplayBody::can_replay) else {
+                return res.map(|r| (r, now));
+            };
+            let allowed = wants
+                && retries < policy.attempts
+                && self
+                    .rt
+                    .budget
+                    .as_ref()
+                    .is_none_or(|b| b.try_retry(Instant::now()));
+            if !allowed {
+                return res.map(|r| (r, now));
+            }
+            retries += 1;
+            app.metrics
+                .retries
+                .with_label_values(&[&*self.rule.key])
+                .inc();
+            drop(res);
+            let wait = retry::backoff(policy, retries, rng.f64()).min(MAX_BACKOFF);
+            tokio::time::sleep(wait).await;
+            body = again;
+        }
+    }
+
+    /// An endpoint for the next attempt: not ejected (unless all are, as
+    /// Envoy's panic mode: some traffic beats none), and not one already
+    /// tried when there is another.
+    fn pick(
+        &self,
+        brt: &BackendRuntime,
+        tried: &[SocketAddr],
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Endpoint {
+        let healthy: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(|e| {
+                brt.outlier
+                    .as_ref()
+                    .is_none_or(|o| !o.is_ejected(e.addr, now))
+            })
+            .collect();
+        let pool: Vec<&Endpoint> = if healthy.is_empty() {
+            self.endpoints.iter().collect()
+        } else {
+            healthy
+        };
+        let fresh: Vec<&Endpoint> = pool
+            .iter()
+            .copied()
+            .filter(|e| !tried.contains(&e.addr))
+            .collect();
+        let cands = if fresh.is_empty() { pool } else { fresh };
+        let addrs: Vec<SocketAddr> = cands.iter().map(|e| e.addr).collect();
+        let i = brt.balancer.pick(&addrs, now, rng).unwrap_or(0);
+        cands[i.min(cands.len() - 1)].clone()
+    }
+
+    fn build_request(&self, body: ReplayBody) -> Request<ReplayBody> {
+        let p = self.parts;
+        let mut req = Request::new(body);
+        *req.method_mut() = p.method.clone();
+        *req.version_mut() = p.version;
+        *req.headers_mut() = p.headers.clone();
+        *req.uri_mut() = upstream_uri(&p.uri, &p.headers, self.proto);
+        if self.proto == Proto::Http1 && !req.headers().contains_key(HOST) {
+            if let Some(a) = p.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    req.headers_mut().insert(HOST, v);
+                }
+            }
+        }
+        req
+    }
+}
+
+/// HTTP/1.1 upstreams get origin-form (`/path?q`); HTTP/2 needs scheme and
+/// authority, taken from the URI or the Host header.
+pub fn upstream_uri(uri: &Uri, headers: &http::HeaderMap, proto: Proto) -> Uri {
+    let pq = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    match proto {
+        Proto::Http1 => pq.parse().unwrap_or_else(|_| Uri::from_static("/")),
+        Proto::Http2 => {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| {
+                    headers
+                        .get(HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "localhost".into());
+            Uri::builder()
+                .scheme(uri.scheme_str().unwrap_or("http"))
+                .authority(authority)
+                .path_and_query(pq)
+                .build()
+                .unwrap_or_else(|_| uri.clone())
+        }
+    }
+}
+
+/// The upstream protocol: the one the client spoke (gRPC needs HTTP/2).
+pub fn proto_of(version: Version) -> Proto {
+    if version == Version::HTTP_2 {
+        Proto::Http2
+    } else {
+        Proto::Http1
+    }
+}
+
+/// Forwards to a workload addressed directly (no service, no routes).
+pub async fn forward_direct(
+    ctx: &Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+    mut rec: RequestRecord,
+    grpc: bool,
+    ep: Endpoint,
+) -> Response<RespBody> {
+    let upgrade = is_upgrade(&req);
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let proto = proto_of(parts.version);
+    let mut out = Request::new(ReplayBody::new(incoming, 0));
+    *out.method_mut() = parts.method.clone();
+    *out.version_mut() = parts.version;
+    *out.uri_mut() = upstream_uri(&parts.uri, &parts.headers, proto);
+    *out.headers_mut() = parts.headers;
+    rec.attempts = 1;
+    rec.upstream = Some(ep.addr);
+    rec.destination_workload = Some(ep.workload.clone());
+    match ctx
+        .app
+        .upstream
+        .send(&ep, proto, out, ctx.source_addr)
+        .await
+    {
+        Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(down) = down_upgrade {
+                    splice_upgrade(down, hyper::upgrade::on(&mut resp));
+                }
+            } else {
+                headers::strip_hop_by_hop(resp.headers_mut(), false);
+            }
+            rec.status = resp.status().as_u16();
+            if grpc {
+                rec.grpc_status = grpc_status(resp.headers());
+            }
+            let header_bytes = header_size(resp.headers());
+            let (p, b) = resp.into_parts();
+            Response::from_parts(
+                p,
+                http_body_util::BodyExt::boxed(ResponseBody::new(b, rec, header_bytes, vec![])),
+            )
+        }
+        Err(e) => Reject::from_failure(&Failure::Upstream(e), 1).reply(rec, grpc),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_uris_fit_the_protocol() {
+        let mut h = http::HeaderMap::new();
+        h.insert(HOST, "svc.demo:80".parse().unwrap());
+        let origin: Uri = "/a?b=1".parse().unwrap();
+        assert_eq!(upstream_uri(&origin, &h, Proto::Http1), "/a?b=1");
+        assert_eq!(
+            upstream_uri(&origin, &h, Proto::Http2).to_string(),
+            "http://svc.demo:80/a?b=1"
+        );
+        let abs: Uri = "http://x.y/z".parse().unwrap();
+        assert_eq!(upstream_uri(&abs, &h, Proto::Http1), "/z");
+        assert_eq!(
+            upstream_uri(&abs, &h, Proto::Http2).to_string(),
+            "http://x.y/z"
+        );
+    }
+}
