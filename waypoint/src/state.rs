@@ -3,13 +3,13 @@
 //! per-rule runtime state (limiters, breakers, ejections, balancer latency),
 //! which outlives config changes as long as the rule's policy is unchanged.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
 use trellis_core::config::l7::{
-    CircuitBreaker as CircuitBreakerCfg, LoadBalancer, RateLimit, TrafficPolicy,
+    CircuitBreaker as CircuitBreakerCfg, LoadBalancer, OutlierDetection, RateLimit, TrafficPolicy,
 };
 use trellis_core::config::LocalConfig;
 use trellis_core::state::{ProxyState, StateStore};
@@ -90,10 +90,13 @@ impl Snapshot {
     }
 }
 
-/// Runtime state of one backend of a rule.
+/// Runtime state of one backend of a rule. The circuit breaker and the
+/// outlier detector belong to the destination service (shared by every rule
+/// that sends to it with the same settings): they protect and judge the
+/// destination, whichever route the request took.
 pub struct BackendRuntime {
     pub circuit: Option<Arc<CircuitBreaker>>,
-    pub outlier: Option<OutlierDetector>,
+    pub outlier: Option<Arc<OutlierDetector>>,
     pub balancer: Balancer,
 }
 
@@ -109,19 +112,19 @@ pub struct RuleRuntime {
 }
 
 impl RuleRuntime {
-    fn new(rule: &Rule, now: Instant) -> RuleRuntime {
+    fn new(rule: &Rule, shared: &Shared, now: Instant) -> RuleRuntime {
         let p = &rule.policy;
         let lb = p.load_balancer.unwrap_or_default();
         let backends = rule
             .backends
             .iter()
-            .map(|_| BackendRuntime {
-                circuit: p
-                    .circuit_breaker
-                    .as_ref()
-                    .map(|c: &CircuitBreakerCfg| CircuitBreaker::new(c)),
-                outlier: p.outlier_detection.as_ref().map(OutlierDetector::new),
-                balancer: Balancer::new(&lb as &LoadBalancer),
+            .map(|b| {
+                let dst = b.service.hostname.as_str();
+                BackendRuntime {
+                    circuit: p.circuit_breaker.as_ref().map(|c| shared.circuit(dst, c)),
+                    outlier: p.outlier_detection.as_ref().map(|o| shared.outlier(dst, o)),
+                    balancer: Balancer::new(&lb as &LoadBalancer),
+                }
             })
             .collect();
         RuleRuntime {
@@ -139,10 +142,54 @@ impl RuleRuntime {
     }
 }
 
-/// Rule runtimes by rule key, plus the waypoint-wide total limiter.
+/// Per-destination state, by service hostname and settings: rules with the
+/// same settings for one destination share it; other settings get their own.
+#[derive(Default)]
+struct Shared {
+    circuits: ByDestination<CircuitBreakerCfg, CircuitBreaker>,
+    outliers: ByDestination<OutlierDetection, OutlierDetector>,
+}
+
+/// State of type `T` by destination hostname and its settings `C`.
+type ByDestination<C, T> = Mutex<AHashMap<String, Vec<(C, Arc<T>)>>>;
+
+/// The entry of `map` for (`dst`, `cfg`), made by `make` if missing. Entries
+/// no rule holds any more (a changed config) are dropped on the way.
+fn shared_entry<C: PartialEq + Copy, T>(
+    map: &ByDestination<C, T>,
+    dst: &str,
+    cfg: &C,
+    make: impl FnOnce() -> Arc<T>,
+) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let list = map.entry(dst.to_string()).or_default();
+    list.retain(|(_, t)| Arc::strong_count(t) > 1);
+    if let Some((_, t)) = list.iter().find(|(c, _)| c == cfg) {
+        return t.clone();
+    }
+    let t = make();
+    list.push((*cfg, t.clone()));
+    t
+}
+
+impl Shared {
+    fn circuit(&self, dst: &str, cfg: &CircuitBreakerCfg) -> Arc<CircuitBreaker> {
+        shared_entry(&self.circuits, dst, cfg, || CircuitBreaker::new(cfg))
+    }
+
+    fn outlier(&self, dst: &str, cfg: &OutlierDetection) -> Arc<OutlierDetector> {
+        shared_entry(&self.outliers, dst, cfg, || {
+            Arc::new(OutlierDetector::new(cfg))
+        })
+    }
+}
+
+/// Rule runtimes by rule key, per-destination state, and the waypoint-wide
+/// total limiter.
 #[derive(Default)]
 pub struct Runtimes {
     rules: RwLock<AHashMap<Arc<str>, Arc<RuleRuntime>>>,
+    shared: Shared,
     total: RwLock<Option<(RateLimit, Arc<Gcra>)>>,
 }
 
@@ -159,7 +206,7 @@ impl Runtimes {
         if let Some(rt) = map.get(&rule.key).filter(|rt| rt.fits(rule)) {
             return rt.clone();
         }
-        let rt = Arc::new(RuleRuntime::new(rule, Instant::now()));
+        let rt = Arc::new(RuleRuntime::new(rule, &self.shared, Instant::now()));
         map.insert(rule.key.clone(), rt.clone());
         rt
     }
@@ -190,5 +237,61 @@ impl Runtimes {
             .collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_core::config::{Dur, Service};
+
+    fn service(name: &str) -> Arc<Service> {
+        Arc::new(Service {
+            name: name.into(),
+            namespace: "demo".into(),
+            hostname: format!("{name}.demo.svc.cluster.local"),
+            vips: vec![],
+            ports: vec![],
+            endpoints: vec![],
+            waypoint: None,
+        })
+    }
+
+    fn rule(key: &str, svc: &Arc<Service>, max_requests: u32) -> Rule {
+        let mut r = Rule::default_for(svc.clone());
+        r.key = key.into();
+        r.policy.circuit_breaker = Some(CircuitBreakerCfg {
+            max_requests,
+            max_pending: 0,
+            pending_timeout: Dur(std::time::Duration::from_secs(1)),
+        });
+        r
+    }
+
+    #[test]
+    fn rules_to_one_destination_share_its_circuit_breaker() {
+        let rts = Runtimes::default();
+        let web = service("web");
+        let a = rts.rule(&rule("demo/r/a", &web, 2));
+        let b = rts.rule(&rule("demo/r/b", &web, 2));
+        let other = rts.rule(&rule("demo/r/c", &web, 5));
+        let elsewhere = rts.rule(&rule("demo/r/d", &service("api"), 2));
+        let cb = |rt: &RuleRuntime| rt.backends[0].circuit.clone().expect("breaker");
+        assert!(
+            Arc::ptr_eq(&cb(&a), &cb(&b)),
+            "same destination and settings"
+        );
+        assert!(!Arc::ptr_eq(&cb(&a), &cb(&other)), "other settings");
+        assert!(!Arc::ptr_eq(&cb(&a), &cb(&elsewhere)), "other destination");
+    }
+
+    #[test]
+    fn a_rule_keeps_its_runtime_until_its_policy_changes() {
+        let rts = Runtimes::default();
+        let web = service("web");
+        let first = rts.rule(&rule("demo/r/a", &web, 2));
+        assert!(Arc::ptr_eq(&first, &rts.rule(&rule("demo/r/a", &web, 2))));
+        let changed = rts.rule(&rule("demo/r/a", &web, 3));
+        assert!(!Arc::ptr_eq(&first, &changed));
     }
 }
