@@ -148,6 +148,7 @@ async fn stream_task(
         source_identity: Some(src_id),
         source_addr: creq.forwarded_for.or(Some(peer)),
         target,
+        labels_key: app.metrics.labels_key(&labels),
         labels,
     });
     let io = Rewind::new(prefix, stream);

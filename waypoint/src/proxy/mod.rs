@@ -64,6 +64,8 @@ pub struct ConnCtx {
     /// The CONNECT authority: a service VIP:port or a workload ip:port.
     pub target: SocketAddr,
     pub labels: Arc<ConnectionLabels>,
+    /// `WaypointMetrics::labels_key` of `labels`.
+    pub labels_key: u64,
 }
 
 /// Upper bound on one retry backoff sleep.
@@ -84,6 +86,7 @@ pub async fn handle(
     let mut rec = RequestRecord::new(
         ctx.app.metrics.clone(),
         ctx.labels.clone(),
+        ctx.labels_key,
         req.method().clone(),
         path,
         host.clone(),
