@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::process::OwnedChild;
 use crate::Topology;
 
 /// Path of the node proxy binary: `TRELLIS_NODE_PROXY_BIN`, or the one cargo
@@ -140,7 +141,7 @@ impl ClusterFiles {
 /// One running node proxy process, killed on drop.
 pub struct NodeProxy {
     pub node: String,
-    child: Child,
+    child: OwnedChild,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub readiness: SocketAddr,
@@ -193,7 +194,7 @@ impl NodeProxy {
             .with_context(|| format!("spawning {}", bin.display()))?;
         let mut proxy = NodeProxy {
             node: node.into(),
-            child,
+            child: OwnedChild::new(child),
             admin: "0.0.0.0:0".parse()?,
             metrics: "0.0.0.0:0".parse()?,
             readiness: "0.0.0.0:0".parse()?,
@@ -270,31 +271,12 @@ impl NodeProxy {
     }
 
     pub fn sigterm(&self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        self.child.sigterm();
     }
 
     /// Waits for the process to exit; None if it is still running at the deadline.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NodeProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait_exit(timeout)
     }
 }
 

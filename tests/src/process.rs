@@ -180,3 +180,41 @@ impl Drop for ChildGuard {
         set.remove(&self.child.id());
     }
 }
+
+/// A proxy process the tests started directly (not through a topology):
+/// SIGTERM, a bounded wait for its exit, and kill plus reap on drop.
+pub struct OwnedChild(Child);
+
+impl OwnedChild {
+    pub fn new(child: Child) -> OwnedChild {
+        OwnedChild(child)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.0.try_wait()
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own child's pid; it is not reaped
+        // before drop, so the pid cannot belong to another process.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit; None if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, "process exit", || self.0.try_wait().ok().flatten()).ok()
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -5,13 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use trellis_node_proxy::netns::NetNs;
 
 use crate::cluster::{http, sum_samples, ClusterFiles, Fixture};
+use crate::process::OwnedChild;
 use crate::Topology;
 
 /// Path of the waypoint binary: `TRELLIS_WAYPOINT_BIN`, or the one cargo
@@ -52,7 +53,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// One running waypoint process; killed (by PID) and reaped on drop.
 pub struct Waypoint {
     pub pod: String,
-    child: Child,
+    child: OwnedChild,
     netns: NetNs,
     /// The HBONE listener (on the pod's addresses, port 15008).
     pub hbone: SocketAddr,
@@ -111,7 +112,7 @@ impl Waypoint {
         let unset: SocketAddr = "0.0.0.0:0".parse()?;
         let mut wp = Waypoint {
             pod: spec.pod.to_string(),
-            child,
+            child: OwnedChild::new(child),
             netns,
             hbone: unset,
             admin: unset,
@@ -227,30 +228,11 @@ impl Waypoint {
     }
 
     pub fn sigterm(&self) {
-        // SAFETY: plain kill(2) on our own unreaped child's pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        self.child.sigterm();
     }
 
     /// Waits for the process to exit; None if it is still running at the deadline.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Waypoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait_exit(timeout)
     }
 }
