@@ -189,3 +189,74 @@ pub async fn wait_for_stop(stop: &CancellationToken) {
         }
     }
 }
+
+/// The admin thread's life, shared by the proxies: serves each listener with
+/// its handler, waits for SIGTERM, SIGINT or `stop`, then drains with
+/// `deadline` and stops the servers. Runs inside the admin runtime; the
+/// caller spawns its own background tasks (config watcher) first.
+pub async fn serve_until_drained<H>(
+    servers: Vec<(std::net::TcpListener, Arc<H>)>,
+    trigger: crate::drain::DrainTrigger,
+    stop: &CancellationToken,
+    deadline: std::time::Duration,
+) -> crate::drain::DrainOutcome
+where
+    H: Fn(Request<Incoming>) -> AdminFuture + Send + Sync + 'static,
+{
+    use crate::drain::DrainOutcome;
+    let servers_stop = CancellationToken::new();
+    for (l, handler) in servers {
+        match TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::spawn(serve(l, handler, servers_stop.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register admin listener"),
+        }
+    }
+    wait_for_stop(stop).await;
+    info!(?deadline, "draining");
+    let outcome = trigger.drain(deadline).await;
+    match &outcome {
+        DrainOutcome::Completed => info!("drain complete"),
+        DrainOutcome::DeadlineExceeded { remaining } => {
+            warn!(
+                remaining,
+                "drain deadline passed; closing what is still open"
+            )
+        }
+    }
+    servers_stop.cancel();
+    outcome
+}
+
+/// A started proxy's stop switch and its admin thread (which ends once the
+/// proxy has drained).
+pub struct Running {
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<crate::drain::DrainOutcome>>,
+}
+
+impl Running {
+    pub fn new(
+        stop: CancellationToken,
+        thread: std::thread::JoinHandle<crate::drain::DrainOutcome>,
+    ) -> Running {
+        Running {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Starts a graceful drain (as SIGTERM does).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the proxy has drained and stopped.
+    pub fn wait(mut self) -> crate::drain::DrainOutcome {
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or(crate::drain::DrainOutcome::Completed)
+    }
+}

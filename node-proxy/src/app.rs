@@ -7,12 +7,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use trellis_core::admin::{bind_std, wait_for_stop, write_bound_addrs, BindError};
+use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, BindError, Running};
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
 use trellis_core::metrics::{AccessLogFormat, Metrics};
@@ -72,22 +71,18 @@ pub struct BoundAddrs {
 pub struct ProxyHandle {
     pub addrs: BoundAddrs,
     pub metrics: Arc<Metrics>,
-    stop: CancellationToken,
-    thread: Option<JoinHandle<DrainOutcome>>,
+    running: Running,
 }
 
 impl ProxyHandle {
     /// Starts a graceful drain (as SIGTERM does).
     pub fn stop(&self) {
-        self.stop.cancel();
+        self.running.stop();
     }
 
     /// Waits until the proxy has drained and stopped.
-    pub fn wait(mut self) -> DrainOutcome {
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or(DrainOutcome::Completed)
+    pub fn wait(self) -> DrainOutcome {
+        self.running.wait()
     }
 }
 
@@ -217,8 +212,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     Ok(ProxyHandle {
         addrs,
         metrics,
-        stop,
-        thread: Some(thread),
+        running: Running::new(stop, thread),
     })
 }
 
@@ -241,20 +235,6 @@ fn run_admin(
         }
     };
     let outcome = rt.block_on(async {
-        let servers_stop = CancellationToken::new();
-        for (l, which) in
-            listeners
-                .into_iter()
-                .zip([Server::Admin, Server::Metrics, Server::Readiness])
-        {
-            match tokio::net::TcpListener::from_std(l) {
-                Ok(l) => {
-                    let handler = admin::handler(which, ctx.clone());
-                    tokio::spawn(trellis_core::admin::serve(l, handler, servers_stop.clone()));
-                }
-                Err(e) => error!(error = %e, "cannot register admin listener"),
-            }
-        }
         let proxy = &ctx.proxy;
         tokio::spawn(watch::watch_file(
             proxy.settings.config.clone(),
@@ -262,20 +242,12 @@ fn run_admin(
             proxy.settings.config_poll,
             Some(proxy.metrics.config_metrics()),
         ));
-        wait_for_stop(&stop).await;
-        info!(deadline = ?proxy.settings.drain_deadline, "draining");
-        let outcome = trigger.drain(proxy.settings.drain_deadline).await;
-        match &outcome {
-            DrainOutcome::Completed => info!("drain complete"),
-            DrainOutcome::DeadlineExceeded { remaining } => {
-                warn!(
-                    remaining,
-                    "drain deadline passed; closing remaining connections"
-                )
-            }
-        }
-        servers_stop.cancel();
-        outcome
+        let servers = listeners
+            .into_iter()
+            .zip([Server::Admin, Server::Metrics, Server::Readiness])
+            .map(|(l, which)| (l, admin::handler(which, ctx.clone())))
+            .collect();
+        serve_until_drained(servers, trigger, &stop, proxy.settings.drain_deadline).await
     });
     ctx.proxy.shutdown.cancel();
     // Drop the admin tasks and our reference so the workers' handles can be joined.

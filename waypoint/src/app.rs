@@ -5,12 +5,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
-use trellis_core::admin::{bind_std, wait_for_stop, write_bound_addrs, BindError};
+use tracing::{error, info};
+use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, BindError, Running};
 use trellis_core::certs::CertManager;
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
@@ -57,22 +56,18 @@ pub struct BoundAddrs {
 /// A running waypoint.
 pub struct WaypointHandle {
     pub addrs: BoundAddrs,
-    stop: CancellationToken,
-    thread: Option<JoinHandle<DrainOutcome>>,
+    running: Running,
 }
 
 impl WaypointHandle {
     /// Starts a graceful drain (as SIGTERM does).
     pub fn stop(&self) {
-        self.stop.cancel();
+        self.running.stop();
     }
 
     /// Waits until the waypoint has drained and stopped.
-    pub fn wait(mut self) -> DrainOutcome {
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or(DrainOutcome::Completed)
+    pub fn wait(self) -> DrainOutcome {
+        self.running.wait()
     }
 }
 
@@ -197,8 +192,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
     info!(waypoint = %app.settings.name, identity = %app.identity, workers, ?addrs, "waypoint started");
     Ok(WaypointHandle {
         addrs,
-        stop,
-        thread: Some(thread),
+        running: Running::new(stop, thread),
     })
 }
 
@@ -219,20 +213,6 @@ fn run_admin(
         }
     };
     rt.block_on(async {
-        let servers_stop = CancellationToken::new();
-        for (l, which) in
-            listeners
-                .into_iter()
-                .zip([Server::Admin, Server::Metrics, Server::Readiness])
-        {
-            match tokio::net::TcpListener::from_std(l) {
-                Ok(l) => {
-                    let handler = admin::handler(which, ctx.clone());
-                    tokio::spawn(trellis_core::admin::serve(l, handler, servers_stop.clone()));
-                }
-                Err(e) => error!(error = %e, "cannot register admin listener"),
-            }
-        }
         let app = &ctx.app;
         tokio::spawn(watch::watch_file(
             app.settings.config.clone(),
@@ -241,19 +221,11 @@ fn run_admin(
             Some(app.metrics.core.config_metrics()),
         ));
         tokio::spawn(app.snapshot.clone().follow(app.store.clone()));
-        wait_for_stop(&stop).await;
-        info!(deadline = ?app.settings.drain_deadline, "draining");
-        let outcome = trigger.drain(app.settings.drain_deadline).await;
-        match &outcome {
-            DrainOutcome::Completed => info!("drain complete"),
-            DrainOutcome::DeadlineExceeded { remaining } => {
-                warn!(
-                    remaining,
-                    "drain deadline passed; closing remaining streams"
-                )
-            }
-        }
-        servers_stop.cancel();
-        outcome
+        let servers = listeners
+            .into_iter()
+            .zip([Server::Admin, Server::Metrics, Server::Readiness])
+            .map(|(l, which)| (l, admin::handler(which, ctx.clone())))
+            .collect();
+        serve_until_drained(servers, trigger, &stop, app.settings.drain_deadline).await
     })
 }
