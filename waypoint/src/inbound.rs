@@ -23,7 +23,7 @@ use trellis_core::accept::{self, AcceptError};
 use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
 
 use crate::authz::{AuthzDecision, TcpAuthzRequest};
-use crate::proxy::{principal_of, App, ConnCtx};
+use crate::proxy::{App, ConnCtx};
 use crate::sniff::{self, Sniffed};
 use crate::upstream::Endpoint;
 
@@ -143,14 +143,13 @@ async fn stream_task(
             return;
         }
     };
-    let ctx = Arc::new(ConnCtx {
-        app: app.clone(),
-        source_identity: Some(src_id),
-        source_addr: creq.forwarded_for.or(Some(peer)),
+    let ctx = Arc::new(ConnCtx::new(
+        app.clone(),
+        Some(src_id),
+        creq.forwarded_for.or(Some(peer)),
         target,
-        labels_key: app.metrics.labels_key(&labels),
         labels,
-    });
+    ));
     let io = Rewind::new(prefix, stream);
     match kind {
         Sniffed::Http1 | Sniffed::Http2 => serve_http(ctx, io).await,
@@ -201,7 +200,6 @@ async fn relay_tcp(ctx: Arc<ConnCtx>, mut io: Rewind) {
     let app = &ctx.app;
     let compiled = app.snapshot.load();
     let state = &compiled.state;
-    let principal = ctx.source_identity.as_ref().map(principal_of);
     let service = state.service_by_vip(ctx.target.ip()).cloned();
     let (ns, name) = match &service {
         Some(s) => (s.namespace.clone(), s.name.clone()),
@@ -211,7 +209,7 @@ async fn relay_tcp(ctx: Arc<ConnCtx>, mut io: Rewind) {
         },
     };
     let areq = TcpAuthzRequest {
-        source_principal: principal.as_deref(),
+        source_principal: ctx.principal.as_deref(),
         source_namespace: ctx.source_identity.as_ref().map(|i| i.namespace()),
         source_ip: ctx
             .source_addr

@@ -37,7 +37,7 @@ use crate::upstream::{Endpoint, Upstream};
 
 use attempts::{forward_direct, proto_of, Attempts};
 use reply::{Failure, Reject};
-pub use request::principal_of;
+use request::principal_of;
 use request::{host_of, is_grpc, is_upgrade, splice_upgrade};
 
 /// Everything shared by all connections.
@@ -66,6 +66,33 @@ pub struct ConnCtx {
     pub labels: Arc<ConnectionLabels>,
     /// `WaypointMetrics::labels_key` of `labels`.
     pub labels_key: u64,
+    /// The caller as policies write it (`td/ns/x/sa/y`), computed once per connection.
+    pub principal: Option<String>,
+    /// The per-caller rate-limit key: the principal, else the source IP.
+    pub caller_key: String,
+}
+
+impl ConnCtx {
+    pub fn new(
+        app: Arc<App>,
+        source_identity: Option<Identity>,
+        source_addr: Option<SocketAddr>,
+        target: SocketAddr,
+        labels: Arc<ConnectionLabels>,
+    ) -> ConnCtx {
+        let principal = source_identity.as_ref().map(principal_of);
+        let caller_key = admit::caller_key(principal.as_deref(), source_addr);
+        ConnCtx {
+            labels_key: app.metrics.labels_key(&labels),
+            app,
+            source_identity,
+            source_addr,
+            target,
+            labels,
+            principal,
+            caller_key,
+        }
+    }
 }
 
 /// Upper bound on one retry backoff sleep.
@@ -134,9 +161,8 @@ async fn serve(
         }
     };
 
-    let principal = ctx.source_identity.as_ref().map(principal_of);
     let authz_req = AuthzRequest {
-        source_principal: principal.as_deref(),
+        source_principal: ctx.principal.as_deref(),
         source_namespace: ctx.source_identity.as_ref().map(|i| i.namespace()),
         source_ip: ctx
             .source_addr
@@ -185,9 +211,8 @@ async fn serve(
     rec.route = rule.key.clone();
     let rt = app.runtimes.rule(&rule);
 
-    let caller = admit::caller_key(principal.as_deref(), ctx.source_addr);
     or_reply!(
-        admit::rate_limit(app, &compiled, &rule, &rt, &caller, Instant::now()),
+        admit::rate_limit(app, &compiled, &rule, &rt, &ctx.caller_key, Instant::now()),
         rec,
         grpc
     );
