@@ -2,9 +2,11 @@
 //!
 //! Both directions run in one future (no task per direction, no socket split)
 //! and each holds at most one chunk:
-//! - tcp → tunnel: read into a reusable `BytesMut`, `split().freeze()` the
-//!   filled part and hand it to h2 without copying, after waiting for send
-//!   capacity so h2 never buffers beyond what the peer's window allows;
+//! - tcp → tunnel: small reads go through a stack buffer and are copied
+//!   out (an idle connection holds no read buffer); once a read fills it,
+//!   bulk reads go into a reusable `BytesMut` whose filled part is
+//!   `split().freeze()`d and handed to h2 without copying, after waiting for
+//!   send capacity so h2 never buffers beyond what the peer's window allows;
 //! - tunnel → tcp: write each received `Bytes` straight to the socket and
 //!   release flow-control capacity only for what the socket accepted.
 
@@ -15,7 +17,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 use crate::error::HboneError;
@@ -27,9 +29,10 @@ use crate::stream::{poll_send_closed, H2Stream};
 /// per-wakeup costs, small enough to stay cache-friendly and well under h2's
 /// per-stream send buffer (~400 KiB).
 const CHUNK: usize = 128 * 1024;
-/// A connection starts with small (2 KiB) reads and switches to CHUNK once a read
-/// fills its buffer, so idle and request/response connections (most of
-/// them) never hold a bulk-transfer buffer.
+/// A connection starts with small (2 KiB) reads into a stack buffer and
+/// switches to CHUNK once a read fills it, so idle and request/response
+/// connections (most of them) hold no read buffer between reads: the
+/// 2 KiB copy per small read is cheaper than keeping 2 KiB per connection.
 const FIRST_CHUNK: usize = 2 * 1024;
 /// Below this much spare room, get a fresh chunk instead of doing tiny reads.
 const MIN_READ: usize = 16 * 1024;
@@ -150,20 +153,29 @@ impl Up {
                 }
                 continue;
             }
+            if self.chunk == FIRST_CHUNK {
+                let mut stack = [0u8; FIRST_CHUNK];
+                let mut rb = ReadBuf::new(&mut stack);
+                match Pin::new(&mut *tcp).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => return self.eof(),
+                    Poll::Ready(Ok(())) => {
+                        if rb.remaining() == 0 {
+                            self.chunk = CHUNK;
+                        }
+                        self.pending = Some(Bytes::copy_from_slice(rb.filled()));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(HboneError::Tcp(e))),
+                    Poll::Pending => return self.poll_peer_reset(cx),
+                }
+                continue;
+            }
             if self.buf.capacity() < MIN_READ.min(self.chunk) {
                 // Reuses the old allocation when h2 has released every chunk of it.
                 self.buf.reserve(self.chunk);
             }
             let spare = self.buf.capacity() - self.buf.len();
             match poll_read_buf(Pin::new(&mut *tcp), cx, &mut self.buf) {
-                Poll::Ready(Ok(0)) => {
-                    self.send.reserve_capacity(0);
-                    self.send
-                        .send_data(Bytes::new(), true)
-                        .map_err(HboneError::from_h2)?;
-                    self.done = true;
-                    return Poll::Ready(Ok(()));
-                }
+                Poll::Ready(Ok(0)) => return self.eof(),
                 Poll::Ready(Ok(n)) => {
                     if n == spare {
                         self.chunk = CHUNK;
@@ -179,6 +191,16 @@ impl Up {
     }
 
     /// While waiting, watch for a reset so a dead stream does not hang this direction.
+    /// TCP EOF: END_STREAM to the peer; this direction is done.
+    fn eof(&mut self) -> Poll<Result<(), HboneError>> {
+        self.send.reserve_capacity(0);
+        self.send
+            .send_data(Bytes::new(), true)
+            .map_err(HboneError::from_h2)?;
+        self.done = true;
+        Poll::Ready(Ok(()))
+    }
+
     fn poll_peer_reset(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HboneError>> {
         match self.send.poll_reset(cx) {
             Poll::Pending => Poll::Pending,
