@@ -201,29 +201,9 @@ impl Upstream {
         };
         let mut sender = match pooled {
             Some(s) => s,
-            None => {
-                let io = self.connect(ep, forwarded_for).await?;
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .initial_stream_window_size(1 << 20)
-                    .initial_connection_window_size(4 << 20)
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .handshake::<_, ReplayBody>(TokioIo::new(io))
-                    .await
-                    .map_err(|e| UpstreamError::Connect {
-                        addr,
-                        reason: format!("http/2 handshake: {e}"),
-                    })?;
-                let conns = self.conns.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%addr, error = %e, "upstream http/2 connection ended");
-                    }
-                    forget_closed(&conns, key);
-                });
-                self.lock().h2.insert(key, sender.clone());
-                sender
-            }
+            // Boxed: dialing holds TLS and HTTP/2 handshake state, which
+            // would otherwise sit inline in every request's future.
+            None => Box::pin(self.new_h2(ep, key, forwarded_for)).await?,
         };
         sender.ready().await.map_err(|e| UpstreamError::Reset {
             addr,
@@ -236,6 +216,63 @@ impl Upstream {
                 addr,
                 reason: e.to_string(),
             })
+    }
+
+    /// A new multiplexed HTTP/2 connection to `ep`, registered in the pool.
+    async fn new_h2(
+        &self,
+        ep: &Endpoint,
+        key: ConnKey,
+        forwarded_for: Option<SocketAddr>,
+    ) -> Result<H2Sender, UpstreamError> {
+        let addr = ep.addr;
+        let io = self.connect(ep, forwarded_for).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake::<_, ReplayBody>(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                addr,
+                reason: format!("http/2 handshake: {e}"),
+            })?;
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream http/2 connection ended");
+            }
+            forget_closed(&conns, key);
+        });
+        self.lock().h2.insert(key, sender.clone());
+        Ok(sender)
+    }
+
+    /// A new HTTP/1.1 connection to `ep`.
+    async fn new_h1(
+        &self,
+        ep: &Endpoint,
+        key: ConnKey,
+        forwarded_for: Option<SocketAddr>,
+    ) -> Result<H1Sender, UpstreamError> {
+        let addr = ep.addr;
+        let io = self.connect(ep, forwarded_for).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, ReplayBody>(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                addr,
+                reason: format!("http/1.1 handshake: {e}"),
+            })?;
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream http/1.1 connection ended");
+            }
+            forget_closed(&conns, key);
+        });
+        Ok(sender)
     }
 
     async fn send_h1(
@@ -264,24 +301,7 @@ impl Upstream {
         };
         let mut sender = match pooled {
             Some(s) => s,
-            None => {
-                let io = self.connect(ep, forwarded_for).await?;
-                let (sender, conn) = http1::Builder::new()
-                    .handshake::<_, ReplayBody>(TokioIo::new(io))
-                    .await
-                    .map_err(|e| UpstreamError::Connect {
-                        addr,
-                        reason: format!("http/1.1 handshake: {e}"),
-                    })?;
-                let conns = self.conns.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(%addr, error = %e, "upstream http/1.1 connection ended");
-                    }
-                    forget_closed(&conns, key);
-                });
-                sender
-            }
+            None => Box::pin(self.new_h1(ep, key, forwarded_for)).await?,
         };
         let resp = sender
             .send_request(req)

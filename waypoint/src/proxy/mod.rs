@@ -195,7 +195,8 @@ async fn serve(
             addr: ctx.target,
             workload,
         };
-        return forward_direct(ctx, req, rec, grpc, ep).await;
+        // Boxed: a rare path whose upstream call would otherwise add to every request's future.
+        return Box::pin(forward_direct(ctx, req, rec, grpc, ep)).await;
     };
 
     let view = RequestView {
@@ -275,7 +276,10 @@ async fn serve(
         parts: &parts,
         grpc,
     };
-    let result = until(deadline, attempts.run(body, &mut rec, &mut rng))
+    // Boxed: the attempts (upstream send, timers, backoff) are most of the
+    // request's state, and hyper moves the request future into a task per
+    // HTTP/2 stream; a pointer moves for free.
+    let result = until(deadline, Box::pin(attempts.run(body, &mut rec, &mut rng)))
         .await
         .unwrap_or(Err(Failure::Timeout));
     let latency = started.elapsed();
