@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use trellis_e2e::l7kit::{http1_request, http2_request, HttpServer};
+use trellis_e2e::l7kit::{grpc_say, http1_request, http2_request, GrpcServer, HttpServer};
 use trellis_e2e::mesh_kit::{use_waypoint, Mesh, T};
 use trellis_e2e::wait_until;
 
@@ -80,4 +80,24 @@ fn http1_and_http2_reach_endpoints_through_the_waypoint_with_the_callers_identit
         ) == 2.0
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", wp.metrics_text().unwrap(), wp.log()));
+}
+
+#[test]
+fn many_grpc_calls_share_the_waypoints_upstream_connection_without_goaway() {
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    // tonic ends each call with an empty DATA frame; the waypoint must not
+    // forward those, or the upstream h2 server sends GOAWAY after 100 of
+    // them on the pooled connection and calls in flight fail.
+    let m = mesh();
+    let _g1 = GrpcServer::start(Some(&m.netns("e1")), m.addr("e1", 8080), "e1").unwrap();
+    let _g2 = GrpcServer::start(Some(&m.netns("e2")), m.addr("e2", 8080), "e2").unwrap();
+    let dst = SocketAddr::new(vip(), 80);
+    let ns = m.netns("client");
+    for i in 0..250 {
+        let reply = grpc_say(Some(&ns), dst, &format!("call {i}"))
+            .unwrap_or_else(|s| panic!("call {i}: {s:?}\n{}", m.waypoint("wp").log()));
+        assert_eq!(reply.message, format!("call {i}"));
+    }
 }

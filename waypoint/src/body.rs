@@ -158,19 +158,37 @@ where
             }
             return Poll::Ready(None);
         }
-        let Some(incoming) = s.incoming.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(incoming).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                s.done = true;
-                s.incoming = None;
-                this.trailers_sent = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+        loop {
+            let Some(incoming) = s.incoming.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match Pin::new(&mut *incoming).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    s.done = true;
+                    s.incoming = None;
+                    this.trailers_sent = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            // Known ended now: say so with this frame (END_STREAM on it)
+            // rather than with an extra empty frame after it.
+            let ended = incoming.is_end_stream();
+            match frame.into_data() {
+                // Empty DATA frames carry nothing; forwarding them would
+                // spend the upstream's allowance for them (h2 servers send
+                // GOAWAY after 100 on a connection; gRPC clients end every
+                // call with one).
+                Ok(data) if data.is_empty() => {
+                    if ended {
+                        s.done = true;
+                        s.incoming = None;
+                        this.trailers_sent = true;
+                        return Poll::Ready(None);
+                    }
+                }
                 Ok(data) => {
                     let n = data.len() as u64;
                     s.total += n;
@@ -186,20 +204,27 @@ where
                             this.pos = s.chunks.len();
                         }
                     }
-                    Poll::Ready(Some(Ok(Frame::data(data))))
-                }
-                Err(frame) => match frame.into_trailers() {
-                    Ok(t) => {
-                        s.trailers = Some(t.clone());
+                    if ended {
                         s.done = true;
                         s.incoming = None;
                         this.trailers_sent = true;
-                        Poll::Ready(Some(Ok(Frame::trailers(t))))
                     }
-                    // Unknown frame kinds carry nothing we forward.
-                    Err(_) => Poll::Ready(None),
-                },
-            },
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Err(frame) => {
+                    return match frame.into_trailers() {
+                        Ok(t) => {
+                            s.trailers = Some(t.clone());
+                            s.done = true;
+                            s.incoming = None;
+                            this.trailers_sent = true;
+                            Poll::Ready(Some(Ok(Frame::trailers(t))))
+                        }
+                        // Unknown frame kinds carry nothing we forward.
+                        Err(_) => Poll::Ready(None),
+                    };
+                }
+            }
         }
     }
 
@@ -412,6 +437,33 @@ mod tests {
             "an early end would truncate the body"
         );
         assert!(again.collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn empty_data_frames_are_not_forwarded() {
+        // gRPC clients end a call with an empty DATA frame; passing such
+        // frames on spends the upstream h2 server's allowance (GOAWAY after 100).
+        let mut b = ReplayBody::new(chunks(&["", "abc", "", ""]), 1024);
+        let mut seen = Vec::new();
+        while let Some(f) = b.frame().await {
+            let data = f.unwrap().into_data().unwrap();
+            seen.push(data);
+        }
+        assert_eq!(seen, vec![Bytes::from_static(b"abc")]);
+        assert!(b.is_end_stream());
+        let again = b.replay().unwrap();
+        assert_eq!(collect(again).await, "abc");
+    }
+
+    #[tokio::test]
+    async fn a_body_known_to_end_says_so_with_its_last_frame() {
+        let mut b = ReplayBody::new(Full::new(Bytes::from_static(b"xyz")), 1024);
+        let f = b.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "xyz");
+        assert!(
+            b.is_end_stream(),
+            "END_STREAM belongs on the last DATA frame"
+        );
     }
 
     #[tokio::test]
