@@ -22,6 +22,7 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
 pub struct Summary {
     pub count: u64,
     pub p50_us: f64,
+    pub p90_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
@@ -37,6 +38,7 @@ impl Summary {
         Summary {
             count: h.len(),
             p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
             p99_us: us(h.value_at_quantile(0.99)),
             p999_us: us(h.value_at_quantile(0.999)),
             max_us: us(h.max()),
@@ -48,6 +50,7 @@ impl Summary {
         json!({
             "count": self.count,
             "p50_us": round2(self.p50_us),
+            "p90_us": round2(self.p90_us),
             "p99_us": round2(self.p99_us),
             "p999_us": round2(self.p999_us),
             "max_us": round2(self.max_us),

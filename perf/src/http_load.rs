@@ -180,13 +180,6 @@ fn one_request(s: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::io::Res
     Ok(read_response_blocking(s, buf)?.status)
 }
 
-/// Timer slack of the calling thread in ns: the default 50 µs would show up
-/// as send-time jitter in the open-loop schedule.
-fn set_timer_slack(ns: u64) {
-    // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and affects only this thread.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
-}
-
 struct ConnOutcome {
     hist: Histogram<u64>,
     ok: u64,
@@ -231,7 +224,7 @@ fn fixed_rate_threads(dst: SocketAddr, cfg: RateConfig) -> Result<RateResult> {
             .map(|(k, s)| {
                 let req = &req;
                 scope.spawn(move || {
-                    set_timer_slack(1_000);
+                    sys::set_timer_slack(1_000);
                     let mut out = ConnOutcome {
                         hist: hist::new_ns(),
                         ok: 0,

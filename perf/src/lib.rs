@@ -1,6 +1,7 @@
-//! Trellis benchmarks: direct pod-to-pod against Trellis over HBONE, on the
-//! network-namespace topology of `trellis-e2e`. The program is
-//! `trellis-bench` (src/bin); these modules are its reusable parts.
+//! Trellis benchmarks on the network-namespace topology of `trellis-e2e`:
+//! `trellis-bench` (direct pod-to-pod against Trellis over HBONE) and
+//! `trellis-l7-bench` (the waypoint against nginx, module [`l7`]); the
+//! programs are in src/bin, these modules are their reusable parts.
 //!
 //! * [`sys`]: CPU pinning, fd limit, running a closure on a pinned thread inside a netns.
 //! * [`topo`]: the topology, the mesh config and CA, the node proxies as child processes, their admin API.
@@ -11,13 +12,17 @@
 //! * [`conn_rate`]: one new TCP connection per HTTP request, closed-loop with fixed concurrency.
 //! * [`proc_stats`]: CPU time and RSS of processes from /proc.
 //! * [`report`]: result rows with targets, JSON and Markdown.
+//! * [`run`]: the run lock, waiting for idle CPUs, machine facts, writing results.
+//! * [`l7`]: the waypoint benchmark.
 
 pub mod conn_rate;
 pub mod hist;
 pub mod http_load;
+pub mod l7;
 pub mod latency;
 pub mod proc_stats;
 pub mod report;
+pub mod run;
 pub mod servers;
 pub mod sys;
 pub mod throughput;

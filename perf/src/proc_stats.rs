@@ -32,6 +32,17 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
     Ok((num(11)? + num(12)?) / clock_ticks())
 }
 
+/// utime + stime of every process on the machine (kernel threads included),
+/// by PID; processes that vanish while being read are left out.
+pub fn cpu_seconds_by_pid() -> std::collections::HashMap<u32, f64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, cpu_seconds(pid).ok()?)))
+        .collect()
+}
+
 /// Summed CPU seconds of several processes.
 pub fn cpu_seconds_sum(pids: &[u32]) -> io::Result<f64> {
     pids.iter().map(|&p| cpu_seconds(p)).sum()

@@ -47,6 +47,13 @@ pub fn on_pinned_thread<T: Send + 'static>(
     h.join().map_err(|_| anyhow!("thread {name} panicked"))?
 }
 
+/// Timer slack of the calling thread in ns: the default 50 µs would show up
+/// as send-time jitter in an open-loop schedule.
+pub fn set_timer_slack(ns: u64) {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and affects only this thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+}
+
 /// A current-thread tokio runtime with IO and timers.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()

@@ -24,7 +24,8 @@ pub struct BenchTopo {
     dir: tempfile::TempDir,
 }
 
-fn workload(uid: &str, sa: &str, ip: std::net::IpAddr, node: &str) -> String {
+/// One HBONE workload of namespace [`NAMESPACE`] in `mesh.yaml`, as YAML list item.
+pub fn workload(uid: &str, sa: &str, ip: std::net::IpAddr, node: &str) -> String {
     format!(
         "  - uid: {uid}\n    name: {uid}\n    namespace: {NAMESPACE}\n    serviceAccount: {sa}\n    addresses: [{ip}]\n    node: {node}\n    protocol: HBONE\n"
     )
@@ -34,33 +35,47 @@ impl BenchTopo {
     /// Builds the namespaces, writes `mesh.yaml` (every pod an HBONE workload,
     /// no policies: all allowed) and the dev CA.
     pub fn build(extra_pods: usize) -> Result<BenchTopo> {
+        let extra_names: Vec<String> = (1..=extra_pods).map(|i| format!("extra{i}")).collect();
+        let extra: Vec<(&str, &str)> = extra_names.iter().map(|n| ("node1", n.as_str())).collect();
+        BenchTopo::build_with(&extra, |client, server, extra| {
+            let mut yaml = String::from("workloads:\n");
+            yaml += &workload("client", "client", client.ip, "node1");
+            yaml += &workload("server", "server", server.ip, "node2");
+            for p in extra {
+                yaml += &workload(&p.name, "extra", p.ip, "node1");
+            }
+            yaml
+        })
+    }
+
+    /// Builds the namespaces (client pod on node1, server pod on node2, and
+    /// `extra` pods as (node, name)), writes `mesh.yaml` as `config` renders
+    /// it from the built pods, and the dev CA.
+    pub fn build_with(
+        extra: &[(&str, &str)],
+        config: impl FnOnce(&Pod, &Pod, &[Pod]) -> String,
+    ) -> Result<BenchTopo> {
         let mut b = Topology::builder()
             .node("node1")
             .node("node2")
             .pod("node1", "client")
             .pod("node2", "server");
-        let extra_names: Vec<String> = (1..=extra_pods).map(|i| format!("extra{i}")).collect();
-        for n in &extra_names {
-            b = b.pod("node1", n);
+        for (node, name) in extra {
+            b = b.pod(node, name);
         }
         let topo = b.build().context("building the netns topology")?;
         let get = |n: &str| topo.pod(n).cloned().ok_or_else(|| anyhow!("no pod {n}"));
         let client = get("client")?;
         let server = get("server")?;
-        let extra = extra_names
+        let extra = extra
             .iter()
-            .map(|n| get(n))
+            .map(|(_, n)| get(n))
             .collect::<Result<Vec<_>>>()?;
         let dir = tempfile::Builder::new()
             .prefix("trellis-bench-")
             .tempdir()
             .context("creating the bench temp dir")?;
-        let mut yaml = String::from("workloads:\n");
-        yaml += &workload("client", "client", client.ip, "node1");
-        yaml += &workload("server", "server", server.ip, "node2");
-        for p in &extra {
-            yaml += &workload(&p.name, "extra", p.ip, "node1");
-        }
+        let yaml = config(&client, &server, &extra);
         std::fs::write(dir.path().join("mesh.yaml"), yaml).context("writing mesh.yaml")?;
         hbone::DevCa::generate(TRUST_DOMAIN)
             .context("generating the dev CA")?
@@ -73,6 +88,14 @@ impl BenchTopo {
             extra,
             dir,
         })
+    }
+
+    /// An extra pod by name.
+    pub fn extra_pod(&self, name: &str) -> Result<&Pod> {
+        self.extra
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| anyhow!("no extra pod {name}"))
     }
 
     pub fn dir(&self) -> &Path {
@@ -303,15 +326,22 @@ pub fn wait_listening(ns: &NetNs, port: u16, timeout: Duration) -> Result<()> {
 
 /// `trellis-node-proxy` next to this executable (target/release when run with cargo).
 pub fn proxy_binary() -> Result<PathBuf> {
+    sibling_binary("trellis-node-proxy", "trellis-node-proxy")
+}
+
+/// The binary `name` of `package` next to this executable; the bench runs the
+/// binaries from its own target dir, so a stale or missing one is an error
+/// that names the build command.
+pub fn sibling_binary(name: &str, package: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the bench executable")?;
     let bin = exe
         .parent()
         .ok_or_else(|| anyhow!("executable has no parent dir"))?
-        .join("trellis-node-proxy");
+        .join(name);
     if !bin.is_file() {
         bail!(
-            "{} is missing: build it first with `cargo build --release -p trellis-node-proxy` \
-             (the bench runs the proxy binary from its own target dir)",
+            "{} is missing: build it first with `cargo build --release -p {package}` \
+             (the bench runs it from its own target dir)",
             bin.display()
         );
     }

@@ -9,7 +9,7 @@
 //! See perf/README.md for what is measured and how.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,7 @@ use trellis_perf::http_load::{self, RateConfig};
 use trellis_perf::latency::{self, PingPong};
 use trellis_perf::proc_stats::{self, BusyMeter, CpuMeter};
 use trellis_perf::report::{self, PathResults, ProxyCosts, ServerCpu};
+use trellis_perf::run::{self, cpu_model, git_rev, read_trim, say, write_results};
 use trellis_perf::servers::{EchoServer, Iperf3Server, Nginx};
 use trellis_perf::topo::{self, BenchTopo, NodeProxy};
 use trellis_perf::{sys, throughput, LOADGEN_CPU, SERVER_CPU};
@@ -188,36 +189,6 @@ impl Drop for Attached {
     }
 }
 
-fn say(msg: impl AsRef<str>) {
-    eprintln!("[trellis-bench] {}", msg.as_ref());
-}
-
-fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_default()
-}
-
-fn git_rev() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
 /// The four load phases on one path (direct or Trellis). `proxies` empty: direct.
 fn run_path(
     o: &Opts,
@@ -359,64 +330,6 @@ fn run_path(
     })
 }
 
-/// Two benchmarks at once on a 2-CPU machine measure each other: hold an
-/// exclusive lock for the whole run (waits up to 10 minutes for another run).
-fn run_lock() -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = "/run/lock/trellis-bench.lock";
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {path}"))?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut said = false;
-    loop {
-        // SAFETY: plain syscall on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(f);
-        }
-        if !said {
-            say(format!(
-                "another trellis-bench holds {path}; waiting for it"
-            ));
-            said = true;
-        }
-        if Instant::now() > deadline {
-            bail!("another trellis-bench held {path} for 10 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// Waits (at most 20 s) until both CPUs are nearly idle for half a second:
-/// the kernel tears down a previous run's namespaces in the background
-/// (kworkers), which otherwise lands in the direct phase of a run started
-/// right after another.
-fn settle() {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m0 = BusyMeter::start(LOADGEN_CPU);
-        let m1 = BusyMeter::start(SERVER_CPU);
-        std::thread::sleep(Duration::from_millis(500));
-        let busy = match (m0.and_then(|m| m.elapsed()), m1.and_then(|m| m.elapsed())) {
-            (Ok(a), Ok(b)) => a.max(b) / 0.5,
-            _ => return,
-        };
-        if busy < 0.10 {
-            return;
-        }
-        if Instant::now() > deadline {
-            say(format!(
-                "CPUs still {:.0}% busy after 20 s; measuring anyway (see loadavg in the notes)",
-                busy * 100.0
-            ));
-            return;
-        }
-    }
-}
-
 fn rss_of(p: &NodeProxy) -> Result<u64> {
     proc_stats::rss_kib(p.pid).with_context(|| format!("reading the {} proxy's RSS", p.node))
 }
@@ -440,7 +353,7 @@ fn main() -> Result<()> {
         topo::require_tool(tool, pkg)?;
     }
     let proxy_bin = topo::proxy_binary()?;
-    let _lock = run_lock()?;
+    let _lock = run::lock()?;
     // The orchestrating thread and everything it starts default to the load CPU;
     // servers and proxies are pinned to the server CPU explicitly.
     sys::pin_current_thread(LOADGEN_CPU)?;
@@ -473,7 +386,7 @@ fn main() -> Result<()> {
         idle_conns: o.idle_conns,
         ..Default::default()
     };
-    settle();
+    run::settle();
     let direct = run_path(&o, &bt, "direct", &mut [], &mut costs)?;
 
     say("starting the node proxies (shared mode, --workers 1, pinned to CPU 1)");
@@ -628,15 +541,5 @@ fn main() -> Result<()> {
     println!("{md}");
     drop(proxies);
     drop(echo);
-    Ok(())
-}
-
-fn write_results(dir: &Path, stem: &str, doc: &serde_json::Value, md: &str) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let j = dir.join(format!("{stem}.json"));
-    let m = dir.join(format!("{stem}.md"));
-    std::fs::write(&j, serde_json::to_string_pretty(doc)? + "\n")?;
-    std::fs::write(&m, md)?;
-    say(format!("wrote {} and {}", j.display(), m.display()));
     Ok(())
 }

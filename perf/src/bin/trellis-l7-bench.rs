@@ -1,0 +1,440 @@
+//! trellis-l7-bench: the Trellis waypoint against nginx as a plain reverse
+//! proxy, for HTTP/1.1, HTTP/2 and gRPC unary, on one netns topology, the
+//! same cores, upstream servers and load.
+//!
+//! ```text
+//! cargo build --release -p trellis-perf -p trellis-waypoint -p trellis-node-proxy
+//! cargo run --release -p trellis-perf --bin trellis-l7-bench -- [--quick] [--out perf/results]
+//! ```
+//!
+//! See perf/README.md ("Waypoint against nginx") for what is measured and how.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use trellis_perf::l7::bench::{Bench, Path};
+use trellis_perf::l7::client::Proto;
+use trellis_perf::l7::load::{self, LoadResult, MaxConfig, RateConfig};
+use trellis_perf::l7::mesh::{L7Topo, WaypointProc};
+use trellis_perf::l7::nginx::{self, NginxProxy};
+use trellis_perf::l7::profile::{self, Profile};
+use trellis_perf::l7::report::{self, ProtoResults, ProxyRuns};
+use trellis_perf::l7::servers::{Listen, Upstreams};
+use trellis_perf::l7::{GRPC_PORT, HTTP_PORT, LOAD_CPU, PROXY_CPU};
+use trellis_perf::run::{self, cpu_model, git_rev, read_trim, say};
+use trellis_perf::sys;
+use trellis_perf::topo;
+
+#[derive(Debug, Clone)]
+struct Opts {
+    quick: bool,
+    out: PathBuf,
+    profile: bool,
+    /// Keep the perf.data files here (default: a temp dir, removed).
+    profile_dir: Option<PathBuf>,
+    protocols: Vec<Proto>,
+    /// Runs of every measurement, pooled.
+    repeat: usize,
+    rate: RateConfig,
+    max: MaxConfig,
+    profile_secs: f64,
+}
+
+fn usage() -> &'static str {
+    "usage: trellis-l7-bench [--quick] [--out DIR] [--protocols LIST] [--repeat N] [--profile | --no-profile]\n\
+     \n  --quick         short runs, once each, no profile (about 40 s instead of about 6 minutes)\
+     \n  --out DIR       where l7-latest.{json,md} (l7-quick.{json,md} with --quick) go; default perf/results\
+     \n  --protocols L   comma-separated subset of http1,http2,grpc (default: all)\
+     \n  --repeat N      run every measurement N times and pool them (default 2; 1 with --quick)\
+     \n  --profile       after the measured runs, perf record the waypoint (and nginx) under max load (default for full runs)\
+     \n  --no-profile    skip that\
+     \n  --profile-dir D keep the perf.data files in D (default: removed after summarising)\n"
+}
+
+fn parse_args() -> Result<Opts> {
+    let mut quick = false;
+    let mut out = PathBuf::from("perf/results");
+    let mut profile = None;
+    let mut profile_dir = None;
+    let mut protocols = Proto::ALL.to_vec();
+    let mut repeat = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--out" => {
+                out = args
+                    .next()
+                    .map(PathBuf::from)
+                    .with_context(|| format!("--out needs a value\n{}", usage()))?
+            }
+            "--protocols" => {
+                let list = args
+                    .next()
+                    .with_context(|| format!("--protocols needs a value\n{}", usage()))?;
+                protocols = list
+                    .split(',')
+                    .map(|k| {
+                        Proto::ALL
+                            .into_iter()
+                            .find(|p| p.key() == k.trim())
+                            .with_context(|| format!("unknown protocol {k:?}\n{}", usage()))
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--repeat" => {
+                repeat = Some(
+                    args.next()
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .filter(|n| (1..=10).contains(n))
+                        .with_context(|| {
+                            format!("--repeat needs a number from 1 to 10\n{}", usage())
+                        })?,
+                )
+            }
+            "--profile" => profile = Some(true),
+            "--profile-dir" => {
+                profile_dir = Some(
+                    args.next()
+                        .map(PathBuf::from)
+                        .with_context(|| format!("--profile-dir needs a value\n{}", usage()))?,
+                );
+                profile = Some(true);
+            }
+            "--no-profile" => profile = Some(false),
+            "-h" | "--help" => {
+                print!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{}", usage()),
+        }
+    }
+    let secs = |full: f64, q: f64| Duration::from_secs_f64(if quick { q } else { full });
+    Ok(Opts {
+        quick,
+        out,
+        profile: profile.unwrap_or(!quick),
+        profile_dir,
+        protocols,
+        repeat: repeat.unwrap_or(if quick { 1 } else { 2 }),
+        rate: RateConfig {
+            rate: 2_000.0,
+            duration: secs(10.0, 2.0),
+            conns: 8,
+            warmup: 20,
+            timeout: Duration::from_secs(2),
+        },
+        max: MaxConfig {
+            concurrency: 32,
+            conns: 4,
+            warmup: secs(1.0, 0.5),
+            duration: secs(5.0, 2.0),
+            timeout: Duration::from_secs(2),
+            max_requests: 5_000_000,
+        },
+        profile_secs: 4.0,
+    })
+}
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    if !trellis_e2e::require_root() {
+        bail!("trellis-l7-bench needs root (network namespaces, nftables)");
+    }
+    let cpus = sys::allowed_cpus();
+    if !cpus.contains(&LOAD_CPU) || !cpus.contains(&PROXY_CPU) {
+        bail!("needs CPUs {LOAD_CPU} and {PROXY_CPU}; allowed: {cpus:?}");
+    }
+    for (tool, pkg) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("nginx", "nginx-light"),
+        ("taskset", "util-linux"),
+    ] {
+        topo::require_tool(tool, pkg)?;
+    }
+    if o.profile {
+        topo::require_tool("perf", "linux-perf")?;
+    }
+    let proxy_bin = topo::proxy_binary()?;
+    // Another build can be measured on the same setup (an experiment's
+    // binary); the report names the binary used.
+    let waypoint_bin = match std::env::var_os("TRELLIS_WAYPOINT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => topo::sibling_binary("trellis-waypoint", "trellis-waypoint")?,
+    };
+    let _lock = run::lock()?;
+    sys::pin_current_thread(LOAD_CPU)?;
+    let nofile = sys::raise_nofile()?;
+    let load_start = read_trim("/proc/loadavg");
+    let started = Instant::now();
+    say(format!(
+        "binaries {} and {}; open files limit {nofile}; loadavg {load_start}",
+        waypoint_bin.display(),
+        proxy_bin.display()
+    ));
+
+    let t = L7Topo::build()?;
+    say(format!(
+        "topology {}: client {} / plainclient {} on node1; server {} / plainserver {} / proxy {} on node2",
+        t.bt.topo.prefix(),
+        t.bt.client.ip,
+        t.plain_client.ip,
+        t.bt.server.ip,
+        t.plain_server.ip,
+        t.proxy.ip
+    ));
+    let server_ns = t.bt.server.netns()?;
+    let plain_server_ns = t.plain_server.netns()?;
+    let listen = |ns, ip| Listen {
+        ns,
+        http: std::net::SocketAddr::new(ip, HTTP_PORT),
+        grpc: std::net::SocketAddr::new(ip, GRPC_PORT),
+    };
+    let upstreams = Upstreams::start(
+        &[
+            listen(&server_ns, t.bt.server.ip),
+            listen(&plain_server_ns, t.plain_server.ip),
+        ],
+        LOAD_CPU,
+    )?;
+    let support = nginx::probe(&t)?;
+    for (p, why) in &support {
+        if let Some(why) = why {
+            say(format!(
+                "nginx does not support the {} mode: {why}",
+                p.label()
+            ));
+        }
+    }
+    let nginx = NginxProxy::start(&t, &support, PROXY_CPU)?;
+    say("starting the node proxies (--workers 1, CPU 0) and the waypoint (--workers 1, CPU 1)");
+    let proxies = vec![
+        t.bt.start_proxy(&proxy_bin, "node1", &t.bt.client, LOAD_CPU)?,
+        t.bt.start_proxy(&proxy_bin, "node2", &t.bt.server, LOAD_CPU)?,
+    ];
+    let waypoint = WaypointProc::start(&t, &waypoint_bin, PROXY_CPU)?;
+    let mut b = Bench {
+        rate: o.rate,
+        max: o.max,
+        client_ns: t.bt.client.netns()?,
+        plain_ns: t.plain_client.netns()?,
+        t,
+        upstreams,
+        nginx,
+        support,
+        proxies,
+        waypoint,
+    };
+    let mut notes_checks = b.verify().map_err(|e| b.with_logs(e))?;
+
+    // Each (protocol, path, phase) runs `repeat` times; the repetitions are
+    // pooled (see LoadResult::pool) and each one's figures are kept.
+    let mut got: BTreeMap<(Proto, &'static str, bool), Vec<LoadResult>> = BTreeMap::new();
+    for rep in 0..o.repeat {
+        for (i, proto) in o.protocols.iter().copied().enumerate() {
+            // On a shared machine, wait out other work (a build) first.
+            let first = rep == 0 && i == 0;
+            run::settle_within(Duration::from_secs(if first { 120 } else { 30 }));
+            let nginx_ok = b.support[&proto].is_none();
+            // Alternate which proxy goes first, so a slow drift of the
+            // machine does not always favour the same one.
+            let order: Vec<Path> = match (nginx_ok, (i + rep) % 2 == 0) {
+                (false, _) => vec![Path::Waypoint],
+                (true, true) => vec![Path::Nginx, Path::Waypoint],
+                (true, false) => vec![Path::Waypoint, Path::Nginx],
+            };
+            for &p in &order {
+                let r = b.run(p, proto, false)?;
+                got.entry((proto, p.label(), false)).or_default().push(r);
+            }
+            let r = b.run(Path::L4, proto, false)?;
+            got.entry((proto, Path::L4.label(), false))
+                .or_default()
+                .push(r);
+            for &p in &order {
+                let r = b.run(p, proto, true)?;
+                got.entry((proto, p.label(), true)).or_default().push(r);
+            }
+        }
+    }
+    let pooled = |proto: Proto, p: Path, max: bool| {
+        got.get(&(proto, p.label(), max))
+            .map(|v| LoadResult::pool(v))
+    };
+    let mut results = Vec::new();
+    for proto in o.protocols.iter().copied() {
+        let runs = |p: Path| -> Option<ProxyRuns> {
+            Some(ProxyRuns {
+                fixed: pooled(proto, p, false)?,
+                max: pooled(proto, p, true)?,
+            })
+        };
+        results.push(ProtoResults {
+            proto,
+            nginx: runs(Path::Nginx).ok_or_else(|| b.support[&proto].clone().unwrap_or_default()),
+            waypoint: runs(Path::Waypoint).context("no waypoint runs")?,
+            l4: pooled(proto, Path::L4, false).context("no mesh L4 run")?,
+        });
+    }
+
+    let mut profiles: Vec<(String, Profile)> = Vec::new();
+    if o.profile {
+        let tmp = tempfile::Builder::new()
+            .prefix("trellis-l7-profile-")
+            .tempdir()?;
+        let dir = o
+            .profile_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().to_path_buf());
+        std::fs::create_dir_all(&dir)?;
+        let mut todo: Vec<(Path, Proto)> =
+            o.protocols.iter().map(|&p| (Path::Waypoint, p)).collect();
+        if o.protocols.contains(&Proto::Http1) && b.support[&Proto::Http1].is_none() {
+            todo.push((Path::Nginx, Proto::Http1));
+        }
+        for (path, proto) in todo {
+            let name = format!("{} {} at max rate", path.label(), proto.label());
+            say(format!(
+                "profiling {name} ({:.0} s, perf record, DWARF call graphs)",
+                o.profile_secs
+            ));
+            let data = dir.join(format!("{}-{}.perf.data", path.label(), proto.key()));
+            let pid = b.watch(path).proxy[0];
+            let mut cfg = o.max;
+            // Every request counts: perf stat runs over the whole load.
+            cfg.warmup = Duration::ZERO;
+            cfg.duration = Duration::from_secs_f64(o.profile_secs);
+            let target = b.target(path, proto);
+            let (ns, watch) = (b.ns(path).try_clone()?, b.watch(path));
+            let (r, counts) = profile::record(pid, &data, || {
+                load::max_rate(&ns, LOAD_CPU, &target, cfg, &watch)
+            })?;
+            b.check_alive()?;
+            say("  summarising (perf report)");
+            let mut p = profile::summarize(&data, 25)?;
+            let requests = (r.ok + r.errors).max(1) as f64;
+            p.per_request = counts
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(e, n)| (e, n as f64 / requests))
+                .collect();
+            p.per_request.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let measured = results
+                .iter()
+                .find(|r| r.proto == proto)
+                .and_then(|r| match path {
+                    Path::Waypoint => Some(&r.waypoint),
+                    Path::Nginx => r.nginx.as_ref().ok(),
+                    Path::L4 => None,
+                });
+            p.cpu_us_per_request = measured.map(|m| m.max.proxy_us_per_req()).unwrap_or(0.0);
+            profiles.push((name, p));
+        }
+    }
+
+    let rows: Vec<report::Row> = results
+        .iter()
+        .flat_map(|r| report::rows(r, o.rate.rate, o.max.concurrency))
+        .collect();
+    let load_end = read_trim("/proc/loadavg");
+    let mode = if o.quick { "quick" } else { "full" };
+    let unsupported: Vec<String> = b
+        .support
+        .iter()
+        .filter_map(|(p, why)| why.as_ref().map(|w| format!("{}: {w}", p.label())))
+        .collect();
+    let mut notes = vec![
+        format!(
+            "run: {mode}, {} UTC epoch, git {}, took {:.0} s",
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            git_rev(),
+            started.elapsed().as_secs_f64()
+        ),
+        format!("machine: {} ({} CPUs allowed), kernel {}", cpu_model(), cpus.len(), read_trim("/proc/sys/kernel/osrelease")),
+        format!("loadavg at start {load_start}; at end {load_end}"),
+        format!("waypoint binary: {}", waypoint_bin.display()),
+        format!(
+            "uncommitted changes in the tree the binaries were built from: {}",
+            match run::git_dirty_files() {
+                f if f.is_empty() => "none".to_string(),
+                f => f.join(", "),
+            }
+        ),
+        format!(
+            "pinning: the proxy under test alone on CPU {PROXY_CPU} (trellis-waypoint --workers 1, or nginx with worker_processes 1 and no master); load generator, upstream servers and both node proxies (--workers 1) on CPU {LOAD_CPU}"
+        ),
+        "waypoint path: client pod → node1 proxy (capture) → HBONE mTLS → waypoint pod (L7 policy ALLOW on the client's principal, HTTPRoute / GRPCRoute with a header filter, Istio metrics) → HBONE mTLS → node2 proxy → server; nginx path: plain client pod → nginx (proxy pod) → plain server pod, cleartext; mesh L4: client → node1 proxy → HBONE → node2 proxy → server, no waypoint (reference)".into(),
+        format!(
+            "load, each run {} time(s) and pooled (counts, CPU and time summed, latency histograms merged; per-run figures in brackets): open loop at {:.0} req/s for {:.0} s over {} connections, one request in flight per connection, latency from each request's scheduled time (no coordinated omission), after {} warm-up requests per connection; closed loop with {} requests in flight ({} connections for HTTP/1.1, {} multiplexed connections for HTTP/2 and gRPC), {:.0} s measured after {:.1} s of warm-up; responses of {} B (HTTP body, gRPC payload) checked on every call",
+            o.repeat, o.rate.rate, o.rate.duration.as_secs_f64(), o.rate.conns, o.rate.warmup,
+            o.max.concurrency, o.max.concurrency, o.max.conns, o.max.duration.as_secs_f64(), o.max.warmup.as_secs_f64(),
+            trellis_perf::l7::BODY_BYTES
+        ),
+        "CPU: utime+stime of the proxy process from /proc/<pid>/stat over exactly the measured window; requests per proxy CPU-second = requests answered / that CPU time. It includes the kernel work the proxy's own syscalls do (on veth, a send also runs the receiver's network stack on the sender's CPU)".into(),
+        format!(
+            "nginx {} as configured: HTTP/2 downstream is proxied to the upstream over HTTP/1.1 keep-alive (proxy_pass cannot speak HTTP/2 upstream); gRPC via grpc_pass over HTTP/2; upstream keepalive 64; access_log off. The waypoint keeps HTTP/2 end to end and adds x-request-id / traceparent. Unsupported nginx modes: {}",
+            nginx::version(),
+            if unsupported.is_empty() { "none".to_string() } else { unsupported.join("; ") }
+        ),
+    ];
+    notes.append(&mut notes_checks);
+    let routed: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            let mut v = vec![(format!("waypoint {}", r.proto.label()), &r.waypoint.fixed)];
+            if let Ok(n) = &r.nginx {
+                v.push((format!("nginx {}", r.proto.label()), &n.fixed));
+            }
+            v
+        })
+        .map(|(n, l)| format!("{n} {}/{}", l.upstream_routed, l.upstream_seen))
+        .collect();
+    notes.push(format!(
+        "upstream requests carrying the route's header during the fixed-rate runs (routed/seen): {}",
+        routed.join(", ")
+    ));
+    if o.profile {
+        notes.push("profiles: taken after the measured runs (perf record -e cpu-clock -F 999 --call-graph dwarf on the proxy's PID, closed loop), so they do not perturb the numbers above".into());
+    }
+    let analysis: Vec<String> = profiles
+        .iter()
+        .map(|(name, p)| format!("{name}: {}", p.breakdown()))
+        .collect();
+    let title = format!("Trellis waypoint vs nginx ({mode} run)");
+    let md = report::markdown(&title, &notes, &rows, &profiles, &analysis);
+    let doc = json!({
+        "title": title,
+        "mode": mode,
+        "notes": notes,
+        "git": git_rev(),
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+        "pinning": {"proxy_under_test_cpu": PROXY_CPU, "load_servers_node_proxies_cpu": LOAD_CPU, "waypoint_workers": 1, "nginx_worker_processes": 1},
+        "parameters": {
+            "repeat": o.repeat,
+            "rate": o.rate.rate, "rate_secs": o.rate.duration.as_secs_f64(), "rate_conns": o.rate.conns,
+            "rate_warmup_per_conn": o.rate.warmup,
+            "max_concurrency": o.max.concurrency, "max_multiplexed_conns": o.max.conns,
+            "max_secs": o.max.duration.as_secs_f64(), "max_warmup_secs": o.max.warmup.as_secs_f64(),
+            "body_bytes": trellis_perf::l7::BODY_BYTES,
+        },
+        "nginx_version": nginx::version(),
+        "nginx_unsupported": unsupported,
+        "results": results.iter().map(|r| (r.proto.key().to_string(), r.to_json())).collect::<serde_json::Map<_, _>>(),
+        "profiles": profiles.iter().map(|(n, p)| json!({"name": n, "profile": p.to_json()})).collect::<Vec<_>>(),
+        "rows": report::rows_json(&rows),
+    });
+    run::write_results(
+        &o.out,
+        if o.quick { "l7-quick" } else { "l7-latest" },
+        &doc,
+        &md,
+    )?;
+    println!("{md}");
+    drop(b);
+    Ok(())
+}

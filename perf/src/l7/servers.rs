@@ -1,0 +1,181 @@
+//! The upstream servers both proxies forward to: a hyper HTTP/1.1 + HTTP/2
+//! (prior knowledge) server answering every request with a fixed
+//! [`BODY_BYTES`] body, and the tonic gRPC [`EchoService`]. One instance
+//! serves every listener it is given (one per server pod), on one
+//! current-thread runtime on one pinned thread, so the nginx path and the
+//! waypoint path reach literally the same server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::sync::oneshot;
+use tonic::transport::server::TcpIncoming;
+use trellis_node_proxy::netns::{self, ListenOpts, NetNs};
+
+use super::grpc::EchoService;
+use super::{BODY_BYTES, ROUTE_HEADER};
+use crate::sys;
+
+static BODY: [u8; BODY_BYTES] = [b'x'; BODY_BYTES];
+
+/// Where the servers listen: one (HTTP, gRPC) address pair per netns.
+pub struct Listen<'a> {
+    pub ns: &'a NetNs,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// Requests the servers answered, and how many carried the header that
+/// both proxies' routes add ([`super::ROUTE_HEADER`]): proof that the
+/// traffic went through a proxy's route.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub http: AtomicU64,
+    pub http_routed: AtomicU64,
+    pub grpc: AtomicU64,
+    pub grpc_routed: AtomicU64,
+}
+
+impl Counts {
+    /// (http, http routed, grpc, grpc routed).
+    pub fn get(&self) -> [u64; 4] {
+        [
+            self.http.load(Ordering::Relaxed),
+            self.http_routed.load(Ordering::Relaxed),
+            self.grpc.load(Ordering::Relaxed),
+            self.grpc_routed.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// The running servers; stopped (and their connections closed) on drop.
+pub struct Upstreams {
+    counts: Arc<Counts>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Upstreams {
+    /// Binds every listener here (errors are returned, not logged on the
+    /// server thread), then serves them all from one thread pinned to `cpu`.
+    pub fn start(listen: &[Listen<'_>], cpu: usize) -> Result<Upstreams> {
+        let opts = ListenOpts {
+            backlog: 4096,
+            ..Default::default()
+        };
+        let mut http = Vec::new();
+        let mut grpc = Vec::new();
+        for l in listen {
+            http.push(
+                netns::tcp_listener(Some(l.ns), l.http, opts)
+                    .with_context(|| format!("http server: listening on {}", l.http))?,
+            );
+            grpc.push(
+                netns::tcp_listener(Some(l.ns), l.grpc, opts)
+                    .with_context(|| format!("grpc server: listening on {}", l.grpc))?,
+            );
+        }
+        let rt = sys::runtime()?;
+        let counts = Arc::new(Counts::default());
+        let count = counts.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-upstream".into())
+            .spawn(move || {
+                if let Err(e) = sys::pin_current_thread(cpu) {
+                    eprintln!("upstream servers: cannot pin to CPU {cpu}: {e}");
+                }
+                rt.block_on(async move {
+                    for l in http {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => drop(tokio::spawn(serve_http(l, count.clone()))),
+                            Err(e) => eprintln!("http server: {e}"),
+                        }
+                    }
+                    for l in grpc {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => drop(tokio::spawn(serve_grpc(l, count.clone()))),
+                            Err(e) => eprintln!("grpc server: {e}"),
+                        }
+                    }
+                    // Dropping the runtime afterwards cancels every task and closes the sockets.
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Upstreams {
+            counts,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+impl Drop for Upstreams {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve_http(l: tokio::net::TcpListener, count: Arc<Counts>) {
+    loop {
+        let stream = match l.accept().await {
+            Ok((s, _)) => s,
+            // E.g. EMFILE: back off rather than spin.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let count = count.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                count.http.fetch_add(1, Ordering::Relaxed);
+                if req.headers().get(ROUTE_HEADER.0).map(|v| v.as_bytes())
+                    == Some(ROUTE_HEADER.1.as_bytes())
+                {
+                    count.http_routed.fetch_add(1, Ordering::Relaxed);
+                }
+                async move {
+                    let mut resp = Response::new(Full::new(Bytes::from_static(&BODY)));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn serve_grpc(l: tokio::net::TcpListener, counts: Arc<Counts>) {
+    let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+    if let Err(e) = tonic::transport::Server::builder()
+        .add_service(EchoService { counts })
+        .serve_with_incoming(incoming)
+        .await
+    {
+        eprintln!("grpc server stopped: {e}");
+    }
+}

@@ -1,0 +1,164 @@
+//! What every benchmark run does around its measurements: one run at a time
+//! (a lock), waiting for idle CPUs, describing the machine, writing results.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::proc_stats::cpu_seconds_by_pid;
+
+/// Where the exclusive run lock lives (`flock`); wrap manual sessions with
+/// `flock /run/lock/trellis-bench.lock ...` too.
+pub const LOCK_PATH: &str = "/run/lock/trellis-bench.lock";
+
+/// Progress line on stderr, tagged with the program's name.
+pub fn say(msg: impl AsRef<str>) {
+    let name = std::env::args()
+        .next()
+        .as_deref()
+        .and_then(|a| {
+            Path::new(a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "bench".into());
+    eprintln!("[{name}] {}", msg.as_ref());
+}
+
+/// Two benchmarks at once on a 2-CPU machine measure each other: hold an
+/// exclusive lock for the whole run (waits up to 10 minutes for another run).
+pub fn lock() -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_PATH)
+        .with_context(|| format!("opening {LOCK_PATH}"))?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut said = false;
+    loop {
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        if !said {
+            say(format!(
+                "another benchmark holds {LOCK_PATH}; waiting for it"
+            ));
+            said = true;
+        }
+        if Instant::now() > deadline {
+            bail!("another benchmark held {LOCK_PATH} for 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits (at most 20 s) until the machine is nearly idle for half a second:
+/// the kernel tears down a previous run's namespaces in the background
+/// (kworkers), which otherwise lands in the first phase of a run started
+/// right after another.
+pub fn settle() {
+    settle_within(Duration::from_secs(20));
+}
+
+/// [`settle`] with another bound, e.g. to wait out a build on a shared
+/// machine. "Idle": every process but this one (kernel threads included)
+/// used under 10% of one CPU over half a second. Process times, not
+/// `/proc/stat`, whose per-CPU busy time is tick-sampled and misses the
+/// short bursts of a mostly idle CPU.
+pub fn settle_within(max: Duration) {
+    let me = std::process::id();
+    let others = || -> HashMap<u32, f64> {
+        let mut m = cpu_seconds_by_pid();
+        m.remove(&me);
+        m
+    };
+    let deadline = Instant::now() + max;
+    loop {
+        let a = others();
+        std::thread::sleep(Duration::from_millis(500));
+        let b = others();
+        let used: f64 = b
+            .iter()
+            .map(|(pid, t)| (t - a.get(pid).copied().unwrap_or(0.0)).max(0.0))
+            .sum();
+        let busy = used / 0.5;
+        if busy < 0.10 {
+            return;
+        }
+        if Instant::now() > deadline {
+            say(format!(
+                "other processes still use {:.0}% of a CPU after {max:?}; measuring anyway (see the noise figures and loadavg)",
+                busy * 100.0
+            ));
+            return;
+        }
+    }
+}
+
+/// A small file's content, trimmed ("" if unreadable).
+pub fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default()
+}
+
+/// Short hash of HEAD, with "+dirty" when the work tree has changes.
+pub fn git_rev() -> String {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let rev = out(&["rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    match out(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) if !s.is_empty() && !rev.is_empty() => format!("{rev}+dirty"),
+        _ => rev,
+    }
+}
+
+/// Tracked files with uncommitted changes (`git status`), so a report says
+/// what "+dirty" means.
+pub fn git_dirty_files() -> Vec<String> {
+    Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.get(3..).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes `<stem>.json` and `<stem>.md` into `dir`.
+pub fn write_results(dir: &Path, stem: &str, doc: &serde_json::Value, md: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let j = dir.join(format!("{stem}.json"));
+    let m = dir.join(format!("{stem}.md"));
+    std::fs::write(&j, serde_json::to_string_pretty(doc)? + "\n")?;
+    std::fs::write(&m, md)?;
+    say(format!("wrote {} and {}", j.display(), m.display()));
+    Ok(())
+}
