@@ -21,6 +21,7 @@ pub mod drain;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod startup;
 pub mod state;
 pub mod watch;
 

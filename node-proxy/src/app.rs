@@ -15,7 +15,8 @@ use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, Bind
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
 use trellis_core::metrics::{AccessLogFormat, Metrics};
-use trellis_core::state::{ProxyState, StateStore};
+use trellis_core::startup::{load_ca, load_state, LoadError};
+use trellis_core::state::StateStore;
 use trellis_core::watch;
 
 use crate::admin::{self, AdminCtx, Server};
@@ -29,18 +30,8 @@ use crate::worker;
 pub enum StartError {
     #[error("invalid settings:\n  {}", .0.join("\n  "))]
     Settings(Vec<String>),
-    #[error("config file {path}: {source}")]
-    Config {
-        path: String,
-        #[source]
-        source: trellis_core::config::ConfigError,
-    },
-    #[error("dev ca in {path}: {source}")]
-    Ca {
-        path: String,
-        #[source]
-        source: Box<hbone::CaError>,
-    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("trust bundle {path}: {source}")]
     TrustBundle {
         path: String,
@@ -89,20 +80,9 @@ impl ProxyHandle {
 /// Starts a proxy. `log` lets /logging change the process's filter.
 pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle, StartError> {
     settings.validate().map_err(StartError::Settings)?;
-    let cfg_path = settings.config.display().to_string();
-    let cfg = watch::load_file(&settings.config).map_err(|source| StartError::Config {
-        path: cfg_path.clone(),
-        source,
-    })?;
-    let state = ProxyState::new(cfg).map_err(|source| StartError::Config {
-        path: cfg_path.clone(),
-        source,
-    })?;
+    let state = load_state(&settings.config)?;
     let store = Arc::new(StateStore::new(state));
-    let ca = hbone::DevCa::load_from_dir(&settings.ca_dir).map_err(|source| StartError::Ca {
-        path: settings.ca_dir.display().to_string(),
-        source: Box::new(source),
-    })?;
+    let ca = load_ca(&settings.ca_dir)?;
     let extra = match &settings.trust_bundle {
         Some(p) => {
             let pem = std::fs::read_to_string(p).map_err(|e| StartError::TrustBundle {

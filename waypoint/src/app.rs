@@ -13,7 +13,8 @@ use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, Bind
 use trellis_core::certs::CertManager;
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
-use trellis_core::state::{ProxyState, StateStore};
+use trellis_core::startup::{load_ca, load_state, LoadError};
+use trellis_core::state::StateStore;
 use trellis_core::watch;
 
 use crate::admin::{self, AdminCtx, Server};
@@ -27,18 +28,8 @@ use crate::upstream::Upstream;
 pub enum StartError {
     #[error("invalid settings:\n  {}", .0.join("\n  "))]
     Settings(Vec<String>),
-    #[error("config file {path}: {source}")]
-    Config {
-        path: String,
-        #[source]
-        source: trellis_core::config::ConfigError,
-    },
-    #[error("dev ca in {path}: {source}")]
-    Ca {
-        path: String,
-        #[source]
-        source: Box<hbone::CaError>,
-    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("cannot start threads: {0}")]
@@ -82,15 +73,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
             .map_err(|e| StartError::Settings(vec![e]))?;
         (ns.to_string(), n.to_string())
     };
-    let cfg_path = settings.config.display().to_string();
-    let cfg = watch::load_file(&settings.config).map_err(|source| StartError::Config {
-        path: cfg_path.clone(),
-        source,
-    })?;
-    let state = ProxyState::new(cfg).map_err(|source| StartError::Config {
-        path: cfg_path,
-        source,
-    })?;
+    let state = load_state(&settings.config)?;
     let store = Arc::new(StateStore::new(state));
     if !store
         .snapshot()
@@ -101,10 +84,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
     {
         info!(waypoint = %settings.name, "no `waypoints` entry for this waypoint; no total rate limit");
     }
-    let ca = hbone::DevCa::load_from_dir(&settings.ca_dir).map_err(|source| StartError::Ca {
-        path: settings.ca_dir.display().to_string(),
-        source: Box::new(source),
-    })?;
+    let ca = load_ca(&settings.ca_dir)?;
     let certs = Arc::new(CertManager::new(ca, None));
     let metrics = WaypointMetrics::new(settings.access_log);
     let (trigger, watcher) = drain::new();

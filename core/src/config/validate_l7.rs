@@ -119,6 +119,24 @@ struct FilterScope {
     grpc: bool,
 }
 
+/// Bounds a rule's match list and checks each match with `check`.
+fn matches<T>(
+    out: &mut Vec<String>,
+    path: &str,
+    list: &[T],
+    check: fn(&mut Vec<String>, &str, &T),
+) {
+    if list.len() > MAX_MATCHES {
+        out.push(format!(
+            "{path}.matches: {} matches, at most {MAX_MATCHES} are allowed; split the rule",
+            list.len()
+        ));
+    }
+    for (k, m) in list.iter().enumerate() {
+        check(out, &format!("{path}.matches[{k}]"), m);
+    }
+}
+
 fn http_routes<'a>(
     cfg: &'a LocalConfig,
     svcs: &Services<'_>,
@@ -138,15 +156,7 @@ fn http_routes<'a>(
         route_head(out, svcs, &path, &head, keys, i);
         for (j, rule) in r.rules.iter().enumerate() {
             let path = format!("{path}.rules[{j}]");
-            if rule.matches.len() > MAX_MATCHES {
-                out.push(format!(
-                    "{path}.matches: {} matches, at most {MAX_MATCHES} are allowed; split the rule",
-                    rule.matches.len()
-                ));
-            }
-            for (k, m) in rule.matches.iter().enumerate() {
-                http_match(out, &format!("{path}.matches[{k}]"), m);
-            }
+            matches(out, &path, &rule.matches, http_match);
             // No path in a match means PathPrefix "/", and so does no match at all.
             let prefix_ok = rule.matches.iter().all(|m| {
                 m.path
@@ -194,15 +204,7 @@ fn grpc_routes<'a>(
         route_head(out, svcs, &path, &head, keys, i);
         for (j, rule) in r.rules.iter().enumerate() {
             let path = format!("{path}.rules[{j}]");
-            if rule.matches.len() > MAX_MATCHES {
-                out.push(format!(
-                    "{path}.matches: {} matches, at most {MAX_MATCHES} are allowed; split the rule",
-                    rule.matches.len()
-                ));
-            }
-            for (k, m) in rule.matches.iter().enumerate() {
-                grpc_match(out, &format!("{path}.matches[{k}]"), m);
-            }
+            matches(out, &path, &rule.matches, grpc_match);
             let scope = FilterScope {
                 redirect: false,
                 rewrite: false,

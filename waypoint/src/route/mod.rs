@@ -216,6 +216,37 @@ impl<'a> From<&'a GrpcRouteRule> for RuleSpec<'a> {
     }
 }
 
+/// What the builder needs of a compiled HTTP or gRPC match.
+trait RouteMatch: Clone {
+    /// The matched path prefix, for ReplacePrefixMatch (HTTP only).
+    fn prefix(&self) -> Option<Arc<str>>;
+}
+
+impl RouteMatch for HttpMatch {
+    fn prefix(&self) -> Option<Arc<str>> {
+        HttpMatch::prefix(self)
+    }
+}
+
+impl RouteMatch for GrpcMatch {
+    fn prefix(&self) -> Option<Arc<str>> {
+        None
+    }
+}
+
+/// A rule's compiled matches; a rule without matches matches everything.
+fn compile_matches<T, M>(
+    matches: &[T],
+    compile: impl Fn(&T) -> Option<M>,
+    any: impl Fn() -> M,
+) -> Vec<M> {
+    if matches.is_empty() {
+        vec![any()]
+    } else {
+        matches.iter().filter_map(compile).collect()
+    }
+}
+
 /// State while building: services by (namespace, name).
 struct Builder<'a> {
     services: AHashMap<(&'a str, &'a str), (Arc<Service>, ServiceRoutes)>,
@@ -275,6 +306,39 @@ impl<'a> Builder<'a> {
         rule
     }
 
+    /// Compiles one route's rules and adds them, as candidates, to every
+    /// service its parentRefs name; `slot` picks the HTTP or gRPC list.
+    #[allow(clippy::too_many_arguments)]
+    fn attach<M: RouteMatch>(
+        &mut self,
+        ns: &'a str,
+        name: &str,
+        hostnames: &[String],
+        parents: &'a [ParentRef],
+        grpc: bool,
+        rules: Vec<(RuleSpec<'_>, Vec<M>)>,
+        slot: impl Fn(&mut ServiceRoutes) -> &mut Vec<Candidate<M>>,
+    ) {
+        let hosts: Arc<[HostMatch]> = hostnames.iter().map(|h| HostMatch::compile(h)).collect();
+        let mut compiled = Vec::new();
+        for (i, (spec, matches)) in rules.into_iter().enumerate() {
+            let rule = self.rule(ns, name, i, grpc, spec);
+            compiled.extend(matches.into_iter().map(|m| (m, rule.clone())));
+        }
+        for p in parents {
+            let Some(routes) = self.parent(ns, p) else {
+                continue;
+            };
+            slot(routes).extend(compiled.iter().map(|(m, rule)| Candidate {
+                port: p.port,
+                hosts: hosts.clone(),
+                prefix: m.prefix(),
+                matcher: m.clone(),
+                rule: rule.clone(),
+            }));
+        }
+    }
+
     /// The routes of the service a parentRef names, marked attached on its port.
     fn parent(&mut self, route_ns: &'a str, p: &'a ParentRef) -> Option<&mut ServiceRoutes> {
         if p.kind != "Service" {
@@ -318,69 +382,46 @@ impl RouteTable {
         }
 
         for r in &cfg.http_routes {
-            let hosts: Arc<[HostMatch]> =
-                r.hostnames.iter().map(|h| HostMatch::compile(h)).collect();
-            let mut compiled = Vec::new();
-            for (i, rule) in r.rules.iter().enumerate() {
-                let arc = b.rule(&r.namespace, &r.name, i, false, rule.into());
-                if rule.matches.is_empty() {
-                    compiled.push((HttpMatch::any(), arc));
-                } else {
-                    compiled.extend(
-                        rule.matches
-                            .iter()
-                            .filter_map(HttpMatch::compile)
-                            .map(|m| (m, arc.clone())),
-                    );
-                }
-            }
-            for p in &r.parent_refs {
-                let Some(routes) = b.parent(&r.namespace, p) else {
-                    continue;
-                };
-                routes
-                    .http
-                    .extend(compiled.iter().map(|(m, rule)| Candidate {
-                        port: p.port,
-                        hosts: hosts.clone(),
-                        prefix: m.prefix(),
-                        matcher: m.clone(),
-                        rule: rule.clone(),
-                    }));
-            }
+            let rules: Vec<_> = r
+                .rules
+                .iter()
+                .map(|rule| {
+                    (
+                        rule.into(),
+                        compile_matches(&rule.matches, HttpMatch::compile, HttpMatch::any),
+                    )
+                })
+                .collect();
+            b.attach(
+                &r.namespace,
+                &r.name,
+                &r.hostnames,
+                &r.parent_refs,
+                false,
+                rules,
+                |routes| &mut routes.http,
+            );
         }
-
         for r in &cfg.grpc_routes {
-            let hosts: Arc<[HostMatch]> =
-                r.hostnames.iter().map(|h| HostMatch::compile(h)).collect();
-            let mut compiled = Vec::new();
-            for (i, rule) in r.rules.iter().enumerate() {
-                let arc = b.rule(&r.namespace, &r.name, i, true, rule.into());
-                if rule.matches.is_empty() {
-                    compiled.push((GrpcMatch::any(), arc));
-                } else {
-                    compiled.extend(
-                        rule.matches
-                            .iter()
-                            .filter_map(GrpcMatch::compile)
-                            .map(|m| (m, arc.clone())),
-                    );
-                }
-            }
-            for p in &r.parent_refs {
-                let Some(routes) = b.parent(&r.namespace, p) else {
-                    continue;
-                };
-                routes
-                    .grpc
-                    .extend(compiled.iter().map(|(m, rule)| Candidate {
-                        port: p.port,
-                        hosts: hosts.clone(),
-                        prefix: None,
-                        matcher: m.clone(),
-                        rule: rule.clone(),
-                    }));
-            }
+            let rules: Vec<_> = r
+                .rules
+                .iter()
+                .map(|rule| {
+                    (
+                        rule.into(),
+                        compile_matches(&rule.matches, GrpcMatch::compile, GrpcMatch::any),
+                    )
+                })
+                .collect();
+            b.attach(
+                &r.namespace,
+                &r.name,
+                &r.hostnames,
+                &r.parent_refs,
+                true,
+                rules,
+                |routes| &mut routes.grpc,
+            );
         }
 
         let mut services: AHashMap<Box<str>, AHashMap<Box<str>, ServiceRoutes>> = AHashMap::new();
