@@ -49,38 +49,7 @@ impl WorkerHandle {
     }
 }
 
-/// CPUs this process may run on (respects `taskset`/cgroup cpusets).
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return vec![];
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// Pins the calling thread to one CPU; threads it creates later inherit the mask.
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "cpu out of range",
-        ));
-    }
-    // SAFETY: as above; we only set one bit in a zeroed set.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
+pub use trellis_core::cpu::{allowed_cpus, pin_current_thread};
 
 /// Starts `count` workers, worker i pinned to the i-th allowed CPU (wrapping).
 pub fn spawn_workers(proxy: Arc<ProxyCtx>, count: usize) -> io::Result<Vec<WorkerHandle>> {

@@ -1,7 +1,17 @@
-//! Builds and runs a waypoint: the data-path runtime (multi-threaded: rate
-//! limiters, breakers and ejections are shared by all requests, so the
-//! waypoint is not thread-per-core like the node proxy) and the admin thread
-//! (admin API, metrics, readiness, config watcher, snapshot compiler, drain).
+//! Builds and runs a waypoint: thread-per-core data-path workers and the
+//! admin thread (admin API, metrics, readiness, config watcher, snapshot
+//! compiler, drain).
+//!
+//! Each worker is an OS thread with its own current-thread runtime, its own
+//! SO_REUSEPORT HBONE listener and its own upstream pools. Rate limiters,
+//! breakers, ejections and metrics are shared through `Arc`s and atomics.
+//! Why not one multi-threaded runtime: there, a task woken by another runs
+//! next (tokio's LIFO slot), so every response woke the HBONE connection task
+//! and cost its own TLS record and `writev`. On a current-thread runtime the
+//! connection task runs after the other ready tasks and flushes their frames
+//! together; on one core that was 25-40% more requests per CPU-second.
+//! Workers are not pinned: several waypoints may share a node, and pinning
+//! each to the first CPUs would stack them on the same cores.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +33,7 @@ use crate::proxy::App;
 use crate::settings::Settings;
 use crate::state::{Runtimes, Snapshot};
 use crate::upstream::Upstream;
+use trellis_core::listen::bind_reuseport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -90,16 +101,6 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
     let (trigger, watcher) = drain::new();
     let snapshot = Arc::new(Snapshot::new(&store, &namespace, &name));
 
-    let hbone_l = bind_std("hbone", settings.listen)?;
-    let admin_l = bind_std("admin api", settings.admin_addr)?;
-    let metrics_l = bind_std("metrics", settings.metrics_addr)?;
-    let ready_l = bind_std("readiness", settings.readiness_addr)?;
-    let addrs = BoundAddrs {
-        hbone: hbone_l.local_addr().ok(),
-        admin: admin_l.local_addr().ok(),
-        metrics: metrics_l.local_addr().ok(),
-        readiness: ready_l.local_addr().ok(),
-    };
     let workers = if settings.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -107,48 +108,48 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
     } else {
         settings.workers
     };
-    let app = Arc::new(App {
-        upstream: Upstream::new(identity.clone(), certs.clone()),
-        identity,
-        store: store.clone(),
-        snapshot: snapshot.clone(),
-        runtimes: Runtimes::default(),
-        metrics: metrics.clone(),
-        certs,
-        drain: watcher,
-        settings,
-    });
+    let hbone_ls = bind_reuseport("hbone", settings.listen, workers)?;
+    let admin_l = bind_std("admin api", settings.admin_addr)?;
+    let metrics_l = bind_std("metrics", settings.metrics_addr)?;
+    let ready_l = bind_std("readiness", settings.readiness_addr)?;
+    let addrs = BoundAddrs {
+        hbone: hbone_ls.first().and_then(|l| l.local_addr().ok()),
+        admin: admin_l.local_addr().ok(),
+        metrics: metrics_l.local_addr().ok(),
+        readiness: ready_l.local_addr().ok(),
+    };
+    let runtimes = Arc::new(Runtimes::default());
+    // One App per worker (its own upstream pools) plus one for the admin
+    // thread; everything else in it is shared.
+    let new_app = || {
+        Arc::new(App {
+            upstream: Upstream::new(identity.clone(), certs.clone()),
+            identity: identity.clone(),
+            store: store.clone(),
+            snapshot: snapshot.clone(),
+            runtimes: runtimes.clone(),
+            metrics: metrics.clone(),
+            certs: certs.clone(),
+            drain: watcher.clone(),
+            settings: settings.clone(),
+        })
+    };
+    let app = new_app();
     // Issue the certificate now, so a CA problem shows at start, not on the first connection.
     if let Err(e) = app.certs.server_config(&app.identity) {
         return Err(StartError::Settings(vec![e.to_string()]));
     }
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("trellis-wp-worker")
-        .enable_all()
-        .build()
-        .map_err(StartError::Thread)?;
-    let data = {
-        let app = app.clone();
-        std::thread::Builder::new()
-            .name("trellis-wp-main".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    match tokio::net::TcpListener::from_std(hbone_l) {
-                        Ok(l) => crate::inbound::run(app.clone(), l).await,
-                        Err(e) => error!(error = %e, "cannot register the hbone listener"),
-                    }
-                    // Let in-flight requests finish; the admin thread enforces the deadline.
-                    app.drain.signaled().await;
-                    while app.drain.in_flight() > 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    }
-                });
-                rt.shutdown_timeout(std::time::Duration::from_millis(100));
-            })
-            .map_err(StartError::Thread)?
-    };
+    let data = hbone_ls
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| {
+            let app = new_app();
+            std::thread::Builder::new()
+                .name(format!("trellis-wp-worker-{index}"))
+                .spawn(move || run_worker(app, index, listener))
+                .map_err(StartError::Thread)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(path) = &app.settings.bound_addrs_file {
         write_bound_addrs(path, &addrs);
     }
@@ -164,7 +165,9 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
             let stop = stop.clone();
             move || {
                 let outcome = run_admin(ctx, trigger, stop, [admin_l, metrics_l, ready_l]);
-                let _ = data.join();
+                for worker in data {
+                    let _ = worker.join();
+                }
                 outcome
             }
         })
@@ -174,6 +177,32 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
         addrs,
         running: Running::new(stop, thread),
     })
+}
+
+/// One data-path worker: accepts HBONE on its own listener until drain, then
+/// lets its in-flight requests finish (the admin thread enforces the deadline).
+fn run_worker(app: Arc<App>, index: usize, listener: std::net::TcpListener) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(worker = index, error = %e, "cannot start the worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => crate::inbound::run(app.clone(), l).await,
+            Err(e) => error!(worker = index, error = %e, "cannot register the hbone listener"),
+        }
+        app.drain.signaled().await;
+        while app.drain.in_flight() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
 }
 
 fn run_admin(

@@ -46,7 +46,7 @@ pub struct App {
     pub identity: Identity,
     pub store: Arc<StateStore>,
     pub snapshot: Arc<Snapshot>,
-    pub runtimes: Runtimes,
+    pub runtimes: Arc<Runtimes>,
     pub metrics: Arc<WaypointMetrics>,
     pub upstream: Upstream,
     pub certs: Arc<CertManager>,
