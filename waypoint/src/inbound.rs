@@ -57,11 +57,14 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
             },
         };
         let app = app.clone();
-        let span = tracing::info_span!("hbone", %peer);
+        // Debug level on purpose: an enabled span is entered and exited on
+        // every poll of the task (per request here), a measurable cost; the
+        // events below carry their own context fields instead.
+        let span = tracing::debug_span!("hbone", %peer);
         tokio::spawn(
             async move {
                 if let Err(e) = serve(app, stream, peer).await {
-                    warn!(error = %e, "hbone connection rejected");
+                    warn!(src.addr = %peer, error = %e, "hbone connection rejected");
                 }
             }
             .instrument(span),
@@ -72,14 +75,14 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
 async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) -> Result<(), InboundError> {
     let cfg = app.certs.server_config(&app.identity)?;
     let (tls, src_id) = accept::accept(stream, peer, cfg, &app.metrics.core).await?;
-    info!(src.identity = %src_id, "hbone connection established");
+    info!(src.addr = %peer, src.identity = %src_id, "hbone connection established");
     let drain = app.drain.clone();
     let h2 = hbone::H2Settings::default();
     let on_request = {
         let app = app.clone();
         move |req: hbone::IncomingRequest| {
             let guard = app.drain.track();
-            let span = tracing::info_span!("stream", src.identity = %src_id);
+            let span = tracing::debug_span!("stream", src.identity = %src_id);
             tokio::spawn(
                 stream_task(app.clone(), src_id.clone(), peer, req, guard).instrument(span),
             );
@@ -101,7 +104,7 @@ async fn stream_task(
         Ok(r) => r.clone(),
         Err(e) => {
             app.metrics.core.record_error(ErrorReason::MalformedConnect);
-            warn!(error = %e, "malformed connect request");
+            warn!(src.identity = %src_id, error = %e, "malformed connect request");
             let status = e.status();
             req.reject(status);
             return;
@@ -113,7 +116,7 @@ async fn stream_task(
     let service = state.service_by_vip(target.ip()).cloned();
     let dst_wl = state.workload_by_ip(target.ip()).cloned();
     if service.is_none() && dst_wl.is_none() {
-        warn!(dst.addr = %target, "connect target is neither a service nor a workload in the config");
+        warn!(src.identity = %src_id, dst.addr = %target, "connect target is neither a service nor a workload in the config");
         req.reject(StatusCode::NOT_FOUND);
         return;
     }
@@ -218,7 +221,7 @@ async fn relay_tcp(ctx: Arc<ConnCtx>, mut io: Rewind) {
         port: ctx.target.port(),
     };
     if let AuthzDecision::Deny { policy } = compiled.authz.evaluate_tcp(&ns, &name, &areq) {
-        info!(%policy, "tcp stream denied");
+        info!(src.principal = ctx.principal.as_deref().unwrap_or("-"), dst.addr = %ctx.target, %policy, "tcp stream denied");
         app.metrics.core.record_error(ErrorReason::PolicyDenied);
         return;
     }
@@ -226,7 +229,7 @@ async fn relay_tcp(ctx: Arc<ConnCtx>, mut io: Rewind) {
         Some(svc) => {
             let eps = state.endpoints(svc, ctx.target.port());
             if eps.is_empty() {
-                warn!(service = %svc.hostname, "no healthy endpoint for tcp stream");
+                warn!(src.principal = ctx.principal.as_deref().unwrap_or("-"), service = %svc.hostname, "no healthy endpoint for tcp stream");
                 return;
             }
             let (workload, addr) = eps[fastrand::usize(..eps.len())].clone();
@@ -249,7 +252,7 @@ async fn relay_tcp(ctx: Arc<ConnCtx>, mut io: Rewind) {
     let mut up = match app.upstream.connect(&ep, ctx.source_addr).await {
         Ok(u) => u,
         Err(e) => {
-            warn!(error = %e, "cannot reach endpoint for tcp stream");
+            warn!(src.principal = ctx.principal.as_deref().unwrap_or("-"), endpoint = %ep.addr, error = %e, "cannot reach endpoint for tcp stream");
             guard.set_error(e.to_string());
             return;
         }

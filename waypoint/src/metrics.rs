@@ -198,7 +198,8 @@ impl WaypointMetrics {
 pub struct RequestRecord {
     metrics: Arc<WaypointMetrics>,
     start: Instant,
-    start_wall: SystemTime,
+    /// Wall-clock start, read only when the access log is on.
+    start_wall: Option<SystemTime>,
     pub labels: Arc<ConnectionLabels>,
     labels_key: u64,
     /// "http" or "grpc".
@@ -228,19 +229,17 @@ impl RequestRecord {
         labels: Arc<ConnectionLabels>,
         labels_key: u64,
         method: http::Method,
-        path: String,
-        authority: String,
     ) -> RequestRecord {
         RequestRecord {
-            metrics,
             start: Instant::now(),
-            start_wall: SystemTime::now(),
+            start_wall: metrics.access_log.then(SystemTime::now),
+            metrics,
             labels,
             labels_key,
             protocol: "http",
             method,
-            path,
-            authority,
+            path: String::new(),
+            authority: String::new(),
             status: 0,
             grpc_status: None,
             flags: "-",
@@ -254,6 +253,12 @@ impl RequestRecord {
             trace_id: String::new(),
             denied_by: None,
         }
+    }
+
+    /// Whether this request gets an access-log line (so the fields only the
+    /// log reads are worth filling in).
+    pub fn logged(&self) -> bool {
+        self.metrics.access_log
     }
 
     pub fn metrics(&self) -> &Arc<WaypointMetrics> {
@@ -325,6 +330,7 @@ impl RequestRecord {
     fn log(&self, labels: &ConnectionLabels, elapsed: std::time::Duration) {
         let start_ms = self
             .start_wall
+            .unwrap_or_else(SystemTime::now)
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
@@ -388,14 +394,7 @@ mod tests {
         ));
         let key = m.labels_key(&labels);
         let record = |status: u16, grpc: Option<u32>| {
-            let mut r = RequestRecord::new(
-                m.clone(),
-                labels.clone(),
-                key,
-                http::Method::GET,
-                "/".into(),
-                "web".into(),
-            );
+            let mut r = RequestRecord::new(m.clone(), labels.clone(), key, http::Method::GET);
             r.status = status;
             r.grpc_status = grpc;
             if grpc.is_some() {

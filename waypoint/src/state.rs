@@ -3,6 +3,7 @@
 //! per-rule runtime state (limiters, breakers, ejections, balancer latency),
 //! which outlives config changes as long as the rule's policy is unchanged.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use arc_swap::ArcSwap;
 use trellis_core::config::l7::{
     CircuitBreaker as CircuitBreakerCfg, LoadBalancer, OutlierDetection, RateLimit, TrafficPolicy,
 };
-use trellis_core::config::LocalConfig;
+use trellis_core::config::{LocalConfig, Service};
 use trellis_core::state::{ProxyState, StateStore};
 
 use crate::authz::PolicySet;
@@ -22,6 +23,7 @@ use crate::resilience::outlier::OutlierDetector;
 use crate::resilience::ratelimit::{Gcra, KeyedGcra};
 use crate::resilience::retry::RetryBudget;
 use crate::route::{RouteTable, Rule};
+use crate::upstream::Endpoint;
 
 /// An immutable view of one config version, compiled for the request path.
 #[derive(Debug)]
@@ -31,6 +33,17 @@ pub struct Compiled {
     pub authz: PolicySet,
     /// This waypoint's total limit, if its `waypoints` entry sets one.
     pub total_limit: Option<RateLimit>,
+    /// Healthy endpoints of every service port, by namespace then name, so
+    /// a request borrows its candidates instead of building them.
+    endpoints: AHashMap<Box<str>, AHashMap<Box<str>, Vec<(u16, Arc<EndpointSet>)>>>,
+}
+
+/// The healthy endpoints of one service port, and their addresses in the
+/// same order (what the balancer picks from).
+#[derive(Debug, Default)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Endpoint>,
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl Compiled {
@@ -41,12 +54,44 @@ impl Compiled {
             .iter()
             .find(|w| w.namespace == namespace && w.name == name)
             .and_then(|w| w.total_rate_limit);
+        let mut endpoints: AHashMap<Box<str>, AHashMap<Box<str>, Vec<_>>> = AHashMap::new();
+        for svc in &cfg.services {
+            let ports = svc
+                .ports
+                .iter()
+                .map(|p| {
+                    let endpoints: Vec<Endpoint> = state
+                        .endpoints(svc, p.port)
+                        .into_iter()
+                        .map(|(workload, addr)| Endpoint { addr, workload })
+                        .collect();
+                    let addrs = endpoints.iter().map(|e| e.addr).collect();
+                    (p.port, Arc::new(EndpointSet { endpoints, addrs }))
+                })
+                .collect();
+            endpoints
+                .entry(svc.namespace.as_str().into())
+                .or_default()
+                .insert(svc.name.as_str().into(), ports);
+        }
         Compiled {
             routes: RouteTable::build(cfg),
             authz: PolicySet::build(cfg),
             total_limit,
             state,
+            endpoints,
         }
+    }
+
+    /// The healthy endpoints of `service`'s `port`; None for a port the
+    /// service does not have.
+    pub fn endpoints(&self, service: &Service, port: u16) -> Option<&Arc<EndpointSet>> {
+        self.endpoints
+            .get(service.namespace.as_str())?
+            .get(service.name.as_str())?
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, set)| set)
     }
 }
 
@@ -293,5 +338,44 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &rts.rule(&rule("demo/r/a", &web, 2))));
         let changed = rts.rule(&rule("demo/r/a", &web, 3));
         assert!(!Arc::ptr_eq(&first, &changed));
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn compiled_endpoint_sets_match_the_state_and_skip_unknown_ports() {
+        let yaml = include_str!("../../core/examples/waypoint-config.yaml");
+        let cfg = trellis_core::config::parse(yaml).unwrap();
+        let state = Arc::new(ProxyState::new(cfg).unwrap());
+        let c = Compiled::build(state.clone(), "demo", "waypoint");
+        let reviews = state
+            .config()
+            .services
+            .iter()
+            .find(|s| s.name == "reviews")
+            .unwrap()
+            .clone();
+        let set = c
+            .endpoints(&reviews, 80)
+            .expect("port 80 is a service port");
+        let want: Vec<SocketAddr> = state
+            .endpoints(&reviews, 80)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(set.addrs, want);
+        assert_eq!(set.addrs.len(), 2);
+        // The balancer's index into `addrs` must name the same endpoint.
+        for (e, a) in set.endpoints.iter().zip(&set.addrs) {
+            assert_eq!(e.addr, *a);
+            assert_eq!(a.port(), 8080, "the target port, not the service port");
+        }
+        assert!(c.endpoints(&reviews, 81).is_none());
+        let mut other = reviews.clone();
+        other.namespace = "elsewhere".into();
+        assert!(c.endpoints(&other, 80).is_none());
     }
 }

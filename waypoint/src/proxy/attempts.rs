@@ -20,7 +20,7 @@ use crate::metrics::RequestRecord;
 use crate::resilience::outlier::Outcome;
 use crate::resilience::retry::{self, AttemptOutcome};
 use crate::route::Rule;
-use crate::state::{BackendRuntime, RuleRuntime};
+use crate::state::{BackendRuntime, EndpointSet, RuleRuntime};
 use crate::upstream::{Endpoint, Proto};
 
 /// The retry loop's fixed inputs.
@@ -29,7 +29,7 @@ pub struct Attempts<'a> {
     pub rule: &'a Arc<Rule>,
     pub rt: &'a Arc<RuleRuntime>,
     pub backend_idx: usize,
-    pub endpoints: &'a [Endpoint],
+    pub endpoints: &'a EndpointSet,
     pub proto: Proto,
     pub parts: &'a http::request::Parts,
     pub grpc: bool,
@@ -55,7 +55,10 @@ impl Attempts<'_> {
             let keep = body.replay();
             let now = Instant::now();
             let ep = self.pick(brt, &tried, now, rng);
-            tried.push(ep.addr);
+            if retry.is_some() {
+                // Only a retry looks at what was tried; no list otherwise.
+                tried.push(ep.addr);
+            }
             rec.attempts += 1;
             rec.upstream = Some(ep.addr);
             rec.destination_workload = Some(ep.workload.clone());
@@ -103,7 +106,8 @@ impl Attempts<'_> {
                 }
             };
             if let Some(o) = &brt.outlier {
-                if let Some(for_) = o.report(ep.addr, detector, self.endpoints.len(), now) {
+                if let Some(for_) = o.report(ep.addr, detector, self.endpoints.endpoints.len(), now)
+                {
                     tracing::info!(endpoint = %ep.addr, rule = %self.rule.key, ejected_for = ?for_, "outlier ejected");
                     app.metrics
                         .ejections
@@ -151,17 +155,21 @@ impl Attempts<'_> {
         now: Instant,
         rng: &mut fastrand::Rng,
     ) -> Endpoint {
-        let healthy: Vec<&Endpoint> = self
-            .endpoints
-            .iter()
-            .filter(|e| {
-                brt.outlier
-                    .as_ref()
-                    .is_none_or(|o| !o.is_ejected(e.addr, now))
-            })
-            .collect();
+        let set = self.endpoints;
+        let ejected = |e: &Endpoint| {
+            brt.outlier
+                .as_ref()
+                .is_some_and(|o| o.is_ejected(e.addr, now))
+        };
+        // The common case (first try, nobody ejected) borrows the
+        // precomputed set: no per-request candidate lists.
+        if tried.is_empty() && !set.endpoints.iter().any(ejected) {
+            let i = brt.balancer.pick(&set.addrs, now, rng).unwrap_or(0);
+            return set.endpoints[i.min(set.endpoints.len() - 1)].clone();
+        }
+        let healthy: Vec<&Endpoint> = set.endpoints.iter().filter(|e| !ejected(e)).collect();
         let pool: Vec<&Endpoint> = if healthy.is_empty() {
-            self.endpoints.iter().collect()
+            set.endpoints.iter().collect()
         } else {
             healthy
         };

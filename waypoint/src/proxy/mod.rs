@@ -105,19 +105,21 @@ pub async fn handle(
 ) -> Result<Response<RespBody>, Infallible> {
     let host = host_of(&req);
     let grpc = is_grpc(&req);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
     let mut rec = RequestRecord::new(
         ctx.app.metrics.clone(),
         ctx.labels.clone(),
         ctx.labels_key,
         req.method().clone(),
-        path,
-        host.clone(),
     );
+    if rec.logged() {
+        // Only the access log reads these; skip the copies otherwise.
+        rec.path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        rec.authority = host.clone();
+    }
     rec.protocol = if grpc { "grpc" } else { "http" };
     rec.request_bytes = header_size(req.headers());
     Ok(serve(&ctx, req, host, grpc, rec).await)
@@ -182,8 +184,10 @@ async fn serve(
 
     let mut rng = fastrand::Rng::new();
     let ids = headers::propagate(req.headers_mut(), &mut rng);
-    rec.request_id = ids.request_id.to_str().unwrap_or_default().to_string();
-    rec.trace_id = headers::trace_id_hex(&ids);
+    if rec.logged() {
+        rec.request_id = ids.request_id.to_str().unwrap_or_default().to_string();
+        rec.trace_id = headers::trace_id_hex(&ids);
+    }
 
     // A workload addressed directly has no routes: forward as is.
     let Some(service) = service else {
@@ -213,7 +217,7 @@ async fn serve(
     let rt = app.runtimes.rule(&rule);
 
     or_reply!(
-        admit::rate_limit(app, &compiled, &rule, &rt, &ctx.caller_key, Instant::now()),
+        admit::rate_limit(app, &compiled, &rule, &rt, &ctx.caller_key),
         rec,
         grpc
     );
@@ -241,15 +245,13 @@ async fn serve(
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
 
     let port = backend.port.unwrap_or(ctx.target.port());
-    let endpoints: Vec<Endpoint> = state
+    let Some(endpoints) = compiled
         .endpoints(&backend.service, port)
-        .into_iter()
-        .map(|(workload, addr)| Endpoint { addr, workload })
-        .collect();
-    if endpoints.is_empty() {
+        .filter(|set| !set.endpoints.is_empty())
+    else {
         let r = Reject::new(StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream");
         return r.reply(rec, grpc);
-    }
+    };
     let brt = &rt.backends[backend_idx.min(rt.backends.len().saturating_sub(1))];
     let deadline = rule.request_timeout.map(|t| Instant::now() + t);
     let circuit = or_reply!(
@@ -271,7 +273,7 @@ async fn serve(
         rule: &rule,
         rt: &rt,
         backend_idx,
-        endpoints: &endpoints,
+        endpoints,
         proto: proto_of(parts.version),
         parts: &parts,
         grpc,
