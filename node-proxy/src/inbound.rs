@@ -40,8 +40,8 @@ pub enum InboundError {
 }
 
 pub async fn handle(ctx: Arc<WorkerCtx>, stream: TcpStream, peer: SocketAddr, scope: Arc<Scope>) {
-    if let Err(e) = serve(ctx, stream, peer, scope).await {
-        warn!(error = %e, "hbone connection rejected");
+    if let Err(e) = serve(ctx, stream, peer, scope.clone()).await {
+        warn!(src.addr = %peer, pod = %scope.uid, error = %e, "hbone connection rejected");
     }
 }
 
@@ -61,7 +61,7 @@ async fn serve(
     let dst_id = dst_wl.identity();
     let tls_cfg = proxy.certs.server_config(&dst_id)?;
     let (tls, src_id) = accept::accept(stream, peer, tls_cfg, &proxy.metrics).await?;
-    info!(src.identity = %src_id, dst.identity = %dst_id, "hbone connection established");
+    info!(src.addr = %peer, src.identity = %src_id, dst.identity = %dst_id, "hbone connection established");
 
     let drain = proxy.drain.clone();
     let on_request = {
@@ -69,7 +69,8 @@ async fn serve(
         let scope = scope.clone();
         let src_id = src_id.clone();
         move |req: hbone::IncomingRequest| {
-            let span = tracing::info_span!("stream", src.identity = %src_id);
+            // Debug level: see the `conn` span in worker.rs.
+            let span = tracing::debug_span!("stream", src.identity = %src_id);
             let guard = ctx.proxy.drain.track();
             tokio::spawn(
                 stream_task(
@@ -118,7 +119,7 @@ async fn stream_task(
         Ok(r) => r.clone(),
         Err(e) => {
             proxy.metrics.record_error(ErrorReason::MalformedConnect);
-            warn!(error = %e, "malformed connect request");
+            warn!(src.addr = %peer, src.identity = %src_id, error = %e, "malformed connect request");
             let status = e.status();
             req.reject(status);
             return;
@@ -129,7 +130,7 @@ async fn stream_task(
     // one the (pooled, long-lived) connection was accepted under.
     let Some(dst_wl) = local_workload(&ctx, &scope, target.ip()) else {
         proxy.metrics.record_error(ErrorReason::MalformedConnect);
-        warn!(dst.addr = %target, workload = %dst_wl.uid, "connect target is not the workload this tunnel reached");
+        warn!(src.identity = %src_id, dst.addr = %target, workload = %dst_wl.uid, "connect target is not the workload this tunnel reached");
         req.reject(StatusCode::BAD_REQUEST);
         return;
     };
@@ -159,7 +160,7 @@ async fn stream_task(
             proxy
                 .metrics
                 .record_error(ErrorReason::UpstreamConnectFailed);
-            warn!(error = %e, "cannot reach the destination pod");
+            warn!(src.identity = %src_id, dst.addr = %target, error = %e, "cannot reach the destination pod");
             guard.set_error(e.to_string());
             req.reject(StatusCode::SERVICE_UNAVAILABLE);
             return;

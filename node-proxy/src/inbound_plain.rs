@@ -34,7 +34,7 @@ pub async fn handle(
     scope: Arc<Scope>,
 ) {
     if let Err(e) = serve(&ctx, &mut stream, peer, &scope).await {
-        warn!(error = %e, "plaintext inbound connection rejected");
+        warn!(src.addr = %peer, pod = %scope.uid, error = %e, "plaintext inbound connection rejected");
     }
 }
 

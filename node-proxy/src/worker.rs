@@ -154,7 +154,12 @@ async fn accept_loop(
                 let scope = scope.clone();
                 let cancel = cancel.clone();
                 let guard = ctx.proxy.drain.track();
-                let span = tracing::info_span!("conn", kind = kind.name(), pod = %scope.uid, src.addr = %peer);
+                // Debug level on purpose: an enabled span is entered and
+                // exited on every poll of the connection task, which cost
+                // ~4.8 us per proxied round trip (perf/results/analysis.md).
+                // Events that matter at info and above carry their own
+                // context fields instead.
+                let span = tracing::debug_span!("conn", kind = kind.name(), pod = %scope.uid, src.addr = %peer);
                 tokio::spawn(
                     async move {
                         let _guard = guard;

@@ -51,7 +51,7 @@ pub async fn handle(
     forward_target: Option<SocketAddr>,
 ) {
     if let Err(e) = proxy(&ctx, &mut stream, peer, &scope, forward_target).await {
-        warn!(error = %e, "outbound connection failed");
+        warn!(src.addr = %peer, pod = %scope.uid, error = %e, "outbound connection failed");
     }
 }
 
