@@ -140,6 +140,7 @@ async fn stream_task(
         &dst_wl,
         Some(&src_id),
         client_addr,
+        peer,
         target,
         "inbound",
     );

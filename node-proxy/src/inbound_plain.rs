@@ -57,7 +57,8 @@ async fn serve(
         .filter(|w| w.addresses.contains(&dst.ip()))
         .cloned()
         .ok_or_else(|| PlainError::NotThisPod(dst, scope.uid.clone()))?;
-    let (mut guard, admitted) = admission::admit(proxy, &dst_wl, None, peer, dst, "inbound_plain");
+    let (mut guard, admitted) =
+        admission::admit(proxy, &dst_wl, None, peer, peer, dst, "inbound_plain");
     admitted.map_err(|reason| PlainError::Denied(reason.to_string()))?;
     let mut app = match Box::pin(upstream::connect(proxy, scope, dst, Some(peer.ip()))).await {
         Ok(s) => s,

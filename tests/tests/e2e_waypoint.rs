@@ -80,6 +80,31 @@ fn http1_and_http2_reach_endpoints_through_the_waypoint_with_the_callers_identit
         ) == 2.0
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", wp.metrics_text().unwrap(), wp.log()));
+
+    // The endpoints' node proxy sees the waypoint as the source, workload
+    // and principal alike (as ztunnel does: waypoint -> server), although
+    // the waypoint's `forwarded` header still names the client.
+    let node2 = m.proxy("node2");
+    let waypoint_principal = "spiffe://cluster.local/ns/demo/sa/waypoint";
+    wait_until(T, "node2 counted the waypoint's tunnels", || {
+        node2.metric(
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("source_workload", "wp"),
+                ("source_principal", waypoint_principal),
+            ],
+        ) >= 2.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", node2.metrics_text().unwrap()));
+    let mixed = node2.metric(
+        "istio_tcp_connections_opened_total",
+        &[
+            ("source_workload", "client"),
+            ("source_principal", waypoint_principal),
+        ],
+    );
+    assert_eq!(mixed, 0.0, "{}", node2.metrics_text().unwrap());
 }
 
 #[test]
