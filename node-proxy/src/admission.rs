@@ -117,7 +117,9 @@ mod tests {
         let lookup = |ip: IpAddr| all.iter().find(|w| w.addresses.contains(&ip)).cloned();
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let name = |w: Option<Arc<Workload>>| w.map(|w| w.name.clone());
-        let cases: [(&str, Option<Identity>, &str, &str, Option<&str>); 5] = [
+        // (what, proven identity, forwarded client, TCP peer, expected source)
+        type Case<'a> = (&'a str, Option<Identity>, &'a str, &'a str, Option<&'a str>);
+        let cases: [Case; 5] = [
             (
                 "direct: forwarded client holds the identity",
                 Some(client.identity()),

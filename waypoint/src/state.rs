@@ -35,8 +35,12 @@ pub struct Compiled {
     pub total_limit: Option<RateLimit>,
     /// Healthy endpoints of every service port, by namespace then name, so
     /// a request borrows its candidates instead of building them.
-    endpoints: AHashMap<Box<str>, AHashMap<Box<str>, Vec<(u16, Arc<EndpointSet>)>>>,
+    endpoints: EndpointIndex,
 }
+
+/// Namespace -> name -> (service port, its endpoints); nested maps so a
+/// lookup borrows `&str`s instead of building a key.
+type EndpointIndex = AHashMap<Box<str>, AHashMap<Box<str>, Vec<(u16, Arc<EndpointSet>)>>>;
 
 /// The healthy endpoints of one service port, and their addresses in the
 /// same order (what the balancer picks from).
@@ -54,7 +58,7 @@ impl Compiled {
             .iter()
             .find(|w| w.namespace == namespace && w.name == name)
             .and_then(|w| w.total_rate_limit);
-        let mut endpoints: AHashMap<Box<str>, AHashMap<Box<str>, Vec<_>>> = AHashMap::new();
+        let mut endpoints = EndpointIndex::new();
         for svc in &cfg.services {
             let ports = svc
                 .ports
