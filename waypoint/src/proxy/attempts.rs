@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -31,7 +32,9 @@ pub struct Attempts<'a> {
     pub backend_idx: usize,
     pub endpoints: &'a EndpointSet,
     pub proto: Proto,
-    pub parts: &'a http::request::Parts,
+    /// The request head; moved into the only attempt when the rule cannot
+    /// retry, cloned per attempt otherwise.
+    pub parts: http::request::Parts,
     pub grpc: bool,
 }
 
@@ -39,14 +42,15 @@ impl Attempts<'_> {
     /// Returns the response and when its attempt started (the per-try
     /// timeout covers the body too).
     pub async fn run(
-        &self,
+        mut self,
         body: ReplayBody,
         rec: &mut RequestRecord,
         rng: &mut fastrand::Rng,
     ) -> Result<(Response<Incoming>, Instant), Failure> {
+        let (rule, rt) = (self.rule, self.rt);
         let app = &self.ctx.app;
-        let brt = &self.rt.backends[self.backend_idx.min(self.rt.backends.len() - 1)];
-        let retry = self.rule.policy.retry.as_ref();
+        let brt = &rt.backends[self.backend_idx.min(rt.backends.len() - 1)];
+        let retry = rule.policy.retry.as_ref();
         let _budget_guard = self.rt.budget.as_ref().map(|b| b.request_started());
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut body = body;
@@ -62,7 +66,7 @@ impl Attempts<'_> {
             rec.attempts += 1;
             rec.upstream = Some(ep.addr);
             rec.destination_workload = Some(ep.workload.clone());
-            let req = self.build_request(body);
+            let req = self.build_request(body, retry.is_none());
             let load = brt.balancer.start(ep.addr);
             let sent = self
                 .ctx
@@ -184,13 +188,20 @@ impl Attempts<'_> {
         cands[i.min(cands.len() - 1)].clone()
     }
 
-    fn build_request(&self, body: ReplayBody) -> Request<ReplayBody> {
-        let p = self.parts;
+    /// The upstream request; `last` (no retry can follow) moves the headers
+    /// out instead of cloning them.
+    fn build_request(&mut self, body: ReplayBody, last: bool) -> Request<ReplayBody> {
+        let uri = upstream_uri(&self.parts.uri, &self.parts.headers, self.proto);
+        let p = &mut self.parts;
         let mut req = Request::new(body);
         *req.method_mut() = p.method.clone();
         *req.version_mut() = p.version;
-        *req.headers_mut() = p.headers.clone();
-        *req.uri_mut() = upstream_uri(&p.uri, &p.headers, self.proto);
+        *req.headers_mut() = if last {
+            std::mem::take(&mut p.headers)
+        } else {
+            p.headers.clone()
+        };
+        *req.uri_mut() = uri;
         if self.proto == Proto::Http1 && !req.headers().contains_key(HOST) {
             if let Some(a) = p.uri.authority() {
                 if let Ok(v) = HeaderValue::from_str(a.as_str()) {
@@ -203,34 +214,29 @@ impl Attempts<'_> {
 }
 
 /// HTTP/1.1 upstreams get origin-form (`/path?q`); HTTP/2 needs scheme and
-/// authority, taken from the URI or the Host header.
+/// authority, taken from the URI or the Host header. Built from the URI's
+/// parts, which share its buffer: no formatting or re-parsing per request.
 pub fn upstream_uri(uri: &Uri, headers: &http::HeaderMap, proto: Proto) -> Uri {
     let pq = uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    match proto {
-        Proto::Http1 => pq.parse().unwrap_or_else(|_| Uri::from_static("/")),
-        Proto::Http2 => {
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .or_else(|| {
-                    headers
-                        .get(HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| "localhost".into());
-            Uri::builder()
-                .scheme(uri.scheme_str().unwrap_or("http"))
-                .authority(authority)
-                .path_and_query(pq)
-                .build()
-                .unwrap_or_else(|_| uri.clone())
-        }
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    if proto == Proto::Http2 {
+        let authority = uri
+            .authority()
+            .cloned()
+            .or_else(|| {
+                headers
+                    .get(HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            })
+            .unwrap_or_else(|| Authority::from_static("localhost"));
+        parts.scheme = Some(uri.scheme().cloned().unwrap_or(Scheme::HTTP));
+        parts.authority = Some(authority);
     }
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// The upstream protocol: the one the client spoke (gRPC needs HTTP/2).
@@ -298,19 +304,44 @@ mod tests {
 
     #[test]
     fn upstream_uris_fit_the_protocol() {
-        let mut h = http::HeaderMap::new();
-        h.insert(HOST, "svc.demo:80".parse().unwrap());
-        let origin: Uri = "/a?b=1".parse().unwrap();
-        assert_eq!(upstream_uri(&origin, &h, Proto::Http1), "/a?b=1");
-        assert_eq!(
-            upstream_uri(&origin, &h, Proto::Http2).to_string(),
-            "http://svc.demo:80/a?b=1"
-        );
-        let abs: Uri = "http://x.y/z".parse().unwrap();
-        assert_eq!(upstream_uri(&abs, &h, Proto::Http1), "/z");
-        assert_eq!(
-            upstream_uri(&abs, &h, Proto::Http2).to_string(),
-            "http://x.y/z"
-        );
+        // (request URI, Host header, upstream protocol, expected URI)
+        let cases = [
+            ("/a?b=1", Some("svc.demo:80"), Proto::Http1, "/a?b=1"),
+            (
+                "/a?b=1",
+                Some("svc.demo:80"),
+                Proto::Http2,
+                "http://svc.demo:80/a?b=1",
+            ),
+            ("http://x.y/z", Some("svc.demo:80"), Proto::Http1, "/z"),
+            (
+                "http://x.y/z",
+                Some("svc.demo:80"),
+                Proto::Http2,
+                "http://x.y/z",
+            ),
+            ("https://x.y/z?q", None, Proto::Http2, "https://x.y/z?q"),
+            ("http://x.y", None, Proto::Http1, "/"),
+            ("/p", None, Proto::Http2, "http://localhost/p"),
+            (
+                "/p",
+                Some("bad host\u{7f}"),
+                Proto::Http2,
+                "http://localhost/p",
+            ),
+            ("*", None, Proto::Http1, "*"),
+        ];
+        for (uri, host, proto, want) in cases {
+            let mut h = http::HeaderMap::new();
+            if let Some(v) = host.and_then(|v| HeaderValue::from_str(v).ok()) {
+                h.insert(HOST, v);
+            }
+            let got = upstream_uri(&uri.parse().unwrap(), &h, proto);
+            assert_eq!(
+                got.to_string(),
+                want,
+                "{uri} with host {host:?} over {proto:?}"
+            );
+        }
     }
 }

@@ -275,7 +275,7 @@ async fn serve(
         backend_idx,
         endpoints,
         proto: proto_of(parts.version),
-        parts: &parts,
+        parts,
         grpc,
     };
     // Boxed: the attempts (upstream send, timers, backoff) are most of the
