@@ -247,6 +247,47 @@ def finish(report, peer):
     emit(report)
 
 
+def handshake(ctx, raw, server_side, expect_id, deadline, report):
+    """TLS handshake on `raw`, then the HBONE checks of the peer: ALPN h2 and
+    exactly the expected SPIFFE URI SAN. Fills `report` (the peer's URI under
+    `client_uri` or `server_uri`); returns an H2Peer, or None after emitting
+    the failure."""
+    who = "client" if server_side else "server"
+    try:
+        if server_side:
+            tls = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        else:
+            # No server_hostname: HBONE clients send no SNI.
+            tls = ctx.wrap_socket(raw, server_hostname=None, do_handshake_on_connect=False)
+        tls.settimeout(deadline.timeout())
+        tls.do_handshake()
+    except (OSError, ssl.SSLError) as e:
+        raw.close()
+        fail(report, "tls_handshake", e)
+        return None
+    facts = tls_facts(tls)
+    uris = facts["peer_uris"]
+    report.update(
+        {
+            "tls_version": facts["tls_version"],
+            "alpn": facts["alpn"],
+            "cipher": facts["cipher"],
+            f"{who}_uri": uris[0] if len(uris) == 1 else None,
+            f"{who}_uris": uris,
+        }
+    )
+    peer = H2Peer(tls, client_side=not server_side, deadline=deadline)
+    if facts["alpn"] != ALPN_H2:
+        peer.close(0)
+        fail(report, "alpn", PeerError(f"{who} selected ALPN {facts['alpn']!r}, not h2"))
+        return None
+    if expect_id and report[f"{who}_uri"] != expect_id:
+        peer.close(0)
+        fail(report, "identity", PeerError(f"{who} presented URI SANs {uris}, expected {expect_id}"))
+        return None
+    return peer
+
+
 def run_client(args):
     deadline = Deadline(args.timeout, args.op_timeout)
     report = {"mode": "client", "target": args.target}
@@ -260,33 +301,12 @@ def run_client(args):
     report["local_addr"] = f"{local[0]}:{local[1]}"
     try:
         ctx = tls_context(False, args)
-        # No server_hostname: HBONE clients send no SNI.
-        tls = ctx.wrap_socket(raw, server_hostname=None, do_handshake_on_connect=False)
-        tls.settimeout(deadline.timeout())
-        tls.do_handshake()
     except (OSError, ssl.SSLError) as e:
         raw.close()
-        return fail(report, "tls_handshake", e)
-    facts = tls_facts(tls)
-    report.update(
-        {
-            "tls_version": facts["tls_version"],
-            "alpn": facts["alpn"],
-            "cipher": facts["cipher"],
-            "server_uri": facts["peer_uris"][0] if len(facts["peer_uris"]) == 1 else None,
-            "server_uris": facts["peer_uris"],
-        }
-    )
-    peer = H2Peer(tls, client_side=True, deadline=deadline)
-    if facts["alpn"] != ALPN_H2:
-        peer.close(0)
-        return fail(report, "alpn", PeerError(f"server selected ALPN {facts['alpn']!r}, not h2"))
-    if args.expect_server_id and report["server_uri"] != args.expect_server_id:
-        peer.close(0)
-        err = PeerError(
-            f"server presented URI SANs {facts['peer_uris']}, expected {args.expect_server_id}"
-        )
-        return fail(report, "identity", err)
+        return fail(report, "tls_config", e)
+    peer = handshake(ctx, raw, False, args.expect_server_id, deadline, report)
+    if peer is None:
+        return 0
     phase = "h2_handshake"
     try:
         peer.start()
@@ -353,33 +373,9 @@ def run_server(args):
         return fail(report, phase, e)
     listener.close()
     report["peer_addr"] = f"{peer_addr[0]}:{peer_addr[1]}"
-    try:
-        tls = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-        tls.settimeout(deadline.timeout())
-        tls.do_handshake()
-    except (OSError, ssl.SSLError) as e:
-        raw.close()
-        return fail(report, "tls_handshake", e)
-    facts = tls_facts(tls)
-    report.update(
-        {
-            "tls_version": facts["tls_version"],
-            "alpn": facts["alpn"],
-            "cipher": facts["cipher"],
-            "client_uri": facts["peer_uris"][0] if len(facts["peer_uris"]) == 1 else None,
-            "client_uris": facts["peer_uris"],
-        }
-    )
-    peer = H2Peer(tls, client_side=False, deadline=deadline)
-    if facts["alpn"] != ALPN_H2:
-        peer.close(0)
-        return fail(report, "alpn", PeerError(f"client negotiated ALPN {facts['alpn']!r}, not h2"))
-    if args.expect_client_id and report["client_uri"] != args.expect_client_id:
-        peer.close(0)
-        err = PeerError(
-            f"client presented URI SANs {facts['peer_uris']}, expected {args.expect_client_id}"
-        )
-        return fail(report, "identity", err)
+    peer = handshake(ctx, raw, True, args.expect_client_id, deadline, report)
+    if peer is None:
+        return 0
     phase = "request"
     try:
         peer.start()

@@ -87,7 +87,10 @@ pub struct Mesh {
 /// The proxies of the L4 steps: the client's and the server's.
 const L4_PROXIES: [&str; 2] = ["node1", "node2"];
 
-fn base_settings(dir: &Path, node: &str) -> Settings {
+/// A dedicated-mode node proxy on loopback: config and CA from `dir`, admin
+/// listeners on ephemeral ports, one worker. Callers set the workload and
+/// listeners.
+pub fn base_settings(dir: &Path, node: &str) -> Settings {
     Settings {
         mode: Mode::Dedicated,
         node: node.into(),

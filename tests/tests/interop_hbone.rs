@@ -29,7 +29,7 @@ use trellis_e2e::cluster::{http, labels_of};
 use trellis_e2e::process::OwnedChild;
 use trellis_e2e::{wait_for, TestServer};
 use trellis_node_proxy::app::{self, ProxyHandle};
-use trellis_node_proxy::settings::{LogFormat, Mode, OutboundForward, Settings};
+use trellis_node_proxy::settings::{OutboundForward, Settings};
 
 const TRUST_DOMAIN: &str = "cluster.local";
 const NS: &str = "interop";
@@ -247,33 +247,12 @@ fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
 }
 
 fn settings(dir: &Path, node: &str, workload: &str) -> Settings {
-    let any_port = |ip: IpAddr| SocketAddr::new(ip, 0);
-    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    Settings {
-        mode: Mode::Dedicated,
-        node: node.into(),
-        config: dir.join("mesh.yaml"),
-        ca_dir: dir.join("ca"),
-        trust_bundle: None,
-        workload_uid: Some(workload.into()),
-        outbound_addr: None,
-        hbone_addr: None,
-        inbound_plain_addr: None,
-        outbound_forwards: vec![],
-        pods: vec![],
-        admin_addr: any_port(localhost),
-        metrics_addr: any_port(localhost),
-        readiness_addr: any_port(localhost),
-        bound_addrs_file: None,
-        workers: 1,
-        drain_deadline: Duration::from_secs(2),
-        config_poll: Duration::from_secs(1),
-        access_log: LogFormat::Text,
-        log_format: LogFormat::Text,
-        log: "info".into(),
-        preserve_source_ip: false,
-        install_redirect: false,
-    }
+    let mut s = trellis_e2e::demo::base_settings(dir, node);
+    s.workload_uid = Some(workload.into());
+    // Plain loopback sockets: no transparent source, no redirect rules.
+    s.preserve_source_ip = false;
+    s.install_redirect = false;
+    s
 }
 
 fn workload_yaml(sa: &str, addr: IpAddr, node: &str, policies: &[&str]) -> String {
