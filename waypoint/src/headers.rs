@@ -206,6 +206,12 @@ const HOP_BY_HOP: [HeaderName; 4] = [
 /// upgrade such as WebSocket being forwarded) `upgrade` survives and
 /// `connection: upgrade` is set, which the next hop needs to accept it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names is cheaper than a
+    // hashed removal per hop-by-hop name.
+    let hop = |n: &HeaderName| n == CONNECTION || n == TE || n == UPGRADE || HOP_BY_HOP.contains(n);
+    if !headers.keys().any(hop) {
+        return;
+    }
     let nominated: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()

@@ -186,6 +186,8 @@ fn hop_by_hop() {
         Case { name: "upgrade removed when not upgrading", keep_upgrade: false, incoming: &[("connection", "upgrade"), ("upgrade", "websocket")], want: &[] },
         Case { name: "upgrade kept when upgrading", keep_upgrade: true, incoming: &[("connection", "Upgrade, x-secret"), ("upgrade", "websocket"), ("x-secret", "s")], want: &["connection: upgrade", "upgrade: websocket"] },
         Case { name: "keep_upgrade without upgrade header", keep_upgrade: true, incoming: &[("connection", "keep-alive")], want: &[] },
+        Case { name: "a lone fixed-set header after end-to-end ones", keep_upgrade: false, incoming: &[("x-a", "1"), ("x-b", "2"), ("trailer", "grpc-status")], want: &["x-a: 1", "x-b: 2"] },
+        Case { name: "nothing hop-by-hop, upgrading", keep_upgrade: true, incoming: &[("x-a", "1")], want: &["x-a: 1"] },
         Case { name: "end-to-end headers untouched", keep_upgrade: false, incoming: &[("content-length", "3"), ("authorization", "Bearer x")], want: &["authorization: Bearer x", "content-length: 3"] },
     ];
     for c in cases {

@@ -80,7 +80,9 @@ impl Attempts<'_> {
                 },
                 None => sent.await.map_err(Failure::Upstream),
             };
-            let latency = now.elapsed();
+            // One clock read for the latency and the balancer's timestamp.
+            let ended = Instant::now();
+            let latency = ended - now;
             let (outcome, detector) = match &res {
                 Ok(resp) => {
                     let s = resp.status().as_u16();
@@ -93,19 +95,19 @@ impl Attempts<'_> {
                     } else {
                         Outcome::Success
                     };
-                    load.finish(latency, s < 500);
+                    load.finish_at(latency, s < 500, ended);
                     (o, d)
                 }
                 Err(Failure::Upstream(e)) if e.is_connect_failure() => {
-                    load.finish(latency, false);
+                    load.finish_at(latency, false, ended);
                     (AttemptOutcome::ConnectFailure, Outcome::ConnectFailure)
                 }
                 Err(Failure::PerTryTimeout) => {
-                    load.finish(latency, false);
+                    load.finish_at(latency, false, ended);
                     (AttemptOutcome::Status(504), Outcome::ServerError)
                 }
                 Err(_) => {
-                    load.finish(latency, false);
+                    load.finish_at(latency, false, ended);
                     (AttemptOutcome::Reset, Outcome::ServerError)
                 }
             };

@@ -267,7 +267,8 @@ async fn serve(
         _ => 0,
     };
     let body = ReplayBody::new(incoming, limit);
-    let started = Instant::now();
+    // Only the adaptive limiter reads the upstream latency; skip the clock otherwise.
+    let started = adaptive.is_some().then(Instant::now);
     let attempts = Attempts {
         ctx,
         rule: &rule,
@@ -284,7 +285,7 @@ async fn serve(
     let result = until(deadline, Box::pin(attempts.run(body, &mut rec, &mut rng)))
         .await
         .unwrap_or(Err(Failure::Timeout));
-    let latency = started.elapsed();
+    let latency = started.map(|s| s.elapsed());
     let (mut resp, body_deadline) = match result {
         Ok((resp, try_started)) => {
             // The timeouts cover the body too: the sooner of the two ends.
@@ -292,7 +293,7 @@ async fn serve(
             (resp, deadline.into_iter().chain(try_deadline).min())
         }
         Err(f) => {
-            if let Some(p) = adaptive {
+            if let (Some(p), Some(latency)) = (adaptive, latency) {
                 p.record(latency, false);
             }
             let attempts = rec.attempts;
@@ -300,7 +301,7 @@ async fn serve(
         }
     };
     let status = resp.status();
-    if let Some(p) = adaptive {
+    if let (Some(p), Some(latency)) = (adaptive, latency) {
         p.record(latency, status.as_u16() < 500);
     }
     rule.filters.apply_response(resp.headers_mut());
