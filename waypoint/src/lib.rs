@@ -11,7 +11,7 @@
 //!
 //! | thread | runtime | serves |
 //! |---|---|---|
-//! | `trellis-wp-worker` ×N | multi-thread | 15008 HBONE, upstream connections |
+//! | `trellis-wp-worker-<i>` ×N | current-thread each | its own SO_REUSEPORT 15008 HBONE listener, its own upstream pools |
 //! | `trellis-wp-admin` | current-thread | 15000 admin, 15020 metrics, 15021 readiness, config watcher, drain |
 
 pub mod admin;
