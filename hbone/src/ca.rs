@@ -109,7 +109,17 @@ impl DevCa {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, trust_domain);
-        dn.push(DnType::CommonName, "trellis dev root ca");
+        // A per-root suffix (from its public key): verifiers match roots by
+        // subject first, so two dev roots with one name make a foreign
+        // certificate fail as a bad signature instead of an unknown issuer.
+        let tag: String = key
+            .public_key_raw()
+            .iter()
+            .skip(1)
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        dn.push(DnType::CommonName, format!("trellis dev root ca {tag}"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
