@@ -15,13 +15,25 @@ const BACKLOG: i32 = 1024;
 /// Binds `count` (at least one) non-blocking listeners on `addr` with
 /// SO_REUSEPORT. With port 0 the first socket picks the port and the others
 /// join it.
+///
+/// SO_REUSEPORT would also let a second process of the same user join the
+/// group silently and take half the connections. A probe bind without it
+/// first makes an address already in use (by anyone) a clear error instead.
 pub fn bind_reuseport(
     what: &'static str,
     addr: SocketAddr,
     count: usize,
 ) -> Result<Vec<std::net::TcpListener>, BindError> {
+    let probe = |addr| -> std::io::Result<SocketAddr> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("bound address is not an IP socket address"))
+    };
+    let mut addr = probe(addr).map_err(|source| BindError { what, addr, source })?;
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
-    let mut addr = addr;
     for _ in 0..count.max(1) {
         let l = bind_one(addr).map_err(|source| BindError { what, addr, source })?;
         if addr.port() == 0 {
@@ -73,6 +85,18 @@ mod tests {
         let mut b = [0u8; 1];
         s.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"x");
+    }
+
+    #[test]
+    fn a_port_held_by_another_reuseport_group_is_refused_not_shared() {
+        // Another process of the same user listening with SO_REUSEPORT.
+        let other = bind_one("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = other.local_addr().unwrap();
+        let e = bind_reuseport("hbone", addr, 2).unwrap_err();
+        assert_eq!(e.source.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        // Once it is gone the address is free again.
+        drop(other);
+        assert_eq!(bind_reuseport("hbone", addr, 2).unwrap().len(), 2);
     }
 
     #[test]
