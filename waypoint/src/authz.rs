@@ -29,31 +29,30 @@ pub const DEFAULT_DENY: &str = "default-deny: ALLOW policies exist but none matc
 
 const SPIFFE: &str = "spiffe://";
 
-/// What is known about an HTTP request when it is authorized.
+/// What is known about a stream from its connection alone: all there is
+/// for a stream that is not HTTP (sniffed as TCP), and the base of every
+/// HTTP request on it.
 #[derive(Clone, Copy, Debug)]
-pub struct AuthzRequest<'a> {
+pub struct TcpAuthzRequest<'a> {
     /// SPIFFE identity without the scheme, e.g. "cluster.local/ns/demo/sa/client";
     /// `None` when the caller is unknown.
     pub source_principal: Option<&'a str>,
     pub source_namespace: Option<&'a str>,
     pub source_ip: IpAddr,
+    /// The destination (service) port.
+    pub port: u16,
+}
+
+/// What is known about an HTTP request when it is authorized.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthzRequest<'a> {
+    pub conn: TcpAuthzRequest<'a>,
     /// Host / :authority without the port.
     pub host: &'a str,
     pub method: &'a str,
     /// The path without the query string.
     pub path: &'a str,
-    /// The destination (service) port.
-    pub port: u16,
     pub headers: &'a HeaderMap,
-}
-
-/// What is known about a stream that is not HTTP (sniffed as TCP).
-#[derive(Clone, Copy, Debug)]
-pub struct TcpAuthzRequest<'a> {
-    pub source_principal: Option<&'a str>,
-    pub source_namespace: Option<&'a str>,
-    pub source_ip: IpAddr,
-    pub port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,19 +187,13 @@ impl PolicySet {
         service_name: &str,
         req: &AuthzRequest<'_>,
     ) -> AuthzDecision {
-        let ctx = Ctx {
-            principal: req.source_principal.map(strip_spiffe),
-            namespace: req.source_namespace,
-            ip: req.source_ip.to_canonical(),
-            port: req.port,
-            http: Some(Http {
-                host: req.host,
-                method: req.method,
-                path: req.path,
-                headers: req.headers,
-            }),
+        let http = Http {
+            host: req.host,
+            method: req.method,
+            path: req.path,
+            headers: req.headers,
         };
-        self.decide(service_ns, service_name, &ctx)
+        self.decide(service_ns, service_name, &Ctx::new(&req.conn, Some(http)))
     }
 
     /// Decides a non-HTTP stream, as Istio does for TCP: ALLOW rules that
@@ -212,14 +205,7 @@ impl PolicySet {
         service_name: &str,
         req: &TcpAuthzRequest<'_>,
     ) -> AuthzDecision {
-        let ctx = Ctx {
-            principal: req.source_principal.map(strip_spiffe),
-            namespace: req.source_namespace,
-            ip: req.source_ip.to_canonical(),
-            port: req.port,
-            http: None,
-        };
-        self.decide(service_ns, service_name, &ctx)
+        self.decide(service_ns, service_name, &Ctx::new(req, None))
     }
 
     pub fn is_empty(&self) -> bool {

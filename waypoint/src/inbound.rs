@@ -22,7 +22,7 @@ use tracing::{debug, info, warn, Instrument};
 use trellis_core::accept::{self, AcceptError};
 use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
 
-use crate::authz::{AuthzDecision, TcpAuthzRequest};
+use crate::authz::AuthzDecision;
 use crate::proxy::{App, ConnCtx};
 use crate::sniff::{self, Sniffed};
 use crate::upstream::Endpoint;
@@ -211,15 +211,7 @@ async fn relay_tcp(ctx: Arc<ConnCtx>, mut io: Rewind) {
             None => return,
         },
     };
-    let areq = TcpAuthzRequest {
-        source_principal: ctx.principal.as_deref(),
-        source_namespace: ctx.source_identity.as_ref().map(|i| i.namespace()),
-        source_ip: ctx
-            .source_addr
-            .map(|a| a.ip())
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-        port: ctx.target.port(),
-    };
+    let areq = ctx.tcp_authz();
     if let AuthzDecision::Deny { policy } = compiled.authz.evaluate_tcp(&ns, &name, &areq) {
         info!(src.principal = ctx.principal.as_deref().unwrap_or("-"), dst.addr = %ctx.target, %policy, "tcp stream denied");
         app.metrics.core.record_error(ErrorReason::PolicyDenied);

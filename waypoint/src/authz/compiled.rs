@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use trellis_core::config::l7::{L7Action, L7Condition, L7Operation, L7Policy, L7Rule, L7Source};
 use trellis_core::config::StringMatch;
 
-use super::{key, strip_spiffe, PolicyProblem};
+use super::{key, strip_spiffe, PolicyProblem, TcpAuthzRequest};
 
 // ---------------------------------------------------------------- request view
 
@@ -22,6 +22,18 @@ pub(super) struct Ctx<'a> {
     pub(super) port: u16,
     /// `None` for TCP streams.
     pub(super) http: Option<Http<'a>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(super) fn new(conn: &TcpAuthzRequest<'a>, http: Option<Http<'a>>) -> Ctx<'a> {
+        Ctx {
+            principal: conn.source_principal.map(strip_spiffe),
+            namespace: conn.source_namespace,
+            ip: conn.source_ip.to_canonical(),
+            port: conn.port,
+            http,
+        }
+    }
 }
 
 pub(super) struct Http<'a> {

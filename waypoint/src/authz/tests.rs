@@ -110,13 +110,15 @@ fn run(set: &PolicySet, service: &str, req: &Req) -> AuthzDecision {
     let (ns, name) = service.split_once('/').unwrap();
     let headers = header_map(req.headers);
     let authz = AuthzRequest {
-        source_principal: req.principal,
-        source_namespace: req.namespace,
-        source_ip: req.ip.parse().unwrap(),
+        conn: TcpAuthzRequest {
+            source_principal: req.principal,
+            source_namespace: req.namespace,
+            source_ip: req.ip.parse().unwrap(),
+            port: req.port,
+        },
         host: req.host,
         method: req.method,
         path: req.path,
-        port: req.port,
         headers: &headers,
     };
     set.evaluate(ns, name, &authz)

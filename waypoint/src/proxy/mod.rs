@@ -26,7 +26,7 @@ use trellis_core::drain::DrainWatcher;
 use trellis_core::metrics::ConnectionLabels;
 use trellis_core::state::StateStore;
 
-use crate::authz::AuthzRequest;
+use crate::authz::{AuthzRequest, TcpAuthzRequest};
 use crate::body::{grpc_status, header_size, Hold, ReplayBody, RespBody, ResponseBody};
 use crate::headers;
 use crate::metrics::{RequestRecord, WaypointMetrics};
@@ -91,6 +91,20 @@ impl ConnCtx {
             labels,
             principal,
             caller_key,
+        }
+    }
+
+    /// What policy knows of this connection's caller and destination port;
+    /// an unknown source address matches no IP block.
+    pub fn tcp_authz(&self) -> TcpAuthzRequest<'_> {
+        TcpAuthzRequest {
+            source_principal: self.principal.as_deref(),
+            source_namespace: self.source_identity.as_ref().map(|i| i.namespace()),
+            source_ip: self
+                .source_addr
+                .map(|a| a.ip())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            port: self.target.port(),
         }
     }
 }
@@ -164,16 +178,10 @@ async fn serve(
     };
 
     let authz_req = AuthzRequest {
-        source_principal: ctx.principal.as_deref(),
-        source_namespace: ctx.source_identity.as_ref().map(|i| i.namespace()),
-        source_ip: ctx
-            .source_addr
-            .map(|a| a.ip())
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        conn: ctx.tcp_authz(),
         host: &host,
         method: req.method().as_str(),
         path: req.uri().path(),
-        port: ctx.target.port(),
         headers: req.headers(),
     };
     or_reply!(
