@@ -15,6 +15,7 @@
 //! * [`run`]: the run lock, waiting for idle CPUs, machine facts, writing results.
 //! * [`l7`]: the waypoint benchmark.
 
+pub mod calibrate;
 pub mod conn_rate;
 pub mod hist;
 pub mod http_load;

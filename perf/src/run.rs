@@ -109,6 +109,15 @@ pub fn read_trim(path: &str) -> String {
         .to_string()
 }
 
+/// The report's machine line: CPU model, CPUs this run may use, kernel.
+pub fn machine_line(cpus_allowed: usize) -> String {
+    format!(
+        "machine: {} ({cpus_allowed} CPUs allowed), kernel {}",
+        cpu_model(),
+        read_trim("/proc/sys/kernel/osrelease")
+    )
+}
+
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()

@@ -20,10 +20,10 @@ use trellis_perf::http_load::{self, RateConfig};
 use trellis_perf::latency::{self, PingPong};
 use trellis_perf::proc_stats::{self, BusyMeter, CpuMeter};
 use trellis_perf::report::{self, PathResults, ProxyCosts, ServerCpu};
-use trellis_perf::run::{self, cpu_model, git_rev, read_trim, say, write_results};
+use trellis_perf::run::{self, git_rev, read_trim, say, write_results};
 use trellis_perf::servers::{EchoServer, Iperf3Server, Nginx};
 use trellis_perf::topo::{self, BenchTopo, NodeProxy};
-use trellis_perf::{sys, throughput, LOADGEN_CPU, SERVER_CPU};
+use trellis_perf::{calibrate, sys, throughput, LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;
 const HTTP_PORT: u16 = 80;
@@ -358,6 +358,11 @@ fn main() -> Result<()> {
     // servers and proxies are pinned to the server CPU explicitly.
     sys::pin_current_thread(LOADGEN_CPU)?;
     let nofile = sys::raise_nofile()?;
+    // Before anything else runs: what a wake-up costs on this machine.
+    let wake = calibrate::wake_cost(LOADGEN_CPU, SERVER_CPU)
+        .map(|w| w.describe(LOADGEN_CPU, SERVER_CPU))
+        .unwrap_or_else(|e| format!("wake-up cost: not measured ({e:#})"));
+    say(&wake);
     let load_start = read_trim("/proc/loadavg");
     let started = Instant::now();
     say(format!(
@@ -490,7 +495,8 @@ fn main() -> Result<()> {
             git_rev(),
             started.elapsed().as_secs_f64()
         ),
-        format!("machine: {} ({} CPUs allowed), kernel {}", cpu_model(), cpus.len(), read_trim("/proc/sys/kernel/osrelease")),
+        run::machine_line(cpus.len()),
+        wake.clone(),
         format!("loadavg at start {load_start}; at end {load_end}"),
         "pinning: load generators (iperf3 -c, Rust clients) on CPU 0; iperf3 -s, echo server, nginx and both node proxies (--workers 1) on CPU 1".into(),
         format!(

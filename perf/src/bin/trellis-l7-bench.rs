@@ -24,9 +24,9 @@ use trellis_perf::l7::profile::{self, Profile};
 use trellis_perf::l7::report::{self, ProtoResults, ProxyRuns};
 use trellis_perf::l7::servers::{Listen, Upstreams};
 use trellis_perf::l7::{GRPC_PORT, HTTP_PORT, LOAD_CPU, PROXY_CPU};
-use trellis_perf::run::{self, cpu_model, git_rev, read_trim, say};
-use trellis_perf::sys;
+use trellis_perf::run::{self, git_rev, read_trim, say};
 use trellis_perf::topo;
+use trellis_perf::{calibrate, sys};
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -169,6 +169,11 @@ fn main() -> Result<()> {
     let _lock = run::lock()?;
     sys::pin_current_thread(LOAD_CPU)?;
     let nofile = sys::raise_nofile()?;
+    // Before anything else runs: what a wake-up costs on this machine.
+    let wake = calibrate::wake_cost(LOAD_CPU, PROXY_CPU)
+        .map(|w| w.describe(LOAD_CPU, PROXY_CPU))
+        .unwrap_or_else(|e| format!("wake-up cost: not measured ({e:#})"));
+    say(&wake);
     let load_start = read_trim("/proc/loadavg");
     let started = Instant::now();
     say(format!(
@@ -354,7 +359,8 @@ fn main() -> Result<()> {
             git_rev(),
             started.elapsed().as_secs_f64()
         ),
-        format!("machine: {} ({} CPUs allowed), kernel {}", cpu_model(), cpus.len(), read_trim("/proc/sys/kernel/osrelease")),
+        run::machine_line(cpus.len()),
+        wake.clone(),
         format!("loadavg at start {load_start}; at end {load_end}"),
         format!("waypoint binary: {}", waypoint_bin.display()),
         format!(
