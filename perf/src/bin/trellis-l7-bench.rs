@@ -28,6 +28,31 @@ use trellis_perf::run::{self, git_rev, read_trim, say};
 use trellis_perf::topo;
 use trellis_perf::{calibrate, sys};
 
+/// Which load a profile is taken under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProfiledLoad {
+    /// The closed-loop maximum rate.
+    Max,
+    /// The open-loop fixed rate of the measured runs.
+    Fixed,
+}
+
+impl ProfiledLoad {
+    fn label(self) -> &'static str {
+        match self {
+            ProfiledLoad::Max => "at max rate",
+            ProfiledLoad::Fixed => "at the fixed rate",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            ProfiledLoad::Max => "max",
+            ProfiledLoad::Fixed => "fixed",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Opts {
     quick: bool,
@@ -296,27 +321,51 @@ fn main() -> Result<()> {
             .clone()
             .unwrap_or_else(|| tmp.path().to_path_buf());
         std::fs::create_dir_all(&dir)?;
-        let mut todo: Vec<(Path, Proto)> =
-            o.protocols.iter().map(|&p| (Path::Waypoint, p)).collect();
-        if o.protocols.contains(&Proto::Http1) && b.support[&Proto::Http1].is_none() {
-            todo.push((Path::Nginx, Proto::Http1));
+        // The waypoint at both loads: the full-load profile shows the work per
+        // request, the fixed-rate one what a request costs when the proxy
+        // sleeps between requests (the fixed-rate targets are the open ones).
+        let mut todo: Vec<(Path, Proto, ProfiledLoad)> = Vec::new();
+        for &p in &o.protocols {
+            todo.push((Path::Waypoint, p, ProfiledLoad::Max));
+            todo.push((Path::Waypoint, p, ProfiledLoad::Fixed));
         }
-        for (path, proto) in todo {
-            let name = format!("{} {} at max rate", path.label(), proto.label());
+        if o.protocols.contains(&Proto::Http1) && b.support[&Proto::Http1].is_none() {
+            todo.push((Path::Nginx, Proto::Http1, ProfiledLoad::Max));
+            todo.push((Path::Nginx, Proto::Http1, ProfiledLoad::Fixed));
+        }
+        for (path, proto, kind) in todo {
+            let name = format!("{} {} {}", path.label(), proto.label(), kind.label());
             say(format!(
                 "profiling {name} ({:.0} s, perf record, DWARF call graphs)",
                 o.profile_secs
             ));
-            let data = dir.join(format!("{}-{}.perf.data", path.label(), proto.key()));
+            let data = dir.join(format!(
+                "{}-{}-{}.perf.data",
+                path.label(),
+                proto.key(),
+                kind.key()
+            ));
             let pid = b.watch(path).proxy[0];
-            let mut cfg = o.max;
-            // Every request counts: perf stat runs over the whole load.
-            cfg.warmup = Duration::ZERO;
-            cfg.duration = Duration::from_secs_f64(o.profile_secs);
             let target = b.target(path, proto);
             let (ns, watch) = (b.ns(path).try_clone()?, b.watch(path));
-            let (r, counts) = profile::record(pid, &data, || {
-                load::max_rate(&ns, LOAD_CPU, &target, cfg, &watch)
+            let secs = Duration::from_secs_f64(o.profile_secs);
+            let (r, counts) = profile::record(pid, &data, || match kind {
+                ProfiledLoad::Max => {
+                    // Every request counts: perf stat runs over the whole load.
+                    let cfg = MaxConfig {
+                        warmup: Duration::ZERO,
+                        duration: secs,
+                        ..o.max
+                    };
+                    load::max_rate(&ns, LOAD_CPU, &target, cfg, &watch)
+                }
+                ProfiledLoad::Fixed => {
+                    let cfg = RateConfig {
+                        duration: secs,
+                        ..o.rate
+                    };
+                    load::fixed_rate(&ns, LOAD_CPU, &target, cfg, &watch)
+                }
             })?;
             b.check_alive()?;
             say("  summarising (perf report)");
@@ -336,7 +385,12 @@ fn main() -> Result<()> {
                     Path::Nginx => r.nginx.as_ref().ok(),
                     Path::L4 => None,
                 });
-            p.cpu_us_per_request = measured.map(|m| m.max.proxy_us_per_req()).unwrap_or(0.0);
+            p.cpu_us_per_request = measured
+                .map(|m| match kind {
+                    ProfiledLoad::Max => m.max.proxy_us_per_req(),
+                    ProfiledLoad::Fixed => m.fixed.proxy_us_per_req(),
+                })
+                .unwrap_or(0.0);
             profiles.push((name, p));
         }
     }
@@ -404,7 +458,7 @@ fn main() -> Result<()> {
         routed.join(", ")
     ));
     if o.profile {
-        notes.push("profiles: taken after the measured runs (perf record -e cpu-clock -F 999 --call-graph dwarf on the proxy's PID, closed loop), so they do not perturb the numbers above".into());
+        notes.push("profiles: taken after the measured runs (perf record -e cpu-clock -F 999 --call-graph dwarf on the proxy's PID, closed loop and at the fixed rate), so they do not perturb the numbers above".into());
     }
     let analysis: Vec<String> = profiles
         .iter()

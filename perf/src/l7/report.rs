@@ -350,13 +350,13 @@ pub fn markdown(
         }
     }
     if !analysis.is_empty() {
-        s += "\n## What dominates the waypoint's CPU time\n\nFrom the profiles below (self time by group), scaled by the CPU per request of the measured closed-loop run of the same load:\n\n";
+        s += "\n## What dominates the waypoint's CPU time\n\nFrom the profiles below (self time by group), scaled by the CPU per request of the measured run of the same load (closed loop, or the fixed rate):\n\n";
         for a in analysis {
             s += &format!("- {a}\n");
         }
     }
     if !profiles.is_empty() {
-        s += "\n### Syscalls and context switches per request (perf stat, profiled closed-loop runs)\n\n| event |";
+        s += "\n### Syscalls and context switches per request (perf stat, profiled runs)\n\n| event |";
         for (name, _) in profiles {
             s += &format!(" {name} |");
         }
