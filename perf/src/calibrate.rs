@@ -46,6 +46,14 @@ impl WakeCost {
     }
 }
 
+/// The report's note: [`wake_cost`] between `a` and `b`, described, or why
+/// it could not be measured (the run goes on either way).
+pub fn note(a: usize, b: usize) -> String {
+    wake_cost(a, b)
+        .map(|w| w.describe(a, b))
+        .unwrap_or_else(|e| format!("wake-up cost: not measured ({e:#})"))
+}
+
 /// Measures [`WakeCost`] between CPUs `a` and `b` (which must differ).
 pub fn wake_cost(a: usize, b: usize) -> Result<WakeCost> {
     if a == b {
@@ -164,6 +172,12 @@ mod tests {
     fn wake_cost_measures_both_round_trips_and_refuses_one_cpu() {
         let cpus = crate::sys::allowed_cpus();
         assert!(wake_cost(cpus[0], cpus[0]).is_err());
+        let refused = note(cpus[0], cpus[0]);
+        assert!(
+            refused.starts_with("wake-up cost: not measured")
+                && refused.contains("two different CPUs"),
+            "{refused}"
+        );
         if cpus.len() < 2 {
             // A one-CPU sandbox has no cross-CPU case; the same-CPU probe still runs.
             let same = ping_pong(cpus[0], cpus[0]).expect("same-CPU ping-pong");

@@ -359,9 +359,7 @@ fn main() -> Result<()> {
     sys::pin_current_thread(LOADGEN_CPU)?;
     let nofile = sys::raise_nofile()?;
     // Before anything else runs: what a wake-up costs on this machine.
-    let wake = calibrate::wake_cost(LOADGEN_CPU, SERVER_CPU)
-        .map(|w| w.describe(LOADGEN_CPU, SERVER_CPU))
-        .unwrap_or_else(|e| format!("wake-up cost: not measured ({e:#})"));
+    let wake = calibrate::note(LOADGEN_CPU, SERVER_CPU);
     say(&wake);
     let load_start = read_trim("/proc/loadavg");
     let started = Instant::now();

@@ -195,9 +195,7 @@ fn main() -> Result<()> {
     sys::pin_current_thread(LOAD_CPU)?;
     let nofile = sys::raise_nofile()?;
     // Before anything else runs: what a wake-up costs on this machine.
-    let wake = calibrate::wake_cost(LOAD_CPU, PROXY_CPU)
-        .map(|w| w.describe(LOAD_CPU, PROXY_CPU))
-        .unwrap_or_else(|e| format!("wake-up cost: not measured ({e:#})"));
+    let wake = calibrate::note(LOAD_CPU, PROXY_CPU);
     say(&wake);
     let load_start = read_trim("/proc/loadavg");
     let started = Instant::now();
