@@ -79,11 +79,14 @@ fn ping_pong(cpu_a: usize, cpu_b: usize) -> Result<f64> {
             }
             Ok(())
         })
-        .context("spawning the wake-up probe thread")?;
-    // The measuring side runs on a scoped thread too, so the caller's own
-    // pinning is left alone.
-    let measured = std::thread::scope(|s| {
-        s.spawn(|| -> Result<Vec<f64>> {
+        .context("spawning the wake-up echo thread")?;
+    // The measuring side runs on its own thread too, so the caller's
+    // pinning is left alone. It owns its end of the pair: if it fails
+    // early, dropping that end gives the echo thread EOF, so joining the
+    // echo thread cannot hang.
+    let measured = std::thread::Builder::new()
+        .name("wake-probe-measure".into())
+        .spawn(move || -> Result<Vec<f64>> {
             pin_current_thread(cpu_a).with_context(|| format!("pinning to CPU {cpu_a}"))?;
             let mut b = [0u8; 1];
             let mut rtts = Vec::with_capacity(ROUND_TRIPS);
@@ -97,12 +100,16 @@ fn ping_pong(cpu_a: usize, cpu_b: usize) -> Result<f64> {
             }
             Ok(rtts)
         })
+        .context("spawning the wake-up probe thread")?
         .join()
-        .map_err(|_| anyhow!("the wake-up probe panicked"))?
-    });
-    echo.join()
-        .map_err(|_| anyhow!("the wake-up echo thread panicked"))??;
-    Ok(median(measured?))
+        .map_err(|_| anyhow!("the wake-up probe panicked"))?;
+    let echoed = echo
+        .join()
+        .map_err(|_| anyhow!("the wake-up echo thread panicked"))?;
+    // The measuring side's error says more than the echo's EOF it caused.
+    let rtts = measured?;
+    echoed?;
+    Ok(median(rtts))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -109,6 +109,104 @@ pub fn read_trim(path: &str) -> String {
         .to_string()
 }
 
+/// What a benchmark checks before it touches anything: root, the two CPUs
+/// it pins to, and the tools (command, Debian package) it runs. Returns the
+/// CPUs this process may use.
+pub fn preflight(bench: &str, pinned: [usize; 2], tools: &[(&str, &str)]) -> Result<Vec<usize>> {
+    if !trellis_e2e::require_root() {
+        bail!("{bench} needs root (network namespaces, nftables)");
+    }
+    let cpus = crate::sys::allowed_cpus();
+    if !pinned.iter().all(|c| cpus.contains(c)) {
+        bail!(
+            "needs CPUs {} and {}; allowed: {cpus:?}",
+            pinned[0],
+            pinned[1]
+        );
+    }
+    for (tool, pkg) in tools {
+        crate::topo::require_tool(tool, pkg)?;
+    }
+    Ok(cpus)
+}
+
+/// A run under way: the run lock held, the orchestrating thread pinned,
+/// and what the report says about how the run started.
+pub struct Begun {
+    _lock: std::fs::File,
+    cpus: usize,
+    pub nofile: u64,
+    /// The wake-up cost note ([`crate::calibrate::note`]).
+    pub wake: String,
+    pub load_start: String,
+    pub started: Instant,
+}
+
+/// Takes the run lock, pins this thread (and so everything it starts
+/// without pinning) to `load_cpu`, raises the open-files limit, and measures
+/// the wake-up cost between `load_cpu` and `other_cpu` before any load runs.
+pub fn begin(cpus: &[usize], load_cpu: usize, other_cpu: usize) -> Result<Begun> {
+    let lock = lock()?;
+    crate::sys::pin_current_thread(load_cpu)?;
+    let nofile = crate::sys::raise_nofile()?;
+    let wake = crate::calibrate::note(load_cpu, other_cpu);
+    say(&wake);
+    Ok(Begun {
+        _lock: lock,
+        cpus: cpus.len(),
+        nofile,
+        wake,
+        load_start: read_trim("/proc/loadavg"),
+        started: Instant::now(),
+    })
+}
+
+impl Begun {
+    /// The report's first notes: the run (mode, time, git, duration), the
+    /// machine, the wake-up cost and the load average at start and `load_end`.
+    pub fn notes(&self, mode: &str, load_end: &str) -> Vec<String> {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        vec![
+            format!(
+                "run: {mode}, {epoch} UTC epoch, git {}, took {:.0} s",
+                git_rev(),
+                self.started.elapsed().as_secs_f64()
+            ),
+            machine_line(self.cpus),
+            self.wake.clone(),
+            format!("loadavg at start {}; at end {load_end}", self.load_start),
+        ]
+    }
+}
+
+/// Starts `perf record` on `pids` (comma-separated) into `data`: cpu-clock
+/// at 999 Hz with DWARF call graphs, because this VM has no hardware
+/// counters and Rust release builds keep no frame pointers.
+pub fn perf_record(pids: &str, data: &Path) -> Result<std::process::Child> {
+    Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "999",
+            "-g",
+            "--call-graph",
+            "dwarf,16384",
+            "-p",
+            pids,
+            "-o",
+        ])
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting perf record (apt-get install linux-perf)")
+}
+
 /// The report's machine line: CPU model, CPUs this run may use, kernel.
 pub fn machine_line(cpus_allowed: usize) -> String {
     format!(

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -23,7 +23,7 @@ use trellis_perf::report::{self, PathResults, ProxyCosts, ServerCpu};
 use trellis_perf::run::{self, git_rev, read_trim, say, write_results};
 use trellis_perf::servers::{EchoServer, Iperf3Server, Nginx};
 use trellis_perf::topo::{self, BenchTopo, NodeProxy};
-use trellis_perf::{calibrate, sys, throughput, LOADGEN_CPU, SERVER_CPU};
+use trellis_perf::{throughput, LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;
 const HTTP_PORT: u16 = 80;
@@ -121,27 +121,7 @@ impl Attached {
         if let Some(dir) = &o.profile {
             std::fs::create_dir_all(dir)?;
             let data = dir.join(format!("{phase}.perf.data"));
-            v.push(
-                Command::new("perf")
-                    .args([
-                        "record",
-                        "-e",
-                        "cpu-clock",
-                        "-F",
-                        "999",
-                        "-g",
-                        "--call-graph",
-                        "dwarf,16384",
-                        "-p",
-                        &list,
-                        "-o",
-                    ])
-                    .arg(&data)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("starting perf record (apt-get install linux-perf)")?,
-            );
+            v.push(run::perf_record(&list, &data)?);
         }
         if let Some(dir) = &o.syscalls {
             std::fs::create_dir_all(dir)?;
@@ -336,33 +316,22 @@ fn rss_of(p: &NodeProxy) -> Result<u64> {
 
 fn main() -> Result<()> {
     let o = parse_args()?;
-    if !trellis_e2e::require_root() {
-        bail!("trellis-bench needs root (network namespaces, nftables)");
-    }
-    let cpus = sys::allowed_cpus();
-    if !cpus.contains(&LOADGEN_CPU) || !cpus.contains(&SERVER_CPU) {
-        bail!("needs CPUs {LOADGEN_CPU} and {SERVER_CPU}; allowed: {cpus:?}");
-    }
-    for (tool, pkg) in [
-        ("ip", "iproute2"),
-        ("nft", "nftables"),
-        ("iperf3", "iperf3"),
-        ("nginx", "nginx-light"),
-        ("taskset", "util-linux"),
-    ] {
-        topo::require_tool(tool, pkg)?;
-    }
+    let cpus = run::preflight(
+        "trellis-bench",
+        [LOADGEN_CPU, SERVER_CPU],
+        &[
+            ("ip", "iproute2"),
+            ("nft", "nftables"),
+            ("iperf3", "iperf3"),
+            ("nginx", "nginx-light"),
+            ("taskset", "util-linux"),
+        ],
+    )?;
     let proxy_bin = topo::proxy_binary()?;
-    let _lock = run::lock()?;
     // The orchestrating thread and everything it starts default to the load CPU;
     // servers and proxies are pinned to the server CPU explicitly.
-    sys::pin_current_thread(LOADGEN_CPU)?;
-    let nofile = sys::raise_nofile()?;
-    // Before anything else runs: what a wake-up costs on this machine.
-    let wake = calibrate::note(LOADGEN_CPU, SERVER_CPU);
-    say(&wake);
-    let load_start = read_trim("/proc/loadavg");
-    let started = Instant::now();
+    let begun = run::begin(&cpus, LOADGEN_CPU, SERVER_CPU)?;
+    let (nofile, load_start) = (begun.nofile, &begun.load_start);
     say(format!(
         "proxy binary {}; open files limit {nofile}; loadavg {load_start}",
         proxy_bin.display()
@@ -486,23 +455,14 @@ fn main() -> Result<()> {
     let rows = report::rows(&direct, &trellis, &costs);
     let load_end = read_trim("/proc/loadavg");
     let mode = if o.quick { "quick" } else { "full" };
-    let notes = vec![
-        format!(
-            "run: {mode}, {} UTC epoch, git {}, took {:.0} s",
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            git_rev(),
-            started.elapsed().as_secs_f64()
-        ),
-        run::machine_line(cpus.len()),
-        wake.clone(),
-        format!("loadavg at start {load_start}; at end {load_end}"),
+    let mut notes = begun.notes(mode, &load_end);
+    notes.extend([
         "pinning: load generators (iperf3 -c, Rust clients) on CPU 0; iperf3 -s, echo server, nginx and both node proxies (--workers 1) on CPU 1".into(),
         format!(
             "loads: iperf3 {} s; {} ping-pongs of 64 B; HTTP {} req/s for {} s over {} keep-alive connections (open loop, latency from the scheduled time); new connections {} concurrent for {} s; {} extra pods; 2 x {} idle connections (the second batch measured)",
             o.iperf_secs, o.pings, o.http_rate, o.http_secs, o.http_conns, o.conn_concurrency, o.conn_secs, o.extra_pods, o.idle_conns
         ),
-    ];
-    let mut notes = notes;
+    ]);
     if o.profile.is_some() || o.syscalls.is_some() {
         notes.push(
             "PROFILED RUN: perf record / perf stat were attached to the proxies; Trellis numbers are perturbed"

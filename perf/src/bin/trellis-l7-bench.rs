@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -26,7 +26,6 @@ use trellis_perf::l7::servers::{Listen, Upstreams};
 use trellis_perf::l7::{GRPC_PORT, HTTP_PORT, LOAD_CPU, PROXY_CPU};
 use trellis_perf::run::{self, git_rev, read_trim, say};
 use trellis_perf::topo;
-use trellis_perf::{calibrate, sys};
 
 /// Which load a profile is taken under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,24 +165,16 @@ fn parse_args() -> Result<Opts> {
 
 fn main() -> Result<()> {
     let o = parse_args()?;
-    if !trellis_e2e::require_root() {
-        bail!("trellis-l7-bench needs root (network namespaces, nftables)");
-    }
-    let cpus = sys::allowed_cpus();
-    if !cpus.contains(&LOAD_CPU) || !cpus.contains(&PROXY_CPU) {
-        bail!("needs CPUs {LOAD_CPU} and {PROXY_CPU}; allowed: {cpus:?}");
-    }
-    for (tool, pkg) in [
+    let mut tools = vec![
         ("ip", "iproute2"),
         ("nft", "nftables"),
         ("nginx", "nginx-light"),
         ("taskset", "util-linux"),
-    ] {
-        topo::require_tool(tool, pkg)?;
-    }
+    ];
     if o.profile {
-        topo::require_tool("perf", "linux-perf")?;
+        tools.push(("perf", "linux-perf"));
     }
+    let cpus = run::preflight("trellis-l7-bench", [LOAD_CPU, PROXY_CPU], &tools)?;
     let proxy_bin = topo::proxy_binary()?;
     // Another build can be measured on the same setup (an experiment's
     // binary); the report names the binary used.
@@ -191,14 +182,8 @@ fn main() -> Result<()> {
         Some(p) => PathBuf::from(p),
         None => topo::sibling_binary("trellis-waypoint", "trellis-waypoint")?,
     };
-    let _lock = run::lock()?;
-    sys::pin_current_thread(LOAD_CPU)?;
-    let nofile = sys::raise_nofile()?;
-    // Before anything else runs: what a wake-up costs on this machine.
-    let wake = calibrate::note(LOAD_CPU, PROXY_CPU);
-    say(&wake);
-    let load_start = read_trim("/proc/loadavg");
-    let started = Instant::now();
+    let begun = run::begin(&cpus, LOAD_CPU, PROXY_CPU)?;
+    let (nofile, load_start) = (begun.nofile, &begun.load_start);
     say(format!(
         "binaries {} and {}; open files limit {nofile}; loadavg {load_start}",
         waypoint_bin.display(),
@@ -404,16 +389,8 @@ fn main() -> Result<()> {
         .iter()
         .filter_map(|(p, why)| why.as_ref().map(|w| format!("{}: {w}", p.label())))
         .collect();
-    let mut notes = vec![
-        format!(
-            "run: {mode}, {} UTC epoch, git {}, took {:.0} s",
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            git_rev(),
-            started.elapsed().as_secs_f64()
-        ),
-        run::machine_line(cpus.len()),
-        wake.clone(),
-        format!("loadavg at start {load_start}; at end {load_end}"),
+    let mut notes = begun.notes(mode, &load_end);
+    notes.extend([
         format!("waypoint binary: {}", waypoint_bin.display()),
         format!(
             "uncommitted changes in the tree the binaries were built from: {}",
@@ -438,7 +415,7 @@ fn main() -> Result<()> {
             nginx::version(),
             if unsupported.is_empty() { "none".to_string() } else { unsupported.join("; ") }
         ),
-    ];
+    ]);
     notes.append(&mut notes_checks);
     let routed: Vec<String> = results
         .iter()

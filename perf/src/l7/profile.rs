@@ -103,23 +103,7 @@ pub fn record<T>(
 ) -> Result<(T, BTreeMap<String, u64>)> {
     let pid_s = pid.to_string();
     let stat_file = data.with_extension("perfstat.csv");
-    let rec = Command::new("perf")
-        .args([
-            "record",
-            "-e",
-            "cpu-clock",
-            "-F",
-            "999",
-            "-g",
-            "--call-graph",
-            "dwarf,16384",
-        ])
-        .args(["-p", &pid_s, "-o"])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting perf record (apt-get install linux-perf)")?;
+    let rec = crate::run::perf_record(&pid_s, data)?;
     let stat = Command::new("perf")
         .args([
             "stat",
