@@ -15,6 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::conn_io::{ConnIo, TlsFailure};
 use crate::error::HboneError;
+use crate::quiet::quiet;
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
 use crate::transport::{transport, ClientTls};
@@ -134,9 +135,12 @@ impl ClientConn {
         // makes progress while the connection is being polled, and dropping the
         // connection when keep-alive fails closes the socket.
         tokio::spawn(async move {
+            // Biased and quiet: most wake-ups are for the connection, and
+            // the keep-alive timer need not be re-polled for them.
             let result = tokio::select! {
+                biased;
                 r = conn => r.map_err(|e| HboneError::from_h2_on(e, &driver_shared.tls_failure)),
-                e = keepalive => Err(e),
+                e = quiet(keepalive) => Err(e),
             };
             driver_shared.closed.store(true, Ordering::Release);
             match result {

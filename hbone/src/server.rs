@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::conn_io::ConnIo;
 use crate::error::HboneError;
+use crate::quiet::quiet;
 use crate::request::{ConnectRequest, RequestError};
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
@@ -123,11 +124,16 @@ where
         settings.keepalive_interval,
         settings.keepalive_timeout,
     );
+    // Quiet: the connection wakes this task for every frame; the timer
+    // and the shutdown signal are polled only when they fired.
+    let keepalive = quiet(keepalive);
+    let shutdown = quiet(shutdown);
     tokio::pin!(keepalive);
     tokio::pin!(shutdown);
     let mut draining = false;
     loop {
         tokio::select! {
+            biased;
             next = conn.accept() => match next {
                 None => {
                     tracing::debug!("hbone connection closed");

@@ -21,6 +21,25 @@ pub use crate::copy::copy_bidirectional;
 /// claim the whole connection window for one stream.
 const MAX_WRITE: usize = 256 * 1024;
 
+/// Send capacity asked of h2 at least, whenever a stream has too little.
+/// h2 wakes the sending task each time it assigns capacity, so reserving
+/// exactly each small write cost one extra poll of that task per request
+/// (callgrind, 64 B ping-pong through two node proxies); a standing reserve
+/// is drawn down over many small writes instead. 16 KiB per stream is small
+/// against the 16 MiB connection window.
+const MIN_RESERVE: usize = 16 * 1024;
+
+/// The send capacity available for a write of `want` bytes, asking h2 for
+/// more (at least [`MIN_RESERVE`], at most `max`) only when there is too little.
+pub(crate) fn reserve_for(send: &mut SendStream<Bytes>, want: usize, max: usize) -> usize {
+    let cap = send.capacity();
+    if cap >= want {
+        return cap;
+    }
+    send.reserve_capacity(want.max(MIN_RESERVE).min(max));
+    send.capacity()
+}
+
 /// An established HBONE tunnel: bytes written go to the peer, bytes read come from it.
 ///
 /// Dropping it before both directions finished resets the stream (CANCEL).
@@ -130,9 +149,8 @@ impl AsyncWrite for H2Stream {
             return Poll::Ready(Ok(0));
         }
         // Reserving before sending bounds what h2 buffers to what the peer allows.
-        this.send.reserve_capacity(buf.len().min(MAX_WRITE));
+        let mut cap = reserve_for(&mut this.send, buf.len(), MAX_WRITE);
         loop {
-            let cap = this.send.capacity();
             if cap > 0 {
                 let n = cap.min(buf.len());
                 this.send
@@ -141,7 +159,10 @@ impl AsyncWrite for H2Stream {
                 return Poll::Ready(Ok(n));
             }
             match this.send.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Ok(_))) => {
+                    cap = this.send.capacity();
+                    continue;
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
                 Poll::Ready(None) => {
                     let e = poll_send_closed(&mut this.send, cx);

@@ -164,9 +164,12 @@ async fn accept_loop(
                     async move {
                         let _guard = guard;
                         // Pod removal ends the pod's connections too: its netns is going away.
+                        // Biased and quiet: the token is not re-polled (a
+                        // lock in `Notify`) on every wake-up of the data path.
                         tokio::select! {
-                            _ = cancel.cancelled() => debug!("pod removed; closing connection"),
+                            biased;
                             _ = serve(ctx, stream, peer, kind, scope) => {}
+                            _ = hbone::quiet(cancel.cancelled()) => debug!("pod removed; closing connection"),
                         }
                     }
                     .instrument(span),

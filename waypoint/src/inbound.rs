@@ -184,11 +184,14 @@ async fn serve_http(ctx: Arc<ConnCtx>, io: Rewind) {
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let drain = ctx.app.drain.clone();
+    // Biased and quiet: the drain signal is not re-polled on each of the
+    // connection's wake-ups (see hbone::quiet).
     tokio::select! {
+        biased;
         r = conn.as_mut() => if let Err(e) = r {
             debug!(error = %e, "http connection ended with an error");
         },
-        _ = drain.signaled() => {
+        _ = hbone::quiet(drain.signaled()) => {
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 debug!(error = %e, "http connection ended with an error while draining");
