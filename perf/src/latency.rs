@@ -23,7 +23,8 @@ pub struct PingPong {
     pub max_time: Duration,
 }
 
-fn connect(dst: SocketAddr) -> Result<TcpStream> {
+/// A blocking client connection with TCP_NODELAY and 5 s I/O timeouts.
+pub fn connect(dst: SocketAddr) -> Result<TcpStream> {
     let s = TcpStream::connect_timeout(&dst, Duration::from_secs(5))
         .with_context(|| format!("connecting to {dst}"))?;
     s.set_nodelay(true)?;
@@ -33,7 +34,7 @@ fn connect(dst: SocketAddr) -> Result<TcpStream> {
 }
 
 /// One round trip of `msg`, reading back exactly as many bytes.
-fn round_trip(s: &mut TcpStream, msg: &[u8], buf: &mut [u8]) -> std::io::Result<()> {
+pub fn round_trip(s: &mut TcpStream, msg: &[u8], buf: &mut [u8]) -> std::io::Result<()> {
     s.write_all(msg)?;
     s.read_exact(&mut buf[..msg.len()])
 }

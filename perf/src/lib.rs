@@ -13,9 +13,11 @@
 //! * [`proc_stats`]: CPU time and RSS of processes from /proc.
 //! * [`report`]: result rows with targets, JSON and Markdown.
 //! * [`run`]: the run lock, waiting for idle CPUs, machine facts, writing results.
+//! * [`callgrind`]: reading callgrind profiles (`trellis-instr`).
 //! * [`l7`]: the waypoint benchmark.
 
 pub mod calibrate;
+pub mod callgrind;
 pub mod conn_rate;
 pub mod hist;
 pub mod http_load;

@@ -107,6 +107,25 @@ impl BenchTopo {
     /// pinned to `cpu`, enrolling `pod`; waits until it has written its bound
     /// addresses (it does so after enrolling the startup pods).
     pub fn start_proxy(&self, bin: &Path, node: &str, pod: &Pod, cpu: usize) -> Result<NodeProxy> {
+        // A wrapper (e.g. `heaptrack`, `valgrind --tool=massif`) for manual
+        // investigation; the PID is then the wrapper's, so CPU and RSS
+        // figures are not the proxy's.
+        let wrapper = std::env::var("TRELLIS_PROXY_WRAPPER").unwrap_or_default();
+        let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
+        self.start_proxy_wrapped(bin, node, pod, cpu, &wrapper)
+    }
+
+    /// [`start_proxy`](Self::start_proxy) with the proxy run under `wrapper`
+    /// (a command and its arguments that exec the proxy, such as valgrind);
+    /// the startup deadline is longer then, as such tools start slowly.
+    pub fn start_proxy_wrapped(
+        &self,
+        bin: &Path,
+        node: &str,
+        pod: &Pod,
+        cpu: usize,
+        wrapper: &[&str],
+    ) -> Result<NodeProxy> {
         let node_ns = self
             .topo
             .node(node)
@@ -147,18 +166,15 @@ impl BenchTopo {
             "--workers",
             "1",
         ];
-        // A wrapper (e.g. `heaptrack`, `valgrind --tool=massif`) for manual
-        // investigation; the PID is then the wrapper's, so CPU and RSS
-        // figures are not the proxy's.
-        let wrapper = std::env::var("TRELLIS_PROXY_WRAPPER").unwrap_or_default();
         let mut full: Vec<&str> = argv[..3].to_vec();
-        full.extend(wrapper.split_whitespace());
+        full.extend_from_slice(wrapper);
         full.extend_from_slice(&argv[3..]);
         let mut guard = self
             .topo
             .spawn(node, &full)
             .with_context(|| format!("starting the {node} proxy"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let startup = Duration::from_secs(if wrapper.is_empty() { 20 } else { 120 });
+        let deadline = Instant::now() + startup;
         let addrs: serde_json::Value = loop {
             if let Some(status) = guard.try_status() {
                 bail!(
@@ -173,7 +189,7 @@ impl BenchTopo {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the {node} proxy did not write {} within 20s; its log:\n{}",
+                    "the {node} proxy did not write {} within {startup:?}; its log:\n{}",
                     addrs_file.display(),
                     guard.log()
                 );

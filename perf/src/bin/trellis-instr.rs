@@ -1,0 +1,278 @@
+//! trellis-instr: user-space instructions each node proxy spends per round
+//! trip and per MiB, counted by callgrind on the benchmark's topology.
+//!
+//! ```text
+//! cargo build --release -p trellis-node-proxy -p trellis-perf
+//! sudo target/release/trellis-instr [--pings 2000] [--bulk-mib 16] [--out perf/results]
+//! ```
+//!
+//! Both node proxies run under `valgrind --tool=callgrind` (slowly; the
+//! counts do not depend on speed). After warm-up, the counters are zeroed,
+//! the client pod does `--pings` 64 B ping-pongs with the echo server on one
+//! connection, and the counters are dumped; then the same for `--bulk-mib`
+//! MiB echoed in 64 KiB messages. Instruction counts are exact and
+//! repeatable, unlike wall-clock time on this VM, so they show what a change
+//! to the data path does in one run; they leave out the kernel and cache
+//! misses, so `trellis-bench` still decides whether it pays.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use trellis_perf::callgrind::{self, Profile};
+use trellis_perf::servers::EchoServer;
+use trellis_perf::topo::{self, BenchTopo};
+use trellis_perf::{latency, run, sys, LOADGEN_CPU, SERVER_CPU};
+
+const USAGE: &str = "usage: trellis-instr [--pings N] [--bulk-mib M] [--out DIR]
+
+  --pings N      64 B round trips counted (default 2000, at most 100000)
+  --bulk-mib M   MiB echoed in 64 KiB messages for the bulk figure (default 16, at most 256)
+  --out DIR      where instr.{json,md} go; default perf/results";
+
+const PING: usize = 64;
+const BULK_MSG: usize = 64 * 1024;
+const WARMUP_PINGS: usize = 200;
+
+struct Args {
+    pings: usize,
+    bulk_mib: usize,
+    out: PathBuf,
+}
+
+fn args() -> Result<Option<Args>> {
+    let mut a = Args {
+        pings: 2000,
+        bulk_mib: 16,
+        out: PathBuf::from("perf/results"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |what: &str, max: usize| -> Result<usize> {
+            let v: usize = it
+                .next()
+                .with_context(|| format!("{what} needs a value\n{USAGE}"))?
+                .parse()
+                .with_context(|| format!("{what} takes a whole number\n{USAGE}"))?;
+            if v == 0 || v > max {
+                bail!("{what} must be between 1 and {max}");
+            }
+            Ok(v)
+        };
+        match arg.as_str() {
+            "--pings" => a.pings = num("--pings", 100_000)?,
+            "--bulk-mib" => a.bulk_mib = num("--bulk-mib", 256)?,
+            "--out" => a.out = it.next().context("--out needs a directory")?.into(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(Some(a))
+}
+
+/// `callgrind_control <flag> <pid>` for each proxy; it returns once the tool
+/// has acted.
+fn control(flag: &str, pids: &[u32]) -> Result<()> {
+    for pid in pids {
+        let out = Command::new("callgrind_control")
+            .args([flag, &pid.to_string()])
+            .output()
+            .context("running callgrind_control (apt-get install valgrind)")?;
+        if !out.status.success() {
+            bail!(
+                "callgrind_control {flag} {pid} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Round trips of `size` bytes on `s`, bounded by `deadline`.
+fn round_trips(
+    s: &mut std::net::TcpStream,
+    size: usize,
+    n: usize,
+    deadline: Instant,
+) -> Result<()> {
+    let msg = vec![0x5au8; size];
+    let mut buf = vec![0u8; size];
+    for i in 0..n {
+        latency::round_trip(s, &msg, &mut buf).with_context(|| format!("round trip {i}"))?;
+        if buf != msg {
+            bail!("the echo returned different bytes");
+        }
+        if Instant::now() > deadline {
+            bail!("the load took longer than its bound; is the machine overloaded?");
+        }
+    }
+    Ok(())
+}
+
+/// Reads dump part `part` of process `pid` (`cg.<pid>.<part>`), waiting
+/// briefly for valgrind to finish writing it.
+fn read_part(dir: &Path, pid: u32, part: u32) -> Result<Profile> {
+    let path = dir.join(format!("cg.{pid}.{part}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            // A dump ends with its totals line; before that it is still being written.
+            if text.contains("\ntotals:") {
+                return callgrind::parse(&text)
+                    .with_context(|| format!("parsing {}", path.display()));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("callgrind did not write {} within 30 s", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One proxy's figures for one phase, per `units`.
+fn figures(p: &Profile, units: f64) -> serde_json::Value {
+    let total = p.total_ir() as f64;
+    let crates: Vec<_> = p
+        .by_crate()
+        .into_iter()
+        .take(10)
+        .map(|(c, ir)| json!({"crate": c, "ir": (ir as f64 / units).round(), "share_pct": (1000.0 * ir as f64 / total).round() / 10.0}))
+        .collect();
+    json!({
+        "ir": (total / units).round(),
+        "task_polls": p.calls_named("tokio::runtime::task::raw::poll") as f64 / units,
+        "allocations": p.calls_named("malloc") as f64 / units,
+        "top_crates": crates,
+    })
+}
+
+fn markdown(doc: &serde_json::Value) -> String {
+    let mut md = String::from("# Node proxy instructions per unit of work (callgrind)\n\n");
+    for note in doc["notes"].as_array().into_iter().flatten() {
+        md += &format!("- {}\n", note.as_str().unwrap_or_default());
+    }
+    for (phase, unit) in [
+        ("pingpong", "per 64 B round trip"),
+        (
+            "bulk",
+            "per MiB echoed (each byte crosses each proxy twice)",
+        ),
+    ] {
+        md += &format!(
+            "\n## {unit}\n\n| | node1 (client side) | node2 (server side) |\n|---|---:|---:|\n"
+        );
+        let p = &doc[phase];
+        let row = |k: &str, digits: usize| {
+            format!(
+                "{:.*} | {:.*}",
+                digits,
+                p["node1"][k].as_f64().unwrap_or(f64::NAN),
+                digits,
+                p["node2"][k].as_f64().unwrap_or(f64::NAN)
+            )
+        };
+        md += &format!("| user-space instructions | {} |\n", row("ir", 0));
+        md += &format!("| task polls | {} |\n", row("task_polls", 2));
+        md += &format!("| allocations | {} |\n", row("allocations", 2));
+        for i in 0..10 {
+            let cell = |node: &str| {
+                let c = &p[node]["top_crates"][i];
+                match c["crate"].as_str() {
+                    Some(name) => format!(
+                        "{name} {:.0} ({:.1}%)",
+                        c["ir"].as_f64().unwrap_or_default(),
+                        c["share_pct"].as_f64().unwrap_or_default()
+                    ),
+                    None => String::new(),
+                }
+            };
+            md += &format!(
+                "| #{} by own instructions | {} | {} |\n",
+                i + 1,
+                cell("node1"),
+                cell("node2")
+            );
+        }
+    }
+    md
+}
+
+fn main() -> Result<()> {
+    let Some(a) = args()? else { return Ok(()) };
+    let cpus = run::preflight(
+        "trellis-instr",
+        [LOADGEN_CPU, SERVER_CPU],
+        &[("valgrind", "valgrind"), ("callgrind_control", "valgrind")],
+    )?;
+    // Counts do not depend on other load, but valgrind's CPU use would
+    // disturb a benchmark running beside it.
+    let _lock = run::lock()?;
+    sys::pin_current_thread(LOADGEN_CPU)?;
+    let started = Instant::now();
+    let bt = BenchTopo::build(0)?;
+    let echo_addr = SocketAddr::new(bt.server.ip, 7000);
+    let _echo = EchoServer::start(&bt.server.netns()?, echo_addr, SERVER_CPU)?;
+    let dumps = tempfile::tempdir().context("creating a directory for the callgrind files")?;
+    let out_file = format!("--callgrind-out-file={}/cg.%p", dumps.path().display());
+    let wrapper = [
+        "valgrind",
+        "--tool=callgrind",
+        "--dump-instr=no",
+        out_file.as_str(),
+    ];
+    let bin = topo::proxy_binary()?;
+    run::say("starting both node proxies under callgrind (slow)");
+    let p1 = bt.start_proxy_wrapped(&bin, "node1", &bt.client, SERVER_CPU, &wrapper)?;
+    let p2 = bt.start_proxy_wrapped(&bin, "node2", &bt.server, SERVER_CPU, &wrapper)?;
+    let ns = bt.client.netns()?;
+    latency::wait_echo(&ns, LOADGEN_CPU, echo_addr, Duration::from_secs(60))?;
+    let pids = [p1.pid, p2.pid];
+    let (pings, bulk_msgs) = (a.pings, a.bulk_mib * 1024 * 1024 / BULK_MSG);
+    run::say(format!(
+        "{pings} round trips of {PING} B, then {} MiB echoed",
+        a.bulk_mib
+    ));
+    sys::on_pinned_thread("instr-load", LOADGEN_CPU, &ns, move || {
+        // Generous bounds: callgrind runs the proxies ~50x slower.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut s = latency::connect(echo_addr)?;
+        round_trips(&mut s, PING, WARMUP_PINGS, deadline)?;
+        control("-z", &pids)?;
+        round_trips(&mut s, PING, pings, deadline)?;
+        control("-d", &pids)?;
+        round_trips(&mut s, BULK_MSG, 16, deadline)?;
+        control("-z", &pids)?;
+        round_trips(&mut s, BULK_MSG, bulk_msgs, deadline)?;
+        control("-d", &pids)
+    })?;
+    let mut doc = json!({
+        "notes": [
+            format!("run: git {}, {}", run::git_rev(), run::machine_line(cpus.len())),
+            format!("binary: {}", bin.display()),
+            format!("load: {pings} ping-pongs of {PING} B on one connection after {WARMUP_PINGS} warm-up ones; then {} MiB echoed in {BULK_MSG} B messages on the same connection", a.bulk_mib),
+            "counts: callgrind Ir (user-space instructions, kernel excluded) between zeroing and dumping the counters of each proxy; task polls = calls of tokio's raw::poll; allocations = calls of malloc".to_string(),
+            "caveat: valgrind counts each byte a `rep movsb` moves as one instruction, so glibc's __memcpy_avx_unaligned_erms (and memset) on large buffers reads as bytes copied, not as its cost".to_string(),
+            format!("took {:.0} s", started.elapsed().as_secs_f64()),
+        ],
+    });
+    for (phase, part, units) in [
+        ("pingpong", 1, pings as f64),
+        ("bulk", 2, a.bulk_mib as f64),
+    ] {
+        for (node, pid) in [("node1", p1.pid), ("node2", p2.pid)] {
+            let prof = read_part(dumps.path(), pid, part)?;
+            doc[phase][node] = figures(&prof, units);
+        }
+    }
+    let md = markdown(&doc);
+    print!("{md}");
+    run::write_results(&a.out, "instr", &doc, &md)?;
+    drop((p1, p2));
+    Ok(())
+}
