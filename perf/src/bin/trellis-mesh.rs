@@ -51,6 +51,10 @@ fn main() -> Result<()> {
         match a.as_str() {
             "--secs" => secs = args.next().context("--secs needs a value")?.parse()?,
             "--direct" => direct = true,
+            "-h" | "--help" => {
+                println!("usage: trellis-mesh [--secs N] [--direct]");
+                return Ok(());
+            }
             other => bail!("unknown argument {other:?}; usage: trellis-mesh [--secs N] [--direct]"),
         }
     }
