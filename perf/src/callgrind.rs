@@ -119,14 +119,10 @@ pub fn parse(text: &str) -> Result<Profile, CallgrindError> {
                 .split_whitespace()
                 .next()
                 .and_then(|c| c.parse::<u64>().ok())
-                .ok_or_else(|| CallgrindError::Malformed {
-                    line: lineno,
-                    what: format!("bad calls= line {line:?}"),
-                })?;
-            let name = callee.clone().ok_or_else(|| CallgrindError::Malformed {
-                line: lineno,
-                what: "calls= before any cfn=".into(),
-            })?;
+                .ok_or_else(|| bad(lineno, format!("bad calls= line {line:?}")))?;
+            let name = callee
+                .clone()
+                .ok_or_else(|| bad(lineno, "calls= before any cfn="))?;
             *p.calls.entry(name).or_default() += count;
             skip_next_cost = true;
             continue;
@@ -144,20 +140,25 @@ pub fn parse(text: &str) -> Result<Profile, CallgrindError> {
         let mut cols = line.split_whitespace();
         cols.next(); // position
         let Some(ir) = cols.next() else { continue };
-        let ir: u64 = ir.parse().map_err(|_| CallgrindError::Malformed {
-            line: lineno,
-            what: format!("bad cost {ir:?}"),
-        })?;
-        let f = current.clone().ok_or_else(|| CallgrindError::Malformed {
-            line: lineno,
-            what: "cost line before any fn=".into(),
-        })?;
+        let ir: u64 = ir
+            .parse()
+            .map_err(|_| bad(lineno, format!("bad cost {ir:?}")))?;
+        let f = current
+            .clone()
+            .ok_or_else(|| bad(lineno, "cost line before any fn="))?;
         *p.self_ir.entry(f).or_default() += ir;
     }
     if !saw_ir {
         return Err(CallgrindError::NoIr);
     }
     Ok(p)
+}
+
+fn bad(line: usize, what: impl Into<String>) -> CallgrindError {
+    CallgrindError::Malformed {
+        line,
+        what: what.into(),
+    }
 }
 
 /// `(id) name` defines id; `(id)` refers to it; a bare name has no id.
@@ -169,25 +170,18 @@ fn compressed_name(
     let Some(after) = rest.strip_prefix('(') else {
         return Ok(rest.to_string());
     };
-    let close = after.find(')').ok_or_else(|| CallgrindError::Malformed {
-        line: lineno,
-        what: format!("unclosed name id in {rest:?}"),
-    })?;
+    let close = after
+        .find(')')
+        .ok_or_else(|| bad(lineno, format!("unclosed name id in {rest:?}")))?;
     let id: u64 = after[..close]
         .parse()
-        .map_err(|_| CallgrindError::Malformed {
-            line: lineno,
-            what: format!("bad name id in {rest:?}"),
-        })?;
+        .map_err(|_| bad(lineno, format!("bad name id in {rest:?}")))?;
     let name = after[close + 1..].trim_start();
     if name.is_empty() {
         names
             .get(&id)
             .cloned()
-            .ok_or_else(|| CallgrindError::Malformed {
-                line: lineno,
-                what: format!("name id ({id}) used before it was defined"),
-            })
+            .ok_or_else(|| bad(lineno, format!("name id ({id}) used before it was defined")))
     } else {
         names.insert(id, name.to_string());
         Ok(name.to_string())
