@@ -116,8 +116,7 @@ impl BenchTopo {
     }
 
     /// [`start_proxy`](Self::start_proxy) with the proxy run under `wrapper`
-    /// (a command and its arguments that exec the proxy, such as valgrind);
-    /// the startup deadline is longer then, as such tools start slowly.
+    /// (a command and its arguments that exec the proxy, such as valgrind).
     pub fn start_proxy_wrapped(
         &self,
         bin: &Path,
@@ -173,36 +172,15 @@ impl BenchTopo {
             .topo
             .spawn(node, &full)
             .with_context(|| format!("starting the {node} proxy"))?;
+        // Tools such as valgrind start the proxy slowly.
         let startup = Duration::from_secs(if wrapper.is_empty() { 20 } else { 120 });
-        let deadline = Instant::now() + startup;
-        let addrs: serde_json::Value = loop {
-            if let Some(status) = guard.try_status() {
-                bail!(
-                    "the {node} proxy exited during startup ({status}); its log:\n{}",
-                    guard.log()
-                );
-            }
-            if let Ok(text) = std::fs::read_to_string(&addrs_file) {
-                if let Ok(v) = serde_json::from_str(&text) {
-                    break v;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the {node} proxy did not write {} within {startup:?}; its log:\n{}",
-                    addrs_file.display(),
-                    guard.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let addr = |k: &str| -> Result<SocketAddr> {
-            addrs[k]
-                .as_str()
-                .ok_or_else(|| anyhow!("no {k} address in {addrs}"))?
-                .parse()
-                .with_context(|| format!("parsing the {k} address"))
-        };
+        let addrs = wait_bound_addrs(
+            &mut guard,
+            &addrs_file,
+            startup,
+            &format!("the {node} proxy"),
+        )?;
+        let addr = |k: &str| addrs.get(k);
         Ok(NodeProxy {
             node: node.to_string(),
             pid: guard.pid(),
@@ -341,6 +319,60 @@ pub fn wait_listening(ns: &NetNs, port: u16, timeout: Duration) -> Result<()> {
 }
 
 /// `trellis-node-proxy` next to this executable (target/release when run with cargo).
+/// The addresses a proxy wrote to its `--bound-addrs-file`.
+pub struct BoundAddrs {
+    json: serde_json::Value,
+    who: String,
+}
+
+impl BoundAddrs {
+    /// The address under `key` (`admin`, `metrics`, `readiness`, ...).
+    pub fn get(&self, key: &str) -> Result<SocketAddr> {
+        self.json[key]
+            .as_str()
+            .ok_or_else(|| anyhow!("no {key} address in {} from {}", self.json, self.who))?
+            .parse()
+            .with_context(|| format!("parsing the {key} address of {}", self.who))
+    }
+}
+
+/// Waits until the process behind `guard` has written `file` as JSON (it
+/// does so once it listens), failing with its log if it exits first or
+/// `within` passes. `who` names it in errors ("the node1 proxy").
+pub fn wait_bound_addrs(
+    guard: &mut ChildGuard,
+    file: &Path,
+    within: Duration,
+    who: &str,
+) -> Result<BoundAddrs> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = guard.try_status() {
+            bail!(
+                "{who} exited during startup ({status}); its log:\n{}",
+                guard.log()
+            );
+        }
+        if let Some(json) = std::fs::read(file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            return Ok(BoundAddrs {
+                json,
+                who: who.to_string(),
+            });
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{who} did not write {} within {within:?}; its log:\n{}",
+                file.display(),
+                guard.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn proxy_binary() -> Result<PathBuf> {
     sibling_binary("trellis-node-proxy", "trellis-node-proxy")
 }

@@ -233,35 +233,15 @@ impl WaypointProc {
             t.bt.topo
                 .spawn(&t.proxy.name, &argv)
                 .context("starting the waypoint")?;
+        // One 20 s budget for writing its addresses and then getting ready.
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addrs: serde_json::Value = loop {
-            if let Some(status) = guard.try_status() {
-                bail!(
-                    "the waypoint exited at start ({status}); its log:\n{}",
-                    guard.log()
-                );
-            }
-            if let Some(v) = std::fs::read(&addrs_file)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-            {
-                break v;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the waypoint did not write its addresses in 20 s; its log:\n{}",
-                    guard.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let addr = |k: &str| -> Result<SocketAddr> {
-            addrs[k]
-                .as_str()
-                .ok_or_else(|| anyhow!("no {k} address in {addrs}"))?
-                .parse()
-                .with_context(|| format!("parsing the waypoint's {k} address"))
-        };
+        let addrs = topo::wait_bound_addrs(
+            &mut guard,
+            &addrs_file,
+            Duration::from_secs(20),
+            "the waypoint",
+        )?;
+        let addr = |k: &str| addrs.get(k);
         let wp = WaypointProc {
             pid: guard.pid(),
             ns: t.proxy.netns()?,
