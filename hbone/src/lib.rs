@@ -8,6 +8,7 @@
 //! - [`ca`]: a development CA.
 //! - [`client`] / [`server`]: the two ends of a tunnel; [`pool`] shares client connections.
 //! - [`stream`]: the tunnel byte stream and the fast copy loop.
+//! - [`quiet`]: a future wrapper that is polled only when its own waker fired.
 
 #![warn(missing_docs)]
 

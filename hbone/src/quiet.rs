@@ -37,14 +37,17 @@ pub fn quiet<F: Future>(fut: F) -> Quiet<F> {
     }
 }
 
-/// See [`quiet`].
-pub struct Quiet<F> {
-    inner: F,
-    signal: Arc<Signal>,
-    /// The waker handed to `inner`, built once.
-    waker: Option<Waker>,
-    /// The task waker `signal.task` holds, to notice when it changes.
-    last_task: Option<Waker>,
+pin_project_lite::pin_project! {
+    /// See [`quiet`].
+    pub struct Quiet<F> {
+        #[pin]
+        inner: F,
+        signal: Arc<Signal>,
+        // The waker handed to `inner`, built once.
+        waker: Option<Waker>,
+        // The task waker `signal.task` holds, to notice when it changes.
+        last_task: Option<Waker>,
+    }
 }
 
 struct Signal {
@@ -69,9 +72,7 @@ impl<F: Future> Future for Quiet<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `inner` is structurally pinned: it is never moved out of
-        // `self` and is dropped in place; the other fields are not pinned.
-        let this = unsafe { self.get_unchecked_mut() };
+        let this = self.project();
         let same_task = this
             .last_task
             .as_ref()
@@ -80,7 +81,7 @@ impl<F: Future> Future for Quiet<F> {
             return Poll::Pending;
         }
         if !same_task {
-            this.last_task = Some(cx.waker().clone());
+            *this.last_task = Some(cx.waker().clone());
         }
         // Re-arm on every poll of the inner future: a wake-up takes the
         // waker out of `task`. Registering before clearing `fired` means a
@@ -92,8 +93,7 @@ impl<F: Future> Future for Quiet<F> {
             .waker
             .get_or_insert_with(|| Waker::from(this.signal.clone()));
         let mut inner_cx = Context::from_waker(waker);
-        // SAFETY: see above; `inner` stays where it is.
-        unsafe { Pin::new_unchecked(&mut this.inner) }.poll(&mut inner_cx)
+        this.inner.poll(&mut inner_cx)
     }
 }
 
@@ -217,19 +217,18 @@ mod tests {
             std::future::pending::<()>().await;
         });
         let mut got = Vec::new();
-        // Bounded: a timer that never fired would fail here, not hang.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the quiet timer never fired"
-            );
-            tokio::select! {
-                biased;
-                Some(v) = rx.recv() => got.push(v),
-                () = &mut timer => break,
+        // Bounded by a separate timer: a quiet timer that never fired fails here, not hangs.
+        let done = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(v) = rx.recv() => got.push(v),
+                    () = &mut timer => break,
+                }
             }
-        }
+        })
+        .await;
+        assert!(done.is_ok(), "the quiet timer never fired");
         assert_eq!(got, vec![0, 1, 2]);
     }
 
