@@ -1,9 +1,11 @@
 //! trellis-instr: user-space instructions each node proxy spends per round
-//! trip and per MiB, counted by callgrind on the benchmark's topology.
+//! trip and per MiB, or the waypoint per request, counted by callgrind on
+//! the benchmarks' topologies.
 //!
 //! ```text
-//! cargo build --release -p trellis-node-proxy -p trellis-perf
+//! cargo build --release -p trellis-node-proxy -p trellis-waypoint -p trellis-perf
 //! sudo target/release/trellis-instr [--pings 2000] [--bulk-mib 16] [--out perf/results]
+//! sudo target/release/trellis-instr --waypoint [--requests 2000] [--out perf/results]
 //! ```
 //!
 //! Both node proxies run under `valgrind --tool=callgrind` (slowly; the
@@ -14,6 +16,12 @@
 //! repeatable, unlike wall-clock time on this VM, so they show what a change
 //! to the data path does in one run; they leave out the kernel and cache
 //! misses, so `trellis-bench` still decides whether it pays.
+//!
+//! `--waypoint` runs the waypoint alone under callgrind on
+//! `trellis-l7-bench`'s topology (node proxies and upstream servers run
+//! normally) and counts `--requests` sequential requests per protocol
+//! (HTTP/1.1, HTTP/2, gRPC unary) on one connection each, through the same
+//! routes and policy as the bench.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,15 +31,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use trellis_perf::callgrind::{self, Profile};
+use trellis_perf::l7::client::{Client, Proto, Target};
+use trellis_perf::l7::mesh::{L7Topo, WaypointProc};
+use trellis_perf::l7::servers::{Listen, Upstreams};
+use trellis_perf::l7::{BODY_BYTES, GRPC_PORT, HTTP_PORT};
 use trellis_perf::servers::EchoServer;
 use trellis_perf::topo::{self, BenchTopo};
 use trellis_perf::{latency, run, sys, LOADGEN_CPU, SERVER_CPU};
 
 const USAGE: &str = "usage: trellis-instr [--pings N] [--bulk-mib M] [--out DIR]
+       trellis-instr --waypoint [--requests N] [--out DIR]
 
   --pings N      64 B round trips counted (default 2000, at most 100000)
   --bulk-mib M   MiB echoed in 64 KiB messages for the bulk figure (default 16, at most 256)
-  --out DIR      where instr.{json,md} go; default perf/results";
+  --waypoint     count the waypoint per request instead of the node proxies
+  --requests N   requests counted per protocol with --waypoint (default 2000, at most 100000)
+  --out DIR      where instr.{json,md} (instr-waypoint.{json,md} with --waypoint) go; default perf/results
+  --keep DIR     keep the callgrind files there (cg.<pid>.<part>, for callgrind_annotate)";
 
 const PING: usize = 64;
 const BULK_MSG: usize = 64 * 1024;
@@ -40,14 +56,20 @@ const WARMUP_PINGS: usize = 200;
 struct Args {
     pings: usize,
     bulk_mib: usize,
+    waypoint: bool,
+    requests: usize,
     out: PathBuf,
+    keep: Option<PathBuf>,
 }
 
 fn args() -> Result<Option<Args>> {
     let mut a = Args {
         pings: 2000,
         bulk_mib: 16,
+        waypoint: false,
+        requests: 2000,
         out: PathBuf::from("perf/results"),
+        keep: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,7 +87,10 @@ fn args() -> Result<Option<Args>> {
         match arg.as_str() {
             "--pings" => a.pings = num("--pings", 100_000)?,
             "--bulk-mib" => a.bulk_mib = num("--bulk-mib", 256)?,
+            "--requests" => a.requests = num("--requests", 100_000)?,
+            "--waypoint" => a.waypoint = true,
             "--out" => a.out = it.next().context("--out needs a directory")?.into(),
+            "--keep" => a.keep = Some(it.next().context("--keep needs a directory")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -147,7 +172,7 @@ fn figures(p: &Profile, units: f64) -> serde_json::Value {
     json!({
         "ir": (total / units).round(),
         "task_polls": p.calls_named("tokio::runtime::task::raw::poll") as f64 / units,
-        "allocations": p.calls_named("malloc") as f64 / units,
+        "allocations": ALLOCATORS.iter().map(|f| p.calls_named(f)).sum::<u64>() as f64 / units,
         "top_crates": crates,
     })
 }
@@ -215,21 +240,52 @@ fn main() -> Result<()> {
     let _lock = run::lock()?;
     sys::pin_current_thread(LOADGEN_CPU)?;
     let started = Instant::now();
-    let bt = BenchTopo::build(0)?;
-    let echo_addr = SocketAddr::new(bt.server.ip, 7000);
-    let _echo = EchoServer::start(&bt.server.netns()?, echo_addr, SERVER_CPU)?;
-    let dumps = tempfile::tempdir().context("creating a directory for the callgrind files")?;
-    let out_file = format!("--callgrind-out-file={}/cg.%p", dumps.path().display());
+    let tmp = tempfile::tempdir().context("creating a directory for the callgrind files")?;
+    let dumps = match &a.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    let out_file = format!("--callgrind-out-file={}/cg.%p", dumps.display());
     let wrapper = [
         "valgrind",
         "--tool=callgrind",
         "--dump-instr=no",
         out_file.as_str(),
     ];
+    let run_note = format!(
+        "run: git {}, {}",
+        run::git_rev(),
+        run::machine_line(cpus.len())
+    );
+    let (name, doc, md) = if a.waypoint {
+        let doc = waypoint(&a, &wrapper, &dumps, run_note, started)?;
+        ("instr-waypoint", doc.clone(), waypoint_markdown(&doc))
+    } else {
+        let doc = node_proxies(&a, &wrapper, &dumps, run_note, started)?;
+        ("instr", doc.clone(), markdown(&doc))
+    };
+    print!("{md}");
+    run::write_results(&a.out, name, &doc, &md)
+}
+
+/// The node proxies' figures: both under callgrind, ping-pongs then bulk.
+fn node_proxies(
+    a: &Args,
+    wrapper: &[&str],
+    dumps: &Path,
+    run_note: String,
+    started: Instant,
+) -> Result<serde_json::Value> {
+    let bt = BenchTopo::build(0)?;
+    let echo_addr = SocketAddr::new(bt.server.ip, 7000);
+    let _echo = EchoServer::start(&bt.server.netns()?, echo_addr, SERVER_CPU)?;
     let bin = topo::proxy_binary()?;
     run::say("starting both node proxies under callgrind (slow)");
-    let p1 = bt.start_proxy_wrapped(&bin, "node1", &bt.client, SERVER_CPU, &wrapper)?;
-    let p2 = bt.start_proxy_wrapped(&bin, "node2", &bt.server, SERVER_CPU, &wrapper)?;
+    let p1 = bt.start_proxy_wrapped(&bin, "node1", &bt.client, SERVER_CPU, wrapper)?;
+    let p2 = bt.start_proxy_wrapped(&bin, "node2", &bt.server, SERVER_CPU, wrapper)?;
     let ns = bt.client.netns()?;
     latency::wait_echo(&ns, LOADGEN_CPU, echo_addr, Duration::from_secs(60))?;
     let pids = [p1.pid, p2.pid];
@@ -253,11 +309,11 @@ fn main() -> Result<()> {
     })?;
     let mut doc = json!({
         "notes": [
-            format!("run: git {}, {}", run::git_rev(), run::machine_line(cpus.len())),
+            run_note,
             format!("binary: {}", bin.display()),
             format!("load: {pings} ping-pongs of {PING} B on one connection after {WARMUP_PINGS} warm-up ones; then {} MiB echoed in {BULK_MSG} B messages on the same connection", a.bulk_mib),
-            "counts: callgrind Ir (user-space instructions, kernel excluded) between zeroing and dumping the counters of each proxy; task polls = calls of tokio's raw::poll; allocations = calls of malloc".to_string(),
-            "caveat: valgrind counts each byte a `rep movsb` moves as one instruction, so glibc's __memcpy_avx_unaligned_erms (and memset) on large buffers reads as bytes copied, not as its cost".to_string(),
+            COUNTS_NOTE.to_string(),
+            MEMCPY_NOTE.to_string(),
             format!("took {:.0} s", started.elapsed().as_secs_f64()),
         ],
     });
@@ -266,13 +322,159 @@ fn main() -> Result<()> {
         ("bulk", 2, a.bulk_mib as f64),
     ] {
         for (node, pid) in [("node1", p1.pid), ("node2", p2.pid)] {
-            let prof = read_part(dumps.path(), pid, part)?;
+            let prof = read_part(dumps, pid, part)?;
             doc[phase][node] = figures(&prof, units);
         }
     }
-    let md = markdown(&doc);
-    print!("{md}");
-    run::write_results(&a.out, "instr", &doc, &md)?;
-    drop((p1, p2));
+    Ok(doc)
+}
+
+const COUNTS_NOTE: &str = "counts: callgrind Ir (user-space instructions, kernel excluded) between zeroing and dumping the counters; task polls = calls of tokio's raw::poll; allocations = calls of malloc (glibc, the node proxy) or mi_malloc_aligned / mi_zalloc_aligned (mimalloc, the waypoint)";
+
+/// The allocation entry points counted: glibc's, and mimalloc's as Rust's
+/// global allocator calls them.
+const ALLOCATORS: [&str; 3] = ["malloc", "mi_malloc_aligned", "mi_zalloc_aligned"];
+const MEMCPY_NOTE: &str = "caveat: valgrind counts each byte a `rep movsb` moves as one instruction, so glibc's __memcpy_avx_unaligned_erms (and memset) on large buffers reads as bytes copied, not as its cost";
+
+/// Warm-up requests per protocol before the counters are zeroed.
+const WARMUP_REQUESTS: usize = 100;
+
+/// The waypoint's figures: it alone under callgrind on the L7 bench's
+/// topology, sequential requests per protocol.
+fn waypoint(
+    a: &Args,
+    wrapper: &[&str],
+    dumps: &Path,
+    run_note: String,
+    started: Instant,
+) -> Result<serde_json::Value> {
+    let t = L7Topo::build()?;
+    let server_ns = t.bt.server.netns()?;
+    let _upstreams = Upstreams::start(
+        &[Listen {
+            ns: &server_ns,
+            http: SocketAddr::new(t.bt.server.ip, HTTP_PORT),
+            grpc: SocketAddr::new(t.bt.server.ip, GRPC_PORT),
+        }],
+        LOADGEN_CPU,
+    )?;
+    let proxy_bin = topo::proxy_binary()?;
+    let _proxies = [
+        t.bt.start_proxy(&proxy_bin, "node1", &t.bt.client, LOADGEN_CPU)?,
+        t.bt.start_proxy(&proxy_bin, "node2", &t.bt.server, LOADGEN_CPU)?,
+    ];
+    let bin = topo::sibling_binary("trellis-waypoint", "trellis-waypoint")?;
+    run::say("starting the waypoint under callgrind (slow)");
+    let wp = WaypointProc::start_wrapped(&t, &bin, SERVER_CPU, wrapper, Duration::from_secs(120))?;
+    let before = wp.metric("istio_requests_total", &[])?;
+    let n = a.requests;
+    run::say(format!(
+        "{n} sequential requests per protocol ({}), one connection each",
+        Proto::ALL.map(|p| p.label()).join(", ")
+    ));
+    let targets: Vec<Target> = Proto::ALL.iter().map(|&p| t.waypoint_target(p)).collect();
+    let ns = t.bt.client.netns()?;
+    let client_ns = ns.try_clone().context("cloning a netns handle")?;
+    let pid = [wp.pid];
+    sys::on_pinned_thread("instr-load", LOADGEN_CPU, &ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the client's runtime")?;
+        rt.block_on(async move {
+            // Generous bound: callgrind runs the waypoint ~50x slower.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            for target in &targets {
+                let what = target.proto.label();
+                let mut c = Client::connect(&client_ns, target)
+                    .await
+                    .with_context(|| format!("connecting for {what}"))?;
+                calls(&mut c, WARMUP_REQUESTS, deadline, what).await?;
+                control("-z", &pid)?;
+                calls(&mut c, n, deadline, what).await?;
+                control("-d", &pid)?;
+            }
+            Ok(())
+        })
+    })?;
+    // Proof the requests went through the waypoint's routes and were
+    // counted, and that nothing else ran through it meanwhile.
+    let through = wp.metric("istio_requests_total", &[])? - before;
+    let expected = (Proto::ALL.len() * (WARMUP_REQUESTS + n)) as f64;
+    if through != expected {
+        bail!("the waypoint counted {through} requests, not the {expected} sent");
+    }
+    let mut doc = json!({
+        "notes": [
+            run_note,
+            format!("binary: {}", bin.display()),
+            format!("load: per protocol, {n} sequential requests on one connection after {WARMUP_REQUESTS} warm-up ones, client → node1 proxy → HBONE → waypoint (L7 policy, route with a header filter, Istio metrics) → HBONE → node2 proxy → server; {BODY_BYTES} B responses checked; the waypoint counted all {expected} requests"),
+            COUNTS_NOTE.to_string(),
+            MEMCPY_NOTE.to_string(),
+            format!("took {:.0} s", started.elapsed().as_secs_f64()),
+        ],
+    });
+    for (i, p) in Proto::ALL.iter().enumerate() {
+        let prof = read_part(dumps, wp.pid, i as u32 + 1)?;
+        doc["requests"][p.key()] = figures(&prof, n as f64);
+    }
+    Ok(doc)
+}
+
+/// `n` checked calls on `c`, bounded by `deadline`.
+async fn calls(c: &mut Client, n: usize, deadline: Instant, what: &str) -> Result<()> {
+    for i in 0..n {
+        c.call()
+            .await
+            .with_context(|| format!("{what} request {i} through the waypoint"))?;
+        if Instant::now() > deadline {
+            bail!("the load took longer than its bound; is the machine overloaded?");
+        }
+    }
     Ok(())
+}
+
+fn waypoint_markdown(doc: &serde_json::Value) -> String {
+    let mut md = String::from("# Waypoint instructions per request (callgrind)\n\n");
+    for note in doc["notes"].as_array().into_iter().flatten() {
+        md += &format!("- {}\n", note.as_str().unwrap_or_default());
+    }
+    md += "\n| per request |";
+    let mut rule = String::from("|---|");
+    for p in Proto::ALL {
+        md += &format!(" {} |", p.label());
+        rule += "---:|";
+    }
+    md += &format!("\n{rule}\n");
+    let r = &doc["requests"];
+    let cell = |p: Proto, k: &str, digits: usize| {
+        format!("{:.*}", digits, r[p.key()][k].as_f64().unwrap_or(f64::NAN))
+    };
+    for (label, k, digits) in [
+        ("user-space instructions", "ir", 0),
+        ("task polls", "task_polls", 2),
+        ("allocations", "allocations", 2),
+    ] {
+        md += &format!("| {label} |");
+        for p in Proto::ALL {
+            md += &format!(" {} |", cell(p, k, digits));
+        }
+        md += "\n";
+    }
+    for i in 0..10 {
+        md += &format!("| #{} by own instructions |", i + 1);
+        for p in Proto::ALL {
+            let c = &r[p.key()]["top_crates"][i];
+            md += &match c["crate"].as_str() {
+                Some(name) => format!(
+                    " {name} {:.0} ({:.1}%) |",
+                    c["ir"].as_f64().unwrap_or_default(),
+                    c["share_pct"].as_f64().unwrap_or_default()
+                ),
+                None => " |".to_string(),
+            };
+        }
+        md += "\n";
+    }
+    md
 }

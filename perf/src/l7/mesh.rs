@@ -186,6 +186,19 @@ impl WaypointProc {
     /// with `access_log off`) pinned to `cpu` in the proxy pod, and waits
     /// until it is ready.
     pub fn start(t: &L7Topo, bin: &Path, cpu: usize) -> Result<WaypointProc> {
+        Self::start_wrapped(t, bin, cpu, &[], Duration::from_secs(20))
+    }
+
+    /// [`start`](Self::start) with the waypoint run under `wrapper` (a
+    /// command and its arguments that exec it, such as valgrind), allowed
+    /// `ready_within` to get ready.
+    pub fn start_wrapped(
+        t: &L7Topo,
+        bin: &Path,
+        cpu: usize,
+        wrapper: &[&str],
+        ready_within: Duration,
+    ) -> Result<WaypointProc> {
         let dir = t.bt.dir();
         let addrs_file = dir.join("waypoint-addrs.json");
         let _ = std::fs::remove_file(&addrs_file);
@@ -201,10 +214,9 @@ impl WaypointProc {
         // For investigation, e.g. TRELLIS_WAYPOINT_LOG=debug; the default is
         // a deployment's.
         let log = std::env::var("TRELLIS_WAYPOINT_LOG").unwrap_or_else(|_| "info".into());
-        let argv = [
-            "taskset",
-            "-c",
-            &cpu_s,
+        let mut argv: Vec<&str> = vec!["taskset", "-c", &cpu_s];
+        argv.extend_from_slice(wrapper);
+        argv.extend_from_slice(&[
             &bin_s,
             "--name",
             &name,
@@ -228,19 +240,14 @@ impl WaypointProc {
             "1",
             "--log",
             &log,
-        ];
+        ]);
         let mut guard =
             t.bt.topo
                 .spawn(&t.proxy.name, &argv)
                 .context("starting the waypoint")?;
-        // One 20 s budget for writing its addresses and then getting ready.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addrs = topo::wait_bound_addrs(
-            &mut guard,
-            &addrs_file,
-            Duration::from_secs(20),
-            "the waypoint",
-        )?;
+        // One budget for writing its addresses and then getting ready.
+        let deadline = Instant::now() + ready_within;
+        let addrs = topo::wait_bound_addrs(&mut guard, &addrs_file, ready_within, "the waypoint")?;
         let addr = |k: &str| addrs.get(k);
         let wp = WaypointProc {
             pid: guard.pid(),
@@ -252,7 +259,7 @@ impl WaypointProc {
         while wp.local_get(wp.readiness, "/healthz/ready").map(|r| r.0) != Ok(200) {
             if Instant::now() > deadline {
                 bail!(
-                    "the waypoint did not get ready in 20 s; its log:\n{}",
+                    "the waypoint did not get ready in {ready_within:?}; its log:\n{}",
                     wp.log()
                 );
             }
