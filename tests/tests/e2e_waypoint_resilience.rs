@@ -1170,3 +1170,27 @@ fn pooled_upstream_connections_keep_each_callers_source_address() {
         );
     }
 }
+
+#[test]
+fn sequential_http1_requests_reuse_one_upstream_connection() {
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    let m = mesh_with(&["e1"], &["e1"], &one_rule("policy: {}"), |b| b);
+    let server = http_server(&m, "e1");
+    let ns = m.netns("client");
+    // Each request is its own downstream connection; the waypoint's
+    // upstream HTTP/1.1 connection must go back to its pool when a response
+    // ends, so every request after the first arrives on the same one.
+    for i in 0..5 {
+        let r = get(&m, &ns, "/");
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    assert_eq!(server.count(), 5);
+    assert_eq!(
+        server.connections(),
+        1,
+        "5 sequential requests from one caller reached the server on {} connections: the waypoint did not reuse its upstream connection",
+        server.connections()
+    );
+}

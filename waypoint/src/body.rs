@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::metrics::RequestRecord;
+use crate::upstream::Lease;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -266,6 +267,8 @@ pub struct ResponseBody {
     /// When the route's timeouts run out: the response must be complete by
     /// then, body included, or the stream is cut (flag UT).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The upstream connection, given back when the body is done with.
+    lease: Lease,
 }
 
 impl ResponseBody {
@@ -277,7 +280,14 @@ impl ResponseBody {
             bytes: 0,
             header_bytes,
             deadline: None,
+            lease: Lease::none(),
         }
+    }
+
+    /// Gives `lease` back once this body ends or is dropped.
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// Cuts the body at `deadline` (None: no deadline). Gateway API's
@@ -290,11 +300,13 @@ impl ResponseBody {
     }
 
     fn finish(&mut self) {
-        if let Some(mut r) = self.record.take() {
+        if let Some(r) = self.record.as_mut() {
             r.response_bytes = self.header_bytes + self.bytes;
-            drop(r);
         }
+        // Dropped in place (records the request): no move of the record.
+        self.record = None;
         self.hold.clear();
+        self.lease = Lease::none();
     }
 }
 

@@ -177,9 +177,12 @@ async fn serve_http(ctx: Arc<ConnCtx>, io: Rewind) {
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .timer(hyper_util::rt::TokioTimer::new());
+    // Boxed: a request's future is several KiB, and hyper moves it a few
+    // times on its way into a task per HTTP/2 stream (and into its HTTP/1
+    // in-flight slot); one allocation is cheaper than copying it.
     let svc = {
         let ctx = ctx.clone();
-        service_fn(move |req| crate::proxy::handle(ctx.clone(), req))
+        service_fn(move |req| Box::pin(crate::proxy::handle(ctx.clone(), req)))
     };
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

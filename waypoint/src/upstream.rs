@@ -167,15 +167,17 @@ impl Upstream {
     }
 
     /// Sends `req` to `ep` over a pooled HTTP connection of kind `proto`.
+    /// Keep the [`Lease`] as long as the response body: dropping it gives
+    /// an HTTP/1.1 connection back to the pool.
     pub async fn send(
         &self,
         ep: &Endpoint,
         proto: Proto,
         req: Request<ReplayBody>,
         forwarded_for: Option<SocketAddr>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         match proto {
-            Proto::Http2 => self.send_h2(ep, req, forwarded_for).await,
+            Proto::Http2 => Ok((self.send_h2(ep, req, forwarded_for).await?, Lease::none())),
             Proto::Http1 => self.send_h1(ep, req, forwarded_for).await,
         }
     }
@@ -280,7 +282,7 @@ impl Upstream {
         ep: &Endpoint,
         req: Request<ReplayBody>,
         forwarded_for: Option<SocketAddr>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         let addr = ep.addr;
         let key = (addr, forwarded_for.map(|a| a.ip()));
         let pooled = {
@@ -310,19 +312,66 @@ impl Upstream {
                 addr,
                 reason: e.to_string(),
             })?;
-        // Back to the pool once the response body is consumed and the
-        // connection can take another request; an upgraded connection never is.
-        let conns = self.conns.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut c = lock(&conns);
-                let idle = c.h1.entry(key).or_default();
-                if idle.len() < MAX_IDLE_H1 {
-                    idle.push(sender);
-                }
+        let lease = Lease(Some(Lent {
+            sender,
+            key,
+            conns: self.conns.clone(),
+        }));
+        Ok((resp, lease))
+    }
+}
+
+/// An HTTP/1.1 connection lent to one request. Dropped with the response
+/// body, it goes back to the idle pool. By then the connection has
+/// normally read the whole response and is ready, so the common case costs
+/// a lock and a push; a task waits only for a connection still busy (a body
+/// the client abandoned, a slow end). An upgraded connection never returns.
+pub struct Lease(Option<Lent>);
+
+struct Lent {
+    sender: H1Sender,
+    key: ConnKey,
+    conns: Arc<Mutex<Conns>>,
+}
+
+impl Lease {
+    /// Nothing to give back (HTTP/2: the connection stays shared in the pool).
+    pub fn none() -> Lease {
+        Lease(None)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(Lent {
+            mut sender,
+            key,
+            conns,
+        }) = self.0.take()
+        else {
+            return;
+        };
+        if sender.is_ready() {
+            park_idle(&conns, key, sender);
+        } else if !sender.is_closed() {
+            // Outside a runtime (shutdown) the connection is simply dropped.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if sender.ready().await.is_ok() {
+                        park_idle(&conns, key, sender);
+                    }
+                });
             }
-        });
-        Ok(resp)
+        }
+    }
+}
+
+/// Keeps an idle HTTP/1.1 connection for the next request to `key`.
+fn park_idle(conns: &Mutex<Conns>, key: ConnKey, sender: H1Sender) {
+    let mut c = lock(conns);
+    let idle = c.h1.entry(key).or_default();
+    if idle.len() < MAX_IDLE_H1 {
+        idle.push(sender);
     }
 }
 

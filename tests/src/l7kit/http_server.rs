@@ -56,6 +56,8 @@ struct Shared {
     name: String,
     mode: Mutex<Mode>,
     count: AtomicUsize,
+    /// Connections accepted so far.
+    connections: AtomicUsize,
     /// Requests being handled now, and the most ever handled at once.
     in_flight: AtomicUsize,
     peak: AtomicUsize,
@@ -95,6 +97,7 @@ impl HttpServer {
             name: name.to_string(),
             mode: Mutex::new(Mode::Ok),
             count: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
@@ -132,6 +135,12 @@ impl HttpServer {
         self.shared.count.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted so far (a proxy that pools its upstream
+    /// connections opens few).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
     pub fn reset_count(&self) {
         self.shared.count.store(0, Ordering::SeqCst);
     }
@@ -165,6 +174,7 @@ async fn serve(
             _ = &mut stopped => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    shared.connections.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(connection(stream, peer, shared.clone()));
                 }
                 // E.g. EMFILE: keep serving, the next accept may succeed.

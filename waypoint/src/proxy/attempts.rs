@@ -22,7 +22,7 @@ use crate::resilience::outlier::Outcome;
 use crate::resilience::retry::{self, AttemptOutcome};
 use crate::route::Rule;
 use crate::state::{BackendRuntime, EndpointSet, RuleRuntime};
-use crate::upstream::{Endpoint, Proto};
+use crate::upstream::{Endpoint, Lease, Proto};
 
 /// The retry loop's fixed inputs.
 pub struct Attempts<'a> {
@@ -39,14 +39,15 @@ pub struct Attempts<'a> {
 }
 
 impl Attempts<'_> {
-    /// Returns the response and when its attempt started (the per-try
-    /// timeout covers the body too).
+    /// Returns the response, when its attempt started (the per-try
+    /// timeout covers the body too), and its connection's lease, to keep
+    /// as long as the body.
     pub async fn run(
         mut self,
         body: ReplayBody,
         rec: &mut RequestRecord,
         rng: &mut fastrand::Rng,
-    ) -> Result<(Response<Incoming>, Instant), Failure> {
+    ) -> Result<(Response<Incoming>, Instant, Lease), Failure> {
         let (rule, rt) = (self.rule, self.rt);
         let app = &self.ctx.app;
         let brt = &rt.backends[self.backend_idx.min(rt.backends.len() - 1)];
@@ -84,7 +85,7 @@ impl Attempts<'_> {
             let ended = Instant::now();
             let latency = ended - now;
             let (outcome, detector) = match &res {
-                Ok(resp) => {
+                Ok((resp, _)) => {
                     let s = resp.status().as_u16();
                     let o = match grpc_status(resp.headers()).filter(|_| self.grpc) {
                         Some(g) if g != 0 => AttemptOutcome::GrpcStatus(g),
@@ -122,12 +123,12 @@ impl Attempts<'_> {
                 }
             }
             let Some(policy) = retry else {
-                return res.map(|r| (r, now));
+                return res.map(|(r, lease)| (r, now, lease));
             };
             let wants = retry::retryable(policy, &outcome);
             // Checked after the attempt: it may have read past the bound.
             let Some(again) = keep.filter(ReplayBody::can_replay) else {
-                return res.map(|r| (r, now));
+                return res.map(|(r, lease)| (r, now, lease));
             };
             let allowed = wants
                 && retries < policy.attempts
@@ -137,7 +138,7 @@ impl Attempts<'_> {
                     .as_ref()
                     .is_none_or(|b| b.try_retry(Instant::now()));
             if !allowed {
-                return res.map(|r| (r, now));
+                return res.map(|(r, lease)| (r, now, lease));
             }
             retries += 1;
             app.metrics
@@ -277,7 +278,7 @@ pub async fn forward_direct(
         .send(&ep, proto, out, ctx.source_addr)
         .await
     {
-        Ok(mut resp) => {
+        Ok((mut resp, lease)) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(down) = down_upgrade {
                     splice_upgrade(down, hyper::upgrade::on(&mut resp));
@@ -293,7 +294,9 @@ pub async fn forward_direct(
             let (p, b) = resp.into_parts();
             Response::from_parts(
                 p,
-                http_body_util::BodyExt::boxed(ResponseBody::new(b, rec, header_bytes, vec![])),
+                http_body_util::BodyExt::boxed(
+                    ResponseBody::new(b, rec, header_bytes, vec![]).with_lease(lease),
+                ),
             )
         }
         Err(e) => Reject::from_failure(&Failure::Upstream(e), 1).reply(rec, grpc),

@@ -294,11 +294,11 @@ async fn serve(
         .await
         .unwrap_or(Err(Failure::Timeout));
     let latency = started.map(|s| s.elapsed());
-    let (mut resp, body_deadline) = match result {
-        Ok((resp, try_started)) => {
+    let (mut resp, body_deadline, lease) = match result {
+        Ok((resp, try_started, lease)) => {
             // The timeouts cover the body too: the sooner of the two ends.
             let try_deadline = rule.per_try_timeout.map(|t| try_started + t);
-            (resp, deadline.into_iter().chain(try_deadline).min())
+            (resp, deadline.into_iter().chain(try_deadline).min(), lease)
         }
         Err(f) => {
             if let (Some(p), Some(latency)) = (adaptive, latency) {
@@ -328,7 +328,9 @@ async fn serve(
     let header_bytes = header_size(resp.headers());
     let hold: Vec<Hold> = circuit.into_iter().map(|c| Box::new(c) as Hold).collect();
     let (rparts, rbody) = resp.into_parts();
-    let body = ResponseBody::new(rbody, rec, header_bytes, hold).with_deadline(body_deadline);
+    let body = ResponseBody::new(rbody, rec, header_bytes, hold)
+        .with_deadline(body_deadline)
+        .with_lease(lease);
     Response::from_parts(rparts, http_body_util::BodyExt::boxed(body))
 }
 
