@@ -30,9 +30,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use trellis_node_proxy::netns::NetNs;
 use trellis_perf::callgrind::{self, Profile};
 use trellis_perf::l7::client::{Client, Proto, Target};
 use trellis_perf::l7::mesh::{L7Topo, WaypointProc};
+use trellis_perf::l7::nginx::{self, NginxProxy};
 use trellis_perf::l7::servers::{Listen, Upstreams};
 use trellis_perf::l7::{BODY_BYTES, GRPC_PORT, HTTP_PORT};
 use trellis_perf::servers::EchoServer;
@@ -339,8 +341,9 @@ const MEMCPY_NOTE: &str = "caveat: valgrind counts each byte a `rep movsb` moves
 /// Warm-up requests per protocol before the counters are zeroed.
 const WARMUP_REQUESTS: usize = 100;
 
-/// The waypoint's figures: it alone under callgrind on the L7 bench's
-/// topology, sequential requests per protocol.
+/// The waypoint's figures, and nginx's for the same requests: each alone
+/// under callgrind on the L7 bench's topology, sequential requests per
+/// protocol.
 fn waypoint(
     a: &Args,
     wrapper: &[&str],
@@ -350,39 +353,109 @@ fn waypoint(
 ) -> Result<serde_json::Value> {
     let t = L7Topo::build()?;
     let server_ns = t.bt.server.netns()?;
-    let _upstreams = Upstreams::start(
-        &[Listen {
-            ns: &server_ns,
-            http: SocketAddr::new(t.bt.server.ip, HTTP_PORT),
-            grpc: SocketAddr::new(t.bt.server.ip, GRPC_PORT),
-        }],
+    let plain_server_ns = t.plain_server.netns()?;
+    let listen = |ns, ip| Listen {
+        ns,
+        http: SocketAddr::new(ip, HTTP_PORT),
+        grpc: SocketAddr::new(ip, GRPC_PORT),
+    };
+    let upstreams = Upstreams::start(
+        &[
+            listen(&server_ns, t.bt.server.ip),
+            listen(&plain_server_ns, t.plain_server.ip),
+        ],
         LOADGEN_CPU,
     )?;
+    let routed = || {
+        let [_, h, _, g] = upstreams.counts().get();
+        h + g
+    };
     let proxy_bin = topo::proxy_binary()?;
     let _proxies = [
         t.bt.start_proxy(&proxy_bin, "node1", &t.bt.client, LOADGEN_CPU)?,
         t.bt.start_proxy(&proxy_bin, "node2", &t.bt.server, LOADGEN_CPU)?,
     ];
     let bin = topo::sibling_binary("trellis-waypoint", "trellis-waypoint")?;
+    let n = a.requests;
+    let mut doc = json!({});
+
     run::say("starting the waypoint under callgrind (slow)");
     let wp = WaypointProc::start_wrapped(&t, &bin, SERVER_CPU, wrapper, Duration::from_secs(120))?;
-    let before = wp.metric("istio_requests_total", &[])?;
-    let n = a.requests;
-    run::say(format!(
-        "{n} sequential requests per protocol ({}), one connection each",
-        Proto::ALL.map(|p| p.label()).join(", ")
-    ));
+    let before = (wp.metric("istio_requests_total", &[])?, routed());
     let targets: Vec<Target> = Proto::ALL.iter().map(|&p| t.waypoint_target(p)).collect();
-    let ns = t.bt.client.netns()?;
+    run::say(format!(
+        "waypoint: {n} sequential requests per protocol, one connection each"
+    ));
+    count_requests(&t.bt.client.netns()?, wp.pid, &targets, n)?;
+    // Proof the requests went through the waypoint's routes and were
+    // counted, and that nothing else ran through it meanwhile.
+    let expected = (targets.len() * (WARMUP_REQUESTS + n)) as u64;
+    let counted = wp.metric("istio_requests_total", &[])? - before.0;
+    if counted != expected as f64 || routed() - before.1 != expected {
+        bail!(
+            "the waypoint counted {counted} requests and the server saw {} routed ones, not the {expected} sent",
+            routed() - before.1
+        );
+    }
+    for (i, p) in Proto::ALL.iter().enumerate() {
+        let prof = read_part(dumps, wp.pid, i as u32 + 1)?;
+        doc["requests"][p.key()]["waypoint"] = figures(&prof, n as f64);
+    }
+    drop(wp);
+
+    // nginx as the bench runs it: a plain client, no mesh, same servers.
+    let support = nginx::probe(&t)?;
+    run::say("starting nginx under callgrind (slow)");
+    let ngx =
+        NginxProxy::start_wrapped(&t, &support, SERVER_CPU, wrapper, Duration::from_secs(60))?;
+    let protos: Vec<Proto> = Proto::ALL
+        .into_iter()
+        .filter(|p| support.get(p).is_some_and(|why| why.is_none()))
+        .collect();
+    let targets: Vec<Target> = protos.iter().map(|&p| t.nginx_target(p)).collect();
+    run::say(format!(
+        "nginx: {n} sequential requests per protocol, one connection each"
+    ));
+    let before = routed();
+    count_requests(&t.plain_client.netns()?, ngx.pid, &targets, n)?;
+    let expected = (targets.len() * (WARMUP_REQUESTS + n)) as u64;
+    if routed() - before != expected {
+        bail!(
+            "the servers saw {} requests routed by nginx, not the {expected} sent",
+            routed() - before
+        );
+    }
+    for (i, p) in protos.iter().enumerate() {
+        let prof = read_part(dumps, ngx.pid, i as u32 + 1)?;
+        doc["requests"][p.key()]["nginx"] = figures(&prof, n as f64);
+    }
+    drop(ngx);
+
+    doc["notes"] = json!([
+        run_note,
+        format!("binary: {}; {}", bin.display(), nginx::version()),
+        format!("load: per protocol, {n} sequential requests on one connection after {WARMUP_REQUESTS} warm-up ones; waypoint path: client → node1 proxy → HBONE → waypoint (L7 policy, route with a header filter, Istio metrics) → HBONE → node2 proxy → server; nginx path as in trellis-l7-bench: plain client → nginx (route header, plaintext) → plain server; {BODY_BYTES} B responses checked; every request was counted by the waypoint's metrics or the servers' routed-header count"),
+        "each proxy runs alone under callgrind; the node proxies on the waypoint path are not counted".to_string(),
+        COUNTS_NOTE.to_string(),
+        MEMCPY_NOTE.to_string(),
+        format!("took {:.0} s", started.elapsed().as_secs_f64()),
+    ]);
+    Ok(doc)
+}
+
+/// Zeroes `pid`'s counters, makes `n` sequential calls to each target (one
+/// connection each, after a warm-up) from `ns`, and dumps the counters:
+/// one dump part per target.
+fn count_requests(ns: &NetNs, pid: u32, targets: &[Target], n: usize) -> Result<()> {
+    let targets = targets.to_vec();
     let client_ns = ns.try_clone().context("cloning a netns handle")?;
-    let pid = [wp.pid];
-    sys::on_pinned_thread("instr-load", LOADGEN_CPU, &ns, move || {
+    sys::on_pinned_thread("instr-load", LOADGEN_CPU, ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("building the client's runtime")?;
         rt.block_on(async move {
-            // Generous bound: callgrind runs the waypoint ~50x slower.
+            // Generous bound: callgrind runs the proxy ~50x slower.
             let deadline = Instant::now() + Duration::from_secs(600);
             for target in &targets {
                 let what = target.proto.label();
@@ -390,35 +463,13 @@ fn waypoint(
                     .await
                     .with_context(|| format!("connecting for {what}"))?;
                 calls(&mut c, WARMUP_REQUESTS, deadline, what).await?;
-                control("-z", &pid)?;
+                control("-z", &[pid])?;
                 calls(&mut c, n, deadline, what).await?;
-                control("-d", &pid)?;
+                control("-d", &[pid])?;
             }
             Ok(())
         })
-    })?;
-    // Proof the requests went through the waypoint's routes and were
-    // counted, and that nothing else ran through it meanwhile.
-    let through = wp.metric("istio_requests_total", &[])? - before;
-    let expected = (Proto::ALL.len() * (WARMUP_REQUESTS + n)) as f64;
-    if through != expected {
-        bail!("the waypoint counted {through} requests, not the {expected} sent");
-    }
-    let mut doc = json!({
-        "notes": [
-            run_note,
-            format!("binary: {}", bin.display()),
-            format!("load: per protocol, {n} sequential requests on one connection after {WARMUP_REQUESTS} warm-up ones, client → node1 proxy → HBONE → waypoint (L7 policy, route with a header filter, Istio metrics) → HBONE → node2 proxy → server; {BODY_BYTES} B responses checked; the waypoint counted all {expected} requests"),
-            COUNTS_NOTE.to_string(),
-            MEMCPY_NOTE.to_string(),
-            format!("took {:.0} s", started.elapsed().as_secs_f64()),
-        ],
-    });
-    for (i, p) in Proto::ALL.iter().enumerate() {
-        let prof = read_part(dumps, wp.pid, i as u32 + 1)?;
-        doc["requests"][p.key()] = figures(&prof, n as f64);
-    }
-    Ok(doc)
+    })
 }
 
 /// `n` checked calls on `c`, bounded by `deadline`.
@@ -426,7 +477,7 @@ async fn calls(c: &mut Client, n: usize, deadline: Instant, what: &str) -> Resul
     for i in 0..n {
         c.call()
             .await
-            .with_context(|| format!("{what} request {i} through the waypoint"))?;
+            .with_context(|| format!("{what} request {i}"))?;
         if Instant::now() > deadline {
             bail!("the load took longer than its bound; is the machine overloaded?");
         }
@@ -435,46 +486,54 @@ async fn calls(c: &mut Client, n: usize, deadline: Instant, what: &str) -> Resul
 }
 
 fn waypoint_markdown(doc: &serde_json::Value) -> String {
-    let mut md = String::from("# Waypoint instructions per request (callgrind)\n\n");
+    let mut md = String::from("# Waypoint and nginx instructions per request (callgrind)\n\n");
     for note in doc["notes"].as_array().into_iter().flatten() {
         md += &format!("- {}\n", note.as_str().unwrap_or_default());
     }
-    md += "\n| per request |";
-    let mut rule = String::from("|---|");
+    let r = &doc["requests"];
+    md += "\n| per request | proxy |";
+    let mut rule = String::from("|---|---|");
     for p in Proto::ALL {
         md += &format!(" {} |", p.label());
         rule += "---:|";
     }
     md += &format!("\n{rule}\n");
-    let r = &doc["requests"];
-    let cell = |p: Proto, k: &str, digits: usize| {
-        format!("{:.*}", digits, r[p.key()][k].as_f64().unwrap_or(f64::NAN))
+    let num = |v: &serde_json::Value, digits: usize| match v.as_f64() {
+        Some(x) => format!("{x:.digits$}"),
+        None => "—".to_string(),
     };
     for (label, k, digits) in [
         ("user-space instructions", "ir", 0),
         ("task polls", "task_polls", 2),
         ("allocations", "allocations", 2),
     ] {
-        md += &format!("| {label} |");
-        for p in Proto::ALL {
-            md += &format!(" {} |", cell(p, k, digits));
+        for proxy in ["waypoint", "nginx"] {
+            if proxy == "nginx" && k == "task_polls" {
+                continue;
+            }
+            md += &format!("| {label} | {proxy} |");
+            for p in Proto::ALL {
+                md += &format!(" {} |", num(&r[p.key()][proxy][k], digits));
+            }
+            md += "\n";
         }
-        md += "\n";
     }
-    for i in 0..10 {
-        md += &format!("| #{} by own instructions |", i + 1);
-        for p in Proto::ALL {
-            let c = &r[p.key()]["top_crates"][i];
-            md += &match c["crate"].as_str() {
-                Some(name) => format!(
-                    " {name} {:.0} ({:.1}%) |",
-                    c["ir"].as_f64().unwrap_or_default(),
-                    c["share_pct"].as_f64().unwrap_or_default()
-                ),
-                None => " |".to_string(),
-            };
+    for proxy in ["waypoint", "nginx"] {
+        for i in 0..8 {
+            md += &format!("| #{} by own instructions | {proxy} |", i + 1);
+            for p in Proto::ALL {
+                let c = &r[p.key()][proxy]["top_crates"][i];
+                md += &match c["crate"].as_str() {
+                    Some(name) => format!(
+                        " {name} {:.0} ({:.1}%) |",
+                        c["ir"].as_f64().unwrap_or_default(),
+                        c["share_pct"].as_f64().unwrap_or_default()
+                    ),
+                    None => " |".to_string(),
+                };
+            }
+            md += "\n";
         }
-        md += "\n";
     }
     md
 }

@@ -125,6 +125,19 @@ impl NginxProxy {
     /// Starts nginx in the proxy pod, pinned to `cpu`, with a server block
     /// for each supported protocol, proxying to the plain server pod.
     pub fn start(t: &L7Topo, support: &Support, cpu: usize) -> Result<NginxProxy> {
+        Self::start_wrapped(t, support, cpu, &[], Duration::from_secs(10))
+    }
+
+    /// [`start`](Self::start) with nginx run under `wrapper` (a command and
+    /// its arguments that exec it, such as valgrind), allowed `ready_within`
+    /// to listen.
+    pub fn start_wrapped(
+        t: &L7Topo,
+        support: &Support,
+        cpu: usize,
+        wrapper: &[&str],
+        ready_within: Duration,
+    ) -> Result<NginxProxy> {
         let dir = tempfile::Builder::new()
             .prefix("trellis-l7-nginx-")
             .tempdir()?;
@@ -142,17 +155,15 @@ impl NginxProxy {
         let cpu_s = cpu.to_string();
         let conf_s = conf.display().to_string();
         let prefix = format!("{}/", d.display());
-        let guard = t.bt.topo.spawn(
-            &t.proxy.name,
-            &[
-                "taskset", "-c", &cpu_s, "nginx", "-p", &prefix, "-c", &conf_s,
-            ],
-        )?;
+        let mut argv: Vec<&str> = vec!["taskset", "-c", &cpu_s];
+        argv.extend_from_slice(wrapper);
+        argv.extend_from_slice(&["nginx", "-p", &prefix, "-c", &conf_s]);
+        let guard = t.bt.topo.spawn(&t.proxy.name, &argv)?;
         let ns = t.proxy.netns()?;
         for (proto, why) in support {
             if why.is_none() {
                 let port = t.nginx_target(*proto).dst.port();
-                wait_listening(&ns, port, Duration::from_secs(10))
+                wait_listening(&ns, port, ready_within)
                     .with_context(|| format!("nginx did not start; its log:\n{}", guard.log()))?;
             }
         }
