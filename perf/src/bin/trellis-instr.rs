@@ -262,39 +262,51 @@ fn main() -> Result<()> {
         run::git_rev(),
         run::machine_line(cpus.len())
     );
+    let run = Run {
+        a: &a,
+        wrapper: &wrapper,
+        dumps: &dumps,
+        run_note,
+        started,
+    };
     let (name, doc, md) = if a.waypoint {
-        let doc = waypoint(&a, &wrapper, &dumps, run_note, started)?;
+        let doc = waypoint(run)?;
         ("instr-waypoint", doc.clone(), waypoint_markdown(&doc))
     } else {
-        let doc = node_proxies(&a, &wrapper, &dumps, run_note, started)?;
+        let doc = node_proxies(run)?;
         ("instr", doc.clone(), markdown(&doc))
     };
     print!("{md}");
     run::write_results(&a.out, name, &doc, &md)
 }
 
-/// The node proxies' figures: both under callgrind, ping-pongs then bulk.
-fn node_proxies(
-    a: &Args,
-    wrapper: &[&str],
-    dumps: &Path,
+/// What both modes are given.
+struct Run<'a> {
+    a: &'a Args,
+    /// The valgrind command line each counted proxy runs under.
+    wrapper: &'a [&'a str],
+    /// Where callgrind writes its files.
+    dumps: &'a Path,
     run_note: String,
     started: Instant,
-) -> Result<serde_json::Value> {
+}
+
+/// The node proxies' figures: both under callgrind, ping-pongs then bulk.
+fn node_proxies(r: Run<'_>) -> Result<serde_json::Value> {
     let bt = BenchTopo::build(0)?;
     let echo_addr = SocketAddr::new(bt.server.ip, 7000);
     let _echo = EchoServer::start(&bt.server.netns()?, echo_addr, SERVER_CPU)?;
     let bin = topo::proxy_binary()?;
     run::say("starting both node proxies under callgrind (slow)");
-    let p1 = bt.start_proxy_wrapped(&bin, "node1", &bt.client, SERVER_CPU, wrapper)?;
-    let p2 = bt.start_proxy_wrapped(&bin, "node2", &bt.server, SERVER_CPU, wrapper)?;
+    let p1 = bt.start_proxy_wrapped(&bin, "node1", &bt.client, SERVER_CPU, r.wrapper)?;
+    let p2 = bt.start_proxy_wrapped(&bin, "node2", &bt.server, SERVER_CPU, r.wrapper)?;
     let ns = bt.client.netns()?;
     latency::wait_echo(&ns, LOADGEN_CPU, echo_addr, Duration::from_secs(60))?;
     let pids = [p1.pid, p2.pid];
-    let (pings, bulk_msgs) = (a.pings, a.bulk_mib * 1024 * 1024 / BULK_MSG);
+    let (pings, bulk_msgs) = (r.a.pings, r.a.bulk_mib * 1024 * 1024 / BULK_MSG);
     run::say(format!(
         "{pings} round trips of {PING} B, then {} MiB echoed",
-        a.bulk_mib
+        r.a.bulk_mib
     ));
     sys::on_pinned_thread("instr-load", LOADGEN_CPU, &ns, move || {
         // Generous bounds: callgrind runs the proxies ~50x slower.
@@ -311,20 +323,20 @@ fn node_proxies(
     })?;
     let mut doc = json!({
         "notes": [
-            run_note,
+            r.run_note,
             format!("binary: {}", bin.display()),
-            format!("load: {pings} ping-pongs of {PING} B on one connection after {WARMUP_PINGS} warm-up ones; then {} MiB echoed in {BULK_MSG} B messages on the same connection", a.bulk_mib),
+            format!("load: {pings} ping-pongs of {PING} B on one connection after {WARMUP_PINGS} warm-up ones; then {} MiB echoed in {BULK_MSG} B messages on the same connection", r.a.bulk_mib),
             COUNTS_NOTE.to_string(),
             MEMCPY_NOTE.to_string(),
-            format!("took {:.0} s", started.elapsed().as_secs_f64()),
+            format!("took {:.0} s", r.started.elapsed().as_secs_f64()),
         ],
     });
     for (phase, part, units) in [
         ("pingpong", 1, pings as f64),
-        ("bulk", 2, a.bulk_mib as f64),
+        ("bulk", 2, r.a.bulk_mib as f64),
     ] {
         for (node, pid) in [("node1", p1.pid), ("node2", p2.pid)] {
-            let prof = read_part(dumps, pid, part)?;
+            let prof = read_part(r.dumps, pid, part)?;
             doc[phase][node] = figures(&prof, units);
         }
     }
@@ -344,13 +356,7 @@ const WARMUP_REQUESTS: usize = 100;
 /// The waypoint's figures, and nginx's for the same requests: each alone
 /// under callgrind on the L7 bench's topology, sequential requests per
 /// protocol.
-fn waypoint(
-    a: &Args,
-    wrapper: &[&str],
-    dumps: &Path,
-    run_note: String,
-    started: Instant,
-) -> Result<serde_json::Value> {
+fn waypoint(r: Run<'_>) -> Result<serde_json::Value> {
     let t = L7Topo::build()?;
     let server_ns = t.bt.server.netns()?;
     let plain_server_ns = t.plain_server.netns()?;
@@ -376,11 +382,12 @@ fn waypoint(
         t.bt.start_proxy(&proxy_bin, "node2", &t.bt.server, LOADGEN_CPU)?,
     ];
     let bin = topo::sibling_binary("trellis-waypoint", "trellis-waypoint")?;
-    let n = a.requests;
+    let n = r.a.requests;
     let mut doc = json!({});
 
     run::say("starting the waypoint under callgrind (slow)");
-    let wp = WaypointProc::start_wrapped(&t, &bin, SERVER_CPU, wrapper, Duration::from_secs(120))?;
+    let wp =
+        WaypointProc::start_wrapped(&t, &bin, SERVER_CPU, r.wrapper, Duration::from_secs(120))?;
     let before = (wp.metric("istio_requests_total", &[])?, routed());
     let targets: Vec<Target> = Proto::ALL.iter().map(|&p| t.waypoint_target(p)).collect();
     run::say(format!(
@@ -398,7 +405,7 @@ fn waypoint(
         );
     }
     for (i, p) in Proto::ALL.iter().enumerate() {
-        let prof = read_part(dumps, wp.pid, i as u32 + 1)?;
+        let prof = read_part(r.dumps, wp.pid, i as u32 + 1)?;
         doc["requests"][p.key()]["waypoint"] = figures(&prof, n as f64);
     }
     drop(wp);
@@ -407,7 +414,7 @@ fn waypoint(
     let support = nginx::probe(&t)?;
     run::say("starting nginx under callgrind (slow)");
     let ngx =
-        NginxProxy::start_wrapped(&t, &support, SERVER_CPU, wrapper, Duration::from_secs(60))?;
+        NginxProxy::start_wrapped(&t, &support, SERVER_CPU, r.wrapper, Duration::from_secs(60))?;
     let protos: Vec<Proto> = Proto::ALL
         .into_iter()
         .filter(|p| support.get(p).is_some_and(|why| why.is_none()))
@@ -426,19 +433,19 @@ fn waypoint(
         );
     }
     for (i, p) in protos.iter().enumerate() {
-        let prof = read_part(dumps, ngx.pid, i as u32 + 1)?;
+        let prof = read_part(r.dumps, ngx.pid, i as u32 + 1)?;
         doc["requests"][p.key()]["nginx"] = figures(&prof, n as f64);
     }
     drop(ngx);
 
     doc["notes"] = json!([
-        run_note,
+        r.run_note,
         format!("binary: {}; {}", bin.display(), nginx::version()),
         format!("load: per protocol, {n} sequential requests on one connection after {WARMUP_REQUESTS} warm-up ones; waypoint path: client → node1 proxy → HBONE → waypoint (L7 policy, route with a header filter, Istio metrics) → HBONE → node2 proxy → server; nginx path as in trellis-l7-bench: plain client → nginx (route header, plaintext) → plain server; {BODY_BYTES} B responses checked; every request was counted by the waypoint's metrics or the servers' routed-header count"),
         "each proxy runs alone under callgrind; the node proxies on the waypoint path are not counted".to_string(),
         COUNTS_NOTE.to_string(),
         MEMCPY_NOTE.to_string(),
-        format!("took {:.0} s", started.elapsed().as_secs_f64()),
+        format!("took {:.0} s", r.started.elapsed().as_secs_f64()),
     ]);
     Ok(doc)
 }
