@@ -60,3 +60,34 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+/// Moves every thread of process `pid` onto `cpu` (its workers included,
+/// whatever they pinned themselves to). Threads started later inherit the
+/// affinity of the thread that starts them.
+pub fn repin_process(pid: u32, cpu: usize) -> Result<()> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of process {pid}"))?;
+    for task in tasks {
+        let tid: libc::pid_t = match task?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            Some(t) => t,
+            None => continue,
+        };
+        // SAFETY: cpu_set_t is plain data, initialised by CPU_ZERO/CPU_SET;
+        // sched_setaffinity only reads it.
+        let rc = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut set);
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // A thread that exited meanwhile is not an error.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e)
+                    .with_context(|| format!("pinning thread {tid} of {pid} to CPU {cpu}"));
+            }
+        }
+    }
+    Ok(())
+}

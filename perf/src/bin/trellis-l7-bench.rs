@@ -264,10 +264,10 @@ fn main() -> Result<()> {
                 let r = b.run(p, proto, false)?;
                 got.entry((proto, p.label(), false)).or_default().push(r);
             }
-            let r = b.run(Path::L4, proto, false)?;
-            got.entry((proto, Path::L4.label(), false))
-                .or_default()
-                .push(r);
+            for p in [Path::L4, Path::L4Floor] {
+                let r = b.run(p, proto, false)?;
+                got.entry((proto, p.label(), false)).or_default().push(r);
+            }
             for &p in &order {
                 let r = b.run(p, proto, true)?;
                 got.entry((proto, p.label(), true)).or_default().push(r);
@@ -291,6 +291,7 @@ fn main() -> Result<()> {
             nginx: runs(Path::Nginx).ok_or_else(|| b.support[&proto].clone().unwrap_or_default()),
             waypoint: runs(Path::Waypoint).context("no waypoint runs")?,
             l4: pooled(proto, Path::L4, false).context("no mesh L4 run")?,
+            l4_floor: pooled(proto, Path::L4Floor, false).context("no mesh L4 floor run")?,
         });
     }
 
@@ -366,7 +367,7 @@ fn main() -> Result<()> {
                 .and_then(|r| match path {
                     Path::Waypoint => Some(&r.waypoint),
                     Path::Nginx => r.nginx.as_ref().ok(),
-                    Path::L4 => None,
+                    Path::L4 | Path::L4Floor => None,
                 });
             p.cpu_us_per_request = measured
                 .map(|m| match kind {
@@ -402,7 +403,7 @@ fn main() -> Result<()> {
         format!(
             "pinning: the proxy under test alone on CPU {PROXY_CPU} (trellis-waypoint --workers 1, or nginx with worker_processes 1 and no master); load generator, upstream servers and both node proxies (--workers 1) on CPU {LOAD_CPU}"
         ),
-        "waypoint path: client pod → node1 proxy (capture) → HBONE mTLS → waypoint pod (L7 policy ALLOW on the client's principal, HTTPRoute / GRPCRoute with a header filter, Istio metrics) → HBONE mTLS → node2 proxy → server; nginx path: plain client pod → nginx (proxy pod) → plain server pod, cleartext; mesh L4: client → node1 proxy → HBONE → node2 proxy → server, no waypoint (reference)".into(),
+        "waypoint path: client pod → node1 proxy (capture) → HBONE mTLS → waypoint pod (L7 policy ALLOW on the client's principal, HTTPRoute / GRPCRoute with a header filter, Istio metrics) → HBONE mTLS → node2 proxy → server; nginx path: plain client pod → nginx (proxy pod) → plain server pod, cleartext; mesh L4: client → node1 proxy → HBONE → node2 proxy → server, no waypoint (reference); mesh L4 via CPU 1 (floor): the same path with both node proxies moved onto the proxy's CPU for the run, so a request crosses between the CPUs as often as on nginx's path and pays the two node-proxy hops every mesh request pays, with no L7 work: what the waypoint path would measure if the waypoint cost nothing".into(),
         format!(
             "load, each run {} time(s) and pooled (counts, CPU and time summed, latency histograms merged; per-run figures in brackets): open loop at {:.0} req/s for {:.0} s over {} connections, one request in flight per connection, latency from each request's scheduled time (no coordinated omission), after {} warm-up requests per connection; closed loop with {} requests in flight ({} connections for HTTP/1.1, {} multiplexed connections for HTTP/2 and gRPC), {:.0} s measured after {:.1} s of warm-up; responses of {} B (HTTP body, gRPC payload) checked on every call",
             o.repeat, o.rate.rate, o.rate.duration.as_secs_f64(), o.rate.conns, o.rate.warmup,

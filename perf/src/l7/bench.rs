@@ -12,8 +12,9 @@ use super::load::{self, LoadResult, MaxConfig, RateConfig, Watch};
 use super::mesh::{self, L7Topo, WaypointProc};
 use super::nginx::{NginxProxy, Support};
 use super::servers::Upstreams;
-use super::LOAD_CPU;
+use super::{LOAD_CPU, PROXY_CPU};
 use crate::run::say;
+use crate::sys;
 use crate::topo::NodeProxy;
 
 /// What the bench runs and where. Fields drop in order: the processes and
@@ -40,6 +41,11 @@ pub enum Path {
     Waypoint,
     /// Client → node proxy → node proxy → server: the mesh without L7.
     L4,
+    /// The same, with both node proxies moved onto the proxy's CPU for the
+    /// run: the cross-CPU wake-ups of nginx's path (client → CPU 1 → server
+    /// and back) plus the two node-proxy hops every mesh request pays, and no
+    /// L7 work. What a waypoint path would cost if the waypoint were free.
+    L4Floor,
 }
 
 impl Path {
@@ -48,6 +54,7 @@ impl Path {
             Path::Nginx => "nginx",
             Path::Waypoint => "waypoint",
             Path::L4 => "mesh L4",
+            Path::L4Floor => "mesh L4 via CPU 1",
         }
     }
 }
@@ -57,14 +64,14 @@ impl Bench {
         match path {
             Path::Nginx => self.t.nginx_target(proto),
             Path::Waypoint => self.t.waypoint_target(proto),
-            Path::L4 => self.t.l4_target(proto),
+            Path::L4 | Path::L4Floor => self.t.l4_target(proto),
         }
     }
 
     pub fn ns(&self, path: Path) -> &NetNs {
         match path {
             Path::Nginx => &self.plain_ns,
-            Path::Waypoint | Path::L4 => &self.client_ns,
+            Path::Waypoint | Path::L4 | Path::L4Floor => &self.client_ns,
         }
     }
 
@@ -79,7 +86,7 @@ impl Bench {
                 proxy: vec![self.waypoint.pid],
                 mesh,
             },
-            Path::L4 => Watch {
+            Path::L4 | Path::L4Floor => Watch {
                 proxy: vec![],
                 mesh,
             },
@@ -134,6 +141,24 @@ impl Bench {
     }
 
     pub fn run(&mut self, path: Path, proto: Proto, max: bool) -> Result<LoadResult> {
+        if path != Path::L4Floor {
+            return self.run_here(path, proto, max);
+        }
+        let pids: Vec<u32> = self.proxies.iter().map(|p| p.pid).collect();
+        let pin = |cpu| -> Result<()> {
+            for &pid in &pids {
+                sys::repin_process(pid, cpu)?;
+            }
+            Ok(())
+        };
+        pin(PROXY_CPU)?;
+        let r = self.run_here(path, proto, max);
+        // Back where every other path expects them, even after a failed run.
+        pin(LOAD_CPU)?;
+        r
+    }
+
+    fn run_here(&mut self, path: Path, proto: Proto, max: bool) -> Result<LoadResult> {
         let target = self.target(path, proto);
         let watch = self.watch(path);
         let before = self.upstream_counts(proto);

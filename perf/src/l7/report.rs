@@ -30,6 +30,9 @@ pub struct ProtoResults {
     pub waypoint: ProxyRuns,
     /// The mesh without the waypoint (L4 only), at the fixed rate.
     pub l4: LoadResult,
+    /// The same with the node proxies on the proxy's CPU: the floor of any
+    /// waypoint path (see `Path::L4Floor`).
+    pub l4_floor: LoadResult,
 }
 
 impl ProtoResults {
@@ -41,6 +44,7 @@ impl ProtoResults {
             },
             "waypoint": self.waypoint.to_json(),
             "mesh_l4_no_waypoint": {"fixed_rate": self.l4.to_json()},
+            "mesh_l4_via_proxy_cpu": {"fixed_rate": self.l4_floor.to_json()},
         })
     }
 }
@@ -53,6 +57,8 @@ pub struct Row {
     pub nginx: String,
     pub waypoint: String,
     pub l4: String,
+    /// The mesh without L7, node proxies on the proxy's CPU (see `Path::L4Floor`).
+    pub floor: String,
     pub compare: String,
     pub target: String,
     /// None: informational.
@@ -94,7 +100,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
     let mut push = |metric: String,
                     nginx: String,
                     waypoint: String,
-                    l4: String,
+                    (l4, floor): (String, String),
                     compare: String,
                     target: &str,
                     pass: Option<bool>| {
@@ -104,6 +110,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
             nginx,
             waypoint,
             l4,
+            floor,
             compare,
             target: target.into(),
             pass,
@@ -113,7 +120,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         format!("open loop at {rate:.0} req/s: achieved (req/s)"),
         ng(&|n| f(n.fixed.rps, 0)),
         f(w.fixed.rps, 0),
-        f(r.l4.rps, 0),
+        (f(r.l4.rps, 0), f(r.l4_floor.rps, 0)),
         NA.into(),
         NA,
         None,
@@ -141,7 +148,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
             n.map(|n| cell(get(&n.fixed), &n.fixed))
                 .unwrap_or_else(|| "n/a".into()),
             cell(wv, &w.fixed),
-            cell(get(&r.l4), &r.l4),
+            (cell(get(&r.l4), &r.l4), cell(get(&r.l4_floor), &r.l4_floor)),
             nv.map(|x| format!("{:+.0} µs", wv - x))
                 .unwrap_or_else(|| NA.into()),
             if is_p99 { "waypoint ≤ nginx" } else { NA },
@@ -152,7 +159,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "errors (fixed rate)".into(),
         ng(&|n| n.fixed.errors.to_string()),
         w.fixed.errors.to_string(),
-        r.l4.errors.to_string(),
+        (r.l4.errors.to_string(), r.l4_floor.errors.to_string()),
         NA.into(),
         "0",
         Some(w.fixed.errors == 0 && n.is_none_or(|n| n.fixed.errors == 0)),
@@ -161,7 +168,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "proxy CPU per request, fixed rate (µs)".into(),
         ng(&|n| f(n.fixed.proxy_us_per_req(), 1)),
         f(w.fixed.proxy_us_per_req(), 1),
-        NA.into(),
+        (NA.into(), NA.into()),
         n.map(|n| ratio(w.fixed.proxy_us_per_req(), n.fixed.proxy_us_per_req()))
             .unwrap_or_else(|| NA.into()),
         NA,
@@ -172,7 +179,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "requests per proxy CPU-second, fixed rate".into(),
         ng(&|n| with_runs(f(n.fixed.per_proxy_cpu_s(), 0), &n.fixed.runs, per_cpu)),
         with_runs(f(w.fixed.per_proxy_cpu_s(), 0), &w.fixed.runs, per_cpu),
-        NA.into(),
+        (NA.into(), NA.into()),
         n.map(|n| ratio(w.fixed.per_proxy_cpu_s(), n.fixed.per_proxy_cpu_s()))
             .unwrap_or_else(|| NA.into()),
         "waypoint ≥ nginx",
@@ -182,7 +189,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         format!("closed loop, {concurrency} in flight: max rate (req/s)"),
         ng(&|n| with_runs(f(n.max.rps, 0), &n.max.runs, |b| b.rps)),
         with_runs(f(w.max.rps, 0), &w.max.runs, |b| b.rps),
-        NA.into(),
+        (NA.into(), NA.into()),
         n.map(|n| ratio(w.max.rps, n.max.rps))
             .unwrap_or_else(|| NA.into()),
         NA,
@@ -192,7 +199,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "requests per proxy CPU-second, max rate".into(),
         ng(&|n| with_runs(f(n.max.per_proxy_cpu_s(), 0), &n.max.runs, per_cpu)),
         with_runs(f(w.max.per_proxy_cpu_s(), 0), &w.max.runs, per_cpu),
-        NA.into(),
+        (NA.into(), NA.into()),
         n.map(|n| ratio(w.max.per_proxy_cpu_s(), n.max.per_proxy_cpu_s()))
             .unwrap_or_else(|| NA.into()),
         "waypoint ≥ nginx",
@@ -211,7 +218,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "max rate, % of a CPU: proxy (CPU 1) / load generator + servers / node proxies (both CPU 0)".into(),
         ng(&|n| busy(&n.max)),
         busy(&w.max),
-        NA.into(),
+        (NA.into(), NA.into()),
         NA.into(),
         NA,
         None,
@@ -220,7 +227,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "max rate: latency p50 / p99 (µs)".into(),
         ng(&|n| format!("{:.0} / {:.0}", n.max.latency.p50_us, n.max.latency.p99_us)),
         format!("{:.0} / {:.0}", w.max.latency.p50_us, w.max.latency.p99_us),
-        NA.into(),
+        (NA.into(), NA.into()),
         NA.into(),
         NA,
         None,
@@ -229,7 +236,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "max rate: errors".into(),
         ng(&|n| n.max.errors.to_string()),
         w.max.errors.to_string(),
-        NA.into(),
+        (NA.into(), NA.into()),
         NA.into(),
         "0",
         Some(w.max.errors == 0 && n.is_none_or(|n| n.max.errors == 0)),
@@ -239,7 +246,10 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "noise: other CPU use on the machine, fixed / max rate (% of one CPU)".into(),
         ng(&|n| format!("{:.0} / {:.0}", others(&n.fixed), others(&n.max))),
         format!("{:.0} / {:.0}", others(&w.fixed), others(&w.max)),
-        format!("{:.0}", others(&r.l4)),
+        (
+            format!("{:.0}", others(&r.l4)),
+            format!("{:.0}", others(&r.l4_floor)),
+        ),
         NA.into(),
         NA,
         None,
@@ -252,7 +262,10 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
             w.fixed.mesh_us_per_req(),
             w.max.mesh_us_per_req()
         ),
-        f(r.l4.mesh_us_per_req(), 1),
+        (
+            f(r.l4.mesh_us_per_req(), 1),
+            f(r.l4_floor.mesh_us_per_req(), 1),
+        ),
         NA.into(),
         NA,
         None,
@@ -270,6 +283,7 @@ pub fn rows_json(rows: &[Row]) -> Value {
                     "nginx": r.nginx,
                     "waypoint": r.waypoint,
                     "mesh_l4_no_waypoint": r.l4,
+                    "mesh_l4_via_proxy_cpu": r.floor,
                     "waypoint_vs_nginx": r.compare,
                     "target": r.target,
                     "pass": r.pass,
@@ -333,16 +347,17 @@ pub fn markdown(
             continue;
         }
         s += &format!(
-            "\n## {}\n\n| metric | nginx | waypoint | mesh L4, no waypoint | waypoint vs nginx | target | pass? |\n|---|---:|---:|---:|---:|---|:---:|\n",
+            "\n## {}\n\n| metric | nginx | waypoint | mesh L4, no waypoint | mesh L4 via CPU 1 (floor) | waypoint vs nginx | target | pass? |\n|---|---:|---:|---:|---:|---:|---|:---:|\n",
             proto.label()
         );
         for r in mine {
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.metric,
                 r.nginx,
                 r.waypoint,
                 r.l4,
+                r.floor,
                 r.compare,
                 r.target,
                 pass_cell(r.pass)
