@@ -91,3 +91,42 @@ pub fn repin_process(pid: u32, cpu: usize) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs `pid` may run on, from /proc (the kernel's own view).
+    fn cpus_of(pid: u32) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn repin_process_moves_a_running_process() {
+        let cpus = allowed_cpus();
+        let cpu = *cpus.last().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let result = repin_process(child.id(), cpu);
+        let seen = cpus_of(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        result.unwrap();
+        assert_eq!(seen, cpu.to_string());
+    }
+
+    #[test]
+    fn repin_process_names_a_missing_process() {
+        // PIDs above pid_max (at most 2^22) never exist.
+        let e = repin_process(u32::MAX, 0).unwrap_err();
+        assert!(format!("{e:#}").contains("threads of process"), "{e:#}");
+    }
+}
