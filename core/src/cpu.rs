@@ -18,6 +18,11 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 /// Pins the calling thread to one CPU; threads it creates later inherit the mask.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    pin_thread(0, cpu)
+}
+
+/// Pins thread `tid` (of any process; 0 is the calling thread) to one CPU.
+pub fn pin_thread(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -28,7 +33,7 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(io::Error::last_os_error());
         }
     }

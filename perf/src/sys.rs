@@ -72,16 +72,7 @@ pub fn repin_process(pid: u32, cpu: usize) -> Result<()> {
             Some(t) => t,
             None => continue,
         };
-        // SAFETY: cpu_set_t is plain data, initialised by CPU_ZERO/CPU_SET;
-        // sched_setaffinity only reads it.
-        let rc = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_ZERO(&mut set);
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-        };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = trellis_core::cpu::pin_thread(tid, cpu) {
             // A thread that exited meanwhile is not an error.
             if e.raw_os_error() != Some(libc::ESRCH) {
                 return Err(e)

@@ -271,10 +271,12 @@ fn main() -> Result<()> {
     };
     let (name, doc, md) = if a.waypoint {
         let doc = waypoint(run)?;
-        ("instr-waypoint", doc.clone(), waypoint_markdown(&doc))
+        let md = waypoint_markdown(&doc);
+        ("instr-waypoint", doc, md)
     } else {
         let doc = node_proxies(run)?;
-        ("instr", doc.clone(), markdown(&doc))
+        let md = markdown(&doc);
+        ("instr", doc, md)
     };
     print!("{md}");
     run::write_results(&a.out, name, &doc, &md)

@@ -151,11 +151,13 @@ impl Bench {
             }
             Ok(())
         };
-        pin(PROXY_CPU)?;
-        let r = self.run_here(path, proto, max);
-        // Back where every other path expects them, even after a failed run.
-        pin(LOAD_CPU)?;
-        r
+        // Back where every other path expects them, even after a failed
+        // move or run; the first error is the one reported.
+        let r = pin(PROXY_CPU).and_then(|()| self.run_here(path, proto, max));
+        let back = pin(LOAD_CPU);
+        let r = r?;
+        back?;
+        Ok(r)
     }
 
     fn run_here(&mut self, path: Path, proto: Proto, max: bool) -> Result<LoadResult> {
