@@ -268,6 +268,11 @@ pub struct ListenOpts {
     /// IP_TRANSPARENT, to accept connections for non-local addresses.
     pub transparent: bool,
     pub backlog: i32,
+    /// TCP_NODELAY on the listener. Linux copies it to every accepted
+    /// socket, so a proxy's accepted connections never wait on Nagle (a
+    /// 40 ms stall when an app writes headers and body separately and the
+    /// peer delays its ACK), at no syscall per accept.
+    pub nodelay: bool,
 }
 
 impl Default for ListenOpts {
@@ -276,6 +281,7 @@ impl Default for ListenOpts {
             reuse_port: false,
             transparent: false,
             backlog: 1024,
+            nodelay: false,
         }
     }
 }
@@ -347,6 +353,11 @@ pub fn tcp_listener(
     }
     if opts.transparent {
         sockopt::set_transparent(&socket, addr.is_ipv6()).map_err(opt_err("IP_TRANSPARENT"))?;
+    }
+    if opts.nodelay {
+        socket
+            .set_tcp_nodelay(true)
+            .map_err(opt_err("TCP_NODELAY"))?;
     }
     socket
         .bind(&addr.into())

@@ -197,6 +197,9 @@ impl Pods {
                     reuse_port: true,
                     transparent: false,
                     backlog: 1024,
+                    // Every data-path socket: the capture listeners
+                    // (15001, 15006) relay app bytes as they come.
+                    nodelay: true,
                 };
                 let l =
                     netns::tcp_listener(scope.netns.as_ref(), addr, opts).map_err(|source| {

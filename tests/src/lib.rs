@@ -16,6 +16,7 @@ mod plan;
 pub mod process;
 pub mod root;
 pub mod servers;
+pub mod sockinspect;
 pub mod topology;
 pub mod wait;
 pub mod waypoint_proc;
