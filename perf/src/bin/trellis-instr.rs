@@ -36,7 +36,7 @@ use trellis_perf::l7::client::{Client, Proto, Target};
 use trellis_perf::l7::mesh::{L7Topo, WaypointProc};
 use trellis_perf::l7::nginx::{self, NginxProxy};
 use trellis_perf::l7::servers::{Listen, Upstreams};
-use trellis_perf::l7::{BODY_BYTES, GRPC_PORT, HTTP_PORT};
+use trellis_perf::l7::{GRPC_PAYLOAD_BYTES, GRPC_PORT, HTTP_BODY_BYTES, HTTP_PORT};
 use trellis_perf::servers::EchoServer;
 use trellis_perf::topo::{self, BenchTopo};
 use trellis_perf::{latency, run, sys, LOADGEN_CPU, SERVER_CPU};
@@ -443,7 +443,7 @@ fn waypoint(r: Run<'_>) -> Result<serde_json::Value> {
     doc["notes"] = json!([
         r.run_note,
         format!("binary: {}; {}", bin.display(), nginx::version()),
-        format!("load: per protocol, {n} sequential requests on one connection after {WARMUP_REQUESTS} warm-up ones; waypoint path: client → node1 proxy → HBONE → waypoint (L7 policy, route with a header filter, Istio metrics) → HBONE → node2 proxy → server; nginx path as in trellis-l7-bench: plain client → nginx (route header, plaintext) → plain server; {BODY_BYTES} B responses checked; every request was counted by the waypoint's metrics or the servers' routed-header count"),
+        format!("load: per protocol, {n} sequential requests on one connection after {WARMUP_REQUESTS} warm-up ones; waypoint path: client → node1 proxy → HBONE → waypoint (L7 policy, route with a header filter, Istio metrics) → HBONE → node2 proxy → server; nginx path as in trellis-l7-bench: plain client → nginx (route header, plaintext) → plain server; {HTTP_BODY_BYTES} B HTTP bodies (after the head, in a write of their own) and {GRPC_PAYLOAD_BYTES} B gRPC payloads checked; every request was counted by the waypoint's metrics or the servers' routed-header count"),
         "each proxy runs alone under callgrind; the node proxies on the waypoint path are not counted".to_string(),
         COUNTS_NOTE.to_string(),
         MEMCPY_NOTE.to_string(),

@@ -405,10 +405,11 @@ fn main() -> Result<()> {
         ),
         "waypoint path: client pod → node1 proxy (capture) → HBONE mTLS → waypoint pod (L7 policy ALLOW on the client's principal, HTTPRoute / GRPCRoute with a header filter, Istio metrics) → HBONE mTLS → node2 proxy → server; nginx path: plain client pod → nginx (proxy pod) → plain server pod, cleartext; mesh L4: client → node1 proxy → HBONE → node2 proxy → server, no waypoint (reference); mesh L4 via CPU 1 (floor): the same path with both node proxies moved onto the proxy's CPU for the run, so a request crosses between the CPUs as often as on nginx's path and pays the two node-proxy hops every mesh request pays, with no L7 work: what the waypoint path would measure if the waypoint cost nothing".into(),
         format!(
-            "load, each run {} time(s) and pooled (counts, CPU and time summed, latency histograms merged; per-run figures in brackets): open loop at {:.0} req/s for {:.0} s over {} connections, one request in flight per connection, latency from each request's scheduled time (no coordinated omission), after {} warm-up requests per connection; closed loop with {} requests in flight ({} connections for HTTP/1.1, {} multiplexed connections for HTTP/2 and gRPC), {:.0} s measured after {:.1} s of warm-up; responses of {} B (HTTP body, gRPC payload) checked on every call",
+            "load, each run {} time(s) and pooled (counts, CPU and time summed, latency histograms merged; per-run figures in brackets): open loop at {:.0} req/s for {:.0} s over {} connections, one request in flight per connection, latency from each request's scheduled time (no coordinated omission), after {} warm-up requests per connection; closed loop with {} requests in flight ({} connections for HTTP/1.1, {} multiplexed connections for HTTP/2 and gRPC), {:.0} s measured after {:.1} s of warm-up; HTTP responses of {} B sent as the head, then the body in a second write (as real servers do), gRPC payloads of {} B, checked on every call",
             o.repeat, o.rate.rate, o.rate.duration.as_secs_f64(), o.rate.conns, o.rate.warmup,
             o.max.concurrency, o.max.concurrency, o.max.conns, o.max.duration.as_secs_f64(), o.max.warmup.as_secs_f64(),
-            trellis_perf::l7::BODY_BYTES
+            trellis_perf::l7::HTTP_BODY_BYTES,
+            trellis_perf::l7::GRPC_PAYLOAD_BYTES
         ),
         "CPU: utime+stime of the proxy process from /proc/<pid>/stat over exactly the measured window; requests per proxy CPU-second = requests answered / that CPU time. It includes the kernel work the proxy's own syscalls do (on veth, a send also runs the receiver's network stack on the sender's CPU)".into(),
         format!(
@@ -456,7 +457,8 @@ fn main() -> Result<()> {
             "rate_warmup_per_conn": o.rate.warmup,
             "max_concurrency": o.max.concurrency, "max_multiplexed_conns": o.max.conns,
             "max_secs": o.max.duration.as_secs_f64(), "max_warmup_secs": o.max.warmup.as_secs_f64(),
-            "body_bytes": trellis_perf::l7::BODY_BYTES,
+            "http_body_bytes": trellis_perf::l7::HTTP_BODY_BYTES,
+            "grpc_payload_bytes": trellis_perf::l7::GRPC_PAYLOAD_BYTES,
         },
         "nginx_version": nginx::version(),
         "nginx_unsupported": unsupported,

@@ -22,7 +22,7 @@ use tonic_prost::ProstCodec;
 use trellis_node_proxy::netns::{self, NetNs, SocketOpts};
 
 use super::grpc::{Payload, SAY_PATH};
-use super::BODY_BYTES;
+use super::{GRPC_PAYLOAD_BYTES, HTTP_BODY_BYTES};
 
 /// The protocols measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,8 +70,8 @@ pub enum CallError {
     Http(#[from] hyper::Error),
     #[error("status {0}")]
     Status(StatusCode),
-    #[error("body of {0} bytes, expected {BODY_BYTES}")]
-    Body(usize),
+    #[error("body of {0} bytes, expected {1}")]
+    Body(usize, usize),
     #[error("grpc: {0:?} {1}")]
     Grpc(tonic::Code, String),
     #[error("timed out")]
@@ -85,7 +85,7 @@ impl CallError {
             CallError::Connect(e) => format!("connect {:?}", e.kind()),
             CallError::Http(_) => "http error".into(),
             CallError::Status(s) => format!("status {}", s.as_u16()),
-            CallError::Body(_) => "bad body".into(),
+            CallError::Body(..) => "bad body".into(),
             CallError::Grpc(c, _) => format!("grpc {c:?}"),
             CallError::Timeout => "timeout".into(),
         }
@@ -153,7 +153,7 @@ impl Client {
                     .map_err(|_| CallError::Status(StatusCode::BAD_REQUEST))?;
                 let grpc = tonic::client::Grpc::with_origin(H2Service(send), origin);
                 let payload = Payload {
-                    data: Bytes::from_static(&[b'x'; BODY_BYTES]),
+                    data: Bytes::from_static(&[b'x'; GRPC_PAYLOAD_BYTES]),
                 };
                 Ok(Client::Grpc(grpc, payload))
             }
@@ -199,8 +199,8 @@ impl Client {
                     .await
                     .map_err(|s| CallError::Grpc(s.code(), s.message().to_string()))?;
                 let n = reply.get_ref().data.len();
-                if n != BODY_BYTES {
-                    return Err(CallError::Body(n));
+                if n != GRPC_PAYLOAD_BYTES {
+                    return Err(CallError::Body(n, GRPC_PAYLOAD_BYTES));
                 }
                 Ok(())
             }
@@ -227,8 +227,8 @@ async fn check_http(resp: http::Response<Incoming>) -> Result<(), CallError> {
     if status != StatusCode::OK {
         return Err(CallError::Status(status));
     }
-    if body.len() != BODY_BYTES {
-        return Err(CallError::Body(body.len()));
+    if body.len() != HTTP_BODY_BYTES {
+        return Err(CallError::Body(body.len(), HTTP_BODY_BYTES));
     }
     Ok(())
 }

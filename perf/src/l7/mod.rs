@@ -33,7 +33,10 @@ pub const LOAD_CPU: usize = crate::LOADGEN_CPU;
 /// Upstream servers' ports, in both server pods.
 pub const HTTP_PORT: u16 = 8080;
 pub const GRPC_PORT: u16 = 9090;
-/// HTTP response body and gRPC payload size.
-pub const BODY_BYTES: usize = 128;
+/// HTTP response body: larger than one TCP segment (MSS 1448 on the
+/// topology's veths), sent after the head in a write of its own.
+pub const HTTP_BODY_BYTES: usize = 4096;
+/// gRPC request and reply payload.
+pub const GRPC_PAYLOAD_BYTES: usize = 128;
 /// The header both proxies' routes set on the way up; the servers count it.
 pub const ROUTE_HEADER: (&str, &str) = ("x-route", "bench");

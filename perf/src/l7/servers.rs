@@ -1,6 +1,11 @@
 //! The upstream servers both proxies forward to: a hyper HTTP/1.1 + HTTP/2
 //! (prior knowledge) server answering every request with a fixed
-//! [`BODY_BYTES`] body, and the tonic gRPC [`EchoService`]. One instance
+//! [`HTTP_BODY_BYTES`] body, and the tonic gRPC [`EchoService`].
+//!
+//! The HTTP server answers the way real servers do: the response head in one
+//! write, then a body larger than one TCP segment in another. A server that
+//! answers in a single write hides a proxy that leaves Nagle on (the next
+//! write then waits for the client's delayed ACK, about 40 ms). One instance
 //! serves every listener it is given (one per server pod), on one
 //! current-thread runtime on one pinned thread, so the nginx path and the
 //! waypoint path reach literally the same server.
@@ -12,7 +17,11 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use std::convert::Infallible;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -21,10 +30,21 @@ use tonic::transport::server::TcpIncoming;
 use trellis_node_proxy::netns::{self, ListenOpts, NetNs};
 
 use super::grpc::EchoService;
-use super::{BODY_BYTES, ROUTE_HEADER};
+use super::{HTTP_BODY_BYTES, ROUTE_HEADER};
 use crate::sys;
 
-static BODY: [u8; BODY_BYTES] = [b'x'; BODY_BYTES];
+static BODY: [u8; HTTP_BODY_BYTES] = [b'x'; HTTP_BODY_BYTES];
+
+/// The body only after one turn of the runtime: hyper has then nothing
+/// but the head to send, so it flushes the head on its own (HTTP/1.1: one
+/// write; HTTP/2: a HEADERS frame) before the body's DATA follows.
+fn body_after_head() -> BoxBody<Bytes, Infallible> {
+    let data = futures_util::stream::once(async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(Frame::data(Bytes::from_static(&BODY)))
+    });
+    StreamBody::new(data).boxed()
+}
 
 /// Where the servers listen: one (HTTP, gRPC) address pair per netns.
 pub struct Listen<'a> {
@@ -154,12 +174,18 @@ async fn serve_http(l: tokio::net::TcpListener, count: Arc<Counts>) {
                     count.http_routed.fetch_add(1, Ordering::Relaxed);
                 }
                 async move {
-                    let mut resp = Response::new(Full::new(Bytes::from_static(&BODY)));
-                    resp.headers_mut().insert(
+                    let mut resp = Response::new(body_after_head());
+                    let h = resp.headers_mut();
+                    h.insert(
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static("text/plain"),
                     );
-                    Ok::<_, std::convert::Infallible>(resp)
+                    // A streamed body has no size hint; without this HTTP/1.1 would be chunked.
+                    h.insert(
+                        http::header::CONTENT_LENGTH,
+                        http::HeaderValue::from(HTTP_BODY_BYTES),
+                    );
+                    Ok::<_, Infallible>(resp)
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
