@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 
 use trellis_e2e::l7kit::HttpServer;
-use trellis_e2e::mesh_kit::{use_waypoint, Mesh, T};
+use trellis_e2e::mesh_kit::{use_waypoint_pod, Mesh, T};
 use trellis_e2e::sockinspect::{describe, tcp_sockets, TcpSock};
 use trellis_e2e::{connect, TestServer};
 
@@ -28,15 +28,7 @@ fn mesh() -> Mesh {
         .member("node2", "e1", "demo", "web")
         .waypoint("node2", "wp", "demo", "waypoint")
         .service("web", vip(), &[(80, 8080)], &["e1"])
-        .configure(|cfg| {
-            let ip = cfg
-                .workloads
-                .iter()
-                .find(|w| w.uid == "wp")
-                .unwrap()
-                .addresses[0];
-            use_waypoint(cfg, "web", ip);
-        })
+        .configure(|cfg| use_waypoint_pod(cfg, "web", "wp"))
         .start()
         .unwrap()
 }
