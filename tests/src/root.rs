@@ -42,6 +42,12 @@ fn missing() -> Option<&'static str> {
     })
 }
 
+/// Why network namespaces cannot be built here (not root, no `ip`, no
+/// `nft`), or None if they can: for programs that say so in one line.
+pub fn netns_unavailable() -> Option<&'static str> {
+    missing()
+}
+
 /// Call first in every test that builds namespaces:
 /// `if !trellis_e2e::require_root() { return; }`.
 ///

@@ -26,6 +26,14 @@ fn main() -> Result<()> {
     if let Some(bad) = args.iter().find(|a| *a != "--netns") {
         bail!("unknown argument {bad:?}; try --help");
     }
+    if netns {
+        if let Some(why) = trellis_e2e::root::netns_unavailable() {
+            eprintln!(
+                "trellis-demo --netns cannot run: {why}; without --netns the demo needs no root"
+            );
+            std::process::exit(2);
+        }
+    }
     // Show the proxies' access log lines (one per connection, with both
     // identities) and their warnings; the rest of their logs stay quiet.
     let custom_filter = std::env::var("TRELLIS_LOG").ok();
