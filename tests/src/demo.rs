@@ -273,8 +273,9 @@ impl Mesh {
         }
         for (node, h) in &self.proxies {
             v.push(format!(
-                "proxy {node}: admin {:?} metrics {:?}",
-                h.addrs.admin, h.addrs.metrics
+                "proxy {node}: admin {} metrics {}",
+                shown(h.addrs.admin),
+                shown(h.addrs.metrics)
             ));
         }
         v
@@ -423,4 +424,9 @@ pub fn label(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!("{key}=\""))? + key.len() + 2;
     let end = line[start..].find('"')? + start;
     Some(line[start..end].to_string())
+}
+
+/// An optional bound address as an operator reads it.
+pub(crate) fn shown(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "(off)".to_string(), |a| a.to_string())
 }

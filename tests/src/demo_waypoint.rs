@@ -244,13 +244,13 @@ impl L7 {
 
     pub fn topology_lines(&self) -> Vec<String> {
         let mut v = vec![format!(
-            "waypoint demo/waypoint {} ({WAYPOINT_PRINCIPAL}), in process, metrics {:?}",
+            "waypoint demo/waypoint {} ({WAYPOINT_PRINCIPAL}), in process, metrics {}",
             self.waypoint
                 .addrs
                 .hbone
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            self.waypoint.addrs.metrics,
+            crate::demo::shown(self.waypoint.addrs.metrics),
         )];
         for e in &ENDPOINTS {
             v.push(format!(
