@@ -17,7 +17,6 @@ pub mod admin;
 pub mod authz;
 pub mod certs;
 pub mod config;
-pub mod cpu;
 pub mod drain;
 pub mod identity;
 pub mod listen;

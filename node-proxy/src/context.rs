@@ -11,8 +11,8 @@ use trellis_core::state::StateStore;
 
 use crate::certs::CertManager;
 use crate::lb::ActiveConns;
-use crate::netns::NetNs;
 use crate::settings::{Mode, Settings};
+use trellis_netns::NetNs;
 
 /// Process-wide context, shared read-only by the workers.
 pub struct ProxyCtx {

@@ -11,7 +11,8 @@ use trellis_core::metrics::ErrorReason;
 
 use crate::context::{Scope, WorkerCtx};
 use crate::settings::{HBONE_PORT, INBOUND_PLAIN_PORT, OUTBOUND_PORT};
-use crate::{admission, sockopt, upstream};
+use crate::{admission, upstream};
+use trellis_netns::sockopt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlainError {

@@ -15,12 +15,9 @@ pub mod context;
 pub mod inbound;
 pub mod inbound_plain;
 pub mod lb;
-pub mod netns;
 pub mod outbound;
 pub mod pods;
-pub mod redirect;
 pub mod settings;
-pub mod sockopt;
 pub mod upstream;
 pub mod worker;
 

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::context::{ListenerKind, ProxyCtx, Scope};
-use crate::netns::{self, ListenOpts, NetNs};
-use crate::redirect::{self, RedirectConfig};
 use crate::settings::{HBONE_PORT, INBOUND_PLAIN_PORT, OUTBOUND_PORT, PROXY_MARK};
 use crate::worker::{ListenSpec, WorkerHandle};
+use trellis_netns::redirect::{self, RedirectConfig};
+use trellis_netns::{self as netns, ListenOpts, NetNs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {

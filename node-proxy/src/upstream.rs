@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::context::{ProxyCtx, Scope};
-use crate::netns::{self, SocketOpts};
 use crate::settings::PROXY_MARK;
+use trellis_netns::{self as netns, SocketOpts};
 
 /// Upper bound for a TCP connect; a silently dropped SYN would otherwise hang for minutes.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

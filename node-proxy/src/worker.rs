@@ -49,7 +49,7 @@ impl WorkerHandle {
     }
 }
 
-pub use trellis_core::cpu::{allowed_cpus, pin_current_thread};
+pub use trellis_netns::cpu::{allowed_cpus, pin_current_thread};
 
 /// Starts `count` workers, worker i pinned to the i-th allowed CPU (wrapping).
 pub fn spawn_workers(proxy: Arc<ProxyCtx>, count: usize) -> io::Result<Vec<WorkerHandle>> {

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use crate::hist::{self, Summary};
 use crate::http_load::read_response;

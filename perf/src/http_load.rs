@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use crate::hist::{self, Summary};
 use crate::sys;

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use crate::hist::{self, Summary};
 use crate::sys;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use trellis_e2e::{ChildGuard, Pod, Topology};
-use trellis_node_proxy::netns::{self, ListenOpts, NetNs};
+use trellis_netns::{self as netns, ListenOpts, NetNs};
 
 use crate::sys;
 use crate::topo::wait_listening;

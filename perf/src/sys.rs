@@ -3,10 +3,10 @@
 use std::io;
 
 use anyhow::{anyhow, Context, Result};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 /// Pinning is the node proxy's own: the benchmark pins the same way its workers do.
-pub use trellis_node_proxy::worker::{allowed_cpus, pin_current_thread};
+pub use trellis_netns::cpu::{allowed_cpus, pin_current_thread};
 
 /// Raises the soft open-files limit to the hard one (children inherit it):
 /// the idle-connection phase holds a few thousand sockets.
@@ -72,7 +72,7 @@ pub fn repin_process(pid: u32, cpu: usize) -> Result<()> {
             Some(t) => t,
             None => continue,
         };
-        if let Err(e) = trellis_core::cpu::pin_thread(tid, cpu) {
+        if let Err(e) = trellis_netns::cpu::pin_thread(tid, cpu) {
             // A thread that exited meanwhile is not an error.
             if e.raw_os_error() != Some(libc::ESRCH) {
                 return Err(e)

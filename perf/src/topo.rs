@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use trellis_e2e::{ChildGuard, Pod, Topology};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const NAMESPACE: &str = "bench";

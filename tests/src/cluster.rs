@@ -358,7 +358,7 @@ impl Fixture {
         Ok(Fixture { topo, files, ca })
     }
 
-    pub fn netns(&self, pod: &str) -> trellis_node_proxy::netns::NetNs {
+    pub fn netns(&self, pod: &str) -> trellis_netns::NetNs {
         self.topo
             .pod(pod)
             .unwrap_or_else(|| panic!("no pod {pod}"))

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use trellis_core::metrics::Metrics;
+use trellis_netns::NetNs;
 use trellis_node_proxy::app::{self, ProxyHandle};
-use trellis_node_proxy::netns::NetNs;
 use trellis_node_proxy::settings::{Mode, OutboundForward, Settings};
 
 use crate::demo_waypoint::L7;

@@ -31,7 +31,7 @@ use trellis_core::config::{
     Action, Authorization, Group, LocalConfig, Match, Protocol, Rules, Scope, Service, ServicePort,
     Workload,
 };
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use crate::cluster::{ClusterFiles, NodeProxy};
 use crate::{wait_for, TestServer, Topology};

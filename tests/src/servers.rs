@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
-use trellis_node_proxy::netns::{self, ListenOpts, NetNs, SocketOpts};
+use trellis_netns::{self as netns, ListenOpts, NetNs, SocketOpts};
 
 /// What a [`TestServer`] does with each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use crate::cleanup::netns_admin;
 pub use crate::cleanup::{cleanup_stale_namespaces, owner_pid, NETNS_DIR, PREFIX};

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use crate::cluster::{http, sum_samples, ClusterFiles, Fixture};
 use crate::process::OwnedChild;

@@ -9,7 +9,7 @@ use hbone::{ClientConn, ConnectRequest, DevCa, H2Settings, HboneError, Identity}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_e2e::mesh_kit::{errors, wait_errors, workload_mut, Attempt, Mesh, T};
 use trellis_e2e::{connect, connect_async};
-use trellis_node_proxy::netns::SocketOpts;
+use trellis_netns::SocketOpts;
 
 const OPENED: &str = "istio_tcp_connections_opened_total";
 

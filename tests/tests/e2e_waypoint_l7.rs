@@ -22,7 +22,7 @@ use trellis_e2e::mesh_kit::{
     T,
 };
 use trellis_e2e::wait_until;
-use trellis_node_proxy::netns::SocketOpts;
+use trellis_netns::SocketOpts;
 
 // ---------------------------------------------------------------- shared setup
 

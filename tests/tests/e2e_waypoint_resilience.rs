@@ -16,7 +16,7 @@ use trellis_e2e::l7kit::{
 use trellis_e2e::mesh_kit::{render, use_waypoint, Mesh, MeshBuilder, T};
 use trellis_e2e::waypoint_proc::Waypoint;
 use trellis_e2e::{wait_for, wait_until};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 /// The VIP of service `web` (port 80 → 8080 on its endpoints).
 fn vip() -> IpAddr {

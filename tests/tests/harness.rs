@@ -10,7 +10,7 @@ use trellis_e2e::{
     ask_identity, assert_eventually, cleanup_stale_namespaces, echo_roundtrip, require_root,
     wait_until, TestServer, Topology, TopologyError,
 };
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 const T: Duration = Duration::from_secs(5);
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_e2e::{connect_async, require_root, Identity, TestServer, Topology};
-use trellis_node_proxy::netns::{self, ListenOpts, NetNs, SocketOpts};
-use trellis_node_proxy::redirect::{self, RedirectConfig, ROUTE_TABLE, RULE_PREF};
-use trellis_node_proxy::sockopt;
+use trellis_netns::redirect::{self, RedirectConfig, ROUTE_TABLE, RULE_PREF};
+use trellis_netns::sockopt;
+use trellis_netns::{self as netns, ListenOpts, NetNs, SocketOpts};
 
 const T: Duration = Duration::from_secs(5);
 const MARK: u32 = 0x539;

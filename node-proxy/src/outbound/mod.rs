@@ -14,9 +14,9 @@ use tracing::{debug, warn};
 use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
 
 use crate::context::{Scope, WorkerCtx};
-use crate::sockopt;
 use crate::upstream;
 use decide::Route;
+use trellis_netns::sockopt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {

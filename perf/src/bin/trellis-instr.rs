@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 use trellis_perf::callgrind::{self, Profile};
 use trellis_perf::l7::client::{Client, Proto, Target};
 use trellis_perf::l7::mesh::{L7Topo, WaypointProc};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use super::client::{Proto, Target};
 use super::load::{self, LoadResult, MaxConfig, RateConfig, Watch};

@@ -19,7 +19,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tonic::codegen::Service;
 use tonic_prost::ProstCodec;
-use trellis_node_proxy::netns::{self, NetNs, SocketOpts};
+use trellis_netns::{self as netns, NetNs, SocketOpts};
 
 use super::grpc::{Payload, SAY_PATH};
 use super::{GRPC_PAYLOAD_BYTES, HTTP_BODY_BYTES};

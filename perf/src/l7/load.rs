@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use super::client::{Client, Target};
 use crate::hist::{self, round2, Summary};

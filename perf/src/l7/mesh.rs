@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use trellis_e2e::{ChildGuard, Pod};
-use trellis_node_proxy::netns::NetNs;
+use trellis_netns::NetNs;
 
 use super::client::{Proto, Target};
 use super::{GRPC_PORT, HTTP_PORT};

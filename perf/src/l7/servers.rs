@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
-use trellis_node_proxy::netns::{self, ListenOpts, NetNs};
+use trellis_netns::{self as netns, ListenOpts, NetNs};
 
 use super::grpc::EchoService;
 use super::{HTTP_BODY_BYTES, ROUTE_HEADER};

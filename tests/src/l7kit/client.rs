@@ -22,7 +22,7 @@ use tonic::codegen::Service;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::Status;
 use tonic_prost::ProstCodec;
-use trellis_node_proxy::netns::{NetNs, SocketOpts};
+use trellis_netns::{NetNs, SocketOpts};
 
 use super::grpc::{EchoReply, EchoRequest, SAY_PATH, STREAM_PATH};
 use super::{lock, CLIENT_TIMEOUT};

@@ -28,7 +28,7 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
-use trellis_node_proxy::netns::{self, ListenOpts, NetNs};
+use trellis_netns::{self as netns, ListenOpts, NetNs};
 
 use super::{lock, spawn_server, ServerThread};
 

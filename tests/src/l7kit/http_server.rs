@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
-use trellis_node_proxy::netns::{self, ListenOpts, NetNs};
+use trellis_netns::{self as netns, ListenOpts, NetNs};
 
 use super::{lock, spawn_server, ServerThread};
 

@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::netns::NetNs;
+use crate::NetNs;
 
 /// The nftables table (family inet) owned by the proxy in each pod netns.
 pub const TABLE: &str = "trellis";

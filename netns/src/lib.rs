@@ -1,0 +1,19 @@
+//! Host plumbing shared by the node proxy, the CNI plugin, the tests and the
+//! benchmarks, so none of them reaches into another's crate for it.
+//!
+//! - The crate root ([`NetNs`], [`tcp_listener`], [`tcp_socket`]): sockets
+//!   created inside another network namespace.
+//! - [`redirect`]: the nftables and policy-routing rules that send a pod's
+//!   traffic to the node proxy's capture ports.
+//! - [`sockopt`]: the socket options capture needs (original destination,
+//!   transparent binds).
+//! - [`cpu`]: CPU affinity for thread-per-core workers.
+//!
+//! Nothing here knows about config, certificates or HBONE.
+
+pub mod cpu;
+mod ns;
+pub mod redirect;
+pub mod sockopt;
+
+pub use ns::*;
