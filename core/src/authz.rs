@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::{Action, Authorization, Match, StringMatch};
 use crate::identity::Identity;
+use trellis_api::config::{Action, Authorization, Match, StringMatch};
 
 const SPIFFE: &str = "spiffe://";
 

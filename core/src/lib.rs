@@ -1,7 +1,6 @@
-//! Trellis core: what the node proxy and, later, the waypoint share.
+//! Trellis core: the runtime the node proxy and the waypoint share. The
+//! config model itself is `trellis_api::config`.
 //!
-//! - [`config`]: the local config file model (Istio ambient's Workload,
-//!   Service and Authorization) and its validation.
 //! - [`state`]: the indexed [`state::ProxyState`] and the
 //!   [`state::StateStore`] whose `apply` is the one update path.
 //! - [`watch`]: polls the config file and applies valid changes.
@@ -9,14 +8,14 @@
 //! - [`metrics`] and [`accesslog`]: Istio-compatible TCP metrics and one
 //!   access log line per connection, both recorded when a connection guard drops.
 //! - [`drain`]: graceful drain with a hard deadline.
-//! - [`identity`]: the SPIFFE identity type (to become `hbone::Identity`).
+//! - [`identity`]: the SPIFFE identity type (`hbone::Identity`) and a
+//!   workload's typed identity.
 
 pub mod accept;
 pub mod accesslog;
 pub mod admin;
 pub mod authz;
 pub mod certs;
-pub mod config;
 pub mod drain;
 pub mod identity;
 pub mod listen;
@@ -26,7 +25,7 @@ pub mod startup;
 pub mod state;
 pub mod watch;
 
-pub use identity::Identity;
+pub use identity::{Identity, WorkloadIdentity};
 
 #[cfg(test)]
 mod test_support;

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use crate::config::ConfigError;
 use crate::state::ProxyState;
 use crate::watch;
+use trellis_api::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::config::{
+use trellis_api::config::{
     self, Authorization, ConfigError, HealthStatus, LocalConfig, Scope, Service, Workload,
 };
 

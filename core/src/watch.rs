@@ -15,8 +15,8 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
-use crate::config::{self, ConfigError, LocalConfig};
 use crate::state::StateStore;
+use trellis_api::config::{self, ConfigError, LocalConfig};
 
 /// `trellis_config_reloads_total{result="success"|"failure"}`.
 #[derive(Debug)]

@@ -2,10 +2,10 @@
 //! example file and a bounded set of seeded byte mutations must parse to
 //! `Ok` or `Err` without panicking, and a store keeps its last good state.
 
-use trellis_core::config;
+use trellis_api::config;
 use trellis_core::state::{ProxyState, StateStore};
 
-const EXAMPLE: &str = include_str!("../examples/local-config.yaml");
+const EXAMPLE: &str = include_str!("../../api/examples/local-config.yaml");
 
 /// Small deterministic generator (xorshift) so failures reproduce.
 struct Rng(u64);

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use hbone::Identity;
 use tracing::info;
+use trellis_api::config::Workload;
 use trellis_core::authz::{self, ConnContext, Decision, DenyReason};
-use trellis_core::config::Workload;
 use trellis_core::metrics::{
     ConnectionGuard, ConnectionLabels, ErrorReason, Reporter, SecurityPolicy,
 };
 
 use crate::context::ProxyCtx;
+use trellis_core::WorkloadIdentity;
 
 /// Evaluates policy for `client` → `target` on `dst` and opens the metrics
 /// guard. `client` is the original client (the HBONE `forwarded` address, or
@@ -105,7 +106,7 @@ mod tests {
         let yaml = format!(
             "workloads:\n  - {{uid: demo/{name}, name: {name}, namespace: demo, serviceAccount: {sa}, addresses: [{ip}], node: node1, protocol: HBONE}}\n"
         );
-        let cfg = trellis_core::config::parse(&yaml).unwrap();
+        let cfg = trellis_api::config::parse(&yaml).unwrap();
         Arc::new(cfg.workloads[0].clone())
     }
 

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use http::StatusCode;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
+use trellis_api::config::Workload;
 use trellis_core::accept::{self, AcceptError};
-use trellis_core::config::Workload;
 use trellis_core::metrics::ErrorReason;
 
 use crate::context::{Scope, WorkerCtx};
 use crate::{admission, upstream};
+use trellis_core::WorkloadIdentity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use trellis_core::config::LocalConfig;
+use trellis_api::config::LocalConfig;
 use trellis_core::metrics::Metrics;
 use trellis_core::state::{ProxyState, StateStore};
 use trellis_node_proxy::certs::CertManager;

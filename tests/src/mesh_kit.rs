@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use crate::waypoint_proc::{Waypoint, WaypointSpec};
 use anyhow::{anyhow, bail, Context, Result};
-use trellis_core::config::{
+use trellis_api::config::{
     Action, Authorization, Group, LocalConfig, Match, Protocol, Rules, Scope, Service, ServicePort,
     Workload,
 };
@@ -126,7 +126,7 @@ pub fn workload_mut<'a>(cfg: &'a mut LocalConfig, uid: &str) -> &'a mut Workload
 /// Renders a config as the proxy reads it, refusing one the proxy would reject.
 pub fn render(cfg: &LocalConfig) -> Result<String> {
     let text = serde_yaml_ng::to_string(cfg)?;
-    trellis_core::config::parse(&text)
+    trellis_api::config::parse(&text)
         .map_err(|e| anyhow!("the test built an invalid config: {e}\n{text}"))?;
     Ok(text)
 }
@@ -366,7 +366,7 @@ pub fn use_waypoint(cfg: &mut LocalConfig, service: &str, ip: IpAddr) {
         .iter_mut()
         .find(|s| s.name == service)
         .unwrap_or_else(|| panic!("no service {service}"));
-    svc.waypoint = Some(trellis_core::config::WaypointAddress {
+    svc.waypoint = Some(trellis_api::config::WaypointAddress {
         address: ip,
         hbone_mtls_port: 15008,
     });

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use trellis_core::config::{Action, Authorization, Scope};
+use trellis_api::config::{Action, Authorization, Scope};
 use trellis_e2e::mesh_kit::{
     config_dump, errors, namespaces, policy, ports, principal, principals, wait_errors,
     workload_mut, Attempt, Mesh,

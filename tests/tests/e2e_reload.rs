@@ -2,7 +2,7 @@
 //! connections with a new config version; a broken file is logged and
 //! counted, and traffic keeps following the last good config.
 
-use trellis_core::config::{Action, LocalConfig, Scope};
+use trellis_api::config::{Action, LocalConfig, Scope};
 use trellis_e2e::mesh_kit::{
     config_dump, errors, policy, principal, principals, wait_errors, workload_mut, Attempt, Mesh, T,
 };
@@ -93,7 +93,7 @@ fn valid_reload_applies_and_broken_files_keep_the_last_good_config() {
     // Broken files: refused, counted, logged; the deny stays in force.
     for (i, (name, text)) in broken_configs(&open).into_iter().enumerate() {
         assert!(
-            trellis_core::config::parse(&text).is_err(),
+            trellis_api::config::parse(&text).is_err(),
             "{name}: the test's broken config parses"
         );
         m.write_raw_config("node2", &text).unwrap();

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use trellis_core::config::HealthStatus;
+use trellis_api::config::HealthStatus;
 use trellis_e2e::mesh_kit::{errors, wait_errors, workload_mut, Attempt, Mesh, T};
 use trellis_e2e::wait_until;
 

@@ -17,8 +17,8 @@ use std::net::IpAddr;
 
 use ahash::AHashMap;
 use http::HeaderMap;
-use trellis_core::config::l7::{L7Action, L7Policy};
-use trellis_core::config::LocalConfig;
+use trellis_api::config::l7::{L7Action, L7Policy};
+use trellis_api::config::LocalConfig;
 
 use compiled::{compile, Ctx, Http, Policy};
 

@@ -7,7 +7,7 @@
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Uri};
-use trellis_core::config::l7::{
+use trellis_api::config::l7::{
     FilterType, HeaderModifier, HttpFilter, PathModifier, PathModifierType,
 };
 
@@ -241,7 +241,7 @@ mod tests {
             "services: [{{name: s, namespace: d, hostname: s.d, ports: [{{port: 80, targetPort: 80}}]}}]\n\
              httpRoutes: [{{name: r, namespace: d, parentRefs: [{{name: s}}], rules: [{{filters: {yaml_filters}}}]}}]\n"
         );
-        let cfg = trellis_core::config::parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = trellis_api::config::parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
         Filters::compile(&cfg.http_routes[0].rules[0].filters)
     }
 

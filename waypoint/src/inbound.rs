@@ -26,6 +26,7 @@ use crate::authz::AuthzDecision;
 use crate::proxy::{App, ConnCtx};
 use crate::sniff::{self, Sniffed};
 use crate::upstream::Endpoint;
+use trellis_core::WorkloadIdentity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {

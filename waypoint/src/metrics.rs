@@ -12,6 +12,7 @@ use ahash::AHashMap;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 use trellis_core::metrics::{counter_vec, register, Metrics};
 use trellis_core::metrics::{ConnectionLabels, LABEL_NAMES};
+use trellis_core::WorkloadIdentity;
 
 /// The TCP label set plus the two L7-only labels, in this order.
 const L7_EXTRA: [&str; 2] = ["response_code", "grpc_response_status"];
@@ -215,7 +216,7 @@ pub struct RequestRecord {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub upstream: Option<std::net::SocketAddr>,
-    pub destination_workload: Option<Arc<trellis_core::config::Workload>>,
+    pub destination_workload: Option<Arc<trellis_api::config::Workload>>,
     pub route: Arc<str>,
     pub attempts: u32,
     pub request_id: String,

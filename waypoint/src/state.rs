@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
-use trellis_core::config::l7::{
+use trellis_api::config::l7::{
     CircuitBreaker as CircuitBreakerCfg, LoadBalancer, OutlierDetection, RateLimit, TrafficPolicy,
 };
-use trellis_core::config::{LocalConfig, Service};
+use trellis_api::config::{LocalConfig, Service};
 use trellis_core::state::{ProxyState, StateStore};
 
 use crate::authz::PolicySet;
@@ -292,7 +292,7 @@ impl Runtimes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_core::config::{Dur, Service};
+    use trellis_api::config::{Dur, Service};
 
     fn service(name: &str) -> Arc<Service> {
         Arc::new(Service {
@@ -351,8 +351,8 @@ mod endpoint_tests {
 
     #[test]
     fn compiled_endpoint_sets_match_the_state_and_skip_unknown_ports() {
-        let yaml = include_str!("../../core/examples/waypoint-config.yaml");
-        let cfg = trellis_core::config::parse(yaml).unwrap();
+        let yaml = include_str!("../../api/examples/waypoint-config.yaml");
+        let cfg = trellis_api::config::parse(yaml).unwrap();
         let state = Arc::new(ProxyState::new(cfg).unwrap());
         let c = Compiled::build(state.clone(), "demo", "waypoint");
         let reviews = state

@@ -24,10 +24,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use trellis_api::config::{Protocol, Workload};
 use trellis_core::certs::CertManager;
-use trellis_core::config::{Protocol, Workload};
 
 use crate::body::ReplayBody;
+use trellis_core::WorkloadIdentity;
 
 /// Upper bound for reaching an endpoint (TCP + TLS + CONNECT); a silently
 /// dropped SYN would otherwise hang for minutes.

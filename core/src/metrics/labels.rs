@@ -1,8 +1,8 @@
 //! The label set of Istio's TCP metrics, typed, and built from what the
 //! proxy knows about the two ends of a connection.
 
-use crate::config::{Service, Workload};
 use crate::identity::Identity;
+use trellis_api::config::{Service, Workload};
 
 /// Istio's value for anything the reporter does not know.
 pub const UNKNOWN: &str = "unknown";

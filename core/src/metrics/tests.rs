@@ -1,7 +1,8 @@
 use super::*;
-use crate::config::parse;
 use crate::test_support::capture_logs;
+use crate::WorkloadIdentity;
 use std::collections::BTreeMap;
+use trellis_api::config::parse;
 
 const CONFIG: &str = r#"
 workloads:

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::parse;
+use trellis_api::config::parse;
 
 const CONFIG: &str = r#"
 workloads:

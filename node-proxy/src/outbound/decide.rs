@@ -14,10 +14,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hbone::Identity;
-use trellis_core::config::{Protocol, Service, WaypointAddress, Workload};
+use trellis_api::config::{Protocol, Service, WaypointAddress, Workload};
 use trellis_core::state::ProxyState;
 
 use crate::settings::HBONE_PORT;
+use trellis_core::WorkloadIdentity;
 
 /// Where an outbound connection goes.
 #[derive(Clone, Debug, PartialEq)]

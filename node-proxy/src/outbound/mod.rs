@@ -16,6 +16,7 @@ use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPol
 use crate::context::{Scope, WorkerCtx};
 use crate::upstream;
 use decide::Route;
+use trellis_core::WorkloadIdentity;
 use trellis_netns::sockopt;
 
 #[derive(Debug, thiserror::Error)]

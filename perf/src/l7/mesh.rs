@@ -127,7 +127,7 @@ impl L7Topo {
         })?;
         // The proxies would refuse a broken file; say so here, with the file.
         let cfg = std::fs::read_to_string(bt.dir().join("mesh.yaml"))?;
-        trellis_core::config::parse(&cfg)
+        trellis_api::config::parse(&cfg)
             .map_err(|e| anyhow!("the bench wrote an invalid mesh config: {e}\n{cfg}"))?;
         Ok(L7Topo {
             plain_client: bt.extra_pod("plainclient")?.clone(),

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
-use trellis_core::config::l7::{L7Action, L7Condition, L7Operation, L7Policy, L7Rule, L7Source};
-use trellis_core::config::StringMatch;
+use trellis_api::config::l7::{L7Action, L7Condition, L7Operation, L7Policy, L7Rule, L7Source};
+use trellis_api::config::StringMatch;
 
 use super::{key, strip_spiffe, PolicyProblem, TcpAuthzRequest};
 

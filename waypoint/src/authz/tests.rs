@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use trellis_core::config::l7::{L7Action, L7Condition, L7Policy, L7Rule};
+use trellis_api::config::l7::{L7Action, L7Condition, L7Policy, L7Rule};
 
 use super::*;
 
@@ -92,7 +92,7 @@ fn config(policies: &[String]) -> LocalConfig {
          authorizationPolicies: [{}]\n",
         policies.join(", ")
     );
-    trellis_core::config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    trellis_api::config::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
 
 fn header_map(headers: &[(&str, &str)]) -> HeaderMap {
@@ -272,7 +272,7 @@ fn target_refs_scope_policies() {
 fn target_ref_namespace_is_honoured() {
     let cfg = LocalConfig {
         authorization_policies: vec![L7Policy {
-            target_refs: vec![trellis_core::config::l7::ParentRef {
+            target_refs: vec![trellis_api::config::l7::ParentRef {
                 kind: "Service".into(),
                 group: None,
                 name: "reviews".into(),
@@ -369,7 +369,7 @@ fn unenforceable_parts_fail_closed() {
 fn non_service_target_refs_are_reported_and_skipped() {
     let cfg = LocalConfig {
         authorization_policies: vec![L7Policy {
-            target_refs: vec![trellis_core::config::l7::ParentRef {
+            target_refs: vec![trellis_api::config::l7::ParentRef {
                 kind: "Gateway".into(),
                 group: Some("gateway.networking.k8s.io".into()),
                 name: "reviews".into(),

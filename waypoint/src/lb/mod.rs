@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use trellis_core::config::l7::{LbAlgorithm, LoadBalancer as LoadBalancerCfg};
+use trellis_api::config::l7::{LbAlgorithm, LoadBalancer as LoadBalancerCfg};
 
 use ewma::PeakEwma;
 

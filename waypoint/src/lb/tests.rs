@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use trellis_core::config::l7::{Dur, LbAlgorithm, LoadBalancer};
+use trellis_api::config::l7::{Dur, LbAlgorithm, LoadBalancer};
 
 use super::{slow_start, Balancer, IDLE, PASS_EVERY};
 

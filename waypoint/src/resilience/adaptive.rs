@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use trellis_core::config::l7::AdaptiveConcurrency;
+use trellis_api::config::l7::AdaptiveConcurrency;
 
 /// Samples per min-RTT bucket, at least; the minimum covers one to two buckets.
 pub(super) const MIN_WINDOW: u32 = 100;

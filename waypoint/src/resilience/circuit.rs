@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use trellis_core::config::l7::CircuitBreaker as CircuitBreakerCfg;
+use trellis_api::config::l7::CircuitBreaker as CircuitBreakerCfg;
 
 /// Why a request got no slot; both are answered 503 (upstream overloaded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

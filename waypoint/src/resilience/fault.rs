@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use trellis_core::config::l7::Fault;
+use trellis_api::config::l7::Fault;
 
 /// What to do to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use trellis_core::config::l7::OutlierDetection;
+use trellis_api::config::l7::OutlierDetection;
 
 /// The longest ejection unless the base itself is longer.
 pub(super) const MAX_EJECTION: Duration = Duration::from_secs(300);

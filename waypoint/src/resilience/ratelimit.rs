@@ -21,7 +21,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ahash::{AHashMap, RandomState};
-use trellis_core::config::l7::RateLimit;
+use trellis_api::config::l7::RateLimit;
 
 /// The emission interval of a rate that admits nothing: about 146 years.
 const NEVER_NS: u64 = u64::MAX / 4;

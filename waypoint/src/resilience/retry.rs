@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use trellis_core::config::l7::{RetryBudget as RetryBudgetCfg, RetryOn, RetryPolicy};
+use trellis_api::config::l7::{RetryBudget as RetryBudgetCfg, RetryOn, RetryPolicy};
 
 /// What one attempt came to, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

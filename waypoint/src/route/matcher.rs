@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderMap, Method};
-use trellis_core::config::l7::{GrpcRouteMatch, HttpRouteMatch, PathMatchType, ValueMatch};
+use trellis_api::config::l7::{GrpcRouteMatch, HttpRouteMatch, PathMatchType, ValueMatch};
 
 use super::RequestView;
 

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ahash::AHashMap;
-use trellis_core::config::l7::{
+use trellis_api::config::l7::{
     BackendRef, GrpcRouteRule, HttpFilter, HttpRouteRule, ParentRef, Timeouts, TrafficPolicy,
 };
-use trellis_core::config::{LocalConfig, Service};
+use trellis_api::config::{LocalConfig, Service};
 
 use crate::filters::Filters;
 use matcher::{host_matches, is_grpc, GrpcMatch, HostMatch, HttpMatch};
@@ -284,8 +284,7 @@ impl<'a> Builder<'a> {
                 })
             })
             .collect();
-        let nonzero =
-            |d: Option<trellis_core::config::Dur>| d.map(|d| d.0).filter(|d| !d.is_zero());
+        let nonzero = |d: Option<trellis_api::config::Dur>| d.map(|d| d.0).filter(|d| !d.is_zero());
         let redirect = spec
             .filters
             .iter()

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use http::StatusCode;
-use trellis_core::config::l7::RequestRedirect;
+use trellis_api::config::l7::RequestRedirect;
 
 use super::RequestView;
 use crate::filters::PathRewrite;

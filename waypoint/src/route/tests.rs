@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Uri};
-use trellis_core::config::{parse, LocalConfig};
+use trellis_api::config::{parse, LocalConfig};
 
 use super::*;
 

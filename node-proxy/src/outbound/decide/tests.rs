@@ -1,5 +1,5 @@
 use super::*;
-use trellis_core::config;
+use trellis_api::config;
 
 const CONFIG: &str = r#"
 workloads:

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use trellis_core::config::l7::AdaptiveConcurrency;
+use trellis_api::config::l7::AdaptiveConcurrency;
 
 use crate::resilience::adaptive::{AdaptiveLimiter, Gradient};
 

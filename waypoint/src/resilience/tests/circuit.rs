@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use trellis_core::config::l7::{CircuitBreaker as CircuitBreakerCfg, Dur};
+use trellis_api::config::l7::{CircuitBreaker as CircuitBreakerCfg, Dur};
 
 use crate::resilience::circuit::{CircuitBreaker, CircuitRejected};
 

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use trellis_core::config::l7::{Dur, Fault, FaultAbort, FaultDelay};
+use trellis_api::config::l7::{Dur, Fault, FaultAbort, FaultDelay};
 
 use crate::resilience::fault::{decide, grpc_status_for_http, FaultAction};
 

@@ -24,10 +24,10 @@ fn types_are_send_and_sync() {
     send_sync::<super::retry::RetryBudget>();
     send_sync::<super::retry::BudgetGuard>();
     // The queueing wait must be able to move between worker threads.
-    let cb = super::circuit::CircuitBreaker::new(&trellis_core::config::l7::CircuitBreaker {
+    let cb = super::circuit::CircuitBreaker::new(&trellis_api::config::l7::CircuitBreaker {
         max_requests: 1,
         max_pending: 0,
-        pending_timeout: trellis_core::config::l7::Dur(std::time::Duration::ZERO),
+        pending_timeout: trellis_api::config::l7::Dur(std::time::Duration::ZERO),
     });
     send(&cb.acquire());
 }

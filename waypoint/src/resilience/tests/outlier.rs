@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use trellis_core::config::l7::{Dur, OutlierDetection};
+use trellis_api::config::l7::{Dur, OutlierDetection};
 
 use crate::resilience::outlier::{
     ejection_time, Outcome, OutlierDetector, IDLE, MAX_EJECTION, MAX_TRACKED,

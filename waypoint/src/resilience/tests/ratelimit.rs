@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use trellis_core::config::l7::RateLimit;
+use trellis_api::config::l7::RateLimit;
 
 use crate::resilience::ratelimit::{retry_after_secs, step, Gcra, KeyedGcra, Params};
 

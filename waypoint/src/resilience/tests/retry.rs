@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use trellis_core::config::l7::{Dur, RetryBudget as RetryBudgetCfg, RetryOn, RetryPolicy};
+use trellis_api::config::l7::{Dur, RetryBudget as RetryBudgetCfg, RetryOn, RetryPolicy};
 
 use crate::resilience::retry::{backoff, retryable, AttemptOutcome, RetryBudget};
 

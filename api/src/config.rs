@@ -1,6 +1,6 @@
-//! The local config file model, shaped after Istio's ambient workload
-//! discovery API (Workload, Service, Authorization) so that an xDS client can
-//! later feed the same types.
+//! The config model, shaped after Istio's ambient workload discovery API
+//! (Workload, Service, Authorization) so that a file and an xDS client feed
+//! the same types.
 //!
 //! [`parse`] is the only way in: it rejects unknown fields with the YAML
 //! location, then runs every semantic check and reports all problems at once,
@@ -13,8 +13,6 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use crate::identity::Identity;
 
 pub mod l7;
 mod validate;
@@ -112,12 +110,12 @@ fn default_trust_domain() -> String {
 }
 
 impl Workload {
-    /// The SPIFFE identity the workload's certificate carries.
-    pub fn identity(&self) -> Identity {
-        Identity::new(
-            self.trust_domain.as_str(),
-            self.namespace.as_str(),
-            self.service_account.as_str(),
+    /// The SPIFFE ID the workload's certificate carries, as a URI. The data
+    /// path uses the typed form, `trellis_core::identity::WorkloadIdentity`.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
         )
     }
 

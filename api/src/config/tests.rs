@@ -24,7 +24,7 @@ fn example_file_parses_with_defaults_applied() {
     assert_eq!(db.canonical_name(), "db-0");
     assert_eq!(db.canonical_revision(), "latest");
     assert_eq!(
-        db.identity().to_string(),
+        db.spiffe_id(),
         "spiffe://cluster.local/ns/legacy/sa/default"
     );
 

@@ -1,0 +1,11 @@
+//! Trellis's API: what the controller, the proxies and the CNI agree on.
+//!
+//! - [`config`]: the config model (Istio ambient's Workload, Service and
+//!   Authorization, plus the waypoint's routes and L7 policies) and its
+//!   validation. A file and the controller both produce it.
+//!
+//! This crate has no runtime and does no I/O: it depends on neither tokio
+//! nor the proxies, so the controller can use it without pulling in the data
+//! path.
+
+pub mod config;
