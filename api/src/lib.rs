@@ -3,9 +3,14 @@
 //! - [`config`]: the config model (Istio ambient's Workload, Service and
 //!   Authorization, plus the waypoint's routes and L7 policies) and its
 //!   validation. A file and the controller both produce it.
+//! - [`update`]: a whole config or a delta of objects by key: what every
+//!   config source hands a proxy's state store.
 //!
 //! This crate has no runtime and does no I/O: it depends on neither tokio
 //! nor the proxies, so the controller can use it without pulling in the data
 //! path.
 
 pub mod config;
+pub mod update;
+
+pub use update::{Kind, Resource, ResourceKey, Update};

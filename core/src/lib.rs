@@ -3,7 +3,8 @@
 //!
 //! - [`state`]: the indexed [`state::ProxyState`] and the
 //!   [`state::StateStore`] whose `apply` is the one update path.
-//! - [`watch`]: polls the config file and applies valid changes.
+//! - [`source`]: where config comes from (a file; next, xDS), and the one
+//!   function that starts it.
 //! - [`authz`]: L4 authorization with Istio AuthorizationPolicy semantics.
 //! - [`metrics`] and [`accesslog`]: Istio-compatible TCP metrics and one
 //!   access log line per connection, both recorded when a connection guard drops.
@@ -21,9 +22,9 @@ pub mod identity;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
+pub mod source;
 pub mod startup;
 pub mod state;
-pub mod watch;
 
 pub use identity::{Identity, WorkloadIdentity};
 

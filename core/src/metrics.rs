@@ -17,7 +17,7 @@ use tracing::error;
 
 use crate::accesslog::AccessLogEntry;
 pub use crate::accesslog::AccessLogFormat;
-use crate::watch::ConfigMetrics;
+use crate::source::ConfigMetrics;
 
 mod labels;
 pub use labels::{ConnectionLabels, Reporter, SecurityPolicy, LABEL_NAMES, UNKNOWN};

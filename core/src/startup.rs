@@ -1,20 +1,15 @@
-//! The loading steps every proxy runs at start: the config file (validated
-//! and indexed) and the dev CA. Their errors name the file to fix.
+//! The loading steps every proxy runs at start: its first config (from the
+//! source its flags name) and the dev CA. Their errors name what to fix.
 
 use std::path::Path;
 
+use crate::source::{self, SourceError, SourceSpec};
 use crate::state::ProxyState;
-use crate::watch;
-use trellis_api::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("config file {path}: {source}")]
-    Config {
-        path: String,
-        #[source]
-        source: ConfigError,
-    },
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("dev ca in {path}: {source}")]
     Ca {
         path: String,
@@ -23,14 +18,9 @@ pub enum LoadError {
     },
 }
 
-/// Reads, validates and indexes the config file.
-pub fn load_state(path: &Path) -> Result<ProxyState, LoadError> {
-    let err = |source| LoadError::Config {
-        path: path.display().to_string(),
-        source,
-    };
-    let cfg = watch::load_file(path).map_err(err)?;
-    ProxyState::new(cfg).map_err(err)
+/// The first state, from the source `spec` names.
+pub fn load_state(spec: &SourceSpec) -> Result<ProxyState, LoadError> {
+    Ok(source::initial_state(spec)?)
 }
 
 /// Loads the dev CA that issues workload certificates.

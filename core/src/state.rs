@@ -1,6 +1,5 @@
 //! The proxy's view of the mesh, indexed for the data path, and the one
-//! update path ([`StateStore::apply`]) that the file watcher uses now and an
-//! xDS client will use later.
+//! update path ([`StateStore::apply`]) that every config source uses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -9,6 +8,7 @@ use ahash::AHashMap;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tracing::info;
+use trellis_api::Update;
 
 use trellis_api::config::{
     self, Authorization, ConfigError, HealthStatus, LocalConfig, Scope, Service, Workload,
@@ -241,16 +241,19 @@ impl StateStore {
         self.current.load().version
     }
 
-    /// Validates `config` and makes it current, returning the new version.
-    /// On error the current state is untouched. A config equal to the
-    /// current one changes nothing and returns the current version, so
-    /// subscribers only wake for real changes.
-    pub fn apply(&self, config: LocalConfig) -> Result<u64, ConfigError> {
-        config::validate(&config)?;
+    /// Applies `update` (a whole config or a delta), validates the result
+    /// and makes it current, returning the new version. On error the current
+    /// state is untouched. A result equal to the current config changes
+    /// nothing and returns the current version, so subscribers only wake for
+    /// real changes.
+    pub fn apply(&self, update: Update) -> Result<u64, ConfigError> {
+        let summary = update.summary();
         // A poisoned lock only means another writer panicked; the state it
         // guards lives in `current`, which is always whole.
         let _writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
+        let config = update.apply_to(&old.config);
+        config::validate(&config)?;
         if old.config == config {
             return Ok(old.version);
         }
@@ -258,6 +261,7 @@ impl StateStore {
         let next = ProxyState::index(config, version);
         info!(
             version,
+            update = %summary,
             workloads = next.config.workloads.len(),
             services = next.config.services.len(),
             policies = next.config.policies.len(),

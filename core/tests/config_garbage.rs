@@ -3,6 +3,7 @@
 //! `Ok` or `Err` without panicking, and a store keeps its last good state.
 
 use trellis_api::config;
+use trellis_api::Update;
 use trellis_core::state::{ProxyState, StateStore};
 
 const EXAMPLE: &str = include_str!("../../api/examples/local-config.yaml");
@@ -52,8 +53,10 @@ fn mutated_files_parse_or_error_and_the_store_keeps_the_last_good_config() {
             Ok(cfg) => {
                 // A mutation may still be a valid config; applying it is fine,
                 // but then restore the good one for the next round.
-                if store.apply(cfg).is_ok() {
-                    store.apply(good.clone()).expect("good config applies");
+                if store.apply(Update::Snapshot(cfg)).is_ok() {
+                    store
+                        .apply(Update::Snapshot(good.clone()))
+                        .expect("good config applies");
                 }
             }
             Err(_) => rejected += 1,

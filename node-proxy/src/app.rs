@@ -1,5 +1,5 @@
 //! Builds and runs a node proxy: workers on their cores, and the admin thread
-//! (admin API, metrics, readiness, config watcher, drain).
+//! (admin API, metrics, readiness, config source, drain).
 //!
 //! `start` returns the addresses it actually bound, so tests and the demo can
 //! ask for port 0 and never collide.
@@ -15,9 +15,9 @@ use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, Bind
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
 use trellis_core::metrics::{AccessLogFormat, Metrics};
+use trellis_core::source;
 use trellis_core::startup::{load_ca, load_state, LoadError};
 use trellis_core::state::StateStore;
-use trellis_core::watch;
 
 use crate::admin::{self, AdminCtx, Server};
 use crate::certs::CertManager;
@@ -80,7 +80,7 @@ impl ProxyHandle {
 /// Starts a proxy. `log` lets /logging change the process's filter.
 pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle, StartError> {
     settings.validate().map_err(StartError::Settings)?;
-    let state = load_state(&settings.config)?;
+    let state = load_state(&settings.source())?;
     let store = Arc::new(StateStore::new(state));
     let ca = load_ca(&settings.ca_dir)?;
     let extra = match &settings.trust_bundle {
@@ -216,12 +216,11 @@ fn run_admin(
     };
     let outcome = rt.block_on(async {
         let proxy = &ctx.proxy;
-        tokio::spawn(watch::watch_file(
-            proxy.settings.config.clone(),
+        source::spawn(
+            &proxy.settings.source(),
             proxy.state.clone(),
-            proxy.settings.config_poll,
             Some(proxy.metrics.config_metrics()),
-        ));
+        );
         let servers = listeners
             .into_iter()
             .zip([Server::Admin, Server::Metrics, Server::Readiness])

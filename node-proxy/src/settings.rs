@@ -170,6 +170,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Settings {
+    /// Where this proxy's config comes from.
+    pub fn source(&self) -> trellis_core::source::SourceSpec {
+        trellis_core::source::SourceSpec::File {
+            path: self.config.clone(),
+            poll: self.config_poll,
+        }
+    }
+
     /// Checks combinations clap cannot express, reporting every problem at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();

@@ -1,5 +1,5 @@
 //! Builds and runs a waypoint: thread-per-core data-path workers and the
-//! admin thread (admin API, metrics, readiness, config watcher, snapshot
+//! admin thread (admin API, metrics, readiness, config source, snapshot
 //! compiler, drain).
 //!
 //! Each worker is an OS thread with its own current-thread runtime, its own
@@ -23,9 +23,9 @@ use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, Bind
 use trellis_core::certs::CertManager;
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
+use trellis_core::source;
 use trellis_core::startup::{load_ca, load_state, LoadError};
 use trellis_core::state::StateStore;
-use trellis_core::watch;
 
 use crate::admin::{self, AdminCtx, Server};
 use crate::metrics::WaypointMetrics;
@@ -84,7 +84,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
             .map_err(|e| StartError::Settings(vec![e]))?;
         (ns.to_string(), n.to_string())
     };
-    let state = load_state(&settings.config)?;
+    let state = load_state(&settings.source())?;
     let store = Arc::new(StateStore::new(state));
     if !store
         .snapshot()
@@ -223,12 +223,11 @@ fn run_admin(
     };
     rt.block_on(async {
         let app = &ctx.app;
-        tokio::spawn(watch::watch_file(
-            app.settings.config.clone(),
+        source::spawn(
+            &app.settings.source(),
             app.store.clone(),
-            app.settings.config_poll,
             Some(app.metrics.core.config_metrics()),
-        ));
+        );
         tokio::spawn(app.snapshot.clone().follow(app.store.clone()));
         let servers = listeners
             .into_iter()

@@ -91,6 +91,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Where this proxy's config comes from.
+    pub fn source(&self) -> trellis_core::source::SourceSpec {
+        trellis_core::source::SourceSpec::File {
+            path: self.config.clone(),
+            poll: self.config_poll,
+        }
+    }
+
     /// `(namespace, name)` from `--name`.
     pub fn namespace_name(&self) -> Result<(&str, &str), String> {
         match self.name.split_once('/') {

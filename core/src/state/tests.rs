@@ -1,5 +1,6 @@
 use super::*;
 use trellis_api::config::parse;
+use trellis_api::{Kind, Resource, ResourceKey, Update};
 
 const CONFIG: &str = r#"
 workloads:
@@ -170,21 +171,79 @@ fn apply_bumps_version_notifies_and_keeps_state_on_error() {
 
     let mut cfg = parse(CONFIG).unwrap();
     cfg.workloads.retain(|w| w.uid != "o");
-    assert_eq!(store.apply(cfg.clone()).expect("valid"), 2);
+    assert_eq!(
+        store.apply(Update::Snapshot(cfg.clone())).expect("valid"),
+        2
+    );
     assert!(rx.has_changed().expect("sender alive"));
     assert_eq!(*rx.borrow_and_update(), 2);
     assert!(store.load().workload_by_uid("o").is_none());
 
     // The same config again is not a change.
-    assert_eq!(store.apply(cfg.clone()).expect("valid"), 2);
+    assert_eq!(
+        store.apply(Update::Snapshot(cfg.clone())).expect("valid"),
+        2
+    );
     assert!(!rx.has_changed().expect("sender alive"));
 
     let mut bad = cfg.clone();
     bad.services[0].endpoints.push("ghost".into());
-    assert!(matches!(store.apply(bad), Err(ConfigError::Invalid(_))));
+    assert!(matches!(
+        store.apply(Update::Snapshot(bad)),
+        Err(ConfigError::Invalid(_))
+    ));
     assert_eq!(store.version(), 2);
     assert!(!rx.has_changed().expect("sender alive"));
     assert_eq!(store.snapshot().config(), &cfg);
+}
+
+#[test]
+fn deltas_go_through_the_same_validation_and_indexing() {
+    let store = StateStore::new(state());
+    let mut moved = store
+        .load()
+        .workload_by_uid("o")
+        .expect("o")
+        .as_ref()
+        .clone();
+    moved.addresses = vec![ip("10.0.3.9")];
+    let v = store
+        .apply(Update::Delta {
+            upserts: vec![Resource::Workload(moved)],
+            removals: vec![ResourceKey::new(Kind::Workload, "c")],
+        })
+        .expect("valid delta");
+    assert_eq!(v, 2);
+    let st = store.load();
+    assert_eq!(
+        st.workload_by_ip(ip("10.0.3.9")).map(|w| w.uid.as_str()),
+        Some("o")
+    );
+    assert!(
+        st.workload_by_ip(ip("10.0.3.1")).is_none(),
+        "old address unindexed"
+    );
+    assert!(st.workload_by_uid("c").is_none());
+    drop(st);
+
+    // A delta that would leave a service pointing at a removed workload is
+    // refused whole, and the state stays.
+    let err = store
+        .apply(Update::Delta {
+            upserts: vec![],
+            removals: vec![ResourceKey::new(Kind::Workload, "s1")],
+        })
+        .expect_err("dangling endpoint");
+    assert!(err.to_string().contains("s1"), "{err}");
+    assert_eq!(store.version(), 2);
+    assert!(store.load().workload_by_uid("s1").is_some());
+
+    // A delta that changes nothing is not a new version.
+    let same = Update::Delta {
+        upserts: vec![],
+        removals: vec![ResourceKey::new(Kind::Workload, "never-there")],
+    };
+    assert_eq!(store.apply(same).expect("valid"), 2);
 }
 
 #[test]
@@ -200,7 +259,7 @@ fn concurrent_applies_get_distinct_versions() {
                     .map(|i| {
                         let mut cfg = base.clone();
                         cfg.workloads[0].name = format!("client-{t}-{i}");
-                        store.apply(cfg).expect("valid")
+                        store.apply(Update::Snapshot(cfg)).expect("valid")
                     })
                     .collect::<Vec<u64>>()
             })

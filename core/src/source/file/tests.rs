@@ -1,7 +1,10 @@
 use super::*;
-use crate::state::ProxyState;
+use crate::source::{self, ConfigMetrics, SourceSpec};
+use crate::state::{ProxyState, StateStore};
 use crate::test_support::capture_logs;
+use prometheus::Registry;
 use std::fs;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Long enough for a loaded 2-core CI box; the tests return as soon as the
@@ -16,6 +19,13 @@ fn config(server_name: &str) -> String {
 }
 
 const BROKEN: &str = "workloads:\n  - {uid: c, name: client, namespace: demo, addresses: [10.0.1.1]}\n  - {uid: c, name: twin, namespace: demo, addresses: [10.0.1.1]}\n";
+
+fn spec(path: &Path) -> SourceSpec {
+    SourceSpec::File {
+        path: path.to_path_buf(),
+        poll: POLL,
+    }
+}
 
 fn store_from(path: &Path) -> Arc<StateStore> {
     let cfg = load_file(path).expect("initial config loads");
@@ -71,12 +81,7 @@ async fn valid_edit_applies_broken_edit_is_refused_and_fix_applies() {
     let store = store_from(&path);
     let metrics = Arc::new(ConfigMetrics::new(&Registry::new()));
     let mut rx = store.subscribe();
-    let task = tokio::spawn(watch_file(
-        path.clone(),
-        store.clone(),
-        POLL,
-        Some(metrics.clone()),
-    ));
+    let task = source::spawn(&spec(&path), store.clone(), Some(metrics.clone()));
 
     fs::write(&path, config("server-v2")).expect("write");
     wait_version(&mut rx, 2).await;
@@ -107,7 +112,7 @@ async fn same_length_edit_with_the_same_mtime_is_seen() {
         .expect("mtime");
     let store = store_from(&path);
     let mut rx = store.subscribe();
-    let task = tokio::spawn(watch_file(path.clone(), store.clone(), POLL, None));
+    let task = source::spawn(&spec(&path), store.clone(), None);
 
     let f = fs::OpenOptions::new()
         .write(true)
@@ -140,7 +145,7 @@ async fn configmap_style_symlink_swap_is_seen() {
     let path = d.join("mesh.yaml");
     let store = store_from(&path);
     let mut rx = store.subscribe();
-    let task = tokio::spawn(watch_file(path.clone(), store.clone(), POLL, None));
+    let task = source::spawn(&spec(&path), store.clone(), None);
 
     fs::create_dir(d.join("..v2")).expect("mkdir");
     fs::write(d.join("..v2/mesh.yaml"), config("server-v2")).expect("write");
@@ -158,14 +163,15 @@ async fn missing_file_is_logged_and_counted_once_per_change_of_state() {
     let path = dir.path().join("mesh.yaml");
     fs::write(&path, config("server-v1")).expect("write");
     let store = store_from(&path);
-    let metrics = ConfigMetrics::new(&Registry::new());
+    let metrics = Arc::new(ConfigMetrics::new(&Registry::new()));
+    let sink = UpdateSink::new(store.clone(), Some(metrics.clone()));
     let mut seen = Seen::Nothing;
     let (_log, logs) = capture_logs();
 
-    poll_once(&path, &store, Some(&metrics), &mut seen).await;
+    poll_once(&path, &sink, &mut seen).await;
     fs::remove_file(&path).expect("remove");
     for _ in 0..5 {
-        poll_once(&path, &store, Some(&metrics), &mut seen).await;
+        poll_once(&path, &sink, &mut seen).await;
     }
     assert_eq!(metrics.failures(), 1);
     let warns: Vec<String> = logs
@@ -181,7 +187,7 @@ async fn missing_file_is_logged_and_counted_once_per_change_of_state() {
     );
 
     fs::write(&path, config("server-v1")).expect("write");
-    poll_once(&path, &store, Some(&metrics), &mut seen).await;
+    poll_once(&path, &sink, &mut seen).await;
     assert!(logs
         .lines()
         .iter()
@@ -200,13 +206,14 @@ async fn broken_file_warns_once_naming_the_file_and_every_problem() {
     let path = dir.path().join("mesh.yaml");
     fs::write(&path, config("server-v1")).expect("write");
     let store = store_from(&path);
-    let metrics = ConfigMetrics::new(&Registry::new());
+    let metrics = Arc::new(ConfigMetrics::new(&Registry::new()));
+    let sink = UpdateSink::new(store.clone(), Some(metrics.clone()));
     let mut seen = Seen::Nothing;
     let (_log, logs) = capture_logs();
 
     fs::write(&path, BROKEN).expect("write");
     for _ in 0..3 {
-        poll_once(&path, &store, Some(&metrics), &mut seen).await;
+        poll_once(&path, &sink, &mut seen).await;
     }
     let warns: Vec<String> = logs
         .lines()

@@ -1,4 +1,5 @@
-//! Config file loading and polling.
+//! The file source: loads the config file at start, then polls it and hands
+//! each valid change to the store as an [`Update::Snapshot`].
 //!
 //! Polling rather than inotify: a Kubernetes ConfigMap is updated by
 //! swapping a symlink (`..data`), which inotify on the file path misses,
@@ -6,51 +7,18 @@
 //! file and compares a content hash, so edits that keep the mtime (same
 //! second) or the length are still seen.
 
+use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
-
-use crate::state::StateStore;
 use trellis_api::config::{self, ConfigError, LocalConfig};
+use trellis_api::Update;
 
-/// `trellis_config_reloads_total{result="success"|"failure"}`.
-#[derive(Debug)]
-pub struct ConfigMetrics {
-    success: IntCounter,
-    failure: IntCounter,
-}
-
-impl ConfigMetrics {
-    /// Creates the counters and registers them in `registry`.
-    pub fn new(registry: &Registry) -> ConfigMetrics {
-        let vec = IntCounterVec::new(
-            Opts::new(
-                "trellis_config_reloads_total",
-                "Config file reloads, by result; a failure keeps the last good config",
-            ),
-            &["result"],
-        )
-        .expect("static metric definition is valid");
-        crate::metrics::register(registry, &vec);
-        ConfigMetrics {
-            success: vec.with_label_values(&["success"]),
-            failure: vec.with_label_values(&["failure"]),
-        }
-    }
-
-    pub fn successes(&self) -> u64 {
-        self.success.get()
-    }
-
-    pub fn failures(&self) -> u64 {
-        self.failure.get()
-    }
-}
+use super::{Source, UpdateSink};
 
 /// Reads and validates the config at startup. Unlike the watcher, any
 /// problem here is the caller's to report: there is no last good config.
@@ -73,31 +41,32 @@ enum Seen {
     Content(u64),
 }
 
-/// Polls `path` every `interval` and applies valid changes to `store`.
-/// A broken file is logged once (naming every problem) and the last good
-/// config stays. Runs until the task is dropped.
-pub async fn watch_file(
-    path: PathBuf,
-    store: Arc<StateStore>,
-    interval: Duration,
-    metrics: Option<Arc<ConfigMetrics>>,
-) {
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut seen = Seen::Nothing;
-    info!(path = %path.display(), ?interval, "watching config file");
-    loop {
-        tick.tick().await;
-        poll_once(&path, &store, metrics.as_deref(), &mut seen).await;
+/// Polls `path` every `interval` and applies valid changes. A broken file
+/// is logged once (naming every problem) and the last good config stays.
+#[derive(Debug)]
+pub(super) struct FileSource {
+    pub(super) path: PathBuf,
+    pub(super) interval: Duration,
+}
+
+impl Source for FileSource {
+    fn run(self: Box<Self>, sink: UpdateSink) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let FileSource { path, interval } = *self;
+            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut seen = Seen::Nothing;
+            info!(path = %path.display(), ?interval, "watching config file");
+            loop {
+                tick.tick().await;
+                poll_once(&path, &sink, &mut seen).await;
+            }
+        })
     }
 }
 
-async fn poll_once(
-    path: &Path,
-    store: &StateStore,
-    metrics: Option<&ConfigMetrics>,
-    seen: &mut Seen,
-) {
+async fn poll_once(path: &Path, sink: &UpdateSink, seen: &mut Seen) {
+    let store = sink.store();
     let text = match read_stable(path).await {
         Ok(Some(text)) => text,
         // Changed while being read: a writer is busy, look again next tick.
@@ -111,9 +80,7 @@ async fn poll_once(
                     version = store.version(),
                     "cannot read config file; keeping the last good config"
                 );
-                if let Some(m) = metrics {
-                    m.failure.inc();
-                }
+                sink.rejected();
                 *seen = now;
             }
             return;
@@ -128,29 +95,26 @@ async fn poll_once(
     }
     *seen = Seen::Content(hash);
     let before = store.version();
-    match config::parse(&text).and_then(|cfg| store.apply(cfg)) {
+    let applied = match config::parse(&text) {
+        Ok(cfg) => sink.apply(Update::Snapshot(cfg)),
+        Err(e) => {
+            sink.rejected();
+            Err(e)
+        }
+    };
+    match applied {
         // Same config as already running (typically the first poll after
         // startup, or a file restored to the good version): not a reload.
         Ok(version) if version == before => {
             debug!(path = %path.display(), version, "config file unchanged");
         }
-        Ok(version) => {
-            debug!(path = %path.display(), version, "config file loaded");
-            if let Some(m) = metrics {
-                m.success.inc();
-            }
-        }
-        Err(e) => {
-            warn!(
-                path = %path.display(),
-                error = %e,
-                version = store.version(),
-                "config file rejected; keeping the last good config"
-            );
-            if let Some(m) = metrics {
-                m.failure.inc();
-            }
-        }
+        Ok(version) => debug!(path = %path.display(), version, "config file loaded"),
+        Err(e) => warn!(
+            path = %path.display(),
+            error = %e,
+            version = store.version(),
+            "config file rejected; keeping the last good config"
+        ),
     }
 }
 
