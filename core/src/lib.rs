@@ -17,6 +17,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod authz;
 pub mod certs;
+pub mod cli;
 pub mod drain;
 pub mod identity;
 pub mod listen;

@@ -33,8 +33,8 @@ impl LogControl {
     }
 }
 
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How log lines are written (also the access log's format flag).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     #[default]
     Text,

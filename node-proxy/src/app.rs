@@ -80,9 +80,9 @@ impl ProxyHandle {
 /// Starts a proxy. `log` lets /logging change the process's filter.
 pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle, StartError> {
     settings.validate().map_err(StartError::Settings)?;
-    let state = load_state(&settings.source())?;
+    let state = load_state(&settings.common.source())?;
     let store = Arc::new(StateStore::new(state));
-    let ca = load_ca(&settings.ca_dir)?;
+    let ca = load_ca(&settings.common.ca_dir)?;
     let extra = match &settings.trust_bundle {
         Some(p) => {
             let pem = std::fs::read_to_string(p).map_err(|e| StartError::TrustBundle {
@@ -122,9 +122,9 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     let s = &proxy.settings;
 
     // Bind the admin-thread sockets before anything runs, so errors surface here.
-    let admin_l = bind_std("admin api", s.admin_addr)?;
-    let metrics_l = bind_std("metrics", s.metrics_addr)?;
-    let ready_l = bind_std("readiness", s.readiness_addr)?;
+    let admin_l = bind_std("admin api", s.common.admin_addr)?;
+    let metrics_l = bind_std("metrics", s.common.metrics_addr)?;
+    let ready_l = bind_std("readiness", s.common.readiness_addr)?;
     let mut addrs = BoundAddrs {
         admin: admin_l.local_addr().ok(),
         metrics: metrics_l.local_addr().ok(),
@@ -170,7 +170,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
             }
         }
     }
-    if let Some(path) = &s.bound_addrs_file {
+    if let Some(path) = &s.common.bound_addrs_file {
         write_bound_addrs(path, &addrs);
     }
 
@@ -217,7 +217,7 @@ fn run_admin(
     let outcome = rt.block_on(async {
         let proxy = &ctx.proxy;
         source::spawn(
-            &proxy.settings.source(),
+            &proxy.settings.common.source(),
             proxy.state.clone(),
             Some(proxy.metrics.config_metrics()),
         );

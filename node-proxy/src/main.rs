@@ -1,6 +1,6 @@
 use clap::Parser;
-use trellis_core::drain::DrainOutcome;
-use trellis_node_proxy::{app, logging, settings::Settings};
+use trellis_core::cli;
+use trellis_node_proxy::{app, settings::Settings};
 
 /// glibc serves allocations of 128 KiB and more with mmap and returns them
 /// on free, so every HTTP/2 frame buffer of a bulk tunnel was page-faulted in
@@ -18,23 +18,15 @@ fn tune_malloc() {
 fn main() {
     tune_malloc();
     let settings = Settings::parse();
-    let log = match logging::init(&settings.log, settings.log_format.into()) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            eprintln!("trellis-node-proxy: {e}");
-            std::process::exit(2);
-        }
-    };
-    let handle = match app::start(settings, log) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("trellis-node-proxy: {e}");
-            std::process::exit(1);
-        }
-    };
-    match handle.wait() {
-        DrainOutcome::Completed => std::process::exit(0),
-        DrainOutcome::DeadlineExceeded { .. } => std::process::exit(0),
-    }
+    let common = settings.common.clone();
+    cli::run(
+        "trellis-node-proxy",
+        &common,
+        |log| app::start(settings, log),
+        |handle| {
+            // A drain that hit its deadline still ends the process cleanly:
+            // the connections it cut were given their time.
+            let _ = handle.wait();
+        },
+    )
 }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use trellis_core::cli::{duration, CommonFlags};
+pub use trellis_core::logging::LogFormat;
 
 /// Ports the proxy listens on inside each pod's network namespace.
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -23,21 +25,6 @@ pub enum Mode {
     Shared,
     /// One workload, with listeners on given addresses (VMs, local development).
     Dedicated,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl From<LogFormat> for trellis_core::logging::LogFormat {
-    fn from(f: LogFormat) -> Self {
-        match f {
-            LogFormat::Text => trellis_core::logging::LogFormat::Text,
-            LogFormat::Json => trellis_core::logging::LogFormat::Json,
-        }
-    }
 }
 
 /// A static outbound capture for dedicated mode without redirect rules:
@@ -72,18 +59,14 @@ impl std::str::FromStr for OutboundForward {
     about = "Trellis node proxy (HBONE, L4 policy)"
 )]
 pub struct Settings {
+    #[command(flatten)]
+    pub common: CommonFlags,
     /// shared: serve enrolled pods of this node; dedicated: one workload on given addresses.
     #[arg(long, value_enum, default_value = "shared")]
     pub mode: Mode,
     /// Name of this node; workloads whose `node` equals it are local.
     #[arg(long, env = "NODE_NAME", default_value = "node")]
     pub node: String,
-    /// Local config file (workloads, services, authorization policies). Watched for changes.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Directory holding the dev CA (root-cert.pem, root-key.pem) used to issue workload certificates.
-    #[arg(long)]
-    pub ca_dir: PathBuf,
     /// Extra trust roots (PEM) accepted from peers, besides the CA's own root.
     #[arg(long)]
     pub trust_bundle: Option<PathBuf>,
@@ -105,36 +88,15 @@ pub struct Settings {
     /// Shared mode: pods to enroll at start, as UID=NETNS_PATH (more can be added over the admin API).
     #[arg(long = "pod")]
     pub pods: Vec<String>,
-    /// Admin API (config_dump, logging, pods, quitquitquit); keep it on localhost.
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    pub admin_addr: SocketAddr,
-    /// Prometheus metrics (/metrics).
-    #[arg(long, default_value = "0.0.0.0:15020")]
-    pub metrics_addr: SocketAddr,
-    /// Readiness probe (/healthz/ready).
-    #[arg(long, default_value = "0.0.0.0:15021")]
-    pub readiness_addr: SocketAddr,
-    /// Write the actually bound addresses here as JSON once listening (tests bind port 0).
-    #[arg(long)]
-    pub bound_addrs_file: Option<PathBuf>,
     /// Worker threads (one current-thread runtime each, pinned); 0 = one per allowed CPU.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
     /// Hard deadline for draining connections on SIGTERM or /quitquitquit.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = duration, default_value = "10s")]
     pub drain_deadline: Duration,
-    /// How often the config file is checked for changes.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
-    pub config_poll: Duration,
     /// Access log format: key=value text, or one JSON object after the `access:` prefix.
     #[arg(long, value_enum, default_value = "text")]
     pub access_log: LogFormat,
-    /// Format of the proxy's own log lines.
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// Log filter (tracing EnvFilter syntax); changeable at runtime via /logging.
-    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
-    pub log: String,
     /// Preserve the client's source IP towards local pods with IP_TRANSPARENT (shared mode).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub preserve_source_ip: bool,
@@ -143,41 +105,7 @@ pub struct Settings {
     pub install_redirect: bool,
 }
 
-/// Parses "10s", "250ms", "2m" or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?}: expected a number followed by ms, s or m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        other => {
-            return Err(format!(
-                "duration {s:?}: unknown unit {other:?}; use ms, s or m"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("duration {s:?} must be a non-negative number"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 impl Settings {
-    /// Where this proxy's config comes from.
-    pub fn source(&self) -> trellis_core::source::SourceSpec {
-        trellis_core::source::SourceSpec::File {
-            path: self.config.clone(),
-            poll: self.config_poll,
-        }
-    }
-
     /// Checks combinations clap cannot express, reporting every problem at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
@@ -220,12 +148,7 @@ impl Settings {
                 }
             }
         }
-        if !self.admin_addr.ip().is_loopback() {
-            errs.push(format!(
-                "--admin-addr {} must be a loopback address: the admin API can stop the proxy",
-                self.admin_addr
-            ));
-        }
+        self.common.validate(&mut errs);
         if errs.is_empty() {
             Ok(())
         } else {
@@ -247,22 +170,6 @@ pub fn parse_pod_arg(s: &str) -> Result<(String, PathBuf), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        let cases = [
-            ("10s", Some(Duration::from_secs(10))),
-            ("250ms", Some(Duration::from_millis(250))),
-            ("2m", Some(Duration::from_secs(120))),
-            ("3", Some(Duration::from_secs(3))),
-            ("1h", None),
-            ("abc", None),
-            ("", None),
-        ];
-        for (input, want) in cases {
-            assert_eq!(parse_duration(input).ok(), want, "input {input:?}");
-        }
-    }
 
     #[test]
     fn forwards() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use trellis_core::cli::CommonFlags;
 use trellis_core::metrics::Metrics;
 use trellis_netns::NetNs;
 use trellis_node_proxy::app::{self, ProxyHandle};
@@ -92,10 +93,9 @@ const L4_PROXIES: [&str; 2] = ["node1", "node2"];
 /// listeners.
 pub fn base_settings(dir: &Path, node: &str) -> Settings {
     Settings {
+        common: CommonFlags::loopback(dir.join("mesh.yaml"), dir.join("ca")),
         mode: Mode::Dedicated,
         node: node.into(),
-        config: dir.join("mesh.yaml"),
-        ca_dir: dir.join("ca"),
         trust_bundle: None,
         workload_uid: None,
         outbound_addr: None,
@@ -103,16 +103,9 @@ pub fn base_settings(dir: &Path, node: &str) -> Settings {
         inbound_plain_addr: None,
         outbound_forwards: vec![],
         pods: vec![],
-        admin_addr: "127.0.0.1:0".parse().expect("static address"),
-        metrics_addr: "127.0.0.1:0".parse().expect("static address"),
-        readiness_addr: "127.0.0.1:0".parse().expect("static address"),
-        bound_addrs_file: None,
         workers: 1,
         drain_deadline: Duration::from_secs(2),
-        config_poll: Duration::from_secs(1),
         access_log: trellis_node_proxy::settings::LogFormat::Text,
-        log_format: trellis_node_proxy::settings::LogFormat::Text,
-        log: "info".into(),
         preserve_source_ip: true,
         install_redirect: true,
     }

@@ -17,10 +17,11 @@ use bytes::Bytes;
 use http::header::{HOST, RETRY_AFTER};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use trellis_core::cli::CommonFlags;
 use trellis_node_proxy::app::{self, ProxyHandle};
 use trellis_node_proxy::settings::Settings as ProxySettings;
 use trellis_waypoint::app::WaypointHandle;
-use trellis_waypoint::settings::{LogFormat, Settings};
+use trellis_waypoint::settings::Settings;
 
 use crate::demo::{label, sum_metric};
 use crate::l7kit::{HttpServer, Mode, SERVER_HEADER};
@@ -409,24 +410,15 @@ impl L7 {
 }
 
 fn waypoint_settings(dir: &Path) -> Settings {
-    let local = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     Settings {
+        common: CommonFlags::loopback(dir.join("mesh.yaml"), dir.join("ca")),
         name: "demo/waypoint".into(),
         service_account: "waypoint".into(),
         trust_domain: "cluster.local".into(),
-        config: dir.join("mesh.yaml"),
-        ca_dir: dir.join("ca"),
         listen: SocketAddr::new(WAYPOINT_IP, 15008),
-        admin_addr: local(0),
-        metrics_addr: local(0),
-        readiness_addr: local(0),
-        bound_addrs_file: None,
         workers: 1,
-        config_poll: Duration::from_secs(1),
         drain_deadline: Duration::from_secs(1),
         access_log: false,
-        log_format: LogFormat::Text,
-        log: "info".into(),
         sniff_timeout: Duration::from_secs(1),
         max_header_bytes: 64 * 1024,
         max_concurrent_streams: 256,

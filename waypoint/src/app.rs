@@ -84,7 +84,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
             .map_err(|e| StartError::Settings(vec![e]))?;
         (ns.to_string(), n.to_string())
     };
-    let state = load_state(&settings.source())?;
+    let state = load_state(&settings.common.source())?;
     let store = Arc::new(StateStore::new(state));
     if !store
         .snapshot()
@@ -95,7 +95,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
     {
         info!(waypoint = %settings.name, "no `waypoints` entry for this waypoint; no total rate limit");
     }
-    let ca = load_ca(&settings.ca_dir)?;
+    let ca = load_ca(&settings.common.ca_dir)?;
     let certs = Arc::new(CertManager::new(ca, None));
     let metrics = WaypointMetrics::new(settings.access_log);
     let (trigger, watcher) = drain::new();
@@ -109,9 +109,9 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
         settings.workers
     };
     let hbone_ls = bind_reuseport("hbone", settings.listen, workers)?;
-    let admin_l = bind_std("admin api", settings.admin_addr)?;
-    let metrics_l = bind_std("metrics", settings.metrics_addr)?;
-    let ready_l = bind_std("readiness", settings.readiness_addr)?;
+    let admin_l = bind_std("admin api", settings.common.admin_addr)?;
+    let metrics_l = bind_std("metrics", settings.common.metrics_addr)?;
+    let ready_l = bind_std("readiness", settings.common.readiness_addr)?;
     let addrs = BoundAddrs {
         hbone: hbone_ls.first().and_then(|l| l.local_addr().ok()),
         admin: admin_l.local_addr().ok(),
@@ -150,7 +150,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
                 .map_err(StartError::Thread)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(path) = &app.settings.bound_addrs_file {
+    if let Some(path) = &app.settings.common.bound_addrs_file {
         write_bound_addrs(path, &addrs);
     }
     let stop = CancellationToken::new();
@@ -224,7 +224,7 @@ fn run_admin(
     rt.block_on(async {
         let app = &ctx.app;
         source::spawn(
-            &app.settings.source(),
+            &app.settings.common.source(),
             app.store.clone(),
             Some(app.metrics.core.config_metrics()),
         );

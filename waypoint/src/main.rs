@@ -5,25 +5,18 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use trellis_core::logging;
+use trellis_core::cli;
 use trellis_waypoint::{app, settings::Settings};
 
 fn main() {
     let settings = Settings::parse();
-    let log = match logging::init(&settings.log, settings.log_format.into()) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            eprintln!("trellis-waypoint: {e}");
-            std::process::exit(2);
-        }
-    };
-    let handle = match app::start(settings, log) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("trellis-waypoint: {e}");
-            std::process::exit(1);
-        }
-    };
-    handle.wait();
+    let common = settings.common.clone();
+    cli::run(
+        "trellis-waypoint",
+        &common,
+        |log| app::start(settings, log),
+        |handle| {
+            handle.wait();
+        },
+    )
 }

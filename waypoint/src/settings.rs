@@ -1,31 +1,11 @@
 //! Command-line settings of the waypoint.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hbone::Identity;
-use trellis_api::config::Dur;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-impl From<LogFormat> for trellis_core::logging::LogFormat {
-    fn from(f: LogFormat) -> Self {
-        match f {
-            LogFormat::Text => trellis_core::logging::LogFormat::Text,
-            LogFormat::Json => trellis_core::logging::LogFormat::Json,
-        }
-    }
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    s.parse::<Dur>().map(|d| d.0).map_err(|e| e.to_string())
-}
+use trellis_core::cli::{duration, CommonFlags};
 
 /// Everything a waypoint needs to start.
 #[derive(Clone, Debug, Parser)]
@@ -35,6 +15,8 @@ fn duration(s: &str) -> Result<Duration, String> {
     about = "Trellis waypoint (L7 policy, routing and resilience over HBONE)"
 )]
 pub struct Settings {
+    #[command(flatten)]
+    pub common: CommonFlags,
     /// This waypoint as <namespace>/<name>: selects its entry in `waypoints` and its identity's namespace.
     #[arg(long)]
     pub name: String,
@@ -43,41 +25,18 @@ pub struct Settings {
     pub service_account: String,
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
-    /// Local config file (workloads, services, routes, policies). Watched for changes.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Directory holding the dev CA (root-cert.pem, root-key.pem) that issues the waypoint's certificate.
-    #[arg(long)]
-    pub ca_dir: PathBuf,
     /// HBONE listener.
     #[arg(long, default_value = "0.0.0.0:15008")]
     pub listen: SocketAddr,
-    /// Admin API (config_dump, logging, quitquitquit); keep it on localhost.
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    pub admin_addr: SocketAddr,
-    #[arg(long, default_value = "0.0.0.0:15020")]
-    pub metrics_addr: SocketAddr,
-    #[arg(long, default_value = "0.0.0.0:15021")]
-    pub readiness_addr: SocketAddr,
-    /// Write the actually bound addresses here as JSON once listening (tests bind port 0).
-    #[arg(long)]
-    pub bound_addrs_file: Option<PathBuf>,
     /// Data-path threads; 0 means one per allowed CPU.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
-    #[arg(long, value_parser = duration, default_value = "1s")]
-    pub config_poll: Duration,
     /// On SIGTERM, stop accepting and give requests this long to finish.
     #[arg(long, value_parser = duration, default_value = "5s")]
     pub drain_deadline: Duration,
     /// Write one JSON access-log line per request (target "access").
     #[arg(long)]
     pub access_log: bool,
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// Log filter (tracing EnvFilter syntax); changeable at runtime via /logging.
-    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
-    pub log: String,
     /// How long a tunnelled stream may stay silent before it is treated as
     /// non-HTTP (server-first protocols send nothing first).
     #[arg(long, value_parser = duration, default_value = "1s")]
@@ -91,14 +50,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Where this proxy's config comes from.
-    pub fn source(&self) -> trellis_core::source::SourceSpec {
-        trellis_core::source::SourceSpec::File {
-            path: self.config.clone(),
-            poll: self.config_poll,
-        }
-    }
-
     /// `(namespace, name)` from `--name`.
     pub fn namespace_name(&self) -> Result<(&str, &str), String> {
         match self.name.split_once('/') {
@@ -126,6 +77,7 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
+        self.common.validate(&mut errs);
         if let Err(e) = self.identity() {
             errs.push(e);
         }
