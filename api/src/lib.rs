@@ -14,3 +14,11 @@ pub mod config;
 pub mod update;
 
 pub use update::{Kind, Resource, ResourceKey, Update};
+
+/// The protobuf messages of Istio's workload API, its CA and Envoy's delta
+/// ADS, generated from `proto/` (package paths as in the .proto files, e.g.
+/// `pb::istio::workload::Workload`).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/protos.rs"));
+}

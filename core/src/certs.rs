@@ -1,9 +1,18 @@
 //! Workload certificates and the TLS configs built from them.
 //!
-//! In the file-based mode each proxy holds the dev CA and issues each
-//! local workload's SVID itself; the controller will replace the issuer with
-//! CreateCertificate calls. TLS configs are cached because building one
-//! parses keys and roots, and a new HBONE connection should not pay that.
+//! Certificates come from an [`Issuer`]. Today that is [`DevIssuer`]: the
+//! proxy holds a dev CA and signs each local workload's SVID itself (tests,
+//! and the demo without a controller). A CA client issuer, speaking Istio's
+//! CreateCertificate to the controller, is the other implementation to come;
+//! once a controller is given, no proxy holds a CA key.
+//!
+//! `Issuer::issue` is synchronous because the data path calls it on a cache
+//! miss. An issuer that talks to a remote CA must therefore fetch and renew
+//! ahead of time on its own thread and answer here from what it holds,
+//! never block a worker on the network.
+//!
+//! TLS configs are cached because building one parses keys and roots, and a
+//! new HBONE connection should not pay that.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,13 +24,55 @@ use rustls::{ClientConfig, ServerConfig};
 /// How long issued workload certificates live; renewed at half-life.
 const CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// Where workload certificates come from.
+pub trait Issuer: Send + Sync {
+    /// A certificate for `id`, valid for about `validity` from now.
+    fn issue(&self, id: &Identity, validity: Duration) -> Result<WorkloadCert, IssueError>;
+    /// The roots a peer's certificate must chain to.
+    fn trust_bundle(&self) -> TrustBundle;
+}
+
+/// Why an issuer gave no certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("the dev CA could not sign it: {0}")]
+    DevCa(#[source] Box<hbone::CaError>),
+    /// A remote CA has not answered for this identity yet; connections that
+    /// need it fail until it does, and the request is not repeated here.
+    #[error("no certificate from the CA yet; it was requested and is awaited")]
+    NotYetIssued,
+}
+
+/// Signs certificates with a CA key held in this process.
+pub struct DevIssuer {
+    ca: DevCa,
+}
+
+impl DevIssuer {
+    pub fn new(ca: DevCa) -> DevIssuer {
+        DevIssuer { ca }
+    }
+}
+
+impl Issuer for DevIssuer {
+    fn issue(&self, id: &Identity, validity: Duration) -> Result<WorkloadCert, IssueError> {
+        self.ca
+            .issue(id, validity)
+            .map_err(|e| IssueError::DevCa(Box::new(e)))
+    }
+
+    fn trust_bundle(&self) -> TrustBundle {
+        self.ca.trust_bundle()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("cannot issue a certificate for {identity}: {source}")]
+    #[error("cannot get a certificate for {identity}: {source}")]
     Issue {
         identity: Identity,
         #[source]
-        source: Box<hbone::CaError>,
+        source: IssueError,
     },
     #[error("cannot build a tls config for {identity}: {source}")]
     Tls {
@@ -39,19 +90,27 @@ struct Issued {
 
 /// Issues and caches workload certificates and TLS configs.
 pub struct CertManager {
-    ca: DevCa,
+    issuer: Box<dyn Issuer>,
     bundle: TrustBundle,
     issued: Mutex<AHashMap<Identity, Issued>>,
 }
 
 impl CertManager {
-    pub fn new(ca: DevCa, extra_roots: Option<TrustBundle>) -> Self {
-        let mut bundle = ca.trust_bundle();
+    /// A manager with a dev CA held in process: for tests and the demo.
+    pub fn dev(ca: DevCa, extra_roots: Option<TrustBundle>) -> Self {
+        Self::new(Box::new(DevIssuer::new(ca)), extra_roots)
+    }
+
+    /// Certificates from `issuer`; peers may chain to its roots or to
+    /// `extra_roots` (a second mesh during migration, or a new root being
+    /// rolled out).
+    pub fn new(issuer: Box<dyn Issuer>, extra_roots: Option<TrustBundle>) -> Self {
+        let mut bundle = issuer.trust_bundle();
         if let Some(extra) = extra_roots {
             bundle.merge(extra);
         }
         CertManager {
-            ca,
+            issuer,
             bundle,
             issued: Mutex::new(AHashMap::new()),
         }
@@ -76,11 +135,11 @@ impl CertManager {
         };
         if !map.get(id).is_some_and(fresh) {
             let cert = self
-                .ca
+                .issuer
                 .issue(id, CERT_LIFETIME)
                 .map_err(|source| CertError::Issue {
                     identity: id.clone(),
-                    source: Box::new(source),
+                    source,
                 })?;
             tracing::info!(identity = %id, "issued workload certificate");
             map.insert(
@@ -146,5 +205,93 @@ impl CertManager {
             .collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The dev issuer, counting the certificates it signs.
+    struct Counting {
+        dev: DevIssuer,
+        issued: Arc<AtomicUsize>,
+    }
+
+    impl Issuer for Counting {
+        fn issue(&self, id: &Identity, validity: Duration) -> Result<WorkloadCert, IssueError> {
+            self.issued.fetch_add(1, Ordering::Relaxed);
+            self.dev.issue(id, validity)
+        }
+        fn trust_bundle(&self) -> TrustBundle {
+            self.dev.trust_bundle()
+        }
+    }
+
+    fn id(sa: &str) -> Identity {
+        Identity::new("cluster.local", "demo", sa)
+    }
+
+    #[test]
+    fn certificates_come_from_the_issuer_once_per_identity() {
+        let issued = Arc::new(AtomicUsize::new(0));
+        let ca = DevCa::generate("cluster.local").expect("dev ca");
+        let other = DevCa::generate("cluster.local").expect("second ca");
+        let m = CertManager::new(
+            Box::new(Counting {
+                dev: DevIssuer::new(ca),
+                issued: issued.clone(),
+            }),
+            Some(other.trust_bundle()),
+        );
+        let a = m.cert(&id("a")).expect("issued");
+        assert_eq!(a.identity(), &id("a"));
+        m.server_config(&id("a")).expect("server config");
+        m.client_config(&id("a"), &id("b")).expect("client config");
+        assert_eq!(issued.load(Ordering::Relaxed), 1, "cached after the first");
+        m.cert(&id("b")).expect("issued");
+        assert_eq!(issued.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            m.trust_bundle().roots().len(),
+            2,
+            "issuer's root and the extra one"
+        );
+        let left = a
+            .not_after()
+            .duration_since(SystemTime::now())
+            .expect("valid");
+        assert!(left > CERT_LIFETIME / 2 && left <= CERT_LIFETIME + Duration::from_secs(60));
+    }
+
+    /// An issuer with nothing to give, as a CA client is before its first answer.
+    struct Empty(TrustBundle);
+
+    impl Issuer for Empty {
+        fn issue(&self, _: &Identity, _: Duration) -> Result<WorkloadCert, IssueError> {
+            Err(IssueError::NotYetIssued)
+        }
+        fn trust_bundle(&self) -> TrustBundle {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn an_issuer_error_names_the_identity_and_is_not_cached() {
+        let ca = DevCa::generate("cluster.local").expect("dev ca");
+        let m = CertManager::new(Box::new(Empty(ca.trust_bundle())), None);
+        for _ in 0..2 {
+            let Err(e) = m.server_config(&id("a")) else {
+                panic!("no certificate expected")
+            };
+            let text = e.to_string();
+            assert!(
+                text.contains("spiffe://cluster.local/ns/demo/sa/a"),
+                "{text}"
+            );
+            assert!(text.contains("no certificate from the CA yet"), "{text}");
+        }
+        assert!(m.dump().is_empty());
     }
 }

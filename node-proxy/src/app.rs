@@ -112,7 +112,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     let proxy = Arc::new(ProxyCtx {
         state: store.clone(),
         metrics: metrics.clone(),
-        certs: Arc::new(CertManager::new(ca, extra)),
+        certs: Arc::new(CertManager::dev(ca, extra)),
         drain: watcher,
         shutdown: CancellationToken::new(),
         h2: hbone::H2Settings::default(),

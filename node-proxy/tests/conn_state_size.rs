@@ -39,7 +39,7 @@ async fn connection_futures_stay_small() {
             ProxyState::new(LocalConfig::default()).unwrap(),
         )),
         metrics: Metrics::new(),
-        certs: Arc::new(CertManager::new(ca, None)),
+        certs: Arc::new(CertManager::dev(ca, None)),
         drain,
         shutdown: CancellationToken::new(),
         h2: hbone::H2Settings::default(),

@@ -96,7 +96,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
         info!(waypoint = %settings.name, "no `waypoints` entry for this waypoint; no total rate limit");
     }
     let ca = load_ca(&settings.common.ca_dir)?;
-    let certs = Arc::new(CertManager::new(ca, None));
+    let certs = Arc::new(CertManager::dev(ca, None));
     let metrics = WaypointMetrics::new(settings.access_log);
     let (trigger, watcher) = drain::new();
     let snapshot = Arc::new(Snapshot::new(&store, &namespace, &name));
