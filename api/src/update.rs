@@ -7,6 +7,7 @@
 //! kept, upsert by key, removal of unknown keys allowed) are tested as a
 //! table, apart from any I/O.
 
+use std::collections::hash_map::Entry;
 use std::fmt;
 
 use ahash::{AHashMap, AHashSet};
@@ -149,10 +150,10 @@ impl<T: Clone> Changes<T> {
         let mut at: AHashMap<String, usize> =
             list.iter().enumerate().map(|(i, t)| (key(t), i)).collect();
         for t in self.upserts {
-            match at.get(&key(&t)) {
-                Some(&i) => list[i] = t,
-                None => {
-                    at.insert(key(&t), list.len());
+            match at.entry(key(&t)) {
+                Entry::Occupied(e) => list[*e.get()] = t,
+                Entry::Vacant(e) => {
+                    e.insert(list.len());
                     list.push(t);
                 }
             }

@@ -27,15 +27,6 @@ pub enum SourceSpec {
     File { path: PathBuf, poll: Duration },
 }
 
-impl SourceSpec {
-    /// For logs and errors: the file path.
-    pub fn describe(&self) -> String {
-        match self {
-            SourceSpec::File { path, .. } => format!("config file {}", path.display()),
-        }
-    }
-}
-
 /// Why a proxy could not get its first config.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

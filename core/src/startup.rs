@@ -1,26 +1,16 @@
-//! The loading steps every proxy runs at start: its first config (from the
-//! source its flags name) and the dev CA. Their errors name what to fix.
+//! The dev CA a proxy loads at start; its errors name the directory to fix.
+//! (The first config comes from `source::initial_state`.)
 
 use std::path::Path;
 
-use crate::source::{self, SourceError, SourceSpec};
-use crate::state::ProxyState;
-
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
     #[error("dev ca in {path}: {source}")]
     Ca {
         path: String,
         #[source]
         source: Box<hbone::CaError>,
     },
-}
-
-/// The first state, from the source `spec` names.
-pub fn load_state(spec: &SourceSpec) -> Result<ProxyState, LoadError> {
-    Ok(source::initial_state(spec)?)
 }
 
 /// Loads the dev CA that issues workload certificates.

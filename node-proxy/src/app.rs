@@ -15,8 +15,8 @@ use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, Bind
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
 use trellis_core::metrics::{AccessLogFormat, Metrics};
-use trellis_core::source;
-use trellis_core::startup::{load_ca, load_state, LoadError};
+use trellis_core::source::{self, SourceError};
+use trellis_core::startup::{load_ca, LoadError};
 use trellis_core::state::StateStore;
 
 use crate::admin::{self, AdminCtx, Server};
@@ -30,6 +30,8 @@ use crate::worker;
 pub enum StartError {
     #[error("invalid settings:\n  {}", .0.join("\n  "))]
     Settings(Vec<String>),
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("trust bundle {path}: {source}")]
@@ -80,7 +82,7 @@ impl ProxyHandle {
 /// Starts a proxy. `log` lets /logging change the process's filter.
 pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle, StartError> {
     settings.validate().map_err(StartError::Settings)?;
-    let state = load_state(&settings.common.source())?;
+    let state = source::initial_state(&settings.common.source())?;
     let store = Arc::new(StateStore::new(state));
     let ca = load_ca(&settings.common.ca_dir)?;
     let extra = match &settings.trust_bundle {

@@ -24,9 +24,10 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         for &pid in self.pids.iter().rev() {
-            // SAFETY: kill and waitpid on pids this test started (the start
-            // script leaves them running, reparented; waitpid may then fail,
-            // so also poll until the process is gone).
+            // SAFETY: kill on pids the start script started for this test.
+            // They are not our children (the script exits and they are
+            // reparented), so there is nothing to waitpid: poll, bounded at
+            // 2 s, until the pid is gone so the next one is not stopped early.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
                 for _ in 0..200 {

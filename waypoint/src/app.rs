@@ -23,8 +23,8 @@ use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, Bind
 use trellis_core::certs::CertManager;
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
-use trellis_core::source;
-use trellis_core::startup::{load_ca, load_state, LoadError};
+use trellis_core::source::{self, SourceError};
+use trellis_core::startup::{load_ca, LoadError};
 use trellis_core::state::StateStore;
 
 use crate::admin::{self, AdminCtx, Server};
@@ -39,6 +39,8 @@ use trellis_core::listen::bind_reuseport;
 pub enum StartError {
     #[error("invalid settings:\n  {}", .0.join("\n  "))]
     Settings(Vec<String>),
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
@@ -84,7 +86,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
             .map_err(|e| StartError::Settings(vec![e]))?;
         (ns.to_string(), n.to_string())
     };
-    let state = load_state(&settings.common.source())?;
+    let state = source::initial_state(&settings.common.source())?;
     let store = Arc::new(StateStore::new(state));
     if !store
         .snapshot()
