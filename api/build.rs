@@ -1,7 +1,7 @@
 //! Compiles the protobuf messages in proto/ with protox, a pure-Rust
-//! compiler, so the build needs no system protoc. Only messages are
-//! generated here: the gRPC service stubs belong to the crates that do I/O,
-//! which map these types in with `extern_path`.
+//! compiler, so the build needs no system protoc. With the `grpc` feature
+//! the client and server stubs of the services (ADS, the CA) are generated
+//! too; without it only messages, so the crate needs no runtime.
 
 use std::path::PathBuf;
 
@@ -10,14 +10,21 @@ const PROTOS: &[&str] = &[
     "istio/security/authorization.proto",
     "istio/ca/ca.proto",
     "envoy/service/discovery/v3/discovery.proto",
+    "trellis/config/v1/config.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let fds = protox::compile(PROTOS, [&root])?;
-    prost_build::Config::new()
-        .include_file("protos.rs")
-        .compile_fds(fds)?;
+    if std::env::var_os("CARGO_FEATURE_GRPC").is_some() {
+        tonic_prost_build::configure()
+            .include_file("protos.rs")
+            .compile_fds(fds)?;
+    } else {
+        prost_build::Config::new()
+            .include_file("protos.rs")
+            .compile_fds(fds)?;
+    }
     Ok(())
 }

@@ -1,0 +1,18 @@
+//! The Trellis controller.
+//!
+//! Kubernetes objects (from the API server, or a folder of manifests) are
+//! translated into the mesh's config model ([`trellis_api::config`]); the
+//! result is served to node proxies and waypoints over Istio's delta
+//! workload xDS, and workload certificates are issued over Istio's
+//! CreateCertificate, both on one TLS gRPC port (15012).
+//!
+//! - [`auth`]: who a caller is, from its bearer token.
+//! - [`ca`]: the certificate authority and its node authorization.
+//! - [`objects`]: Kubernetes objects, the manifests folder, and their
+//!   translation into the config model.
+//! - [`xds`]: the delta ADS server.
+
+pub mod auth;
+pub mod ca;
+pub mod objects;
+pub mod xds;
