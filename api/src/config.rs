@@ -99,6 +99,11 @@ pub struct Workload {
     /// Traffic addressed to this workload goes through this waypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<WaypointAddress>,
+    /// Services this workload is an endpoint of, as `namespace/hostname`.
+    /// This is how xDS carries membership (Istio's workload API); a file may
+    /// list a service's `endpoints` instead, or both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 fn default_service_account() -> String {
@@ -380,9 +385,22 @@ pub fn parse(yaml: &str) -> Result<LocalConfig, ConfigError> {
 }
 
 /// Runs the semantic checks on a config that did not come from [`parse`]
-/// (for example one built in code or received over xDS).
+/// (for example one built in code). References between objects must
+/// resolve: the config is meant to be the whole mesh.
 pub fn validate(cfg: &LocalConfig) -> Result<(), ConfigError> {
-    let problems = validate::problems(cfg);
+    check(cfg, validate::Refs::MustResolve)
+}
+
+/// The checks for a partial view of the mesh, as a proxy holds over xDS:
+/// each object must be valid on its own, but a reference to an object the
+/// proxy has not received (a policy, a service, a waypoint workload) is
+/// not an error, because on-demand state is partial by design.
+pub fn validate_partial(cfg: &LocalConfig) -> Result<(), ConfigError> {
+    check(cfg, validate::Refs::MayDangle)
+}
+
+fn check(cfg: &LocalConfig, refs: validate::Refs) -> Result<(), ConfigError> {
+    let problems = validate::problems(cfg, refs);
     if problems.is_empty() {
         Ok(())
     } else {

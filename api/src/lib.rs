@@ -5,6 +5,8 @@
 //!   validation. A file and the controller both produce it.
 //! - [`update`]: a whole config or a delta of objects by key: what every
 //!   config source hands a proxy's state store.
+//! - [`xds`]: the config model as Istio's workload xDS resources (and
+//!   Trellis's own for waypoint config), both ways.
 //!
 //! This crate has no runtime and does no I/O: it depends on neither tokio
 //! nor the proxies, so the controller can use it without pulling in the data
@@ -12,6 +14,7 @@
 
 pub mod config;
 pub mod update;
+pub mod xds;
 
 pub use update::{Kind, Resource, ResourceKey, Update};
 

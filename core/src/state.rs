@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tracing::info;
@@ -13,6 +13,11 @@ use trellis_api::Update;
 use trellis_api::config::{
     self, Authorization, ConfigError, HealthStatus, LocalConfig, Scope, Service, Workload,
 };
+
+/// The key a workload uses to name a service it belongs to.
+fn service_key(s: &Service) -> String {
+    format!("{}/{}", s.namespace, s.hostname)
+}
 
 /// An immutable, indexed snapshot of a validated [`LocalConfig`].
 #[derive(Debug)]
@@ -25,6 +30,10 @@ pub struct ProxyState {
     by_vip: AHashMap<IpAddr, Arc<Service>>,
     /// Services each workload (by uid) is an endpoint of.
     services_of: AHashMap<String, Vec<Arc<Service>>>,
+    /// Endpoints of each service, by `namespace/hostname`: the union of the
+    /// service's own `endpoints` list (manifests) and of the workloads that
+    /// name the service (xDS, where membership travels on the workload).
+    members: AHashMap<String, Vec<Arc<Workload>>>,
     /// Indices into `config.policies`.
     global_policies: Vec<usize>,
     namespace_policies: AHashMap<String, Vec<usize>>,
@@ -52,13 +61,40 @@ impl ProxyState {
         }
         let mut by_vip = AHashMap::new();
         let mut services_of: AHashMap<String, Vec<Arc<Service>>> = AHashMap::new();
+        let mut members: AHashMap<String, Vec<Arc<Workload>>> = AHashMap::new();
+        let mut by_key: AHashMap<String, Arc<Service>> = AHashMap::new();
+        let mut listed: AHashSet<(String, &str)> = AHashSet::new();
         for s in &config.services {
             let s = Arc::new(s.clone());
             for vip in &s.vips {
                 by_vip.insert(vip.to_canonical(), s.clone());
             }
+            let list = members.entry(service_key(&s)).or_default();
             for uid in &s.endpoints {
-                services_of.entry(uid.clone()).or_default().push(s.clone());
+                // A dangling uid is possible in a partial (xDS) view.
+                if let Some(w) = by_uid.get(uid) {
+                    listed.insert((service_key(&s), w.uid.as_str()));
+                    list.push(Arc::clone(w));
+                    services_of.entry(uid.clone()).or_default().push(s.clone());
+                }
+            }
+            by_key.insert(service_key(&s), s);
+        }
+        for w in &config.workloads {
+            for key in &w.services {
+                // Unknown services are skipped: on demand, the service may
+                // arrive later, and the index is rebuilt when it does.
+                let Some(s) = by_key.get(key) else { continue };
+                if listed.contains(&(key.clone(), w.uid.as_str())) {
+                    continue;
+                }
+                if let Some(w) = by_uid.get(&w.uid) {
+                    members.entry(key.clone()).or_default().push(Arc::clone(w));
+                    services_of
+                        .entry(w.uid.clone())
+                        .or_default()
+                        .push(s.clone());
+                }
             }
         }
         let mut global_policies = Vec::new();
@@ -83,6 +119,7 @@ impl ProxyState {
             by_node,
             by_vip,
             services_of,
+            members,
             global_policies,
             namespace_policies,
             policy_by_key,
@@ -156,10 +193,11 @@ impl ProxyState {
             return Vec::new();
         };
         let want_v4 = vip.map(|v| v.to_canonical().is_ipv4());
-        service
-            .endpoints
+        self.members
+            .get(&service_key(service))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
             .iter()
-            .filter_map(|uid| self.by_uid.get(uid))
             .filter(|w| w.status == HealthStatus::Healthy)
             .filter_map(|w| {
                 let same_family = want_v4.and_then(|v4| {
@@ -252,8 +290,15 @@ impl StateStore {
         // guards lives in `current`, which is always whole.
         let _writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
+        // A snapshot claims to be the whole mesh, so its references must
+        // resolve; a delta extends a view that may be partial (xDS on demand).
+        let partial = matches!(update, Update::Delta { .. });
         let config = update.apply_to(&old.config);
-        config::validate(&config)?;
+        if partial {
+            config::validate_partial(&config)?;
+        } else {
+            config::validate(&config)?;
+        }
         if old.config == config {
             return Ok(old.version);
         }

@@ -112,6 +112,7 @@ pub fn workload(topo: &Topology, pod: &str, ns: &str, sa: &str, protocol: Protoc
         canonical_revision: None,
         cluster_id: None,
         waypoint: None,
+        services: vec![],
     }
 }
 

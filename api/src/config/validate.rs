@@ -8,14 +8,24 @@ use ahash::{AHashMap, AHashSet};
 
 use super::LocalConfig;
 
-pub(super) fn problems(cfg: &LocalConfig) -> Vec<String> {
+/// Whether references between objects must resolve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refs {
+    /// The config is the whole mesh (a file, the controller's view).
+    MustResolve,
+    /// The config is a proxy's partial view (on-demand xDS): a workload may
+    /// name a policy or a service the proxy has not received.
+    MayDangle,
+}
+
+pub(super) fn problems(cfg: &LocalConfig, refs: Refs) -> Vec<String> {
     let mut out = Vec::new();
     // Policy keys first: workloads refer to them.
     let policy_keys: AHashSet<String> = cfg.policies.iter().map(|p| p.key()).collect();
-    workloads(cfg, &policy_keys, &mut out);
-    services(cfg, &mut out);
+    workloads(cfg, &policy_keys, refs, &mut out);
+    services(cfg, refs, &mut out);
     policies(cfg, &mut out);
-    super::validate_l7::problems(cfg, &mut out);
+    super::validate_l7::problems(cfg, refs, &mut out);
     out
 }
 
@@ -45,7 +55,12 @@ fn valid_path_segment(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
-fn workloads(cfg: &LocalConfig, policy_keys: &AHashSet<String>, out: &mut Vec<String>) {
+fn workloads(cfg: &LocalConfig, policy_keys: &AHashSet<String>, refs: Refs, out: &mut Vec<String>) {
+    let service_keys: AHashSet<String> = cfg
+        .services
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace, s.hostname))
+        .collect();
     let mut uids: AHashMap<&str, usize> = AHashMap::new();
     let mut ips: AHashMap<IpAddr, usize> = AHashMap::new();
     for (i, w) in cfg.workloads.iter().enumerate() {
@@ -99,16 +114,28 @@ fn workloads(cfg: &LocalConfig, policy_keys: &AHashSet<String>, out: &mut Vec<St
                 out.push(format!(
                     "{path}.authorizationPolicies[{k}]: {r:?} must be <namespace>/<name>"
                 ));
-            } else if !policy_keys.contains(r) {
+            } else if refs == Refs::MustResolve && !policy_keys.contains(r) {
                 out.push(format!(
                     "{path}.authorizationPolicies[{k}]: no policy {r:?} in policies; check its namespace and name"
+                ));
+            }
+        }
+        for (k, key) in w.services.iter().enumerate() {
+            let well_formed = matches!(key.split_once('/'), Some((ns, h)) if !ns.is_empty() && !h.is_empty() && !h.contains('/'));
+            if !well_formed {
+                out.push(format!(
+                    "{path}.services[{k}]: {key:?} must be <namespace>/<hostname>"
+                ));
+            } else if refs == Refs::MustResolve && !service_keys.contains(key) {
+                out.push(format!(
+                    "{path}.services[{k}]: no service with namespace/hostname {key:?} in services"
                 ));
             }
         }
     }
 }
 
-fn services(cfg: &LocalConfig, out: &mut Vec<String>) {
+fn services(cfg: &LocalConfig, refs: Refs, out: &mut Vec<String>) {
     let uids: AHashSet<&str> = cfg.workloads.iter().map(|w| w.uid.as_str()).collect();
     let mut vips: AHashMap<IpAddr, usize> = AHashMap::new();
     for (i, s) in cfg.services.iter().enumerate() {
@@ -146,7 +173,7 @@ fn services(cfg: &LocalConfig, out: &mut Vec<String>) {
             }
         }
         for (k, uid) in s.endpoints.iter().enumerate() {
-            if !uids.contains(uid.as_str()) {
+            if refs == Refs::MustResolve && !uids.contains(uid.as_str()) {
                 out.push(format!(
                     "{path}.endpoints[{k}]: no workload has uid {uid:?}; endpoints are workload uids"
                 ));

@@ -32,7 +32,7 @@ const MAX_BACKENDS: usize = 16;
 const MAX_VALUE_MATCHES: usize = 16;
 /// Gateway API's own bound; it also keeps the sum of 16 weights far from overflow.
 const MAX_WEIGHT: u32 = 1_000_000;
-pub(super) fn problems(cfg: &LocalConfig, out: &mut Vec<String>) {
+pub(super) fn problems(cfg: &LocalConfig, refs: super::validate::Refs, out: &mut Vec<String>) {
     let services = Services::index(cfg);
     // One name space for both kinds: waypoint rule keys (metrics, rate-limit
     // state) are <namespace>/<route>/<rule>, whatever the kind.
@@ -40,7 +40,7 @@ pub(super) fn problems(cfg: &LocalConfig, out: &mut Vec<String>) {
     http_routes(cfg, &services, &mut route_keys, out);
     grpc_routes(cfg, &services, &mut route_keys, out);
     l7_policies(cfg, &services, out);
-    waypoint_addresses(cfg, out);
+    waypoint_addresses(cfg, refs, out);
     waypoint_settings(cfg, out);
 }
 

@@ -226,24 +226,83 @@ fn deltas_go_through_the_same_validation_and_indexing() {
     assert!(st.workload_by_uid("c").is_none());
     drop(st);
 
-    // A delta that would leave a service pointing at a removed workload is
-    // refused whole, and the state stays.
+    // A delta with an object that is wrong on its own (an address another
+    // workload owns) is refused whole, and the state stays.
+    let mut thief = store
+        .load()
+        .workload_by_uid("o")
+        .expect("o")
+        .as_ref()
+        .clone();
+    thief.uid = "thief".into();
+    thief.addresses = vec![ip("10.0.2.1")];
     let err = store
+        .apply(Update::Delta {
+            upserts: vec![Resource::Workload(thief)],
+            removals: vec![ResourceKey::new(Kind::Workload, "s2")],
+        })
+        .expect_err("address owned by s1");
+    assert!(err.to_string().contains("10.0.2.1"), "{err}");
+    assert_eq!(store.version(), 2);
+    assert!(store.load().workload_by_uid("s2").is_some());
+    assert!(store.load().workload_by_uid("thief").is_none());
+
+    // A delta extends a view that may be partial, so a service endpoint
+    // that is not (yet) known is allowed; it is simply not routable.
+    let v = store
         .apply(Update::Delta {
             upserts: vec![],
             removals: vec![ResourceKey::new(Kind::Workload, "s1")],
         })
-        .expect_err("dangling endpoint");
-    assert!(err.to_string().contains("s1"), "{err}");
-    assert_eq!(store.version(), 2);
-    assert!(store.load().workload_by_uid("s1").is_some());
+        .expect("a dangling endpoint is fine in a delta");
+    assert_eq!(v, 3);
+    let st = store.load();
+    let server = st.service_by_vip(ip("10.96.0.1")).expect("service").clone();
+    let uids: Vec<_> = st
+        .endpoints(&server, 80)
+        .into_iter()
+        .map(|(w, _)| w.uid.clone())
+        .collect();
+    assert_eq!(uids, ["s2"]);
+    drop(st);
 
     // A delta that changes nothing is not a new version.
     let same = Update::Delta {
         upserts: vec![],
         removals: vec![ResourceKey::new(Kind::Workload, "never-there")],
     };
-    assert_eq!(store.apply(same).expect("valid"), 2);
+    assert_eq!(store.apply(same).expect("valid"), 3);
+}
+
+#[test]
+fn membership_comes_from_either_side_without_duplicates() {
+    // xDS carries membership on the workload; a file may list it on the
+    // service, or both. Unknown services on a workload are ignored.
+    let mut cfg = parse(CONFIG).unwrap();
+    cfg.services[0].endpoints = vec!["s1".into()];
+    for w in &mut cfg.workloads {
+        match w.uid.as_str() {
+            "s1" | "s2" => w.services = vec!["demo/server.demo.svc.cluster.local".into()],
+            "o" => w.services = vec!["other/nowhere.other.svc.cluster.local".into()],
+            _ => {}
+        }
+    }
+    let st = ProxyState::index(cfg, 1);
+    let server = st.service_by_vip(ip("10.96.0.1")).expect("service").clone();
+    let uids: Vec<_> = st
+        .endpoints(&server, 80)
+        .into_iter()
+        .map(|(w, _)| w.uid.clone())
+        .collect();
+    assert_eq!(uids, ["s1", "s2"]);
+    let s2 = st.workload_by_uid("s2").expect("s2").clone();
+    assert_eq!(
+        st.service_for_workload_port(&s2, 8080)
+            .map(|s| s.name.clone()),
+        Some("server".into())
+    );
+    let o = st.workload_by_uid("o").expect("o").clone();
+    assert!(st.service_for_workload_port(&o, 8080).is_none());
 }
 
 #[test]

@@ -7,7 +7,7 @@ use ahash::{AHashMap, AHashSet};
 use ipnet::IpNet;
 
 use super::super::l7::{L7Condition, RateLimit, TrafficPolicy, WaypointAddress};
-use super::super::validate::non_empty;
+use super::super::validate::{non_empty, Refs};
 use super::super::{LocalConfig, StringMatch};
 use super::{service_ref, valid_header_name, Services};
 
@@ -194,14 +194,16 @@ fn condition(out: &mut Vec<String>, path: &str, c: &L7Condition) {
 
 /// A waypoint address must belong to a workload: node proxies expect that
 /// workload's identity from the waypoint, and without it they cannot tunnel.
-pub(super) fn waypoint_addresses(cfg: &LocalConfig, out: &mut Vec<String>) {
+/// With [`Refs::MayDangle`] the waypoint's workload may not have reached a
+/// proxy yet (it is fetched on demand), so only the port is checked.
+pub(super) fn waypoint_addresses(cfg: &LocalConfig, refs: Refs, out: &mut Vec<String>) {
     let addrs: AHashSet<IpAddr> = cfg
         .workloads
         .iter()
         .flat_map(|w| w.addresses.iter().map(|a| a.to_canonical()))
         .collect();
     let check = |out: &mut Vec<String>, path: String, wp: &WaypointAddress| {
-        if !addrs.contains(&wp.address.to_canonical()) {
+        if refs == Refs::MustResolve && !addrs.contains(&wp.address.to_canonical()) {
             out.push(format!(
                 "{path}.address: {} is not an address of any workload; add the waypoint's workload to workloads (node proxies expect its identity) or fix the address",
                 wp.address
