@@ -1,10 +1,10 @@
 //! Workload certificates and the TLS configs built from them.
 //!
-//! Certificates come from an [`Issuer`]. Today that is [`DevIssuer`]: the
-//! proxy holds a dev CA and signs each local workload's SVID itself (tests,
-//! and the demo without a controller). A CA client issuer, speaking Istio's
-//! CreateCertificate to the controller, is the other implementation to come;
-//! once a controller is given, no proxy holds a CA key.
+//! Certificates come from an [`Issuer`]. Either [`DevIssuer`]: the proxy holds
+//! a dev CA and signs each local workload's SVID itself (tests, and the demo
+//! without a controller); or [`ca_client::CaIssuer`], which speaks Istio's
+//! CreateCertificate to the controller; once a controller is given, no proxy
+//! holds a CA key.
 //!
 //! `Issuer::issue` is synchronous because the data path calls it on a cache
 //! miss. An issuer that talks to a remote CA must therefore fetch and renew
@@ -13,6 +13,8 @@
 //!
 //! TLS configs are cached because building one parses keys and roots, and a
 //! new HBONE connection should not pay that.
+
+pub mod ca_client;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
