@@ -270,10 +270,8 @@ fn ca_params(
 }
 
 pub(crate) fn offset(t: Option<SystemTime>) -> Result<OffsetDateTime, rcgen::Error> {
-    t.map(OffsetDateTime::from)
-        .ok_or(rcgen::Error::InvalidAsn1String(
-            rcgen::InvalidAsn1String::PrintableString("time out of range".into()),
-        ))
+    // Only a validity of centuries gets here.
+    t.map(OffsetDateTime::from).ok_or(rcgen::Error::Time)
 }
 
 fn read(dir: &Path, path: &Path) -> Result<String, KeysError> {
