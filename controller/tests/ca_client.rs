@@ -337,3 +337,20 @@ async fn ca_issuer_renews_before_expiry() {
     assert_eq!(renewed.identity(), &x);
     assert_ne!(renewed.key_pem(), first.key_pem(), "a new key per request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_client_does_not_stop_the_tls_port() {
+    use tokio::io::AsyncWriteExt;
+    let c = controller(ca::DEFAULT_MAX_VALIDITY).await;
+    // Plain text where a TLS ClientHello belongs, and a client that hangs up.
+    let mut garbage = TcpStream::connect(c.addr).await.expect("connect");
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    drop(TcpStream::connect(c.addr).await.expect("connect"));
+    let chain = ask(&c, X, Some("tok-a"), None)
+        .await
+        .expect("served after bad clients");
+    assert_eq!(chain.len(), 3);
+}
