@@ -87,3 +87,41 @@ fn two_roots_during_rotation_load() {
     let ca = Ca::load(dir.path()).expect("load with two roots");
     assert_eq!(ca.roots().len(), 2);
 }
+
+#[test]
+fn expired_root_and_leaf_as_intermediate_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    init(dir.path(), "cluster.local", false).expect("init");
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut old = CertificateParams::default();
+    old.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    old.not_before = year(2000);
+    old.not_after = year(2001);
+    let expired = old.self_signed(&key).expect("self-signed");
+    let good_root = fs::read_to_string(dir.path().join(ROOT_CERT_FILE)).expect("read");
+    fs::write(dir.path().join(ROOT_CERT_FILE), expired.pem()).expect("write");
+    let err = Ca::load(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, KeysError::Expired { .. }) && err.to_string().contains("root-cert.pem"),
+        "{err}"
+    );
+    fs::write(dir.path().join(ROOT_CERT_FILE), good_root).expect("write");
+
+    let mut leaf = CertificateParams::default();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    let leaf = leaf.self_signed(&key).expect("leaf");
+    fs::write(dir.path().join(CA_CERT_FILE), leaf.pem()).expect("write");
+    let err = Ca::load(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, KeysError::NotCa { .. }) && err.to_string().contains("ca-cert.pem"),
+        "{err}"
+    );
+}
+
+fn year(y: i32) -> time::OffsetDateTime {
+    time::Date::from_calendar_date(y, time::Month::January, 1)
+        .expect("date")
+        .midnight()
+        .assume_utc()
+}
