@@ -2,6 +2,10 @@
 //! `authorization: Bearer <token>`; an [`Authenticator`] turns the token into
 //! a [`Caller`], and each service decides what that caller may have.
 
+pub mod token_file;
+
+pub use token_file::{TokenFile, TokenFileError};
+
 use std::future::Future;
 use std::pin::Pin;
 
@@ -39,7 +43,9 @@ pub trait Authenticator: Send + Sync + 'static {
 pub fn bearer(value: Option<&str>) -> Result<&str, AuthError> {
     let v = value.ok_or(AuthError::Missing)?.trim();
     match v.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
         _ => Err(AuthError::Missing),

@@ -1,10 +1,10 @@
 //! Workload certificates and the TLS configs built from them.
 //!
-//! Certificates come from an [`Issuer`]. Today that is [`DevIssuer`]: the
-//! proxy holds a dev CA and signs each local workload's SVID itself (tests,
-//! and the demo without a controller). A CA client issuer, speaking Istio's
-//! CreateCertificate to the controller, is the other implementation to come;
-//! once a controller is given, no proxy holds a CA key.
+//! Certificates come from an [`Issuer`]. Either [`DevIssuer`]: the proxy holds
+//! a dev CA and signs each local workload's SVID itself (tests, and the demo
+//! without a controller); or [`ca_client::CaIssuer`], which speaks Istio's
+//! CreateCertificate to the controller; once a controller is given, no proxy
+//! holds a CA key.
 //!
 //! `Issuer::issue` is synchronous because the data path calls it on a cache
 //! miss. An issuer that talks to a remote CA must therefore fetch and renew
@@ -13,6 +13,8 @@
 //!
 //! TLS configs are cached because building one parses keys and roots, and a
 //! new HBONE connection should not pay that.
+
+pub mod ca_client;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -141,6 +143,15 @@ impl CertManager {
                     identity: id.clone(),
                     source,
                 })?;
+            // A remote issuer answers with the certificate it holds until its
+            // own renewal lands; keep the TLS configs built for that one.
+            let same = map
+                .get(id)
+                .is_some_and(|held| held.cert.chain().first() == cert.chain().first());
+            if same {
+                let issued = map.get_mut(id).expect("checked above");
+                return f(issued, &self.bundle);
+            }
             tracing::info!(identity = %id, "issued workload certificate");
             map.insert(
                 id.clone(),
@@ -263,6 +274,32 @@ mod tests {
             .duration_since(SystemTime::now())
             .expect("valid");
         assert!(left > CERT_LIFETIME / 2 && left <= CERT_LIFETIME + Duration::from_secs(60));
+    }
+
+    /// An issuer handing out one held certificate, as a CA client does until
+    /// its renewal lands; its life is short enough to look stale to the manager.
+    struct Held(WorkloadCert, TrustBundle);
+
+    impl Issuer for Held {
+        fn issue(&self, _: &Identity, _: Duration) -> Result<WorkloadCert, IssueError> {
+            Ok(self.0.clone())
+        }
+        fn trust_bundle(&self) -> TrustBundle {
+            self.1.clone()
+        }
+    }
+
+    #[test]
+    fn the_same_certificate_again_keeps_its_tls_configs() {
+        let ca = DevCa::generate("cluster.local").expect("dev ca");
+        let cert = ca.issue(&id("a"), Duration::from_secs(600)).expect("issue");
+        let m = CertManager::new(Box::new(Held(cert, ca.trust_bundle())), None);
+        let first = m.server_config(&id("a")).expect("server config");
+        let second = m.server_config(&id("a")).expect("server config");
+        assert!(
+            Arc::ptr_eq(&first, &second),
+            "config rebuilt for the same cert"
+        );
     }
 
     /// An issuer with nothing to give, as a CA client is before its first answer.

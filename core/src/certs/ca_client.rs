@@ -1,0 +1,339 @@
+//! An [`Issuer`] that gets workload certificates from the controller's CA
+//! (Istio's `CreateCertificate`), on a thread of its own.
+//!
+//! The data path calls [`Issuer::issue`] on a cache miss and must never wait
+//! on the network, so `issue` only answers from what this issuer holds: a
+//! still-valid certificate, or [`IssueError::NotYetIssued`] after queueing a
+//! fetch. The thread runs a current-thread runtime that fetches, renews each
+//! certificate at half its life, and retries failures with jittered
+//! exponential backoff. Every request uses a new key pair.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use hbone::{Identity, TrustBundle, WorkloadCert};
+use hyper_util::rt::TokioIo;
+use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint, Uri};
+use trellis_api::pb::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use trellis_api::pb::istio::v1::auth::IstioCertificateRequest;
+
+use super::{IssueError, Issuer};
+
+/// The lifetime asked for when prefetching; the CA may cap it.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// The longest wait between two attempts for one identity.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The metadata key naming the identity a node proxy asks for on a pod's behalf.
+const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// Where the CA is and how to talk to it.
+#[derive(Clone)]
+pub struct CaClientConfig {
+    /// `host:port` of the controller's TLS gRPC port (15012).
+    pub address: String,
+    /// The DNS name in the controller's serving certificate, e.g. `istiod.istio-system.svc`.
+    pub server_name: String,
+    /// The mesh root(s), PEM: trusted for the controller and returned as the trust bundle.
+    pub root_pem: String,
+    /// Sent as `authorization: Bearer <token>`.
+    pub token: String,
+    /// Node proxies set this: each request names its pod's identity in the
+    /// `ImpersonatedIdentity` metadata too.
+    pub impersonate: bool,
+}
+
+impl std::fmt::Debug for CaClientConfig {
+    // Never print the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaClientConfig")
+            .field("address", &self.address)
+            .field("server_name", &self.server_name)
+            .field("impersonate", &self.impersonate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the CA client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CaClientError {
+    #[error("ca root pem: {0}; pass the mesh's root-cert.pem")]
+    Roots(#[source] hbone::TlsError),
+    #[error("ca server name {0:?} is not a valid dns name or ip")]
+    ServerName(String),
+    #[error("ca address {address:?} is not host:port: {detail}")]
+    Address { address: String, detail: String },
+    #[error("tls configuration rejected: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot start the ca client thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why one fetch failed (logged, then retried).
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("cannot make a key or csr: {0}")]
+    Csr(#[from] rcgen::Error),
+    #[error("the ca refused: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the ca's certificate chain is unusable: {0}")]
+    Chain(#[from] hbone::TlsError),
+    #[error("the ca issued {got} but {want} was asked for")]
+    WrongIdentity { want: Identity, got: Identity },
+}
+
+#[derive(Default)]
+struct Slot {
+    cert: Option<WorkloadCert>,
+    /// A fetch loop owns this identity: it fetches, renews and retries.
+    owned: bool,
+}
+
+type Slots = Arc<Mutex<HashMap<Identity, Slot>>>;
+
+/// Certificates from the controller's CA.
+pub struct CaIssuer {
+    slots: Slots,
+    requests: mpsc::UnboundedSender<(Identity, Duration)>,
+    bundle: TrustBundle,
+}
+
+impl CaIssuer {
+    /// Checks the config and starts the client thread. Nothing is fetched
+    /// until [`issue`](Issuer::issue) or [`prefetch`](CaIssuer::prefetch).
+    pub fn start(config: CaClientConfig) -> Result<CaIssuer, CaClientError> {
+        let bundle = TrustBundle::from_pem(&config.root_pem).map_err(CaClientError::Roots)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CaClientError::Thread)?;
+        // The channel spawns its connection task onto the runtime it is made in.
+        let channel = {
+            let _in_runtime = runtime.enter();
+            channel(&config, &bundle)?
+        };
+        let slots: Slots = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = Client {
+            channel,
+            token: config.token,
+            impersonate: config.impersonate,
+            slots: slots.clone(),
+        };
+        std::thread::Builder::new()
+            .name("trellis-ca-client".into())
+            // Ends when the issuer is dropped: the request channel closes,
+            // and dropping the runtime cancels every fetch loop.
+            .spawn(move || runtime.block_on(client.run(rx)))
+            .map_err(CaClientError::Thread)?;
+        Ok(CaIssuer {
+            slots,
+            requests: tx,
+            bundle,
+        })
+    }
+
+    /// Requests certificates for `ids` ahead of need (the proxy's local
+    /// workloads); identities already held or awaited are left alone.
+    pub fn prefetch(&self, ids: &[Identity]) {
+        for id in ids {
+            self.request(id, DEFAULT_VALIDITY);
+        }
+    }
+
+    /// Queues a fetch loop for `id` unless one runs already.
+    fn request(&self, id: &Identity, validity: Duration) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.entry(id.clone()).or_default();
+        if !slot.owned {
+            slot.owned = true;
+            if self.requests.send((id.clone(), validity)).is_err() {
+                tracing::error!(identity = %id, "ca client thread is gone; no certificate will come");
+            }
+        }
+    }
+}
+
+impl Issuer for CaIssuer {
+    fn issue(&self, id: &Identity, validity: Duration) -> Result<WorkloadCert, IssueError> {
+        {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(cert) = slots.get(id).and_then(|s| s.cert.as_ref()) {
+                // Held and still valid, even if its renewal is due or failing.
+                if cert.not_after() > SystemTime::now() {
+                    return Ok(cert.clone());
+                }
+            }
+        }
+        self.request(id, validity);
+        Err(IssueError::NotYetIssued)
+    }
+
+    fn trust_bundle(&self) -> TrustBundle {
+        self.bundle.clone()
+    }
+}
+
+/// The wait before attempt `failures + 1`: doubling from 200 ms, capped at
+/// [`MAX_BACKOFF`], then scaled by `jitter` in [0.5, 1) so a fleet of proxies
+/// that lost the CA together does not come back together.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let exp = FIRST_BACKOFF.saturating_mul(1u32 << failures.min(16));
+    exp.min(MAX_BACKOFF).mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// When to renew a certificate received at `now` that expires at `not_after`: half its life.
+pub fn renew_in(now: SystemTime, not_after: SystemTime) -> Duration {
+    not_after.duration_since(now).unwrap_or_default() / 2
+}
+
+struct Client {
+    channel: Channel,
+    token: String,
+    impersonate: bool,
+    slots: Slots,
+}
+
+impl Client {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<(Identity, Duration)>) {
+        let this = Arc::new(self);
+        while let Some((id, validity)) = rx.recv().await {
+            tokio::spawn(this.clone().keep(id, validity));
+        }
+    }
+
+    /// Fetches `id`, then renews it at half-life, forever; retries with backoff.
+    async fn keep(self: Arc<Self>, id: Identity, validity: Duration) {
+        let mut failures = 0u32;
+        loop {
+            match self.fetch(&id, validity).await {
+                Ok(cert) => {
+                    failures = 0;
+                    let wait = renew_in(SystemTime::now(), cert.not_after());
+                    tracing::info!(identity = %id, renew_in = ?wait, "workload certificate from the ca");
+                    self.slots
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(id.clone())
+                        .or_default()
+                        .cert = Some(cert);
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    let wait = backoff(failures, 0.5 + fastrand::f64() / 2.0);
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(identity = %id, error = %e, retry_in = ?wait, "cannot get a workload certificate from the ca");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, id: &Identity, validity: Duration) -> Result<WorkloadCert, FetchError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let uri = rcgen::string::Ia5String::try_from(id.to_string())?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        let csr = params.serialize_request(&key)?.pem()?;
+        let metadata = self.impersonate.then(|| prost_types::Struct {
+            fields: [(
+                IMPERSONATED_IDENTITY.to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(id.to_string())),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        });
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr,
+            validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
+            metadata,
+        });
+        let bearer = format!("Bearer {}", self.token).parse().map_err(|_| {
+            tonic::Status::invalid_argument("the token has characters not allowed in a header")
+        })?;
+        request.metadata_mut().insert("authorization", bearer);
+        let response = IstioCertificateServiceClient::new(self.channel.clone())
+            .create_certificate(request)
+            .await?
+            .into_inner();
+        let cert = WorkloadCert::from_pem(&response.cert_chain.concat(), &key.serialize_pem())?;
+        if cert.identity() != id {
+            return Err(FetchError::WrongIdentity {
+                want: id.clone(),
+                got: cert.identity().clone(),
+            });
+        }
+        Ok(cert)
+    }
+}
+
+/// A lazy HTTP/2 channel over TLS (ALPN h2) to the CA, trusting the mesh roots.
+fn channel(config: &CaClientConfig, bundle: &TrustBundle) -> Result<Channel, CaClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for root in bundle.roots() {
+        roots.add(root.clone())?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(hbone::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let server_name = rustls::pki_types::ServerName::try_from(config.server_name.clone())
+        .map_err(|_| CaClientError::ServerName(config.server_name.clone()))?;
+    let endpoint = Endpoint::from_shared(format!("http://{}", config.address)).map_err(|e| {
+        CaClientError::Address {
+            address: config.address.clone(),
+            detail: e.to_string(),
+        }
+    })?;
+    let connector = TlsConnector {
+        address: config.address.clone(),
+        server_name,
+        tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+    };
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(10))
+        .connect_with_connector_lazy(connector))
+}
+
+/// Dials the CA's address and does the TLS handshake; tonic speaks h2 on top.
+#[derive(Clone)]
+struct TlsConnector {
+    address: String,
+    server_name: rustls::pki_types::ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+type TlsIo = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tonic::codegen::Service<Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&this.address).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = this.tls.connect(this.server_name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,72 @@
+use super::*;
+
+#[test]
+fn backoff_doubles_caps_and_jitters() {
+    let cases = [
+        (0, 1.0, Duration::from_millis(200)),
+        (1, 1.0, Duration::from_millis(400)),
+        (3, 1.0, Duration::from_millis(1600)),
+        (3, 0.5, Duration::from_millis(800)),
+        (20, 1.0, MAX_BACKOFF),
+        (u32::MAX, 1.0, MAX_BACKOFF),
+        (u32::MAX, 0.0, MAX_BACKOFF / 2),
+    ];
+    for (failures, jitter, want) in cases {
+        assert_eq!(
+            backoff(failures, jitter),
+            want,
+            "failures={failures} jitter={jitter}"
+        );
+    }
+}
+
+#[test]
+fn renewal_at_half_life() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+    assert_eq!(
+        renew_in(now, now + Duration::from_secs(60)),
+        Duration::from_secs(30)
+    );
+    assert_eq!(renew_in(now, now - Duration::from_secs(1)), Duration::ZERO);
+}
+
+fn config(address: &str) -> CaClientConfig {
+    let ca = hbone::DevCa::generate("cluster.local").expect("ca");
+    CaClientConfig {
+        address: address.into(),
+        server_name: "istiod.istio-system.svc".into(),
+        root_pem: ca.root_cert_pem().into(),
+        token: "t".into(),
+        impersonate: true,
+    }
+}
+
+#[test]
+fn start_checks_its_config() {
+    let mut bad_root = config("127.0.0.1:1");
+    bad_root.root_pem = "nope".into();
+    assert!(matches!(
+        CaIssuer::start(bad_root),
+        Err(CaClientError::Roots(_))
+    ));
+    let mut bad_name = config("127.0.0.1:1");
+    bad_name.server_name = "not a name".into();
+    assert!(matches!(
+        CaIssuer::start(bad_name),
+        Err(CaClientError::ServerName(_))
+    ));
+}
+
+#[test]
+fn issue_never_blocks_and_returns_not_yet_issued_while_the_ca_is_unreachable() {
+    // Port 1 on loopback: nothing listens, the connect is refused.
+    let issuer = CaIssuer::start(config("127.0.0.1:1")).expect("start");
+    let id = Identity::new("cluster.local", "default", "web");
+    for _ in 0..3 {
+        assert!(matches!(
+            issuer.issue(&id, DEFAULT_VALIDITY),
+            Err(IssueError::NotYetIssued)
+        ));
+    }
+    assert_eq!(issuer.trust_bundle().roots().len(), 1);
+}
