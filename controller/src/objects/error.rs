@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use super::kinds::Kind;
+
 /// Where a document came from: the source (a file path, or `kubernetes`)
 /// and its index in that source (0-based, as `---` separates documents).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,13 +27,12 @@ pub enum ObjectError {
     #[error("{doc}: not a valid manifest: {message}; fix the YAML syntax there")]
     Malformed { doc: DocRef, message: String },
     /// apiVersion/kind is not one Trellis reads.
-    #[error("{doc}: unsupported kind {api_version}/{kind}{}; supported kinds are: {supported}", name_part(.name))]
+    #[error("{doc}: unsupported kind {api_version}/{kind}{}; supported kinds are: {}", name_part(.name), Kind::supported_list())]
     UnknownKind {
         doc: DocRef,
         api_version: String,
         kind: String,
         name: Option<String>,
-        supported: String,
     },
     /// The document has the right kind but does not fit its schema
     /// (a wrong type, a missing or unknown field, an unsupported value).

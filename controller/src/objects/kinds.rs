@@ -97,7 +97,7 @@ impl Kind {
     }
 
     /// "v1/Pod, ..." for error messages.
-    fn supported_list() -> String {
+    pub(crate) fn supported_list() -> String {
         let mut out = Vec::new();
         for k in Kind::ALL {
             for v in k.api_versions() {
@@ -283,7 +283,6 @@ pub fn parse_document(
                 kind_str
             },
             name,
-            supported: Kind::supported_list(),
         });
     };
     let namespace = map

@@ -5,7 +5,11 @@ const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n";
 const SA: &str = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa, namespace: demo}\n";
 
 fn key(kind: Kind, ns: &str, name: &str) -> ObjectKey {
-    ObjectKey { kind, namespace: ns.into(), name: name.into() }
+    ObjectKey {
+        kind,
+        namespace: ns.into(),
+        name: name.into(),
+    }
 }
 
 #[test]
@@ -31,7 +35,9 @@ fn loads_recursively_skipping_hidden_and_other_files() {
     assert!(r.changed);
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(store.len(), 3);
-    assert!(store.get(&key(Kind::ServiceAccount, "demo", "sa")).is_some());
+    assert!(store
+        .get(&key(Kind::ServiceAccount, "demo", "sa"))
+        .is_some());
     assert_eq!(store.source_keys("sub/deeper/sa.yml").len(), 1);
 
     // Nothing changed: no change reported.
@@ -54,26 +60,43 @@ fn changes_deletions_and_broken_edits() {
     assert_eq!(renamed.len(), SA.len());
     std::fs::write(root.join("a.yaml"), format!("{NS}---\n{renamed}")).expect("write");
     assert!(src.scan(&mut store).expect("scan").changed);
-    assert!(store.get(&key(Kind::ServiceAccount, "demo", "sb")).is_some());
-    assert!(store.get(&key(Kind::ServiceAccount, "demo", "sa")).is_none());
+    assert!(store
+        .get(&key(Kind::ServiceAccount, "demo", "sb"))
+        .is_some());
+    assert!(store
+        .get(&key(Kind::ServiceAccount, "demo", "sa"))
+        .is_none());
 
     // A broken edit: the error names the file and document; the last good
     // version stays, and another file still applies.
-    std::fs::write(root.join("a.yaml"), format!("{NS}---\n{}", renamed.replace("metadata", "metdata"))).expect("write");
+    std::fs::write(
+        root.join("a.yaml"),
+        format!("{NS}---\n{}", renamed.replace("metadata", "metdata")),
+    )
+    .expect("write");
     std::fs::write(root.join("b.yaml"), SA).expect("write");
     let r = src.scan(&mut store).expect("scan");
     assert!(r.changed);
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     let msg = r.errors[0].to_string();
     assert!(msg.contains("file a.yaml, document 2"), "{msg}");
-    assert!(msg.contains("metadata.name is missing") || msg.contains("metdata"), "{msg}");
-    assert!(store.get(&key(Kind::ServiceAccount, "demo", "sb")).is_some());
-    assert!(store.get(&key(Kind::ServiceAccount, "demo", "sa")).is_some());
+    assert!(
+        msg.contains("metadata.name is missing") || msg.contains("metdata"),
+        "{msg}"
+    );
+    assert!(store
+        .get(&key(Kind::ServiceAccount, "demo", "sb"))
+        .is_some());
+    assert!(store
+        .get(&key(Kind::ServiceAccount, "demo", "sa"))
+        .is_some());
 
     // A file deleted: its objects go.
     std::fs::remove_file(root.join("b.yaml")).expect("rm");
     assert!(src.scan(&mut store).expect("scan").changed);
-    assert!(store.get(&key(Kind::ServiceAccount, "demo", "sa")).is_none());
+    assert!(store
+        .get(&key(Kind::ServiceAccount, "demo", "sa"))
+        .is_none());
 }
 
 #[test]
@@ -97,10 +120,14 @@ async fn poll_reports_the_first_scan_and_changes() {
             let _ = tx.send(store.len());
         },
     ));
-    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("first scan");
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("first scan");
     assert_eq!(first, Some(1));
     std::fs::write(dir.path().join("sa.yaml"), SA).expect("write");
-    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("change seen");
+    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("change seen");
     assert_eq!(second, Some(2));
     task.abort();
 }

@@ -19,7 +19,11 @@ spec: {clusterIP: 198.18.128.1, selector: {app: x}, ports: [{port: 80, targetPor
 "#;
 
 fn key(kind: Kind, ns: &str, name: &str) -> ObjectKey {
-    ObjectKey { kind, namespace: ns.into(), name: name.into() }
+    ObjectKey {
+        kind,
+        namespace: ns.into(),
+        name: name.into(),
+    }
 }
 
 fn texts(errors: &[ObjectError]) -> Vec<String> {
@@ -33,14 +37,21 @@ fn good_documents_load_with_their_keys() {
     assert!(errs.is_empty(), "{:?}", texts(&errs));
     assert_eq!(s.len(), 2);
     assert!(s.get(&key(Kind::Pod, "demo", "p1")).is_some());
-    assert_eq!(s.origin(&key(Kind::Service, "demo", "s1")).map(|d| d.index), Some(2));
+    assert_eq!(
+        s.origin(&key(Kind::Service, "demo", "s1")).map(|d| d.index),
+        Some(2)
+    );
     assert_eq!(s.source_keys("a.yaml").len(), 2);
 }
 
 #[test]
 fn a_namespaced_object_without_namespace_goes_to_default() {
     let mut s = ObjectStore::new();
-    let errs = s.load_text("a.yaml", "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa}\n", false);
+    let errs = s.load_text(
+        "a.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa}\n",
+        false,
+    );
     assert!(errs.is_empty());
     assert!(s.get(&key(Kind::ServiceAccount, "default", "sa")).is_some());
 }
@@ -114,7 +125,11 @@ fn bad_documents_are_rejected_alone_with_an_operator_message() {
         let errs = texts(&s.load_text("f.yaml", &text, false));
         assert_eq!(errs.len(), 1, "{what}: {errs:?}");
         for want in *wants {
-            assert!(errs[0].contains(want), "{what}: {:?} lacks {want:?}", errs[0]);
+            assert!(
+                errs[0].contains(want),
+                "{what}: {:?} lacks {want:?}",
+                errs[0]
+            );
         }
         assert_eq!(s.len(), 2, "{what}: the good documents still load");
     }
@@ -134,7 +149,9 @@ fn route_kinds_are_kept_without_error() {
 #[test]
 fn last_good_version_stays_when_an_object_breaks() {
     let mut s = ObjectStore::new();
-    assert!(s.load_text("f.yaml", &format!("{POD}\n---\n{SVC}"), false).is_empty());
+    assert!(s
+        .load_text("f.yaml", &format!("{POD}\n---\n{SVC}"), false)
+        .is_empty());
     // The pod now has a typo; the service changed its cluster IP.
     let broken_pod = POD.replace("nodeName", "nodeNmae");
     let new_svc = SVC.replace("198.18.128.1", "198.18.128.2");
@@ -144,11 +161,17 @@ fn last_good_version_stays_when_an_object_breaks() {
     let Some(Object::Pod(pod)) = s.get(&key(Kind::Pod, "demo", "p1")) else {
         panic!("last good pod dropped")
     };
-    assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("node-a"));
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("node-a")
+    );
     let Some(Object::Service(svc)) = s.get(&key(Kind::Service, "demo", "s1")) else {
         panic!("service missing")
     };
-    assert_eq!(svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()), Some("198.18.128.2"));
+    assert_eq!(
+        svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+        Some("198.18.128.2")
+    );
     // A document so broken its key is unreadable keeps what sat at its position.
     let errs = s.load_text("f.yaml", &format!("{POD}\n---\nspec: [broken\n"), false);
     assert_eq!(errs.len(), 1);
@@ -156,9 +179,17 @@ fn last_good_version_stays_when_an_object_breaks() {
     // Fixed: the new version replaces the kept one.
     let errs = s.load_text("f.yaml", &POD.replace("node-a", "node-c"), false);
     assert!(errs.is_empty());
-    let Some(Object::Pod(pod)) = s.get(&key(Kind::Pod, "demo", "p1")) else { panic!() };
-    assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("node-c"));
-    assert!(s.get(&key(Kind::Service, "demo", "s1")).is_none(), "removed from the file");
+    let Some(Object::Pod(pod)) = s.get(&key(Kind::Pod, "demo", "p1")) else {
+        panic!()
+    };
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some("node-c")
+    );
+    assert!(
+        s.get(&key(Kind::Service, "demo", "s1")).is_none(),
+        "removed from the file"
+    );
 }
 
 #[test]
@@ -181,13 +212,23 @@ fn duplicates_across_files_first_by_name_wins_in_any_load_order() {
         let msgs = texts(&errs);
         assert_eq!(msgs.len(), 1, "{msgs:?}");
         assert!(msgs[0].contains("Pod demo/p1 is defined twice: in file a.yaml, document 1 and in file b.yaml, document 1"), "{}", msgs[0]);
-        let Some(Object::Pod(pod)) = s.get(&key(Kind::Pod, "demo", "p1")) else { panic!() };
-        assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("node-a"));
+        let Some(Object::Pod(pod)) = s.get(&key(Kind::Pod, "demo", "p1")) else {
+            panic!()
+        };
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some("node-a")
+        );
         // The winner's file deleted: the other definition takes over.
         assert!(s.remove_source("a.yaml"));
         assert!(s.duplicates().is_empty());
-        let Some(Object::Pod(pod)) = s.get(&key(Kind::Pod, "demo", "p1")) else { panic!() };
-        assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("node-b"));
+        let Some(Object::Pod(pod)) = s.get(&key(Kind::Pod, "demo", "p1")) else {
+            panic!()
+        };
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some("node-b")
+        );
     }
 }
 
@@ -199,5 +240,8 @@ fn json_sources_parse() {
     assert!(s.get(&key(Kind::Namespace, "", "demo")).is_some());
     let errs = s.load_text("ns.json", "{not json", true);
     assert_eq!(errs.len(), 1);
-    assert!(s.get(&key(Kind::Namespace, "", "demo")).is_some(), "last good kept");
+    assert!(
+        s.get(&key(Kind::Namespace, "", "demo")).is_some(),
+        "last good kept"
+    );
 }

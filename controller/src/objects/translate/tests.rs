@@ -4,8 +4,7 @@ use std::net::IpAddr;
 
 use trellis_api::config::{
     validate, Action, HealthStatus, LocalConfig, Match, Protocol, Scope, Service, StringMatch,
-    WaypointAddress,
-    Workload,
+    WaypointAddress, Workload,
 };
 
 use super::*;
@@ -38,15 +37,23 @@ pub(super) fn msgs(t: &Translation) -> Vec<String> {
 }
 
 pub(super) fn workload<'a>(cfg: &'a LocalConfig, name: &str) -> &'a Workload {
-    cfg.workloads.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("no workload {name}"))
+    cfg.workloads
+        .iter()
+        .find(|w| w.name == name)
+        .unwrap_or_else(|| panic!("no workload {name}"))
 }
 
 pub(super) fn service<'a>(cfg: &'a LocalConfig, name: &str) -> &'a Service {
-    cfg.services.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name}"))
+    cfg.services
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no service {name}"))
 }
 
 pub(super) fn ns(name: &str, labels: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n---\n")
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n---\n"
+    )
 }
 
 pub(super) fn pod(ns: &str, name: &str, ip: &str, labels: &str) -> String {
@@ -81,9 +88,16 @@ fn enrollment_by_namespace_and_pod_labels() {
     ];
     for (nsl, pl, istio, want) in cases {
         let yaml = format!("{}{}", ns("demo", nsl), pod("demo", "p", "198.18.0.1", pl));
-        let opts = TranslateOptions { istio_labels: istio, ..Default::default() };
+        let opts = TranslateOptions {
+            istio_labels: istio,
+            ..Default::default()
+        };
         let t = run_with(&yaml, &opts);
-        assert_eq!(workload(&t.config, "p").protocol, want, "ns {nsl:?} pod {pl:?} istio {istio}");
+        assert_eq!(
+            workload(&t.config, "p").protocol,
+            want,
+            "ns {nsl:?} pod {pl:?} istio {istio}"
+        );
     }
 }
 
@@ -137,22 +151,46 @@ status: {podIP: 198.18.0.6}
 fn pod_health_and_skips() {
     // (status yaml, extra spec, expected: None = skipped)
     let cases: &[(&str, &str, Option<HealthStatus>)] = &[
-        ("{phase: Running, podIP: 198.18.0.1}", "", Some(HealthStatus::Healthy)),
+        (
+            "{phase: Running, podIP: 198.18.0.1}",
+            "",
+            Some(HealthStatus::Healthy),
+        ),
         ("{podIP: 198.18.0.1}", "", Some(HealthStatus::Healthy)),
-        ("{phase: Pending, podIP: 198.18.0.1}", "", Some(HealthStatus::Unhealthy)),
-        ("{phase: Running, podIP: 198.18.0.1, conditions: [{type: Ready, status: \"True\"}]}", "", Some(HealthStatus::Healthy)),
-        ("{phase: Running, podIP: 198.18.0.1, conditions: [{type: Ready, status: \"False\"}]}", "", Some(HealthStatus::Unhealthy)),
+        (
+            "{phase: Pending, podIP: 198.18.0.1}",
+            "",
+            Some(HealthStatus::Unhealthy),
+        ),
+        (
+            "{phase: Running, podIP: 198.18.0.1, conditions: [{type: Ready, status: \"True\"}]}",
+            "",
+            Some(HealthStatus::Healthy),
+        ),
+        (
+            "{phase: Running, podIP: 198.18.0.1, conditions: [{type: Ready, status: \"False\"}]}",
+            "",
+            Some(HealthStatus::Unhealthy),
+        ),
         ("{phase: Succeeded, podIP: 198.18.0.1}", "", None),
         ("{phase: Failed, podIP: 198.18.0.1}", "", None),
         ("{phase: Running}", "", None),
-        ("{phase: Running, podIP: 198.18.0.1}", "hostNetwork: true, ", None),
+        (
+            "{phase: Running, podIP: 198.18.0.1}",
+            "hostNetwork: true, ",
+            None,
+        ),
     ];
     for (status, spec, want) in cases {
         let yaml = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: demo}}\nspec: {{{spec}containers: []}}\nstatus: {status}\n"
         );
         let t = run(&yaml);
-        assert!(t.errors.is_empty(), "{status}: skips are not errors: {:?}", msgs(&t));
+        assert!(
+            t.errors.is_empty(),
+            "{status}: skips are not errors: {:?}",
+            msgs(&t)
+        );
         let got = t.config.workloads.first().map(|w| w.status);
         assert_eq!(got, *want, "status {status} spec {spec}");
     }
@@ -166,7 +204,10 @@ fn workload_entry_becomes_a_workload() {
     let yaml = format!(
         "{}{}{}{}",
         ns("demo", "trellis.dev/dataplane-mode: ambient"),
-        we("vm", "{address: 198.18.3.3, serviceAccount: vm-sa, labels: {app: db}}"),
+        we(
+            "vm",
+            "{address: 198.18.3.3, serviceAccount: vm-sa, labels: {app: db}}"
+        ),
         we("dns", "{address: db.example.com}"),
         we("far", "{address: 198.18.3.4, network: other}"),
     );
@@ -181,8 +222,16 @@ fn workload_entry_becomes_a_workload() {
     assert_eq!(t.config.workloads.len(), 1);
     let m = msgs(&t);
     assert_eq!(m.len(), 2, "{m:?}");
-    assert!(m.iter().any(|e| e.contains("WorkloadEntry demo/dns") && e.contains("not an IP address")), "{m:?}");
-    assert!(m.iter().any(|e| e.contains("WorkloadEntry demo/far") && e.contains("network")), "{m:?}");
+    assert!(
+        m.iter()
+            .any(|e| e.contains("WorkloadEntry demo/dns") && e.contains("not an IP address")),
+        "{m:?}"
+    );
+    assert!(
+        m.iter()
+            .any(|e| e.contains("WorkloadEntry demo/far") && e.contains("network")),
+        "{m:?}"
+    );
 }
 
 #[test]
@@ -240,17 +289,34 @@ spec: {clusterIP: 198.18.128.1, ports: [{port: 80}]}
     assert_eq!(ports, vec![(80, 8080), (9000, 9001), (7000, 7000)]);
     assert_eq!(
         a.endpoints,
-        vec!["Kubernetes//Pod/demo/a-1", "Kubernetes//Pod/demo/a-2", "Kubernetes//WorkloadEntry/demo/vm"]
+        vec![
+            "Kubernetes//Pod/demo/a-1",
+            "Kubernetes//Pod/demo/a-2",
+            "Kubernetes//WorkloadEntry/demo/vm"
+        ]
     );
     let h = service(&t.config, "headless");
     assert!(h.vips.is_empty());
     assert_eq!(h.endpoints, vec!["Kubernetes//Pod/demo/b-1"]);
     assert!(service(&t.config, "noselector").endpoints.is_empty());
-    assert!(t.config.services.iter().all(|s| s.name != "ext" && s.name != "clash"));
+    assert!(t
+        .config
+        .services
+        .iter()
+        .all(|s| s.name != "ext" && s.name != "clash"));
     let m = msgs(&t);
     assert_eq!(m.len(), 2, "{m:?}");
-    assert!(m.iter().any(|e| e.contains("Service demo/a") && e.contains("targetPort") && e.contains("grpc")), "{m:?}");
-    assert!(m.iter().any(|e| e.contains("Service demo/clash") && e.contains("198.18.128.1")), "{m:?}");
+    assert!(
+        m.iter().any(|e| e.contains("Service demo/a")
+            && e.contains("targetPort")
+            && e.contains("grpc")),
+        "{m:?}"
+    );
+    assert!(
+        m.iter()
+            .any(|e| e.contains("Service demo/clash") && e.contains("198.18.128.1")),
+        "{m:?}"
+    );
 }
 
 const WAYPOINT: &str = r#"apiVersion: gateway.networking.k8s.io/v1
@@ -268,10 +334,25 @@ fn waypoints_are_found_and_used_by_labels() {
     let yaml = format!(
         "{}{WAYPOINT}{}{}{}{}{}{}",
         ns("demo", &format!("{amb}, trellis.dev/use-waypoint: wp")),
-        pod("demo", "wp-1", "198.18.9.1", "gateway.networking.k8s.io/gateway-name: wp"),
-        pod("demo", "wp-0", "198.18.9.0", "gateway.networking.k8s.io/gateway-name: wp"),
+        pod(
+            "demo",
+            "wp-1",
+            "198.18.9.1",
+            "gateway.networking.k8s.io/gateway-name: wp"
+        ),
+        pod(
+            "demo",
+            "wp-0",
+            "198.18.9.0",
+            "gateway.networking.k8s.io/gateway-name: wp"
+        ),
         pod("demo", "app", "198.18.0.1", "app: x"),
-        pod("demo", "optout", "198.18.0.2", "app: x, trellis.dev/use-waypoint: none"),
+        pod(
+            "demo",
+            "optout",
+            "198.18.0.2",
+            "app: x, trellis.dev/use-waypoint: none"
+        ),
         pod("demo", "typo", "198.18.0.3", "trellis.dev/use-waypoint: wq"),
         r#"apiVersion: v1
 kind: Service
@@ -285,32 +366,68 @@ spec: {clusterIP: 198.18.128.2, ports: [{port: 80}]}
 "#
     );
     let t = run(&yaml);
-    let wp = Some(WaypointAddress { address: ip("198.18.9.0"), hbone_mtls_port: 15008 });
+    let wp = Some(WaypointAddress {
+        address: ip("198.18.9.0"),
+        hbone_mtls_port: 15008,
+    });
     assert_eq!(t.config.waypoints.len(), 1);
-    assert_eq!((t.config.waypoints[0].namespace.as_str(), t.config.waypoints[0].name.as_str()), ("demo", "wp"));
+    assert_eq!(
+        (
+            t.config.waypoints[0].namespace.as_str(),
+            t.config.waypoints[0].name.as_str()
+        ),
+        ("demo", "wp")
+    );
     assert_eq!(workload(&t.config, "app").waypoint, wp, "namespace default");
     assert_eq!(workload(&t.config, "optout").waypoint, None, "pod opt-out");
-    assert_eq!(workload(&t.config, "wp-0").waypoint, None, "a waypoint never uses one");
-    assert_eq!(workload(&t.config, "typo").waypoint, None, "kept without waypoint");
+    assert_eq!(
+        workload(&t.config, "wp-0").waypoint,
+        None,
+        "a waypoint never uses one"
+    );
+    assert_eq!(
+        workload(&t.config, "typo").waypoint,
+        None,
+        "kept without waypoint"
+    );
     assert_eq!(service(&t.config, "s").waypoint, wp);
     assert_eq!(service(&t.config, "s-none").waypoint, None);
     let m = msgs(&t);
     assert_eq!(m.len(), 1, "{m:?}");
-    assert!(m[0].contains("Pod demo/typo") && m[0].contains("trellis.dev/use-waypoint=wq"), "{m:?}");
+    assert!(
+        m[0].contains("Pod demo/typo") && m[0].contains("trellis.dev/use-waypoint=wq"),
+        "{m:?}"
+    );
 }
 
 #[test]
 fn waypoint_class_and_labels_follow_istio_labels_option() {
     let yaml = format!(
         "{}{}{}",
-        ns("demo", "istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp"),
+        ns(
+            "demo",
+            "istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp"
+        ),
         WAYPOINT.replace("trellis-waypoint", "istio-waypoint"),
-        pod("demo", "wp-0", "198.18.9.0", "gateway.networking.k8s.io/gateway-name: wp")
-            + &pod("demo", "app", "198.18.0.1", ""),
+        pod(
+            "demo",
+            "wp-0",
+            "198.18.9.0",
+            "gateway.networking.k8s.io/gateway-name: wp"
+        ) + &pod("demo", "app", "198.18.0.1", ""),
     );
-    let on = run_with(&yaml, &TranslateOptions { istio_labels: true, ..Default::default() });
+    let on = run_with(
+        &yaml,
+        &TranslateOptions {
+            istio_labels: true,
+            ..Default::default()
+        },
+    );
     assert!(on.errors.is_empty(), "{:?}", msgs(&on));
-    assert_eq!(workload(&on.config, "app").waypoint.map(|w| w.address), Some(ip("198.18.9.0")));
+    assert_eq!(
+        workload(&on.config, "app").waypoint.map(|w| w.address),
+        Some(ip("198.18.9.0"))
+    );
     let off = run(&yaml);
     assert!(off.config.waypoints.is_empty());
     assert_eq!(workload(&off.config, "app").waypoint, None);
@@ -347,7 +464,10 @@ fn broken_objects_next_to_good_ones_and_duplicate_ips() {
     let names: Vec<&str> = t.config.workloads.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(names, vec!["good-1", "good-2"]);
     let m = msgs(&t);
-    assert!(m.len() == 1 && m[0].contains("Pod demo/same-ip") && m[0].contains("198.18.0.2"), "{m:?}");
+    assert!(
+        m.len() == 1 && m[0].contains("Pod demo/same-ip") && m[0].contains("198.18.0.2"),
+        "{m:?}"
+    );
 }
 
 #[test]
@@ -369,11 +489,15 @@ fn the_guard_drops_what_validation_refuses() {
     );
     let t = run(&yaml);
     assert_eq!(t.config.workloads.len(), 1);
-    assert!(msgs(&t).iter().any(|m| m.contains("workloads[0].namespace")), "{:?}", msgs(&t));
+    assert!(
+        msgs(&t)
+            .iter()
+            .any(|m| m.contains("workloads[0].namespace")),
+        "{:?}",
+        msgs(&t)
+    );
 }
 
 pub(super) fn sm(s: &str) -> StringMatch {
     s.parse().expect("string match")
 }
-
-pub(super) fn _unused(_: Action, _: Scope, _: Match) {}

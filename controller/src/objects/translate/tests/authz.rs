@@ -22,15 +22,40 @@ fn one(ns: &str, spec: &str) -> Translation {
 #[test]
 fn scope_follows_selector_and_namespace() {
     let cases = [
-        ("demo", "  action: ALLOW\n  rules: [{}]", Scope::Namespace, vec![]),
+        (
+            "demo",
+            "  action: ALLOW\n  rules: [{}]",
+            Scope::Namespace,
+            vec![],
+        ),
         ("istio-system", "  rules: [{}]", Scope::Global, vec![]),
-        ("demo", "  selector: {matchLabels: {app: server}}\n  rules: [{}]", Scope::WorkloadSelector, vec!["server"]),
+        (
+            "demo",
+            "  selector: {matchLabels: {app: server}}\n  rules: [{}]",
+            Scope::WorkloadSelector,
+            vec!["server"],
+        ),
         // A selector in the root namespace selects across namespaces.
-        ("istio-system", "  selector: {matchLabels: {app: client}}", Scope::WorkloadSelector, vec!["client"]),
+        (
+            "istio-system",
+            "  selector: {matchLabels: {app: client}}",
+            Scope::WorkloadSelector,
+            vec!["client"],
+        ),
         // An empty selector is no selector.
-        ("demo", "  selector: {matchLabels: {}}", Scope::Namespace, vec![]),
+        (
+            "demo",
+            "  selector: {matchLabels: {}}",
+            Scope::Namespace,
+            vec![],
+        ),
         // A selector in another namespace selects nothing here.
-        ("other", "  selector: {matchLabels: {app: server}}", Scope::WorkloadSelector, vec![]),
+        (
+            "other",
+            "  selector: {matchLabels: {app: server}}",
+            Scope::WorkloadSelector,
+            vec![],
+        ),
     ];
     for (ns, spec, scope, selected) in cases {
         let t = one(ns, spec);
@@ -57,7 +82,12 @@ fn groups(spec: &str) -> (Action, Vec<Group>) {
 }
 
 fn rules_of(sets: Vec<Vec<Match>>) -> Group {
-    Group { rules: sets.into_iter().map(|matches| trellis_api::config::Rules { matches }).collect() }
+    Group {
+        rules: sets
+            .into_iter()
+            .map(|matches| trellis_api::config::Rules { matches })
+            .collect(),
+    }
 }
 
 #[test]
@@ -144,15 +174,27 @@ fn l7_fields_fail_closed_at_l4() {
 #[test]
 fn an_unreadable_policy_is_left_out_with_its_field() {
     let cases = [
-        ("  rules: [{from: [{source: {ipBlocks: [not-an-ip]}}]}]", "spec.rules[0].from[0].source.ipBlocks"),
-        ("  rules: [{to: [{operation: {ports: [\"http\"]}}]}]", "spec.rules[0].to[0].operation.ports"),
-        ("  rules: [{from: [{source: {principals: [\"\"]}}]}]", "spec.rules[0].from[0].source.principals"),
+        (
+            "  rules: [{from: [{source: {ipBlocks: [not-an-ip]}}]}]",
+            "spec.rules[0].from[0].source.ipBlocks",
+        ),
+        (
+            "  rules: [{to: [{operation: {ports: [\"http\"]}}]}]",
+            "spec.rules[0].to[0].operation.ports",
+        ),
+        (
+            "  rules: [{from: [{source: {principals: [\"\"]}}]}]",
+            "spec.rules[0].from[0].source.principals",
+        ),
     ];
     for (spec, field) in cases {
         let t = one("demo", spec);
         assert!(t.config.policies.is_empty(), "{spec}");
         let m = msgs(&t);
-        assert!(m.len() == 1 && m[0].contains("AuthorizationPolicy demo/p") && m[0].contains(field), "{m:?}");
+        assert!(
+            m.len() == 1 && m[0].contains("AuthorizationPolicy demo/p") && m[0].contains(field),
+            "{m:?}"
+        );
     }
 }
 
@@ -160,7 +202,11 @@ fn an_unreadable_policy_is_left_out_with_its_field() {
 fn target_refs_become_waypoint_policies() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: demo}\nspec: {clusterIP: 198.18.128.1, selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}\n---\n";
     let spec = "  targetRefs: [{kind: Service, group: \"\", name: server}]\n  action: DENY\n  rules:\n  - from: [{source: {namespaces: [other]}}]\n    to: [{operation: {methods: [POST], paths: [\"/admin*\"], ports: [\"80\"]}}]\n    when: [{key: \"request.headers[x-token]\", notValues: [secret]}]";
-    let yaml = format!("{}{svc}{}", pod("demo", "server", "198.18.0.1", "app: server"), policy("demo", "p", spec));
+    let yaml = format!(
+        "{}{svc}{}",
+        pod("demo", "server", "198.18.0.1", "app: server"),
+        policy("demo", "p", spec)
+    );
     let t = run(&yaml);
     assert!(t.errors.is_empty(), "{:?}", msgs(&t));
     assert!(t.config.policies.is_empty(), "not an L4 policy");
@@ -169,7 +215,13 @@ fn target_refs_become_waypoint_policies() {
     assert_eq!(l7[0].action, L7Action::Deny);
     assert_eq!(
         l7[0].target_refs,
-        vec![ParentRef { kind: "Service".into(), group: None, name: "server".into(), namespace: None, port: None }]
+        vec![ParentRef {
+            kind: "Service".into(),
+            group: None,
+            name: "server".into(),
+            namespace: None,
+            port: None
+        }]
     );
     let r = &l7[0].rules[0];
     assert_eq!(r.from[0].source.namespaces, vec![sm("other")]);
