@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::ObjectError;
+use super::kinds::parse_text;
 use super::store::ObjectStore;
 
 /// Bounds per scan, against a folder that is not what the operator meant
@@ -35,7 +36,8 @@ pub struct ScanResult {
     /// A file was added, changed or removed since the last scan.
     pub changed: bool,
     /// Problems found in the files (re)read by this scan, and every
-    /// duplicate definition in the store.
+    /// duplicate definition in the store. [`ObjectStore::errors`] has all
+    /// current problems, including those of files not re-read.
     pub errors: Vec<ObjectError>,
 }
 
@@ -114,22 +116,29 @@ impl ManifestsDir {
             match text {
                 Ok(text) => {
                     let json = path.extension().is_some_and(|e| e == "json");
-                    result.errors.extend(store.load_text(&source, &text, json));
+                    let docs = parse_text(&source, &text, json);
+                    result.errors.extend(store.replace_docs(&source, docs));
                 }
-                Err(message) => result.errors.push(ObjectError::Malformed {
-                    doc: super::DocRef {
-                        source: source.clone(),
-                        index: 0,
-                    },
-                    message: format!("cannot read the file: {message}"),
-                }),
+                Err(message) => {
+                    let error = ObjectError::Malformed {
+                        doc: super::DocRef {
+                            source: source.clone(),
+                            index: 0,
+                        },
+                        message: format!("cannot read the file: {message}"),
+                    };
+                    store.source_failed(&source, error.clone());
+                    result.errors.push(error);
+                }
             }
             self.seen.insert(path, hash);
             result.changed = true;
         }
-        // Duplicates can come from files not re-read this time; report them
+        // Duplicates can involve files not re-read this time; report them
         // once per scan that changed something, not once per file.
-        result.errors.dedup();
+        if result.changed {
+            result.errors.extend(store.duplicates().iter().cloned());
+        }
         Ok(result)
     }
 

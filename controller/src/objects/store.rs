@@ -21,6 +21,9 @@ pub struct ObjectStore {
     view: BTreeMap<ObjectKey, (DocRef, Object)>,
     /// Duplicate definitions found by the last rebuild.
     duplicates: Vec<ObjectError>,
+    /// The rejected documents of each source's last load, so the current
+    /// problems can be shown at any time, not only when a file changes.
+    rejected: BTreeMap<String, Vec<ObjectError>>,
 }
 
 impl ObjectStore {
@@ -38,6 +41,14 @@ impl ObjectStore {
     /// Replaces the documents of `source`. Rejected documents keep the last
     /// good version of their object from this source.
     pub fn replace_source(&mut self, source: &str, docs: Vec<DocResult>) -> Vec<ObjectError> {
+        let mut errors = self.replace_docs(source, docs);
+        errors.extend(self.duplicates.iter().cloned());
+        errors
+    }
+
+    /// [`Self::replace_source`] without the duplicates: for callers that
+    /// load several sources and report the duplicates once.
+    pub(crate) fn replace_docs(&mut self, source: &str, docs: Vec<DocResult>) -> Vec<ObjectError> {
         let old = self.sources.remove(source).unwrap_or_default();
         let mut new: BTreeMap<usize, (ObjectKey, Object)> = BTreeMap::new();
         let mut errors = Vec::new();
@@ -63,14 +74,33 @@ impl ObjectStore {
         if !new.is_empty() {
             self.sources.insert(source.to_string(), new);
         }
+        if errors.is_empty() {
+            self.rejected.remove(source);
+        } else {
+            self.rejected.insert(source.to_string(), errors.clone());
+        }
         self.rebuild();
-        errors.extend(self.duplicates.iter().cloned());
         errors
+    }
+
+    /// Records a problem with a whole source (it could not be read); its
+    /// objects stay as they were.
+    pub(crate) fn source_failed(&mut self, source: &str, error: ObjectError) {
+        self.rejected.insert(source.to_string(), vec![error]);
+    }
+
+    /// Every current problem: rejected documents of every source, in source
+    /// order, then duplicate definitions.
+    pub fn errors(&self) -> Vec<ObjectError> {
+        let mut out: Vec<ObjectError> = self.rejected.values().flatten().cloned().collect();
+        out.extend(self.duplicates.iter().cloned());
+        out
     }
 
     /// Forgets a source (its file was deleted). Returns whether it was known.
     pub fn remove_source(&mut self, source: &str) -> bool {
-        let known = self.sources.remove(source).is_some();
+        let had_errors = self.rejected.remove(source).is_some();
+        let known = self.sources.remove(source).is_some() || had_errors;
         self.rebuild();
         known
     }

@@ -100,6 +100,28 @@ fn changes_deletions_and_broken_edits() {
 }
 
 #[test]
+fn duplicates_are_reported_once_per_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["a.yaml", "b.yaml", "c.yaml"] {
+        std::fs::write(dir.path().join(f), SA).expect("write");
+    }
+    let mut store = ObjectStore::new();
+    let r = ManifestsDir::new(dir.path())
+        .scan(&mut store)
+        .expect("scan");
+    let msgs: Vec<String> = r.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        msgs[0].contains("in file a.yaml, document 1 and in file b.yaml"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].contains("in file a.yaml, document 1 and in file c.yaml"),
+        "{msgs:?}"
+    );
+}
+
+#[test]
 fn a_missing_folder_is_an_error_naming_it() {
     let mut store = ObjectStore::new();
     let mut src = ManifestsDir::new("/nonexistent/trellis-manifests");

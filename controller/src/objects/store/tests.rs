@@ -245,3 +245,34 @@ fn json_sources_parse() {
         "last good kept"
     );
 }
+
+#[test]
+fn current_errors_stay_until_the_source_is_fixed_or_removed() {
+    let mut s = ObjectStore::new();
+    s.load_text("a.yaml", &POD.replace("nodeName", "nodeNmae"), false);
+    s.load_text("b.yaml", SVC, false);
+    s.load_text("c.yaml", SVC, false);
+    let now = texts(&s.errors());
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now[0].contains("file a.yaml, document 1") && now[0].contains("nodeNmae"));
+    assert!(now[1].contains("defined twice: in file b.yaml"));
+    s.load_text("a.yaml", POD, false);
+    assert!(s.remove_source("c.yaml"));
+    assert!(s.errors().is_empty());
+}
+
+#[test]
+fn endpoint_slices_are_parsed_and_checked() {
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s1-abc, namespace: demo}\naddressType: IPv4\nendpoints: [{addresses: [198.18.0.1], conditions: {ready: true}}]\nports: [{port: 8080}]\n";
+    let mut s = ObjectStore::new();
+    assert!(s.load_text("e.yaml", slice, false).is_empty());
+    assert!(matches!(
+        s.get(&key(Kind::EndpointSlice, "demo", "s1-abc")),
+        Some(Object::EndpointSlice(_))
+    ));
+    let errs = texts(&s.load_text("e.yaml", &slice.replace("ready", "raedy"), false));
+    assert!(
+        errs.len() == 1 && errs[0].contains("endpoints[0].conditions.raedy"),
+        "{errs:?}"
+    );
+}

@@ -9,6 +9,33 @@ use trellis_api::config::{validate, ConfigError, LocalConfig};
 
 use crate::objects::error::ObjectError;
 
+/// The config sections whose items can be dropped, as the validator names them.
+const SECTIONS: [&str; 4] = [
+    "workloads[",
+    "services[",
+    "policies[",
+    "authorizationPolicies[",
+];
+
+/// Which object an item came from, for the operator.
+fn item(cfg: &LocalConfig, section: usize, idx: usize) -> Option<(&'static str, String)> {
+    match section {
+        0 => cfg.workloads.get(idx).map(|w| ("workload", w.uid.clone())),
+        1 => cfg
+            .services
+            .get(idx)
+            .map(|s| ("Service", format!("{}/{}", s.namespace, s.name))),
+        2 => cfg
+            .policies
+            .get(idx)
+            .map(|p| ("AuthorizationPolicy", p.key())),
+        _ => cfg
+            .authorization_policies
+            .get(idx)
+            .map(|p| ("AuthorizationPolicy", format!("{}/{}", p.namespace, p.name))),
+    }
+}
+
 /// Dropping an item can break a reference to it, hence a few rounds.
 const MAX_ROUNDS: usize = 4;
 
@@ -21,28 +48,24 @@ pub(crate) fn valid(mut cfg: LocalConfig, errors: &mut Vec<ObjectError>) -> Loca
         };
         let mut drop: [BTreeSet<usize>; 4] = Default::default();
         for p in &problems {
-            errors.push(ObjectError::Translate {
-                kind: "config".into(),
-                name: "translation".into(),
-                message: format!("{p}; that item is left out"),
-            });
-            for (i, section) in [
-                "workloads[",
-                "services[",
-                "policies[",
-                "authorizationPolicies[",
-            ]
-            .iter()
-            .enumerate()
-            {
+            let mut what = ("config", "translation".to_string());
+            for (i, section) in SECTIONS.iter().enumerate() {
                 if let Some(idx) = p
                     .strip_prefix(section)
                     .and_then(|r| r.split(']').next())
-                    .and_then(|n| n.parse().ok())
+                    .and_then(|n| n.parse::<usize>().ok())
                 {
+                    if let Some(named) = item(&cfg, i, idx) {
+                        what = named;
+                    }
                     drop[i].insert(idx);
                 }
             }
+            errors.push(ObjectError::Translate {
+                kind: what.0.into(),
+                name: what.1,
+                message: format!("{p}; it is left out of the config"),
+            });
         }
         if drop.iter().all(BTreeSet::is_empty) {
             // Not tied to an item: keep only the L4 part, which the steps

@@ -492,7 +492,8 @@ fn the_guard_drops_what_validation_refuses() {
     assert!(
         msgs(&t)
             .iter()
-            .any(|m| m.contains("workloads[0].namespace")),
+            .any(|m| m.contains("workload Kubernetes//Pod/bad@ns/p")
+                && m.contains("workloads[0].namespace")),
         "{:?}",
         msgs(&t)
     );
