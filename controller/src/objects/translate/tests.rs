@@ -502,3 +502,16 @@ fn the_guard_drops_what_validation_refuses() {
 pub(super) fn sm(s: &str) -> StringMatch {
     s.parse().expect("string match")
 }
+
+#[test]
+fn a_named_target_port_pods_disagree_on_takes_the_first_pod_by_name() {
+    let yaml = format!(
+        "{}{}{}",
+        pod("demo", "b", "198.18.0.2", "app: a").replace("8080", "9090"),
+        pod("demo", "a", "198.18.0.1", "app: a"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: demo}\nspec: {clusterIP: 198.18.128.1, selector: {app: a}, ports: [{port: 80, targetPort: http}]}\n",
+    );
+    let t = run(&yaml);
+    assert!(t.errors.is_empty(), "{:?}", msgs(&t));
+    assert_eq!(service(&t.config, "s").ports[0].target_port, 8080);
+}
