@@ -346,3 +346,37 @@ async fn state_of_the_world_is_unimplemented() -> anyhow::Result<()> {
     assert!(status.message().contains("DeltaAggregatedResources"));
     Ok(())
 }
+
+#[tokio::test]
+async fn unknown_types_are_ignored_and_a_request_without_type_ends_the_stream() -> anyhow::Result<()>
+{
+    let server = start(snapshot(&[("a1", "node-a", "v1")])).await?;
+    let unknown = DeltaDiscoveryRequest {
+        type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+        resource_names_subscribe: vec!["*".into()],
+        ..Default::default()
+    };
+    let mut delta = open(
+        channel(server.addr, server.ca.clone()).await?,
+        Some("node-a"),
+        unknown,
+    )
+    .await?;
+    delta.tx.send(wildcard()).await?;
+    let first = delta.next().await?;
+    assert_eq!(first.type_url, ADDRESS, "the unknown type got no response");
+    assert_eq!(names(&first), ["a1"]);
+
+    delta.tx.send(DeltaDiscoveryRequest::default()).await?;
+    let status = match delta.next().await {
+        Ok(r) => panic!("a request without type_url was answered: {r:?}"),
+        Err(e) => e.downcast::<tonic::Status>()?,
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("type_url"),
+        "{}",
+        status.message()
+    );
+    Ok(())
+}

@@ -207,8 +207,8 @@ impl Stream {
             }
         }
 
-        let response = reconcile(&self.caller, &type_url, state, snap, &fresh);
-        if let Some(mut response) = response.filter(|r| first || !is_empty(r)) {
+        let mut response = reconcile(&self.caller, &type_url, state, snap, &fresh);
+        if first || !is_empty(&response) {
             let nonce = self.nonce();
             finish(&mut response, &type_url, snap, &nonce);
             if let Some(state) = self.types.get_mut(&type_url) {
@@ -227,11 +227,7 @@ impl Stream {
             let Some(state) = self.types.get_mut(&type_url) else {
                 continue;
             };
-            let Some(mut response) =
-                reconcile(&self.caller, &type_url, state, snap, &BTreeSet::new())
-            else {
-                continue;
-            };
+            let mut response = reconcile(&self.caller, &type_url, state, snap, &BTreeSet::new());
             if is_empty(&response) {
                 continue;
             }
@@ -312,7 +308,7 @@ fn reconcile(
     state: &mut TypeState,
     snap: &Snapshot,
     fresh: &BTreeSet<String>,
-) -> Option<DeltaDiscoveryResponse> {
+) -> DeltaDiscoveryResponse {
     let table = snap.table(type_url);
     let wanted = wanted(caller, type_url, state, snap);
     let fresh_canonical: BTreeSet<&str> = fresh
@@ -363,7 +359,7 @@ fn reconcile(
             state.missing_sent.insert(asked.clone());
         }
     }
-    Some(response)
+    response
 }
 
 #[cfg(test)]

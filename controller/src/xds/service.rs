@@ -196,7 +196,13 @@ impl StreamTask {
                         Ok(Some(req)) => req,
                         Ok(None) => return,
                         Err(status) => {
-                            debug!(error = %status, "xds stream ended by the client");
+                            // A broken frame or message ends the stream with a
+                            // reason; a client that went away reads nothing.
+                            debug!(error = %status, "xds stream ended by a transport or decode error");
+                            let _ = self.tx.send(Err(Status::invalid_argument(format!(
+                                "xds: cannot read the request stream: {}",
+                                status.message()
+                            )))).await;
                             return;
                         }
                     };

@@ -14,7 +14,7 @@ fn workload(uid: &str, node: &str, ip: [u8; 4], image: &str) -> prost_types::Any
         uid: uid.into(),
         name: uid.into(),
         namespace: "default".into(),
-        addresses: vec![ip.to_vec().into()],
+        addresses: vec![ip.to_vec()],
         node: node.into(),
         canonical_revision: image.into(),
         ..Default::default()
@@ -281,7 +281,8 @@ fn node_proxy_gets_another_nodes_workload_by_name_and_alias() {
     );
 
     // (subscribe, sent, aliases on the sent resource, removed)
-    let cases: &[(&str, &[&str], &[&str], &[&str])] = &[
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case] = &[
         ("b1", &["b1"], &[], &[]),
         ("net/10.0.0.1", &["a1"], &["net/10.0.0.1"], &[]),
         ("net/10.9.9.9", &[], &[], &["net/10.9.9.9"]),
