@@ -16,5 +16,5 @@
 pub mod auth;
 pub mod ca;
 pub mod objects;
-pub mod xds;
 pub mod serve;
+pub mod xds;
