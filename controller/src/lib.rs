@@ -11,8 +11,10 @@
 //! - [`objects`]: Kubernetes objects, the manifests folder, and their
 //!   translation into the config model.
 //! - [`xds`]: the delta ADS server.
+//! - [`serve`]: the TLS gRPC port (handshake, then tonic).
 
 pub mod auth;
 pub mod ca;
 pub mod objects;
+pub mod serve;
 pub mod xds;
