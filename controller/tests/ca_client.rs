@@ -66,12 +66,13 @@ async fn controller(max_validity: Duration) -> Controller {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let svc = CaService::new(ca.clone(), auth, mesh_rx, max_validity).into_server();
-    let incoming = ca::tls_incoming(listener, tls);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming),
-    );
+    let router = tonic::transport::Server::builder().add_service(svc);
+    tokio::spawn(trellis_controller::serve::serve(
+        listener,
+        tls,
+        router,
+        std::future::pending(),
+    ));
     Controller {
         addr,
         root_pem: ca.roots_pem(),

@@ -192,6 +192,8 @@ fn from_pod<'a>(key: &'a ObjectKey, pod: &'a Pod, opts: &TranslateOptions) -> Op
             protocol: Protocol::Tcp,
             status: pod_health(pod),
             authorization_policies: Vec::new(),
+            // Membership is filled in on the services; xDS moves it here.
+            services: Vec::new(),
             canonical_name: first_label(
                 labels,
                 &[
@@ -266,6 +268,8 @@ fn from_entry<'a>(
             protocol: Protocol::Tcp,
             status: HealthStatus::Healthy,
             authorization_policies: Vec::new(),
+            // Membership is filled in on the services; xDS moves it here.
+            services: Vec::new(),
             canonical_name: first_label(
                 labels,
                 &[
