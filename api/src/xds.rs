@@ -88,6 +88,10 @@ pub struct XdsObject {
     pub node: Option<String>,
     /// Other names that find it on demand: `<network>/<ip>` for each address.
     pub aliases: Vec<String>,
+    /// Names of the same type sent along when this one is asked for by name:
+    /// a service's endpoint workloads (by uid), so that an on-demand lookup
+    /// of a VIP gives a proxy something to route to.
+    pub members: Vec<String>,
     pub resource: Any,
 }
 
@@ -120,6 +124,7 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
             + cfg.grpc_routes.len()
             + cfg.waypoints.len(),
     );
+    let mut service_members: ahash::AHashMap<String, Vec<String>> = ahash::AHashMap::new();
     for w in &cfg.workloads {
         let mut services: Vec<&Service> =
             member_of.get(w.uid.as_str()).cloned().unwrap_or_default();
@@ -129,6 +134,12 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
                     services.push(s);
                 }
             }
+        }
+        for s in &services {
+            service_members
+                .entry(format!("{}/{}", s.namespace, s.hostname))
+                .or_default()
+                .push(w.uid.clone());
         }
         out.push(XdsObject {
             type_url: ADDRESS_TYPE,
@@ -142,6 +153,7 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
             resource: pack_address(wpb::address::Type::Workload(workload_to_pb(
                 w, &services, network,
             ))),
+            members: Vec::new(),
         });
     }
     for s in &cfg.services {
@@ -151,6 +163,9 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
             node: None,
             aliases: s.vips.iter().map(|ip| ip_alias(network, *ip)).collect(),
             resource: pack_address(wpb::address::Type::Service(service_to_pb(s, network))),
+            members: service_members
+                .remove(&format!("{}/{}", s.namespace, s.hostname))
+                .unwrap_or_default(),
         });
     }
     for p in &cfg.policies {
@@ -159,6 +174,7 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
             name: p.key(),
             node: None,
             aliases: Vec::new(),
+            members: Vec::new(),
             resource: pack(AUTHORIZATION_TYPE, &authorization_to_pb(p)),
         });
     }
@@ -177,6 +193,7 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
                 name,
                 node: None,
                 aliases: Vec::new(),
+                members: Vec::new(),
                 resource: pack(CONFIG_OBJECT_TYPE, &obj),
             });
         }

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, Router, TcpConnectInfo};
 use tracing::{info, warn};
 
@@ -42,6 +43,22 @@ pub enum ServeError {
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: TcpConnectInfo,
+    /// Fires when the drain deadline passes: tonic runs each connection in
+    /// a task of its own that outlives the server future, so the connection
+    /// itself must fail its I/O for long-lived streams (xDS) to end.
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl TlsConn {
+    fn check_closed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.closed.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "controller shutting down",
+            ))),
+            Poll::Pending => Poll::Ready(Ok(())),
+        }
+    }
 }
 
 impl Connected for TlsConn {
@@ -59,6 +76,9 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Poll::Ready(Err(e)) = self.check_closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -69,6 +89,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Err(e)) = self.check_closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -120,10 +143,14 @@ pub async fn serve(
     };
     let local = listener.local_addr().ok();
     let (tx, mut rx) = mpsc::channel::<io::Result<TlsConn>>(MAX_HANDSHAKES);
+    let closed = CancellationToken::new();
+    // Whichever way serve returns, every connection it accepted ends.
+    let _close_all = closed.clone().drop_guard();
     let _accept = AbortOnDrop(tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(tls),
         tx,
+        closed.clone(),
     )));
     let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
 
@@ -154,6 +181,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<io::Result<TlsConn>>,
+    closed: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -174,23 +202,33 @@ async fn accept_loop(
         }
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let closed = closed.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(conn) = handshake(&acceptor, tcp, peer).await {
+            if let Some(conn) = handshake(&acceptor, tcp, peer, closed).await {
                 let _ = tx.send(Ok(conn)).await;
             }
         });
     }
 }
 
-async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Option<TlsConn> {
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    closed: CancellationToken,
+) -> Option<TlsConn> {
     let _ = tcp.set_nodelay(true);
     let info = TcpConnectInfo {
         local_addr: tcp.local_addr().ok(),
         remote_addr: Some(peer),
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(inner)) => Some(TlsConn { inner, info }),
+        Ok(Ok(inner)) => Some(TlsConn {
+            inner,
+            info,
+            closed: Box::pin(closed.cancelled_owned()),
+        }),
         Ok(Err(e)) => {
             info!(peer.addr = %peer, error = %e, "tls handshake failed; is the client speaking TLS and trusting the mesh CA?");
             None

@@ -121,10 +121,16 @@ pub fn prometheus(body: String) -> AdminResponse {
     r
 }
 
-/// Readiness: 200 until draining, then 503 so load balancers stop sending.
-pub fn readiness(draining: bool) -> AdminResponse {
+/// Ready unless draining, and only once the config source has delivered
+/// its first whole view (a proxy without its workloads would misroute).
+pub fn readiness(draining: bool, synced: bool) -> AdminResponse {
     if draining {
         text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !synced {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first config from the controller\n",
+        )
     } else {
         text(StatusCode::OK, "ready\n")
     }

@@ -32,6 +32,9 @@ pub trait Issuer: Send + Sync {
     fn issue(&self, id: &Identity, validity: Duration) -> Result<WorkloadCert, IssueError>;
     /// The roots a peer's certificate must chain to.
     fn trust_bundle(&self) -> TrustBundle;
+    /// Starts getting certificates for `ids` before a connection needs
+    /// them. An issuer that signs on the spot has nothing to do.
+    fn prefetch(&self, _ids: &[Identity]) {}
 }
 
 /// Why an issuer gave no certificate.
@@ -120,6 +123,11 @@ impl CertManager {
 
     pub fn trust_bundle(&self) -> &TrustBundle {
         &self.bundle
+    }
+
+    /// Asks the issuer for `ids` ahead of need (a node's local workloads).
+    pub fn prefetch(&self, ids: &[Identity]) {
+        self.issuer.prefetch(ids);
     }
 
     fn with_issued<T>(

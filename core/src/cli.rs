@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use trellis_api::config::Dur;
 
+use crate::certs::ca_client::CaClientConfig;
 use crate::logging::{self, LogControl, LogFormat};
-use crate::source::SourceSpec;
+use crate::source::{SourceSpec, XdsSpec};
+use crate::startup::{CertSource, LoadError};
 
 /// A duration flag: `250ms`, `10s`, `2m`, `1h`, `1m30s`, or a bare number of
 /// seconds (`3`, `0.5`).
@@ -28,12 +30,21 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 /// Flags every proxy binary has, flattened into each one's settings.
 #[derive(Clone, Debug, clap::Args)]
 pub struct CommonFlags {
-    /// Local config file (workloads, services, policies, routes); watched for changes.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Directory holding the dev CA (root-cert.pem, root-key.pem) that issues certificates.
-    #[arg(long)]
-    pub ca_dir: PathBuf,
+    /// Local config file (workloads, services, policies, routes); watched for
+    /// changes. Or get config from the controller with --xds-address.
+    #[arg(
+        long,
+        required_unless_present = "xds_address",
+        conflicts_with = "xds_address"
+    )]
+    pub config: Option<PathBuf>,
+    /// Directory holding a dev CA (root-cert.pem, root-key.pem) that issues
+    /// certificates in process. Or get certificates from the controller with
+    /// --ca-address (or --xds-address).
+    #[arg(long, required_unless_present_any = ["ca_address", "xds_address"])]
+    pub ca_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub control: ControlFlags,
     /// Admin API (config_dump, logging, quitquitquit); keep it on localhost.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -64,8 +75,9 @@ impl CommonFlags {
     pub fn loopback(config: PathBuf, ca_dir: PathBuf) -> CommonFlags {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         CommonFlags {
-            config,
-            ca_dir,
+            config: Some(config),
+            ca_dir: Some(ca_dir),
+            control: ControlFlags::default(),
             admin_addr: any_port,
             metrics_addr: any_port,
             readiness_addr: any_port,
@@ -76,11 +88,44 @@ impl CommonFlags {
         }
     }
 
-    /// Where the proxy's config comes from.
-    pub fn source(&self) -> SourceSpec {
-        SourceSpec::File {
-            path: self.config.clone(),
-            poll: self.config_poll,
+    /// Where the proxy's config comes from: the file, or the controller
+    /// (subscribing to `types`, as `node_id`). Reads the root and token files.
+    pub fn source(&self, types: &[&'static str], node_id: &str) -> Result<SourceSpec, LoadError> {
+        match (&self.config, &self.control.xds_address) {
+            (Some(path), _) => Ok(SourceSpec::File {
+                path: path.clone(),
+                poll: self.config_poll,
+            }),
+            (None, Some(address)) => Ok(SourceSpec::Xds(XdsSpec {
+                address: address.clone(),
+                server_name: self.control.control_plane_name.clone(),
+                root_pem: self.control.root_pem()?,
+                token: self.control.token()?,
+                node_id: node_id.to_owned(),
+                types: types.to_vec(),
+            })),
+            (None, None) => Err(LoadError::NoSource),
+        }
+    }
+
+    /// Where certificates come from: the controller's CA when an address
+    /// is given (and no --ca-dir), else the dev CA in --ca-dir.
+    pub fn cert_source(&self) -> Result<CertSource, LoadError> {
+        let remote = self
+            .control
+            .ca_address
+            .as_ref()
+            .or(self.control.xds_address.as_ref());
+        match (&self.ca_dir, remote) {
+            (Some(dir), _) => Ok(CertSource::DevCa(dir.clone())),
+            (None, Some(address)) => Ok(CertSource::Remote(CaClientConfig {
+                address: address.clone(),
+                server_name: self.control.control_plane_name.clone(),
+                root_pem: self.control.root_pem()?,
+                token: self.control.token()?,
+                impersonate: false,
+            })),
+            (None, None) => Err(LoadError::NoCa),
         }
     }
 
@@ -92,7 +137,69 @@ impl CommonFlags {
                 self.admin_addr
             ));
         }
+        let remote = self.control.xds_address.is_some() || self.control.ca_address.is_some();
+        if remote && self.control.root.is_none() {
+            errs.push("--control-plane-root is required with --xds-address or --ca-address: the proxy must verify the controller".into());
+        }
+        if remote && self.control.token_file.is_none() {
+            errs.push("--token-file is required with --xds-address or --ca-address: the controller authenticates proxies by token".into());
+        }
     }
+}
+
+/// How a proxy reaches the controller (the names of Istio's ztunnel
+/// environment variables work too).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ControlFlags {
+    /// The controller's xDS address, host:port (its TLS gRPC port, 15012).
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub xds_address: Option<String>,
+    /// The controller's CA address, host:port; defaults to --xds-address.
+    #[arg(long, env = "CA_ADDRESS")]
+    pub ca_address: Option<String>,
+    /// PEM file with the mesh root(s) the controller's certificate chains to.
+    #[arg(long = "control-plane-root", env = "XDS_ROOT_CA")]
+    pub root: Option<PathBuf>,
+    /// The name the controller's certificate is checked against.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    pub control_plane_name: String,
+    /// File holding the bearer token sent to the controller.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The network this proxy's pods are on: on-demand lookups ask for
+    /// `<network>/<ip>`.
+    #[arg(long, env = "NETWORK", default_value = "")]
+    pub network: String,
+}
+
+impl ControlFlags {
+    fn root_pem(&self) -> Result<String, LoadError> {
+        let path = self
+            .root
+            .as_ref()
+            .ok_or(LoadError::Missing("--control-plane-root"))?;
+        read("control plane root", path)
+    }
+
+    fn token(&self) -> Result<String, LoadError> {
+        let path = self
+            .token_file
+            .as_ref()
+            .ok_or(LoadError::Missing("--token-file"))?;
+        let token = read("token file", path)?.trim().to_owned();
+        if token.is_empty() {
+            return Err(LoadError::EmptyToken(path.display().to_string()));
+        }
+        Ok(token)
+    }
+}
+
+fn read(what: &'static str, path: &std::path::Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The body of a proxy's `main`: installs logging, starts the proxy with
@@ -165,7 +272,7 @@ mod tests {
         assert_eq!(c.admin_addr, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(
-            c.source(),
+            c.source(&[], "n").expect("file source"),
             SourceSpec::File {
                 path: "mesh.yaml".into(),
                 poll: Duration::from_secs(1)

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod authz;
 pub mod certs;
 pub mod cli;
+pub mod control;
 pub mod drain;
 pub mod identity;
 pub mod listen;

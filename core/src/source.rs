@@ -19,12 +19,17 @@ use trellis_api::Update;
 use crate::state::{ProxyState, StateStore};
 
 pub mod file;
+pub mod xds;
+
+pub use xds::{OnDemand, XdsSpec};
 
 /// Which source a proxy runs, as its flags say.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceSpec {
     /// A local YAML file, polled every `poll`.
     File { path: PathBuf, poll: Duration },
+    /// The controller, over delta xDS.
+    Xds(XdsSpec),
 }
 
 /// Why a proxy could not get its first config.
@@ -38,10 +43,26 @@ pub enum SourceError {
     },
 }
 
-/// The state a proxy starts with. A file must load and validate, or the
-/// proxy does not start: there is no last good config yet to keep.
+/// The store a proxy starts with. A file must load and validate, or the
+/// proxy does not start: there is no last good config yet to keep. From
+/// xDS the store starts empty and not synced (the proxy is not ready)
+/// until the controller's first answer per type is applied.
+pub fn initial_store(spec: &SourceSpec) -> Result<StateStore, SourceError> {
+    match spec {
+        SourceSpec::Xds(_) => {
+            let empty = ProxyState::new(Default::default()).expect("an empty config is valid");
+            Ok(StateStore::unsynced(empty))
+        }
+        _ => initial_state(spec).map(StateStore::new),
+    }
+}
+
+/// The state a file source starts with (see [`initial_store`]).
 pub fn initial_state(spec: &SourceSpec) -> Result<ProxyState, SourceError> {
     match spec {
+        SourceSpec::Xds(_) => {
+            Ok(ProxyState::new(Default::default()).expect("an empty config is valid"))
+        }
         SourceSpec::File { path, .. } => {
             let err = |source| SourceError::File {
                 path: path.display().to_string(),
@@ -62,15 +83,21 @@ pub trait Source: Send + 'static {
 
 /// Starts the source `spec` names, feeding `store`. Call from inside a tokio
 /// runtime (the proxies use their admin thread's).
+/// `on_demand` is the handle the data path asks through (xDS only).
 pub fn spawn(
     spec: &SourceSpec,
     store: Arc<StateStore>,
     metrics: Option<Arc<ConfigMetrics>>,
+    on_demand: Option<OnDemand>,
 ) -> tokio::task::JoinHandle<()> {
     let source: Box<dyn Source> = match spec {
         SourceSpec::File { path, poll } => Box::new(file::FileSource {
             path: path.clone(),
             interval: *poll,
+        }),
+        SourceSpec::Xds(spec) => Box::new(xds::XdsSource {
+            spec: spec.clone(),
+            on_demand,
         }),
     };
     tokio::spawn(source.run(UpdateSink { store, metrics }))

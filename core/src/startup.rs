@@ -1,7 +1,12 @@
-//! The dev CA a proxy loads at start; its errors name the directory to fix.
-//! (The first config comes from `source::initial_state`.)
+//! What a proxy loads at start besides its config: where certificates
+//! come from (a dev CA directory, or the controller's CA) and the files its
+//! flags name. Errors name the file or flag to fix.
+//! (The first config comes from `source::initial_store`.)
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::certs::ca_client::{CaClientConfig, CaClientError, CaIssuer};
+use crate::certs::CertManager;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -11,6 +16,49 @@ pub enum LoadError {
         #[source]
         source: Box<hbone::CaError>,
     },
+    #[error("{what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token file {0} is empty")]
+    EmptyToken(String),
+    #[error("{0} is required to reach the controller")]
+    Missing(&'static str),
+    #[error("no config source: pass --config or --xds-address")]
+    NoSource,
+    #[error("no certificate source: pass --ca-dir, or --ca-address / --xds-address")]
+    NoCa,
+    #[error("ca client: {0}")]
+    CaClient(#[from] CaClientError),
+}
+
+/// Where a proxy's workload certificates come from.
+#[derive(Clone, Debug)]
+pub enum CertSource {
+    /// A dev CA held in process (tests, the demo without a controller).
+    DevCa(PathBuf),
+    /// The controller's CA, over CreateCertificate.
+    Remote(CaClientConfig),
+}
+
+/// The certificate manager for `source`. Node proxies ask on their pods'
+/// behalf (`impersonate`); a waypoint asks for itself.
+pub fn cert_manager(
+    source: CertSource,
+    impersonate: bool,
+    extra_roots: Option<hbone::TrustBundle>,
+) -> Result<CertManager, LoadError> {
+    match source {
+        CertSource::DevCa(dir) => Ok(CertManager::dev(load_ca(&dir)?, extra_roots)),
+        CertSource::Remote(mut config) => {
+            config.impersonate = impersonate;
+            let issuer = CaIssuer::start(config)?;
+            Ok(CertManager::new(Box::new(issuer), extra_roots))
+        }
+    }
 }
 
 /// Loads the dev CA that issues workload certificates.

@@ -2,6 +2,7 @@
 //! update path ([`StateStore::apply`]) that every config source uses.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ahash::{AHashMap, AHashSet};
@@ -252,6 +253,9 @@ pub struct StateStore {
     /// Serialises updates so two writers cannot both claim the next version.
     update: Mutex<()>,
     versions: watch::Sender<u64>,
+    /// Whether the source has delivered its first whole view (always, for a
+    /// file; after the first answer per type, for xDS). Readiness waits on it.
+    synced: AtomicBool,
 }
 
 impl StateStore {
@@ -261,7 +265,24 @@ impl StateStore {
             current: ArcSwap::from_pointee(state),
             update: Mutex::new(()),
             versions,
+            synced: AtomicBool::new(true),
         }
+    }
+
+    /// A store whose source has not delivered yet: not ready until
+    /// [`StateStore::mark_synced`].
+    pub fn unsynced(state: ProxyState) -> StateStore {
+        let store = StateStore::new(state);
+        store.synced.store(false, Ordering::Relaxed);
+        store
+    }
+
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// The current snapshot. Cheap; drop it before awaiting (arc-swap guards

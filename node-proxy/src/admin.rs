@@ -57,7 +57,7 @@ async fn route(which: Server, ctx: &AdminCtx, req: Request<Incoming>) -> Respons
             admin::prometheus(ctx.proxy.metrics.encode_text())
         }
         (Server::Readiness, Method::GET, "/healthz/ready") => {
-            admin::readiness(ctx.proxy.drain.is_draining())
+            admin::readiness(ctx.proxy.drain.is_draining(), ctx.proxy.state.is_synced())
         }
         (Server::Admin, Method::GET, "/config_dump") => json(StatusCode::OK, &config_dump(ctx)),
         (Server::Admin, Method::GET, "/logging") | (Server::Admin, Method::POST, "/logging") => {

@@ -15,16 +15,15 @@ use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, Bind
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
 use trellis_core::metrics::{AccessLogFormat, Metrics};
-use trellis_core::source::{self, SourceError};
-use trellis_core::startup::{load_ca, LoadError};
-use trellis_core::state::StateStore;
+use trellis_core::source::{self, OnDemand, SourceError, SourceSpec};
+use trellis_core::startup::{self, LoadError};
 
 use crate::admin::{self, AdminCtx, Server};
-use crate::certs::CertManager;
 use crate::context::{ListenerKind, ProxyCtx};
 use crate::pods::Pods;
 use crate::settings::{parse_pod_arg, LogFormat, Mode, Settings};
 use crate::worker;
+use trellis_core::WorkloadIdentity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -82,9 +81,12 @@ impl ProxyHandle {
 /// Starts a proxy. `log` lets /logging change the process's filter.
 pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle, StartError> {
     settings.validate().map_err(StartError::Settings)?;
-    let state = source::initial_state(&settings.common.source())?;
-    let store = Arc::new(StateStore::new(state));
-    let ca = load_ca(&settings.common.ca_dir)?;
+    let spec = settings
+        .common
+        .source(&XDS_TYPES, &format!("trellis~{}", settings.node))?;
+    let store = Arc::new(source::initial_store(&spec)?);
+    let on_demand = matches!(spec, SourceSpec::Xds(_)).then(OnDemand::default);
+    let cert_source = settings.common.cert_source()?;
     let extra = match &settings.trust_bundle {
         Some(p) => {
             let pem = std::fs::read_to_string(p).map_err(|e| StartError::TrustBundle {
@@ -114,11 +116,12 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     let proxy = Arc::new(ProxyCtx {
         state: store.clone(),
         metrics: metrics.clone(),
-        certs: Arc::new(CertManager::dev(ca, extra)),
+        certs: Arc::new(startup::cert_manager(cert_source, true, extra)?),
         drain: watcher,
         shutdown: CancellationToken::new(),
         h2: hbone::H2Settings::default(),
         transparent_ok: AtomicBool::new(true),
+        on_demand: on_demand.clone(),
         settings,
     });
     let s = &proxy.settings;
@@ -187,7 +190,17 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
         .name("trellis-admin".into())
         .spawn({
             let stop = stop.clone();
-            move || run_admin(admin, pods, trigger, stop, [admin_l, metrics_l, ready_l])
+            move || {
+                let source = (spec, on_demand);
+                run_admin(
+                    admin,
+                    pods,
+                    source,
+                    trigger,
+                    stop,
+                    [admin_l, metrics_l, ready_l],
+                )
+            }
         })
         .map_err(StartError::Thread)?;
     info!(node = %proxy.settings.node, mode = ?proxy.settings.mode, workers, ?addrs, "node proxy started");
@@ -198,9 +211,37 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     })
 }
 
+/// The config types a node proxy subscribes to by wildcard: its node's
+/// workloads and every authorization policy; other destinations on demand.
+const XDS_TYPES: [&str; 2] = [
+    trellis_api::xds::ADDRESS_TYPE,
+    trellis_api::xds::AUTHORIZATION_TYPE,
+];
+
+/// Keeps certificates for this node's workloads on their way before a
+/// connection needs them (a no-op with a dev CA): a remote CA answers in
+/// its own time, and the data path never waits on it.
+async fn prefetch_local_certs(proxy: Arc<ProxyCtx>) {
+    let mut versions = proxy.state.subscribe();
+    loop {
+        let ids: Vec<_> = proxy
+            .state
+            .load()
+            .workloads_on_node(&proxy.settings.node)
+            .iter()
+            .map(|w| w.identity())
+            .collect();
+        proxy.certs.prefetch(&ids);
+        if versions.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn run_admin(
     ctx: Arc<AdminCtx>,
     pods: Arc<Pods>,
+    (spec, on_demand): (SourceSpec, Option<OnDemand>),
     trigger: drain::DrainTrigger,
     stop: CancellationToken,
     listeners: [std::net::TcpListener; 3],
@@ -219,10 +260,12 @@ fn run_admin(
     let outcome = rt.block_on(async {
         let proxy = &ctx.proxy;
         source::spawn(
-            &proxy.settings.common.source(),
+            &spec,
             proxy.state.clone(),
             Some(proxy.metrics.config_metrics()),
+            on_demand,
         );
+        tokio::spawn(prefetch_local_certs(proxy.clone()));
         let servers = listeners
             .into_iter()
             .zip([Server::Admin, Server::Metrics, Server::Readiness])

@@ -27,6 +27,9 @@ pub struct ProxyCtx {
     /// Cleared after the first failed transparent connect, so a kernel or
     /// namespace that refuses IP_TRANSPARENT costs one failed attempt, not one per connection.
     pub transparent_ok: AtomicBool,
+    /// Set when config comes from the controller: the data path asks it for
+    /// destinations the state does not hold yet.
+    pub on_demand: Option<trellis_core::source::OnDemand>,
 }
 
 impl ProxyCtx {

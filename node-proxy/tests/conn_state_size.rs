@@ -44,6 +44,7 @@ async fn connection_futures_stay_small() {
         shutdown: CancellationToken::new(),
         h2: hbone::H2Settings::default(),
         transparent_ok: AtomicBool::new(true),
+        on_demand: Some(trellis_core::source::OnDemand::default()),
     });
     let ctx = Arc::new(WorkerCtx::new(proxy, 0));
     let scope = Arc::new(Scope {

@@ -49,7 +49,7 @@ fn route(which: Server, ctx: &AdminCtx, req: Request<Incoming>) -> AdminResponse
             admin::prometheus(app.metrics.encode_text())
         }
         (Server::Readiness, &Method::GET, "/healthz/ready") => {
-            admin::readiness(app.drain.is_draining())
+            admin::readiness(app.drain.is_draining(), app.store.is_synced())
         }
         (Server::Admin, &Method::GET, "/config_dump") => json(StatusCode::OK, &config_dump(app)),
         (Server::Admin, &Method::GET | &Method::POST, "/logging") => {

@@ -20,12 +20,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, BindError, Running};
-use trellis_core::certs::CertManager;
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
-use trellis_core::source::{self, SourceError};
-use trellis_core::startup::{load_ca, LoadError};
-use trellis_core::state::StateStore;
+use trellis_core::source::{self, SourceError, SourceSpec};
+use trellis_core::startup::{self, CertSource, LoadError};
 
 use crate::admin::{self, AdminCtx, Server};
 use crate::metrics::WaypointMetrics;
@@ -86,8 +84,10 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
             .map_err(|e| StartError::Settings(vec![e]))?;
         (ns.to_string(), n.to_string())
     };
-    let state = source::initial_state(&settings.common.source())?;
-    let store = Arc::new(StateStore::new(state));
+    let spec = settings
+        .common
+        .source(&XDS_TYPES, &format!("trellis~waypoint~{namespace}/{name}"))?;
+    let store = Arc::new(source::initial_store(&spec)?);
     if !store
         .snapshot()
         .config()
@@ -97,8 +97,9 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
     {
         info!(waypoint = %settings.name, "no `waypoints` entry for this waypoint; no total rate limit");
     }
-    let ca = load_ca(&settings.common.ca_dir)?;
-    let certs = Arc::new(CertManager::dev(ca, None));
+    let cert_source = settings.common.cert_source()?;
+    let dev_ca = matches!(cert_source, CertSource::DevCa(_));
+    let certs = Arc::new(startup::cert_manager(cert_source, false, None)?);
     let metrics = WaypointMetrics::new(settings.access_log);
     let (trigger, watcher) = drain::new();
     let snapshot = Arc::new(Snapshot::new(&store, &namespace, &name));
@@ -137,9 +138,14 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
         })
     };
     let app = new_app();
-    // Issue the certificate now, so a CA problem shows at start, not on the first connection.
-    if let Err(e) = app.certs.server_config(&app.identity) {
-        return Err(StartError::Settings(vec![e.to_string()]));
+    // Issue the certificate now, so a CA problem shows at start, not on the
+    // first connection. A remote CA answers in its own time: ask now, and
+    // the client retries (and logs) until it does.
+    app.certs.prefetch(std::slice::from_ref(&app.identity));
+    if dev_ca {
+        if let Err(e) = app.certs.server_config(&app.identity) {
+            return Err(StartError::Settings(vec![e.to_string()]));
+        }
     }
     let data = hbone_ls
         .into_iter()
@@ -166,7 +172,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
         .spawn({
             let stop = stop.clone();
             move || {
-                let outcome = run_admin(ctx, trigger, stop, [admin_l, metrics_l, ready_l]);
+                let outcome = run_admin(ctx, spec, trigger, stop, [admin_l, metrics_l, ready_l]);
                 for worker in data {
                     let _ = worker.join();
                 }
@@ -180,6 +186,10 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
         running: Running::new(stop, thread),
     })
 }
+
+/// A waypoint subscribes to everything it serves: addresses, policies, and
+/// its L7 config (routes, L7 policies, settings) as Trellis config objects.
+const XDS_TYPES: [&str; 3] = trellis_api::xds::TYPES;
 
 /// One data-path worker: accepts HBONE on its own listener until drain, then
 /// lets its in-flight requests finish (the admin thread enforces the deadline).
@@ -209,6 +219,7 @@ fn run_worker(app: Arc<App>, index: usize, listener: std::net::TcpListener) {
 
 fn run_admin(
     ctx: Arc<AdminCtx>,
+    spec: SourceSpec,
     trigger: drain::DrainTrigger,
     stop: CancellationToken,
     listeners: [std::net::TcpListener; 3],
@@ -226,9 +237,10 @@ fn run_admin(
     rt.block_on(async {
         let app = &ctx.app;
         source::spawn(
-            &app.settings.common.source(),
+            &spec,
             app.store.clone(),
             Some(app.metrics.core.config_metrics()),
+            None,
         );
         tokio::spawn(app.snapshot.clone().follow(app.store.clone()));
         let servers = listeners

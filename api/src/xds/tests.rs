@@ -101,7 +101,17 @@ fn workloads_carry_node_and_aliases_services_only_aliases() {
             .expect("service sent");
         assert_eq!(o.node, None);
         assert_eq!(o.aliases.len(), s.vips.len());
+        // Members: the service's endpoints, whichever side lists them.
+        let mut want: Vec<&str> = members(&cfg, s).iter().map(|w| w.uid.as_str()).collect();
+        let mut got: Vec<&str> = o.members.iter().map(String::as_str).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{name}");
     }
+    assert!(
+        objects.iter().any(|o| !o.members.is_empty()),
+        "the example has a service with endpoints"
+    );
     assert_eq!(
         ip_alias("", "::ffff:10.0.0.1".parse::<IpAddr>().expect("ip")),
         "/10.0.0.1",

@@ -9,6 +9,8 @@
 //! - Wildcard scope depends on the caller: a node proxy gets the Addresses
 //!   on its own node and every Authorization (nothing of ConfigObject); a
 //!   waypoint gets everything of the three types. Anything else only by name.
+//! - A name asked for explicitly brings its members (a service, its
+//!   endpoint workloads), as istiod answers an on-demand service lookup.
 //! - A name may be an alias (e.g. `network/ip`). Like istiod, the resource is
 //!   sent under its canonical name, with the aliases the client asked for in
 //!   `Resource.aliases`, and the alias is never listed in `removed_resources`:
@@ -293,6 +295,14 @@ fn wanted<'s>(
                 .or_insert((entry, Vec::new()));
             if asked != canonical {
                 slot.1.push(asked.clone());
+            }
+            // A service asked for by name brings its endpoints: the client
+            // cannot route to a VIP without them, and does not know their
+            // names to ask. They stay while the service is subscribed.
+            for member in &entry.members {
+                if let Some((m, e)) = table.resolve(member) {
+                    wanted.entry(m.to_string()).or_insert((e, Vec::new()));
+                }
             }
         }
     }

@@ -31,6 +31,9 @@ pub struct Entry {
     pub node: Option<String>,
     /// Other names that resolve to this resource on demand (e.g. `network/ip`).
     pub aliases: Vec<String>,
+    /// Canonical names of the same type sent along when this resource is
+    /// asked for by name (a service's endpoint workloads).
+    pub members: Vec<String>,
 }
 
 /// The resources of one type URL.
@@ -115,6 +118,8 @@ pub enum SnapshotError {
     },
     #[error("xds snapshot: a {type_url} resource has an empty name")]
     EmptyName { type_url: String },
+    #[error("xds snapshot: members set on {type_url} resource {name:?}, which was not added")]
+    NoSuchEntry { type_url: String, name: String },
 }
 
 /// Collects resources, then [`SnapshotBuilder::build`]s a [`Snapshot`].
@@ -190,8 +195,45 @@ impl SnapshotBuilder {
                 resource: any,
                 node,
                 aliases,
+                members: Vec::new(),
             }),
         );
+        Ok(self)
+    }
+
+    /// Sets what is sent along with `name` when a client asks for it by
+    /// name (see [`Entry::members`]). `name` must have been added.
+    pub fn members(
+        &mut self,
+        type_url: &str,
+        name: &str,
+        members: Vec<String>,
+    ) -> Result<&mut Self, SnapshotError> {
+        let entry = self
+            .tables
+            .get_mut(type_url)
+            .and_then(|t| t.entries.get_mut(name))
+            .ok_or_else(|| SnapshotError::NoSuchEntry {
+                type_url: type_url.to_string(),
+                name: name.to_string(),
+            })?;
+        Arc::make_mut(entry).members = members;
+        Ok(self)
+    }
+
+    /// Adds every object `trellis_api::xds::encode_config` produced.
+    pub fn add_all(
+        &mut self,
+        objects: Vec<trellis_api::xds::XdsObject>,
+    ) -> Result<&mut Self, SnapshotError> {
+        for o in objects {
+            let members = o.members;
+            let name = o.name.clone();
+            self.add(o.type_url, o.name, o.node, o.aliases, o.resource)?;
+            if !members.is_empty() {
+                self.members(o.type_url, &name, members)?;
+            }
+        }
         Ok(self)
     }
 

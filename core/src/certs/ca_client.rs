@@ -9,18 +9,13 @@
 //! exponential backoff. Every request uses a new key pair.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use hbone::{Identity, TrustBundle, WorkloadCert};
-use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use trellis_api::pb::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use trellis_api::pb::istio::v1::auth::IstioCertificateRequest;
 
@@ -66,12 +61,8 @@ impl std::fmt::Debug for CaClientConfig {
 pub enum CaClientError {
     #[error("ca root pem: {0}; pass the mesh's root-cert.pem")]
     Roots(#[source] hbone::TlsError),
-    #[error("ca server name {0:?} is not a valid dns name or ip")]
-    ServerName(String),
-    #[error("ca address {address:?} is not host:port: {detail}")]
-    Address { address: String, detail: String },
-    #[error("tls configuration rejected: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error("ca client: {0}")]
+    Channel(#[from] crate::control::ChannelError),
     #[error("cannot start the ca client thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -117,7 +108,7 @@ impl CaIssuer {
         // The channel spawns its connection task onto the runtime it is made in.
         let channel = {
             let _in_runtime = runtime.enter();
-            channel(&config, &bundle)?
+            crate::control::channel(&config.address, &config.server_name, &bundle)?
         };
         let slots: Slots = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -138,14 +129,6 @@ impl CaIssuer {
             requests: tx,
             bundle,
         })
-    }
-
-    /// Requests certificates for `ids` ahead of need (the proxy's local
-    /// workloads); identities already held or awaited are left alone.
-    pub fn prefetch(&self, ids: &[Identity]) {
-        for id in ids {
-            self.request(id, DEFAULT_VALIDITY);
-        }
     }
 
     /// Queues a fetch loop for `id` unless one runs already.
@@ -178,6 +161,14 @@ impl Issuer for CaIssuer {
 
     fn trust_bundle(&self) -> TrustBundle {
         self.bundle.clone()
+    }
+
+    /// Requests certificates for `ids` ahead of need (the proxy's local
+    /// workloads); identities already held or awaited are left alone.
+    fn prefetch(&self, ids: &[Identity]) {
+        for id in ids {
+            self.request(id, DEFAULT_VALIDITY);
+        }
     }
 }
 
@@ -257,10 +248,9 @@ impl Client {
             validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
             metadata,
         });
-        let bearer = format!("Bearer {}", self.token).parse().map_err(|_| {
-            tonic::Status::invalid_argument("the token has characters not allowed in a header")
-        })?;
-        request.metadata_mut().insert("authorization", bearer);
+        request
+            .metadata_mut()
+            .insert("authorization", crate::control::bearer(&self.token)?);
         let response = IstioCertificateServiceClient::new(self.channel.clone())
             .create_certificate(request)
             .await?
@@ -273,65 +263,6 @@ impl Client {
             });
         }
         Ok(cert)
-    }
-}
-
-/// A lazy HTTP/2 channel over TLS (ALPN h2) to the CA, trusting the mesh roots.
-fn channel(config: &CaClientConfig, bundle: &TrustBundle) -> Result<Channel, CaClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for root in bundle.roots() {
-        roots.add(root.clone())?;
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(hbone::tls::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let server_name = rustls::pki_types::ServerName::try_from(config.server_name.clone())
-        .map_err(|_| CaClientError::ServerName(config.server_name.clone()))?;
-    let endpoint = Endpoint::from_shared(format!("http://{}", config.address)).map_err(|e| {
-        CaClientError::Address {
-            address: config.address.clone(),
-            detail: e.to_string(),
-        }
-    })?;
-    let connector = TlsConnector {
-        address: config.address.clone(),
-        server_name,
-        tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-    };
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(10))
-        .connect_with_connector_lazy(connector))
-}
-
-/// Dials the CA's address and does the TLS handshake; tonic speaks h2 on top.
-#[derive(Clone)]
-struct TlsConnector {
-    address: String,
-    server_name: rustls::pki_types::ServerName<'static>,
-    tls: tokio_rustls::TlsConnector,
-}
-
-type TlsIo = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-
-impl tonic::codegen::Service<Uri> for TlsConnector {
-    type Response = TlsIo;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let tcp = TcpStream::connect(&this.address).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = this.tls.connect(this.server_name, tcp).await?;
-            Ok(TokioIo::new(tls))
-        })
     }
 }
 

@@ -170,6 +170,24 @@ pub fn decide(
     }
 }
 
+/// What the state lacks to route to `orig_dst`: the destination address
+/// itself when it is neither a service VIP nor a workload, or the waypoint's
+/// address when the destination has a waypoint no workload owns. With
+/// on-demand config the caller fetches it and decides again; otherwise (or
+/// if the controller does not know it either) [`decide`] says what to do.
+pub fn missing(state: &ProxyState, orig_dst: SocketAddr) -> Option<IpAddr> {
+    let waypoint = match state.service_by_vip(orig_dst.ip()) {
+        Some(svc) => svc.waypoint.as_ref(),
+        None => match state.workload_by_ip(orig_dst.ip()) {
+            Some(wl) => wl.waypoint.as_ref(),
+            None => return Some(orig_dst.ip()),
+        },
+    };
+    waypoint
+        .map(|wp| wp.address)
+        .filter(|&ip| state.workload_by_ip(ip).is_none())
+}
+
 /// The tunnel to waypoint `wp` for `orig_dst`, or None if no workload owns
 /// the waypoint's address (then there is no identity to expect from it).
 fn to_waypoint(

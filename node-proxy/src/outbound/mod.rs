@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
 
-use crate::context::{Scope, WorkerCtx};
+use crate::context::{ProxyCtx, Scope, WorkerCtx};
 use crate::upstream;
 use decide::Route;
 use trellis_core::WorkloadIdentity;
@@ -41,6 +41,31 @@ pub enum OutboundError {
     },
     #[error("connection loops back into the proxy ({0}); refusing it")]
     Loop(SocketAddr),
+}
+
+/// Asks the controller for what routing to `orig_dst` lacks: the
+/// destination, then its waypoint (at most two lookups). A lookup that
+/// times out or finds nothing leaves the decision to `decide` (passthrough
+/// for an unknown address, an error for an unknown waypoint).
+async fn fetch_missing(
+    proxy: &ProxyCtx,
+    on_demand: &trellis_core::source::OnDemand,
+    orig_dst: SocketAddr,
+) {
+    for _ in 0..2 {
+        let Some(ip) = decide::missing(&proxy.state.load(), orig_dst) else {
+            return;
+        };
+        let name = trellis_api::xds::ip_alias(&proxy.settings.common.control.network, ip);
+        debug!(%name, "destination not held; asking the controller");
+        if !on_demand.fetch(name).await {
+            return;
+        }
+        if decide::missing(&proxy.state.load(), orig_dst) == Some(ip) {
+            // Answered, and the controller does not know it either.
+            return;
+        }
+    }
 }
 
 /// Serves one captured outbound connection.
@@ -76,6 +101,9 @@ async fn proxy(
             dst
         }
     };
+    if let Some(on_demand) = &proxy.on_demand {
+        fetch_missing(proxy, on_demand, orig_dst).await;
+    }
     // Take what we need from the snapshot and let it go before any await.
     let (src_wl, route) = {
         let state = proxy.state.load();

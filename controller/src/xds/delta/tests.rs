@@ -543,3 +543,69 @@ fn snapshot_versions_are_content_hashes() {
         Err(SnapshotError::TypeMismatch { .. })
     ));
 }
+
+#[test]
+fn a_service_asked_by_name_brings_its_endpoints_while_subscribed() {
+    let with_members = |workloads: &[(&str, &str, [u8; 4], &str)], members: &[&str]| {
+        let mut b = Snapshot::builder();
+        for (uid, node, ip, rev) in workloads {
+            b.add(
+                ADDRESS,
+                *uid,
+                Some(node.to_string()),
+                vec![],
+                workload(uid, node, *ip, rev),
+            )
+            .unwrap();
+        }
+        b.add(
+            ADDRESS,
+            "default/web.default.svc",
+            None,
+            vec!["net/10.96.0.1".into()],
+            service("web"),
+        )
+        .unwrap();
+        b.members(
+            ADDRESS,
+            "default/web.default.svc",
+            members.iter().map(|m| m.to_string()).collect(),
+        )
+        .unwrap();
+        b.build()
+    };
+    let s = with_members(&[A1, B1], &["b1", "gone"]);
+    let mut st = Stream::new(node("node-c"), "t");
+    st.on_request(&s, req(ADDRESS, &["*"], &["*"])).unwrap();
+
+    // Asked by VIP: the service (with the alias) and its endpoint b1; a
+    // member that does not exist is skipped, not reported.
+    let out = st
+        .on_request(&s, req(ADDRESS, &["net/10.96.0.1"], &[]))
+        .unwrap();
+    let (mut sent, removed) = names(one(&out));
+    sent.sort();
+    assert_eq!(
+        (sent, removed),
+        (vec!["b1", "default/web.default.svc"], vec![])
+    );
+
+    // An endpoint moves from b1 to a1: a1 is sent and b1 removed.
+    let s2 = with_members(&[A1, B1], &["a1"]);
+    let out = st.on_snapshot(&s2);
+    assert_eq!(names(one(&out)), (vec!["a1"], vec!["b1"]));
+
+    // Unsubscribing the service drops the endpoints from tracking too:
+    // a later change of a1 is not sent.
+    st.on_request(&s2, req(ADDRESS, &[], &["net/10.96.0.1"]))
+        .unwrap();
+    let s3 = with_members(&[("a1", "node-a", [10, 0, 0, 1], "v2"), B1], &["a1"]);
+    assert!(st.on_snapshot(&s3).responses.is_empty());
+
+    // Members can only be set on something added.
+    let mut b = Snapshot::builder();
+    assert!(matches!(
+        b.members(ADDRESS, "nope", vec![]),
+        Err(SnapshotError::NoSuchEntry { .. })
+    ));
+}

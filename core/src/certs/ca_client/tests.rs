@@ -53,7 +53,9 @@ fn start_checks_its_config() {
     bad_name.server_name = "not a name".into();
     assert!(matches!(
         CaIssuer::start(bad_name),
-        Err(CaClientError::ServerName(_))
+        Err(CaClientError::Channel(
+            crate::control::ChannelError::ServerName(_)
+        ))
     ));
 }
 

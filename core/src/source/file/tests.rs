@@ -81,7 +81,7 @@ async fn valid_edit_applies_broken_edit_is_refused_and_fix_applies() {
     let store = store_from(&path);
     let metrics = Arc::new(ConfigMetrics::new(&Registry::new()));
     let mut rx = store.subscribe();
-    let task = source::spawn(&spec(&path), store.clone(), Some(metrics.clone()));
+    let task = source::spawn(&spec(&path), store.clone(), Some(metrics.clone()), None);
 
     fs::write(&path, config("server-v2")).expect("write");
     wait_version(&mut rx, 2).await;
@@ -112,7 +112,7 @@ async fn same_length_edit_with_the_same_mtime_is_seen() {
         .expect("mtime");
     let store = store_from(&path);
     let mut rx = store.subscribe();
-    let task = source::spawn(&spec(&path), store.clone(), None);
+    let task = source::spawn(&spec(&path), store.clone(), None, None);
 
     let f = fs::OpenOptions::new()
         .write(true)
@@ -145,7 +145,7 @@ async fn configmap_style_symlink_swap_is_seen() {
     let path = d.join("mesh.yaml");
     let store = store_from(&path);
     let mut rx = store.subscribe();
-    let task = source::spawn(&spec(&path), store.clone(), None);
+    let task = source::spawn(&spec(&path), store.clone(), None, None);
 
     fs::create_dir(d.join("..v2")).expect("mkdir");
     fs::write(d.join("..v2/mesh.yaml"), config("server-v2")).expect("write");

@@ -462,3 +462,63 @@ fn unknown_waypoint_errors_name_owner_and_address() {
         }
     }
 }
+
+#[test]
+fn missing_names_what_on_demand_must_fetch() {
+    let mut cfg = config::parse(CONFIG).expect("test config parses");
+    // A service whose waypoint is not (yet) held: valid in a partial view.
+    cfg.services.push(config::Service {
+        name: "far".into(),
+        namespace: "demo".into(),
+        hostname: "far.demo.svc.cluster.local".into(),
+        vips: vec!["198.19.100.9".parse().unwrap()],
+        ports: vec![config::ServicePort {
+            port: 80,
+            target_port: 80,
+        }],
+        endpoints: vec![],
+        waypoint: Some(config::WaypointAddress {
+            address: "198.18.9.9".parse().unwrap(),
+            hbone_mtls_port: 15008,
+        }),
+    });
+    config::validate_partial(&cfg).expect("valid as a partial view");
+    let st = {
+        let store = trellis_core::state::StateStore::new(
+            ProxyState::new(Default::default()).expect("empty"),
+        );
+        store
+            .apply(trellis_api::Update::Delta {
+                upserts: cfg
+                    .workloads
+                    .iter()
+                    .cloned()
+                    .map(trellis_api::Resource::Workload)
+                    .chain(
+                        cfg.services
+                            .iter()
+                            .cloned()
+                            .map(trellis_api::Resource::Service),
+                    )
+                    .collect(),
+                removals: vec![],
+            })
+            .expect("delta applies");
+        store.snapshot()
+    };
+    let cases = [
+        ("198.19.100.1:80", None),               // known service
+        ("198.18.2.2:8080", None),               // known workload
+        ("198.19.100.4:80", None),               // service with a known waypoint
+        ("198.18.2.5:8080", None),               // workload with a known waypoint
+        ("198.18.7.7:80", Some("198.18.7.7")),   // unknown address
+        ("198.19.100.9:80", Some("198.18.9.9")), // waypoint not held
+    ];
+    for (dst, want) in cases {
+        assert_eq!(
+            missing(&st, sa(dst)),
+            want.map(|w| w.parse::<IpAddr>().unwrap()),
+            "{dst}"
+        );
+    }
+}
