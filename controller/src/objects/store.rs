@@ -8,7 +8,7 @@
 //! good version of the same object (same key, or same document position if
 //! not even the key was readable) stays.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::{DocRef, ObjectError};
 use super::kinds::{parse_text, DocResult, Kind, Object, ObjectKey};
@@ -19,7 +19,14 @@ pub struct ObjectStore {
     sources: BTreeMap<String, BTreeMap<usize, (ObjectKey, Object)>>,
     /// The resolved view: each key once, with the document that defined it.
     view: BTreeMap<ObjectKey, (DocRef, Object)>,
-    /// Duplicate definitions found by the last rebuild.
+    /// Every definition of each key, in precedence order (source name,
+    /// then document index): the first is the view's; the others are
+    /// duplicates. Kept so a change re-resolves only the keys it touches:
+    /// with one source per object (the Kubernetes watch) a full rebuild per
+    /// change would make a cluster's initial list quadratic.
+    defs: BTreeMap<ObjectKey, BTreeSet<(String, usize)>>,
+    /// Duplicate definitions per key, and all of them flattened.
+    dup_map: BTreeMap<ObjectKey, Vec<ObjectError>>,
     duplicates: Vec<ObjectError>,
     /// The rejected documents of each source's last load, so the current
     /// problems can be shown at any time, not only when a file changes.
@@ -50,6 +57,7 @@ impl ObjectStore {
     /// load several sources and report the duplicates once.
     pub(crate) fn replace_docs(&mut self, source: &str, docs: Vec<DocResult>) -> Vec<ObjectError> {
         let old = self.sources.remove(source).unwrap_or_default();
+        let mut touched = self.forget_defs(source, &old);
         let mut new: BTreeMap<usize, (ObjectKey, Object)> = BTreeMap::new();
         let mut errors = Vec::new();
         for doc in docs {
@@ -71,6 +79,13 @@ impl ObjectStore {
                 }
             }
         }
+        for (index, (key, _)) in &new {
+            self.defs
+                .entry(key.clone())
+                .or_default()
+                .insert((source.to_string(), *index));
+            touched.insert(key.clone());
+        }
         if !new.is_empty() {
             self.sources.insert(source.to_string(), new);
         }
@@ -79,7 +94,7 @@ impl ObjectStore {
         } else {
             self.rejected.insert(source.to_string(), errors.clone());
         }
-        self.rebuild();
+        self.refresh(touched);
         errors
     }
 
@@ -100,32 +115,79 @@ impl ObjectStore {
     /// Forgets a source (its file was deleted). Returns whether it was known.
     pub fn remove_source(&mut self, source: &str) -> bool {
         let had_errors = self.rejected.remove(source).is_some();
-        let known = self.sources.remove(source).is_some() || had_errors;
-        self.rebuild();
+        let old = self.sources.remove(source);
+        let known = old.is_some() || had_errors;
+        if let Some(old) = old {
+            let touched = self.forget_defs(source, &old);
+            self.refresh(touched);
+        }
         known
     }
 
-    fn rebuild(&mut self) {
-        self.view.clear();
-        self.duplicates.clear();
-        for (source, docs) in &self.sources {
-            for (index, (key, object)) in docs {
+    /// Drops `source`'s definitions from `defs`; returns the keys touched.
+    fn forget_defs(
+        &mut self,
+        source: &str,
+        docs: &BTreeMap<usize, (ObjectKey, Object)>,
+    ) -> BTreeSet<ObjectKey> {
+        let mut touched = BTreeSet::new();
+        for (index, (key, _)) in docs {
+            if let Some(set) = self.defs.get_mut(key) {
+                set.remove(&(source.to_string(), *index));
+                if set.is_empty() {
+                    self.defs.remove(key);
+                }
+            }
+            touched.insert(key.clone());
+        }
+        touched
+    }
+
+    /// Re-resolves `touched` keys: the first definition (by source name,
+    /// then document index) is the view's, whatever order sources were
+    /// loaded in; the others are reported as duplicates.
+    fn refresh(&mut self, touched: BTreeSet<ObjectKey>) {
+        let dups_before = !self.dup_map.is_empty();
+        for key in touched {
+            self.view.remove(&key);
+            self.dup_map.remove(&key);
+            let Some(defs) = self.defs.get(&key) else {
+                continue;
+            };
+            let mut first: Option<DocRef> = None;
+            for (source, index) in defs {
                 let doc = DocRef {
                     source: source.clone(),
                     index: *index,
                 };
-                match self.view.get(key) {
-                    Some((first, _)) => self.duplicates.push(ObjectError::Duplicate {
-                        kind: key.kind.name().into(),
-                        name: display_name(key),
-                        first: first.clone(),
-                        second: doc,
-                    }),
+                match &first {
                     None => {
-                        self.view.insert(key.clone(), (doc, object.clone()));
+                        let object = self
+                            .sources
+                            .get(source)
+                            .and_then(|d| d.get(index))
+                            .map(|(_, o)| o.clone());
+                        if let Some(object) = object {
+                            self.view.insert(key.clone(), (doc.clone(), object));
+                            first = Some(doc);
+                        }
+                    }
+                    Some(f) => {
+                        self.dup_map
+                            .entry(key.clone())
+                            .or_default()
+                            .push(ObjectError::Duplicate {
+                                kind: key.kind.name().into(),
+                                name: display_name(&key),
+                                first: f.clone(),
+                                second: doc,
+                            })
                     }
                 }
             }
+        }
+        if dups_before || !self.dup_map.is_empty() {
+            self.duplicates = self.dup_map.values().flatten().cloned().collect();
         }
     }
 

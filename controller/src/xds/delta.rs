@@ -282,9 +282,19 @@ fn wanted<'s>(
     let table = snap.table(type_url);
     let mut wanted: BTreeMap<String, (&Entry, Vec<String>)> = BTreeMap::new();
     if state.wildcard {
-        for (name, entry) in table.entries() {
-            if in_wildcard_scope(caller, type_url, entry) {
-                wanted.insert(name.to_string(), (entry, Vec::new()));
+        match (caller, type_url) {
+            // Scoped by node: only that node's entries, from the index.
+            (Caller::NodeProxy { node }, ADDRESS) => {
+                for (name, entry) in table.on_node(node) {
+                    wanted.insert(name.to_string(), (entry, Vec::new()));
+                }
+            }
+            _ => {
+                for (name, entry) in table.entries() {
+                    if in_wildcard_scope(caller, type_url, entry) {
+                        wanted.insert(name.to_string(), (entry, Vec::new()));
+                    }
+                }
             }
         }
     }

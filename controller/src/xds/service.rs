@@ -28,6 +28,9 @@ use crate::auth::{bearer, Authenticator, Caller};
 /// Responses queued per stream before the stream's task waits for the client.
 const STREAM_BUFFER: usize = 16;
 
+/// The largest request accepted from a client (see [`XdsService::into_server`]).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
 /// Counters of the xDS server, for the lead's metrics and tests.
 #[derive(Debug, Default)]
 pub struct XdsMetrics {
@@ -99,8 +102,10 @@ impl XdsService {
     }
 
     /// The tonic service, to add to a router.
+    /// Requests may be large: a waypoint reconnecting sends the versions of
+    /// everything it holds (~6 MiB at 100k workloads), above tonic's 4 MiB.
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {

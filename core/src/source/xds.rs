@@ -26,6 +26,11 @@ use tracker::{Lookup, Tracker};
 
 pub mod tracker;
 
+/// The largest response accepted. tonic's default (4 MiB) is far below a
+/// waypoint's or a first sync's size at 100k workloads (~25 MiB); the
+/// controller is authenticated, so this guards against bugs, not attackers.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
 /// How long the data path waits for an on-demand answer before it treats
 /// the destination as unknown.
 pub const ON_DEMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -183,6 +188,7 @@ async fn session_inner(
         .metadata_mut()
         .insert("authorization", crate::control::bearer(&spec.token)?);
     let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
         .delta_aggregated_resources(request)
         .await?
         .into_inner();

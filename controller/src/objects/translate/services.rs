@@ -3,7 +3,7 @@
 //! EndpointSlices are not read: selectors give the same set for the
 //! objects the folder holds, and need no controller to keep them current.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service as KService;
@@ -28,10 +28,21 @@ pub(crate) fn translate_all(
 ) -> Vec<Service> {
     let mut out = Vec::new();
     let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
+    // A selector only selects in its own namespace: index the workloads by
+    // namespace once, so services x pods stays per namespace, not mesh-wide
+    // (10k services x 100k pods would be 10^9 label checks).
+    let mut by_ns: HashMap<&str, Vec<&Source>> = HashMap::new();
+    for w in workloads {
+        by_ns.entry(w.key.namespace.as_str()).or_default().push(w);
+    }
     for (key, obj) in store.of_kind(Kind::Service) {
         let Object::Service(svc) = obj else { continue };
         let ns = ns_labels.get(key.namespace.as_str()).copied();
-        let Some(mut s) = one(key, svc, workloads, errors) else {
+        let in_ns = by_ns
+            .get(key.namespace.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let Some(mut s) = one(key, svc, in_ns, errors) else {
             continue;
         };
         if let Some(vip) = s.vips.iter().find(|v| taken.contains(&v.to_canonical())) {
@@ -53,10 +64,11 @@ pub(crate) fn translate_all(
     out
 }
 
+/// `workloads`: those in the service's namespace, in key order.
 fn one(
     key: &ObjectKey,
     svc: &KService,
-    workloads: &[Source],
+    workloads: &[&Source],
     errors: &mut Vec<ObjectError>,
 ) -> Option<Service> {
     let spec = svc.spec.as_ref();
@@ -68,6 +80,7 @@ fn one(
     let selected: Vec<&Source> = match selector {
         Some(sel) if !sel.is_empty() => workloads
             .iter()
+            .copied()
             .filter(|w| w.key.namespace == key.namespace && labels::selects(sel, w.labels))
             .collect(),
         _ => Vec::new(),
