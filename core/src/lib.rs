@@ -11,11 +11,14 @@
 //! - [`drain`]: graceful drain with a hard deadline.
 //! - [`identity`]: the SPIFFE identity type (`hbone::Identity`) and a
 //!   workload's typed identity.
+//! - [`baggage`] and [`traceparent`]: the metadata headers of an HBONE
+//!   CONNECT (a workload's W3C baggage, a fresh trace context).
 
 pub mod accept;
 pub mod accesslog;
 pub mod admin;
 pub mod authz;
+pub mod baggage;
 pub mod certs;
 pub mod cli;
 pub mod control;
@@ -27,6 +30,7 @@ pub mod metrics;
 pub mod source;
 pub mod startup;
 pub mod state;
+pub mod traceparent;
 
 pub use identity::{Identity, WorkloadIdentity};
 

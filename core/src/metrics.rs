@@ -20,7 +20,7 @@ pub use crate::accesslog::AccessLogFormat;
 use crate::source::ConfigMetrics;
 
 mod labels;
-pub use labels::{ConnectionLabels, Reporter, SecurityPolicy, LABEL_NAMES, UNKNOWN};
+pub use labels::{ConnectionLabels, PeerFacts, Reporter, SecurityPolicy, LABEL_NAMES, UNKNOWN};
 
 /// Why the proxy refused or failed a connection, for
 /// `trellis_proxy_errors_total{reason}`.

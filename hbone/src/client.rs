@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -156,6 +156,17 @@ impl ClientConn {
     /// Waits while the peer's stream limit is reached and has no timeout of
     /// its own: wrap it in `tokio::time::timeout`.
     pub async fn connect(&self, req: &ConnectRequest) -> Result<H2Stream, HboneError> {
+        let (stream, _) = self.connect_with_response(req).await?;
+        Ok(stream)
+    }
+
+    /// Like [`connect`](Self::connect), and also returns the headers of the
+    /// peer's 200 (ztunnel answers with its workload's `baggage` there).
+    /// The headers are handed over, not kept: the tunnel does not carry them.
+    pub async fn connect_with_response(
+        &self,
+        req: &ConnectRequest,
+    ) -> Result<(H2Stream, HeaderMap), HboneError> {
         self.connect_with_slot(req, self.force_reserve()).await
     }
 
@@ -181,7 +192,7 @@ impl ClientConn {
         &self,
         req: &ConnectRequest,
         slot: StreamSlot,
-    ) -> Result<H2Stream, HboneError> {
+    ) -> Result<(H2Stream, HeaderMap), HboneError> {
         let head = req.to_http()?;
         let map = |e| HboneError::from_h2_on(e, &self.shared.tls_failure);
         let mut send = self.send.clone().ready().await.map_err(map)?;
@@ -191,7 +202,8 @@ impl ClientConn {
             tracing::debug!(status = %response.status(), target = %req.target, "hbone connect refused");
             return Err(HboneError::Status(response.status()));
         }
-        Ok(H2Stream::new(stream, response.into_body(), Some(slot)))
+        let (head, body) = response.into_parts();
+        Ok((H2Stream::new(stream, body, Some(slot)), head.headers))
     }
 
     pub(crate) fn shared(&self) -> &Arc<ConnShared> {

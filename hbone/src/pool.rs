@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::transport::ClientTls;
 use ahash::AHashMap;
+use http::HeaderMap;
 use tokio::sync::watch;
 
 use crate::client::{ClientConn, ConnectRequest, StreamSlot};
@@ -135,6 +136,22 @@ impl Pool {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<ClientTls, HboneError>>,
     {
+        let (stream, _) = self.connect_with_response(key, req, dial).await?;
+        Ok(stream)
+    }
+
+    /// Like [`connect`](Self::connect), and also returns the headers of the
+    /// peer's 200 response.
+    pub async fn connect_with_response<F, Fut>(
+        &self,
+        key: &PoolKey,
+        req: &ConnectRequest,
+        dial: F,
+    ) -> Result<(H2Stream, HeaderMap), HboneError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<ClientTls, HboneError>>,
+    {
         self.ensure_reaper();
         let mut dial = Some(dial);
         let mut failures = 0;
@@ -143,7 +160,7 @@ impl Pool {
         loop {
             match self.inner.next_step(key) {
                 Step::Reuse(conn, slot) => match conn.connect_with_slot(req, slot).await {
-                    Ok(stream) => return Ok(stream),
+                    Ok(tunnel) => return Ok(tunnel),
                     Err(e) if is_conn_unusable(&e) => {
                         // Typically a GOAWAY from a draining peer: stop using it, try again.
                         tracing::debug!(error = %e, dst = %key.dst, "pooled hbone connection unusable");
@@ -180,7 +197,7 @@ impl Pool {
         req: &ConnectRequest,
         dial: F,
         guard: DialGuard,
-    ) -> Result<H2Stream, HboneError>
+    ) -> Result<(H2Stream, HeaderMap), HboneError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<ClientTls, HboneError>>,

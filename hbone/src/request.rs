@@ -3,7 +3,10 @@
 //! Wire format, as Istio ambient's ztunnel uses it:
 //! `CONNECT` with `:authority` = `ip:port` of the target workload,
 //! `forwarded: for="<ip:port>"` carrying the original client address
-//! (RFC 7239; IPv6 written `for="[::1]:80"`) and optionally `traceparent`.
+//! (RFC 7239; IPv6 written `for="[::1]:80"`), followed by `;host=<name>`
+//! when the client was addressing a service, and optionally `traceparent`.
+//! Other metadata (ztunnel sends `baggage`) travels in `extra_headers`: this
+//! crate passes it through without reading it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -22,9 +25,13 @@ pub struct ConnectRequest {
     ///
     /// When the peer names only an IP (allowed by RFC 7239) the port is 0.
     pub forwarded_for: Option<SocketAddr>,
+    /// The name the client addressed (sent as `;host=` in `forwarded`):
+    /// ztunnel sends the destination service's hostname.
+    pub forwarded_host: Option<String>,
     /// W3C `traceparent` value, passed through unchanged.
     pub traceparent: Option<String>,
-    /// Any other headers; on the server side, every header except the two above.
+    /// Any other headers; on the server side, every header except
+    /// `forwarded` and `traceparent`.
     pub extra_headers: HeaderMap,
 }
 
@@ -71,6 +78,7 @@ impl ConnectRequest {
         ConnectRequest {
             target,
             forwarded_for: None,
+            forwarded_host: None,
             traceparent: None,
             extra_headers: HeaderMap::new(),
         }
@@ -88,12 +96,11 @@ impl ConnectRequest {
             .map_err(|e: http::uri::InvalidUri| RequestError::BadAuthority(e.to_string()))?;
         let headers = req.headers_mut();
         headers.extend(self.extra_headers.clone());
-        if let Some(addr) = self.forwarded_for {
-            let value = HeaderValue::try_from(format!("for=\"{addr}\"")).map_err(|e| {
-                RequestError::BadHeader {
-                    name: FORWARDED.to_string(),
-                    reason: e.to_string(),
-                }
+        if self.forwarded_for.is_some() || self.forwarded_host.is_some() {
+            let value = forwarded_value(self.forwarded_for, self.forwarded_host.as_deref());
+            let value = HeaderValue::try_from(value).map_err(|e| RequestError::BadHeader {
+                name: FORWARDED.to_string(),
+                reason: e.to_string(),
             })?;
             headers.insert(FORWARDED, value);
         }
@@ -132,9 +139,9 @@ impl ConnectRequest {
         if target.port() == 0 {
             return Err(RequestError::BadAuthority(authority.to_string()));
         }
-        let forwarded_for = match headers.get(FORWARDED) {
-            None => None,
-            Some(v) => parse_forwarded_for(v)?,
+        let (forwarded_for, forwarded_host) = match headers.get(FORWARDED) {
+            None => (None, None),
+            Some(v) => (parse_forwarded_for(v)?, parse_forwarded_host(v)),
         };
         let traceparent = headers.get(TRACEPARENT).and_then(|v| match v.to_str() {
             Ok(s) => Some(s.to_owned()),
@@ -149,10 +156,78 @@ impl ConnectRequest {
         Ok(ConnectRequest {
             target,
             forwarded_for,
+            forwarded_host,
             traceparent,
             extra_headers,
         })
     }
+}
+
+/// The `forwarded` value: `for="<ip:port>"` (quoted: the port's colon and
+/// IPv6 brackets are not token characters), then `;host=<name>`, quoted
+/// when the name is not an RFC 7230 token (`host:port` is not). A name that
+/// would need escaping, or would split the header (`;`, `,`), is left out
+/// rather than risk the peer rejecting the whole request as malformed.
+fn forwarded_value(addr: Option<SocketAddr>, host: Option<&str>) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(64);
+    if let Some(addr) = addr {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "for=\"{addr}\"");
+    }
+    let host = host.filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_graphic() && !b";,\"\\".contains(&b))
+    });
+    if let Some(host) = host {
+        if !out.is_empty() {
+            out.push(';');
+        }
+        out.push_str("host=");
+        if host.bytes().all(is_tchar) {
+            out.push_str(host);
+        } else {
+            out.push('"');
+            out.push_str(host);
+            out.push('"');
+        }
+    }
+    out
+}
+
+/// RFC 7230 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The `host=` of the first element of a `forwarded` header, if any.
+///
+/// Lenient, unlike `for=`: the host only informs (ztunnel uses it to name
+/// the service the client addressed), so anything unreadable is `None`.
+fn parse_forwarded_host(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let first = text.split(',').next()?;
+    first.split(';').find_map(|pair| {
+        let (key, val) = pair.trim().split_once('=')?;
+        if !key.trim().eq_ignore_ascii_case("host") {
+            return None;
+        }
+        let val = val.trim();
+        let host = match val.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            Some(inner) => {
+                // quoted-pair: a backslash takes the next character literally.
+                let mut out = String::with_capacity(inner.len());
+                let mut chars = inner.chars();
+                while let Some(c) = chars.next() {
+                    out.extend(if c == '\\' { chars.next() } else { Some(c) });
+                }
+                out
+            }
+            None => val.to_string(),
+        };
+        (!host.is_empty()).then_some(host)
+    })
 }
 
 /// Extracts the `for=` node of the first element of a `forwarded` header.
@@ -250,9 +325,58 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_value_forms() {
+        let v4: SocketAddr = "10.0.0.1:8080".parse().expect("addr");
+        let v6: SocketAddr = "[fd00::1]:80".parse().expect("addr");
+        let svc = "web.demo.svc.cluster.local";
+        for (addr, host, want) in [
+            (Some(v4), None, r#"for="10.0.0.1:8080""#),
+            (Some(v6), None, r#"for="[fd00::1]:80""#),
+            (
+                Some(v4),
+                Some(svc),
+                r#"for="10.0.0.1:8080";host=web.demo.svc.cluster.local"#,
+            ),
+            (
+                Some(v4),
+                Some("10.96.0.1:80"),
+                r#"for="10.0.0.1:8080";host="10.96.0.1:80""#,
+            ),
+            (None, Some(svc), "host=web.demo.svc.cluster.local"),
+            // Names that would split or need escaping are left out.
+            (Some(v4), Some("a;b"), r#"for="10.0.0.1:8080""#),
+            (Some(v4), Some("a b"), r#"for="10.0.0.1:8080""#),
+            (Some(v4), Some("a\"b"), r#"for="10.0.0.1:8080""#),
+            (Some(v4), Some(""), r#"for="10.0.0.1:8080""#),
+        ] {
+            assert_eq!(forwarded_value(addr, host), want, "{addr:?} {host:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_host_forms() {
+        let host = |s: &str| parse_forwarded_host(&HeaderValue::from_str(s).expect("value"));
+        for (value, want) in [
+            (r#"for="10.0.0.1:80";host=web.demo"#, Some("web.demo")),
+            (
+                r#"for="10.0.0.1:80"; Host="10.96.0.1:80""#,
+                Some("10.96.0.1:80"),
+            ),
+            (r#"host="a\"b""#, Some("a\"b")),
+            (r#"for="10.0.0.1:80""#, None),
+            (r#"for="10.0.0.1:80";host="#, None),
+            (r#"for=x, host=second-element"#, None),
+            ("garbage", None),
+        ] {
+            assert_eq!(host(value).as_deref(), want, "{value}");
+        }
+    }
+
+    #[test]
     fn round_trip_through_http_head() {
         let mut req = ConnectRequest::new("[::1]:9080".parse().expect("addr"));
         req.forwarded_for = Some("[::1]:80".parse().expect("addr"));
+        req.forwarded_host = Some("web.demo.svc.cluster.local".into());
         req.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         req.extra_headers
             .insert("baggage", HeaderValue::from_static("k=v"));
@@ -261,7 +385,10 @@ mod tests {
             head.uri().authority().map(|a| a.as_str()),
             Some("[::1]:9080")
         );
-        assert_eq!(head.headers()[FORWARDED], "for=\"[::1]:80\"");
+        assert_eq!(
+            head.headers()[FORWARDED],
+            "for=\"[::1]:80\";host=web.demo.svc.cluster.local"
+        );
         let back =
             ConnectRequest::from_http(head.method(), head.uri(), head.headers()).expect("parse");
         assert_eq!(back, req);

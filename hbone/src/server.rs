@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -64,15 +64,23 @@ impl IncomingRequest {
     ///
     /// An invalid request (`parsed` is `Err`) is never tunnelled: it is answered
     /// with its error's status and the error is returned.
-    pub fn accept(mut self) -> Result<H2Stream, HboneError> {
+    pub fn accept(self) -> Result<H2Stream, HboneError> {
+        self.accept_with_headers(HeaderMap::new())
+    }
+
+    /// Like [`accept`](Self::accept), sending `headers` on the 200 (ztunnel
+    /// answers with its workload's `baggage`). The values are opaque here.
+    pub fn accept_with_headers(mut self, headers: HeaderMap) -> Result<H2Stream, HboneError> {
         if let Err(e) = &self.parsed {
             let e = e.clone();
             self.reject(e.status());
             return Err(HboneError::InvalidRequest(e));
         }
+        let mut response = Response::new(());
+        *response.headers_mut() = headers;
         let send = self
             .respond
-            .send_response(Response::new(()), false)
+            .send_response(response, false)
             .map_err(HboneError::from_h2)?;
         Ok(H2Stream::new(send, self.body, None))
     }

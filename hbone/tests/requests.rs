@@ -121,6 +121,58 @@ async fn forwarded_and_traceparent_reach_the_server() {
     }
 }
 
+/// The headers ztunnel puts on a CONNECT and its 200, over real TLS and h2,
+/// through the pool as the node proxy uses it: the server sees the exact
+/// request headers, and the client gets the response's `baggage`.
+#[tokio::test]
+async fn ztunnel_metadata_headers_cross_in_both_directions() {
+    let pki = Pki::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler: Handler = Arc::new(move |req: IncomingRequest| {
+        let _ = tx.send(req.parsed.clone());
+        let mut answer = http::HeaderMap::new();
+        answer.insert(
+            "baggage",
+            HeaderValue::from_static("k8s.namespace.name=prod,k8s.pod.name=server-1"),
+        );
+        let _ = req.accept_with_headers(answer);
+    });
+    let server = pki.serve(handler).await;
+    let pool = hbone::Pool::new(hbone::PoolSettings::default());
+    let key = hbone::PoolKey::new(id("client"), vec![id("server")], server.addr);
+    let mut req = request("10.1.2.3:8080");
+    req.forwarded_for = Some("10.0.0.7:41000".parse().expect("from"));
+    req.forwarded_host = Some("web.demo.svc.cluster.local".into());
+    req.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".into());
+    req.extra_headers.insert(
+        "baggage",
+        HeaderValue::from_static("k8s.namespace.name=demo,k8s.pod.name=client-1"),
+    );
+    let tls = pki.client_tls();
+    let addr = server.addr;
+    let (_stream, response) =
+        within(pool.connect_with_response(&key, &req, || async move { tls_dial(addr, tls).await }))
+            .await
+            .expect("tunnel");
+    assert_eq!(
+        response.get("baggage").map(HeaderValue::as_bytes),
+        Some(&b"k8s.namespace.name=prod,k8s.pod.name=server-1"[..])
+    );
+    let seen = within(rx.recv())
+        .await
+        .expect("request seen")
+        .expect("request valid");
+    assert_eq!(seen, req);
+    assert_eq!(
+        seen.forwarded_host.as_deref(),
+        Some("web.demo.svc.cluster.local")
+    );
+    assert_eq!(
+        seen.extra_headers.get("baggage").map(HeaderValue::as_bytes),
+        Some(&b"k8s.namespace.name=demo,k8s.pod.name=client-1"[..])
+    );
+}
+
 #[tokio::test]
 async fn graceful_shutdown_drains_in_flight_streams() {
     let pki = Pki::new();

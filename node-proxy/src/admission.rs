@@ -6,11 +6,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hbone::Identity;
+use http::HeaderMap;
 use tracing::info;
 use trellis_api::config::Workload;
 use trellis_core::authz::{self, ConnContext, Decision, DenyReason};
+use trellis_core::baggage::Baggage;
 use trellis_core::metrics::{
-    ConnectionGuard, ConnectionLabels, ErrorReason, Reporter, SecurityPolicy,
+    ConnectionGuard, ConnectionLabels, ErrorReason, PeerFacts, Reporter, SecurityPolicy,
 };
 
 use crate::context::ProxyCtx;
@@ -18,9 +20,12 @@ use trellis_core::WorkloadIdentity;
 
 /// Evaluates policy for `client` → `target` on `dst` and opens the metrics
 /// guard. `client` is the original client (the HBONE `forwarded` address, or
-/// the TCP peer); `peer` is the TCP peer that reached this proxy. A denied
+/// the TCP peer); `peer` is the TCP peer that reached this proxy.
+/// `connect_headers` are the HBONE CONNECT's other headers: the source's
+/// `baggage` there labels a source the state does not hold. A denied
 /// connection is counted and logged here; the caller only has to refuse it
 /// in its protocol's way.
+#[allow(clippy::too_many_arguments)]
 pub fn admit(
     proxy: &ProxyCtx,
     dst: &Arc<Workload>,
@@ -28,6 +33,7 @@ pub fn admit(
     client: SocketAddr,
     peer: SocketAddr,
     target: SocketAddr,
+    connect_headers: Option<&HeaderMap>,
     direction: &'static str,
 ) -> (ConnectionGuard, Result<(), DenyReason>) {
     let (src_wl, decision, service) = {
@@ -51,12 +57,15 @@ pub fn admit(
         Some(_) => SecurityPolicy::MutualTls,
         None => SecurityPolicy::Unknown,
     };
-    let labels = ConnectionLabels::new(
+    let src_baggage = source_baggage(src_wl.is_some(), connect_headers);
+    let labels = ConnectionLabels::for_peers(
         Reporter::Destination,
-        src_wl.as_deref(),
-        src_identity.cloned(),
-        Some(dst),
-        Some(dst.identity()),
+        PeerFacts {
+            workload: src_wl.as_deref(),
+            identity: src_identity.cloned(),
+            baggage: src_baggage.as_ref(),
+        },
+        PeerFacts::new(Some(dst), Some(dst.identity())),
         service.as_deref(),
         security,
     );
@@ -72,6 +81,16 @@ pub fn admit(
             (guard, Err(reason))
         }
     }
+}
+
+/// The source's baggage, read only when the state does not hold the source
+/// (the state wins) and the connection came with headers (HBONE).
+pub fn source_baggage(source_known: bool, connect_headers: Option<&HeaderMap>) -> Option<Baggage> {
+    if source_known {
+        return None;
+    }
+    let baggage = Baggage::from_headers(connect_headers?);
+    (!baggage.is_empty()).then_some(baggage)
 }
 
 /// The workload the metrics name as the source.
@@ -160,6 +179,41 @@ mod tests {
         for (what, id, c, p, want) in cases {
             let got = name(source_workload(id.as_ref(), ip(c), ip(p), lookup));
             assert_eq!(got.as_deref(), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn source_baggage_is_read_only_for_an_unknown_source() {
+        let mut with = HeaderMap::new();
+        with.insert(
+            "baggage",
+            http::HeaderValue::from_static("k8s.namespace.name=far,k8s.pod.name=remote-7"),
+        );
+        let mut junk = HeaderMap::new();
+        junk.insert("baggage", http::HeaderValue::from_static("x=1,garbage"));
+        let remote = Some("remote-7");
+        // (what, source known, headers, expected workload from baggage)
+        type Case<'a> = (
+            &'a str,
+            bool,
+            Option<&'a HeaderMap>,
+            Option<Option<&'a str>>,
+        );
+        let cases: [Case; 5] = [
+            (
+                "unknown source with baggage",
+                false,
+                Some(&with),
+                Some(remote),
+            ),
+            ("known source: the state wins", true, Some(&with), None),
+            ("plaintext: no headers", false, None, None),
+            ("no baggage header", false, Some(&HeaderMap::new()), None),
+            ("nothing usable in it", false, Some(&junk), None),
+        ];
+        for (what, known, headers, want) in cases {
+            let got = source_baggage(known, headers);
+            assert_eq!(got.as_ref().map(|b| b.workload.as_deref()), want, "{what}");
         }
     }
 }

@@ -143,6 +143,7 @@ async fn stream_task(
         client_addr,
         peer,
         target,
+        Some(&creq.extra_headers),
         "inbound",
     );
     if admitted.is_err() {
@@ -168,7 +169,9 @@ async fn stream_task(
             return;
         }
     };
-    let stream = match req.accept() {
+    // As ztunnel: the 200 carries this workload's baggage, so a source
+    // proxy that does not hold it can still label its metrics.
+    let stream = match req.accept_with_headers(trellis_core::baggage::headers(&dst_wl)) {
         Ok(s) => s,
         Err(e) => {
             guard.set_error(e.to_string());

@@ -59,7 +59,7 @@ async fn serve(
         .cloned()
         .ok_or_else(|| PlainError::NotThisPod(dst, scope.uid.clone()))?;
     let (mut guard, admitted) =
-        admission::admit(proxy, &dst_wl, None, peer, peer, dst, "inbound_plain");
+        admission::admit(proxy, &dst_wl, None, peer, peer, dst, None, "inbound_plain");
     admitted.map_err(|reason| PlainError::Denied(reason.to_string()))?;
     let mut app = match Box::pin(upstream::connect(proxy, scope, dst, Some(peer.ip()))).await {
         Ok(s) => s,

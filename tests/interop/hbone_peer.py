@@ -109,6 +109,7 @@ class H2Peer:
         self.conn = h2.connection.H2Connection(config=config)
         self.stream_id = None
         self.request_headers = None
+        self.response_headers = None
         self.status = None
         self.received = bytearray()
         self.outbuf = bytearray()
@@ -154,6 +155,7 @@ class H2Peer:
                 self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
         elif isinstance(event, h2.events.ResponseReceived):
             if event.stream_id == self.stream_id:
+                self.response_headers = list(event.headers)
                 self.status = int(dict(event.headers).get(":status", "0"))
         elif isinstance(event, h2.events.DataReceived):
             if event.stream_id == self.stream_id:
@@ -318,11 +320,14 @@ def run_client(args):
             (":authority", args.target),
             ("forwarded", f'for="{forwarded_for}"'),
         ]
+        if args.baggage:
+            headers.append(("baggage", args.baggage))
         peer.conn.send_headers(peer.stream_id, headers)
         peer.flush()
         phase = "response"
         peer.pump_until(lambda: peer.status is not None, "waiting for the CONNECT response")
         report["status"] = peer.status
+        report["response_baggage"] = dict(peer.response_headers or []).get("baggage")
         if peer.status != 200:
             report["server_ended"] = peer.remote_ended
             peer.close(args.linger)
@@ -385,6 +390,8 @@ def run_server(args):
         report["method"] = values.get(":method")
         report["authority"] = values.get(":authority")
         report["forwarded"] = values.get("forwarded")
+        report["baggage"] = values.get("baggage")
+        report["traceparent"] = values.get("traceparent")
         report["header_names"] = [name for name, _ in headers]
         if report["method"] != "CONNECT":
             peer.conn.send_headers(peer.stream_id, [(":status", "405")], end_stream=True)
@@ -439,6 +446,7 @@ def parse_args(argv):
     p.add_argument("--connect", help="client: HBONE address to dial, HOST:PORT")
     p.add_argument("--bind", help="client: local IP to connect from")
     p.add_argument("--target", help="client: CONNECT :authority, IP:PORT")
+    p.add_argument("--baggage", help="client: a baggage header to send on the CONNECT")
     p.add_argument("--forwarded-for", help="client: address for the forwarded header (default: our own)")
     p.add_argument("--expect-server-id", help="client: the server's SPIFFE ID (URI SAN) must equal this")
     p.add_argument("--payload", default="hello over hbone\n", help="client: text to tunnel")

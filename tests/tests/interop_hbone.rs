@@ -12,7 +12,7 @@
 //! `python3 -m pip install 'h2>=4.1,<5'` (`.ci/run` does it).
 //!
 //! Addresses: 127.0.9.0/24, distinct IPs per test (.1-.3, .11-.13, .21-.23,
-//! .31-.32) so parallel tests can use the fixed ports HBONE needs (15008)
+//! .31-.32, .41-.43) so parallel tests can use the fixed ports HBONE needs (15008)
 //! without colliding.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -347,6 +347,12 @@ struct Inbound {
 
 impl Inbound {
     fn start(ips: Ips, deny: bool, cert: ClientCert) -> Inbound {
+        Inbound::start_with(ips, deny, cert, true)
+    }
+
+    /// `foreign_known`: whether the proxy's config holds the foreign
+    /// client's workload (with on-demand state, a remote one may be missing).
+    fn start_with(ips: Ips, deny: bool, cert: ClientCert, foreign_known: bool) -> Inbound {
         require_python_h2();
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = hbone::DevCa::generate(TRUST_DOMAIN).expect("dev CA");
@@ -362,7 +368,11 @@ impl Inbound {
         let yaml = format!(
             "workloads:\n{}{}policies:\n{policy_text}",
             workload_yaml("server", ips.server, "trellis-node", &policies),
-            workload_yaml("foreign", ips.peer_pod, "foreign-node", &[]),
+            if foreign_known {
+                workload_yaml("foreign", ips.peer_pod, "foreign-node", &[])
+            } else {
+                String::new()
+            },
         );
         std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write config");
         let (chain, key) = match cert {
@@ -391,7 +401,12 @@ impl Inbound {
 
     /// Runs the Python client once and returns its report.
     fn run_client(&self) -> Value {
-        let args = vec![
+        self.run_client_with(Vec::new())
+    }
+
+    /// Runs the Python client with `extra` arguments.
+    fn run_client_with(&self, extra: Vec<String>) -> Value {
+        let mut args: Vec<String> = vec![
             "--ca".into(),
             path_arg(&self.trust),
             "--cert".into(),
@@ -413,6 +428,7 @@ impl Inbound {
             "--repeat".into(),
             PAYLOAD_REPEAT.to_string(),
         ];
+        args.extend(extra);
         let mut client = Python::peer("python hbone client", "client", args);
         let report = client.next_json();
         eprintln!("python client report: {}", brief(&report));
@@ -486,6 +502,49 @@ fn openssl_h2_client_tunnels_through_the_trellis_inbound() {
     ] {
         assert_eq!(metric(&text, name, &labels), want, "{name}:\n{text}");
     }
+}
+
+/// A caller the proxy's state does not hold is labelled from the `baggage`
+/// on its CONNECT, as ztunnel does; the 200 carries the server's baggage.
+#[test]
+fn openssl_h2_client_unknown_to_the_state_is_labelled_from_its_baggage() {
+    let inbound = Inbound::start_with(Ips::from(41), false, ClientCert::MeshCa, false);
+    let report = inbound.run_client_with(vec![
+        "--baggage".into(),
+        "k8s.cluster.name=far-away,k8s.namespace.name=claimed,k8s.deployment.name=foreign-deploy,\
+         service.name=foreign-svc,service.version=v7,other.key=ignored"
+            .into(),
+    ]);
+    let r = brief(&report);
+    assert!(report.get("error").is_none(), "client failed: {r}");
+    assert_eq!(report["status"], 200, "{r}");
+    assert_eq!(
+        str_field(&report, "response_baggage"),
+        Some("k8s.namespace.name=interop,k8s.pod.name=server,service.name=server,service.version=latest"),
+        "{r}"
+    );
+    let foreign = spiffe("foreign");
+    let labels = [
+        ("reporter", "destination"),
+        ("source_principal", foreign.as_str()),
+        ("source_workload", "foreign-deploy"),
+        ("source_canonical_service", "foreign-svc"),
+        ("source_canonical_revision", "v7"),
+        // The verified certificate names the namespace, not the baggage.
+        ("source_workload_namespace", NS),
+        ("source_cluster", "far-away"),
+        ("destination_workload", "server"),
+    ];
+    let text = inbound
+        .proxy
+        .wait_metrics("the foreign connection to close", |t| {
+            metric(t, "istio_tcp_connections_closed_total", &labels) >= 1.0
+        });
+    assert_eq!(
+        metric(&text, "istio_tcp_connections_opened_total", &labels),
+        1.0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -670,6 +729,20 @@ fn trellis_outbound_tunnels_to_an_openssl_h2_server() {
         "forwarded must name the client workload: {report}"
     );
     assert_eq!(forwarded, format!("for=\"{app_addr}\""), "{report}");
+    // ztunnel's metadata: the source workload's baggage and a fresh
+    // version-00 trace context (no `;host=`: the target is a pod, not a service).
+    assert_eq!(
+        str_field(&report, "baggage"),
+        Some("k8s.namespace.name=interop,k8s.pod.name=client,service.name=client,service.version=latest"),
+        "{report}"
+    );
+    let traceparent = str_field(&report, "traceparent").unwrap_or_default();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert!(
+        matches!(parts.as_slice(), ["00", t, p, "00"] if t.len() == 32 && p.len() == 16
+            && t.bytes().chain(p.bytes()).all(|b| b.is_ascii_hexdigit())),
+        "traceparent must be W3C version 00: {report}"
+    );
     // RFC 9113 8.5: a CONNECT carries no :scheme or :path.
     let names: Vec<&str> = report["header_names"]
         .as_array()

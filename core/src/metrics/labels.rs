@@ -1,6 +1,7 @@
 //! The label set of Istio's TCP metrics, typed, and built from what the
 //! proxy knows about the two ends of a connection.
 
+use crate::baggage::Baggage;
 use crate::identity::Identity;
 use trellis_api::config::{Service, Workload};
 
@@ -99,34 +100,75 @@ pub struct ConnectionLabels {
     pub connection_security_policy: SecurityPolicy,
 }
 
+/// What the reporter knows about one end of a connection.
+///
+/// The state wins: `baggage` (what the peer said about itself) is used only
+/// when `workload` is `None`, so callers need to parse it only then.
+#[derive(Clone, Debug, Default)]
+pub struct PeerFacts<'a> {
+    /// The end's workload, if the state holds it.
+    pub workload: Option<&'a Workload>,
+    /// A verified identity (or, for the destination, the demanded one).
+    pub identity: Option<Identity>,
+    /// The end's W3C baggage, from its CONNECT request or response.
+    pub baggage: Option<&'a Baggage>,
+}
+
+impl<'a> PeerFacts<'a> {
+    pub fn new(workload: Option<&'a Workload>, identity: Option<Identity>) -> PeerFacts<'a> {
+        PeerFacts {
+            workload,
+            identity,
+            baggage: None,
+        }
+    }
+}
+
 /// One end's labels, with Istio's fallbacks.
-struct Peer {
-    workload: String,
-    canonical_service: String,
-    canonical_revision: String,
-    namespace: String,
-    principal: String,
-    cluster: String,
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Peer {
+    pub(super) workload: String,
+    pub(super) canonical_service: String,
+    pub(super) canonical_revision: String,
+    pub(super) namespace: String,
+    pub(super) principal: String,
+    pub(super) cluster: String,
 }
 
 impl Peer {
-    fn new(w: Option<&Workload>, id: Option<Identity>) -> Peer {
+    /// Chooses each label from the state's workload, else the peer's
+    /// baggage, else [`UNKNOWN`]. The namespace prefers a verified identity
+    /// over the baggage: a peer cannot claim a namespace its certificate
+    /// does not name. The principal only ever comes from the identity.
+    pub(super) fn new(facts: PeerFacts<'_>) -> Peer {
+        let PeerFacts {
+            workload: w,
+            identity: id,
+            baggage,
+        } = facts;
         let unknown = || UNKNOWN.to_string();
+        let id_namespace = id.as_ref().map(|i| i.namespace().to_string());
+        let principal = id.map(|i| i.to_string()).unwrap_or_else(unknown);
+        if let Some(w) = w {
+            return Peer {
+                workload: w.name.clone(),
+                canonical_service: w.canonical_name().to_string(),
+                canonical_revision: w.canonical_revision().to_string(),
+                namespace: w.namespace.clone(),
+                principal,
+                cluster: w.cluster_id.clone().unwrap_or_else(unknown),
+            };
+        }
+        let said = |f: fn(&Baggage) -> &Option<String>| {
+            baggage.and_then(|b| f(b).clone()).unwrap_or_else(unknown)
+        };
         Peer {
-            workload: w.map(|w| w.name.clone()).unwrap_or_else(unknown),
-            canonical_service: w
-                .map(|w| w.canonical_name().to_string())
-                .unwrap_or_else(unknown),
-            canonical_revision: w
-                .map(|w| w.canonical_revision().to_string())
-                .unwrap_or_else(unknown),
-            // A verified identity still tells the namespace of an unknown workload.
-            namespace: w
-                .map(|w| w.namespace.clone())
-                .or_else(|| id.as_ref().map(|i| i.namespace().to_string()))
-                .unwrap_or_else(unknown),
-            principal: id.map(|i| i.to_string()).unwrap_or_else(unknown),
-            cluster: w.and_then(|w| w.cluster_id.clone()).unwrap_or_else(unknown),
+            workload: said(|b| &b.workload),
+            canonical_service: said(|b| &b.canonical_service),
+            canonical_revision: said(|b| &b.canonical_revision),
+            namespace: id_namespace.unwrap_or_else(|| said(|b| &b.namespace)),
+            principal,
+            cluster: said(|b| &b.cluster),
         }
     }
 }
@@ -145,8 +187,26 @@ impl ConnectionLabels {
         service: Option<&Service>,
         security: SecurityPolicy,
     ) -> ConnectionLabels {
-        let src = Peer::new(source, source_identity);
-        let dst = Peer::new(destination, destination_identity);
+        ConnectionLabels::for_peers(
+            reporter,
+            PeerFacts::new(source, source_identity),
+            PeerFacts::new(destination, destination_identity),
+            service,
+            security,
+        )
+    }
+
+    /// Like [`ConnectionLabels::new`], with a peer's baggage for an end the
+    /// state does not hold (see [`PeerFacts`]).
+    pub fn for_peers(
+        reporter: Reporter,
+        source: PeerFacts<'_>,
+        destination: PeerFacts<'_>,
+        service: Option<&Service>,
+        security: SecurityPolicy,
+    ) -> ConnectionLabels {
+        let src = Peer::new(source);
+        let dst = Peer::new(destination);
         let svc = |f: fn(&Service) -> &String| {
             service
                 .map(|s| f(s).clone())

@@ -352,3 +352,159 @@ fn guard_is_one_pointer_and_can_move_between_threads() {
         std::mem::size_of::<usize>()
     );
 }
+
+#[test]
+fn peer_labels_come_from_the_state_else_the_baggage() {
+    use super::labels::Peer;
+    use crate::baggage::Baggage;
+    let cfg = parse(CONFIG).expect("test config");
+    let known = &cfg.workloads[0];
+    let id = |s: &str| -> Option<crate::Identity> { Some(s.parse().unwrap()) };
+    let said = Baggage {
+        cluster: Some("west".into()),
+        namespace: Some("claimed".into()),
+        workload: Some("remote-7".into()),
+        canonical_service: Some("remote".into()),
+        canonical_revision: Some("v9".into()),
+        region: Some("r".into()),
+        zone: None,
+    };
+    let partial = Baggage {
+        workload: Some("remote-7".into()),
+        ..Baggage::default()
+    };
+    // (case, workload, identity, baggage) -> workload, service, revision, namespace, principal, cluster
+    use trellis_api::config::Workload;
+    type Case<'a> = (
+        &'a str,
+        Option<&'a Workload>,
+        Option<crate::Identity>,
+        Option<&'a Baggage>,
+        [&'a str; 6],
+    );
+    let cases: [Case; 6] = [
+        (
+            "known workload: the state wins over the baggage",
+            Some(known),
+            id("spiffe://cluster.local/ns/demo/sa/client"),
+            Some(&said),
+            [
+                "client-abc",
+                "client",
+                "v1",
+                "demo",
+                "spiffe://cluster.local/ns/demo/sa/client",
+                "east",
+            ],
+        ),
+        (
+            "unknown workload with baggage and identity: identity names the namespace",
+            None,
+            id("spiffe://cluster.local/ns/far/sa/x"),
+            Some(&said),
+            [
+                "remote-7",
+                "remote",
+                "v9",
+                "far",
+                "spiffe://cluster.local/ns/far/sa/x",
+                "west",
+            ],
+        ),
+        (
+            "unknown workload, baggage, no identity: baggage names the namespace",
+            None,
+            None,
+            Some(&said),
+            ["remote-7", "remote", "v9", "claimed", UNKNOWN, "west"],
+        ),
+        (
+            "partial baggage: the rest is unknown",
+            None,
+            None,
+            Some(&partial),
+            ["remote-7", UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN],
+        ),
+        (
+            "unknown workload, no baggage: identity only",
+            None,
+            id("spiffe://cluster.local/ns/far/sa/x"),
+            None,
+            [
+                UNKNOWN,
+                UNKNOWN,
+                UNKNOWN,
+                "far",
+                "spiffe://cluster.local/ns/far/sa/x",
+                UNKNOWN,
+            ],
+        ),
+        ("nothing known", None, None, None, [UNKNOWN; 6]),
+    ];
+    for (case, workload, identity, baggage, want) in cases {
+        let p = Peer::new(PeerFacts {
+            workload,
+            identity,
+            baggage,
+        });
+        let got = [
+            p.workload.as_str(),
+            &p.canonical_service,
+            &p.canonical_revision,
+            &p.namespace,
+            &p.principal,
+            &p.cluster,
+        ];
+        assert_eq!(got, want, "{case}");
+    }
+}
+
+#[test]
+fn for_peers_fills_both_ends_from_baggage() {
+    use crate::baggage::Baggage;
+    let src = Baggage {
+        workload: Some("a".into()),
+        canonical_service: Some("svc-a".into()),
+        canonical_revision: Some("v1".into()),
+        namespace: Some("ns-a".into()),
+        cluster: Some("c1".into()),
+        ..Baggage::default()
+    };
+    let dst = Baggage {
+        workload: Some("b".into()),
+        canonical_service: Some("svc-b".into()),
+        ..Baggage::default()
+    };
+    let l = ConnectionLabels::for_peers(
+        Reporter::Destination,
+        PeerFacts {
+            baggage: Some(&src),
+            ..PeerFacts::default()
+        },
+        PeerFacts {
+            baggage: Some(&dst),
+            ..PeerFacts::default()
+        },
+        None,
+        SecurityPolicy::MutualTls,
+    );
+    assert_eq!(
+        (
+            l.source_workload.as_str(),
+            l.source_canonical_service.as_str(),
+            l.source_app.as_str(),
+            l.source_version.as_str(),
+            l.source_workload_namespace.as_str(),
+            l.source_cluster.as_str(),
+        ),
+        ("a", "svc-a", "svc-a", "v1", "ns-a", "c1")
+    );
+    assert_eq!(
+        (
+            l.destination_workload.as_str(),
+            l.destination_canonical_service.as_str(),
+            l.destination_canonical_revision.as_str(),
+        ),
+        ("b", "svc-b", UNKNOWN)
+    );
+}

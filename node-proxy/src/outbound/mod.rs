@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
+use trellis_core::baggage;
 use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
 
 use crate::context::{ProxyCtx, Scope, WorkerCtx};
@@ -167,25 +168,36 @@ async fn proxy(
             expected,
             ..
         } => {
+            let tunnel = *tunnel;
             let src_id = src_wl.identity();
             let tls = proxy.certs.client_config(&src_id, expected)?;
-            let key = hbone::PoolKey::new(src_id, vec![expected.clone()], *tunnel);
-            let req = hbone::ConnectRequest {
-                target: *target,
-                forwarded_for: Some(peer),
-                traceparent: None,
-                extra_headers: Default::default(),
+            // The request and pool key live in this block only, so they are
+            // dropped before the copy and take no room in its future.
+            let connected = {
+                let key = hbone::PoolKey::new(src_id, vec![expected.clone()], tunnel);
+                // What ztunnel sends: the client, the service it addressed, a
+                // fresh trace context and the source workload's baggage (which
+                // the destination labels its metrics with if it does not hold
+                // the source). The 200's baggage is not read: an HBONE route
+                // always names its destination workload, and the state wins.
+                let req = hbone::ConnectRequest {
+                    target: *target,
+                    forwarded_for: Some(peer),
+                    forwarded_host: route.service().map(|s| s.hostname.clone()),
+                    traceparent: Some(trellis_core::traceparent::generate()),
+                    extra_headers: baggage::headers(&src_wl),
+                };
+                let dial = || async move {
+                    let tcp = upstream::connect(proxy, scope, tunnel, None)
+                        .await
+                        .map_err(|e| hbone::HboneError::Io(std::io::Error::other(e.to_string())))?;
+                    hbone::tls_connect(tcp, tls).await
+                };
+                // Boxed: connection setup (TLS handshake, pool wait) is large and
+                // short-lived; inline it would bloat the future for the whole connection.
+                Box::pin(ctx.pool.connect(&key, &req, dial)).await
             };
-            let tunnel = *tunnel;
-            let dial = || async move {
-                let tcp = upstream::connect(proxy, scope, tunnel, None)
-                    .await
-                    .map_err(|e| hbone::HboneError::Io(std::io::Error::other(e.to_string())))?;
-                hbone::tls_connect(tcp, tls).await
-            };
-            // Boxed: connection setup (TLS handshake, pool wait) is large and
-            // short-lived; inline it would bloat the future for the whole connection.
-            match Box::pin(ctx.pool.connect(&key, &req, dial)).await {
+            match connected {
                 Ok(h2) => hbone::copy_bidirectional(stream, h2)
                     .await
                     .map_err(|e| e.to_string()),
