@@ -12,9 +12,13 @@
 //!   translation into the config model.
 //! - [`xds`]: the delta ADS server.
 //! - [`serve`]: the TLS gRPC port (handshake, then tonic).
+//! - [`cli`] and [`run`]: the `trellis-controller` binary's command line,
+//!   and wiring the above into a running controller.
 
 pub mod auth;
 pub mod ca;
+pub mod cli;
 pub mod objects;
+pub mod run;
 pub mod serve;
 pub mod xds;

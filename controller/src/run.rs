@@ -1,0 +1,201 @@
+//! `trellis-controller run`: the manifests folder in, xDS and certificates
+//! out on one TLS gRPC port, and an admin port beside it.
+//!
+//! Start-up does everything that can fail on bad input first (CA, tokens,
+//! serving certificate, first scan, binding), so a mistake ends the process
+//! with one clear message before anything is served.
+//!
+//! - [`publish`]: objects → config → snapshot, published on change only.
+//! - [`metrics`]: the counters and their Prometheus text.
+//! - [`admin`]: `/healthz/ready` and `/metrics`.
+
+pub mod admin;
+pub mod metrics;
+pub mod publish;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::auth::{Authenticator, TokenFile, TokenFileError};
+use crate::ca::{Ca, CaService, KeysError, ServingError};
+use crate::cli::RunArgs;
+use crate::objects::{manifests, DirError, ManifestsDir, ObjectStore};
+use crate::serve::{serve, ServeError};
+use crate::xds::XdsService;
+
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use publish::{Outcome, Publisher};
+
+/// Why the controller could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Ca(#[from] KeysError),
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
+    #[error("serving certificate: {0}; check --server-name")]
+    Serving(#[from] ServingError),
+    #[error(transparent)]
+    Manifests(#[from] DirError),
+    #[error("cannot bind the {what} port on {addr}: {source}; is another process using it?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the bound addresses to {}: {source}", path.display())]
+    BoundAddrs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// The addresses actually bound (`--bound-addrs-file` holds them as JSON:
+/// `{"grpc": "127.0.0.1:15012", "admin": "127.0.0.1:15014"}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BoundAddrs {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A started controller.
+pub struct Running {
+    addrs: BoundAddrs,
+    done: Pin<Box<dyn Future<Output = Result<(), RunError>> + Send>>,
+}
+
+impl Running {
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// Serves until the shutdown future given to [`start`] completes and
+    /// open streams have drained (at most [`crate::serve::DRAIN_DEADLINE`]).
+    pub async fn wait(self) -> Result<(), RunError> {
+        self.done.await
+    }
+}
+
+/// Aborts a background task when the controller stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Loads everything, publishes the first config, binds both ports (and
+/// writes `--bound-addrs-file`). Serving starts at once; [`Running::wait`]
+/// returns after `shutdown` completes.
+pub async fn start(
+    args: &RunArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, RunError> {
+    let ca = Arc::new(Ca::load(&args.ca_dir)?);
+    let auth: Arc<dyn Authenticator> = Arc::new(TokenFile::load(&args.tokens)?);
+    let tls = ca.serving_config(&args.server_names())?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mut publisher = Publisher::new(args.translate_options(), metrics.clone());
+    let mut dir = ManifestsDir::new(&args.manifests);
+    let mut store = ObjectStore::new();
+    let first = dir.scan(&mut store)?;
+    info!(
+        manifests = %args.manifests.display(),
+        objects = store.len(),
+        "manifests loaded"
+    );
+    publisher.update(&store, first);
+
+    let grpc = bind("grpc", args.listen).await?;
+    let admin = bind("admin", args.admin_addr).await?;
+    let addrs = BoundAddrs {
+        grpc: local_addr("grpc", args.listen, &grpc)?,
+        admin: local_addr("admin", args.admin_addr, &admin)?,
+    };
+    if let Some(path) = &args.bound_addrs_file {
+        write_bound_addrs(path, &addrs)?;
+    }
+
+    let xds = XdsService::new(auth.clone(), publisher.snapshots());
+    let ca_service = CaService::new(ca, auth, publisher.mesh(), args.max_cert_validity);
+    let draining = CancellationToken::new();
+    let admin_state = Arc::new(admin::AdminState {
+        metrics,
+        xds: xds.metrics(),
+        draining: draining.clone(),
+    });
+    let router = tonic::transport::Server::builder()
+        .add_service(ca_service.into_server())
+        .add_service(xds.into_server());
+
+    let poll = args.poll;
+    let watcher = AbortOnDrop(tokio::spawn(manifests::poll(
+        dir,
+        store,
+        poll,
+        move |store, scan| {
+            publisher.update(store, scan);
+        },
+    )));
+    let admin_task = AbortOnDrop(tokio::spawn(admin::serve(admin, admin_state)));
+    info!(grpc.addr = %addrs.grpc, admin.addr = %addrs.admin, "controller serving");
+
+    let done = async move {
+        let signal = async move {
+            shutdown.await;
+            draining.cancel();
+        };
+        let result = serve(grpc, tls, router, signal).await;
+        drop(watcher);
+        drop(admin_task);
+        info!("controller stopped");
+        result.map_err(RunError::from)
+    };
+    Ok(Running {
+        addrs,
+        done: Box::pin(done),
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    addr: SocketAddr,
+    listener: &TcpListener,
+) -> Result<SocketAddr, RunError> {
+    listener
+        .local_addr()
+        .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+/// Writes the JSON atomically (write, then rename), so a reader polling for
+/// the file never sees half of it.
+fn write_bound_addrs(path: &Path, addrs: &BoundAddrs) -> Result<(), RunError> {
+    let err = |source| RunError::BoundAddrs {
+        path: path.to_path_buf(),
+        source,
+    };
+    let body = serde_json::to_vec_pretty(addrs).map_err(|e| err(e.into()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(err)
+}
