@@ -15,10 +15,12 @@
 //! * [`run`]: the run lock, waiting for idle CPUs, machine facts, writing results.
 //! * [`callgrind`]: reading callgrind profiles (`trellis-instr`).
 //! * [`l7`]: the waypoint benchmark.
+//! * [`cp`]: the control plane at scale (`trellis-cp-bench`).
 
 pub mod calibrate;
 pub mod callgrind;
 pub mod conn_rate;
+pub mod cp;
 pub mod hist;
 pub mod http_load;
 pub mod l7;
