@@ -346,7 +346,8 @@ mod tests {
 
     #[test]
     fn server_urls() {
-        let cases: &[(&str, Result<(&str, u16), &str>)] = &[
+        type Case<'a> = (&'a str, Result<(&'a str, u16), &'a str>);
+        let cases: &[Case] = &[
             ("https://127.0.0.1:6443", Ok(("127.0.0.1", 6443))),
             ("https://api.example:443/", Ok(("api.example", 443))),
             ("https://api.example", Ok(("api.example", 443))),

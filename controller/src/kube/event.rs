@@ -114,6 +114,9 @@ pub fn source_name(res: &Resource, namespace: &str, name: &str) -> String {
 
 /// Prepares an API object for the store's parser: list items lack
 /// apiVersion and kind, and managedFields is bookkeeping nobody reads.
+// DocResult is the store's own document type, handed straight to
+// ObjectStore::replace_docs; boxing it here would only be undone there.
+#[allow(clippy::result_large_err)]
 pub(crate) fn to_doc(res: &Resource, mut object: Value, key: ObjectKey, source: &str) -> DocResult {
     if let Some(map) = object.as_object_mut() {
         map.entry("apiVersion")
