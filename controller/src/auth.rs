@@ -3,8 +3,10 @@
 //! a [`Caller`], and each service decides what that caller may have.
 
 pub mod token_file;
+pub mod token_review;
 
 pub use token_file::{TokenFile, TokenFileError};
+pub use token_review::{TokenReview, TokenReviewConfig};
 
 use std::future::Future;
 use std::pin::Pin;

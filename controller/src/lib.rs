@@ -8,6 +8,7 @@
 //!
 //! - [`auth`]: who a caller is, from its bearer token.
 //! - [`ca`]: the certificate authority and its node authorization.
+//! - [`kube`]: the API server as the source of objects (Kubernetes mode).
 //! - [`objects`]: Kubernetes objects, the manifests folder, and their
 //!   translation into the config model.
 //! - [`xds`]: the delta ADS server.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod ca;
 pub mod cli;
+pub mod kube;
 pub mod objects;
 pub mod run;
 pub mod serve;

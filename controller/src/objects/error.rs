@@ -6,7 +6,8 @@ use std::fmt;
 
 use super::kinds::Kind;
 
-/// Where a document came from: the source (a file path, or `kubernetes`)
+/// Where a document came from: the source (a file path, or
+/// `kube:<Kind>/<namespace>/<name>` for an object from the API server)
 /// and its index in that source (0-based, as `---` separates documents).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocRef {
@@ -16,7 +17,11 @@ pub struct DocRef {
 
 impl fmt::Display for DocRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "file {}, document {}", self.source, self.index)
+        // The Kubernetes source holds one object per source (kube/event.rs).
+        match self.source.strip_prefix("kube:") {
+            Some(object) => write!(f, "Kubernetes object {object}"),
+            None => write!(f, "file {}, document {}", self.source, self.index),
+        }
     }
 }
 

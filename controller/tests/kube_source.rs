@@ -1,0 +1,688 @@
+//! The controller's Kubernetes mode against a real kube-apiserver (with
+//! etcd, no kubelet: tests write pod status themselves), started per test
+//! by tests/kube/start-local.sh.
+//!
+//! - the source lists and watches namespaces, services, pods and
+//!   AuthorizationPolicies into the store, and translate() sees them: pod
+//!   status becomes address and health, a deleted pod goes, a policy whose
+//!   CRD is installed after the start is picked up, and a policy changed to
+//!   something Trellis rejects keeps its last good version;
+//! - watches broken by a dropped connection resume and catch up on what
+//!   changed meanwhile, deletions included;
+//! - TokenReview maps a node proxy's pod-bound token to its node (from the
+//!   token's node claim, or from the pod when the token has none), any
+//!   other service account to a waypoint identity, and refuses garbage.
+//!
+//! Needs $KUBE_APISERVER and $ETCD (tests/kube/install.sh prints them) and
+//! kubectl. Without them each test says so and passes, unless
+//! TRELLIS_REQUIRE_KUBE=1 makes that a failure. The AuthorizationPolicy
+//! CRD comes from the Go module istio.io/api (`go mod download`); without
+//! go or the module, that part is skipped with a message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use trellis_api::config::{HealthStatus, LocalConfig, Protocol};
+use trellis_controller::auth::{AuthError, Authenticator, Caller, TokenReview, TokenReviewConfig};
+use trellis_controller::kube::{ApiConfig, Client, KubeSource, SourceOptions, DEFAULT_RESOURCES};
+use trellis_controller::objects::{translate, ObjectStore, TranslateOptions};
+
+/// The istio.io/api version whose CRDs the test installs.
+const ISTIO_API: &str = "istio.io/api@v1.32.0";
+/// A hang guard for each wait, not a performance bound.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+// ---- the API server -------------------------------------------------------
+
+/// etcd and kube-apiserver, stopped by pid (API server first) on drop.
+struct Kube {
+    pids: Vec<i32>,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Kube {
+    fn drop(&mut self) {
+        for &pid in self.pids.iter().rev() {
+            // SAFETY: kill on the pids start-local.sh started for this test.
+            // They are not our children, so poll (bounded) until gone.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                for _ in 0..200 {
+                    if libc::kill(pid, 0) != 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
+
+fn binaries_present() -> bool {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|p| Path::new(&p).is_file());
+    let kubectl = Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if set("KUBE_APISERVER") && set("ETCD") && kubectl {
+        return true;
+    }
+    if std::env::var("TRELLIS_REQUIRE_KUBE").as_deref() == Ok("1") {
+        panic!("TRELLIS_REQUIRE_KUBE=1 but $KUBE_APISERVER and $ETCD do not name binaries or kubectl is missing; run tests/kube/install.sh");
+    }
+    eprintln!("skipping: set KUBE_APISERVER and ETCD (tests/kube/install.sh prints them) and install kubectl");
+    false
+}
+
+impl Kube {
+    fn start() -> Option<Kube> {
+        if !binaries_present() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/kube/start-local.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(dir.path().join("kube"))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("start script runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut pids = Vec::new();
+        let mut kubeconfig = None;
+        for line in stdout.lines() {
+            if let Some(p) = line.strip_prefix("PIDS=") {
+                pids = p
+                    .split_whitespace()
+                    .map(|p| p.parse().expect("pid"))
+                    .collect();
+            } else if let Some(k) = line.strip_prefix("KUBECONFIG=") {
+                kubeconfig = Some(PathBuf::from(k));
+            }
+        }
+        let kube = Kube {
+            pids,
+            kubeconfig: kubeconfig.unwrap_or_default(),
+            _dir: dir,
+        };
+        assert!(
+            out.status.success(),
+            "start-local.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(kube.pids.len(), 2, "etcd and kube-apiserver pids: {stdout}");
+        Some(kube)
+    }
+
+    fn try_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        tokio::task::block_in_place(|| kubectl_at(&self.kubeconfig, args, stdin))
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        self.try_kubectl(args, stdin)
+            .unwrap_or_else(|e| panic!("kubectl {args:?} failed: {e}"))
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.kubectl(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    fn pod_status(&self, ns: &str, pod: &str, ip: &str, ready: bool) {
+        let status = serde_json::json!({"status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+        }});
+        self.kubectl(
+            &[
+                "patch",
+                "pod",
+                pod,
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        );
+    }
+
+    fn client(&self) -> Client {
+        Client::new(ApiConfig::from_kubeconfig(&self.kubeconfig).expect("kubeconfig"))
+    }
+}
+
+fn kubectl_at(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin piped")
+            .write_all(input.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The AuthorizationPolicy CRD from istio.io/api, or why it is unavailable.
+fn authorization_policy_crd() -> Result<String, String> {
+    let out = Command::new("go")
+        .args(["mod", "download", "-json", ISTIO_API])
+        .current_dir(std::env::temp_dir())
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .map_err(|e| format!("go: {e}"))?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("go mod download: {e}"))?;
+    let dir = info["Dir"]
+        .as_str()
+        .ok_or_else(|| format!("go mod download: {info}"))?;
+    let all = std::fs::read_to_string(
+        Path::new(dir).join("kubernetes/customresourcedefinitions.gen.yaml"),
+    )
+    .map_err(|e| e.to_string())?;
+    all.split("\n---\n")
+        .find(|d| d.contains("name: authorizationpolicies.security.istio.io"))
+        .map(str::to_string)
+        .ok_or_else(|| "no AuthorizationPolicy CRD in the module".into())
+}
+
+// ---- the source -----------------------------------------------------------
+
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    config: LocalConfig,
+    /// Every current store problem, as the operator reads it.
+    errors: Vec<String>,
+}
+
+fn fast() -> SourceOptions {
+    SourceOptions {
+        missing_crd_retry: Duration::from_millis(500),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(500),
+        watch_timeout: Duration::from_secs(60),
+        batch_window: Duration::from_millis(20),
+    }
+}
+
+/// Runs the source; each batch's translation lands in the receiver.
+fn run_source(client: Client) -> (watch::Receiver<Snapshot>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Snapshot::default());
+    let source = KubeSource::with_resources(client, DEFAULT_RESOURCES.to_vec(), fast());
+    let opts = TranslateOptions {
+        istio_labels: true,
+        ..Default::default()
+    };
+    let task = tokio::spawn(source.run(ObjectStore::new(), move |store, _changes| {
+        let t = translate(store, &opts);
+        tx.send_replace(Snapshot {
+            config: t.config,
+            errors: store.errors().iter().map(ToString::to_string).collect(),
+        });
+    }));
+    (rx, task)
+}
+
+async fn wait_for(
+    rx: &mut watch::Receiver<Snapshot>,
+    what: &str,
+    ok: impl Fn(&Snapshot) -> bool,
+) -> Snapshot {
+    let waited = tokio::time::timeout(DEADLINE, rx.wait_for(|s| ok(s)))
+        .await
+        .map(|r| r.map(|s| s.clone()));
+    match waited {
+        Ok(Ok(s)) => s,
+        _ => panic!(
+            "not within {DEADLINE:?}: {what}; last snapshot: {:#?}",
+            *rx.borrow()
+        ),
+    }
+}
+
+fn workload<'a>(
+    s: &'a Snapshot,
+    ns: &str,
+    name: &str,
+) -> Option<&'a trellis_api::config::Workload> {
+    s.config
+        .workloads
+        .iter()
+        .find(|w| w.namespace == ns && w.name == name)
+}
+
+fn pod_yaml(ns: &str, name: &str, app: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\n\
+         spec:\n  nodeName: {node}\n  containers: [{{name: c, image: registry.invalid/app}}]\n"
+    )
+}
+
+fn namespace_yaml(ns: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {ns}}}\n"
+    )
+}
+
+const POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-allow, namespace: mesh}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ACTION
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/mesh/sa/client]}}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_from_the_api_server_become_config() {
+    let Some(kube) = Kube::start() else { return };
+    let (mut rx, task) = run_source(kube.client());
+
+    kube.apply(&namespace_yaml("mesh"));
+    kube.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: mesh}\n\
+         spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n",
+    );
+    kube.apply(&pod_yaml("mesh", "web-1", "web", "node-a"));
+    kube.apply(&pod_yaml("mesh", "web-2", "web", "node-b"));
+    // No kubelet: the test is the kubelet.
+    kube.pod_status("mesh", "web-1", "10.1.0.11", true);
+    kube.pod_status("mesh", "web-2", "10.1.0.12", false);
+
+    let s = wait_for(&mut rx, "two enrolled workloads with their status", |s| {
+        let a = workload(s, "mesh", "web-1");
+        let b = workload(s, "mesh", "web-2");
+        a.is_some_and(|w| w.status == HealthStatus::Healthy)
+            && b.is_some_and(|w| w.status == HealthStatus::Unhealthy)
+    })
+    .await;
+    let w1 = workload(&s, "mesh", "web-1").unwrap();
+    assert_eq!(
+        w1.addresses,
+        vec!["10.1.0.11".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(w1.node, "node-a");
+    assert_eq!(
+        w1.protocol,
+        Protocol::Hbone,
+        "the namespace is labelled ambient"
+    );
+    assert_eq!(workload(&s, "mesh", "web-2").unwrap().node, "node-b");
+    let svc = wait_for(&mut rx, "the service with both endpoints", |s| {
+        s.config
+            .services
+            .iter()
+            .any(|v| v.name == "web" && v.endpoints.len() == 2)
+    })
+    .await;
+    let web = svc
+        .config
+        .services
+        .iter()
+        .find(|v| v.name == "web")
+        .unwrap();
+    assert_eq!(web.hostname, "web.mesh.svc.cluster.local");
+    assert_eq!(web.vips.len(), 1, "the API server allocated a cluster IP");
+
+    // Ready comes; then a pod goes. Forced: a graceful delete only marks
+    // the pod and waits for a kubelet to confirm, and there is none.
+    kube.pod_status("mesh", "web-2", "10.1.0.12", true);
+    wait_for(&mut rx, "web-2 healthy", |s| {
+        workload(s, "mesh", "web-2").is_some_and(|w| w.status == HealthStatus::Healthy)
+    })
+    .await;
+    kube.kubectl(
+        &[
+            "delete",
+            "pod",
+            "web-1",
+            "-n",
+            "mesh",
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    );
+    let s = wait_for(&mut rx, "web-1 removed", |s| {
+        workload(s, "mesh", "web-1").is_none()
+    })
+    .await;
+    assert!(workload(&s, "mesh", "web-2").is_some());
+    assert!(s
+        .config
+        .services
+        .iter()
+        .any(|v| v.name == "web" && v.endpoints.len() == 1));
+
+    // The policy CRD is installed after the source started: the source
+    // finds it on its retry.
+    let crd = match authorization_policy_crd() {
+        Ok(crd) => crd,
+        Err(e) => {
+            eprintln!("skipping the AuthorizationPolicy part: no CRD from {ISTIO_API}: {e}");
+            task.abort();
+            return;
+        }
+    };
+    kube.apply(&crd);
+    kube.kubectl(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/authorizationpolicies.security.istio.io",
+            "--timeout=20s",
+        ],
+        None,
+    );
+    // The API server may take a moment to serve a just-established CRD.
+    let policy = POLICY.replace("ACTION", "ALLOW");
+    let mut applied = false;
+    for _ in 0..50 {
+        if kube
+            .try_kubectl(&["apply", "-f", "-"], Some(&policy))
+            .is_ok()
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(applied, "the AuthorizationPolicy could not be created");
+    let s = wait_for(&mut rx, "the policy in the config", |s| {
+        s.config
+            .policies
+            .iter()
+            .any(|p| p.name == "web-allow" && p.namespace == "mesh")
+    })
+    .await;
+    assert!(
+        workload(&s, "mesh", "web-2").is_some_and(|w| w
+            .authorization_policies
+            .iter()
+            .any(|p| p.contains("web-allow"))),
+        "the selected workload lists the policy: {:?}",
+        workload(&s, "mesh", "web-2")
+    );
+
+    // The CRD accepts AUDIT; Trellis does not. The last good policy stays,
+    // and the problem is reported against the object.
+    kube.apply(&POLICY.replace("ACTION", "AUDIT"));
+    let s = wait_for(&mut rx, "the rejected update reported", |s| {
+        s.errors
+            .iter()
+            .any(|e| e.contains("AuthorizationPolicy/mesh/web-allow"))
+    })
+    .await;
+    assert!(
+        s.config.policies.iter().any(|p| p.name == "web-allow"),
+        "the last good version is kept: {:?}",
+        s.config.policies
+    );
+    assert!(
+        s.errors.iter().any(|e| e.contains("not supported")),
+        "{:?}",
+        s.errors
+    );
+    // Fixed again: the error clears.
+    kube.apply(&POLICY.replace("ACTION", "DENY"));
+    wait_for(&mut rx, "the fixed policy, error cleared", |s| {
+        s.errors.is_empty() && s.config.policies.iter().any(|p| p.name == "web-allow")
+    })
+    .await;
+    kube.kubectl(
+        &["delete", "authorizationpolicy", "web-allow", "-n", "mesh"],
+        None,
+    );
+    wait_for(&mut rx, "the deleted policy gone", |s| {
+        s.config.policies.is_empty()
+    })
+    .await;
+    task.abort();
+}
+
+// ---- broken watches -------------------------------------------------------
+
+/// A loopback TCP forwarder to the API server that the test can cut: all
+/// its connections are dropped and new ones refused until it is resumed.
+struct Cutter {
+    addr: std::net::SocketAddr,
+    open: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl Cutter {
+    async fn start(upstream: String) -> Cutter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let (cut, _) = watch::channel(0u64);
+        let (open2, cut2) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
+                if !open2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut cut_rx = cut2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Cutter { addr, open, cut }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn resume(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_watches_resume_and_catch_up() {
+    let Some(kube) = Kube::start() else { return };
+    // The same kubeconfig, through the forwarder; the server's certificate
+    // is for 127.0.0.1, so it still verifies.
+    let text = std::fs::read_to_string(&kube.kubeconfig).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .expect("server line")
+        .to_string();
+    let cutter = Cutter::start(server.clone()).await;
+    let proxied = kube.kubeconfig.with_file_name("kubeconfig-cut");
+    std::fs::write(&proxied, text.replace(&server, &cutter.addr.to_string())).unwrap();
+    let client = Client::new(ApiConfig::from_kubeconfig(&proxied).expect("kubeconfig"));
+    let (mut rx, task) = run_source(client);
+
+    kube.apply(&namespace_yaml("mesh"));
+    kube.apply(&pod_yaml("mesh", "a", "a", "node-a"));
+    kube.pod_status("mesh", "a", "10.1.0.21", true);
+    wait_for(&mut rx, "pod a", |s| workload(s, "mesh", "a").is_some()).await;
+
+    // While the watches are down, one pod goes and another comes.
+    cutter.cut();
+    kube.kubectl(
+        &[
+            "delete",
+            "pod",
+            "a",
+            "-n",
+            "mesh",
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    );
+    kube.apply(&pod_yaml("mesh", "b", "b", "node-a"));
+    kube.pod_status("mesh", "b", "10.1.0.22", true);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        workload(&rx.borrow(), "mesh", "a").is_some(),
+        "nothing is seen while cut"
+    );
+    cutter.resume();
+
+    let s = wait_for(
+        &mut rx,
+        "a gone and b there after the watches resume",
+        |s| workload(s, "mesh", "a").is_none() && workload(s, "mesh", "b").is_some(),
+    )
+    .await;
+    assert_eq!(
+        workload(&s, "mesh", "b").unwrap().addresses,
+        vec!["10.1.0.22".parse::<std::net::IpAddr>().unwrap()]
+    );
+    task.abort();
+}
+
+// ---- TokenReview ----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_maps_service_accounts_to_callers() {
+    let Some(kube) = Kube::start() else { return };
+    let auth = TokenReview::new(kube.client(), TokenReviewConfig::default());
+    kube.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ztunnel, namespace: istio-system}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: waypoint, namespace: shop}\n",
+    );
+    // A node proxy pod already on its node: the token carries the node.
+    kube.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-a, namespace: istio-system}\n\
+         spec: {nodeName: node-a, serviceAccountName: ztunnel, containers: [{name: c, image: registry.invalid/z}]}\n",
+    );
+    let token = kube.kubectl(
+        &[
+            "create",
+            "token",
+            "ztunnel",
+            "-n",
+            "istio-system",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "ztunnel-a",
+        ],
+        None,
+    );
+    assert_eq!(
+        auth.authenticate(token.trim()).await,
+        Ok(Caller::NodeProxy {
+            node: "node-a".into()
+        })
+    );
+    // Cached: the same answer again.
+    assert_eq!(
+        auth.authenticate(token.trim()).await,
+        Ok(Caller::NodeProxy {
+            node: "node-a".into()
+        })
+    );
+
+    // A pod not yet on a node when the token was made: no node claim, so
+    // the authenticator reads the pod, which is scheduled by then.
+    kube.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-b, namespace: istio-system}\n\
+         spec: {serviceAccountName: ztunnel, containers: [{name: c, image: registry.invalid/z}]}\n",
+    );
+    let token_b = kube.kubectl(
+        &[
+            "create",
+            "token",
+            "ztunnel",
+            "-n",
+            "istio-system",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "ztunnel-b",
+        ],
+        None,
+    );
+    let refused = auth.authenticate(token_b.trim()).await;
+    assert!(
+        matches!(&refused, Err(AuthError::Invalid(m)) if m.contains("not scheduled")),
+        "{refused:?}"
+    );
+    kube.kubectl(
+        &["create", "--raw", "/api/v1/namespaces/istio-system/pods/ztunnel-b/binding", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"ztunnel-b"},"target":{"apiVersion":"v1","kind":"Node","name":"node-b"}}"#),
+    );
+    assert_eq!(
+        auth.authenticate(token_b.trim()).await,
+        Ok(Caller::NodeProxy {
+            node: "node-b".into()
+        })
+    );
+
+    // A node proxy token bound to nothing says no node: refused.
+    let unbound = kube.kubectl(&["create", "token", "ztunnel", "-n", "istio-system"], None);
+    let refused = auth.authenticate(unbound.trim()).await;
+    assert!(
+        matches!(&refused, Err(AuthError::Invalid(m)) if m.contains("not bound to a pod")),
+        "{refused:?}"
+    );
+
+    // Any other service account is a waypoint identity.
+    let wp = kube.kubectl(&["create", "token", "waypoint", "-n", "shop"], None);
+    assert_eq!(
+        auth.authenticate(wp.trim()).await,
+        Ok(Caller::Waypoint {
+            spiffe_id: "spiffe://cluster.local/ns/shop/sa/waypoint".into()
+        })
+    );
+
+    let garbage = auth.authenticate("not-a-token").await;
+    match garbage {
+        Err(AuthError::Invalid(m)) => assert!(!m.is_empty()),
+        other => panic!("a garbage token must be refused as invalid: {other:?}"),
+    }
+}
