@@ -15,7 +15,7 @@ pub const DEFAULT_SERVER_NAMES: [&str; 3] =
     ["istiod.istio-system.svc", "trellis-controller", "localhost"];
 
 /// Trellis controller: serves workload xDS and certificates from a folder
-/// of Kubernetes manifests.
+/// of Kubernetes manifests or a Kubernetes API server.
 #[derive(Debug, clap::Parser)]
 #[command(name = "trellis-controller", version)]
 pub struct Cli {
@@ -28,7 +28,8 @@ pub enum Command {
     /// Certificate authority files.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Serve xDS and the CA on one TLS gRPC port, from a folder of manifests.
+    /// Serve xDS and the CA on one TLS gRPC port, from a folder of manifests
+    /// or a Kubernetes API server.
     // Boxed: the enum is parsed once, and clippy would flag the size gap.
     Run(Box<RunArgs>),
 }
@@ -56,16 +57,24 @@ pub struct CaInitArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
     /// Folder of Kubernetes manifests (*.yaml, *.yml, *.json, recursively);
-    /// watched for changes.
+    /// watched for changes. Or watch a cluster with --kubeconfig / --in-cluster.
+    #[arg(long, required_unless_present_any = ["kubeconfig", "in_cluster"], conflicts_with_all = ["kubeconfig", "in_cluster"])]
+    pub manifests: Option<PathBuf>,
+    /// Kubernetes mode: list and watch the API server this kubeconfig names
+    /// (its current context); proxies' tokens are checked with TokenReview.
+    #[arg(long, conflicts_with = "in_cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode with the pod's own service account.
     #[arg(long)]
-    pub manifests: PathBuf,
+    pub in_cluster: bool,
     /// CA directory (root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem),
     /// as written by `trellis-controller ca init`.
     #[arg(long)]
     pub ca_dir: PathBuf,
-    /// Bootstrap token file: which bearer token is which node proxy or waypoint.
-    #[arg(long)]
-    pub tokens: PathBuf,
+    /// Bootstrap token file: which bearer token is which node proxy or
+    /// waypoint (manifests mode; Kubernetes mode uses TokenReview).
+    #[arg(long, required_unless_present_any = ["kubeconfig", "in_cluster"], conflicts_with_all = ["kubeconfig", "in_cluster"])]
+    pub tokens: Option<PathBuf>,
     /// TLS gRPC port: xDS (AggregatedDiscoveryService) and the CA
     /// (IstioCertificateService).
     #[arg(long, default_value = "127.0.0.1:15012")]

@@ -1,5 +1,6 @@
-//! `trellis-controller run`: the manifests folder in, xDS and certificates
-//! out on one TLS gRPC port, and an admin port beside it.
+//! `trellis-controller run`: the manifests folder (or a Kubernetes API
+//! server) in, xDS and certificates out on one TLS gRPC port, and an admin
+//! port beside it.
 //!
 //! Start-up does everything that can fail on bad input first (CA, tokens,
 //! serving certificate, first scan, binding), so a mistake ends the process
@@ -23,10 +24,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::auth::{Authenticator, TokenFile, TokenFileError};
+use crate::auth::{Authenticator, TokenFile, TokenFileError, TokenReview, TokenReviewConfig};
 use crate::ca::{Ca, CaService, KeysError, ServingError};
 use crate::cli::RunArgs;
-use crate::objects::{manifests, DirError, ManifestsDir, ObjectStore};
+use crate::kube::{ApiConfig, Client, KubeSource};
+use crate::objects::{manifests, DirError, ManifestsDir, ObjectStore, ScanResult};
 use crate::serve::{serve, ServeError};
 use crate::xds::XdsService;
 
@@ -44,6 +46,8 @@ pub enum RunError {
     Serving(#[from] ServingError),
     #[error(transparent)]
     Manifests(#[from] DirError),
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] crate::kube::ConfigError),
     #[error("cannot bind the {what} port on {addr}: {source}; is another process using it?")]
     Bind {
         what: &'static str,
@@ -59,6 +63,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("no object source: pass --manifests DIR, --kubeconfig FILE or --in-cluster")]
+    NoSource,
 }
 
 /// The addresses actually bound (`--bound-addrs-file` holds them as JSON:
@@ -104,20 +110,41 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, RunError> {
     let ca = Arc::new(Ca::load(&args.ca_dir)?);
-    let auth: Arc<dyn Authenticator> = Arc::new(TokenFile::load(&args.tokens)?);
+    let kube = match (&args.kubeconfig, args.in_cluster) {
+        (Some(path), _) => Some(Client::new(ApiConfig::from_kubeconfig(path)?)),
+        (None, true) => Some(Client::new(ApiConfig::in_cluster()?)),
+        (None, false) => None,
+    };
+    let auth: Arc<dyn Authenticator> = match (&kube, &args.tokens) {
+        (Some(client), _) => Arc::new(TokenReview::new(
+            client.clone(),
+            TokenReviewConfig {
+                trust_domain: args.trust_domain.clone(),
+                ..Default::default()
+            },
+        )),
+        (None, Some(tokens)) => Arc::new(TokenFile::load(tokens)?),
+        // clap requires one of them; kept as an error, not a panic.
+        (None, None) => return Err(RunError::NoSource),
+    };
     let tls = ca.serving_config(&args.server_names())?;
 
     let metrics = Arc::new(Metrics::default());
     let mut publisher = Publisher::new(args.translate_options(), metrics.clone());
-    let mut dir = ManifestsDir::new(&args.manifests);
-    let mut store = ObjectStore::new();
-    let first = dir.scan(&mut store)?;
-    info!(
-        manifests = %args.manifests.display(),
-        objects = store.len(),
-        "manifests loaded"
-    );
-    publisher.update(&store, first);
+    // Manifests mode loads the folder before serving, so a bad path fails
+    // the start; Kubernetes mode publishes once every kind has been listed
+    // (readiness says 503 until then).
+    let manifests = match (&kube, &args.manifests) {
+        (None, Some(path)) => {
+            let mut dir = ManifestsDir::new(path);
+            let mut store = ObjectStore::new();
+            let first = dir.scan(&mut store)?;
+            info!(manifests = %path.display(), objects = store.len(), "manifests loaded");
+            publisher.update(&store, first);
+            Some((dir, store))
+        }
+        _ => None,
+    };
 
     let grpc = bind("grpc", args.listen).await?;
     let admin = bind("admin", args.admin_addr).await?;
@@ -142,14 +169,30 @@ pub async fn start(
         .add_service(xds.into_server());
 
     let poll = args.poll;
-    let watcher = AbortOnDrop(tokio::spawn(manifests::poll(
-        dir,
-        store,
-        poll,
-        move |store, scan| {
-            publisher.update(store, scan);
-        },
-    )));
+    let watcher = match (kube, manifests) {
+        (Some(client), _) => {
+            info!("watching the kubernetes api server");
+            AbortOnDrop(tokio::spawn(KubeSource::new(client).run(
+                ObjectStore::new(),
+                move |store, changes| {
+                    let scan = ScanResult {
+                        changed: changes.changed > 0,
+                        errors: changes.errors,
+                    };
+                    publisher.update(store, scan);
+                },
+            )))
+        }
+        (None, Some((dir, store))) => AbortOnDrop(tokio::spawn(manifests::poll(
+            dir,
+            store,
+            poll,
+            move |store, scan| {
+                publisher.update(store, scan);
+            },
+        ))),
+        (None, None) => return Err(RunError::NoSource),
+    };
     let admin_task = AbortOnDrop(tokio::spawn(admin::serve(admin, admin_state)));
     info!(grpc.addr = %addrs.grpc, admin.addr = %addrs.admin, "controller serving");
 
