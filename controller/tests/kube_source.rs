@@ -157,6 +157,24 @@ impl Kube {
         );
     }
 
+    /// A token for service account `ns/sa`, bound to pod `ns/pod`.
+    fn bound_token(&self, ns: &str, sa: &str, pod: &str) -> String {
+        self.kubectl(
+            &[
+                "create",
+                "token",
+                sa,
+                "-n",
+                ns,
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                pod,
+            ],
+            None,
+        )
+    }
+
     fn client(&self) -> Client {
         Client::new(ApiConfig::from_kubeconfig(&self.kubeconfig).expect("kubeconfig"))
     }
@@ -599,20 +617,7 @@ async fn token_review_maps_service_accounts_to_callers() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-a, namespace: istio-system}\n\
          spec: {nodeName: node-a, serviceAccountName: ztunnel, containers: [{name: c, image: registry.invalid/z}]}\n",
     );
-    let token = kube.kubectl(
-        &[
-            "create",
-            "token",
-            "ztunnel",
-            "-n",
-            "istio-system",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "ztunnel-a",
-        ],
-        None,
-    );
+    let token = kube.bound_token("istio-system", "ztunnel", "ztunnel-a");
     assert_eq!(
         auth.authenticate(token.trim()).await,
         Ok(Caller::NodeProxy {
@@ -633,20 +638,7 @@ async fn token_review_maps_service_accounts_to_callers() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-b, namespace: istio-system}\n\
          spec: {serviceAccountName: ztunnel, containers: [{name: c, image: registry.invalid/z}]}\n",
     );
-    let token_b = kube.kubectl(
-        &[
-            "create",
-            "token",
-            "ztunnel",
-            "-n",
-            "istio-system",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "ztunnel-b",
-        ],
-        None,
-    );
+    let token_b = kube.bound_token("istio-system", "ztunnel", "ztunnel-b");
     let refused = auth.authenticate(token_b.trim()).await;
     assert!(
         matches!(&refused, Err(AuthError::Invalid(m)) if m.contains("not scheduled")),
@@ -708,20 +700,7 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
          apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-a, namespace: istio-system}\n\
          spec: {nodeName: node-a, serviceAccountName: ztunnel, containers: [{name: c, image: registry.invalid/z}]}\n",
     );
-    let token = kube.kubectl(
-        &[
-            "create",
-            "token",
-            "ztunnel",
-            "-n",
-            "istio-system",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            "ztunnel-a",
-        ],
-        None,
-    );
+    let token = kube.bound_token("istio-system", "ztunnel", "ztunnel-a");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = trellis_controller::ca::init(dir.path(), "cluster.local", false).expect("ca init");

@@ -72,6 +72,19 @@ fn pod_health(pod: &Pod) -> HealthStatus {
     }
 }
 
+/// Labels naming a workload's canonical service and revision, in Istio's
+/// order of preference.
+const CANONICAL_NAME: &[&str] = &[
+    "service.istio.io/canonical-name",
+    "app.kubernetes.io/name",
+    "app",
+];
+const CANONICAL_REVISION: &[&str] = &[
+    "service.istio.io/canonical-revision",
+    "app.kubernetes.io/version",
+    "version",
+];
+
 fn first_label(labels: Option<&Labels>, keys: &[&str]) -> Option<String> {
     let l = labels?;
     keys.iter()
@@ -194,22 +207,8 @@ fn from_pod<'a>(key: &'a ObjectKey, pod: &'a Pod, opts: &TranslateOptions) -> Op
             authorization_policies: Vec::new(),
             // Membership is filled in on the services; xDS moves it here.
             services: Vec::new(),
-            canonical_name: first_label(
-                labels,
-                &[
-                    "service.istio.io/canonical-name",
-                    "app.kubernetes.io/name",
-                    "app",
-                ],
-            ),
-            canonical_revision: first_label(
-                labels,
-                &[
-                    "service.istio.io/canonical-revision",
-                    "app.kubernetes.io/version",
-                    "version",
-                ],
-            ),
+            canonical_name: first_label(labels, CANONICAL_NAME),
+            canonical_revision: first_label(labels, CANONICAL_REVISION),
             cluster_id: Some(opts.cluster_id.clone()),
             waypoint: None,
         },
@@ -270,22 +269,8 @@ fn from_entry<'a>(
             authorization_policies: Vec::new(),
             // Membership is filled in on the services; xDS moves it here.
             services: Vec::new(),
-            canonical_name: first_label(
-                labels,
-                &[
-                    "service.istio.io/canonical-name",
-                    "app.kubernetes.io/name",
-                    "app",
-                ],
-            ),
-            canonical_revision: first_label(
-                labels,
-                &[
-                    "service.istio.io/canonical-revision",
-                    "app.kubernetes.io/version",
-                    "version",
-                ],
-            ),
+            canonical_name: first_label(labels, CANONICAL_NAME),
+            canonical_revision: first_label(labels, CANONICAL_REVISION),
             cluster_id: Some(opts.cluster_id.clone()),
             waypoint: None,
         },
