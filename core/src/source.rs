@@ -1,9 +1,9 @@
 //! Where a proxy's config comes from, and the one way it reaches the store.
 //!
-//! Every source (today the file, next the controller over xDS) implements
+//! Every source (a file, or the controller over delta xDS) implements
 //! [`Source`] and hands its [`Update`]s to an [`UpdateSink`], which applies
 //! them with [`StateStore::apply`] and counts the result. [`spawn`] is the
-//! one function that starts a source, and [`initial_state`] the one that
+//! one function that starts a source, and [`initial_store`] the one that
 //! gives a proxy its state at start, so no mode has a second code path.
 
 use std::future::Future;
@@ -53,23 +53,13 @@ pub fn initial_store(spec: &SourceSpec) -> Result<StateStore, SourceError> {
             let empty = ProxyState::new(Default::default()).expect("an empty config is valid");
             Ok(StateStore::unsynced(empty))
         }
-        _ => initial_state(spec).map(StateStore::new),
-    }
-}
-
-/// The state a file source starts with (see [`initial_store`]).
-pub fn initial_state(spec: &SourceSpec) -> Result<ProxyState, SourceError> {
-    match spec {
-        SourceSpec::Xds(_) => {
-            Ok(ProxyState::new(Default::default()).expect("an empty config is valid"))
-        }
         SourceSpec::File { path, .. } => {
             let err = |source| SourceError::File {
                 path: path.display().to_string(),
                 source,
             };
             let cfg = file::load_file(path).map_err(err)?;
-            ProxyState::new(cfg).map_err(err)
+            Ok(StateStore::new(ProxyState::new(cfg).map_err(err)?))
         }
     }
 }

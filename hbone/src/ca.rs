@@ -27,7 +27,7 @@ pub const ROOT_KEY_FILE: &str = "root-key.pem";
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Certificates start this far in the past so small clock skew between nodes
 /// does not make a fresh certificate "not valid yet".
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// Why the development CA could not be created, loaded, saved or used.
 #[derive(Debug, thiserror::Error)]
@@ -107,20 +107,7 @@ impl DevCa {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = SystemTime::now();
         let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, trust_domain);
-        // A per-root suffix (from its public key): verifiers match roots by
-        // subject first, so two dev roots with one name make a foreign
-        // certificate fail as a bad signature instead of an unknown issuer.
-        let tag: String = key
-            .public_key_raw()
-            .iter()
-            .skip(1)
-            .take(4)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        dn.push(DnType::CommonName, format!("trellis dev root ca {tag}"));
-        params.distinguished_name = dn;
+        params.distinguished_name = ca_name(trust_domain, "dev root", &key);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -213,27 +200,56 @@ impl DevCa {
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let now = SystemTime::now();
-        let mut params = CertificateParams::default();
-        // Like Istio workload certificates: empty subject, identity only in the SAN.
-        params.distinguished_name = DistinguishedName::new();
-        let uri = rcgen::string::Ia5String::try_from(id.to_string())?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = to_offset(now, BACKDATE, false)?;
-        params.not_after = to_offset(now, validity, true)?;
+        let params = leaf_params(id, now, validity)?;
         let leaf = params.signed_by(&key, &issuer)?;
         let chain_pem = format!("{}{}", leaf.pem(), self.cert_pem);
         WorkloadCert::from_pem(&chain_pem, &key.serialize_pem()).map_err(CaError::Issued)
     }
+}
+
+/// A CA's subject: the trust domain as organisation, and a common name with
+/// the CA's `role` and a per-key suffix. Verifiers match issuers by subject
+/// first, so two CAs with one name would make a foreign certificate fail as
+/// a bad signature instead of an unknown issuer.
+pub fn ca_name(trust_domain: &str, role: &str, key: &KeyPair) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    let tag: String = key
+        .public_key_raw()
+        .iter()
+        .skip(1)
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    dn.push(DnType::CommonName, format!("trellis {role} ca {tag}"));
+    dn
+}
+
+/// A workload certificate's shape, as Istio issues them: empty subject, the
+/// identity only in the URI SAN, server and client auth, valid from
+/// [`BACKDATE`] before `now` (clock skew) for `validity`.
+pub fn leaf_params(
+    id: &Identity,
+    now: SystemTime,
+    validity: Duration,
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    let uri = rcgen::string::Ia5String::try_from(id.to_string())?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = to_offset(now, BACKDATE, false)?;
+    params.not_after = to_offset(now, validity, true)?;
+    Ok(params)
 }
 
 /// Writes a secret file readable only by its owner, tightening an existing file too.

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -245,19 +245,7 @@ fn ca_params(
     validity: Duration,
 ) -> Result<CertificateParams, KeysError> {
     let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, trust_domain);
-    // A per-key suffix: verifiers look issuers up by subject, so two CAs with
-    // one name would turn "unknown issuer" into a confusing bad signature.
-    let tag: String = key
-        .public_key_raw()
-        .iter()
-        .skip(1)
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    dn.push(DnType::CommonName, format!("trellis {role} ca {tag}"));
-    params.distinguished_name = dn;
+    params.distinguished_name = hbone::ca::ca_name(trust_domain, role, key);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,

@@ -6,16 +6,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use rcgen::{
-    CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType,
-};
+use rcgen::{CertificateSigningRequestParams, SanType};
 
-use super::keys::{offset, Ca};
-
-/// Leafs start this far in the past so a node whose clock is a little behind
-/// does not find a fresh certificate "not valid yet".
-const BACKDATE: Duration = Duration::from_secs(60);
+use super::keys::Ca;
 
 /// Why a CSR was not signed.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +23,8 @@ pub enum SignError {
     BadIdentity(String),
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
+    #[error("signing failed: {0}")]
+    Leaf(#[from] hbone::CaError),
 }
 
 /// A parsed CSR whose self-signature verified.
@@ -90,23 +85,7 @@ pub fn sign(
         .filter(|d| !d.is_zero())
         .map_or(max, |d| d.min(max));
     let now = SystemTime::now();
-    let mut params = rcgen::CertificateParams::default();
-    // Like Istio's workload certificates: empty subject, identity in the SAN only.
-    params.distinguished_name = DistinguishedName::new();
-    let uri = rcgen::string::Ia5String::try_from(csr.identity.to_string())?;
-    params.subject_alt_names = vec![SanType::URI(uri)];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = offset(now.checked_sub(BACKDATE))?;
-    params.not_after = offset(now.checked_add(validity))?;
+    let params = hbone::ca::leaf_params(&csr.identity, now, validity)?;
     let request = CertificateSigningRequestParams {
         params,
         public_key: csr.request.public_key.clone(),
