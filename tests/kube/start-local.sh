@@ -20,6 +20,10 @@
 # If the API server is not ready within $KUBE_START_TIMEOUT seconds (default
 # 60), it prints the end of the log, stops what it started and exits non-zero.
 #
+# Services get cluster IPs from $KUBE_SERVICE_CIDR (default 10.96.0.0/16);
+# tests whose pods send traffic to a service VIP pick a range their network
+# namespaces route (inside 198.18.0.0/15).
+#
 # The binaries are $KUBE_APISERVER and $ETCD when both are set, otherwise
 # whatever tests/kube/install.sh prints (it builds them on first use).
 set -euo pipefail
@@ -37,6 +41,7 @@ mkdir -p "$1"
 dir="$(cd "$1" && pwd)"
 [ ! -e "$dir/etcd" ] || die "$dir already holds etcd data from an earlier run; use a fresh directory"
 timeout_s="${KUBE_START_TIMEOUT:-60}"
+service_cidr="${KUBE_SERVICE_CIDR:-10.96.0.0/16}"
 
 for tool in curl openssl; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
@@ -162,7 +167,7 @@ setsid "$KUBE_APISERVER" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$dir/pki/sa.key" \
     --service-account-signing-key-file="$dir/pki/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 \
+    --service-cluster-ip-range="$service_cidr" \
     --authorization-mode=RBAC \
     --token-auth-file="$dir/pki/tokens.csv" \
     --endpoint-reconciler-type=none \

@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod demo;
 pub mod demo_waypoint;
+pub mod kube;
 pub mod l7kit;
 pub mod mesh_kit;
 mod plan;
