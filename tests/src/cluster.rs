@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use trellis_netns::NetNs;
+
 use crate::process::OwnedChild;
+pub use crate::proxy_args::{Feed, ProxyArgs};
 use crate::Topology;
 
 /// Path of the node proxy binary: `TRELLIS_NODE_PROXY_BIN`, or the one cargo
@@ -142,6 +145,9 @@ impl ClusterFiles {
 pub struct NodeProxy {
     pub node: String,
     child: OwnedChild,
+    /// The namespace its admin ports bind in (a node's, when it runs like a
+    /// DaemonSet pod in the node's network); None: the test's own.
+    netns: Option<NetNs>,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub readiness: SocketAddr,
@@ -149,7 +155,9 @@ pub struct NodeProxy {
 }
 
 impl NodeProxy {
-    /// Starts a shared-mode proxy for `node`, enrolling `pods` (names from the topology).
+    /// Starts a shared-mode proxy for `node` in the test's namespace, with a
+    /// config file and a dev CA, enrolling `pods` (names from the topology,
+    /// which are also their workload uids).
     pub fn start(
         topo: &Topology,
         files: &ClusterFiles,
@@ -159,33 +167,78 @@ impl NodeProxy {
         pods: &[&str],
         extra: &[&str],
     ) -> Result<NodeProxy> {
+        let enrolled = pods
+            .iter()
+            .map(|p| {
+                let pod = topo.pod(p).ok_or_else(|| anyhow!("no pod {p}"))?;
+                Ok((p.to_string(), pod.netns_path().to_path_buf()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let args = ProxyArgs {
+            node: node.into(),
+            feed: Feed::Files {
+                config: config.into(),
+                ca_dir: ca_dir.into(),
+            },
+            pods: enrolled,
+            bound_addrs_file: files.path(&format!("{node}-addrs.json")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        NodeProxy::launch(&args, None, &files.path(&format!("{node}.log")))
+    }
+
+    /// Starts a shared-mode proxy inside `node`'s network namespace, as a
+    /// node proxy runs on a real node, fed only by the controller (see
+    /// [`Feed::Controller`]): no config file, no CA key. `pods` are
+    /// (workload uid, topology pod name) pairs to enroll at start.
+    pub fn start_in_node(
+        topo: &Topology,
+        files: &ClusterFiles,
+        node: &str,
+        feed: Feed,
+        pods: &[(String, String)],
+        extra: &[&str],
+    ) -> Result<NodeProxy> {
+        let enrolled = pods
+            .iter()
+            .map(|(uid, p)| {
+                let pod = topo.pod(p).ok_or_else(|| anyhow!("no pod {p}"))?;
+                Ok((uid.clone(), pod.netns_path().to_path_buf()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let n = topo.node(node).ok_or_else(|| anyhow!("no node {node}"))?;
+        let args = ProxyArgs {
+            node: node.into(),
+            feed,
+            pods: enrolled,
+            bound_addrs_file: files.path(&format!("{node}-addrs.json")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        NodeProxy::launch(
+            &args,
+            Some((n.netns_name(), n.netns()?)),
+            &files.path(&format!("{node}.log")),
+        )
+    }
+
+    /// Spawns the binary with `args` (inside a namespace with `ip netns
+    /// exec`, which execs it, so the child's PID is the proxy's), then
+    /// waits for its bound addresses and readiness.
+    fn launch(args: &ProxyArgs, netns: Option<(&str, NetNs)>, log: &Path) -> Result<NodeProxy> {
         let bin = node_proxy_bin()?;
-        let addrs_file = files.path(&format!("{node}-addrs.json"));
-        let log = files.path(&format!("{node}.log"));
-        let _ = std::fs::remove_file(&addrs_file);
-        let mut cmd = Command::new(&bin);
-        cmd.args(["--mode", "shared", "--node", node])
-            .arg("--config")
-            .arg(config)
-            .arg("--ca-dir")
-            .arg(ca_dir)
-            .args([
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--readiness-addr", "127.0.0.1:0", "--workers", "1"])
-            .args(["--config-poll", "100ms", "--log", "info"])
-            .arg("--bound-addrs-file")
-            .arg(&addrs_file);
-        for p in pods {
-            let pod = topo.pod(p).ok_or_else(|| anyhow!("no pod {p}"))?;
-            cmd.arg("--pod")
-                .arg(format!("{}={}", p, pod.netns_path().display()));
-        }
-        cmd.args(extra);
-        let out = std::fs::File::create(&log)?;
+        let node = &args.node;
+        let addrs_file = &args.bound_addrs_file;
+        let _ = std::fs::remove_file(addrs_file);
+        let mut cmd = match &netns {
+            Some((name, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.args(args.argv());
+        let out = std::fs::File::create(log)?;
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -193,12 +246,13 @@ impl NodeProxy {
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let mut proxy = NodeProxy {
-            node: node.into(),
+            node: node.clone(),
             child: OwnedChild::new(child),
+            netns: netns.map(|(_, ns)| ns),
             admin: "0.0.0.0:0".parse()?,
             metrics: "0.0.0.0:0".parse()?,
             readiness: "0.0.0.0:0".parse()?,
-            log,
+            log: log.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         let addrs: serde_json::Value = loop {
@@ -208,7 +262,7 @@ impl NodeProxy {
                     proxy.log()
                 );
             }
-            if let Ok(body) = std::fs::read(&addrs_file) {
+            if let Ok(body) = std::fs::read(addrs_file) {
                 break serde_json::from_slice(&body)?;
             }
             if Instant::now() > deadline {
@@ -244,16 +298,32 @@ impl NodeProxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// An HTTP request to one of its ports, from its namespace.
+    fn call(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String)> {
+        match &self.netns {
+            Some(ns) => ns
+                .run_in(|| http(addr, method, path, body))
+                .map_err(|e| anyhow!("entering {}'s netns: {e}", self.node))?,
+            None => http(addr, method, path, body),
+        }
+    }
+
     pub fn ready(&self) -> Result<bool> {
-        Ok(http(self.readiness, "GET", "/healthz/ready", "")?.0 == 200)
+        Ok(self.call(self.readiness, "GET", "/healthz/ready", "")?.0 == 200)
     }
 
     pub fn admin(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-        http(self.admin, method, path, body)
+        self.call(self.admin, method, path, body)
     }
 
     pub fn metrics_text(&self) -> Result<String> {
-        Ok(http(self.metrics, "GET", "/metrics", "")?.1)
+        Ok(self.call(self.metrics, "GET", "/metrics", "")?.1)
     }
 
     /// Sum of a metric's samples whose labels include all of `labels`.

@@ -6,15 +6,21 @@
 //! Tests that build namespaces start with
 //! `if !trellis_e2e::require_root() { return; }`.
 
+pub mod cert_probe;
 pub mod cleanup;
 pub mod cluster;
+pub mod controlled_mesh;
+pub mod controller_proc;
+pub mod counted_stream;
 pub mod demo;
 pub mod demo_waypoint;
 pub mod kube;
 pub mod l7kit;
+pub mod manifests;
 pub mod mesh_kit;
 mod plan;
 pub mod process;
+pub mod proxy_args;
 pub mod root;
 pub mod servers;
 pub mod sockinspect;

@@ -1,0 +1,155 @@
+//! The controller's objects behind one interface: files in its manifests
+//! folder, or objects in the API server, so a test's steps are the same in
+//! both modes.
+
+use std::io::Read;
+
+use anyhow::{Context, Result};
+
+use super::{PROXY_ACCOUNT, PROXY_NAMESPACE};
+use crate::kube::KubeApiServer;
+use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef};
+
+/// The controller's objects, in the folder or in the API server.
+pub(super) enum Objects {
+    Manifests(ManifestsDir),
+    Kube(KubeApiServer),
+}
+
+impl Objects {
+    /// A namespace-level object (namespace, service) under `file` in the folder.
+    pub(super) fn put(&self, file: &str, yaml: &str) -> Result<()> {
+        match self {
+            Objects::Manifests(dir) => dir
+                .write(file, yaml)
+                .with_context(|| format!("writing manifest {file}")),
+            Objects::Kube(kube) => Ok(kube.apply(yaml)?),
+        }
+    }
+
+    fn pod_file(p: &PodDef) -> String {
+        format!("pods/{}-{}.yaml", p.namespace, p.name)
+    }
+
+    fn policy_file(ns: &str, name: &str) -> String {
+        format!("policies/{ns}-{name}.yaml")
+    }
+
+    /// The pod and its service account; in the API server its status is
+    /// written afterwards, as a kubelet would.
+    pub(super) fn put_pod(&self, p: &PodDef) -> Result<()> {
+        let sa = manifests::service_account(&p.namespace, &p.service_account);
+        match self {
+            Objects::Manifests(dir) => {
+                let yaml = manifests::stream(&[sa, manifests::pod(p, true)]);
+                dir.write(&Self::pod_file(p), &yaml)
+                    .with_context(|| format!("writing the manifest of pod {}", p.name))
+            }
+            Objects::Kube(kube) => {
+                kube.apply(&manifests::stream(&[sa, manifests::pod(p, false)]))?;
+                kube.pod_status(&p.namespace, &p.name, &p.ip.to_string(), true)?;
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn delete_pod(&self, p: &PodDef) -> Result<()> {
+        match self {
+            Objects::Manifests(dir) => dir
+                .remove(&Self::pod_file(p))
+                .with_context(|| format!("removing the manifest of pod {}", p.name)),
+            Objects::Kube(kube) => Ok(kube.delete_pod(&p.namespace, &p.name)?),
+        }
+    }
+
+    pub(super) fn put_policy(&self, p: &PolicyDef) -> Result<()> {
+        let yaml = manifests::authorization_policy(p);
+        match self {
+            Objects::Manifests(dir) => dir
+                .write(&Self::policy_file(&p.namespace, &p.name), &yaml)
+                .with_context(|| format!("writing the manifest of policy {}", p.name)),
+            Objects::Kube(kube) => Ok(kube.apply(&yaml)?),
+        }
+    }
+
+    /// Replaces a policy with a version the controller must refuse: YAML
+    /// that does not parse in the folder; in the API server (whose CRD
+    /// validation refuses broken YAML) an action the CRD accepts and
+    /// Trellis does not (AUDIT).
+    pub(super) fn break_policy(&self, p: &PolicyDef) -> Result<()> {
+        match self {
+            Objects::Manifests(dir) => {
+                let good = manifests::authorization_policy(p);
+                let broken = good.replace("rules:", "rules: [");
+                dir.write(&Self::policy_file(&p.namespace, &p.name), &broken)
+                    .with_context(|| format!("writing the broken policy {}", p.name))
+            }
+            Objects::Kube(kube) => {
+                let audit = PolicyDef {
+                    action: "AUDIT".into(),
+                    ..p.clone()
+                };
+                Ok(kube.apply(&manifests::authorization_policy(&audit))?)
+            }
+        }
+    }
+
+    pub(super) fn delete_policy(&self, ns: &str, name: &str) -> Result<()> {
+        match self {
+            Objects::Manifests(dir) => dir
+                .remove(&Self::policy_file(ns, name))
+                .with_context(|| format!("removing the manifest of policy {name}")),
+            Objects::Kube(kube) => Ok(kube
+                .kubectl(&["delete", "authorizationpolicy", name, "-n", ns], None)
+                .map(drop)?),
+        }
+    }
+
+    /// Each node proxy's bearer token: random bootstrap tokens for the
+    /// token file, or in Kubernetes mode a TokenRequest for the node
+    /// proxy's service account bound to a pod on that node (the
+    /// controller's TokenReview maps it to the node).
+    pub(super) fn node_tokens(&self, nodes: &[String]) -> Result<Vec<(String, String)>> {
+        match self {
+            Objects::Manifests(_) => nodes
+                .iter()
+                .map(|n| Ok((n.clone(), random_token()?)))
+                .collect(),
+            Objects::Kube(kube) => {
+                kube.apply(&manifests::stream(&[
+                    manifests::namespace(PROXY_NAMESPACE, false),
+                    manifests::service_account(PROXY_NAMESPACE, PROXY_ACCOUNT),
+                ]))?;
+                nodes
+                    .iter()
+                    .map(|node| {
+                        let pod = PodDef {
+                            namespace: PROXY_NAMESPACE.into(),
+                            name: format!("node-proxy-{node}"),
+                            service_account: PROXY_ACCOUNT.into(),
+                            node: node.clone(),
+                            // Not in the mesh namespace: never a workload.
+                            ip: "198.19.255.254".parse().expect("literal"),
+                            app: "trellis-node-proxy".into(),
+                        };
+                        let node_object =
+                            format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n");
+                        kube.apply(&manifests::stream(&[
+                            node_object,
+                            manifests::pod(&pod, false),
+                        ]))?;
+                        let token = kube.bound_token(PROXY_NAMESPACE, PROXY_ACCOUNT, &pod.name)?;
+                        Ok((node.clone(), token))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// 128 random bits as hex, from the kernel.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

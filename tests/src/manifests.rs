@@ -1,0 +1,339 @@
+//! Kubernetes objects for the controller, as YAML: what a test writes into
+//! the controller's manifests folder, or applies to a real API server.
+//! Rendering is pure (tested below); [`ManifestsDir`] does the file I/O.
+//!
+//! Pods carry `spec.nodeName` and, for the manifests folder,
+//! `status.podIP`: there is no kubelet, so the test states where each pod
+//! runs and which address it has (the topology's pod IP).
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// The label that enrolls a namespace in the mesh.
+pub const AMBIENT_LABEL: &str = "trellis.dev/dataplane-mode";
+/// The trust domain of every identity in these tests.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// A pod as the controller sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodDef {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub node: String,
+    pub ip: IpAddr,
+    /// `app: <value>`, what services and policies select on.
+    pub app: String,
+}
+
+impl PodDef {
+    /// The workload uid the controller gives the pod, and what the node
+    /// proxy enrolls it as (`<cluster id>//Pod/<namespace>/<name>`).
+    pub fn uid(&self) -> String {
+        format!("Kubernetes//Pod/{}/{}", self.namespace, self.name)
+    }
+
+    /// `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+
+    /// `cluster.local/ns/<ns>/sa/<sa>`, as a policy names the principal.
+    pub fn principal(&self) -> String {
+        format!(
+            "{TRUST_DOMAIN}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// An L4 AuthorizationPolicy on the pods labelled `app: <selector_app>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyDef {
+    pub namespace: String,
+    pub name: String,
+    /// `ALLOW` or `DENY`.
+    pub action: String,
+    pub selector_app: String,
+    /// `cluster.local/ns/<ns>/sa/<sa>` principals of the one `from` rule.
+    pub from_principals: Vec<String>,
+}
+
+/// A Namespace, in the mesh when `ambient`.
+pub fn namespace(name: &str, ambient: bool) -> String {
+    let labels = if ambient {
+        format!("\n  labels:\n    {AMBIENT_LABEL}: ambient")
+    } else {
+        String::new()
+    };
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}{labels}\n")
+}
+
+/// A ServiceAccount (the API server's admission wants it before a pod uses it).
+pub fn service_account(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
+    )
+}
+
+/// A Pod; with `with_status` its status too (Running, Ready, the pod IP),
+/// as the manifests folder needs. The API server ignores a status sent on
+/// create: there it is patched afterwards (see `KubeApiServer::pod_status`).
+pub fn pod(p: &PodDef, with_status: bool) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n\
+         spec:\n  serviceAccountName: {}\n  nodeName: {}\n  containers:\n    - name: app\n      image: registry.invalid/trellis-test\n",
+        p.name, p.namespace, p.app, p.service_account, p.node
+    );
+    if with_status {
+        let _ = write!(
+            s,
+            "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n    - ip: {ip}\n  conditions:\n    - type: Ready\n      status: \"True\"\n",
+            ip = p.ip
+        );
+    }
+    s
+}
+
+/// A ClusterIP Service selecting `app: <app>`; `ports` are (port, targetPort).
+pub fn service(
+    namespace: &str,
+    name: &str,
+    cluster_ip: IpAddr,
+    app: &str,
+    ports: &[(u16, u16)],
+) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         spec:\n  clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n  selector:\n    app: {app}\n  ports:\n"
+    );
+    for (port, target) in ports {
+        let _ = writeln!(
+            s,
+            "    - name: tcp-{port}\n      port: {port}\n      targetPort: {target}"
+        );
+    }
+    s
+}
+
+/// An Istio AuthorizationPolicy (security.istio.io/v1).
+pub fn authorization_policy(p: &PolicyDef) -> String {
+    let principals = p
+        .from_principals
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {}\n  namespace: {}\n\
+         spec:\n  selector:\n    matchLabels:\n      app: {}\n  action: {}\n  rules:\n    - from:\n        - source:\n            principals: [{principals}]\n",
+        p.name, p.namespace, p.selector_app, p.action
+    )
+}
+
+/// The controller's bootstrap token file: each (token, node) a node proxy.
+pub fn token_file(node_tokens: &[(String, String)]) -> String {
+    let mut s = String::from("tokens:\n");
+    for (token, node) in node_tokens {
+        let _ = writeln!(
+            s,
+            "  - token: \"{token}\"\n    nodeProxy: {{ node: {node} }}"
+        );
+    }
+    s
+}
+
+/// Several objects as one YAML stream.
+pub fn stream(docs: &[String]) -> String {
+    docs.join("---\n")
+}
+
+/// The folder the controller watches (`run --manifests DIR`).
+pub struct ManifestsDir {
+    root: PathBuf,
+}
+
+impl ManifestsDir {
+    /// Creates `root` if needed.
+    pub fn create(root: &Path) -> std::io::Result<ManifestsDir> {
+        std::fs::create_dir_all(root)?;
+        Ok(ManifestsDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes `file` (relative to the root) as an editor should: a hidden
+    /// temp file (the controller skips hidden files), then a rename, so a
+    /// scan never reads half a file.
+    pub fn write(&self, file: &str, text: &str) -> std::io::Result<()> {
+        let path = self.root.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Removes `file`; the controller drops its objects on the next scan.
+    pub fn remove(&self, file: &str) -> std::io::Result<()> {
+        std::fs::remove_file(self.root.join(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parse(yaml: &str) -> Value {
+        serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}:\n{yaml}"))
+    }
+
+    fn server() -> PodDef {
+        PodDef {
+            namespace: "demo".into(),
+            name: "server".into(),
+            service_account: "server-sa".into(),
+            node: "node2".into(),
+            ip: "198.18.2.2".parse().unwrap(),
+            app: "server".into(),
+        }
+    }
+
+    #[test]
+    fn rendered_objects_carry_the_fields_the_controller_reads() {
+        let policy = PolicyDef {
+            namespace: "demo".into(),
+            name: "deny-client".into(),
+            action: "DENY".into(),
+            selector_app: "server".into(),
+            from_principals: vec!["cluster.local/ns/demo/sa/client".into()],
+        };
+        // (object, JSON pointer, expected value)
+        let cases: Vec<(String, &str, Value)> = vec![
+            (
+                namespace("demo", true),
+                "/metadata/labels/trellis.dev~1dataplane-mode",
+                json!("ambient"),
+            ),
+            (namespace("plain", false), "/metadata/labels", Value::Null),
+            (
+                service_account("demo", "client"),
+                "/metadata/namespace",
+                json!("demo"),
+            ),
+            (pod(&server(), true), "/spec/nodeName", json!("node2")),
+            (
+                pod(&server(), true),
+                "/spec/serviceAccountName",
+                json!("server-sa"),
+            ),
+            (
+                pod(&server(), true),
+                "/metadata/labels/app",
+                json!("server"),
+            ),
+            (pod(&server(), true), "/status/podIP", json!("198.18.2.2")),
+            (
+                pod(&server(), true),
+                "/status/conditions/0/status",
+                json!("True"),
+            ),
+            (pod(&server(), false), "/status", Value::Null),
+            (
+                service(
+                    "demo",
+                    "echo",
+                    "198.18.250.10".parse().unwrap(),
+                    "server",
+                    &[(80, 8080), (81, 9090)],
+                ),
+                "/spec/ports/1/targetPort",
+                json!(9090),
+            ),
+            (
+                service(
+                    "demo",
+                    "echo",
+                    "198.18.250.10".parse().unwrap(),
+                    "server",
+                    &[(80, 8080)],
+                ),
+                "/spec/clusterIP",
+                json!("198.18.250.10"),
+            ),
+            (authorization_policy(&policy), "/spec/action", json!("DENY")),
+            (
+                authorization_policy(&policy),
+                "/spec/selector/matchLabels/app",
+                json!("server"),
+            ),
+            (
+                authorization_policy(&policy),
+                "/spec/rules/0/from/0/source/principals/0",
+                json!("cluster.local/ns/demo/sa/client"),
+            ),
+            (
+                token_file(&[("t1".into(), "node1".into()), ("t2".into(), "node2".into())]),
+                "/tokens/1/nodeProxy/node",
+                json!("node2"),
+            ),
+        ];
+        for (yaml, pointer, want) in cases {
+            let v = parse(&yaml);
+            assert_eq!(
+                v.pointer(pointer).cloned().unwrap_or(Value::Null),
+                want,
+                "{pointer} in\n{yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn pod_names_identity_uid_and_principal() {
+        let p = server();
+        assert_eq!(p.uid(), "Kubernetes//Pod/demo/server");
+        assert_eq!(p.spiffe_id(), "spiffe://cluster.local/ns/demo/sa/server-sa");
+        assert_eq!(p.principal(), "cluster.local/ns/demo/sa/server-sa");
+    }
+
+    #[test]
+    fn a_stream_holds_every_document() {
+        let s = stream(&[namespace("demo", true), service_account("demo", "a")]);
+        let docs: Vec<Value> = s.split("---\n").map(parse).collect();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1]["kind"], "ServiceAccount");
+    }
+
+    #[test]
+    fn writes_are_atomic_renames_and_removals_delete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ManifestsDir::create(&tmp.path().join("m")).unwrap();
+        dir.write("pods/a.yaml", "x: 1\n").unwrap();
+        dir.write("pods/a.yaml", "x: 2\n").unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.root().join("pods"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.yaml"], "no temp file left behind");
+        assert_eq!(
+            std::fs::read_to_string(dir.root().join("pods/a.yaml")).unwrap(),
+            "x: 2\n"
+        );
+        dir.remove("pods/a.yaml").unwrap();
+        assert!(!dir.root().join("pods/a.yaml").exists());
+    }
+}

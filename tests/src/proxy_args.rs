@@ -1,0 +1,212 @@
+//! The `trellis-node-proxy` command lines the harness starts, built apart
+//! from the process so tests can check them: a proxy fed by the controller
+//! has no `--config` and no `--ca-dir`, only the controller's address, the
+//! root that verifies it and a token.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags that hand a proxy local state: its config from a file, or a CA
+/// key to sign its own certificates with.
+pub const LOCAL_STATE_FLAGS: [&str; 2] = ["--config", "--ca-dir"];
+
+/// Where a proxy's config and certificates come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// A config file and a dev CA directory (the file-mode tests).
+    Files { config: PathBuf, ca_dir: PathBuf },
+    /// The controller: xDS and the CA on one address.
+    Controller {
+        address: SocketAddr,
+        /// The mesh root the controller's serving certificate chains to.
+        root: PathBuf,
+        token_file: PathBuf,
+    },
+}
+
+/// One shared-mode node proxy's command line.
+#[derive(Clone, Debug)]
+pub struct ProxyArgs {
+    pub node: String,
+    pub feed: Feed,
+    /// (workload uid, netns path) of the pods enrolled at start.
+    pub pods: Vec<(String, PathBuf)>,
+    pub bound_addrs_file: PathBuf,
+    /// Appended as given.
+    pub extra: Vec<String>,
+}
+
+impl ProxyArgs {
+    /// The arguments after the binary's name.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = ["--mode", "shared", "--node", &self.node]
+            .iter()
+            .map(Into::into)
+            .collect();
+        match &self.feed {
+            Feed::Files { config, ca_dir } => {
+                a.extend(["--config".into(), config.into()]);
+                a.extend(["--ca-dir".into(), ca_dir.into()]);
+                // Only the file is polled; 100 ms keeps reload tests quick.
+                a.extend(["--config-poll".into(), "100ms".into()]);
+            }
+            Feed::Controller {
+                address,
+                root,
+                token_file,
+            } => {
+                a.extend(["--xds-address".into(), address.to_string().into()]);
+                a.extend(["--control-plane-root".into(), root.into()]);
+                a.extend(["--token-file".into(), token_file.into()]);
+            }
+        }
+        for flag in ["--admin-addr", "--metrics-addr", "--readiness-addr"] {
+            a.extend([flag.into(), "127.0.0.1:0".into()]);
+        }
+        a.extend([
+            "--workers".into(),
+            "1".into(),
+            "--log".into(),
+            "info".into(),
+        ]);
+        a.extend([
+            "--bound-addrs-file".into(),
+            self.bound_addrs_file.clone().into(),
+        ]);
+        for (uid, netns) in &self.pods {
+            let mut pod = OsString::from(uid);
+            pod.push("=");
+            pod.push(netns);
+            a.extend(["--pod".into(), pod]);
+        }
+        a.extend(self.extra.iter().map(Into::into));
+        a
+    }
+}
+
+/// The [`LOCAL_STATE_FLAGS`] a command line holds, as `--flag` or `--flag=value`.
+pub fn local_state_flags(argv: &[String]) -> Vec<String> {
+    argv.iter()
+        .filter(|a| {
+            LOCAL_STATE_FLAGS
+                .iter()
+                .any(|f| *a == f || a.starts_with(&format!("{f}=")))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The value of `--flag value` or `--flag=value` in a command line.
+pub fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
+    let eq = format!("{flag}=");
+    argv.iter().enumerate().find_map(|(i, a)| {
+        if a == flag {
+            argv.get(i + 1).map(String::as_str)
+        } else {
+            a.strip_prefix(&eq)
+        }
+    })
+}
+
+/// A running process's command line, from /proc (NUL-separated).
+pub fn proc_cmdline(pid: u32) -> std::io::Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(feed: Feed) -> Vec<String> {
+        ProxyArgs {
+            node: "node1".into(),
+            feed,
+            pods: vec![(
+                "Kubernetes//Pod/demo/client".into(),
+                "/var/run/netns/p".into(),
+            )],
+            bound_addrs_file: "/t/addrs.json".into(),
+            extra: vec!["--drain-deadline".into(), "3s".into()],
+        }
+        .argv()
+        .into_iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect()
+    }
+
+    fn controller() -> Feed {
+        Feed::Controller {
+            address: "198.19.255.3:15012".parse().unwrap(),
+            root: "/t/ca/root-cert.pem".into(),
+            token_file: "/t/node1.token".into(),
+        }
+    }
+
+    fn files() -> Feed {
+        Feed::Files {
+            config: "/t/mesh.yaml".into(),
+            ca_dir: "/t/ca".into(),
+        }
+    }
+
+    #[test]
+    fn a_proxy_fed_by_the_controller_has_no_local_state_flags() {
+        // (feed, flag, its value; None: the flag must be absent)
+        let cases: Vec<(Feed, &str, Option<&str>)> = vec![
+            (controller(), "--xds-address", Some("198.19.255.3:15012")),
+            (
+                controller(),
+                "--control-plane-root",
+                Some("/t/ca/root-cert.pem"),
+            ),
+            (controller(), "--token-file", Some("/t/node1.token")),
+            (controller(), "--config", None),
+            (controller(), "--ca-dir", None),
+            (files(), "--config", Some("/t/mesh.yaml")),
+            (files(), "--ca-dir", Some("/t/ca")),
+            (files(), "--xds-address", None),
+            (
+                controller(),
+                "--pod",
+                Some("Kubernetes//Pod/demo/client=/var/run/netns/p"),
+            ),
+            (controller(), "--node", Some("node1")),
+            (controller(), "--drain-deadline", Some("3s")),
+        ];
+        for (feed, flag, want) in cases {
+            let argv = args(feed.clone());
+            assert_eq!(flag_value(&argv, flag), want, "{feed:?} {flag}: {argv:?}");
+        }
+        assert!(local_state_flags(&args(controller())).is_empty());
+        assert_eq!(local_state_flags(&args(files())), ["--config", "--ca-dir"]);
+    }
+
+    #[test]
+    fn local_state_flags_are_found_in_either_spelling() {
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["p", "--config=/x"], &["--config=/x"]),
+            (&["p", "--ca-dir", "/x"], &["--ca-dir"]),
+            (&["p", "--config-poll", "1s"], &[]),
+            (&["p", "--ca-address", "a:1"], &[]),
+            (&["p", "--xds-address", "a:1"], &[]),
+        ];
+        for (argv, want) in cases {
+            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            assert_eq!(local_state_flags(&argv), *want, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn this_process_command_line_is_read_from_proc() {
+        let me = proc_cmdline(std::process::id()).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_string_lossy();
+        assert!(me[0].ends_with(name.as_ref()), "{me:?}");
+    }
+}
