@@ -1,0 +1,366 @@
+//! The end-to-end steps run against the controller in both of its modes
+//! (e2e_controller.rs: a manifests folder; e2e_controller_kube.rs: a real
+//! kube-apiserver): node proxies in the nodes' namespaces get their state
+//! only over xDS and their certificates only from the controller's CA; a
+//! change to the objects must show in traffic within a deadline.
+//!
+//! Deadlines here are hang guards, not performance bounds.
+
+use std::time::Duration;
+
+use trellis_e2e::cert_probe::{hbone_server_chain, pem_file_ders};
+use trellis_e2e::cluster::NodeProxy;
+use trellis_e2e::controlled_mesh::{
+    service_vip, ControlledMesh, Mode, Outcome, CONTROL_NODE, NAMESPACE,
+};
+use trellis_e2e::counted_stream::CountedStream;
+use trellis_e2e::manifests::PolicyDef;
+use trellis_e2e::mesh_kit::{config_dump, errors, wait_errors, Attempt};
+use trellis_e2e::proxy_args::{flag_value, local_state_flags, proc_cmdline};
+use trellis_e2e::{ask_identity, echo_roundtrip, wait_until};
+
+/// For one connection or one wait on the data path.
+const T: Duration = Duration::from_secs(10);
+/// For a change to travel from the objects to the proxies' traffic.
+const PROPAGATION: Duration = Duration::from_secs(30);
+/// For the proxies to notice the controller is gone, and to find it again
+/// after its restart (their reconnect backoff grows while it is down).
+const RECONNECT: Duration = Duration::from_secs(45);
+
+const OPENED: &str = "istio_tcp_connections_opened_total";
+const CLOSED: &str = "istio_tcp_connections_closed_total";
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// client on node1, server on node2: the usual pair.
+fn pair(mode: Mode) -> trellis_e2e::controlled_mesh::ControlledMeshBuilder {
+    ControlledMesh::builder(mode)
+        .pod("node1", "client", "client")
+        .pod("node2", "server", "server")
+}
+
+fn start(b: trellis_e2e::controlled_mesh::ControlledMeshBuilder) -> ControlledMesh {
+    b.start()
+        .unwrap_or_else(|e| panic!("starting the mesh: {e:#}"))
+}
+
+/// DENY from `from`'s principal on the pods labelled `app: server`.
+fn deny(m: &ControlledMesh, name: &str, from: &str) -> PolicyDef {
+    PolicyDef {
+        namespace: NAMESPACE.into(),
+        name: name.into(),
+        action: "DENY".into(),
+        selector_app: "server".into(),
+        from_principals: vec![m.pod(from).principal()],
+    }
+}
+
+fn wait_outcome(m: &ControlledMesh, from: &str, to: &str, port: u16, want: Outcome) {
+    let took = m
+        .wait_for_outcome(from, m.addr(to, port), want, PROPAGATION)
+        .unwrap_or_else(|e| panic!("{from} -> {to}:{port}: {e:#}"));
+    // Shown with --nocapture: how long the change took to reach traffic.
+    eprintln!(
+        "{:?}: {from} -> {to}:{port} {want:?} after {took:?}",
+        m.mode()
+    );
+}
+
+/// Metric labels of one side of an HBONE connection `from` -> `to`.
+fn hbone_labels(m: &ControlledMesh, reporter: &str, from: &str, to: &str) -> Vec<(String, String)> {
+    vec![
+        ("reporter".into(), reporter.into()),
+        ("source_principal".into(), m.pod(from).spiffe_id()),
+        ("destination_principal".into(), m.pod(to).spiffe_id()),
+        ("connection_security_policy".into(), "mutual_tls".into()),
+    ]
+}
+
+fn metric(p: &NodeProxy, name: &str, labels: &[(String, String)]) -> f64 {
+    let labels: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    p.metric(name, &labels)
+}
+
+/// Every proxy runs with the controller's address, root and a token, and
+/// nothing local: read from the running process, not from what we meant.
+fn assert_proxies_fed_only_by_the_controller(m: &ControlledMesh) {
+    let grpc = m.controller().grpc().to_string();
+    let root = m.ca_dir().join("root-cert.pem");
+    for p in m.proxies() {
+        let argv = proc_cmdline(p.pid()).expect("the proxy's /proc cmdline");
+        assert!(
+            argv[0].ends_with("trellis-node-proxy"),
+            "{}: not the proxy binary: {argv:?}",
+            p.node
+        );
+        assert_eq!(
+            local_state_flags(&argv),
+            Vec::<String>::new(),
+            "{}: {argv:?}",
+            p.node
+        );
+        assert_eq!(
+            flag_value(&argv, "--xds-address"),
+            Some(grpc.as_str()),
+            "{argv:?}"
+        );
+        assert_eq!(
+            flag_value(&argv, "--control-plane-root"),
+            root.to_str(),
+            "{argv:?}"
+        );
+        assert!(flag_value(&argv, "--token-file").is_some(), "{argv:?}");
+        assert!(
+            flag_value(&argv, "--ca-address").is_none(),
+            "the CA is the xDS address: {argv:?}"
+        );
+    }
+}
+
+/// Traffic pod -> pod across nodes and to a service VIP, over HBONE with
+/// certificates the controller's CA issued.
+pub fn traffic_crosses_nodes_over_hbone(mode: Mode) {
+    let vip = service_vip(10);
+    let m = start(pair(mode).service("echo", vip, "server", &[(80, 9000)]));
+    assert_proxies_fed_only_by_the_controller(&m);
+    let _id = m.identity("server", 8080);
+    let echo = m.echo("server", 9000);
+    let client_ns = m.netns("client");
+
+    let seen = ask_identity(Some(&client_ns), m.addr("server", 8080), T)
+        .unwrap_or_else(|e| panic!("client -> server:8080: {e}\n{}", m.logs()));
+    assert_eq!(
+        seen.peer.ip(),
+        m.pod("client").ip,
+        "the server sees the client pod's IP"
+    );
+    let data = payload(200_000);
+    let back = echo_roundtrip(Some(&client_ns), m.addr("server", 9000), &data, T).unwrap();
+    assert_eq!(back, data);
+
+    // Both sides saw the tunnel: the client's proxy as source, the
+    // server's as destination, each naming both SPIFFE identities.
+    let (p1, p2) = (m.proxy("node1"), m.proxy("node2"));
+    let src = hbone_labels(&m, "source", "client", "server");
+    let dst = hbone_labels(&m, "destination", "client", "server");
+    wait_until(T, "both proxies record the two connections closed", || {
+        metric(p1, CLOSED, &src) == 2.0 && metric(p2, CLOSED, &dst) == 2.0
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- node1 ---\n{}\n--- node2 ---\n{}",
+            p1.metrics_text().unwrap_or_default(),
+            p2.metrics_text().unwrap_or_default()
+        )
+    });
+    assert_eq!(
+        metric(p2, "istio_tcp_received_bytes_total", &dst),
+        data.len() as f64
+    );
+
+    // The service: its VIP is captured by the client's proxy and sent to
+    // the one endpoint, over the same kind of tunnel.
+    let accepted = echo.accepted();
+    let back = echo_roundtrip(
+        Some(&client_ns),
+        std::net::SocketAddr::new(vip, 80),
+        b"via vip",
+        T,
+    )
+    .unwrap();
+    assert_eq!(back, b"via vip");
+    assert_eq!(echo.accepted(), accepted + 1);
+    wait_until(T, "the service connection recorded as mTLS", || {
+        metric(p2, CLOSED, &dst) == 3.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p2.metrics_text().unwrap_or_default()));
+
+    // The certificate node2's proxy presents for the server pod was
+    // signed by the controller's intermediate, under the mesh root.
+    let chain = hbone_server_chain(
+        &m.node_netns(CONTROL_NODE),
+        m.addr("server", 15008),
+        m.ca_dir(),
+        &m.pod("server").spiffe_id(),
+    )
+    .unwrap();
+    let intermediate = pem_file_ders(&m.ca_dir().join("ca-cert.pem")).unwrap();
+    assert!(
+        chain.len() >= 2 && chain[1] == intermediate[0],
+        "the server's chain is not [leaf, the controller's intermediate, ...]: {} certificates",
+        chain.len()
+    );
+    // Each proxy holds certificates for its own pods only.
+    for (node, pod, other) in [("node1", "client", "server"), ("node2", "server", "client")] {
+        let dump = config_dump(m.proxy(node)).unwrap();
+        let ids: Vec<&str> = dump["certificates"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c["identity"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            ids.contains(&m.pod(pod).spiffe_id().as_str()),
+            "{node}: {ids:?}"
+        );
+        assert!(
+            !ids.contains(&m.pod(other).spiffe_id().as_str()),
+            "{node}: {ids:?}"
+        );
+    }
+    assert_eq!(
+        m.controller().metric("pilot_xds"),
+        2.0,
+        "two proxies connected"
+    );
+}
+
+/// A pod created after the start becomes reachable through the mesh; a
+/// deleted one is refused by the proxies at once, though its app still listens.
+pub fn new_pod_joins_and_deleted_pod_is_refused(mode: Mode) {
+    let m = start(pair(mode).later_pod("node2", "late", "late"));
+    let echo = m.echo("late", 9000);
+    let p2 = m.proxy("node2");
+    let dst = hbone_labels(&m, "destination", "client", "late");
+
+    // Not in the mesh yet: the client's proxy passes it through as plain TCP.
+    assert_eq!(
+        m.attempt("client", m.addr("late", 9000), b"before")
+            .unwrap(),
+        Attempt::Echoed(b"before".to_vec())
+    );
+    assert_eq!(metric(p2, OPENED, &dst), 0.0);
+
+    m.add_pod("late").unwrap();
+    wait_until(
+        PROPAGATION,
+        "a connection to the new pod over HBONE",
+        || {
+            let sent = m.attempt("client", m.addr("late", 9000), b"hello late");
+            matches!(sent, Ok(Attempt::Echoed(ref b)) if b == b"hello late")
+                && metric(p2, OPENED, &dst) >= 1.0
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- node2 metrics ---\n{}\n--- controller ---\n{}",
+            p2.metrics_text().unwrap_or_default(),
+            m.controller().log()
+        )
+    });
+
+    m.delete_pod("late").unwrap();
+    wait_outcome(&m, "client", "late", 9000, Outcome::Closed);
+    let accepted = echo.accepted();
+    for i in 0..3 {
+        let got = m.attempt("client", m.addr("late", 9000), b"gone?").unwrap();
+        assert_eq!(got, Attempt::Closed, "attempt {i} after the delete");
+    }
+    assert_eq!(
+        echo.accepted(),
+        accepted,
+        "a refused connection reached the deleted pod's app"
+    );
+}
+
+/// A policy added denies a connection that worked; an update the
+/// controller refuses keeps the policy in force; removing it allows again.
+pub fn policy_added_denies_and_removed_allows(mode: Mode) {
+    let m = start(pair(mode));
+    let echo = m.echo("server", 9000);
+    wait_outcome(&m, "client", "server", 9000, Outcome::Echoed);
+    let p2 = m.proxy("node2");
+
+    let policy = deny(&m, "deny-client", "client");
+    m.apply_policy(&policy).unwrap();
+    wait_outcome(&m, "client", "server", 9000, Outcome::Closed);
+    let denied = errors(p2, "policy_denied");
+    assert!(denied >= 1.0, "node2 counts the denial");
+    let accepted = echo.accepted();
+
+    m.break_policy(&policy).unwrap();
+    wait_until(
+        PROPAGATION,
+        "the controller to report the refused policy",
+        || m.controller().metric("trellis_controller_object_errors") >= 1.0,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", m.controller().log()));
+    assert_eq!(
+        m.attempt("client", m.addr("server", 9000), b"still denied?")
+            .unwrap(),
+        Attempt::Closed,
+        "the last good policy stays in force"
+    );
+    wait_errors(p2, "policy_denied", denied + 1.0);
+    assert_eq!(
+        echo.accepted(),
+        accepted,
+        "a denied connection reached the app"
+    );
+
+    m.delete_policy(NAMESPACE, "deny-client").unwrap();
+    wait_outcome(&m, "client", "server", 9000, Outcome::Echoed);
+}
+
+/// The controller is killed while a tunnel streams: the stream loses no
+/// byte, new connections work while it is down (the proxies keep their
+/// config and certificates), and after its restart a change propagates.
+pub fn controller_killed_mid_traffic(mode: Mode) {
+    let mut m = start(pair(mode));
+    let _echo = m.echo("server", 9000);
+    wait_outcome(&m, "client", "server", 9000, Outcome::Echoed);
+    let stream = CountedStream::start(&m.netns("client"), m.addr("server", 9000)).unwrap();
+    stream.wait_progress(1 << 20, T).unwrap();
+
+    m.controller_mut().kill().unwrap();
+    assert!(!m.controller_mut().is_running());
+    for p in m.proxies() {
+        wait_until(
+            RECONNECT,
+            &format!("{} to notice the controller is gone", p.node),
+            || p.log().contains("xds stream to the controller ended"),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    }
+    stream
+        .wait_progress(1 << 20, T)
+        .unwrap_or_else(|e| panic!("the stream stalled while the controller was down: {e}"));
+    let p2 = m.proxy("node2");
+    let dst = hbone_labels(&m, "destination", "client", "server");
+    let opened = metric(p2, OPENED, &dst);
+    for i in 0..3 {
+        let msg = format!("while down {i}");
+        assert_eq!(
+            m.attempt("client", m.addr("server", 9000), msg.as_bytes())
+                .unwrap(),
+            Attempt::Echoed(msg.into_bytes()),
+            "new connection {i} while the controller is down"
+        );
+    }
+    wait_until(T, "the new connections recorded as HBONE on node2", || {
+        metric(p2, OPENED, &dst) >= opened + 3.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", p2.metrics_text().unwrap_or_default()));
+
+    m.controller_mut().restart().unwrap();
+    wait_until(
+        RECONNECT,
+        "both proxies back on the restarted controller",
+        || m.controller().metric("pilot_xds") == 2.0,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", m.controller().log()));
+    stream.wait_progress(1 << 20, T).unwrap();
+    let report = stream.finish();
+    assert_eq!(report.error, None, "{report:?}");
+    assert_eq!(report.first_mismatch, None, "{report:?}");
+    assert!(report.sent >= 3 << 20, "{report:?}");
+    assert_eq!(report.received, report.sent, "bytes lost: {report:?}");
+
+    m.apply_policy(&deny(&m, "deny-client", "client")).unwrap();
+    wait_outcome(&m, "client", "server", 9000, Outcome::Closed);
+    m.delete_policy(NAMESPACE, "deny-client").unwrap();
+    wait_outcome(&m, "client", "server", 9000, Outcome::Echoed);
+}
