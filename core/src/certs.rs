@@ -25,6 +25,9 @@ use rustls::{ClientConfig, ServerConfig};
 
 /// How long issued workload certificates live; renewed at half-life.
 const CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long a new connection waits for a certificate a remote CA has not
+/// delivered yet (a pod that just started), before it fails.
+pub const CERT_WAIT: Duration = Duration::from_secs(5);
 
 /// Where workload certificates come from.
 pub trait Issuer: Send + Sync {
@@ -35,6 +38,11 @@ pub trait Issuer: Send + Sync {
     /// Starts getting certificates for `ids` before a connection needs
     /// them. An issuer that signs on the spot has nothing to do.
     fn prefetch(&self, _ids: &[Identity]) {}
+    /// Changes each time a certificate arrives, for an issuer that can
+    /// answer [`IssueError::NotYetIssued`]; None for one that never does.
+    fn arrivals(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Why an issuer gave no certificate.
@@ -42,9 +50,9 @@ pub trait Issuer: Send + Sync {
 pub enum IssueError {
     #[error("the dev CA could not sign it: {0}")]
     DevCa(#[source] Box<hbone::CaError>),
-    /// A remote CA has not answered for this identity yet; connections that
-    /// need it fail until it does, and the request is not repeated here.
-    #[error("no certificate from the CA yet; it was requested and is awaited")]
+    /// A remote CA has not answered for this identity yet (a connection
+    /// waits [`CERT_WAIT`] for it first); the request is not repeated here.
+    #[error("no certificate from the CA yet; it was requested and is awaited (is the controller reachable, and does it accept this proxy's token?)")]
     NotYetIssued,
 }
 
@@ -215,6 +223,54 @@ impl CertManager {
         })
     }
 
+    /// [`server_config`](Self::server_config), waiting up to [`CERT_WAIT`]
+    /// for a certificate the CA has not delivered yet.
+    pub async fn server_config_ready(&self, id: &Identity) -> Result<Arc<ServerConfig>, CertError> {
+        let first = self.server_config(id);
+        if !not_yet_issued(&first) {
+            return first;
+        }
+        // The cold path, boxed so the connection futures that await this
+        // stay small.
+        Box::pin(self.wait_for(|| self.server_config(id))).await
+    }
+
+    /// [`client_config`](Self::client_config), waiting up to [`CERT_WAIT`]
+    /// for a certificate the CA has not delivered yet.
+    pub async fn client_config_ready(
+        &self,
+        src: &Identity,
+        expected: &Identity,
+    ) -> Result<Arc<ClientConfig>, CertError> {
+        let first = self.client_config(src, expected);
+        if !not_yet_issued(&first) {
+            return first;
+        }
+        Box::pin(self.wait_for(|| self.client_config(src, expected))).await
+    }
+
+    /// Retries `get` each time the issuer receives a certificate, until it
+    /// gives something other than "not yet issued" or [`CERT_WAIT`] passes.
+    async fn wait_for<T>(&self, get: impl Fn() -> Result<T, CertError>) -> Result<T, CertError> {
+        let Some(mut arrivals) = self.issuer.arrivals() else {
+            return get();
+        };
+        let deadline = tokio::time::Instant::now() + CERT_WAIT;
+        loop {
+            // Marked seen before the check: an arrival after it wakes us.
+            arrivals.borrow_and_update();
+            let got = get();
+            if !not_yet_issued(&got) {
+                return got;
+            }
+            match tokio::time::timeout_at(deadline, arrivals.changed()).await {
+                Ok(Ok(())) => continue,
+                // Deadline passed, or the issuer is gone: the last answer stands.
+                Ok(Err(_)) | Err(_) => return got,
+            }
+        }
+    }
+
     /// Identities and expiry of the certificates held, for /config_dump.
     pub fn dump(&self) -> Vec<(String, SystemTime)> {
         let map = self.issued.lock().unwrap_or_else(|e| e.into_inner());
@@ -225,6 +281,16 @@ impl CertManager {
         v.sort();
         v
     }
+}
+
+fn not_yet_issued<T>(r: &Result<T, CertError>) -> bool {
+    matches!(
+        r,
+        Err(CertError::Issue {
+            source: IssueError::NotYetIssued,
+            ..
+        })
+    )
 }
 
 #[cfg(test)]
@@ -338,5 +404,87 @@ mod tests {
             assert!(text.contains("no certificate from the CA yet"), "{text}");
         }
         assert!(m.dump().is_empty());
+    }
+
+    /// A remote issuer in miniature: "not yet issued" until the test
+    /// delivers, then the dev CA's certificate; arrivals signalled as the
+    /// CA client signals them.
+    struct Later {
+        dev: DevIssuer,
+        delivered: Arc<std::sync::atomic::AtomicBool>,
+        arrivals: tokio::sync::watch::Receiver<u64>,
+    }
+
+    impl Issuer for Later {
+        fn issue(&self, id: &Identity, validity: Duration) -> Result<WorkloadCert, IssueError> {
+            if self.delivered.load(Ordering::SeqCst) {
+                self.dev.issue(id, validity)
+            } else {
+                Err(IssueError::NotYetIssued)
+            }
+        }
+        fn trust_bundle(&self) -> TrustBundle {
+            self.dev.trust_bundle()
+        }
+        fn arrivals(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+            Some(self.arrivals.clone())
+        }
+    }
+
+    fn later() -> (
+        CertManager,
+        Arc<std::sync::atomic::AtomicBool>,
+        tokio::sync::watch::Sender<u64>,
+    ) {
+        let delivered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        let issuer = Later {
+            dev: DevIssuer::new(DevCa::generate("cluster.local").expect("dev ca")),
+            delivered: delivered.clone(),
+            arrivals: rx,
+        };
+        (CertManager::new(Box::new(issuer), None), delivered, tx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waits_for_a_certificate_still_on_its_way() {
+        let (m, delivered, tx) = later();
+        let m = Arc::new(m);
+        assert!(not_yet_issued(&m.server_config(&id("a"))), "nothing held yet");
+        let waiting = {
+            let m = m.clone();
+            tokio::spawn(async move { m.client_config_ready(&id("a"), &id("b")).await.map(|_| ()) })
+        };
+        // Let the waiter register, then deliver after a while (paused clock).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "must wait, not fail at once");
+        delivered.store(true, Ordering::SeqCst);
+        tx.send_modify(|n| *n += 1);
+        waiting.await.expect("task").expect("the config once the cert arrived");
+        m.server_config_ready(&id("a")).await.expect("held now");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certificate_that_never_comes_fails_after_the_wait() {
+        let (m, _delivered, tx) = later();
+        let start = tokio::time::Instant::now();
+        // Arrivals for other identities wake the waiter without ending it.
+        let other = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tx.send_modify(|n| *n += 1);
+            }
+            tx
+        });
+        let got = m.server_config_ready(&id("a")).await;
+        assert!(not_yet_issued(&got), "still not issued: {:?}", got.err());
+        assert_eq!(start.elapsed(), CERT_WAIT, "waited exactly the bound");
+        drop(other.await);
+    }
+
+    #[tokio::test]
+    async fn an_issuer_that_signs_on_the_spot_never_waits() {
+        let m = CertManager::dev(DevCa::generate("cluster.local").expect("dev ca"), None);
+        m.server_config_ready(&id("a")).await.expect("signed at once");
     }
 }

@@ -142,7 +142,9 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     match s.mode {
         Mode::Dedicated => {
             let uid = s.workload_uid.clone().unwrap_or_default();
-            if proxy.state.load().workload_by_uid(&uid).is_none() {
+            // From the controller, the first config is still on its way:
+            // readiness says so, and a warning now would be noise.
+            if proxy.state.is_synced() && proxy.state.load().workload_by_uid(&uid).is_none() {
                 warn!(workload = %uid, "dedicated workload is not in the config yet; connections fail until it is");
             }
             let mut wanted: Vec<(ListenerKind, SocketAddr)> = Vec::new();

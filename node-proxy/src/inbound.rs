@@ -60,7 +60,7 @@ async fn serve(
         .ok_or(InboundError::UnknownDestination(local.ip()))?;
 
     let dst_id = dst_wl.identity();
-    let tls_cfg = proxy.certs.server_config(&dst_id)?;
+    let tls_cfg = proxy.certs.server_config_ready(&dst_id).await?;
     let (tls, src_id) = accept::accept(stream, peer, tls_cfg, &proxy.metrics).await?;
     info!(src.addr = %peer, src.identity = %src_id, dst.identity = %dst_id, "hbone connection established");
 

@@ -74,7 +74,7 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
 }
 
 async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) -> Result<(), InboundError> {
-    let cfg = app.certs.server_config(&app.identity)?;
+    let cfg = app.certs.server_config_ready(&app.identity).await?;
     let (tls, src_id) = accept::accept(stream, peer, cfg, &app.metrics.core).await?;
     info!(src.addr = %peer, src.identity = %src_id, "hbone connection established");
     let drain = app.drain.clone();

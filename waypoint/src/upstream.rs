@@ -150,7 +150,8 @@ impl Upstream {
                 req.forwarded_for = forwarded_for;
                 let cfg = self
                     .certs
-                    .client_config(&self.identity, &expected)
+                    .client_config_ready(&self.identity, &expected)
+                    .await
                     .map_err(|e| fail(e.to_string()))?;
                 let stream = self
                     .tunnels

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use hbone::{Identity, TrustBundle, WorkloadCert};
 use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 use trellis_api::pb::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use trellis_api::pb::istio::v1::auth::IstioCertificateRequest;
@@ -94,6 +94,8 @@ pub struct CaIssuer {
     slots: Slots,
     requests: mpsc::UnboundedSender<(Identity, Duration)>,
     bundle: TrustBundle,
+    /// Bumped by the client thread each time a certificate lands.
+    arrivals: watch::Receiver<u64>,
 }
 
 impl CaIssuer {
@@ -112,11 +114,13 @@ impl CaIssuer {
         };
         let slots: Slots = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
+        let (arrived, arrivals) = watch::channel(0u64);
         let client = Client {
             channel,
             token: config.token,
             impersonate: config.impersonate,
             slots: slots.clone(),
+            arrived,
         };
         std::thread::Builder::new()
             .name("trellis-ca-client".into())
@@ -128,6 +132,7 @@ impl CaIssuer {
             slots,
             requests: tx,
             bundle,
+            arrivals,
         })
     }
 
@@ -170,6 +175,10 @@ impl Issuer for CaIssuer {
             self.request(id, DEFAULT_VALIDITY);
         }
     }
+
+    fn arrivals(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.arrivals.clone())
+    }
 }
 
 /// The wait before attempt `failures + 1`: doubling from 200 ms, capped at
@@ -190,6 +199,7 @@ struct Client {
     token: String,
     impersonate: bool,
     slots: Slots,
+    arrived: watch::Sender<u64>,
 }
 
 impl Client {
@@ -215,6 +225,8 @@ impl Client {
                         .entry(id.clone())
                         .or_default()
                         .cert = Some(cert);
+                    // Wakes connections waiting for a first certificate.
+                    self.arrived.send_modify(|n| *n = n.wrapping_add(1));
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {

@@ -170,7 +170,7 @@ async fn proxy(
         } => {
             let tunnel = *tunnel;
             let src_id = src_wl.identity();
-            let tls = proxy.certs.client_config(&src_id, expected)?;
+            let tls = proxy.certs.client_config_ready(&src_id, expected).await?;
             // The request and pool key live in this block only, so they are
             // dropped before the copy and take no room in its future.
             let connected = {
