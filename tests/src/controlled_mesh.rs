@@ -30,7 +30,7 @@ use crate::controller_proc::{self, Controller, ObjectSource, RunArgs};
 use crate::kube::KubeApiServer;
 use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef};
 use crate::mesh_kit::{attempt_echo, Attempt, T};
-use crate::{wait_until, TestServer, Topology};
+use crate::{TestServer, Topology};
 use objects::Objects;
 
 /// The mesh namespace every test pod lives in.
@@ -45,8 +45,6 @@ const PROXY_ACCOUNT: &str = "trellis-node-proxy";
 /// connections the pod's capture rules hand to the proxy; assigned to no
 /// interface anywhere.
 pub const SERVICE_CIDR: &str = "198.19.128.0/24";
-/// How long a proxy may take to get its pods' first certificates.
-const CERT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the controller scans its manifests folder.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -235,14 +233,6 @@ impl ControlledMeshBuilder {
                 })?;
             proxies.insert(node.clone(), proxy);
         }
-        for (node, proxy) in &proxies {
-            let ids: Vec<String> = running
-                .iter()
-                .filter(|p| &p.node == node)
-                .map(|p| pods[&p.name].spiffe_id())
-                .collect();
-            wait_for_certificates(proxy, &ids)?;
-        }
         Ok(ControlledMesh {
             proxies,
             controller,
@@ -254,29 +244,6 @@ impl ControlledMeshBuilder {
             files,
         })
     }
-}
-
-/// Waits until `proxy` has received a certificate from the CA for each
-/// of `ids`, as its log records it (`/config_dump` lists a certificate only
-/// once a connection has used it).
-///
-/// Why: a proxy is ready once its first config is applied, but it asks the
-/// CA for its pods' certificates only then, and until one arrives it
-/// refuses that pod's HBONE connections ("no certificate from the CA yet")
-/// instead of waiting for it. The first connections right after a start
-/// would fail by a few milliseconds.
-fn wait_for_certificates(proxy: &NodeProxy, ids: &[String]) -> Result<()> {
-    let received = |id: &String| {
-        proxy.log().lines().any(|l| {
-            l.contains("workload certificate from the ca") && l.contains(&format!("identity={id} "))
-        })
-    };
-    wait_until(
-        CERT_TIMEOUT,
-        &format!("{}'s certificates for {ids:?} from the CA", proxy.node),
-        || ids.iter().all(received),
-    )
-    .map_err(|e| anyhow!("{e}\n{}", proxy.log()))
 }
 
 /// The `n`th address of [`SERVICE_CIDR`], for a service's cluster IP.
