@@ -352,6 +352,12 @@ pub fn controller_killed_mid_traffic(mode: Mode) {
         || m.controller().metric("pilot_xds") == 2.0,
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", m.controller().log()));
+    assert_eq!(
+        m.attempt("client", m.addr("server", 9000), b"after restart")
+            .unwrap(),
+        Attempt::Echoed(b"after restart".to_vec()),
+        "a new connection after the restart"
+    );
     stream.wait_progress(1 << 20, T).unwrap();
     let report = stream.finish();
     assert_eq!(report.error, None, "{report:?}");
