@@ -28,10 +28,11 @@ use trellis_netns::NetNs;
 use crate::cluster::{ClusterFiles, Feed, NodeProxy};
 use crate::controller_proc::{self, Controller, ObjectSource, RunArgs};
 use crate::kube::KubeApiServer;
-use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef};
+use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef, ServiceDef, TokenHolder};
 use crate::mesh_kit::{attempt_echo, Attempt, T};
+use crate::waypoint_proc::{Waypoint, WaypointSpec};
 use crate::{TestServer, Topology};
-use objects::Objects;
+use objects::{Holder, Objects};
 
 /// The mesh namespace every test pod lives in.
 pub const NAMESPACE: &str = "demo";
@@ -57,68 +58,102 @@ pub enum Mode {
     Kube,
 }
 
+/// What a pod of the builder is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Role {
+    /// Its object exists and its node's proxy enrolls it at start.
+    Member,
+    /// Only its netns exists at start; [`ControlledMesh::add_pod`] creates
+    /// the object and enrolls it later.
+    Later,
+    /// It runs the waypoint named here (a Gateway): a `trellis-waypoint`
+    /// in its netns, fed by the controller, not enrolled in its node's proxy.
+    Waypoint(String),
+}
+
 #[derive(Clone, Debug)]
 struct PodSpec {
     node: String,
     name: String,
     app: String,
-    /// False: only its netns exists at start; [`ControlledMesh::add_pod`]
-    /// creates the object and enrolls it later.
-    running: bool,
-}
-
-struct ServiceSpec {
-    name: String,
-    vip: IpAddr,
-    app: String,
-    ports: Vec<(u16, u16)>,
+    role: Role,
 }
 
 /// Builder for [`ControlledMesh`].
 pub struct ControlledMeshBuilder {
     mode: Mode,
     pods: Vec<PodSpec>,
-    services: Vec<ServiceSpec>,
+    services: Vec<ServiceDef>,
 }
 
 impl ControlledMeshBuilder {
-    /// A running pod in the mesh: its object exists and its node's proxy
-    /// enrolls it at start. Its service account is its name.
-    pub fn pod(mut self, node: &str, name: &str, app: &str) -> Self {
+    fn push(mut self, node: &str, name: &str, app: &str, role: Role) -> Self {
         self.pods.push(PodSpec {
             node: node.into(),
             name: name.into(),
             app: app.into(),
-            running: true,
+            role,
         });
         self
+    }
+
+    /// A running pod in the mesh: its object exists and its node's proxy
+    /// enrolls it at start. Its service account is its name.
+    pub fn pod(self, node: &str, name: &str, app: &str) -> Self {
+        self.push(node, name, app, Role::Member)
     }
 
     /// A pod that is created later ([`ControlledMesh::add_pod`]): only its
     /// network namespace exists at start, as before a CNI hands it over.
-    pub fn later_pod(mut self, node: &str, name: &str, app: &str) -> Self {
-        self.pods.push(PodSpec {
-            node: node.into(),
-            name: name.into(),
-            app: app.into(),
-            running: false,
-        });
-        self
+    pub fn later_pod(self, node: &str, name: &str, app: &str) -> Self {
+        self.push(node, name, app, Role::Later)
+    }
+
+    /// A waypoint: the Gateway `gateway` of the waypoint class, and a pod
+    /// running `trellis-waypoint` for it, fed by the controller.
+    pub fn waypoint(self, node: &str, pod: &str, gateway: &str) -> Self {
+        self.push(node, pod, pod, Role::Waypoint(gateway.into()))
     }
 
     /// A ClusterIP service selecting `app: <app>`; `ports` are (port, targetPort).
-    pub fn service(mut self, name: &str, vip: IpAddr, app: &str, ports: &[(u16, u16)]) -> Self {
-        self.services.push(ServiceSpec {
+    pub fn service(self, name: &str, vip: IpAddr, app: &str, ports: &[(u16, u16)]) -> Self {
+        self.service_def(name, vip, app, ports, None)
+    }
+
+    /// A service whose traffic goes through the waypoint `gateway`.
+    pub fn service_via(
+        self,
+        gateway: &str,
+        name: &str,
+        vip: IpAddr,
+        app: &str,
+        ports: &[(u16, u16)],
+    ) -> Self {
+        self.service_def(name, vip, app, ports, Some(gateway))
+    }
+
+    fn service_def(
+        mut self,
+        name: &str,
+        vip: IpAddr,
+        app: &str,
+        ports: &[(u16, u16)],
+        waypoint: Option<&str>,
+    ) -> Self {
+        self.services.push(ServiceDef {
+            namespace: NAMESPACE.into(),
             name: name.into(),
-            vip,
+            cluster_ip: vip,
             app: app.into(),
             ports: ports.to_vec(),
+            waypoint: waypoint.map(str::to_string),
         });
         self
     }
 
     /// Builds the topology, writes or applies the objects, runs `ca init`,
-    /// starts the controller and then every node's proxy, each ready.
+    /// starts the controller, then every node's proxy and every waypoint,
+    /// each ready.
     pub fn start(self) -> Result<ControlledMesh> {
         let mut b = Topology::builder();
         for p in &self.pods {
@@ -129,26 +164,16 @@ impl ControlledMeshBuilder {
         let cp = topo
             .node(CONTROL_NODE)
             .ok_or_else(|| anyhow!("the topology has no {CONTROL_NODE} node"))?;
-        let pods: BTreeMap<String, PodDef> = self
-            .pods
-            .iter()
-            .map(|p| {
-                let ip = topo.pod(&p.name).expect("built from these pods").ip;
-                let def = PodDef {
-                    namespace: NAMESPACE.into(),
-                    name: p.name.clone(),
-                    service_account: p.name.clone(),
-                    node: p.node.clone(),
-                    ip,
-                    app: p.app.clone(),
-                };
-                (p.name.clone(), def)
-            })
-            .collect();
+        let pods = pod_defs(&topo, &self.pods);
         let nodes: Vec<String> = topo
             .nodes()
             .map(|n| n.name.clone())
             .filter(|n| n != CONTROL_NODE)
+            .collect();
+        let waypoints: Vec<&PodSpec> = self
+            .pods
+            .iter()
+            .filter(|p| matches!(p.role, Role::Waypoint(_)))
             .collect();
 
         let objects = match self.mode {
@@ -159,27 +184,43 @@ impl ControlledMeshBuilder {
             ),
         };
         objects.put("namespace.yaml", &manifests::namespace(NAMESPACE, true))?;
-        for s in &self.services {
-            let yaml = manifests::service(NAMESPACE, &s.name, s.vip, &s.app, &s.ports);
-            objects.put(&format!("services/{}.yaml", s.name), &yaml)?;
+        if !waypoints.is_empty() {
+            objects.install_gateway_api()?;
         }
-        let running: Vec<&PodSpec> = self.pods.iter().filter(|p| p.running).collect();
-        for p in &running {
+        for p in &waypoints {
+            if let Role::Waypoint(gw) = &p.role {
+                let yaml = manifests::waypoint_gateway(NAMESPACE, gw);
+                objects.put(&format!("gateways/{gw}.yaml"), &yaml)?;
+            }
+        }
+        for s in &self.services {
+            objects.put(&format!("services/{}.yaml", s.name), &manifests::service(s))?;
+        }
+        for p in self.pods.iter().filter(|p| p.role != Role::Later) {
             objects.put_pod(&pods[&p.name])?;
         }
-        let tokens = objects.node_tokens(&nodes)?;
+        let holders: Vec<Holder> = nodes
+            .iter()
+            .map(|n| Holder::Node(n.clone()))
+            .chain(
+                waypoints
+                    .iter()
+                    .map(|p| Holder::Waypoint(pods[&p.name].clone())),
+            )
+            .collect();
+        let tokens = objects.tokens(&holders)?;
         let mut token_files = BTreeMap::new();
-        for (node, token) in &tokens {
-            let path = files.path(&format!("{node}.token"));
+        for (holder, token) in &tokens {
+            let path = files.path(&format!("{}.token", holder.key()));
             std::fs::write(&path, token)?;
-            token_files.insert(node.clone(), path);
+            token_files.insert(holder.key().to_string(), path);
         }
         let source = match &objects {
             Objects::Manifests(dir) => {
                 let tokens_path = files.path("tokens.yaml");
-                let entries: Vec<(String, String)> = tokens
+                let entries: Vec<(String, TokenHolder)> = tokens
                     .iter()
-                    .map(|(node, token)| (token.clone(), node.clone()))
+                    .map(|(holder, token)| (token.clone(), holder.token_holder()))
                     .collect();
                 std::fs::write(&tokens_path, manifests::token_file(&entries))?;
                 ObjectSource::Manifests {
@@ -211,29 +252,42 @@ impl ControlledMeshBuilder {
             },
             &files.path("controller.log"),
         )?;
+        let feed = |holder: &str| Feed::Controller {
+            address: controller.grpc(),
+            root: ca_dir.join("root-cert.pem"),
+            token_file: token_files[holder].clone(),
+        };
+        let with_log = |what: String| format!("{what}; controller log:\n{}", controller.log());
 
         let mut proxies = BTreeMap::new();
         for node in &nodes {
-            let enrolled: Vec<(String, String)> = running
+            let enrolled: Vec<(String, String)> = self
+                .pods
                 .iter()
-                .filter(|p| &p.node == node)
+                .filter(|p| &p.node == node && p.role == Role::Member)
                 .map(|p| (pods[&p.name].uid(), p.name.clone()))
                 .collect();
-            let feed = Feed::Controller {
-                address: controller.grpc(),
-                root: ca_dir.join("root-cert.pem"),
-                token_file: token_files[node].clone(),
-            };
-            let proxy = NodeProxy::start_in_node(&topo, &files, node, feed, &enrolled, &[])
-                .with_context(|| {
-                    format!(
-                        "starting the proxy of {node}; controller log:\n{}",
-                        controller.log()
-                    )
-                })?;
+            let proxy = NodeProxy::start_in_node(&topo, &files, node, feed(node), &enrolled, &[])
+                .with_context(|| with_log(format!("starting the proxy of {node}")))?;
             proxies.insert(node.clone(), proxy);
         }
+        let mut waypoint_procs = BTreeMap::new();
+        for p in &waypoints {
+            let Role::Waypoint(gw) = &p.role else {
+                continue;
+            };
+            let spec = WaypointSpec {
+                pod: &p.name,
+                name: &format!("{NAMESPACE}/{gw}"),
+                service_account: &pods[&p.name].service_account,
+                extra: &[],
+            };
+            let wp = Waypoint::start_fed(&topo, &files, feed(&p.name), &spec)
+                .with_context(|| with_log(format!("starting the waypoint in {}", p.name)))?;
+            waypoint_procs.insert(p.name.clone(), wp);
+        }
         Ok(ControlledMesh {
+            waypoints: waypoint_procs,
             proxies,
             controller,
             objects,
@@ -246,6 +300,29 @@ impl ControlledMeshBuilder {
     }
 }
 
+/// Each pod's object: namespace [`NAMESPACE`], service account = its
+/// name, the topology's address.
+fn pod_defs(topo: &Topology, specs: &[PodSpec]) -> BTreeMap<String, PodDef> {
+    specs
+        .iter()
+        .map(|p| {
+            let def = PodDef {
+                namespace: NAMESPACE.into(),
+                name: p.name.clone(),
+                service_account: p.name.clone(),
+                node: p.node.clone(),
+                ip: topo.pod(&p.name).expect("built from these pods").ip,
+                app: p.app.clone(),
+                gateway: match &p.role {
+                    Role::Waypoint(gw) => Some(gw.clone()),
+                    _ => None,
+                },
+            };
+            (p.name.clone(), def)
+        })
+        .collect()
+}
+
 /// The `n`th address of [`SERVICE_CIDR`], for a service's cluster IP.
 pub fn service_vip(n: u8) -> IpAddr {
     IpAddr::from([198, 19, 128, n])
@@ -255,6 +332,7 @@ pub fn service_vip(n: u8) -> IpAddr {
 /// controller and the API server, then removes the namespaces and files.
 pub struct ControlledMesh {
     // Fields drop in order: processes before the namespaces and files they use.
+    waypoints: BTreeMap<String, Waypoint>,
     proxies: BTreeMap<String, NodeProxy>,
     controller: Controller,
     objects: Objects,
@@ -287,6 +365,13 @@ impl ControlledMesh {
 
     pub fn proxies(&self) -> impl Iterator<Item = &NodeProxy> {
         self.proxies.values()
+    }
+
+    /// The waypoint running in `pod`; panics if there is none.
+    pub fn waypoint(&self, pod: &str) -> &Waypoint {
+        self.waypoints
+            .get(pod)
+            .unwrap_or_else(|| panic!("no waypoint in {pod}"))
     }
 
     pub fn controller(&self) -> &Controller {
@@ -350,6 +435,9 @@ impl ControlledMesh {
         let mut s = format!("--- controller ---\n{}", self.controller.log());
         for p in self.proxies.values() {
             s += &format!("--- {} proxy ---\n{}", p.node, p.log());
+        }
+        for (pod, w) in &self.waypoints {
+            s += &format!("--- waypoint {pod} ---\n{}", w.log());
         }
         s
     }

@@ -23,6 +23,11 @@ use crate::wait::wait_for;
 pub const REQUIRE_ENV: &str = "TRELLIS_REQUIRE_KUBE";
 /// The istio.io/api version whose AuthorizationPolicy CRD tests install.
 pub const ISTIO_API: &str = "istio.io/api@v1.32.0";
+/// The Gateway API version whose CRDs tests install (the experimental
+/// channel, so HTTPRoute rules keep their names).
+pub const GATEWAY_API: &str = "sigs.k8s.io/gateway-api@v1.3.0";
+/// The Gateway API kinds the controller reads.
+const GATEWAY_API_KINDS: [&str; 3] = ["gateways", "httproutes", "grpcroutes"];
 /// How long the start script may take (it has its own 60 s bound inside).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -44,8 +49,11 @@ pub enum KubeError {
     Kubectl { command: String, stderr: String },
     #[error("`{command}` answered something that is not JSON: {detail}")]
     Json { command: String, detail: String },
-    #[error("the AuthorizationPolicy CRD from {ISTIO_API} is unavailable: {0}; it comes from `go mod download` (needs go and the Go module proxy)")]
-    Crd(String),
+    #[error("a CRD from the Go module {module} is unavailable: {detail}; it comes from `go mod download` (needs go and the Go module proxy)")]
+    Crd {
+        module: &'static str,
+        detail: String,
+    },
 }
 
 pub type Result<T, E = KubeError> = std::result::Result<T, E>;
@@ -408,64 +416,125 @@ impl KubeApiServer {
         Ok(v["status"].clone())
     }
 
-    /// Installs Istio's AuthorizationPolicy CRD and waits until it is
-    /// served (a just-established CRD may still refuse objects briefly).
+    /// Installs Istio's AuthorizationPolicy CRD and waits until it is served.
     pub fn install_authorization_policy_crd(&self) -> Result<()> {
-        self.apply(&authorization_policy_crd()?)?;
-        self.kubectl(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "crd/authorizationpolicies.security.istio.io",
-                "--timeout=30s",
-            ],
-            None,
-        )?;
-        let mut last = None;
-        let served = wait_for(
-            Duration::from_secs(20),
-            "the AuthorizationPolicy kind to be served",
-            || match self.kubectl(&["get", "authorizationpolicies", "-A"], None) {
-                Ok(_) => Some(()),
-                Err(e) => {
-                    last = Some(e);
-                    None
+        self.install_crds(
+            &[authorization_policy_crd()?],
+            &["authorizationpolicies.security.istio.io"],
+        )
+    }
+
+    /// Installs Gateway API's Gateway, HTTPRoute and GRPCRoute CRDs and
+    /// waits until they are served.
+    pub fn install_gateway_api_crds(&self) -> Result<()> {
+        let names: Vec<String> = GATEWAY_API_KINDS
+            .iter()
+            .map(|k| format!("{k}.gateway.networking.k8s.io"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.install_crds(&gateway_api_crds()?, &names)
+    }
+
+    /// Creates the CRDs, waits until each is Established and then until
+    /// its kind is served (a just-established CRD may still refuse objects).
+    fn install_crds(&self, crds: &[String], names: &[&str]) -> Result<()> {
+        // create, not apply: the large CRDs overflow apply's annotation.
+        self.kubectl(&["create", "-f", "-"], Some(&stream_of(crds)))?;
+        for name in names {
+            self.kubectl(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    &format!("crd/{name}"),
+                    "--timeout=30s",
+                ],
+                None,
+            )?;
+            let plural = name.split('.').next().unwrap_or(name);
+            let mut last = None;
+            let served = wait_for(
+                Duration::from_secs(20),
+                &format!("the kind {name} to be served"),
+                || match self.kubectl(&["get", plural, "-A"], None) {
+                    Ok(_) => Some(()),
+                    Err(e) => {
+                        last = Some(e);
+                        None
+                    }
+                },
+            );
+            if served.is_err() {
+                if let Some(e) = last {
+                    return Err(e);
                 }
-            },
-        );
-        match (served, last) {
-            (Ok(()), _) => Ok(()),
-            (Err(_), Some(e)) => Err(e),
-            (Err(e), None) => Err(KubeError::Crd(e.to_string())),
+            }
         }
+        Ok(())
     }
 }
 
-/// The AuthorizationPolicy CRD from the Go module [`ISTIO_API`].
-pub fn authorization_policy_crd() -> Result<String> {
+/// YAML documents as one stream.
+fn stream_of(docs: &[String]) -> String {
+    docs.iter()
+        .map(|d| d.trim_start_matches("---\n").trim_end())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// The directory of a Go module in the module cache (`go mod download`).
+fn go_module_dir(module: &'static str) -> Result<PathBuf> {
+    let crd = |detail: String| KubeError::Crd { module, detail };
     let mut cmd = Command::new("go");
-    cmd.args(["mod", "download", "-json", ISTIO_API])
+    cmd.args(["mod", "download", "-json", module])
         .current_dir(std::env::temp_dir())
         .env("GOFLAGS", "-mod=mod");
     let out = run(
         cmd,
-        "go mod download istio.io/api",
+        &format!("go mod download {module}"),
         None,
         Duration::from_secs(300),
     )
-    .map_err(|e| KubeError::Crd(e.to_string()))?;
+    .map_err(|e| crd(e.to_string()))?;
     let info: Value = serde_json::from_str(&out.stdout)
-        .map_err(|e| KubeError::Crd(format!("go mod download: {e}: {}", out.stderr.trim())))?;
-    let dir = info["Dir"]
+        .map_err(|e| crd(format!("go mod download: {e}: {}", out.stderr.trim())))?;
+    info["Dir"]
         .as_str()
-        .ok_or_else(|| KubeError::Crd(format!("go mod download answered {info}")))?;
-    let path = Path::new(dir).join("kubernetes/customresourcedefinitions.gen.yaml");
-    let all = std::fs::read_to_string(&path)
-        .map_err(|e| KubeError::Crd(format!("{}: {e}", path.display())))?;
-    all.split("\n---\n")
+        .map(PathBuf::from)
+        .ok_or_else(|| crd(format!("go mod download answered {info}")))
+}
+
+fn read_module_file(module: &'static str, path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| KubeError::Crd {
+        module,
+        detail: format!("{}: {e}", path.display()),
+    })
+}
+
+/// The AuthorizationPolicy CRD from the Go module [`ISTIO_API`].
+pub fn authorization_policy_crd() -> Result<String> {
+    let path = go_module_dir(ISTIO_API)?.join("kubernetes/customresourcedefinitions.gen.yaml");
+    read_module_file(ISTIO_API, &path)?
+        .split("\n---\n")
         .find(|d| d.contains("name: authorizationpolicies.security.istio.io"))
         .map(str::to_string)
-        .ok_or_else(|| KubeError::Crd(format!("no AuthorizationPolicy CRD in {}", path.display())))
+        .ok_or_else(|| KubeError::Crd {
+            module: ISTIO_API,
+            detail: format!("no AuthorizationPolicy CRD in {}", path.display()),
+        })
+}
+
+/// The CRDs of [`GATEWAY_API_KINDS`] from the Go module [`GATEWAY_API`].
+pub fn gateway_api_crds() -> Result<Vec<String>> {
+    let dir = go_module_dir(GATEWAY_API)?.join("config/crd/experimental");
+    GATEWAY_API_KINDS
+        .iter()
+        .map(|kind| {
+            read_module_file(
+                GATEWAY_API,
+                &dir.join(format!("gateway.networking.k8s.io_{kind}.yaml")),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

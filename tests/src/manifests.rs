@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 
 /// The label that enrolls a namespace in the mesh.
 pub const AMBIENT_LABEL: &str = "trellis.dev/dataplane-mode";
+/// The label that sends a service's traffic through a waypoint (by name).
+pub const USE_WAYPOINT_LABEL: &str = "trellis.dev/use-waypoint";
+/// The label that marks a pod as the one running a Gateway (a waypoint).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// The Gateway class of Trellis's waypoints.
+pub const WAYPOINT_CLASS: &str = "trellis-waypoint";
 /// The trust domain of every identity in these tests.
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
@@ -25,6 +31,8 @@ pub struct PodDef {
     pub ip: IpAddr,
     /// `app: <value>`, what services and policies select on.
     pub app: String,
+    /// The waypoint Gateway this pod runs, if it runs one.
+    pub gateway: Option<String>,
 }
 
 impl PodDef {
@@ -49,6 +57,19 @@ impl PodDef {
             self.namespace, self.service_account
         )
     }
+}
+
+/// A ClusterIP Service selecting `app: <app>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceDef {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: IpAddr,
+    pub app: String,
+    /// (port, targetPort).
+    pub ports: Vec<(u16, u16)>,
+    /// The waypoint (Gateway name) its traffic goes through, if any.
+    pub waypoint: Option<String>,
 }
 
 /// An L4 AuthorizationPolicy on the pods labelled `app: <selector_app>`.
@@ -84,8 +105,13 @@ pub fn service_account(namespace: &str, name: &str) -> String {
 /// as the manifests folder needs. The API server ignores a status sent on
 /// create: there it is patched afterwards (see `KubeApiServer::pod_status`).
 pub fn pod(p: &PodDef, with_status: bool) -> String {
+    let gateway = p
+        .gateway
+        .as_ref()
+        .map(|g| format!("\n    {GATEWAY_NAME_LABEL}: {g}"))
+        .unwrap_or_default();
     let mut s = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n\
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}{gateway}\n\
          spec:\n  serviceAccountName: {}\n  nodeName: {}\n  containers:\n    - name: app\n      image: registry.invalid/trellis-test\n",
         p.name, p.namespace, p.app, p.service_account, p.node
     );
@@ -99,25 +125,36 @@ pub fn pod(p: &PodDef, with_status: bool) -> String {
     s
 }
 
-/// A ClusterIP Service selecting `app: <app>`; `ports` are (port, targetPort).
-pub fn service(
-    namespace: &str,
-    name: &str,
-    cluster_ip: IpAddr,
-    app: &str,
-    ports: &[(u16, u16)],
-) -> String {
+/// A Service (with the waypoint label when it has a waypoint).
+pub fn service(d: &ServiceDef) -> String {
+    let labels = d
+        .waypoint
+        .as_ref()
+        .map(|w| format!("\n  labels:\n    {USE_WAYPOINT_LABEL}: {w}"))
+        .unwrap_or_default();
     let mut s = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
-         spec:\n  clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n  selector:\n    app: {app}\n  ports:\n"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}{labels}\n\
+         spec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n  selector:\n    app: {}\n  ports:\n",
+        d.name,
+        d.namespace,
+        d.app,
+        ip = d.cluster_ip
     );
-    for (port, target) in ports {
+    for (port, target) in &d.ports {
         let _ = writeln!(
             s,
             "    - name: tcp-{port}\n      port: {port}\n      targetPort: {target}"
         );
     }
     s
+}
+
+/// A waypoint: a Gateway of Trellis's waypoint class with its HBONE listener.
+pub fn waypoint_gateway(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         spec:\n  gatewayClassName: {WAYPOINT_CLASS}\n  listeners:\n    - name: mesh\n      port: 15008\n      protocol: HBONE\n"
+    )
 }
 
 /// An Istio AuthorizationPolicy (security.istio.io/v1).
@@ -135,14 +172,24 @@ pub fn authorization_policy(p: &PolicyDef) -> String {
     )
 }
 
-/// The controller's bootstrap token file: each (token, node) a node proxy.
-pub fn token_file(node_tokens: &[(String, String)]) -> String {
+/// Who holds a bootstrap token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenHolder {
+    /// The node proxy of this node.
+    NodeProxy(String),
+    /// A waypoint with this SPIFFE identity.
+    Waypoint(String),
+}
+
+/// The controller's bootstrap token file.
+pub fn token_file(entries: &[(String, TokenHolder)]) -> String {
     let mut s = String::from("tokens:\n");
-    for (token, node) in node_tokens {
-        let _ = writeln!(
-            s,
-            "  - token: \"{token}\"\n    nodeProxy: {{ node: {node} }}"
-        );
+    for (token, holder) in entries {
+        let who = match holder {
+            TokenHolder::NodeProxy(node) => format!("nodeProxy: {{ node: {node} }}"),
+            TokenHolder::Waypoint(id) => format!("waypoint: {{ spiffeId: \"{id}\" }}"),
+        };
+        let _ = writeln!(s, "  - token: \"{token}\"\n    {who}");
     }
     s
 }
@@ -210,7 +257,19 @@ mod tests {
             node: "node2".into(),
             ip: "198.18.2.2".parse().unwrap(),
             app: "server".into(),
+            gateway: None,
         }
+    }
+
+    fn echo(waypoint: Option<&str>) -> String {
+        service(&ServiceDef {
+            namespace: "demo".into(),
+            name: "echo".into(),
+            cluster_ip: "198.19.128.10".parse().unwrap(),
+            app: "server".into(),
+            ports: vec![(80, 8080), (81, 9090)],
+            waypoint: waypoint.map(str::to_string),
+        })
     }
 
     #[test]
@@ -253,27 +312,34 @@ mod tests {
                 json!("True"),
             ),
             (pod(&server(), false), "/status", Value::Null),
+            (echo(None), "/spec/ports/1/targetPort", json!(9090)),
+            (echo(None), "/spec/clusterIP", json!("198.19.128.10")),
+            (echo(None), "/metadata/labels", Value::Null),
             (
-                service(
-                    "demo",
-                    "echo",
-                    "198.18.250.10".parse().unwrap(),
-                    "server",
-                    &[(80, 8080), (81, 9090)],
-                ),
-                "/spec/ports/1/targetPort",
-                json!(9090),
+                echo(Some("wp")),
+                "/metadata/labels/trellis.dev~1use-waypoint",
+                json!("wp"),
             ),
             (
-                service(
-                    "demo",
-                    "echo",
-                    "198.18.250.10".parse().unwrap(),
-                    "server",
-                    &[(80, 8080)],
+                pod(
+                    &PodDef {
+                        gateway: Some("wp".into()),
+                        ..server()
+                    },
+                    true,
                 ),
-                "/spec/clusterIP",
-                json!("198.18.250.10"),
+                "/metadata/labels/gateway.networking.k8s.io~1gateway-name",
+                json!("wp"),
+            ),
+            (
+                waypoint_gateway("demo", "wp"),
+                "/spec/gatewayClassName",
+                json!("trellis-waypoint"),
+            ),
+            (
+                waypoint_gateway("demo", "wp"),
+                "/spec/listeners/0/protocol",
+                json!("HBONE"),
             ),
             (authorization_policy(&policy), "/spec/action", json!("DENY")),
             (
@@ -287,9 +353,20 @@ mod tests {
                 json!("cluster.local/ns/demo/sa/client"),
             ),
             (
-                token_file(&[("t1".into(), "node1".into()), ("t2".into(), "node2".into())]),
+                token_file(&[
+                    ("t1".into(), TokenHolder::NodeProxy("node1".into())),
+                    ("t2".into(), TokenHolder::NodeProxy("node2".into())),
+                ]),
                 "/tokens/1/nodeProxy/node",
                 json!("node2"),
+            ),
+            (
+                token_file(&[(
+                    "t3".into(),
+                    TokenHolder::Waypoint("spiffe://cluster.local/ns/demo/sa/wp".into()),
+                )]),
+                "/tokens/0/waypoint/spiffeId",
+                json!("spiffe://cluster.local/ns/demo/sa/wp"),
             ),
         ];
         for (yaml, pointer, want) in cases {

@@ -44,23 +44,7 @@ impl ProxyArgs {
             .iter()
             .map(Into::into)
             .collect();
-        match &self.feed {
-            Feed::Files { config, ca_dir } => {
-                a.extend(["--config".into(), config.into()]);
-                a.extend(["--ca-dir".into(), ca_dir.into()]);
-                // Only the file is polled; 100 ms keeps reload tests quick.
-                a.extend(["--config-poll".into(), "100ms".into()]);
-            }
-            Feed::Controller {
-                address,
-                root,
-                token_file,
-            } => {
-                a.extend(["--xds-address".into(), address.to_string().into()]);
-                a.extend(["--control-plane-root".into(), root.into()]);
-                a.extend(["--token-file".into(), token_file.into()]);
-            }
-        }
+        a.extend(feed_args(&self.feed));
         for flag in ["--admin-addr", "--metrics-addr", "--readiness-addr"] {
             a.extend([flag.into(), "127.0.0.1:0".into()]);
         }
@@ -82,6 +66,69 @@ impl ProxyArgs {
         }
         a.extend(self.extra.iter().map(Into::into));
         a
+    }
+}
+
+/// One waypoint's command line (it runs inside its pod's namespace).
+#[derive(Clone, Debug)]
+pub struct WaypointArgs {
+    /// `<namespace>/<name>`.
+    pub name: String,
+    pub service_account: String,
+    pub feed: Feed,
+    pub bound_addrs_file: PathBuf,
+    /// Appended as given.
+    pub extra: Vec<String>,
+}
+
+impl WaypointArgs {
+    /// The arguments after the binary's name.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![
+            "--name".into(),
+            (&self.name).into(),
+            "--service-account".into(),
+            (&self.service_account).into(),
+        ];
+        a.extend(feed_args(&self.feed));
+        a.extend(["--listen".into(), "0.0.0.0:15008".into()]);
+        for flag in ["--admin-addr", "--metrics-addr", "--readiness-addr"] {
+            a.extend([flag.into(), "127.0.0.1:0".into()]);
+        }
+        a.extend([
+            "--bound-addrs-file".into(),
+            self.bound_addrs_file.clone().into(),
+        ]);
+        a.extend(["--workers", "1", "--log", "info", "--access-log"].map(OsString::from));
+        a.extend(self.extra.iter().map(Into::into));
+        a
+    }
+}
+
+/// The flags that say where config and certificates come from.
+fn feed_args(feed: &Feed) -> Vec<OsString> {
+    match feed {
+        Feed::Files { config, ca_dir } => vec![
+            "--config".into(),
+            config.into(),
+            "--ca-dir".into(),
+            ca_dir.into(),
+            // Only the file is polled; 100 ms keeps reload tests quick.
+            "--config-poll".into(),
+            "100ms".into(),
+        ],
+        Feed::Controller {
+            address,
+            root,
+            token_file,
+        } => vec![
+            "--xds-address".into(),
+            address.to_string().into(),
+            "--control-plane-root".into(),
+            root.into(),
+            "--token-file".into(),
+            token_file.into(),
+        ],
     }
 }
 
@@ -185,6 +232,34 @@ mod tests {
         }
         assert!(local_state_flags(&args(controller())).is_empty());
         assert_eq!(local_state_flags(&args(files())), ["--config", "--ca-dir"]);
+    }
+
+    #[test]
+    fn a_waypoint_gets_the_same_feed_flags() {
+        let argv = |feed| -> Vec<String> {
+            WaypointArgs {
+                name: "demo/waypoint".into(),
+                service_account: "waypoint".into(),
+                feed,
+                bound_addrs_file: "/t/wp.json".into(),
+                extra: vec![],
+            }
+            .argv()
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+        };
+        let fed = argv(controller());
+        assert!(local_state_flags(&fed).is_empty(), "{fed:?}");
+        assert_eq!(
+            flag_value(&fed, "--xds-address"),
+            Some("198.19.255.3:15012")
+        );
+        assert_eq!(flag_value(&fed, "--name"), Some("demo/waypoint"));
+        assert_eq!(flag_value(&fed, "--listen"), Some("0.0.0.0:15008"));
+        let local = argv(files());
+        assert_eq!(local_state_flags(&local), ["--config", "--ca-dir"]);
+        assert_eq!(flag_value(&local, "--xds-address"), None);
     }
 
     #[test]

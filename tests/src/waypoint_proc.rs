@@ -13,6 +13,7 @@ use trellis_netns::NetNs;
 
 use crate::cluster::{http, sum_samples, ClusterFiles, Fixture};
 use crate::process::OwnedChild;
+use crate::proxy_args::{Feed, WaypointArgs};
 use crate::Topology;
 
 /// Path of the waypoint binary: `TRELLIS_WAYPOINT_BIN`, or the one cargo
@@ -75,6 +76,21 @@ impl Waypoint {
         ca_dir: &Path,
         spec: &WaypointSpec<'_>,
     ) -> Result<Waypoint> {
+        let feed = Feed::Files {
+            config: config.into(),
+            ca_dir: ca_dir.into(),
+        };
+        Waypoint::start_fed(topo, files, feed, spec)
+    }
+
+    /// [`Waypoint::start`] with config and certificates from `feed` (the
+    /// controller's xDS and CA, or local files).
+    pub fn start_fed(
+        topo: &Topology,
+        files: &ClusterFiles,
+        feed: Feed,
+        spec: &WaypointSpec<'_>,
+    ) -> Result<Waypoint> {
         let bin = waypoint_bin()?;
         let pod = topo
             .pod(spec.pod)
@@ -83,24 +99,17 @@ impl Waypoint {
         let addrs_file = files.path(&format!("{tag}-addrs.json"));
         let log = files.path(&format!("{tag}.log"));
         let _ = std::fs::remove_file(&addrs_file);
+        let args = WaypointArgs {
+            name: spec.name.into(),
+            service_account: spec.service_account.into(),
+            feed,
+            bound_addrs_file: addrs_file.clone(),
+            extra: spec.extra.iter().map(|s| s.to_string()).collect(),
+        };
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", pod.netns_name()])
             .arg(&bin)
-            .args(["--name", spec.name])
-            .args(["--service-account", spec.service_account])
-            .arg("--config")
-            .arg(config)
-            .arg("--ca-dir")
-            .arg(ca_dir)
-            .args(["--listen", "0.0.0.0:15008"])
-            .args(["--admin-addr", "127.0.0.1:0"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--readiness-addr", "127.0.0.1:0"])
-            .arg("--bound-addrs-file")
-            .arg(&addrs_file)
-            .args(["--workers", "1", "--config-poll", "100ms"])
-            .args(["--log", "info", "--access-log"])
-            .args(spec.extra);
+            .args(args.argv());
         let out = std::fs::File::create(&log)?;
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -39,3 +39,11 @@ fn manifests_controller_killed_mid_traffic_loses_nothing() {
     }
     flows::controller_killed_mid_traffic(Mode::Manifests);
 }
+
+#[test]
+fn manifests_service_traffic_goes_through_a_waypoint() {
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    flows::service_traffic_goes_through_a_waypoint(Mode::Manifests);
+}

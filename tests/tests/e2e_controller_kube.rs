@@ -51,3 +51,11 @@ fn kube_controller_killed_mid_traffic_loses_nothing() {
     }
     flows::controller_killed_mid_traffic(Mode::Kube);
 }
+
+#[test]
+fn kube_service_traffic_goes_through_a_waypoint() {
+    if !can_run() {
+        return;
+    }
+    flows::service_traffic_goes_through_a_waypoint(Mode::Kube);
+}

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use super::{PROXY_ACCOUNT, PROXY_NAMESPACE};
 use crate::kube::KubeApiServer;
-use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef};
+use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef, TokenHolder};
 
 /// The controller's objects, in the folder or in the API server.
 pub(super) enum Objects {
@@ -105,46 +105,89 @@ impl Objects {
         }
     }
 
-    /// Each node proxy's bearer token: random bootstrap tokens for the
-    /// token file, or in Kubernetes mode a TokenRequest for the node
-    /// proxy's service account bound to a pod on that node (the
-    /// controller's TokenReview maps it to the node).
-    pub(super) fn node_tokens(&self, nodes: &[String]) -> Result<Vec<(String, String)>> {
+    /// A bearer token for each holder (a node's proxy, or a waypoint by
+    /// its pod): random bootstrap tokens for the token file; in Kubernetes
+    /// mode TokenRequests bound to a pod, which the controller's
+    /// TokenReview maps to a node (the node proxy's service account) or to
+    /// the pod's own identity (a waypoint). A waypoint's pod must exist.
+    pub(super) fn tokens(&self, holders: &[Holder]) -> Result<Vec<(Holder, String)>> {
         match self {
-            Objects::Manifests(_) => nodes
+            Objects::Manifests(_) => holders
                 .iter()
-                .map(|n| Ok((n.clone(), random_token()?)))
+                .map(|h| Ok((h.clone(), random_token()?)))
                 .collect(),
             Objects::Kube(kube) => {
                 kube.apply(&manifests::stream(&[
                     manifests::namespace(PROXY_NAMESPACE, false),
                     manifests::service_account(PROXY_NAMESPACE, PROXY_ACCOUNT),
                 ]))?;
-                nodes
+                holders
                     .iter()
-                    .map(|node| {
-                        let pod = PodDef {
-                            namespace: PROXY_NAMESPACE.into(),
-                            name: format!("node-proxy-{node}"),
-                            service_account: PROXY_ACCOUNT.into(),
-                            node: node.clone(),
-                            // Not in the mesh namespace: never a workload.
-                            ip: "198.19.255.254".parse().expect("literal"),
-                            app: "trellis-node-proxy".into(),
+                    .map(|h| {
+                        let token = match h {
+                            Holder::Node(node) => node_proxy_token(kube, node)?,
+                            Holder::Waypoint(p) => {
+                                kube.bound_token(&p.namespace, &p.service_account, &p.name)?
+                            }
                         };
-                        let node_object =
-                            format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n");
-                        kube.apply(&manifests::stream(&[
-                            node_object,
-                            manifests::pod(&pod, false),
-                        ]))?;
-                        let token = kube.bound_token(PROXY_NAMESPACE, PROXY_ACCOUNT, &pod.name)?;
-                        Ok((node.clone(), token))
+                        Ok((h.clone(), token))
                     })
                     .collect()
             }
         }
     }
+
+    /// Gateway API's CRDs (Kubernetes mode), before the controller starts.
+    pub(super) fn install_gateway_api(&self) -> Result<()> {
+        match self {
+            Objects::Manifests(_) => Ok(()),
+            Objects::Kube(kube) => Ok(kube.install_gateway_api_crds()?),
+        }
+    }
+}
+
+/// Who a token is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Holder {
+    Node(String),
+    Waypoint(PodDef),
+}
+
+impl Holder {
+    /// Names its token file.
+    pub(super) fn key(&self) -> &str {
+        match self {
+            Holder::Node(n) => n,
+            Holder::Waypoint(p) => &p.name,
+        }
+    }
+
+    pub(super) fn token_holder(&self) -> TokenHolder {
+        match self {
+            Holder::Node(n) => TokenHolder::NodeProxy(n.clone()),
+            Holder::Waypoint(p) => TokenHolder::Waypoint(p.spiffe_id()),
+        }
+    }
+}
+
+/// A Node object and a node-proxy pod on it, and a token bound to that pod.
+fn node_proxy_token(kube: &KubeApiServer, node: &str) -> Result<String> {
+    let pod = PodDef {
+        namespace: PROXY_NAMESPACE.into(),
+        name: format!("node-proxy-{node}"),
+        service_account: PROXY_ACCOUNT.into(),
+        node: node.into(),
+        // Not in the mesh namespace: never a workload.
+        ip: "198.19.255.254".parse().expect("literal"),
+        app: "trellis-node-proxy".into(),
+        gateway: None,
+    };
+    let node_object = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n");
+    kube.apply(&manifests::stream(&[
+        node_object,
+        manifests::pod(&pod, false),
+    ]))?;
+    Ok(kube.bound_token(PROXY_NAMESPACE, PROXY_ACCOUNT, &pod.name)?)
 }
 
 /// 128 random bits as hex, from the kernel.

@@ -14,6 +14,7 @@ use trellis_e2e::controlled_mesh::{
     service_vip, ControlledMesh, Mode, Outcome, CONTROL_NODE, NAMESPACE,
 };
 use trellis_e2e::counted_stream::CountedStream;
+use trellis_e2e::l7kit::{http1_request, HttpServer};
 use trellis_e2e::manifests::PolicyDef;
 use trellis_e2e::mesh_kit::{config_dump, errors, wait_errors, Attempt};
 use trellis_e2e::proxy_args::{flag_value, local_state_flags, proc_cmdline};
@@ -369,4 +370,68 @@ pub fn controller_killed_mid_traffic(mode: Mode) {
     wait_outcome(&m, "client", "server", 9000, Outcome::Closed);
     m.delete_policy(NAMESPACE, "deny-client").unwrap();
     wait_outcome(&m, "client", "server", 9000, Outcome::Echoed);
+}
+
+/// A service labelled to use a waypoint: its traffic goes client ->
+/// waypoint -> endpoint, the waypoint fed only by the controller (its
+/// config over xDS, its certificate from the CA).
+pub fn service_traffic_goes_through_a_waypoint(mode: Mode) {
+    let vip = service_vip(20);
+    let m = start(
+        ControlledMesh::builder(mode)
+            .pod("node1", "client", "client")
+            .pod("node2", "e1", "web")
+            .waypoint("node3", "wp", "waypoint")
+            .service_via("waypoint", "web", vip, "web", &[(80, 8080)]),
+    );
+    let wp = m.waypoint("wp");
+    let argv = proc_cmdline(wp.pid()).expect("the waypoint's /proc cmdline");
+    assert_eq!(local_state_flags(&argv), Vec::<String>::new(), "{argv:?}");
+    assert_eq!(
+        flag_value(&argv, "--xds-address"),
+        Some(m.controller().grpc().to_string().as_str())
+    );
+
+    let _e1 = HttpServer::start(Some(&m.netns("e1")), m.addr("e1", 8080), "e1").unwrap();
+    let dst = std::net::SocketAddr::new(vip, 80);
+    let r = http1_request(
+        Some(&m.netns("client")),
+        dst,
+        "GET",
+        "/via-waypoint",
+        &[],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("client -> web: {e}\n{}", m.logs()));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["server"], "e1");
+
+    let client = m.pod("client").spiffe_id();
+    wait_until(T, "the waypoint counted the request", || {
+        wp.metric(
+            "istio_requests_total",
+            &[
+                ("reporter", "waypoint"),
+                ("source_principal", client.as_str()),
+                ("destination_service", "web.demo.svc.cluster.local"),
+                ("response_code", "200"),
+            ],
+        ) == 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", wp.metrics_text().unwrap_or_default()));
+    // The endpoint's node proxy got the request from the waypoint, with the
+    // waypoint's certificate from the controller's CA.
+    let waypoint_id = m.pod("wp").spiffe_id();
+    let node2 = m.proxy("node2");
+    wait_until(T, "node2 counted the waypoint's tunnel", || {
+        node2.metric(
+            OPENED,
+            &[
+                ("reporter", "destination"),
+                ("source_principal", waypoint_id.as_str()),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        ) >= 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", node2.metrics_text().unwrap_or_default()));
 }
