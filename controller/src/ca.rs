@@ -14,6 +14,6 @@ pub mod sign;
 
 pub use authorize::{authorize, requested_identity, Denied, MeshIndex, IMPERSONATED_IDENTITY};
 pub use keys::{init, Ca, KeysError};
-pub use service::{CaService, DEFAULT_MAX_VALIDITY};
+pub use service::{CaMetrics, CaMetricsSnapshot, CaService, DEFAULT_MAX_VALIDITY};
 pub use serving::ServingError;
 pub use sign::{Csr, SignError};

@@ -162,6 +162,7 @@ pub async fn start(
     let admin_state = Arc::new(admin::AdminState {
         metrics,
         xds: xds.metrics(),
+        ca: ca_service.metrics(),
         draining: draining.clone(),
     });
     let router = tonic::transport::Server::builder()
