@@ -135,10 +135,14 @@ impl Setup {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.path("controller.log")).unwrap_or_default()
+        self.log_of("controller")
     }
 
-    fn run_args(&self) -> Vec<String> {
+    fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn run_args(&self, name: &str) -> Vec<String> {
         let p = |p: PathBuf| p.display().to_string();
         vec![
             "run".into(),
@@ -153,15 +157,22 @@ impl Setup {
             "--poll=100ms".into(),
             "--log=info".into(),
             "--bound-addrs-file".into(),
-            p(self.path("bound.json")),
+            p(self.path(&format!("{name}.json"))),
         ]
     }
 
     /// Starts `run` and waits for its bound addresses.
     fn start(&self) -> anyhow::Result<Controller> {
-        let log = std::fs::File::create(self.path("controller.log"))?;
+        self.start_named("controller")
+    }
+
+    /// Starts a `run` whose log and bound addresses are named `name`: one
+    /// of several replicas on the same manifests and CA.
+    fn start_named(&self, name: &str) -> anyhow::Result<Controller> {
+        let bound = self.path(&format!("{name}.json"));
+        let log = std::fs::File::create(self.path(&format!("{name}.log")))?;
         let child = Command::new(BIN)
-            .args(self.run_args())
+            .args(self.run_args(name))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -169,15 +180,15 @@ impl Setup {
         let mut proc = Proc(child);
         let deadline = Instant::now() + STEP;
         let addrs = loop {
-            if let Ok(text) = std::fs::read_to_string(self.path("bound.json")) {
+            if let Ok(text) = std::fs::read_to_string(&bound) {
                 break serde_json::from_str::<BoundAddrs>(&text)
                     .with_context(|| format!("bound addrs file: {text}"))?;
             }
             if let Some(status) = proc.0.try_wait()? {
-                bail!("the controller exited with {status}: {}", self.log());
+                bail!("the controller exited with {status}: {}", self.log_of(name));
             }
             if Instant::now() > deadline {
-                bail!("no bound addrs file within {STEP:?}: {}", self.log());
+                bail!("no bound addrs file within {STEP:?}: {}", self.log_of(name));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -228,6 +239,12 @@ impl Controller {
     /// A delta stream as `token`'s node proxy, subscribed to every Address
     /// and Authorization, with the first response of each type received.
     async fn subscribe(&self, token: &str) -> anyhow::Result<(Delta, State)> {
+        self.resume(token, &State::default()).await
+    }
+
+    /// [`subscribe`](Self::subscribe) as a proxy reconnecting with what it
+    /// holds: `held`'s versions go in `initial_resource_versions`.
+    async fn resume(&self, token: &str, held: &State) -> anyhow::Result<(Delta, State)> {
         let (tx, mut reqs) = mpsc::channel(8);
         let mut request =
             tonic::Request::new(futures_util::stream::poll_fn(move |cx| reqs.poll_recv(cx)));
@@ -238,6 +255,7 @@ impl Controller {
             tx.send(DeltaDiscoveryRequest {
                 type_url: type_url.into(),
                 resource_names_subscribe: vec!["*".into()],
+                initial_resource_versions: held.versions_of(type_url),
                 ..Default::default()
             })
             .await?;
@@ -286,9 +304,21 @@ struct State {
     authorizations: std::collections::BTreeSet<String>,
     seen: Vec<&'static str>,
     removed: Vec<String>,
+    /// (type, name) -> version, as the last response that carried it said.
+    versions: std::collections::BTreeMap<(&'static str, String), String>,
+    /// Resources received, counted per response.
+    received: usize,
 }
 
 impl State {
+    fn versions_of(&self, type_url: &str) -> std::collections::HashMap<String, String> {
+        self.versions
+            .iter()
+            .filter(|((t, _), _)| *t == type_url)
+            .map(|((_, n), v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
     fn apply(&mut self, r: &DeltaDiscoveryResponse) {
         let (set, t) = match r.type_url.as_str() {
             ADDRESS => (&mut self.addresses, ADDRESS),
@@ -297,7 +327,10 @@ impl State {
         };
         for res in &r.resources {
             set.insert(res.name.clone());
+            self.versions
+                .insert((t, res.name.clone()), res.version.clone());
         }
+        self.received += r.resources.len();
         for name in &r.removed_resources {
             set.remove(name);
             self.removed.push(name.clone());
@@ -484,7 +517,7 @@ fn run_fails_with_one_line_when_its_files_are_missing() -> anyhow::Result<()> {
         ),
     ];
     for (flag, value, words) in cases {
-        let mut args = setup.run_args();
+        let mut args = setup.run_args("controller");
         let i = args.iter().position(|a| a == flag).expect("flag");
         args[i + 1] = value.display().to_string();
         let out = Command::new(BIN).args(&args).output()?;
@@ -515,7 +548,7 @@ fn run_refuses_bad_flag_values_as_usage_errors() -> anyhow::Result<()> {
     for (flag, words) in cases {
         // Replaces the valid value run_args may hold (given as --flag=value).
         let name = flag.split('=').next().expect("flag name");
-        let mut args = setup.run_args();
+        let mut args = setup.run_args("controller");
         args.retain(|a| !a.starts_with(&format!("{name}=")));
         let out = Command::new(BIN).args(args).arg(flag).output()?;
         assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
@@ -661,5 +694,44 @@ async fn run_stops_cleanly_on_sigterm_and_sigint() -> anyhow::Result<()> {
         let exit = c.proc.wait_exit()?;
         assert!(exit.success(), "SIG{signal}: {exit}: {}", setup.log());
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_the_same_folder_and_ca_serve_any_proxy() -> anyhow::Result<()> {
+    let setup = Setup::new()?;
+    let a = setup.start_named("replica-a")?;
+    let b = setup.start_named("replica-b")?;
+    let (_delta, held) = a.subscribe("tok-b").await?;
+    assert!(held.received > 0, "replica a sent node-b's state");
+
+    // A proxy moving to replica b with what a gave it: same content, same
+    // versions, so b has nothing to send but the (empty) first answers.
+    let (_delta_b, resumed) = b.resume("tok-b", &held).await?;
+    assert_eq!(resumed.received, 0, "b resent what the proxy holds");
+    assert!(resumed.removed.is_empty(), "removed: {:?}", resumed.removed);
+    // A fresh subscription to b gets exactly what a gave, version for version.
+    let (_delta_c, fresh) = b.subscribe("tok-b").await?;
+    assert_eq!(fresh.versions, held.versions, "replicas disagree on versions");
+
+    // Certificates from either replica chain to the one root.
+    let mut roots = Vec::new();
+    for replica in [&a, &b] {
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr: csr("spiffe://cluster.local/ns/demo/sa/server")?,
+            validity_duration: 3600,
+            metadata: None,
+        });
+        req.metadata_mut()
+            .insert("authorization", "Bearer tok-b".parse()?);
+        let chain = IstioCertificateServiceClient::new(replica.channel().await?)
+            .create_certificate(req)
+            .await?
+            .into_inner()
+            .cert_chain;
+        roots.push(chain.last().cloned().context("empty chain")?);
+    }
+    assert_eq!(roots[0], roots[1], "the replicas' chains end in different roots");
+    assert_eq!(roots[0].trim(), a.root_pem.trim(), "the chain ends in the mesh root");
     Ok(())
 }
