@@ -527,8 +527,23 @@ fn run_fails_with_one_line_when_its_files_are_missing() -> anyhow::Result<()> {
         for w in words {
             assert!(line.contains(w), "{flag}: {w:?} not in {line}");
         }
-        assert!(!setup.path("bound.json").exists(), "{flag}: bound anyway");
+        assert!(
+            !setup.path("controller.json").exists(),
+            "{flag}: bound anyway"
+        );
     }
+    // The CA from a Secret needs the Kubernetes API.
+    let mut args = setup.run_args("controller");
+    let i = args.iter().position(|a| a == "--ca-dir").expect("flag");
+    args[i] = "--ca-secret".into();
+    args[i + 1] = "istio-system/cacerts".into();
+    let out = Command::new(BIN).args(&args).output()?;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let line = stderr_line(&out);
+    assert!(
+        line.contains("--ca-secret") && line.contains("--kubeconfig"),
+        "{line}"
+    );
     Ok(())
 }
 
@@ -712,7 +727,10 @@ async fn replicas_on_the_same_folder_and_ca_serve_any_proxy() -> anyhow::Result<
     assert!(resumed.removed.is_empty(), "removed: {:?}", resumed.removed);
     // A fresh subscription to b gets exactly what a gave, version for version.
     let (_delta_c, fresh) = b.subscribe("tok-b").await?;
-    assert_eq!(fresh.versions, held.versions, "replicas disagree on versions");
+    assert_eq!(
+        fresh.versions, held.versions,
+        "replicas disagree on versions"
+    );
 
     // Certificates from either replica chain to the one root.
     let mut roots = Vec::new();
@@ -731,7 +749,14 @@ async fn replicas_on_the_same_folder_and_ca_serve_any_proxy() -> anyhow::Result<
             .cert_chain;
         roots.push(chain.last().cloned().context("empty chain")?);
     }
-    assert_eq!(roots[0], roots[1], "the replicas' chains end in different roots");
-    assert_eq!(roots[0].trim(), a.root_pem.trim(), "the chain ends in the mesh root");
+    assert_eq!(
+        roots[0], roots[1],
+        "the replicas' chains end in different roots"
+    );
+    assert_eq!(
+        roots[0].trim(),
+        a.root_pem.trim(),
+        "the chain ends in the mesh root"
+    );
     Ok(())
 }

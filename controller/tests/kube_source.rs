@@ -702,17 +702,38 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
     );
     let token = kube.bound_token("istio-system", "ztunnel", "ztunnel-a");
 
+    // The CA comes from Istio's cacerts Secret, read through the API: the
+    // controller never sees the files.
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = trellis_controller::ca::init(dir.path(), "cluster.local", false).expect("ca init");
+    let mut create = vec![
+        "create",
+        "secret",
+        "generic",
+        "cacerts",
+        "-n",
+        "istio-system",
+    ];
+    let from: Vec<String> = [
+        "root-cert.pem",
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+    ]
+    .iter()
+    .map(|f| format!("--from-file={}", dir.path().join(f).display()))
+    .collect();
+    create.extend(from.iter().map(String::as_str));
+    kubectl_at(&kube.kubeconfig, &create, None).expect("cacerts secret created");
+    drop(dir);
     let kubeconfig = kube.kubeconfig.to_str().expect("utf-8 path").to_owned();
-    let ca_dir = dir.path().to_str().expect("utf-8 path").to_owned();
     let cli = Cli::try_parse_from([
         "trellis-controller",
         "run",
         "--kubeconfig",
         &kubeconfig,
-        "--ca-dir",
-        &ca_dir,
+        "--ca-secret",
+        "istio-system/cacerts",
         "--listen",
         "127.0.0.1:0",
         "--admin-addr",
@@ -765,6 +786,28 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client.abort();
+
+    // A certificate for node-a's pod, signed with the Secret's intermediate.
+    let issuer = trellis_core::certs::ca_client::CaIssuer::start(
+        trellis_core::certs::ca_client::CaClientConfig {
+            address: addr.to_string(),
+            server_name: "istiod.istio-system.svc".into(),
+            root_pem: ca.roots_pem(),
+            token: token.trim().to_owned(),
+            impersonate: true,
+        },
+    )
+    .expect("ca client");
+    let certs = trellis_core::certs::CertManager::new(Box::new(issuer), None);
+    let web = hbone::Identity::new("cluster.local", "mesh", "default");
+    let cert = tokio::time::timeout(DEADLINE, certs.server_config_ready(&web))
+        .await
+        .expect("in time");
+    assert!(
+        cert.is_ok(),
+        "certificate from the secret's CA: {:?}",
+        cert.err()
+    );
     let _ = stop.send(());
     let _ = tokio::time::timeout(DEADLINE, serving).await;
 }
