@@ -21,7 +21,7 @@ use trellis_api::pb::envoy::service::discovery::v3::{
 use trellis_api::pb::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use trellis_api::pb::istio::v1::auth::IstioCertificateRequest;
 use trellis_controller::run::BoundAddrs;
-use trellis_controller::xds::{ADDRESS, AUTHORIZATION};
+use trellis_controller::xds::{ADDRESS, AUTHORIZATION, CONFIG_OBJECT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis-controller");
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/manifests");
@@ -36,6 +36,8 @@ tokens:
   nodeProxy: { node: node-a }
 - token: tok-b
   nodeProxy: { node: node-b }
+- token: tok-wp
+  waypoint: { spiffeId: "spiffe://cluster.local/ns/demo/sa/waypoint" }
 "#;
 
 // The demo's pods on node-b; the client pod is on node-a.
@@ -239,19 +241,33 @@ impl Controller {
     /// A delta stream as `token`'s node proxy, subscribed to every Address
     /// and Authorization, with the first response of each type received.
     async fn subscribe(&self, token: &str) -> anyhow::Result<(Delta, State)> {
-        self.resume(token, &State::default()).await
+        self.subscribe_to(token, &[ADDRESS, AUTHORIZATION], &State::default())
+            .await
     }
 
     /// [`subscribe`](Self::subscribe) as a proxy reconnecting with what it
     /// holds: `held`'s versions go in `initial_resource_versions`.
     async fn resume(&self, token: &str, held: &State) -> anyhow::Result<(Delta, State)> {
+        self.subscribe_to(token, &[ADDRESS, AUTHORIZATION], held)
+            .await
+    }
+
+    /// A delta stream as `token`'s caller, subscribed to everything of
+    /// `types` (holding what `held` holds), with the first response of each
+    /// received.
+    async fn subscribe_to(
+        &self,
+        token: &str,
+        types: &[&'static str],
+        held: &State,
+    ) -> anyhow::Result<(Delta, State)> {
         let (tx, mut reqs) = mpsc::channel(8);
         let mut request =
             tonic::Request::new(futures_util::stream::poll_fn(move |cx| reqs.poll_recv(cx)));
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
-        for type_url in [ADDRESS, AUTHORIZATION] {
+        for &type_url in types {
             tx.send(DeltaDiscoveryRequest {
                 type_url: type_url.into(),
                 resource_names_subscribe: vec!["*".into()],
@@ -266,7 +282,7 @@ impl Controller {
             .into_inner();
         let mut delta = Delta { tx, rx };
         let mut state = State::default();
-        while !(state.seen.contains(&ADDRESS) && state.seen.contains(&AUTHORIZATION)) {
+        while !types.iter().all(|t| state.seen.contains(t)) {
             let r = delta.next().await?;
             state.apply(&r);
         }
@@ -302,6 +318,8 @@ impl Controller {
 struct State {
     addresses: std::collections::BTreeSet<String>,
     authorizations: std::collections::BTreeSet<String>,
+    /// Config objects by name, decoded.
+    configs: std::collections::BTreeMap<String, trellis_api::update::Resource>,
     seen: Vec<&'static str>,
     removed: Vec<String>,
     /// (type, name) -> version, as the last response that carried it said.
@@ -323,6 +341,20 @@ impl State {
         let (set, t) = match r.type_url.as_str() {
             ADDRESS => (&mut self.addresses, ADDRESS),
             AUTHORIZATION => (&mut self.authorizations, AUTHORIZATION),
+            CONFIG_OBJECT => {
+                for res in &r.resources {
+                    let any = res.resource.as_ref().expect("a resource");
+                    let decoded = trellis_api::xds::decode(CONFIG_OBJECT, &res.name, any)
+                        .unwrap_or_else(|e| panic!("{}: {e}", res.name));
+                    self.configs.insert(res.name.clone(), decoded);
+                }
+                for name in &r.removed_resources {
+                    self.configs.remove(name);
+                    self.removed.push(name.clone());
+                }
+                self.seen.push(CONFIG_OBJECT);
+                return;
+            }
             other => panic!("unexpected type {other}"),
         };
         for res in &r.resources {
@@ -662,6 +694,65 @@ async fn run_keeps_the_last_good_state_when_a_manifest_breaks() -> anyhow::Resul
     assert!(state.addresses.contains(&pod_uid("server-2")));
     let (status, _) = c.get("/healthz/ready").await?;
     assert_eq!(status, 200);
+    Ok(())
+}
+
+/// The routes example: an HTTPRoute on the demo's server, a TrafficPolicy
+/// on its `api` rule.
+const ROUTES: &str = include_str!("../examples/routes/server.yaml");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_routes_with_their_traffic_policy_to_a_waypoint() -> anyhow::Result<()> {
+    use trellis_api::Resource;
+    const ROUTE: &str = "http-route/demo/server";
+    let setup = Setup::new()?;
+    let c = setup.start()?;
+    let (mut delta, mut state) = c
+        .subscribe_to("tok-wp", &[CONFIG_OBJECT], &State::default())
+        .await?;
+    assert!(!state.configs.contains_key(ROUTE));
+
+    let file = setup.manifests().join("routes.yaml");
+    write_manifest(&file, ROUTES)?;
+    delta
+        .until(&mut state, "the route", |s| s.configs.contains_key(ROUTE))
+        .await?;
+    let Some(Resource::HttpRoute(r)) = state.configs.get(ROUTE) else {
+        bail!(
+            "{ROUTE} is not an HTTPRoute: {:?}",
+            state.configs.get(ROUTE)
+        );
+    };
+    assert_eq!(r.parent_refs.len(), 1);
+    assert_eq!(
+        r.parent_refs[0].port,
+        Some(80),
+        "sectionName http is port 80"
+    );
+    let api = &r.rules[0];
+    let policy = api.policy.as_ref().context("the api rule has the policy")?;
+    assert_eq!(policy.retry.as_ref().map(|r| r.attempts), Some(2));
+    assert_eq!(
+        policy.rate_limit.map(|r| r.requests_per_second),
+        Some(200.0)
+    );
+    assert!(
+        r.rules[1].policy.is_none(),
+        "the policy names the api rule only"
+    );
+
+    // The file goes: so does the route, from the subscriber too.
+    std::fs::remove_file(&file)?;
+    delta
+        .until(&mut state, "the route removed", |s| {
+            !s.configs.contains_key(ROUTE)
+        })
+        .await?;
+    assert!(
+        state.removed.iter().any(|n| n == ROUTE),
+        "{:?}",
+        state.removed
+    );
     Ok(())
 }
 
