@@ -8,12 +8,14 @@
 
 pub mod authorize;
 pub mod keys;
+pub mod secret;
 pub mod service;
 pub mod serving;
 pub mod sign;
 
 pub use authorize::{authorize, requested_identity, Denied, MeshIndex, IMPERSONATED_IDENTITY};
-pub use keys::{init, Ca, KeysError};
-pub use service::{CaService, DEFAULT_MAX_VALIDITY};
+pub use keys::{init, Ca, KeyFiles, KeysError};
+pub use secret::SecretError;
+pub use service::{CaMetrics, CaMetricsSnapshot, CaService, DEFAULT_MAX_VALIDITY};
 pub use serving::ServingError;
 pub use sign::{Csr, SignError};

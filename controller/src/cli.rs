@@ -69,8 +69,16 @@ pub struct RunArgs {
     pub in_cluster: bool,
     /// CA directory (root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem),
     /// as written by `trellis-controller ca init`.
-    #[arg(long)]
-    pub ca_dir: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "ca_secret",
+        conflicts_with = "ca_secret"
+    )]
+    pub ca_dir: Option<PathBuf>,
+    /// Kubernetes mode: read the same four files from this Secret,
+    /// `<namespace>/<name>` (Istio's `istio-system/cacerts`), at start.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub ca_secret: Option<String>,
     /// Bootstrap token file: which bearer token is which node proxy or
     /// waypoint (manifests mode; Kubernetes mode uses TokenReview).
     #[arg(long, required_unless_present_any = ["kubeconfig", "in_cluster"], conflicts_with_all = ["kubeconfig", "in_cluster"])]

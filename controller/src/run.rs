@@ -41,6 +41,12 @@ pub enum RunError {
     #[error(transparent)]
     Ca(#[from] KeysError),
     #[error(transparent)]
+    CaSecret(#[from] crate::ca::SecretError),
+    #[error("--ca-secret reads the CA through the Kubernetes API: add --kubeconfig or --in-cluster, or use --ca-dir")]
+    SecretWithoutKube,
+    #[error("no CA: pass --ca-dir DIR or --ca-secret NAMESPACE/NAME")]
+    NoCa,
+    #[error(transparent)]
     Tokens(#[from] TokenFileError),
     #[error("serving certificate: {0}; check --server-name")]
     Serving(#[from] ServingError),
@@ -109,12 +115,18 @@ pub async fn start(
     args: &RunArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, RunError> {
-    let ca = Arc::new(Ca::load(&args.ca_dir)?);
     let kube = match (&args.kubeconfig, args.in_cluster) {
         (Some(path), _) => Some(Client::new(ApiConfig::from_kubeconfig(path)?)),
         (None, true) => Some(Client::new(ApiConfig::in_cluster()?)),
         (None, false) => None,
     };
+    let ca = Arc::new(match (&args.ca_dir, &args.ca_secret, &kube) {
+        (Some(dir), _, _) => Ca::load(dir)?,
+        (None, Some(secret), Some(client)) => crate::ca::secret::load(client, secret).await?,
+        (None, Some(_), None) => return Err(RunError::SecretWithoutKube),
+        // clap requires one of them; kept as an error, not a panic.
+        (None, None, _) => return Err(RunError::NoCa),
+    });
     let auth: Arc<dyn Authenticator> = match (&kube, &args.tokens) {
         (Some(client), _) => Arc::new(TokenReview::new(
             client.clone(),
@@ -162,6 +174,7 @@ pub async fn start(
     let admin_state = Arc::new(admin::AdminState {
         metrics,
         xds: xds.metrics(),
+        ca: ca_service.metrics(),
         draining: draining.clone(),
     });
     let router = tonic::transport::Server::builder()

@@ -21,7 +21,7 @@ use trellis_api::pb::envoy::service::discovery::v3::{
 use trellis_api::pb::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use trellis_api::pb::istio::v1::auth::IstioCertificateRequest;
 use trellis_controller::run::BoundAddrs;
-use trellis_controller::xds::{ADDRESS, AUTHORIZATION};
+use trellis_controller::xds::{ADDRESS, AUTHORIZATION, CONFIG_OBJECT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis-controller");
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/manifests");
@@ -36,6 +36,8 @@ tokens:
   nodeProxy: { node: node-a }
 - token: tok-b
   nodeProxy: { node: node-b }
+- token: tok-wp
+  waypoint: { spiffeId: "spiffe://cluster.local/ns/demo/sa/waypoint" }
 "#;
 
 // The demo's pods on node-b; the client pod is on node-a.
@@ -135,10 +137,14 @@ impl Setup {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.path("controller.log")).unwrap_or_default()
+        self.log_of("controller")
     }
 
-    fn run_args(&self) -> Vec<String> {
+    fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn run_args(&self, name: &str) -> Vec<String> {
         let p = |p: PathBuf| p.display().to_string();
         vec![
             "run".into(),
@@ -153,15 +159,22 @@ impl Setup {
             "--poll=100ms".into(),
             "--log=info".into(),
             "--bound-addrs-file".into(),
-            p(self.path("bound.json")),
+            p(self.path(&format!("{name}.json"))),
         ]
     }
 
     /// Starts `run` and waits for its bound addresses.
     fn start(&self) -> anyhow::Result<Controller> {
-        let log = std::fs::File::create(self.path("controller.log"))?;
+        self.start_named("controller")
+    }
+
+    /// Starts a `run` whose log and bound addresses are named `name`: one
+    /// of several replicas on the same manifests and CA.
+    fn start_named(&self, name: &str) -> anyhow::Result<Controller> {
+        let bound = self.path(&format!("{name}.json"));
+        let log = std::fs::File::create(self.path(&format!("{name}.log")))?;
         let child = Command::new(BIN)
-            .args(self.run_args())
+            .args(self.run_args(name))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -169,15 +182,15 @@ impl Setup {
         let mut proc = Proc(child);
         let deadline = Instant::now() + STEP;
         let addrs = loop {
-            if let Ok(text) = std::fs::read_to_string(self.path("bound.json")) {
+            if let Ok(text) = std::fs::read_to_string(&bound) {
                 break serde_json::from_str::<BoundAddrs>(&text)
                     .with_context(|| format!("bound addrs file: {text}"))?;
             }
             if let Some(status) = proc.0.try_wait()? {
-                bail!("the controller exited with {status}: {}", self.log());
+                bail!("the controller exited with {status}: {}", self.log_of(name));
             }
             if Instant::now() > deadline {
-                bail!("no bound addrs file within {STEP:?}: {}", self.log());
+                bail!("no bound addrs file within {STEP:?}: {}", self.log_of(name));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -228,16 +241,37 @@ impl Controller {
     /// A delta stream as `token`'s node proxy, subscribed to every Address
     /// and Authorization, with the first response of each type received.
     async fn subscribe(&self, token: &str) -> anyhow::Result<(Delta, State)> {
+        self.subscribe_to(token, &[ADDRESS, AUTHORIZATION], &State::default())
+            .await
+    }
+
+    /// [`subscribe`](Self::subscribe) as a proxy reconnecting with what it
+    /// holds: `held`'s versions go in `initial_resource_versions`.
+    async fn resume(&self, token: &str, held: &State) -> anyhow::Result<(Delta, State)> {
+        self.subscribe_to(token, &[ADDRESS, AUTHORIZATION], held)
+            .await
+    }
+
+    /// A delta stream as `token`'s caller, subscribed to everything of
+    /// `types` (holding what `held` holds), with the first response of each
+    /// received.
+    async fn subscribe_to(
+        &self,
+        token: &str,
+        types: &[&'static str],
+        held: &State,
+    ) -> anyhow::Result<(Delta, State)> {
         let (tx, mut reqs) = mpsc::channel(8);
         let mut request =
             tonic::Request::new(futures_util::stream::poll_fn(move |cx| reqs.poll_recv(cx)));
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
-        for type_url in [ADDRESS, AUTHORIZATION] {
+        for &type_url in types {
             tx.send(DeltaDiscoveryRequest {
                 type_url: type_url.into(),
                 resource_names_subscribe: vec!["*".into()],
+                initial_resource_versions: held.versions_of(type_url),
                 ..Default::default()
             })
             .await?;
@@ -248,7 +282,7 @@ impl Controller {
             .into_inner();
         let mut delta = Delta { tx, rx };
         let mut state = State::default();
-        while !(state.seen.contains(&ADDRESS) && state.seen.contains(&AUTHORIZATION)) {
+        while !types.iter().all(|t| state.seen.contains(t)) {
             let r = delta.next().await?;
             state.apply(&r);
         }
@@ -284,20 +318,51 @@ impl Controller {
 struct State {
     addresses: std::collections::BTreeSet<String>,
     authorizations: std::collections::BTreeSet<String>,
+    /// Config objects by name, decoded.
+    configs: std::collections::BTreeMap<String, trellis_api::update::Resource>,
     seen: Vec<&'static str>,
     removed: Vec<String>,
+    /// (type, name) -> version, as the last response that carried it said.
+    versions: std::collections::BTreeMap<(&'static str, String), String>,
+    /// Resources received, counted per response.
+    received: usize,
 }
 
 impl State {
+    fn versions_of(&self, type_url: &str) -> std::collections::HashMap<String, String> {
+        self.versions
+            .iter()
+            .filter(|((t, _), _)| *t == type_url)
+            .map(|((_, n), v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
     fn apply(&mut self, r: &DeltaDiscoveryResponse) {
         let (set, t) = match r.type_url.as_str() {
             ADDRESS => (&mut self.addresses, ADDRESS),
             AUTHORIZATION => (&mut self.authorizations, AUTHORIZATION),
+            CONFIG_OBJECT => {
+                for res in &r.resources {
+                    let any = res.resource.as_ref().expect("a resource");
+                    let decoded = trellis_api::xds::decode(CONFIG_OBJECT, &res.name, any)
+                        .unwrap_or_else(|e| panic!("{}: {e}", res.name));
+                    self.configs.insert(res.name.clone(), decoded);
+                }
+                for name in &r.removed_resources {
+                    self.configs.remove(name);
+                    self.removed.push(name.clone());
+                }
+                self.seen.push(CONFIG_OBJECT);
+                return;
+            }
             other => panic!("unexpected type {other}"),
         };
         for res in &r.resources {
             set.insert(res.name.clone());
+            self.versions
+                .insert((t, res.name.clone()), res.version.clone());
         }
+        self.received += r.resources.len();
         for name in &r.removed_resources {
             set.remove(name);
             self.removed.push(name.clone());
@@ -484,7 +549,7 @@ fn run_fails_with_one_line_when_its_files_are_missing() -> anyhow::Result<()> {
         ),
     ];
     for (flag, value, words) in cases {
-        let mut args = setup.run_args();
+        let mut args = setup.run_args("controller");
         let i = args.iter().position(|a| a == flag).expect("flag");
         args[i + 1] = value.display().to_string();
         let out = Command::new(BIN).args(&args).output()?;
@@ -494,8 +559,23 @@ fn run_fails_with_one_line_when_its_files_are_missing() -> anyhow::Result<()> {
         for w in words {
             assert!(line.contains(w), "{flag}: {w:?} not in {line}");
         }
-        assert!(!setup.path("bound.json").exists(), "{flag}: bound anyway");
+        assert!(
+            !setup.path("controller.json").exists(),
+            "{flag}: bound anyway"
+        );
     }
+    // The CA from a Secret needs the Kubernetes API.
+    let mut args = setup.run_args("controller");
+    let i = args.iter().position(|a| a == "--ca-dir").expect("flag");
+    args[i] = "--ca-secret".into();
+    args[i + 1] = "istio-system/cacerts".into();
+    let out = Command::new(BIN).args(&args).output()?;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let line = stderr_line(&out);
+    assert!(
+        line.contains("--ca-secret") && line.contains("--kubeconfig"),
+        "{line}"
+    );
     Ok(())
 }
 
@@ -515,7 +595,7 @@ fn run_refuses_bad_flag_values_as_usage_errors() -> anyhow::Result<()> {
     for (flag, words) in cases {
         // Replaces the valid value run_args may hold (given as --flag=value).
         let name = flag.split('=').next().expect("flag name");
-        let mut args = setup.run_args();
+        let mut args = setup.run_args("controller");
         args.retain(|a| !a.starts_with(&format!("{name}=")));
         let out = Command::new(BIN).args(args).arg(flag).output()?;
         assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
@@ -617,6 +697,65 @@ async fn run_keeps_the_last_good_state_when_a_manifest_breaks() -> anyhow::Resul
     Ok(())
 }
 
+/// The routes example: an HTTPRoute on the demo's server, a TrafficPolicy
+/// on its `api` rule.
+const ROUTES: &str = include_str!("../examples/routes/server.yaml");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_routes_with_their_traffic_policy_to_a_waypoint() -> anyhow::Result<()> {
+    use trellis_api::Resource;
+    const ROUTE: &str = "http-route/demo/server";
+    let setup = Setup::new()?;
+    let c = setup.start()?;
+    let (mut delta, mut state) = c
+        .subscribe_to("tok-wp", &[CONFIG_OBJECT], &State::default())
+        .await?;
+    assert!(!state.configs.contains_key(ROUTE));
+
+    let file = setup.manifests().join("routes.yaml");
+    write_manifest(&file, ROUTES)?;
+    delta
+        .until(&mut state, "the route", |s| s.configs.contains_key(ROUTE))
+        .await?;
+    let Some(Resource::HttpRoute(r)) = state.configs.get(ROUTE) else {
+        bail!(
+            "{ROUTE} is not an HTTPRoute: {:?}",
+            state.configs.get(ROUTE)
+        );
+    };
+    assert_eq!(r.parent_refs.len(), 1);
+    assert_eq!(
+        r.parent_refs[0].port,
+        Some(80),
+        "sectionName http is port 80"
+    );
+    let api = &r.rules[0];
+    let policy = api.policy.as_ref().context("the api rule has the policy")?;
+    assert_eq!(policy.retry.as_ref().map(|r| r.attempts), Some(2));
+    assert_eq!(
+        policy.rate_limit.map(|r| r.requests_per_second),
+        Some(200.0)
+    );
+    assert!(
+        r.rules[1].policy.is_none(),
+        "the policy names the api rule only"
+    );
+
+    // The file goes: so does the route, from the subscriber too.
+    std::fs::remove_file(&file)?;
+    delta
+        .until(&mut state, "the route removed", |s| {
+            !s.configs.contains_key(ROUTE)
+        })
+        .await?;
+    assert!(
+        state.removed.iter().any(|n| n == ROUTE),
+        "{:?}",
+        state.removed
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_issues_certificates_for_the_nodes_pods_only() -> anyhow::Result<()> {
     let setup = Setup::new()?;
@@ -661,5 +800,54 @@ async fn run_stops_cleanly_on_sigterm_and_sigint() -> anyhow::Result<()> {
         let exit = c.proc.wait_exit()?;
         assert!(exit.success(), "SIG{signal}: {exit}: {}", setup.log());
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_the_same_folder_and_ca_serve_any_proxy() -> anyhow::Result<()> {
+    let setup = Setup::new()?;
+    let a = setup.start_named("replica-a")?;
+    let b = setup.start_named("replica-b")?;
+    let (_delta, held) = a.subscribe("tok-b").await?;
+    assert!(held.received > 0, "replica a sent node-b's state");
+
+    // A proxy moving to replica b with what a gave it: same content, same
+    // versions, so b has nothing to send but the (empty) first answers.
+    let (_delta_b, resumed) = b.resume("tok-b", &held).await?;
+    assert_eq!(resumed.received, 0, "b resent what the proxy holds");
+    assert!(resumed.removed.is_empty(), "removed: {:?}", resumed.removed);
+    // A fresh subscription to b gets exactly what a gave, version for version.
+    let (_delta_c, fresh) = b.subscribe("tok-b").await?;
+    assert_eq!(
+        fresh.versions, held.versions,
+        "replicas disagree on versions"
+    );
+
+    // Certificates from either replica chain to the one root.
+    let mut roots = Vec::new();
+    for replica in [&a, &b] {
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr: csr("spiffe://cluster.local/ns/demo/sa/server")?,
+            validity_duration: 3600,
+            metadata: None,
+        });
+        req.metadata_mut()
+            .insert("authorization", "Bearer tok-b".parse()?);
+        let chain = IstioCertificateServiceClient::new(replica.channel().await?)
+            .create_certificate(req)
+            .await?
+            .into_inner()
+            .cert_chain;
+        roots.push(chain.last().cloned().context("empty chain")?);
+    }
+    assert_eq!(
+        roots[0], roots[1],
+        "the replicas' chains end in different roots"
+    );
+    assert_eq!(
+        roots[0].trim(),
+        a.root_pem.trim(),
+        "the chain ends in the mesh root"
+    );
     Ok(())
 }

@@ -19,298 +19,30 @@
 //! CRD comes from the Go module istio.io/api (`go mod download`); without
 //! go or the module, that part is skipped with a message.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod kube_harness;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube_harness::*;
 use tokio::sync::watch;
-use trellis_api::config::{HealthStatus, LocalConfig, Protocol};
+use trellis_api::config::{HealthStatus, Protocol};
 use trellis_controller::auth::{AuthError, Authenticator, Caller, TokenReview, TokenReviewConfig};
-use trellis_controller::kube::{ApiConfig, Client, KubeSource, SourceOptions, DEFAULT_RESOURCES};
-use trellis_controller::objects::{translate, ObjectStore, TranslateOptions};
+use trellis_controller::kube::{ApiConfig, Client};
 
 /// The istio.io/api version whose CRDs the test installs.
 const ISTIO_API: &str = "istio.io/api@v1.32.0";
-/// A hang guard for each wait, not a performance bound.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-// ---- the API server -------------------------------------------------------
-
-/// etcd and kube-apiserver, stopped by pid (API server first) on drop.
-struct Kube {
-    pids: Vec<i32>,
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Kube {
-    fn drop(&mut self) {
-        for &pid in self.pids.iter().rev() {
-            // SAFETY: kill on the pids start-local.sh started for this test.
-            // They are not our children, so poll (bounded) until gone.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                for _ in 0..200 {
-                    if libc::kill(pid, 0) != 0 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-}
-
-fn binaries_present() -> bool {
-    let set = |v: &str| std::env::var_os(v).is_some_and(|p| Path::new(&p).is_file());
-    let kubectl = Command::new("kubectl")
-        .args(["version", "--client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if set("KUBE_APISERVER") && set("ETCD") && kubectl {
-        return true;
-    }
-    if std::env::var("TRELLIS_REQUIRE_KUBE").as_deref() == Ok("1") {
-        panic!("TRELLIS_REQUIRE_KUBE=1 but $KUBE_APISERVER and $ETCD do not name binaries or kubectl is missing; run tests/kube/install.sh");
-    }
-    eprintln!("skipping: set KUBE_APISERVER and ETCD (tests/kube/install.sh prints them) and install kubectl");
-    false
-}
-
-impl Kube {
-    fn start() -> Option<Kube> {
-        if !binaries_present() {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/kube/start-local.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(dir.path().join("kube"))
-            .stderr(Stdio::piped())
-            .output()
-            .expect("start script runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut pids = Vec::new();
-        let mut kubeconfig = None;
-        for line in stdout.lines() {
-            if let Some(p) = line.strip_prefix("PIDS=") {
-                pids = p
-                    .split_whitespace()
-                    .map(|p| p.parse().expect("pid"))
-                    .collect();
-            } else if let Some(k) = line.strip_prefix("KUBECONFIG=") {
-                kubeconfig = Some(PathBuf::from(k));
-            }
-        }
-        let kube = Kube {
-            pids,
-            kubeconfig: kubeconfig.unwrap_or_default(),
-            _dir: dir,
-        };
-        assert!(
-            out.status.success(),
-            "start-local.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(kube.pids.len(), 2, "etcd and kube-apiserver pids: {stdout}");
-        Some(kube)
-    }
-
-    fn try_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-        tokio::task::block_in_place(|| kubectl_at(&self.kubeconfig, args, stdin))
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        self.try_kubectl(args, stdin)
-            .unwrap_or_else(|e| panic!("kubectl {args:?} failed: {e}"))
-    }
-
-    fn apply(&self, yaml: &str) {
-        self.kubectl(&["apply", "-f", "-"], Some(yaml));
-    }
-
-    fn pod_status(&self, ns: &str, pod: &str, ip: &str, ready: bool) {
-        let status = serde_json::json!({"status": {
-            "phase": "Running",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
-        }});
-        self.kubectl(
-            &[
-                "patch",
-                "pod",
-                pod,
-                "-n",
-                ns,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
-            ],
-            None,
-        );
-    }
-
-    /// A token for service account `ns/sa`, bound to pod `ns/pod`.
-    fn bound_token(&self, ns: &str, sa: &str, pod: &str) -> String {
-        self.kubectl(
-            &[
-                "create",
-                "token",
-                sa,
-                "-n",
-                ns,
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                pod,
-            ],
-            None,
-        )
-    }
-
-    fn client(&self) -> Client {
-        Client::new(ApiConfig::from_kubeconfig(&self.kubeconfig).expect("kubeconfig"))
-    }
-}
-
-fn kubectl_at(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin piped")
-            .write_all(input.as_bytes())
-            .map_err(|e| e.to_string())?;
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 /// The AuthorizationPolicy CRD from istio.io/api, or why it is unavailable.
 fn authorization_policy_crd() -> Result<String, String> {
-    let out = Command::new("go")
-        .args(["mod", "download", "-json", ISTIO_API])
-        .current_dir(std::env::temp_dir())
-        .env("GOFLAGS", "-mod=mod")
-        .output()
-        .map_err(|e| format!("go: {e}"))?;
-    let info: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("go mod download: {e}"))?;
-    let dir = info["Dir"]
-        .as_str()
-        .ok_or_else(|| format!("go mod download: {info}"))?;
-    let all = std::fs::read_to_string(
-        Path::new(dir).join("kubernetes/customresourcedefinitions.gen.yaml"),
-    )
-    .map_err(|e| e.to_string())?;
+    let dir = go_module_dir(ISTIO_API)?;
+    let all = std::fs::read_to_string(dir.join("kubernetes/customresourcedefinitions.gen.yaml"))
+        .map_err(|e| e.to_string())?;
     all.split("\n---\n")
         .find(|d| d.contains("name: authorizationpolicies.security.istio.io"))
         .map(str::to_string)
         .ok_or_else(|| "no AuthorizationPolicy CRD in the module".into())
-}
-
-// ---- the source -----------------------------------------------------------
-
-#[derive(Clone, Debug, Default)]
-struct Snapshot {
-    config: LocalConfig,
-    /// Every current store problem, as the operator reads it.
-    errors: Vec<String>,
-}
-
-fn fast() -> SourceOptions {
-    SourceOptions {
-        missing_crd_retry: Duration::from_millis(500),
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_millis(500),
-        watch_timeout: Duration::from_secs(60),
-        batch_window: Duration::from_millis(20),
-    }
-}
-
-/// Runs the source; each batch's translation lands in the receiver.
-fn run_source(client: Client) -> (watch::Receiver<Snapshot>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = watch::channel(Snapshot::default());
-    let source = KubeSource::with_resources(client, DEFAULT_RESOURCES.to_vec(), fast());
-    let opts = TranslateOptions {
-        istio_labels: true,
-        ..Default::default()
-    };
-    let task = tokio::spawn(source.run(ObjectStore::new(), move |store, _changes| {
-        let t = translate(store, &opts);
-        tx.send_replace(Snapshot {
-            config: t.config,
-            errors: store.errors().iter().map(ToString::to_string).collect(),
-        });
-    }));
-    (rx, task)
-}
-
-async fn wait_for(
-    rx: &mut watch::Receiver<Snapshot>,
-    what: &str,
-    ok: impl Fn(&Snapshot) -> bool,
-) -> Snapshot {
-    let waited = tokio::time::timeout(DEADLINE, rx.wait_for(|s| ok(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match waited {
-        Ok(Ok(s)) => s,
-        _ => panic!(
-            "not within {DEADLINE:?}: {what}; last snapshot: {:#?}",
-            *rx.borrow()
-        ),
-    }
-}
-
-fn workload<'a>(
-    s: &'a Snapshot,
-    ns: &str,
-    name: &str,
-) -> Option<&'a trellis_api::config::Workload> {
-    s.config
-        .workloads
-        .iter()
-        .find(|w| w.namespace == ns && w.name == name)
-}
-
-fn pod_yaml(ns: &str, name: &str, app: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\n\
-         spec:\n  nodeName: {node}\n  containers: [{{name: c, image: registry.invalid/app}}]\n"
-    )
-}
-
-fn namespace_yaml(ns: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n\
-         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: {ns}}}\n"
-    )
 }
 
 const POLICY: &str = "apiVersion: security.istio.io/v1
@@ -702,17 +434,38 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
     );
     let token = kube.bound_token("istio-system", "ztunnel", "ztunnel-a");
 
+    // The CA comes from Istio's cacerts Secret, read through the API: the
+    // controller never sees the files.
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = trellis_controller::ca::init(dir.path(), "cluster.local", false).expect("ca init");
+    let mut create = vec![
+        "create",
+        "secret",
+        "generic",
+        "cacerts",
+        "-n",
+        "istio-system",
+    ];
+    let from: Vec<String> = [
+        "root-cert.pem",
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+    ]
+    .iter()
+    .map(|f| format!("--from-file={}", dir.path().join(f).display()))
+    .collect();
+    create.extend(from.iter().map(String::as_str));
+    kubectl_at(&kube.kubeconfig, &create, None).expect("cacerts secret created");
+    drop(dir);
     let kubeconfig = kube.kubeconfig.to_str().expect("utf-8 path").to_owned();
-    let ca_dir = dir.path().to_str().expect("utf-8 path").to_owned();
     let cli = Cli::try_parse_from([
         "trellis-controller",
         "run",
         "--kubeconfig",
         &kubeconfig,
-        "--ca-dir",
-        &ca_dir,
+        "--ca-secret",
+        "istio-system/cacerts",
         "--listen",
         "127.0.0.1:0",
         "--admin-addr",
@@ -765,6 +518,28 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client.abort();
+
+    // A certificate for node-a's pod, signed with the Secret's intermediate.
+    let issuer = trellis_core::certs::ca_client::CaIssuer::start(
+        trellis_core::certs::ca_client::CaClientConfig {
+            address: addr.to_string(),
+            server_name: "istiod.istio-system.svc".into(),
+            root_pem: ca.roots_pem(),
+            token: token.trim().to_owned(),
+            impersonate: true,
+        },
+    )
+    .expect("ca client");
+    let certs = trellis_core::certs::CertManager::new(Box::new(issuer), None);
+    let web = hbone::Identity::new("cluster.local", "mesh", "default");
+    let cert = tokio::time::timeout(DEADLINE, certs.server_config_ready(&web))
+        .await
+        .expect("in time");
+    assert!(
+        cert.is_ok(),
+        "certificate from the secret's CA: {:?}",
+        cert.err()
+    );
     let _ = stop.send(());
     let _ = tokio::time::timeout(DEADLINE, serving).await;
 }

@@ -45,6 +45,10 @@ const BACKDATE: Duration = Duration::from_secs(5 * 60);
 pub enum KeysError {
     #[error("{path} is missing; run `trellis-controller ca init --dir {dir}` or mount Istio's cacerts there")]
     Missing { path: PathBuf, dir: String },
+    #[error("secret {secret} has no key {key}; it needs root-cert.pem, ca-cert.pem, ca-key.pem and cert-chain.pem, as Istio's cacerts secret (kubectl create secret generic cacerts -n istio-system --from-file=<ca dir>/ca-cert.pem --from-file=... )")]
+    MissingKey { secret: String, key: String },
+    #[error("secret {secret} key {key} is not valid UTF-8 text; it must hold PEM")]
+    NotText { secret: String, key: String },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -102,23 +106,82 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// Where the cacerts files are read from.
+pub enum KeyFiles<'a> {
+    /// A directory (`ca init`'s output, or a mounted Secret).
+    Dir(&'a Path),
+    /// A Kubernetes Secret's data, read through the API: `namespace/name`
+    /// and its keys, already base64-decoded.
+    Secret {
+        name: &'a str,
+        data: &'a std::collections::BTreeMap<String, Vec<u8>>,
+    },
+}
+
+impl KeyFiles<'_> {
+    /// How errors name `file`: its path, or `secret:<ns>/<name>/<file>`.
+    fn path(&self, file: &str) -> PathBuf {
+        match self {
+            KeyFiles::Dir(dir) => dir.join(file),
+            KeyFiles::Secret { name, .. } => PathBuf::from(format!("secret:{name}/{file}")),
+        }
+    }
+
+    fn read(&self, file: &str) -> Result<String, KeysError> {
+        match self {
+            KeyFiles::Dir(dir) => read(dir, &dir.join(file)),
+            KeyFiles::Secret { name, data } => {
+                let bytes = data.get(file).ok_or_else(|| KeysError::MissingKey {
+                    secret: name.to_string(),
+                    key: file.into(),
+                })?;
+                String::from_utf8(bytes.clone()).map_err(|_| KeysError::NotText {
+                    secret: name.to_string(),
+                    key: file.into(),
+                })
+            }
+        }
+    }
+
+    fn read_certs(&self, file: &str) -> Result<Vec<CertificateDer<'static>>, KeysError> {
+        let path = self.path(file);
+        let text = self.read(file)?;
+        let not_pem = |detail: String| KeysError::NotPem {
+            path: path.clone(),
+            detail,
+        };
+        let certs: Vec<_> = rustls_pemfile::certs(&mut text.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| not_pem(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(not_pem("no CERTIFICATE block".into()));
+        }
+        Ok(certs)
+    }
+}
+
 impl Ca {
     /// Loads and checks `root-cert.pem`, `ca-cert.pem`, `ca-key.pem` and
     /// `cert-chain.pem` from `dir`.
     pub fn load(dir: &Path) -> Result<Ca, KeysError> {
-        let root_path = dir.join(ROOT_CERT_FILE);
-        let ca_path = dir.join(CA_CERT_FILE);
-        let key_path = dir.join(CA_KEY_FILE);
-        let chain_path = dir.join(CERT_CHAIN_FILE);
+        Ca::from_files(&KeyFiles::Dir(dir))
+    }
 
-        let roots = read_certs(dir, &root_path)?;
+    /// Loads and checks the same four files from wherever `files` says.
+    pub fn from_files(files: &KeyFiles<'_>) -> Result<Ca, KeysError> {
+        let root_path = files.path(ROOT_CERT_FILE);
+        let ca_path = files.path(CA_CERT_FILE);
+        let key_path = files.path(CA_KEY_FILE);
+        let chain_path = files.path(CERT_CHAIN_FILE);
+
+        let roots = files.read_certs(ROOT_CERT_FILE)?;
         for root in &roots {
             check_ca(&root_path, root)?;
         }
-        let signing = read_certs(dir, &ca_path)?;
+        let signing = files.read_certs(CA_CERT_FILE)?;
         let signing_cert = signing[0].clone();
         check_ca(&ca_path, &signing_cert)?;
-        let key_pem = read(dir, &key_path)?;
+        let key_pem = files.read(CA_KEY_FILE)?;
         let signing_key = KeyPair::from_pem(&key_pem).map_err(|e| KeysError::NotPem {
             path: key_path.clone(),
             detail: e.to_string(),
@@ -130,7 +193,7 @@ impl Ca {
                 cert: ca_path,
             });
         }
-        let chain = read_certs(dir, &chain_path)?;
+        let chain = files.read_certs(CERT_CHAIN_FILE)?;
         for cert in &chain {
             parse(&chain_path, cert)?;
         }
@@ -277,21 +340,6 @@ fn read(dir: &Path, path: &Path) -> Result<String, KeysError> {
             }
         }
     })
-}
-
-fn read_certs(dir: &Path, path: &Path) -> Result<Vec<CertificateDer<'static>>, KeysError> {
-    let text = read(dir, path)?;
-    let not_pem = |detail: String| KeysError::NotPem {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let certs: Vec<_> = rustls_pemfile::certs(&mut text.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| not_pem(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(not_pem("no CERTIFICATE block".into()));
-    }
-    Ok(certs)
 }
 
 fn parse<'a>(

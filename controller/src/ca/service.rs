@@ -1,6 +1,7 @@
 //! Istio's `IstioCertificateService/CreateCertificate`: authenticate the
 //! bearer token, authorize the identity against the current mesh, sign.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +21,34 @@ use crate::auth::{bearer, AuthError, Authenticator};
 /// The longest certificate life given when the caller does not ask for less (Istio's default).
 pub const DEFAULT_MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
+/// What the CA has done since start, for /metrics.
+#[derive(Debug, Default)]
+pub struct CaMetrics {
+    issued: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// A copy of [`CaMetrics`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaMetricsSnapshot {
+    /// Certificates signed.
+    pub issued: u64,
+    /// Requests refused: bad token, identity not allowed, or bad CSR.
+    pub refused: u64,
+}
+
+impl CaMetrics {
+    pub fn read(&self) -> CaMetricsSnapshot {
+        CaMetricsSnapshot {
+            issued: self.issued.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The CA's gRPC service.
 pub struct CaService {
+    metrics: Arc<CaMetrics>,
     ca: Arc<Ca>,
     auth: Arc<dyn Authenticator>,
     mesh: watch::Receiver<Arc<LocalConfig>>,
@@ -40,12 +67,18 @@ impl CaService {
         max_validity: Duration,
     ) -> CaService {
         CaService {
+            metrics: Arc::default(),
             ca,
             auth,
             mesh,
             max_validity,
             index: Mutex::new(None),
         }
+    }
+
+    /// Its counters; read them while it serves.
+    pub fn metrics(&self) -> Arc<CaMetrics> {
+        self.metrics.clone()
     }
 
     /// The tonic service to add to the controller's gRPC server.
@@ -110,6 +143,21 @@ fn impersonated(req: &IstioCertificateRequest) -> Result<Option<&str>, Status> {
 #[tonic::async_trait]
 impl IstioCertificateService for CaService {
     async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let answer = self.create(request).await;
+        let counter = match &answer {
+            Ok(_) => &self.metrics.issued,
+            Err(_) => &self.metrics.refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
+    }
+}
+
+impl CaService {
+    async fn create(
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {

@@ -3,11 +3,15 @@
 //!
 //! Core kinds use k8s-openapi's types; Gateway, WorkloadEntry and
 //! AuthorizationPolicy use the small structs in [`istio`], holding only
-//! what the translation needs and refusing unknown spec fields. HTTPRoute,
-//! GRPCRoute and TrafficPolicy are kept as raw JSON until their translation
-//! exists, so a folder holding them loads without errors.
+//! what the translation needs and refusing unknown spec fields. HTTPRoute
+//! and GRPCRoute are read with Gateway API's shapes ([`gateway`]) and
+//! turned into the waypoint model's routes ([`routes`]); TrafficPolicy is
+//! Trellis's own CRD ([`traffic_policy`]). Errors name the field's path.
 
+pub mod gateway;
 pub mod istio;
+pub mod routes;
+pub mod traffic_policy;
 
 use std::fmt;
 
@@ -16,6 +20,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use trellis_api::config::l7::{GrpcRoute, HttpRoute};
 
 use super::error::{DocRef, ObjectError};
 use super::unknown::unknown_fields;
@@ -144,9 +149,9 @@ pub enum Object {
     Gateway(Box<istio::Gateway>),
     WorkloadEntry(Box<istio::WorkloadEntry>),
     AuthorizationPolicy(Box<istio::AuthorizationPolicy>),
-    /// A kind whose translation is not written yet (HTTPRoute, GRPCRoute,
-    /// TrafficPolicy): kept so it is not an error, and not translated.
-    Deferred(Kind, Box<Value>),
+    HttpRoute(Box<routes::Route<HttpRoute>>),
+    GrpcRoute(Box<routes::Route<GrpcRoute>>),
+    TrafficPolicy(Box<traffic_policy::TrafficPolicyObject>),
 }
 
 /// A document that was rejected, with its key when that much was readable
@@ -326,8 +331,23 @@ pub fn parse_document(
             p.spec.check().map_err(invalid)?;
             Object::AuthorizationPolicy(p)
         }
-        Kind::HttpRoute | Kind::GrpcRoute | Kind::TrafficPolicy => {
-            Object::Deferred(kind, Box::new(value.clone()))
+        Kind::HttpRoute => {
+            let doc: Box<gateway::HttpRouteDoc> = own_kind(&value, &invalid)?;
+            let route =
+                routes::http(&name, &namespace, &doc.spec).map_err(|p| problems(&invalid, p))?;
+            Object::HttpRoute(Box::new(route))
+        }
+        Kind::GrpcRoute => {
+            let doc: Box<gateway::GrpcRouteDoc> = own_kind(&value, &invalid)?;
+            let route =
+                routes::grpc(&name, &namespace, &doc.spec).map_err(|p| problems(&invalid, p))?;
+            Object::GrpcRoute(Box::new(route))
+        }
+        Kind::TrafficPolicy => {
+            let doc: Box<traffic_policy::TrafficPolicyDoc> = own_kind(&value, &invalid)?;
+            let policy =
+                traffic_policy::check(*doc, &namespace).map_err(|p| problems(&invalid, p))?;
+            Object::TrafficPolicy(Box::new(policy))
         }
     };
     Ok(Some((
@@ -352,13 +372,27 @@ fn core_kind<T: DeserializeOwned + Serialize>(
     Ok(Box::new(typed))
 }
 
-/// Own structs deny unknown spec fields themselves; `metadata` is
-/// k8s-openapi's ObjectMeta, so it gets the round-trip check.
+/// Every problem of one object in one message, so a fix is not found one
+/// reload at a time.
+fn problems(invalid: &dyn Fn(String) -> ObjectError, list: Vec<String>) -> ObjectError {
+    invalid(list.join("; "))
+}
+
+/// Own structs deny unknown spec fields themselves, and the error names the
+/// field's path (`spec.rules[0].matches[0].path.type: unknown variant ...`);
+/// `metadata` is k8s-openapi's ObjectMeta, so it gets the round-trip check.
 fn own_kind<T: DeserializeOwned>(
     value: &Value,
     invalid: &dyn Fn(String) -> ObjectError,
 ) -> Result<Box<T>, ObjectError> {
-    let typed: T = serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
+    let typed: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            invalid(e.inner().to_string())
+        } else {
+            invalid(format!("{path}: {}", e.inner()))
+        }
+    })?;
     if let Some(meta) = value.get("metadata") {
         let parsed: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
             serde_json::from_value(meta.clone()).map_err(|e| invalid(format!("metadata: {e}")))?;

@@ -5,14 +5,17 @@
 //! The steps run in dependency order: waypoints (their addresses are needed
 //! by workloads and services), workloads, L4 policies (workloads list the
 //! ones that select them), services (their endpoints are workload uids),
-//! then L7 policies. [`guard`] is the last line: whatever still fails
-//! validation is dropped there.
+//! L7 policies, routes (their parents and backends are services), then
+//! traffic policies (they attach to route rules). [`guard`] is the last
+//! line: whatever still fails validation is dropped there.
 
 mod authz;
 mod authz_l7;
 mod guard;
 mod labels;
+mod routes;
 mod services;
+mod traffic_policies;
 mod waypoints;
 mod workloads;
 
@@ -73,26 +76,21 @@ pub fn translate(store: &ObjectStore, opts: &TranslateOptions) -> Translation {
             }
         }
     }
-    for (key, _) in store.iter() {
-        if matches!(
-            key.kind,
-            Kind::HttpRoute | Kind::GrpcRoute | Kind::TrafficPolicy
-        ) {
-            tracing::debug!(object = %key, "not translated yet");
-        }
-    }
     let wps = waypoints::collect(store, opts);
     let mut sources = workloads::collect(store, opts, &ns_labels, &wps, &mut errors);
     let policies = authz::translate_all(store, opts, &mut sources, &mut errors);
     let services = services::translate_all(store, opts, &ns_labels, &wps, &sources, &mut errors);
     let l7 = authz_l7::translate_all(store, &mut errors);
+    let (mut http_routes, mut grpc_routes) =
+        routes::translate_all(store, opts, &services, &mut errors);
+    traffic_policies::apply(store, &mut http_routes, &mut grpc_routes, &mut errors);
     let config = LocalConfig {
         workloads: sources.into_iter().map(|s| s.workload).collect(),
         services,
         policies,
         authorization_policies: l7,
-        http_routes: Vec::new(),
-        grpc_routes: Vec::new(),
+        http_routes,
+        grpc_routes,
         waypoints: wps.settings(),
     };
     let config = guard::valid(config, &mut errors);

@@ -22,6 +22,7 @@ use crate::xds::XdsMetrics;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub xds: Arc<XdsMetrics>,
+    pub ca: Arc<crate::ca::CaMetrics>,
     /// Cancelled when the controller starts shutting down.
     pub draining: CancellationToken,
 }
@@ -74,7 +75,7 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/metrics" => {
             let mut r = text(
                 StatusCode::OK,
-                render(&state.metrics.read(), &state.xds.read()),
+                render(&state.metrics.read(), &state.xds.read(), &state.ca.read()),
             );
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use trellis_api::config::LocalConfig;
 
+use crate::ca::CaMetricsSnapshot;
 use crate::xds::XdsMetricsSnapshot;
 
 /// Counters and gauges of the objects → config → snapshot path.
@@ -75,7 +76,7 @@ impl Metrics {
 }
 
 /// The Prometheus text exposition of both sets of metrics.
-pub fn render(m: &MetricsSnapshot, xds: &XdsMetricsSnapshot) -> String {
+pub fn render(m: &MetricsSnapshot, xds: &XdsMetricsSnapshot, ca: &CaMetricsSnapshot) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -154,6 +155,19 @@ pub fn render(m: &MetricsSnapshot, xds: &XdsMetricsSnapshot) -> String {
         "xDS streams refused for want of a valid token.",
         xds.refused,
     );
+    // istiod's CA counter names, for the same dashboards.
+    metric(
+        "citadel_server_success_cert_issuance_count",
+        "counter",
+        "Workload certificates signed.",
+        ca.issued,
+    );
+    metric(
+        "trellis_controller_cert_refused_total",
+        "counter",
+        "Certificate requests refused: invalid token, identity not on the caller's node, or a bad CSR.",
+        ca.refused,
+    );
     if !m.version.is_empty() {
         let name = "trellis_controller_snapshot_info";
         let _ = writeln!(out, "# HELP {name} The published xDS snapshot's version.");
@@ -180,7 +194,11 @@ mod tests {
             pushes: 4,
             ..Default::default()
         };
-        let text = render(&m, &xds);
+        let ca = CaMetricsSnapshot {
+            issued: 3,
+            refused: 1,
+        };
+        let text = render(&m, &xds, &ca);
         for line in [
             "trellis_controller_objects 9",
             "trellis_controller_config_publishes_total 2",
@@ -188,6 +206,8 @@ mod tests {
             "pilot_xds_pushes 4",
             "# TYPE pilot_xds_pushes counter",
             "trellis_controller_snapshot_info{version=\"abc\"} 1",
+            "citadel_server_success_cert_issuance_count 3",
+            "trellis_controller_cert_refused_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }

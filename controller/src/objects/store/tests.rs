@@ -136,14 +136,28 @@ fn bad_documents_are_rejected_alone_with_an_operator_message() {
 }
 
 #[test]
-fn route_kinds_are_kept_without_error() {
+fn route_kinds_are_read_and_their_typos_refused() {
     let mut s = ObjectStore::new();
-    let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: demo}\nspec: {anything: goes}\n";
+    let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: demo}\nspec: {parentRefs: [{group: \"\", kind: Service, name: s}]}\n";
     assert!(s.load_text("r.yaml", text, false).is_empty());
     assert!(matches!(
         s.get(&key(Kind::HttpRoute, "demo", "r")),
-        Some(Object::Deferred(Kind::HttpRoute, _))
+        Some(Object::HttpRoute(_))
     ));
+    let errs = texts(&s.load_text(
+        "r.yaml",
+        &text.replace("spec: {", "spec: {anything: goes, "),
+        false,
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("unknown field `anything`"), "{errs:?}");
+    assert!(
+        matches!(
+            s.get(&key(Kind::HttpRoute, "demo", "r")),
+            Some(Object::HttpRoute(_))
+        ),
+        "the last good version stays"
+    );
 }
 
 #[test]

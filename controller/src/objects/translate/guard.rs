@@ -10,12 +10,18 @@ use trellis_api::config::{validate, ConfigError, LocalConfig};
 use crate::objects::error::ObjectError;
 
 /// The config sections whose items can be dropped, as the validator names them.
-const SECTIONS: [&str; 4] = [
+const SECTIONS: [&str; 6] = [
     "workloads[",
     "services[",
     "policies[",
     "authorizationPolicies[",
+    "httpRoutes[",
+    "grpcRoutes[",
 ];
+
+/// Sections whose items mirror their object's `spec` (routes), so the
+/// validator's path reads as the manifest's once the item prefix is `spec`.
+const SPEC_SECTIONS: [usize; 2] = [4, 5];
 
 /// Which object an item came from, for the operator.
 fn item(cfg: &LocalConfig, section: usize, idx: usize) -> Option<(&'static str, String)> {
@@ -29,10 +35,18 @@ fn item(cfg: &LocalConfig, section: usize, idx: usize) -> Option<(&'static str, 
             .policies
             .get(idx)
             .map(|p| ("AuthorizationPolicy", p.key())),
-        _ => cfg
+        3 => cfg
             .authorization_policies
             .get(idx)
             .map(|p| ("AuthorizationPolicy", format!("{}/{}", p.namespace, p.name))),
+        4 => cfg
+            .http_routes
+            .get(idx)
+            .map(|r| ("HTTPRoute", format!("{}/{}", r.namespace, r.name))),
+        _ => cfg
+            .grpc_routes
+            .get(idx)
+            .map(|r| ("GRPCRoute", format!("{}/{}", r.namespace, r.name))),
     }
 }
 
@@ -46,25 +60,32 @@ pub(crate) fn valid(mut cfg: LocalConfig, errors: &mut Vec<ObjectError>) -> Loca
             Err(ConfigError::Invalid(p)) => p,
             Err(other) => vec![other.to_string()],
         };
-        let mut drop: [BTreeSet<usize>; 4] = Default::default();
+        let mut drop: [BTreeSet<usize>; 6] = Default::default();
         for p in &problems {
             let mut what = ("config", "translation".to_string());
+            let mut message = p.clone();
             for (i, section) in SECTIONS.iter().enumerate() {
-                if let Some(idx) = p
-                    .strip_prefix(section)
-                    .and_then(|r| r.split(']').next())
-                    .and_then(|n| n.parse::<usize>().ok())
-                {
-                    if let Some(named) = item(&cfg, i, idx) {
-                        what = named;
-                    }
-                    drop[i].insert(idx);
+                let Some(rest) = p.strip_prefix(section) else {
+                    continue;
+                };
+                let Some((n, after)) = rest.split_once(']') else {
+                    continue;
+                };
+                let Ok(idx) = n.parse::<usize>() else {
+                    continue;
+                };
+                if let Some(named) = item(&cfg, i, idx) {
+                    what = named;
                 }
+                if SPEC_SECTIONS.contains(&i) {
+                    message = format!("spec{after}");
+                }
+                drop[i].insert(idx);
             }
             errors.push(ObjectError::Translate {
                 kind: what.0.into(),
                 name: what.1,
-                message: format!("{p}; it is left out of the config"),
+                message: format!("{message}; it is left out of the config"),
             });
         }
         if drop.iter().all(BTreeSet::is_empty) {
@@ -78,6 +99,8 @@ pub(crate) fn valid(mut cfg: LocalConfig, errors: &mut Vec<ObjectError>) -> Loca
         retain_idx(&mut cfg.services, &drop[1]);
         retain_idx(&mut cfg.policies, &drop[2]);
         retain_idx(&mut cfg.authorization_policies, &drop[3]);
+        retain_idx(&mut cfg.http_routes, &drop[4]);
+        retain_idx(&mut cfg.grpc_routes, &drop[5]);
         prune(&mut cfg);
     }
     match validate(&cfg) {

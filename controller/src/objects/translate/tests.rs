@@ -11,6 +11,8 @@ use super::*;
 
 mod authz;
 mod demo;
+mod policies;
+mod routes;
 
 pub(super) fn store_of(yaml: &str) -> ObjectStore {
     let mut s = ObjectStore::new();
@@ -471,11 +473,40 @@ fn broken_objects_next_to_good_ones_and_duplicate_ips() {
 }
 
 #[test]
-fn route_kinds_are_not_translated_and_not_errors() {
-    let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: r, namespace: demo}\nspec: {}\n";
+fn a_route_attached_to_no_service_is_not_translated_and_not_an_error() {
+    // An ingress route (its parentRef defaults to a Gateway).
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: r, namespace: demo}\nspec: {parentRefs: [{name: ingress}]}\n";
     let t = run(yaml);
-    assert!(t.errors.is_empty());
+    assert!(t.errors.is_empty(), "{:?}", msgs(&t));
     assert_eq!(t.config, LocalConfig::default());
+}
+
+#[test]
+fn terminating_pods_are_unhealthy() {
+    // (deletionTimestamp set, Ready condition, expected)
+    let cases = [
+        (false, "True", HealthStatus::Healthy),
+        (true, "True", HealthStatus::Unhealthy),
+        (true, "False", HealthStatus::Unhealthy),
+        (false, "False", HealthStatus::Unhealthy),
+    ];
+    for (terminating, ready, want) in cases {
+        let deleting = if terminating {
+            ", deletionTimestamp: \"2025-01-01T00:00:00Z\", deletionGracePeriodSeconds: 30"
+        } else {
+            ""
+        };
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: demo{deleting}}}\nspec: {{containers: []}}\nstatus: {{phase: Running, podIP: 198.18.0.1, conditions: [{{type: Ready, status: \"{ready}\"}}]}}\n"
+        );
+        let t = run(&yaml);
+        assert!(t.errors.is_empty(), "{:?}", msgs(&t));
+        assert_eq!(
+            workload(&t.config, "p").status,
+            want,
+            "terminating {terminating}, ready {ready}: a terminating pod takes no new connections but stays for those it has"
+        );
+    }
 }
 
 #[test]

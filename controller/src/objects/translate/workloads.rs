@@ -6,7 +6,10 @@
 //! with no conditions as ready, so a demo works without faking kubelet
 //! status. Pending → Unhealthy; Succeeded/Failed pods are left out, as are
 //! pods without an IP and host-network pods (a node proxy cannot capture
-//! them, and their IP is the node's).
+//! them, and their IP is the node's). A terminating pod (its
+//! `metadata.deletionTimestamp` is set) is Unhealthy, as Istio drops it
+//! from endpoints: new connections must not go there, while the ones it
+//! has drain until the pod is gone.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -60,6 +63,9 @@ pub(crate) fn pod_running(pod: &Pod) -> bool {
 }
 
 fn pod_health(pod: &Pod) -> HealthStatus {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return HealthStatus::Unhealthy;
+    }
     let ready = match pod.status.as_ref().and_then(|s| s.conditions.as_ref()) {
         None => true,
         Some(c) if c.is_empty() => true,

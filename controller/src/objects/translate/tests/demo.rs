@@ -82,3 +82,30 @@ fn demo_manifests_translate_to_the_expected_config() {
     );
     assert!(c.waypoints.is_empty() && c.authorization_policies.is_empty());
 }
+
+#[test]
+fn the_routes_example_translates_next_to_the_demo() {
+    let mut store = ObjectStore::new();
+    for dir in ["examples/manifests", "examples/routes"] {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let scan = ManifestsDir::new(root).scan(&mut store).expect("scan");
+        assert!(scan.errors.is_empty(), "{dir}: {:?}", scan.errors);
+    }
+    let t = translate(&store, &TranslateOptions::default());
+    assert!(t.errors.is_empty(), "{:?}", msgs(&t));
+    let [r] = t.config.http_routes.as_slice() else {
+        panic!("one route: {:?}", t.config.http_routes)
+    };
+    assert_eq!((r.namespace.as_str(), r.name.as_str()), ("demo", "server"));
+    assert_eq!(r.parent_refs[0].port, Some(80));
+    let names: Vec<Option<&str>> = r.rules.iter().map(|r| r.name.as_deref()).collect();
+    assert_eq!(names, vec![Some("api"), Some("rest")]);
+    let p = r.rules[0].policy.as_ref().expect("the api rule's policy");
+    assert_eq!(
+        p.rate_limit.map(|l| (l.requests_per_second, l.burst)),
+        Some((200.0, 50))
+    );
+    assert_eq!(p.circuit_breaker.map(|c| c.max_requests), Some(100));
+    assert!(p.load_balancer.and_then(|l| l.slow_start).is_some());
+    assert!(r.rules[1].policy.is_none());
+}
