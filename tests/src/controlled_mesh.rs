@@ -28,7 +28,9 @@ use trellis_netns::NetNs;
 use crate::cluster::{ClusterFiles, Feed, NodeProxy};
 use crate::controller_proc::{self, Controller, ObjectSource, RunArgs};
 use crate::kube::KubeApiServer;
-use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef, ServiceDef, TokenHolder};
+use crate::manifests::{
+    self, HttpRouteDef, ManifestsDir, PodDef, PolicyDef, ServiceDef, TokenHolder,
+};
 use crate::mesh_kit::{attempt_echo, Attempt, T};
 use crate::waypoint_proc::{Waypoint, WaypointSpec};
 use crate::{TestServer, Topology};
@@ -478,6 +480,12 @@ impl ControlledMesh {
 
     pub fn delete_policy(&self, ns: &str, name: &str) -> Result<()> {
         self.objects.delete_policy(ns, name)
+    }
+
+    /// Creates or replaces an HTTPRoute.
+    pub fn apply_route(&self, r: &HttpRouteDef) -> Result<()> {
+        let file = format!("routes/{}-{}.yaml", r.namespace, r.name);
+        self.objects.put(&file, &manifests::http_route(r))
     }
 
     /// Replaces the policy `p` with a version the controller must refuse

@@ -72,6 +72,18 @@ pub struct ServiceDef {
     pub waypoint: Option<String>,
 }
 
+/// A Gateway API HTTPRoute attached to a Service port (GAMMA), with one
+/// rule that splits requests over weighted backend services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRouteDef {
+    pub namespace: String,
+    pub name: String,
+    pub parent_service: String,
+    pub parent_port: u16,
+    /// (service, port, weight).
+    pub backends: Vec<(String, u16, u32)>,
+}
+
 /// An L4 AuthorizationPolicy on the pods labelled `app: <selector_app>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyDef {
@@ -155,6 +167,22 @@ pub fn waypoint_gateway(namespace: &str, name: &str) -> String {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
          spec:\n  gatewayClassName: {WAYPOINT_CLASS}\n  listeners:\n    - name: mesh\n      port: 15008\n      protocol: HBONE\n"
     )
+}
+
+/// An HTTPRoute (gateway.networking.k8s.io/v1).
+pub fn http_route(r: &HttpRouteDef) -> String {
+    let mut s = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: {}\n  namespace: {}\n\
+         spec:\n  parentRefs:\n    - group: \"\"\n      kind: Service\n      name: {}\n      port: {}\n  rules:\n    - name: split\n      backendRefs:\n",
+        r.name, r.namespace, r.parent_service, r.parent_port
+    );
+    for (service, port, weight) in &r.backends {
+        let _ = writeln!(
+            s,
+            "        - name: {service}\n          port: {port}\n          weight: {weight}"
+        );
+    }
+    s
 }
 
 /// An Istio AuthorizationPolicy (security.istio.io/v1).
@@ -261,6 +289,16 @@ mod tests {
         }
     }
 
+    fn route() -> String {
+        http_route(&HttpRouteDef {
+            namespace: "demo".into(),
+            name: "web".into(),
+            parent_service: "web".into(),
+            parent_port: 80,
+            backends: vec![("web-v1".into(), 80, 100), ("web-v2".into(), 80, 0)],
+        })
+    }
+
     fn echo(waypoint: Option<&str>) -> String {
         service(&ServiceDef {
             namespace: "demo".into(),
@@ -331,6 +369,11 @@ mod tests {
                 "/metadata/labels/gateway.networking.k8s.io~1gateway-name",
                 json!("wp"),
             ),
+            (route(), "/spec/parentRefs/0/kind", json!("Service")),
+            (route(), "/spec/parentRefs/0/group", json!("")),
+            (route(), "/spec/parentRefs/0/port", json!(80)),
+            (route(), "/spec/rules/0/backendRefs/1/name", json!("web-v2")),
+            (route(), "/spec/rules/0/backendRefs/1/weight", json!(0)),
             (
                 waypoint_gateway("demo", "wp"),
                 "/spec/gatewayClassName",

@@ -47,3 +47,11 @@ fn manifests_service_traffic_goes_through_a_waypoint() {
     }
     flows::service_traffic_goes_through_a_waypoint(Mode::Manifests);
 }
+
+#[test]
+fn manifests_route_weights_follow_an_httproute_change() {
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    flows::route_weights_follow_an_httproute_change(Mode::Manifests);
+}

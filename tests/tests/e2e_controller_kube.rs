@@ -59,3 +59,11 @@ fn kube_service_traffic_goes_through_a_waypoint() {
     }
     flows::service_traffic_goes_through_a_waypoint(Mode::Kube);
 }
+
+#[test]
+fn kube_route_weights_follow_an_httproute_change() {
+    if !can_run() {
+        return;
+    }
+    flows::route_weights_follow_an_httproute_change(Mode::Kube);
+}

@@ -15,7 +15,7 @@ use trellis_e2e::controlled_mesh::{
 };
 use trellis_e2e::counted_stream::CountedStream;
 use trellis_e2e::l7kit::{http1_request, HttpServer};
-use trellis_e2e::manifests::PolicyDef;
+use trellis_e2e::manifests::{HttpRouteDef, PolicyDef};
 use trellis_e2e::mesh_kit::{config_dump, errors, wait_errors, Attempt};
 use trellis_e2e::proxy_args::{flag_value, local_state_flags, proc_cmdline};
 use trellis_e2e::{ask_identity, echo_roundtrip, wait_until};
@@ -434,4 +434,101 @@ pub fn service_traffic_goes_through_a_waypoint(mode: Mode) {
         ) >= 1.0
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", node2.metrics_text().unwrap_or_default()));
+}
+
+/// Which backend served each of `n` requests to `dst` from `from`, in order.
+fn served_by(m: &ControlledMesh, from: &str, dst: std::net::SocketAddr, n: usize) -> Vec<String> {
+    let ns = m.netns(from);
+    (0..n)
+        .map(|i| {
+            let r = http1_request(Some(&ns), dst, "GET", &format!("/split/{i}"), &[], b"")
+                .unwrap_or_else(|e| panic!("request {i} to {dst}: {e}\n{}", m.logs()));
+            assert_eq!(r.status, 200, "request {i}: {}", r.body);
+            r.json()["server"].as_str().unwrap_or("?").to_string()
+        })
+        .collect()
+}
+
+/// Waits until a request to `dst` is served by `backend` (a route change
+/// reached the waypoint), for at most [`PROPAGATION`].
+fn wait_served_by(m: &ControlledMesh, dst: std::net::SocketAddr, backend: &str) {
+    let ns = m.netns("client");
+    let mut last = String::new();
+    let reached = wait_until(
+        PROPAGATION,
+        &format!("a request served by {backend}"),
+        || match http1_request(Some(&ns), dst, "GET", "/probe", &[], b"") {
+            Ok(r) if r.status == 200 && r.json()["server"] == backend => true,
+            Ok(r) => {
+                last = format!("{} {}", r.status, r.body);
+                false
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        },
+    );
+    if let Err(e) = reached {
+        panic!("{e}; last answer: {last}\n{}", m.logs());
+    }
+}
+
+/// An HTTPRoute on a service splits its requests over two backend
+/// services by weight, at the waypoint; a weight change in the route
+/// reaches the traffic within the deadline.
+pub fn route_weights_follow_an_httproute_change(mode: Mode) {
+    let m = start(
+        ControlledMesh::builder(mode)
+            .pod("node1", "client", "client")
+            .pod("node2", "v1", "web-v1")
+            .pod("node2", "v2", "web-v2")
+            .waypoint("node3", "wp", "waypoint")
+            // The parent selects no pod: only the route reaches a backend.
+            .service_via("waypoint", "web", service_vip(30), "web", &[(80, 8080)])
+            .service("web-v1", service_vip(31), "web-v1", &[(80, 8080)])
+            .service("web-v2", service_vip(32), "web-v2", &[(80, 8080)]),
+    );
+    let _v1 = HttpServer::start(Some(&m.netns("v1")), m.addr("v1", 8080), "v1").unwrap();
+    let _v2 = HttpServer::start(Some(&m.netns("v2")), m.addr("v2", 8080), "v2").unwrap();
+    let dst = std::net::SocketAddr::new(service_vip(30), 80);
+    let route = |w1: u32, w2: u32| HttpRouteDef {
+        namespace: NAMESPACE.into(),
+        name: "web".into(),
+        parent_service: "web".into(),
+        parent_port: 80,
+        backends: vec![("web-v1".into(), 80, w1), ("web-v2".into(), 80, w2)],
+    };
+    let count = |served: &[String], name: &str| served.iter().filter(|s| *s == name).count();
+
+    m.apply_route(&route(100, 0)).unwrap();
+    wait_served_by(&m, dst, "v1");
+    let served = served_by(&m, "client", dst, 20);
+    assert_eq!(count(&served, "v1"), 20, "weights 100/0: {served:?}");
+
+    m.apply_route(&route(0, 100)).unwrap();
+    wait_served_by(&m, dst, "v2");
+    // Config versions only move forward: once v2 answered, the new weights rule.
+    let served = served_by(&m, "client", dst, 20);
+    assert_eq!(count(&served, "v2"), 20, "weights 0/100: {served:?}");
+
+    m.apply_route(&route(50, 50)).unwrap();
+    wait_served_by(&m, dst, "v1");
+    let served = served_by(&m, "client", dst, 40);
+    // Binomial(40, 1/2): 4 or fewer on one side has odds below 1e-7.
+    for name in ["v1", "v2"] {
+        assert!(
+            count(&served, name) >= 5,
+            "weights 50/50, {name}: {served:?}"
+        );
+    }
+    let wp = m.waypoint("wp");
+    assert!(
+        wp.metric(
+            "istio_requests_total",
+            &[("reporter", "waypoint"), ("response_code", "200")]
+        ) >= 80.0,
+        "the waypoint counted the requests: {}",
+        wp.metrics_text().unwrap_or_default()
+    );
 }
