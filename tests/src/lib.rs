@@ -9,6 +9,8 @@
 pub mod cleanup;
 pub mod cluster;
 pub mod demo;
+pub mod demo_control;
+pub mod demo_manifests;
 pub mod demo_waypoint;
 pub mod l7kit;
 pub mod mesh_kit;
