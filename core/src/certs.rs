@@ -450,7 +450,10 @@ mod tests {
     async fn a_connection_waits_for_a_certificate_still_on_its_way() {
         let (m, delivered, tx) = later();
         let m = Arc::new(m);
-        assert!(not_yet_issued(&m.server_config(&id("a"))), "nothing held yet");
+        assert!(
+            not_yet_issued(&m.server_config(&id("a"))),
+            "nothing held yet"
+        );
         let waiting = {
             let m = m.clone();
             tokio::spawn(async move { m.client_config_ready(&id("a"), &id("b")).await.map(|_| ()) })
@@ -460,7 +463,10 @@ mod tests {
         assert!(!waiting.is_finished(), "must wait, not fail at once");
         delivered.store(true, Ordering::SeqCst);
         tx.send_modify(|n| *n += 1);
-        waiting.await.expect("task").expect("the config once the cert arrived");
+        waiting
+            .await
+            .expect("task")
+            .expect("the config once the cert arrived");
         m.server_config_ready(&id("a")).await.expect("held now");
     }
 
@@ -485,6 +491,8 @@ mod tests {
     #[tokio::test]
     async fn an_issuer_that_signs_on_the_spot_never_waits() {
         let m = CertManager::dev(DevCa::generate("cluster.local").expect("dev ca"), None);
-        m.server_config_ready(&id("a")).await.expect("signed at once");
+        m.server_config_ready(&id("a"))
+            .await
+            .expect("signed at once");
     }
 }

@@ -226,13 +226,23 @@ const XDS_TYPES: [&str; 2] = [
 async fn prefetch_local_certs(proxy: Arc<ProxyCtx>) {
     let mut versions = proxy.state.subscribe();
     loop {
-        let ids: Vec<_> = proxy
-            .state
-            .load()
-            .workloads_on_node(&proxy.settings.node)
-            .iter()
-            .map(|w| w.identity())
-            .collect();
+        // A dedicated proxy serves one workload: asking for its node's other
+        // identities would only load the CA (and be refused for no reason
+        // if a node token were per workload).
+        let state = proxy.state.load();
+        let ids: Vec<_> = match (&proxy.settings.mode, &proxy.settings.workload_uid) {
+            (Mode::Dedicated, Some(uid)) => state
+                .workload_by_uid(uid)
+                .map(|w| w.identity())
+                .into_iter()
+                .collect(),
+            _ => state
+                .workloads_on_node(&proxy.settings.node)
+                .iter()
+                .map(|w| w.identity())
+                .collect(),
+        };
+        drop(state);
         proxy.certs.prefetch(&ids);
         if versions.changed().await.is_err() {
             return;

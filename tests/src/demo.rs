@@ -14,55 +14,12 @@ use trellis_netns::NetNs;
 use trellis_node_proxy::app::{self, ProxyHandle};
 use trellis_node_proxy::settings::{Mode, OutboundForward, Settings};
 
+use crate::demo_control::ControlPlane;
 use crate::demo_waypoint::L7;
 use crate::Topology;
 
-const TRUST_DOMAIN: &str = "cluster.local";
 const APP_PORTS: [u16; 2] = [8080, 9090];
 const CLIENT_LOOPBACK_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1, 1));
-
-/// Workloads and the L4 policy (sa/client may reach sa/server on 8080 only);
-/// with `l7`, also the waypoint's workloads, services, routes and L7 policy.
-fn config_yaml(client_ip: IpAddr, server_ip: IpAddr, l7: bool) -> String {
-    let (l7_workloads, l7_sections) = if l7 {
-        (
-            crate::demo_waypoint::workloads_yaml(),
-            crate::demo_waypoint::sections_yaml(),
-        )
-    } else {
-        Default::default()
-    };
-    format!(
-        r#"workloads:
-  - uid: client
-    name: client
-    namespace: demo
-    serviceAccount: client
-    addresses: [{client_ip}]
-    node: node1
-    protocol: HBONE
-  - uid: server
-    name: server
-    namespace: demo
-    serviceAccount: server
-    addresses: [{server_ip}]
-    node: node2
-    protocol: HBONE
-    authorizationPolicies: [demo/server-allow-client]
-{l7_workloads}policies:
-  - name: server-allow-client
-    namespace: demo
-    scope: WORKLOAD_SELECTOR
-    action: ALLOW
-    groups:
-      - rules:
-          - matches:
-              - principals: ["{TRUST_DOMAIN}/ns/demo/sa/client"]
-          - matches:
-              - destinationPorts: [8080]
-{l7_sections}"#
-    )
-}
 
 enum Kind {
     Loopback {
@@ -82,18 +39,29 @@ pub struct Mesh {
     proxies: Vec<(String, ProxyHandle)>,
     /// The waypoint and its services (loopback mode only).
     l7: Option<L7>,
+    /// Serves the proxies' config and certificates; stopped last.
+    control: ControlPlane,
     _dir: tempfile::TempDir,
 }
 
 /// The proxies of the L4 steps: the client's and the server's.
 const L4_PROXIES: [&str; 2] = ["node1", "node2"];
 
-/// A dedicated-mode node proxy on loopback: config and CA from `dir`, admin
-/// listeners on ephemeral ports, one worker. Callers set the workload and
-/// listeners.
+/// A dedicated-mode node proxy on loopback fed by a config file and a dev
+/// CA in `dir` (`mesh.yaml`, `ca/`): what tests without a controller use.
 pub fn base_settings(dir: &Path, node: &str) -> Settings {
+    proxy_settings(
+        CommonFlags::loopback(dir.join("mesh.yaml"), dir.join("ca")),
+        node,
+    )
+}
+
+/// A dedicated-mode node proxy with the given config and certificate
+/// sources, admin listeners on ephemeral ports, one worker. Callers set the
+/// workload and listeners.
+pub fn proxy_settings(common: CommonFlags, node: &str) -> Settings {
     Settings {
-        common: CommonFlags::loopback(dir.join("mesh.yaml"), dir.join("ca")),
+        common,
         mode: Mode::Dedicated,
         node: node.into(),
         trust_bundle: None,
@@ -111,11 +79,40 @@ pub fn base_settings(dir: &Path, node: &str) -> Settings {
     }
 }
 
-fn write_common(dir: &Path, client_ip: IpAddr, server_ip: IpAddr, l7: bool) -> Result<()> {
-    let ca = hbone::DevCa::generate(TRUST_DOMAIN).context("generating the dev CA")?;
-    ca.write_to_dir(&dir.join("ca"))
-        .context("writing the dev CA")?;
-    std::fs::write(dir.join("mesh.yaml"), config_yaml(client_ip, server_ip, l7))?;
+/// The workload uid the controller gives a demo pod (Istio's format).
+pub fn pod_uid(name: &str) -> String {
+    format!("Kubernetes//Pod/demo/{name}")
+}
+
+/// Writes the manifests and starts the controller on them.
+fn start_control(
+    dir: &Path,
+    client_ip: IpAddr,
+    server_ip: IpAddr,
+    l7: bool,
+) -> Result<ControlPlane> {
+    let manifests = dir.join("manifests");
+    crate::demo_manifests::write(&manifests, client_ip, server_ip, l7)?;
+    ControlPlane::start(dir, &manifests)
+}
+
+/// Waits until each named readiness endpoint answers 200: the proxies
+/// have their first config from the controller.
+fn wait_ready(endpoints: &[(String, Option<SocketAddr>)]) -> Result<()> {
+    const LIMIT: Duration = Duration::from_secs(10);
+    for (who, addr) in endpoints {
+        let addr = addr.ok_or_else(|| anyhow!("{who} has no readiness listener"))?;
+        let deadline = Instant::now() + LIMIT;
+        while !matches!(
+            crate::cluster::http(addr, "GET", "/healthz/ready", ""),
+            Ok((200, _))
+        ) {
+            if Instant::now() > deadline {
+                bail!("{who} was not ready within {LIMIT:?}: has it reached the controller?");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     Ok(())
 }
 
@@ -142,23 +139,23 @@ impl Mesh {
         let dir = tempfile::tempdir()?;
         let client_ip = CLIENT_LOOPBACK_IP;
         let server_ip: IpAddr = "127.0.2.1".parse()?;
-        write_common(dir.path(), client_ip, server_ip, true)?;
+        let control = start_control(dir.path(), client_ip, server_ip, true)?;
         for port in APP_PORTS {
             let l = TcpListener::bind((server_ip, port))
                 .with_context(|| format!("binding the demo app on {server_ip}:{port}"))?;
             spawn_app(l, "server");
         }
-        let mut server = base_settings(dir.path(), "node2");
-        server.workload_uid = Some("server".into());
+        let mut server = proxy_settings(control.flags("node2"), "node2");
+        server.workload_uid = Some(pod_uid("server"));
         server.hbone_addr = Some(SocketAddr::new(server_ip, 15008));
         let server_h = app::start(server, None).context("starting the server-side proxy")?;
         let (mut l7, endpoint_proxies) = L7::start(
-            dir.path(),
-            |node| base_settings(dir.path(), node),
+            |node| proxy_settings(control.flags(node), node),
+            control.flags("waypoint"),
             client_ip,
         )?;
-        let mut client = base_settings(dir.path(), "node1");
-        client.workload_uid = Some("client".into());
+        let mut client = proxy_settings(control.flags("node1"), "node1");
+        client.workload_uid = Some(pod_uid("client"));
         client.hbone_addr = Some(SocketAddr::new(client_ip, 15008));
         // Captures for the server's ports, then for the waypoint's service VIPs.
         let targets = APP_PORTS
@@ -181,10 +178,17 @@ impl Mesh {
         l7.set_forwards(bound.get(APP_PORTS.len()..).unwrap_or_default());
         let mut proxies = vec![("node1".into(), client_h), ("node2".into(), server_h)];
         proxies.extend(endpoint_proxies);
+        let mut ready: Vec<(String, Option<SocketAddr>)> = proxies
+            .iter()
+            .map(|(n, h)| (format!("proxy {n}"), h.addrs.readiness))
+            .collect();
+        ready.push(("the waypoint".into(), l7.readiness()));
+        wait_ready(&ready)?;
         Ok(Mesh {
             kind: Kind::Loopback { forwards },
             proxies,
             l7: Some(l7),
+            control,
             _dir: dir,
         })
     }
@@ -204,7 +208,7 @@ impl Mesh {
         let client = topo.pod("client").ok_or_else(|| anyhow!("no client pod"))?;
         let server = topo.pod("server").ok_or_else(|| anyhow!("no server pod"))?;
         let (client_ip, server_ip) = (client.ip, server.ip);
-        write_common(dir.path(), client_ip, server_ip, false)?;
+        let control = start_control(dir.path(), client_ip, server_ip, false)?;
         let server_ns = server.netns()?;
         for port in APP_PORTS {
             let l = server_ns
@@ -214,14 +218,24 @@ impl Mesh {
         }
         let mut handles = Vec::new();
         for (node, pod) in [("node1", client), ("node2", server)] {
-            let mut s = base_settings(dir.path(), node);
+            let mut s = proxy_settings(control.flags(node), node);
             s.mode = Mode::Shared;
-            s.pods = vec![format!("{}={}", pod.name, pod.netns_path().display())];
+            // Named by workload uid: the controller's name for the pod.
+            s.pods = vec![format!(
+                "{}={}",
+                pod_uid(&pod.name),
+                pod.netns_path().display()
+            )];
             handles.push((
                 node.to_string(),
                 app::start(s, None).with_context(|| format!("starting the {node} proxy"))?,
             ));
         }
+        let ready: Vec<(String, Option<SocketAddr>)> = handles
+            .iter()
+            .map(|(n, h)| (format!("proxy {n}"), h.addrs.readiness))
+            .collect();
+        wait_ready(&ready)?;
         let client_ns = client.netns()?;
         Ok(Mesh {
             kind: Kind::Netns {
@@ -231,6 +245,7 @@ impl Mesh {
             },
             proxies: handles,
             l7: None,
+            control,
             _dir: dir,
         })
     }
@@ -243,7 +258,12 @@ impl Mesh {
     }
 
     pub fn topology_lines(&self) -> Vec<String> {
-        let mut v = vec![];
+        let addrs = self.control.addrs();
+        let mut v = vec![format!(
+            "controller {} (manifests mode, CA inside; admin {}): every proxy below gets its \
+             config over xDS and its certificates from it, and holds no CA key",
+            addrs.grpc, addrs.admin
+        )];
         match &self.kind {
             Kind::Loopback { forwards } => {
                 v.push("client workload 127.0.1.1 (spiffe://cluster.local/ns/demo/sa/client), proxy node1".into());
@@ -360,6 +380,21 @@ impl Mesh {
         Ok(v)
     }
 
+    /// The controller's own counters: streams, pushes, certificates.
+    pub fn controller_lines(&self) -> Result<Vec<String>> {
+        self.control.summary_lines()
+    }
+
+    /// The controller's Prometheus text.
+    pub fn controller_metrics(&self) -> Result<String> {
+        self.control.metrics_text()
+    }
+
+    /// How many proxies the demo runs (the waypoint not counted).
+    pub fn proxy_count(&self) -> usize {
+        self.proxies.len()
+    }
+
     /// The counters an operator would look at: one line per proxy, then its
     /// non-zero error counters.
     pub fn counter_lines(&self) -> Result<Vec<String>> {
@@ -401,6 +436,7 @@ impl Mesh {
         for (_, h) in self.proxies {
             h.wait();
         }
+        self.control.stop();
     }
 }
 

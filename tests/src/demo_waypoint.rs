@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -37,33 +36,33 @@ const APP_PORT: u16 = 8080;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One endpoint workload: name, address, service account, and whether its app always answers 503.
-struct EndpointSpec {
-    name: &'static str,
-    ip: Ipv4Addr,
-    sa: &'static str,
+pub(crate) struct Endpoint {
+    pub(crate) name: &'static str,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) sa: &'static str,
     failing: bool,
 }
 
-const ENDPOINTS: [EndpointSpec; 4] = [
-    EndpointSpec {
+pub(crate) const ENDPOINTS: [Endpoint; 4] = [
+    Endpoint {
         name: "reviews-v1",
         ip: Ipv4Addr::new(127, 0, 2, 11),
         sa: "reviews",
         failing: false,
     },
-    EndpointSpec {
+    Endpoint {
         name: "reviews-v2",
         ip: Ipv4Addr::new(127, 0, 2, 12),
         sa: "reviews",
         failing: false,
     },
-    EndpointSpec {
+    Endpoint {
         name: "ratings-1",
         ip: Ipv4Addr::new(127, 0, 2, 21),
         sa: "ratings",
         failing: false,
     },
-    EndpointSpec {
+    Endpoint {
         name: "ratings-2",
         ip: Ipv4Addr::new(127, 0, 2, 22),
         sa: "ratings",
@@ -73,91 +72,6 @@ const ENDPOINTS: [EndpointSpec; 4] = [
 
 /// The services the client calls, in the order of [`L7::forward_targets`].
 const CALLED: [(&str, IpAddr); 2] = [(REVIEWS_HOST, REVIEWS_VIP), (RATINGS_HOST, RATINGS_VIP)];
-
-/// Workload entries (list items under `workloads:`): the waypoint and the endpoints.
-pub fn workloads_yaml() -> String {
-    let mut s = format!(
-        "  - {{uid: waypoint, name: waypoint, namespace: demo, serviceAccount: waypoint, \
-         addresses: [{WAYPOINT_IP}], node: node2, protocol: HBONE}}\n"
-    );
-    for e in &ENDPOINTS {
-        let (canonical, revision) = e.name.split_once('-').unwrap_or((e.name, "v1"));
-        s.push_str(&format!(
-            "  - {{uid: {n}, name: {n}, namespace: demo, serviceAccount: {sa}, addresses: [{ip}], \
-             node: node2, protocol: HBONE, canonicalName: {canonical}, canonicalRevision: {revision}}}\n",
-            n = e.name,
-            sa = e.sa,
-            ip = e.ip,
-        ));
-    }
-    s
-}
-
-/// Top-level sections: services, routes, the L7 policy.
-pub fn sections_yaml() -> String {
-    format!(
-        r#"services:
-  - name: reviews
-    namespace: demo
-    hostname: {REVIEWS_HOST}
-    vips: [{REVIEWS_VIP}]
-    ports: [{{port: {SERVICE_PORT}, targetPort: {APP_PORT}}}]
-    endpoints: [reviews-v1, reviews-v2]
-    waypoint: {{address: {WAYPOINT_IP}}}
-  - name: reviews-v1
-    namespace: demo
-    hostname: reviews-v1.demo.svc.cluster.local
-    vips: [10.96.0.11]
-    ports: [{{port: {SERVICE_PORT}, targetPort: {APP_PORT}}}]
-    endpoints: [reviews-v1]
-  - name: reviews-v2
-    namespace: demo
-    hostname: reviews-v2.demo.svc.cluster.local
-    vips: [10.96.0.12]
-    ports: [{{port: {SERVICE_PORT}, targetPort: {APP_PORT}}}]
-    endpoints: [reviews-v2]
-  - name: ratings
-    namespace: demo
-    hostname: {RATINGS_HOST}
-    vips: [{RATINGS_VIP}]
-    ports: [{{port: {SERVICE_PORT}, targetPort: {APP_PORT}}}]
-    endpoints: [ratings-1, ratings-2]
-    waypoint: {{address: {WAYPOINT_IP}}}
-httpRoutes:
-  - name: reviews
-    namespace: demo
-    parentRefs: [{{name: reviews, port: {SERVICE_PORT}}}]
-    rules:
-      - name: canary
-        backendRefs:
-          - {{name: reviews-v1, weight: 80}}
-          - {{name: reviews-v2, weight: 20}}
-      - name: limited
-        matches: [{{path: {{type: PathPrefix, value: /limited}}}}]
-        backendRefs: [{{name: reviews-v1}}]
-        policy:
-          rateLimit: {{requestsPerSecond: 2, burst: 2}}
-  - name: ratings
-    namespace: demo
-    parentRefs: [{{name: ratings, port: {SERVICE_PORT}}}]
-    rules:
-      - name: retry
-        backendRefs: [{{name: ratings}}]
-        policy:
-          # Round robin so the failing endpoint keeps getting first tries;
-          # the budget is sized for the demo's burst of sequential requests.
-          retry: {{attempts: 2, retryOn: [5xx], backoff: 1ms, budget: {{minRetriesPerSecond: 200}}}}
-          loadBalancer: {{algorithm: RoundRobin}}
-authorizationPolicies:
-  - name: reviews-deny-admin
-    namespace: demo
-    targetRefs: [{{kind: Service, name: reviews}}]
-    action: DENY
-    rules:
-      - to: [{{operation: {{paths: ["/admin*"]}}}}]
-"#
-    )
-}
 
 /// One HTTP answer, as the demo reports it.
 #[derive(Debug, Clone)]
@@ -200,10 +114,11 @@ impl L7 {
     }
 
     /// Starts the endpoint apps, their node proxies and the waypoint. `base`
-    /// is the demo's dedicated-mode proxy settings (config, CA, ports on 0).
+    /// gives a node's dedicated-mode proxy settings (its control plane
+    /// flags, ports on 0); `waypoint` is the waypoint's control plane flags.
     pub fn start(
-        dir: &Path,
         base: impl Fn(&str) -> ProxySettings,
+        waypoint: CommonFlags,
         client_ip: IpAddr,
     ) -> Result<(L7, Vec<(String, ProxyHandle)>)> {
         let mut servers = Vec::new();
@@ -217,13 +132,13 @@ impl L7 {
             }
             servers.push(s);
             let mut p = base("node2");
-            p.workload_uid = Some(e.name.into());
+            p.workload_uid = Some(crate::demo::pod_uid(e.name));
             p.hbone_addr = Some(SocketAddr::new(IpAddr::V4(e.ip), 15008));
             let h = app::start(p, None)
                 .with_context(|| format!("starting the {} node proxy", e.name))?;
             proxies.push((e.name.to_string(), h));
         }
-        let waypoint = trellis_waypoint::app::start(waypoint_settings(dir), None)
+        let waypoint = trellis_waypoint::app::start(waypoint_settings(waypoint), None)
             .context("starting the waypoint")?;
         let l7 = L7 {
             waypoint,
@@ -273,6 +188,11 @@ impl L7 {
             ));
         }
         v
+    }
+
+    /// The waypoint's readiness probe address.
+    pub fn readiness(&self) -> Option<SocketAddr> {
+        self.waypoint.addrs.readiness
     }
 
     fn forward(&self, host: &str) -> Result<SocketAddr> {
@@ -409,9 +329,9 @@ impl L7 {
     }
 }
 
-fn waypoint_settings(dir: &Path) -> Settings {
+fn waypoint_settings(common: CommonFlags) -> Settings {
     Settings {
-        common: CommonFlags::loopback(dir.join("mesh.yaml"), dir.join("ca")),
+        common,
         name: "demo/waypoint".into(),
         service_account: "waypoint".into(),
         trust_domain: "cluster.local".into(),

@@ -13,6 +13,8 @@ pub mod controlled_mesh;
 pub mod controller_proc;
 pub mod counted_stream;
 pub mod demo;
+pub mod demo_control;
+pub mod demo_manifests;
 pub mod demo_waypoint;
 pub mod kube;
 pub mod l7kit;

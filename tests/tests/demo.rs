@@ -35,6 +35,28 @@ fn check(mesh: &Mesh) {
         .expect("policy_denied counter on the server node");
     assert!(denied_line.ends_with(" 1"), "{denied_line}");
     assert_eq!(label("x{a=\"b\"} 1", "a").as_deref(), Some("b"));
+    check_control_plane(mesh, mesh.waypoint().is_some());
+}
+
+/// Every proxy (and the waypoint) holds a stream to the controller, and
+/// the certificates came from its CA: one per identity at least, none refused.
+fn check_control_plane(mesh: &Mesh, waypoint: bool) {
+    let text = mesh.controller_metrics().expect("controller metrics");
+    let get = |name| trellis_e2e::demo::sum_metric(&text, name);
+    let streams = mesh.proxy_count() + usize::from(waypoint);
+    assert_eq!(
+        get("pilot_xds"),
+        streams as f64,
+        "one xDS stream per proxy:\n{text}"
+    );
+    // Identities: client and server, plus reviews, ratings and the waypoint.
+    let identities = if waypoint { 5.0 } else { 2.0 };
+    assert!(
+        get("citadel_server_success_cert_issuance_count") >= identities,
+        "certificates from the controller's CA:\n{text}"
+    );
+    assert_eq!(get("trellis_controller_cert_refused_total"), 0.0, "{text}");
+    assert_eq!(get("pilot_total_xds_rejects"), 0.0, "no NACKs:\n{text}");
 }
 
 /// The waypoint steps: canary split, L7 deny, rate limit, retries, L7 metrics.

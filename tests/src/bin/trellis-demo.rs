@@ -76,6 +76,9 @@ fn main() -> Result<()> {
     for line in mesh.counter_lines()? {
         println!("   {line}");
     }
+    for line in mesh.controller_lines()? {
+        println!("   {line}");
+    }
     // Teardown drops the waypoint's pooled upstream tunnels abruptly, and the
     // endpoints' proxies log each as a failed connection: noise, not a step
     // of the demo. TRELLIS_LOG keeps every line.
