@@ -16,7 +16,11 @@
 //! Accepted tokens are cached for [`TokenReviewConfig::cache_ttl`], so a
 //! proxy's reconnects and certificate renewals do not each cost a review.
 //! Refusals are not cached: a token refused because its pod was not yet
-//! scheduled must work once it is.
+//! scheduled must work once it is. Instead, at most
+//! [`TokenReviewConfig::max_in_flight`] reviews run at once: a flood of
+//! unknown tokens (a misconfigured fleet, or an attacker on port 15012)
+//! is answered "unavailable, retry" at once rather than passed on to the
+//! API server, and known callers, answered from the cache, never wait.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,6 +48,8 @@ pub struct TokenReviewConfig {
     pub cache_ttl: Duration,
     /// Most tokens cached at once.
     pub cache_size: usize,
+    /// Most TokenReviews (and pod lookups) running at once.
+    pub max_in_flight: usize,
 }
 
 impl Default for TokenReviewConfig {
@@ -57,6 +63,7 @@ impl Default for TokenReviewConfig {
             audiences: Vec::new(),
             cache_ttl: Duration::from_secs(60),
             cache_size: 4096,
+            max_in_flight: 32,
         }
     }
 }
@@ -193,12 +200,14 @@ pub struct TokenReview {
     client: Client,
     cfg: TokenReviewConfig,
     cache: Mutex<Cache>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl TokenReview {
     pub fn new(client: Client, cfg: TokenReviewConfig) -> Self {
         TokenReview {
             client,
+            in_flight: tokio::sync::Semaphore::new(cfg.max_in_flight.max(1)),
             cfg,
             cache: Mutex::new(Cache {
                 entries: HashMap::new(),
@@ -217,6 +226,7 @@ impl TokenReview {
         if let Some(c) = self.cached(token) {
             return Ok(c);
         }
+        let _permit = self.admit()?;
         let mut spec = json!({ "token": token });
         if !self.cfg.audiences.is_empty() {
             spec["audiences"] = json!(self.cfg.audiences);
@@ -264,6 +274,18 @@ impl TokenReview {
             self.cfg.cache_size,
         );
         Ok(caller)
+    }
+}
+
+impl TokenReview {
+    /// A slot for one review, or "unavailable" when all are taken.
+    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AuthError> {
+        self.in_flight.try_acquire().map_err(|_| {
+            AuthError::Unavailable(format!(
+                "{} token reviews are already in flight; retry shortly",
+                self.cfg.max_in_flight
+            ))
+        })
     }
 }
 

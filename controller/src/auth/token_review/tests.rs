@@ -151,3 +151,40 @@ fn cache_expires_and_stays_bounded() {
     c.put("e", w(4), t0 + s(90), t0, 0);
     assert_eq!(c.get("e", t0), None, "size 0 disables the cache");
 }
+
+#[tokio::test]
+async fn reviews_beyond_the_in_flight_limit_are_unavailable_at_once() {
+    // A client for a server that is never dialled: the limit answers first.
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::ca::init(dir.path(), "cluster.local", false).expect("a CA to name in the kubeconfig");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: k, cluster: {{server: \"https://127.0.0.1:9\", certificate-authority: {}}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n",
+            dir.path().join("root-cert.pem").display()
+        ),
+    )
+    .expect("kubeconfig");
+    let client = Client::new(crate::kube::ApiConfig::from_kubeconfig(&kubeconfig).expect("config"));
+    let review = TokenReview::new(
+        client,
+        TokenReviewConfig {
+            max_in_flight: 1,
+            ..Default::default()
+        },
+    );
+    let held = review.admit().expect("the one slot");
+    let refused = review.authenticate("some-token").await;
+    match refused {
+        Err(AuthError::Unavailable(m)) => {
+            assert!(m.contains("1 token reviews are already in flight"), "{m}")
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    drop(held);
+    assert!(review.admit().is_ok(), "the slot is free again");
+}
