@@ -278,6 +278,14 @@ fn run_admin(
             on_demand,
         );
         tokio::spawn(prefetch_local_certs(proxy.clone()));
+        if let Some(socket) = &proxy.settings.zds_socket {
+            let client = crate::zds::ZdsClient {
+                socket: socket.clone(),
+                cluster_id: proxy.settings.cluster_id.clone(),
+                pods: pods.clone(),
+            };
+            tokio::spawn(client.run(stop.clone()));
+        }
         let servers = listeners
             .into_iter()
             .zip([Server::Admin, Server::Metrics, Server::Readiness])
