@@ -8,6 +8,7 @@
 
 pub mod cleanup;
 pub mod cluster;
+pub mod cni_kit;
 pub mod demo;
 pub mod demo_control;
 pub mod demo_manifests;
