@@ -115,7 +115,8 @@ fn bad_input_is_a_cni_error_with_a_code() {
     let sock = Path::new("/nonexistent/trellis.sock");
     let ok_args = "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=p";
     // (case, env, stdin, code, fragment of msg)
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "no env at all",
             vec![],

@@ -324,7 +324,8 @@ fn bad_plugin_input_gets_a_cni_error_never_a_panic() {
     ];
     let chained = r#"{"cniVersion":"1.0.0","name":"n","type":"trellis-cni","prevResult":{"cniVersion":"1.0.0"}}"#;
     // (case, env, stdin, expected code)
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str, u64)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, u64);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", full.to_vec(), "{\"cniVersion\": ", 6),
         ("not an object", full.to_vec(), "[1, 2]", 6),
         ("no CNI_COMMAND", full[1..].to_vec(), chained, 4),

@@ -128,7 +128,8 @@ mod tests {
     #[test]
     fn answers() {
         let clean = PacketMeta::default();
-        let cases: Vec<(&str, Vec<u8>, PacketMeta, Result<Answer, ProtocolError>)> = vec![
+        type Case<'a> = (&'a str, Vec<u8>, PacketMeta, Result<Answer, ProtocolError>);
+        let cases: Vec<Case> = vec![
             ("ack", ack(""), clean, Ok(Answer::Ack)),
             (
                 "nack",

@@ -20,7 +20,13 @@ fn failed(failure: Failure) -> Result<PluginReply, CniError> {
 fn add_outcome_table() {
     let unreachable = || Err(CniError::new(Code::AgentUnreachable, "no agent"));
     // (case, agent reply, failOpen, Ok = prevResult printed / Err(code))
-    let cases: Vec<(&str, Result<PluginReply, CniError>, bool, Result<(), Code>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Result<PluginReply, CniError>,
+        bool,
+        Result<(), Code>,
+    );
+    let cases: Vec<Case> = vec![
         ("captured", Ok(PluginReply::Captured), false, Ok(())),
         (
             "not enrolled",

@@ -56,7 +56,8 @@ fn pod(ns: &str, name: &str, uid: &str) -> Option<PodRef> {
 fn env_table() {
     // (case, changes to FULL, expected pod or error code and a fragment of the message)
     type Want = Result<Option<PodRef>, (Code, &'static str)>;
-    let cases: Vec<(&str, Vec<(&str, Option<&str>)>, Want)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, Option<&'a str>)>, Want);
+    let cases: Vec<Case> = vec![
         ("full ADD", vec![], Ok(pod("demo", "web-0", "u-1"))),
         (
             "no uid: the sandbox id keys the pod",
@@ -147,7 +148,8 @@ fn conf_table() {
     let ok_add = format!(
         r#"{{"cniVersion":"1.0.0","name":"k8s","type":"trellis-cni","prevResult":{PREV}}}"#
     );
-    let cases: Vec<(&str, String, Command, Result<(), (Code, &str)>)> = vec![
+    type Case<'a> = (&'a str, String, Command, Result<(), (Code, &'a str)>);
+    let cases: Vec<Case> = vec![
         ("chained ADD", ok_add.clone(), Command::Add, Ok(())),
         (
             "not JSON",

@@ -35,7 +35,8 @@ fn snap() -> Vec<u8> {
 #[test]
 fn parse_table() {
     // (case, bytes, fds sent, truncated, Ok(kind) or Err(fragment of the message))
-    let cases: Vec<(&str, Vec<u8>, usize, bool, Result<&str, &str>)> = vec![
+    type Case<'a> = (&'a str, Vec<u8>, usize, bool, Result<&'a str, &'a str>);
+    let cases: Vec<Case> = vec![
         (
             "add with its fd",
             add("u1", "demo", "web"),
