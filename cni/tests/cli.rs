@@ -73,6 +73,8 @@ impl AgentProc {
             .arg(dir.join("zds.sock"))
             .arg("--plugin-socket")
             .arg(&plugin_socket)
+            .arg("--state-file")
+            .arg(dir.join("state.json"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         for ns in namespaces {
@@ -231,6 +233,7 @@ fn plugin_and_agent_without_a_node_proxy() {
 fn agent_start_errors_name_the_socket() {
     let out = Command::new(AGENT)
         .args(["--zds-socket", "/proc/no-such-dir/zds.sock"])
+        .args(["--state-file", "/proc/no-such-dir/state.json"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -238,6 +241,7 @@ fn agent_start_errors_name_the_socket() {
     assert!(err.contains("/proc/no-such-dir/zds.sock"), "{err}");
     let out = Command::new(AGENT)
         .args(["--ack-timeout", "soon"])
+        .args(["--state-file", "/proc/no-such-dir/state.json"])
         .output()
         .unwrap();
     assert!(!out.status.success());

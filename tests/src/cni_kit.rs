@@ -393,6 +393,8 @@ impl Agent {
             .arg(&zds_socket)
             .arg("--plugin-socket")
             .arg(&plugin_socket)
+            .arg("--state-file")
+            .arg(dir.join("agent-state.json"))
             .args(["--ack-timeout", "5s"]);
         for ns in namespaces {
             cmd.args(["--ambient-namespace", ns]);

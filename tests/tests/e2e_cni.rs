@@ -2,18 +2,20 @@
 //! `host-local` (and `loopback` for lo), then the real `trellis-cni`
 //! binary, talking to a real `trellis-cni-agent`, which hands pods to a
 //! real shared-mode `trellis-node-proxy` over ZDS. One node netns, pods in
-//! 198.18.200.0/24 on the node's CNI bridge, no route out.
+//! 198.18.200.0/24 on the node's CNI bridge, no route out. Restarts of
+//! the node proxy and of the agent are part of the story.
 //!
 //! Needs `cargo build -p trellis-cni -p trellis-node-proxy` first (`cargo
 //! test --workspace` builds them).
 
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use trellis_e2e::cluster::{ClusterFiles, NodeProxy};
 use trellis_e2e::cni_kit::{Agent, PluginRun, PodNetns, Runtime, Sandbox};
-use trellis_e2e::{echo_roundtrip, wait_until, TestServer, Topology};
+use trellis_e2e::{connect, echo_roundtrip, wait_until, TestServer, Topology};
 
 const T: Duration = Duration::from_secs(10);
 const OPENED: &str = "istio_tcp_connections_opened_total";
@@ -152,7 +154,7 @@ fn chain_enrolls_captures_the_first_connection_survives_a_proxy_restart_and_rele
         return;
     }
     let mesh = [("demo", "client", ip(10)), ("demo", "server", ip(11))];
-    let node = Node::new(&mesh);
+    let mut node = Node::new(&mesh);
     let proxy = node.proxy();
     let rt = node.runtime(json!({ "captureTimeoutMs": 10000 }));
 
@@ -219,6 +221,25 @@ fn chain_enrolls_captures_the_first_connection_survives_a_proxy_restart_and_rele
         tunnelled(&proxy) == 1.0
     })
     .unwrap();
+
+    // The agent restarts: it reads its saved pods, the proxy reconnects and
+    // its snapshot names both, so nothing is dropped: a connection opened
+    // before keeps carrying data.
+    let mut open = connect(Some(&client), addr(ip(11), 8080), T).unwrap();
+    open.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).unwrap();
+    assert!(node.agent.stop().is_some(), "agent stops on SIGTERM");
+    node.agent = Agent::start(node.files.dir.path(), &["demo"]).unwrap();
+    wait_until(T, "the proxy reconnects to the new agent", || {
+        node.agent.log().contains("pods=2")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", node.agent.log(), proxy.log()));
+    assert_eq!(served(&proxy), ["uid-client", "uid-server"]);
+    open.write_all(b"after!").unwrap();
+    open.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after!", "the connection survived the agent restart");
+    drop(open);
 
     // DEL: released, rules gone, and the client's traffic is plain again
     // (the server, still enrolled, takes it on its plaintext port).

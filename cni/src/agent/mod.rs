@@ -6,6 +6,7 @@
 //! - [`enroll`]: which pods join the mesh (pure).
 //! - [`protocol`]: ZDS messages as bytes, the node proxy's answers (pure).
 //! - [`registry`]: the enrolled pods and their capture state.
+//! - [`state`]: the pods on disk, for a restarted agent.
 //! - [`zds_server`]: the connection to the node proxy, snapshot, capture rules.
 //! - [`plugin_server`]: the plugin's requests.
 
@@ -13,6 +14,7 @@ pub mod enroll;
 pub mod plugin_server;
 pub mod protocol;
 pub mod registry;
+pub mod state;
 pub mod zds_server;
 
 use std::path::PathBuf;
@@ -50,7 +52,13 @@ pub struct Settings {
     /// before its connection is considered broken.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub ack_timeout: Duration,
+    /// Where the enrolled pods are saved, so a restarted agent still knows them.
+    #[arg(long, default_value = DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
 }
+
+/// Under /var/run: the pods' netns paths mean nothing after a reboot.
+pub const DEFAULT_STATE_FILE: &str = "/var/run/trellis/cni-agent-state.json";
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
@@ -75,6 +83,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    State(#[from] state::StateError),
     #[error("cannot listen for the plugin on {path}: {source}; is another agent running, and does the directory exist?")]
     PluginSocket {
         path: PathBuf,
@@ -87,7 +97,11 @@ pub enum AgentError {
 /// Must be called inside a tokio runtime; binding errors come first, so
 /// the caller can report them before anything runs.
 pub fn start(settings: &Settings) -> Result<impl std::future::Future<Output = ()>, AgentError> {
-    for p in [&settings.zds_socket, &settings.plugin_socket] {
+    for p in [
+        &settings.zds_socket,
+        &settings.plugin_socket,
+        &settings.state_file,
+    ] {
         if let Some(dir) = p.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -109,7 +123,7 @@ pub fn start(settings: &Settings) -> Result<impl std::future::Future<Output = ()
             source,
         }
     })?;
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::restore(settings.state_file.clone())?);
     let (ops_tx, ops_rx) = mpsc::unbounded_channel();
     let (connected_tx, connected_rx) = watch::channel(false);
     let server = zds_server::ZdsServer {
@@ -123,7 +137,7 @@ pub fn start(settings: &Settings) -> Result<impl std::future::Future<Output = ()
             namespaces: settings.ambient_namespaces.iter().cloned().collect(),
             all_namespaces: settings.all_namespaces,
         }),
-        registry,
+        registry: registry.clone(),
         ops: ops_tx,
         connected: connected_rx,
     };
@@ -132,6 +146,7 @@ pub fn start(settings: &Settings) -> Result<impl std::future::Future<Output = ()
         plugin = %settings.plugin_socket.display(),
         namespaces = ?settings.ambient_namespaces,
         all_namespaces = settings.all_namespaces,
+        restored = registry.len(),
         "trellis-cni-agent listening"
     );
     Ok(async move {

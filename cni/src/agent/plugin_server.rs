@@ -115,7 +115,7 @@ impl Handler {
         };
         let uid = pod.uid.clone();
         let who = format!("{}/{}", pod.namespace, pod.name);
-        let mut state = match self.registry.insert(pod, ns, id) {
+        let mut state = match self.registry.insert(pod, ns, path.into(), id) {
             Inserted::New(rx) => {
                 info!(pod = %who, uid = %uid, netns = %path, "pod enrolled; waiting for the node proxy");
                 let _ = self.ops.send(Op::Add { uid: uid.clone() });

@@ -3,11 +3,14 @@
 //! proxy its snapshot; the plugin handler waits on a pod's state.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use tracing::{info, warn};
 use trellis_netns::NetNs;
 
+use super::state::{self, SavedPod, StateError};
 use crate::wire::PodRef;
 
 /// Where a pod's capture stands.
@@ -26,6 +29,8 @@ pub enum Capture {
 pub struct Entry {
     pub pod: PodRef,
     pub netns: Arc<NetNs>,
+    /// `CNI_NETNS`, saved so a restarted agent can reopen it.
+    pub netns_path: PathBuf,
     /// (device, inode) of the netns: the same pod added again is a no-op.
     pub netns_id: (u64, u64),
     pub rules_installed: bool,
@@ -42,6 +47,8 @@ pub struct SnapshotItem {
 #[derive(Default)]
 pub struct Registry {
     pods: Mutex<BTreeMap<String, Entry>>,
+    /// Where every change is saved (see [`state`](super::state)); none in unit tests.
+    state_file: Option<PathBuf>,
 }
 
 /// What [`Registry::insert`] did.
@@ -53,11 +60,75 @@ pub enum Inserted {
 }
 
 impl Registry {
+    /// A registry saved to `state_file`, starting with the pods saved there
+    /// whose netns still opens.
+    pub fn restore(state_file: PathBuf) -> Result<Registry, StateError> {
+        let saved = state::load(&state_file)?;
+        let reg = Registry {
+            pods: Mutex::default(),
+            state_file: Some(state_file),
+        };
+        {
+            let mut pods = reg.lock();
+            for s in saved {
+                let opened = NetNs::open(&s.netns).and_then(|ns| Ok((netns_id(&ns)?, ns)));
+                match opened {
+                    Ok((id, ns)) => {
+                        info!(pod = %s.pod.uid, netns = %s.netns.display(), "pod restored from the agent state");
+                        let (state, _) = watch::channel(Capture::Pending);
+                        pods.insert(
+                            s.pod.uid.clone(),
+                            Entry {
+                                pod: s.pod,
+                                netns: Arc::new(ns),
+                                netns_path: s.netns,
+                                netns_id: id,
+                                // The previous agent installed them after the proxy's Ack.
+                                rules_installed: s.captured,
+                                state,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        info!(pod = %s.pod.uid, error = %e, "pod gone while the agent was away; forgotten")
+                    }
+                }
+            }
+            reg.persist(&pods);
+        }
+        Ok(reg)
+    }
+
+    /// Saves the pods; a failure is logged, not fatal: the pods are still
+    /// served, only a restart of this agent would forget them.
+    fn persist(&self, pods: &BTreeMap<String, Entry>) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let saved = pods
+            .values()
+            .map(|e| SavedPod {
+                pod: e.pod.clone(),
+                netns: e.netns_path.clone(),
+                captured: e.rules_installed && *e.state.borrow() == Capture::Captured,
+            })
+            .collect();
+        if let Err(e) = state::save(path, saved) {
+            warn!(error = %e, "agent state not saved");
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.pods.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn insert(&self, pod: PodRef, netns: NetNs, netns_id: (u64, u64)) -> Inserted {
+    pub fn insert(
+        &self,
+        pod: PodRef,
+        netns: NetNs,
+        netns_path: PathBuf,
+        netns_id: (u64, u64),
+    ) -> Inserted {
         let mut pods = self.lock();
         if let Some(e) = pods.get(&pod.uid) {
             if e.netns_id == netns_id {
@@ -70,16 +141,23 @@ impl Registry {
             Entry {
                 pod,
                 netns: Arc::new(netns),
+                netns_path,
                 netns_id,
                 rules_installed: false,
                 state,
             },
         );
+        self.persist(&pods);
         Inserted::New(rx)
     }
 
     pub fn remove(&self, uid: &str) -> Option<Entry> {
-        self.lock().remove(uid)
+        let mut pods = self.lock();
+        let e = pods.remove(uid);
+        if e.is_some() {
+            self.persist(&pods);
+        }
+        e
     }
 
     pub fn snapshot(&self) -> Vec<SnapshotItem> {
@@ -130,9 +208,11 @@ impl Registry {
 
     /// Sets a pod's state, if the pod (with this netns) is still there.
     pub fn set_state(&self, uid: &str, netns: &Arc<NetNs>, state: Capture) {
-        if let Some(e) = self.lock().get(uid) {
+        let pods = self.lock();
+        if let Some(e) = pods.get(uid) {
             if Arc::ptr_eq(&e.netns, netns) {
                 e.state.send_replace(state);
+                self.persist(&pods);
             }
         }
     }

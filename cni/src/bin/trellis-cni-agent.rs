@@ -1,10 +1,14 @@
 //! The CNI node agent binary: runs until SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use trellis_cni::agent::{self, Settings};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Plain text when the log goes to a file or a container runtime.
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

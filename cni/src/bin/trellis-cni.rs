@@ -7,6 +7,7 @@ use std::io::Read;
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRELLIS_CNI_LOG")
                 .unwrap_or_else(|_| "warn".into()),
