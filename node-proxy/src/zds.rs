@@ -11,6 +11,7 @@
 pub mod session;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub struct ZdsClient {
     pub socket: PathBuf,
     pub cluster_id: String,
     pub pods: Arc<Pods>,
+    /// Set at the first SnapshotSent: readiness waits for it.
+    pub snapshot_seen: Arc<AtomicBool>,
 }
 
 impl ZdsClient {
@@ -129,6 +132,7 @@ impl ZdsClient {
                     dropped = stale.len(),
                     "ZDS snapshot complete"
                 );
+                self.snapshot_seen.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Action::Reject(e) => Err(e),

@@ -116,82 +116,99 @@ fn node_proxy_answers_every_request_refuses_garbage_and_reconciles_snapshots() {
         SeqpacketListener::bind(&sock).unwrap()
     };
     let sock_arg = sock.display().to_string();
-    let proxy = NodeProxy::start(
-        &topo,
-        &files,
-        "node1",
-        &config,
-        &ca,
-        &[],
-        &["--zds-socket", &sock_arg],
-    )
-    .unwrap();
     let p1 = || ("uid-1".to_string(), "Kubernetes//Pod/demo/p1".to_string());
 
-    rt.block_on(async {
-        let c = accept_hello(&listener).await;
-        // (case, request, fd sent with it, fragment the Ack's error must hold; "" = success)
-        let steps: Vec<(&str, Vec<u8>, Option<&OwnedFd>, &str)> = vec![
-            ("garbage", vec![0xff; 5], None, "not a ZDS WorkloadRequest"),
-            // Only an unknown field (9, varint): a request with no payload.
-            // (An empty packet cannot be sent: SEQPACKET reads it as EOF.)
-            ("no payload", vec![0x48, 0x01], None, "no payload"),
-            (
-                "add without fd",
-                add("uid-1", "p1"),
-                None,
-                "without its netns fd",
-            ),
-            (
-                "del with an fd",
-                req(Req::Del(DelWorkload {
-                    uid: "uid-1".into(),
-                })),
-                Some(&not_netns),
-                "DelWorkload came with 1 fd",
-            ),
-            (
-                "add with an fd that is no netns",
-                add("uid-1", "p1"),
-                Some(&not_netns),
-                "network namespace",
-            ),
-            ("add", add("uid-1", "p1"), Some(&netns_fd), ""),
-            (
-                "add again, same netns",
-                add("uid-1", "p1"),
-                Some(&netns_fd),
-                "",
-            ),
-            (
-                "snapshot sent",
-                req(Req::SnapshotSent(SnapshotSent {})),
-                None,
-                "",
-            ),
-            (
-                "keep after the snapshot",
-                req(Req::Keep(KeepWorkload {
-                    uid: "uid-1".into(),
-                })),
-                None,
-                "after SnapshotSent",
-            ),
-            (
-                "second snapshot sent",
-                req(Req::SnapshotSent(SnapshotSent {})),
-                None,
-                "second SnapshotSent",
-            ),
-        ];
-        for (name, msg, fd, want) in steps {
-            let err = ask(&c, &msg, fd).await;
-            if want.is_empty() {
-                assert_eq!(err, "", "{name}");
-            } else {
-                assert!(err.contains(want), "{name}: {err:?} lacks {want:?}");
+    // The proxy starts while the test, as agent, sends it requests: start
+    // returns once the proxy is ready, which must wait for the snapshot.
+    let (proxy, c) = std::thread::scope(|scope| {
+        let starter = scope.spawn(|| {
+            NodeProxy::start(
+                &topo,
+                &files,
+                "node1",
+                &config,
+                &ca,
+                &[],
+                &["--zds-socket", &sock_arg],
+            )
+        });
+        let c = rt.block_on(async {
+            let c = accept_hello(&listener).await;
+            // (case, request, fd sent with it, fragment the Ack's error must hold; "" = success)
+            let steps: Vec<(&str, Vec<u8>, Option<&OwnedFd>, &str)> = vec![
+                ("garbage", vec![0xff; 5], None, "not a ZDS WorkloadRequest"),
+                // Only an unknown field (9, varint): a request with no payload.
+                // (An empty packet cannot be sent: SEQPACKET reads it as EOF.)
+                ("no payload", vec![0x48, 0x01], None, "no payload"),
+                (
+                    "add without fd",
+                    add("uid-1", "p1"),
+                    None,
+                    "without its netns fd",
+                ),
+                (
+                    "del with an fd",
+                    req(Req::Del(DelWorkload {
+                        uid: "uid-1".into(),
+                    })),
+                    Some(&not_netns),
+                    "DelWorkload came with 1 fd",
+                ),
+                (
+                    "add with an fd that is no netns",
+                    add("uid-1", "p1"),
+                    Some(&not_netns),
+                    "network namespace",
+                ),
+                ("add", add("uid-1", "p1"), Some(&netns_fd), ""),
+                (
+                    "add again, same netns",
+                    add("uid-1", "p1"),
+                    Some(&netns_fd),
+                    "",
+                ),
+                (
+                    "snapshot sent",
+                    req(Req::SnapshotSent(SnapshotSent {})),
+                    None,
+                    "",
+                ),
+                (
+                    "keep after the snapshot",
+                    req(Req::Keep(KeepWorkload {
+                        uid: "uid-1".into(),
+                    })),
+                    None,
+                    "after SnapshotSent",
+                ),
+                (
+                    "second snapshot sent",
+                    req(Req::SnapshotSent(SnapshotSent {})),
+                    None,
+                    "second SnapshotSent",
+                ),
+            ];
+            for (name, msg, fd, want) in steps {
+                if name == "snapshot sent" {
+                    assert!(!starter.is_finished(), "ready before the agent's snapshot");
+                }
+                let err = ask(&c, &msg, fd).await;
+                if want.is_empty() {
+                    assert_eq!(err, "", "{name}");
+                } else {
+                    assert!(err.contains(want), "{name}: {err:?} lacks {want:?}");
+                }
             }
-        }
+            c
+        });
+        let proxy = starter
+            .join()
+            .unwrap()
+            .expect("the proxy is ready after the snapshot");
+        (proxy, c)
+    });
+
+    rt.block_on(async {
         assert_eq!(served(&proxy), [p1()], "served once, as its workload");
         let del = req(Req::Del(DelWorkload {
             uid: "uid-1".into(),
