@@ -218,4 +218,19 @@ mod tests {
         assert_eq!(a.uid, "u1");
         assert_eq!(a.workload_info.unwrap().namespace, "demo");
     }
+
+    #[test]
+    fn random_answers_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(14);
+        for _ in 0..3000 {
+            let data: Vec<u8> = (0..rng.usize(..40)).map(|_| rng.u8(..)).collect();
+            let meta = PacketMeta {
+                fds: rng.usize(..2),
+                truncated: rng.bool(),
+            };
+            // An error or an answer, never a panic.
+            let _ = parse_answer(&data, meta);
+            let _ = parse_hello(&data, meta);
+        }
+    }
 }

@@ -163,3 +163,59 @@ fn version_and_bad_input_never_panic() {
         assert_eq!(v["code"], 6, "{garbage:?}: {v}");
     }
 }
+
+/// Mutates `base` a few bytes at a time (flip, insert, cut), seeded so a
+/// failure reproduces.
+fn mutations(base: &[u8], rng: &mut fastrand::Rng, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            let mut b = base.to_vec();
+            for _ in 0..rng.usize(1..4) {
+                if b.is_empty() {
+                    b.push(rng.u8(..));
+                    continue;
+                }
+                let i = rng.usize(..b.len());
+                match rng.u8(..3) {
+                    0 => b[i] = rng.u8(..),
+                    1 => b.insert(i, rng.u8(..)),
+                    _ => b.truncate(i),
+                }
+            }
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn mutated_and_random_input_never_panics() {
+    let mut rng = fastrand::Rng::with_seed(14);
+    let base = br#"{"cniVersion":"1.0.0","name":"k8s","type":"trellis-cni","agentSocket":"/nonexistent/s","captureTimeoutMs":5,"failOpen":false,"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"198.18.0.2/24"}]}}"#;
+    let mut inputs = mutations(base, &mut rng, 1500);
+    inputs.extend((0..300).map(|_| (0..rng.usize(..64)).map(|_| rng.u8(..)).collect()));
+    let args = [
+        "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=p",
+        "K8S_POD_NAMESPACE=;K8S_POD_NAME=p",
+        ";;=;K8S_POD_NAME",
+        "\u{0}\u{1}=\u{2}",
+    ];
+    for (i, stdin) in inputs.iter().enumerate() {
+        let command = ["ADD", "DEL", "CHECK", "VERSION", "add"][i % 5];
+        let cni_args = args[i % args.len()];
+        let env = |k: &str| match k {
+            "CNI_COMMAND" => Some(command.to_string()),
+            "CNI_ARGS" => Some(cni_args.to_string()),
+            "CNI_CONTAINERID" | "CNI_NETNS" | "CNI_IFNAME" | "CNI_PATH" => Some("x".into()),
+            _ => None,
+        };
+        let out = run(env, stdin);
+        // Whatever came in, what goes out is JSON (or nothing, for DEL/CHECK).
+        if !out.stdout.is_empty() {
+            let v: Value = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("input {i}: output not JSON ({e}): {}", out.stdout));
+            if out.exit_code != 0 {
+                assert!(v["code"].as_u64().is_some(), "input {i}: {v}");
+            }
+        }
+    }
+}

@@ -273,3 +273,32 @@ fn workload_uid_uses_the_cluster_id() {
     };
     assert_eq!(workload_uid("east", "k8s-uid", Some(&nameless)), "k8s-uid");
 }
+
+#[test]
+fn mutated_and_random_packets_never_panic() {
+    let mut rng = fastrand::Rng::with_seed(14);
+    let valid = [add("u1", "demo", "a"), keep("u1"), del("u1"), snap()];
+    let mut s = Session::default();
+    for i in 0..3000 {
+        let mut b = valid[i % valid.len()].clone();
+        for _ in 0..rng.usize(0..4) {
+            if b.is_empty() {
+                b.push(rng.u8(..));
+                continue;
+            }
+            let at = rng.usize(..b.len());
+            match rng.u8(..3) {
+                0 => b[at] = rng.u8(..),
+                1 => b.insert(at, rng.u8(..)),
+                _ => b.truncate(at),
+            }
+        }
+        let fds = (0..rng.usize(..3)).map(|_| fd()).collect();
+        let parsed = parse(&b, fds, rng.bool());
+        // Whatever arrives leads to one action; a parse error to a Reject
+        // that says what was wrong.
+        if let Action::Reject(why) = s.on(parsed.as_ref(), "Kubernetes") {
+            assert!(!why.is_empty(), "packet {i}: {b:?}");
+        }
+    }
+}
