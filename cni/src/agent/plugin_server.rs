@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use trellis_netns::NetNs;
 
 use super::enroll::{self, Decision, EnrollPolicy};
-use super::registry::{self, Capture, Inserted, Registry};
+use super::registry::{self, Capture, Inserted, NewPod, Registry, Removed};
 use super::zds_server::Op;
 use crate::wire::{Failure, PluginCommand, PluginReply, PluginRequest, MAX_MESSAGE};
 
@@ -115,7 +115,14 @@ impl Handler {
         };
         let uid = pod.uid.clone();
         let who = format!("{}/{}", pod.namespace, pod.name);
-        let mut state = match self.registry.insert(pod, ns, path.into(), id) {
+        let new = NewPod {
+            pod,
+            netns: ns,
+            netns_path: path.into(),
+            netns_id: id,
+            container_id: req.container_id.clone(),
+        };
+        let mut state = match self.registry.insert(new) {
             Inserted::New(rx) => {
                 info!(pod = %who, uid = %uid, netns = %path, "pod enrolled; waiting for the node proxy");
                 let _ = self.ops.send(Op::Add { uid: uid.clone() });
@@ -158,7 +165,16 @@ impl Handler {
         let Some(pod) = req.pod else {
             return PluginReply::Released;
         };
-        let known = self.registry.remove(&pod.uid).map(|e| e.netns);
+        let known = match self.registry.remove(&pod.uid, &req.container_id) {
+            Removed::Removed(e) => Some(e.netns),
+            Removed::OtherSandbox(current) => {
+                // A late DEL of the pod's previous sandbox: the pod lives on
+                // in its new one, which keeps being served.
+                info!(pod = %pod.uid, deleted = %req.container_id, current = %current, "DEL for a previous sandbox; the current one stays enrolled");
+                return PluginReply::Released;
+            }
+            Removed::Unknown => None,
+        };
         // An agent restarted since ADD no longer holds the netns; the path,
         // while it exists, still lets it remove the rules.
         let netns = known.or_else(|| {

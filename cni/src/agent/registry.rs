@@ -31,6 +31,9 @@ pub struct Entry {
     pub netns: Arc<NetNs>,
     /// `CNI_NETNS`, saved so a restarted agent can reopen it.
     pub netns_path: PathBuf,
+    /// The sandbox (`CNI_CONTAINERID`) this enrollment belongs to: a late
+    /// DEL of a pod's previous sandbox must not release its new one.
+    pub container_id: String,
     /// (device, inode) of the netns: the same pod added again is a no-op.
     pub netns_id: (u64, u64),
     pub rules_installed: bool,
@@ -49,6 +52,23 @@ pub struct Registry {
     pods: Mutex<BTreeMap<String, Entry>>,
     /// Where every change is saved (see [`state`](super::state)); none in unit tests.
     state_file: Option<PathBuf>,
+}
+
+/// A pod to enroll, as ADD gives it.
+pub struct NewPod {
+    pub pod: PodRef,
+    pub netns: NetNs,
+    pub netns_path: PathBuf,
+    pub netns_id: (u64, u64),
+    pub container_id: String,
+}
+
+/// What [`Registry::remove`] did.
+pub enum Removed {
+    Removed(Entry),
+    /// The pod is enrolled with another (newer) sandbox; left alone.
+    OtherSandbox(String),
+    Unknown,
 }
 
 /// What [`Registry::insert`] did.
@@ -82,6 +102,7 @@ impl Registry {
                                 pod: s.pod,
                                 netns: Arc::new(ns),
                                 netns_path: s.netns,
+                                container_id: s.container_id,
                                 netns_id: id,
                                 // The previous agent installed them after the proxy's Ack.
                                 rules_installed: s.captured,
@@ -110,6 +131,7 @@ impl Registry {
             .map(|e| SavedPod {
                 pod: e.pod.clone(),
                 netns: e.netns_path.clone(),
+                container_id: e.container_id.clone(),
                 captured: e.rules_installed && *e.state.borrow() == Capture::Captured,
             })
             .collect();
@@ -122,13 +144,14 @@ impl Registry {
         self.pods.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn insert(
-        &self,
-        pod: PodRef,
-        netns: NetNs,
-        netns_path: PathBuf,
-        netns_id: (u64, u64),
-    ) -> Inserted {
+    pub fn insert(&self, new: NewPod) -> Inserted {
+        let NewPod {
+            pod,
+            netns,
+            netns_path,
+            netns_id,
+            container_id,
+        } = new;
         let mut pods = self.lock();
         if let Some(e) = pods.get(&pod.uid) {
             if e.netns_id == netns_id {
@@ -142,6 +165,7 @@ impl Registry {
                 pod,
                 netns: Arc::new(netns),
                 netns_path,
+                container_id,
                 netns_id,
                 rules_installed: false,
                 state,
@@ -151,13 +175,19 @@ impl Registry {
         Inserted::New(rx)
     }
 
-    pub fn remove(&self, uid: &str) -> Option<Entry> {
+    /// Removes the pod if this sandbox is the one enrolled.
+    pub fn remove(&self, uid: &str, container_id: &str) -> Removed {
         let mut pods = self.lock();
-        let e = pods.remove(uid);
-        if e.is_some() {
-            self.persist(&pods);
+        match pods.get(uid) {
+            None => return Removed::Unknown,
+            Some(e) if e.container_id != container_id => {
+                return Removed::OtherSandbox(e.container_id.clone())
+            }
+            Some(_) => {}
         }
-        e
+        let e = pods.remove(uid);
+        self.persist(&pods);
+        e.map_or(Removed::Unknown, Removed::Removed)
     }
 
     pub fn snapshot(&self) -> Vec<SnapshotItem> {
@@ -234,4 +264,104 @@ pub fn netns_id(ns: &NetNs) -> std::io::Result<(u64, u64)> {
     // The fd's /proc link resolves to the nsfs inode itself.
     let m = std::fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd()))?;
     Ok((m.dev(), m.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWN: &str = "/proc/self/ns/net";
+
+    fn new_pod(uid: &str, container: &str) -> NewPod {
+        let netns = NetNs::open(OWN).unwrap();
+        NewPod {
+            netns_id: netns_id(&netns).unwrap(),
+            pod: PodRef {
+                namespace: "demo".into(),
+                name: uid.into(),
+                uid: uid.into(),
+            },
+            netns,
+            netns_path: OWN.into(),
+            container_id: container.into(),
+        }
+    }
+
+    fn removed(r: Removed) -> String {
+        match r {
+            Removed::Removed(e) => format!("removed {}", e.container_id),
+            Removed::OtherSandbox(c) => format!("other {c}"),
+            Removed::Unknown => "unknown".into(),
+        }
+    }
+
+    #[test]
+    fn sandboxes_own_their_enrollment() {
+        let r = Registry::default();
+        assert!(matches!(r.insert(new_pod("a", "c1")), Inserted::New(_)));
+        assert!(
+            matches!(r.insert(new_pod("a", "c1")), Inserted::Existing(_)),
+            "same pod, same netns: nothing new"
+        );
+        assert_eq!(
+            removed(r.remove("a", "c0")),
+            "other c1",
+            "a late DEL of an old sandbox"
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(removed(r.remove("a", "c1")), "removed c1");
+        assert_eq!(removed(r.remove("a", "c1")), "unknown");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_refused_pod_is_retried_a_captured_one_is_not() {
+        let r = Registry::default();
+        let _ = r.insert(new_pod("a", "c1"));
+        let ns = r.get("a").unwrap().netns;
+        r.set_state("a", &ns, Capture::Refused("no config".into()));
+        assert!(r.retry("a"));
+        assert_eq!(r.state("a"), Some(Capture::Pending));
+        r.set_state("a", &ns, Capture::Captured);
+        assert!(!r.retry("a"));
+        assert_eq!(r.state("a"), Some(Capture::Captured));
+    }
+
+    #[test]
+    fn restore_keeps_pods_whose_netns_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let saved = |uid: &str, netns: &str, captured| SavedPod {
+            pod: PodRef {
+                namespace: "demo".into(),
+                name: uid.into(),
+                uid: uid.into(),
+            },
+            netns: netns.into(),
+            container_id: format!("c-{uid}"),
+            captured,
+        };
+        state::save(
+            &file,
+            vec![
+                saved("alive", OWN, true),
+                saved("gone", "/nonexistent/netns", true),
+            ],
+        )
+        .unwrap();
+        let r = Registry::restore(file.clone()).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r.state("alive"),
+            Some(Capture::Pending),
+            "until a proxy confirms"
+        );
+        assert!(!r.needs_rules("alive"), "the previous agent installed them");
+        let on_disk = state::load(&file).unwrap();
+        assert_eq!(on_disk.len(), 1, "the gone pod is forgotten on disk too");
+        assert!(
+            !on_disk[0].captured,
+            "pending again until the proxy confirms"
+        );
+    }
 }

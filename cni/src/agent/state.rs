@@ -19,6 +19,9 @@ pub struct SavedPod {
     pub pod: PodRef,
     /// `CNI_NETNS` as ADD gave it: the runtime keeps it while the sandbox lives.
     pub netns: PathBuf,
+    /// The sandbox it was enrolled with (`CNI_CONTAINERID`).
+    #[serde(default)]
+    pub container_id: String,
     /// The node proxy confirmed it and the rules were installed.
     pub captured: bool,
 }
@@ -97,6 +100,7 @@ mod tests {
                 uid: "u1".into(),
             },
             netns: "/var/run/netns/cni-1".into(),
+            container_id: "c1".into(),
             captured: true,
         }];
         save(&path, pods.clone()).unwrap();
