@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "istio/workload/workload.proto",
     "istio/security/authorization.proto",
     "istio/ca/ca.proto",
+    "istio/zds/zds.proto",
     "envoy/service/discovery/v3/discovery.proto",
     "trellis/config/v1/config.proto",
 ];

@@ -18,8 +18,8 @@ pub mod xds;
 
 pub use update::{Kind, Resource, ResourceKey, Update};
 
-/// The protobuf messages of Istio's workload API, its CA and Envoy's delta
-/// ADS, generated from `proto/` (package paths as in the .proto files, e.g.
+/// The protobuf messages of Istio's workload API, its CA, its ZDS pod
+/// hand-over (`pb::istio::workload::zds`) and Envoy's delta ADS, generated from `proto/` (package paths as in the .proto files, e.g.
 /// `pb::istio::workload::Workload`).
 #[allow(clippy::all, missing_docs)]
 pub mod pb {

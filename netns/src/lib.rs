@@ -8,12 +8,15 @@
 //! - [`sockopt`]: the socket options capture needs (original destination,
 //!   transparent binds).
 //! - [`cpu`]: CPU affinity for thread-per-core workers.
+//! - [`seqpacket`]: a Unix SEQPACKET socket that passes fds (the ZDS
+//!   hand-over of pods' netns between the CNI agent and the node proxy).
 //!
 //! Nothing here knows about config, certificates or HBONE.
 
 pub mod cpu;
 mod ns;
 pub mod redirect;
+pub mod seqpacket;
 pub mod sockopt;
 
 pub use ns::*;

@@ -4,7 +4,12 @@
 //! Admin (localhost only): `GET /config_dump`, `GET|POST /logging?level=..`,
 //! `POST /quitquitquit`, `GET /pods`, `POST /pods` (`{"uid":..,"netns":..}`),
 //! `DELETE /pods/<uid>`. Metrics: `GET /metrics`. Readiness: `GET /healthz/ready`.
+//!
+//! `POST /pods` and `DELETE /pods/<uid>` stay for debugging and for nodes
+//! without the CNI agent (the netns tests and the root demo use them);
+//! with the agent, pods come over ZDS ([`crate::zds`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,6 +34,8 @@ pub struct AdminCtx {
     pub log: Option<LogControl>,
     /// Cancelled to request a graceful shutdown (drain).
     pub stop: CancellationToken,
+    /// With --zds-socket: set once the CNI agent's first snapshot is served.
+    pub zds_snapshot: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Clone, Copy)]
@@ -56,9 +63,7 @@ async fn route(which: Server, ctx: &AdminCtx, req: Request<Incoming>) -> Respons
         | (Server::Metrics, Method::GET, "/stats/prometheus") => {
             admin::prometheus(ctx.proxy.metrics.encode_text())
         }
-        (Server::Readiness, Method::GET, "/healthz/ready") => {
-            admin::readiness(ctx.proxy.drain.is_draining(), ctx.proxy.state.is_synced())
-        }
+        (Server::Readiness, Method::GET, "/healthz/ready") => readiness(ctx),
         (Server::Admin, Method::GET, "/config_dump") => json(StatusCode::OK, &config_dump(ctx)),
         (Server::Admin, Method::GET, "/logging") | (Server::Admin, Method::POST, "/logging") => {
             admin::logging(ctx.log.as_ref(), &req)
@@ -78,6 +83,25 @@ async fn route(which: Server, ctx: &AdminCtx, req: Request<Incoming>) -> Respons
         }
         _ => admin::not_found(&req),
     }
+}
+
+/// A proxy fed by the CNI agent is ready once it serves the pods the agent
+/// had: until then a restarted proxy would leave them without listeners
+/// (a rolling update waits on this). Afterwards it stays ready while the
+/// agent is away: the pods it has are still served.
+fn readiness(ctx: &AdminCtx) -> Response<Full<Bytes>> {
+    let draining = ctx.proxy.drain.is_draining();
+    let waiting_for_pods = ctx
+        .zds_snapshot
+        .as_ref()
+        .is_some_and(|seen| !seen.load(Ordering::Relaxed));
+    if !draining && waiting_for_pods {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first pod snapshot from the CNI agent (--zds-socket)\n",
+        );
+    }
+    admin::readiness(draining, ctx.proxy.state.is_synced())
 }
 
 #[derive(Deserialize)]

@@ -187,6 +187,10 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
         pods: pods.clone(),
         log,
         stop: stop.clone(),
+        zds_snapshot: s
+            .zds_socket
+            .as_ref()
+            .map(|_| Arc::new(AtomicBool::new(false))),
     });
     let thread = std::thread::Builder::new()
         .name("trellis-admin".into())
@@ -278,6 +282,15 @@ fn run_admin(
             on_demand,
         );
         tokio::spawn(prefetch_local_certs(proxy.clone()));
+        if let (Some(socket), Some(seen)) = (&proxy.settings.zds_socket, &ctx.zds_snapshot) {
+            let client = crate::zds::ZdsClient {
+                socket: socket.clone(),
+                cluster_id: proxy.settings.cluster_id.clone(),
+                pods: pods.clone(),
+                snapshot_seen: seen.clone(),
+            };
+            tokio::spawn(client.run(stop.clone()));
+        }
         let servers = listeners
             .into_iter()
             .zip([Server::Admin, Server::Metrics, Server::Readiness])

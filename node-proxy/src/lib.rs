@@ -20,6 +20,7 @@ pub mod pods;
 pub mod settings;
 pub mod upstream;
 pub mod worker;
+pub mod zds;
 
 /// Process logging, shared with the waypoint.
 pub use trellis_core::logging;

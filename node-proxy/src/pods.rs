@@ -1,11 +1,17 @@
 //! Enrolled pods (shared mode) and the dedicated workload's listeners.
 //!
-//! Enrolling a pod opens its network namespace, installs the capture rules
-//! there, and creates one SO_REUSEPORT listener per worker for each of
-//! 15001, 15006 and 15008 inside it. Removing a pod cancels its listeners and
-//! connections and removes the rules.
+//! Enrolling a pod creates one SO_REUSEPORT listener per worker for each of
+//! 15001, 15006 and 15008 inside its network namespace. Removing a pod
+//! cancels its listeners and connections.
+//!
+//! Pods come from two places. From the CNI agent over ZDS (the normal
+//! path): the agent hands over the netns fd and owns the capture rules, so
+//! they outlive a proxy restart. From `--pod` or the admin API's `POST
+//! /pods` (debugging, no CNI): the proxy opens the netns by path and, with
+//! `--install-redirect`, installs and removes the rules itself.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -48,8 +54,21 @@ pub enum PodError {
     EmptyUid,
 }
 
+/// Who enrolled a pod, and so who owns its capture rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The CNI agent over ZDS; the agent owns the rules.
+    Zds,
+    /// `--pod` or `POST /pods`; the proxy owns the rules it installed.
+    Admin,
+}
+
 struct Enrolled {
     netns_path: PathBuf,
+    /// (device, inode) of the netns: the same pod sent again is a no-op.
+    netns_id: Option<(u64, u64)>,
+    origin: Origin,
     cancel: CancellationToken,
     redirect_installed: bool,
     scope: Arc<Scope>,
@@ -59,7 +78,11 @@ struct Enrolled {
 #[derive(Debug, Serialize)]
 pub struct PodInfo {
     pub uid: String,
+    /// The workload in the config this pod is served as.
+    pub workload: String,
     pub netns: String,
+    pub origin: Origin,
+    /// Whether this proxy installed the capture rules (ZDS pods: the agent did).
     pub capture_rules: bool,
 }
 
@@ -87,25 +110,71 @@ impl Pods {
         self.enrolled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enrolls a pod; enrolling the same uid and netns again is a no-op,
-    /// with a new netns it replaces the old enrollment (the pod was recreated).
+    /// Enrolls a pod by netns path (`--pod`, `POST /pods`); enrolling the
+    /// same uid and netns again is a no-op, with a new netns it replaces the
+    /// old enrollment (the pod was recreated).
     pub fn add(&self, uid: &str, netns_path: &Path) -> Result<(), PodError> {
         if uid.is_empty() {
             return Err(PodError::EmptyUid);
         }
-        if let Some(e) = self.lock().get(uid) {
-            if e.netns_path == netns_path {
-                return Ok(());
-            }
-        }
-        let _ = self.remove(uid);
         let ns = NetNs::open(netns_path).map_err(|source| PodError::Netns {
             path: netns_path.to_path_buf(),
             source,
         })?;
-        let settings = &self.proxy.settings;
+        let install = self.proxy.settings.install_redirect;
+        self.enroll(uid, uid, ns, netns_path, Origin::Admin, install)
+    }
+
+    /// Enrolls a pod handed over by the CNI agent: `netns` is the fd that
+    /// came with AddWorkload, `workload` the config uid it is served as.
+    /// The agent owns the capture rules. The same pod and netns again is a
+    /// no-op, so a reconnecting agent's snapshot keeps open connections.
+    pub fn add_zds(&self, uid: &str, workload: &str, netns: OwnedFd) -> Result<(), PodError> {
+        if uid.is_empty() {
+            return Err(PodError::EmptyUid);
+        }
+        // Reopening through /proc validates the fd is a netns, as for paths.
+        let via = PathBuf::from(format!("/proc/self/fd/{}", netns.as_raw_fd()));
+        let ns = NetNs::open(&via).map_err(|source| PodError::Netns {
+            path: PathBuf::from(format!("<netns fd of pod {uid} from ZDS>")),
+            source,
+        })?;
+        drop(netns);
+        let label = PathBuf::from(format!("zds:{uid}"));
+        self.enroll(uid, workload, ns, &label, Origin::Zds, false)
+    }
+
+    /// The uids of the pods the CNI agent enrolled.
+    pub fn zds_uids(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.origin == Origin::Zds)
+            .map(|(uid, _)| uid.clone())
+            .collect()
+    }
+
+    fn enroll(
+        &self,
+        uid: &str,
+        workload: &str,
+        ns: NetNs,
+        netns_path: &Path,
+        origin: Origin,
+        install_rules: bool,
+    ) -> Result<(), PodError> {
+        let netns_id = netns_id(&ns);
+        if let Some(e) = self.lock().get(uid) {
+            let same = match (e.netns_id, netns_id) {
+                (Some(a), Some(b)) => a == b,
+                _ => e.netns_path == netns_path,
+            };
+            if same && e.scope.uid == workload {
+                return Ok(());
+            }
+        }
+        let _ = self.remove(uid);
         let mut redirect_installed = false;
-        if settings.install_redirect {
+        if install_rules {
             redirect::install(&ns, &redirect_config()).map_err(|source| PodError::Redirect {
                 path: netns_path.to_path_buf(),
                 source,
@@ -113,10 +182,11 @@ impl Pods {
             redirect_installed = true;
         }
         let scope = Arc::new(Scope {
-            uid: uid.to_string(),
+            uid: workload.to_string(),
             netns: Some(ns),
-            // With the rules installed by us, replies to foreign source IPs are routed back.
-            transparent: settings.preserve_source_ip,
+            // With the capture rules in place (ours or the agent's), replies
+            // to foreign source IPs are routed back.
+            transparent: self.proxy.settings.preserve_source_ip,
         });
         let cancel = CancellationToken::new();
         let unspecified = std::net::Ipv4Addr::UNSPECIFIED.into();
@@ -143,11 +213,13 @@ impl Pods {
             }
             return Err(e);
         }
-        info!(pod = uid, netns = %netns_path.display(), "pod enrolled");
+        info!(pod = uid, workload, netns = %netns_path.display(), origin = ?origin, "pod enrolled");
         self.lock().insert(
             uid.to_string(),
             Enrolled {
                 netns_path: netns_path.to_path_buf(),
+                netns_id,
+                origin,
                 cancel,
                 redirect_installed,
                 scope,
@@ -174,6 +246,8 @@ impl Pods {
             uid.to_string(),
             Enrolled {
                 netns_path: PathBuf::new(),
+                netns_id: None,
+                origin: Origin::Admin,
                 cancel,
                 redirect_installed: false,
                 scope,
@@ -262,13 +336,23 @@ impl Pods {
             .filter(|(_, e)| e.scope.netns.is_some())
             .map(|(uid, e)| PodInfo {
                 uid: uid.clone(),
+                workload: e.scope.uid.clone(),
                 netns: e.netns_path.display().to_string(),
+                origin: e.origin,
                 capture_rules: e.redirect_installed,
             })
             .collect();
         v.sort_by(|a, b| a.uid.cmp(&b.uid));
         v
     }
+}
+
+/// The (device, inode) pair that identifies a namespace, whatever path or
+/// fd it was reached by; None if /proc cannot tell.
+fn netns_id(ns: &NetNs) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd())).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 fn redirect_config() -> RedirectConfig {

@@ -88,6 +88,13 @@ pub struct Settings {
     /// Shared mode: pods to enroll at start, as UID=NETNS_PATH (more can be added over the admin API).
     #[arg(long = "pod")]
     pub pods: Vec<String>,
+    /// Shared mode: the CNI agent's ZDS socket (Istio's protocol). The proxy
+    /// connects there and serves the pods the agent hands over.
+    #[arg(long)]
+    pub zds_socket: Option<PathBuf>,
+    /// Cluster id in workload uids (`<cluster>//Pod/<ns>/<name>`); the controller's --cluster-id.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
     /// Worker threads (one current-thread runtime each, pinned); 0 = one per allowed CPU.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -100,7 +107,8 @@ pub struct Settings {
     /// Preserve the client's source IP towards local pods with IP_TRANSPARENT (shared mode).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub preserve_source_ip: bool,
-    /// Install the nftables capture rules in each enrolled pod (shared mode). Off when a CNI plugin does it.
+    /// Install the nftables capture rules in pods enrolled by --pod or POST /pods (shared mode).
+    /// Pods from the CNI agent (--zds-socket) get theirs from the agent.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub install_redirect: bool,
 }
@@ -125,6 +133,12 @@ impl Settings {
                 }
                 if !self.pods.is_empty() {
                     errs.push("--pod is for --mode shared".to_string());
+                }
+                if self.zds_socket.is_some() {
+                    errs.push(
+                        "--zds-socket is for --mode shared: the CNI agent hands over pods"
+                            .to_string(),
+                    );
                 }
             }
             Mode::Shared => {

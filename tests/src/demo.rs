@@ -71,6 +71,8 @@ pub fn proxy_settings(common: CommonFlags, node: &str) -> Settings {
         inbound_plain_addr: None,
         outbound_forwards: vec![],
         pods: vec![],
+        zds_socket: None,
+        cluster_id: "Kubernetes".into(),
         workers: 1,
         drain_deadline: Duration::from_secs(2),
         access_log: trellis_node_proxy::settings::LogFormat::Text,

@@ -9,6 +9,7 @@
 pub mod cert_probe;
 pub mod cleanup;
 pub mod cluster;
+pub mod cni_kit;
 pub mod controlled_mesh;
 pub mod controller_proc;
 pub mod counted_stream;
