@@ -185,7 +185,10 @@ impl ControlledMeshBuilder {
                     .context("starting kube-apiserver")?,
             ),
         };
-        objects.put("namespace.yaml", &manifests::namespace(NAMESPACE, true))?;
+        objects.put(
+            "namespace.yaml",
+            &manifests::namespace(NAMESPACE, Some(manifests::AMBIENT_LABEL)),
+        )?;
         if !waypoints.is_empty() {
             objects.install_gateway_api()?;
         }
@@ -319,6 +322,7 @@ fn pod_defs(topo: &Topology, specs: &[PodSpec]) -> BTreeMap<String, PodDef> {
                     Role::Waypoint(gw) => Some(gw.clone()),
                     _ => None,
                 },
+                labels: Vec::new(),
             };
             (p.name.clone(), def)
         })
