@@ -12,7 +12,7 @@ use trellis_api::config::{LocalConfig, Workload};
 use trellis_controller::kube::{ApiConfig, Client, KubeSource, SourceOptions, DEFAULT_RESOURCES};
 use trellis_controller::objects::{translate, ObjectStore, TranslateOptions};
 
-use crate::kube::{require_kube, KubeApiServer, REQUIRE_ENV};
+use crate::kube::{require_kube, KubeApiServer, KubeError, REQUIRE_ENV};
 use crate::manifests::{self, PodDef, ISTIO_AMBIENT_LABEL};
 
 /// A hang guard for each wait, not a performance bound.
@@ -27,14 +27,19 @@ pub fn start_kube() -> Option<KubeApiServer> {
     Some(KubeApiServer::start(None, None).expect("the API server starts"))
 }
 
-/// Whether a test may skip a part that needs something optional (a Go
-/// module's CRDs): not when [`REQUIRE_ENV`]`=1`, as in CI.
-pub fn may_skip(what: &str, why: &str) -> bool {
-    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-        panic!("{REQUIRE_ENV}=1 but {what} is unavailable: {why}");
+/// Whether the CRDs `what` were installed (`result`). Those from a Go
+/// module are optional: without the module, the test's part that needs
+/// them is skipped with a message, except when [`REQUIRE_ENV`]`=1` (CI),
+/// where that fails like any other error.
+pub fn installed(what: &str, result: Result<(), KubeError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e @ KubeError::Crd { .. }) if std::env::var(REQUIRE_ENV).as_deref() != Ok("1") => {
+            eprintln!("skipping what needs {what}: {e}");
+            false
+        }
+        Err(e) => panic!("installing {what}: {e}"),
     }
-    eprintln!("skipping {what}: {why}");
-    true
 }
 
 /// The controller's API client, with the server's admin kubeconfig.

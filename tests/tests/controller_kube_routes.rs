@@ -16,9 +16,8 @@
 
 use trellis_api::config::l7::{HttpRoute, ParentRef};
 use trellis_api::config::HealthStatus;
-use trellis_e2e::kube::KubeError;
 use trellis_e2e::kube_source::{
-    client, may_skip, namespace_yaml, pod_yaml, run_source, start_kube, wait_for, workload,
+    client, installed, namespace_yaml, pod_yaml, run_source, start_kube, wait_for, workload,
     Snapshot,
 };
 
@@ -111,14 +110,9 @@ async fn routes_and_traffic_policies_from_the_api_server_become_config() {
 
     // The CRDs come after the source started; the harness waits until
     // their kinds are served.
-    match kube.install_gateway_api_crds() {
-        Ok(()) => {}
-        Err(e @ KubeError::Crd { .. }) => {
-            may_skip("the Gateway API CRDs", &e.to_string());
-            task.abort();
-            return;
-        }
-        Err(e) => panic!("installing the Gateway API CRDs: {e}"),
+    if !installed("the Gateway API CRDs", kube.install_gateway_api_crds()) {
+        task.abort();
+        return;
     }
     kube.install_traffic_policy_crd()
         .expect("the TrafficPolicy CRD is installed");

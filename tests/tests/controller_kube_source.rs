@@ -29,9 +29,9 @@ use tokio::sync::watch;
 use trellis_api::config::{HealthStatus, Protocol};
 use trellis_controller::auth::{AuthError, Authenticator, Caller, TokenReview, TokenReviewConfig};
 use trellis_controller::kube::{ApiConfig, Client};
-use trellis_e2e::kube::KubeError;
+use trellis_e2e::kube::KubeApiServer;
 use trellis_e2e::kube_source::{
-    client, may_skip, namespace_yaml, pod_yaml, run_source, start_kube, wait_for, workload,
+    client, installed, namespace_yaml, pod_yaml, run_source, start_kube, wait_for, workload,
     DEADLINE,
 };
 
@@ -45,6 +45,20 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/mesh/sa/client]}}]
 ";
 
+/// Pods mesh/web-1 on node-a (10.1.0.11, ready) and mesh/web-2 on node-b
+/// (10.1.0.12, ready when `web2_ready`). No kubelet: the test is the
+/// kubelet, writing their status.
+fn web_pods(kube: &KubeApiServer, web2_ready: bool) {
+    for (pod, node, ip, ready) in [
+        ("web-1", "node-a", "10.1.0.11", true),
+        ("web-2", "node-b", "10.1.0.12", web2_ready),
+    ] {
+        kube.apply(&pod_yaml("mesh", pod, "web", node))
+            .expect("apply");
+        kube.pod_status("mesh", pod, ip, ready).expect("pod status");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_from_the_api_server_become_config() {
     let Some(kube) = start_kube() else { return };
@@ -56,15 +70,7 @@ async fn objects_from_the_api_server_become_config() {
          spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n",
     )
     .expect("apply");
-    kube.apply(&pod_yaml("mesh", "web-1", "web", "node-a"))
-        .expect("apply");
-    kube.apply(&pod_yaml("mesh", "web-2", "web", "node-b"))
-        .expect("apply");
-    // No kubelet: the test is the kubelet.
-    kube.pod_status("mesh", "web-1", "10.1.0.11", true)
-        .expect("pod status");
-    kube.pod_status("mesh", "web-2", "10.1.0.12", false)
-        .expect("pod status");
+    web_pods(&kube, false);
 
     let s = wait_for(&mut rx, "two enrolled workloads with their status", |s| {
         let a = workload(s, "mesh", "web-1");
@@ -123,14 +129,10 @@ async fn objects_from_the_api_server_become_config() {
 
     // The policy CRD is installed after the source started: the source
     // finds it on its retry. The harness waits until its kind is served.
-    match kube.install_authorization_policy_crd() {
-        Ok(()) => {}
-        Err(e @ KubeError::Crd { .. }) => {
-            may_skip("the AuthorizationPolicy part", &e.to_string());
-            task.abort();
-            return;
-        }
-        Err(e) => panic!("installing the AuthorizationPolicy CRD: {e}"),
+    let crd = kube.install_authorization_policy_crd();
+    if !installed("the AuthorizationPolicy CRD", crd) {
+        task.abort();
+        return;
     }
     kube.apply(&POLICY.replace("ACTION", "ALLOW"))
         .expect("the AuthorizationPolicy is created");
@@ -394,14 +396,7 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
 
     let Some(kube) = start_kube() else { return };
     kube.apply(&namespace_yaml("mesh")).expect("apply");
-    kube.apply(&pod_yaml("mesh", "web-1", "web", "node-a"))
-        .expect("apply");
-    kube.apply(&pod_yaml("mesh", "web-2", "web", "node-b"))
-        .expect("apply");
-    kube.pod_status("mesh", "web-1", "10.1.0.11", true)
-        .expect("pod status");
-    kube.pod_status("mesh", "web-2", "10.1.0.12", true)
-        .expect("pod status");
+    web_pods(&kube, true);
     kube.apply(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ztunnel, namespace: istio-system}\n---\n\
