@@ -2,12 +2,12 @@
 //! node2, and extra pods on node1 for the per-pod memory measurement; the mesh
 //! config and dev CA; the node proxies as child processes; their admin API.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use trellis_e2e::cluster::http_in;
 use trellis_e2e::{ChildGuard, Pod, Topology};
 use trellis_netns::NetNs;
 
@@ -212,27 +212,8 @@ impl NodeProxy {
         body: &str,
     ) -> Result<(u16, String)> {
         let ns = NetNs::open(&self.node_ns)?;
-        let stream = ns
-            .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
-            .with_context(|| format!("connecting to the {} proxy at {addr}", self.node))?;
-        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        (&stream).write_all(req.as_bytes())?;
-        let mut resp = String::new();
-        (&stream).read_to_string(&mut resp)?;
-        let status = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("malformed response from {addr}: {resp:?}"))?;
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+        http_in(Some(&ns), addr, method, path, body)
+            .with_context(|| format!("calling the {} proxy at {addr}", self.node))
     }
 
     /// `POST /pods {"uid":..,"netns":..}`.

@@ -298,32 +298,17 @@ impl NodeProxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// An HTTP request to one of its ports, from its namespace.
-    fn call(
-        &self,
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        body: &str,
-    ) -> Result<(u16, String)> {
-        match &self.netns {
-            Some(ns) => ns
-                .run_in(|| http(addr, method, path, body))
-                .map_err(|e| anyhow!("entering {}'s netns: {e}", self.node))?,
-            None => http(addr, method, path, body),
-        }
-    }
-
     pub fn ready(&self) -> Result<bool> {
-        Ok(self.call(self.readiness, "GET", "/healthz/ready", "")?.0 == 200)
+        let ns = self.netns.as_ref();
+        Ok(http_in(ns, self.readiness, "GET", "/healthz/ready", "")?.0 == 200)
     }
 
     pub fn admin(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-        self.call(self.admin, method, path, body)
+        http_in(self.netns.as_ref(), self.admin, method, path, body)
     }
 
     pub fn metrics_text(&self) -> Result<String> {
-        Ok(self.call(self.metrics, "GET", "/metrics", "")?.1)
+        Ok(http_in(self.netns.as_ref(), self.metrics, "GET", "/metrics", "")?.1)
     }
 
     /// Sum of a metric's samples whose labels include all of `labels`.
@@ -365,8 +350,10 @@ pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Minimal HTTP/1.1 request with `Connection: close`; returns (status, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    // A hang guard: a proxy's admin port under benchmark load answers slowly.
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -384,6 +371,24 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// [`http`] from inside `ns` (None: this thread's namespace). The whole
+/// exchange runs switched into it: the socket is made there, and nothing
+/// else runs on this thread meanwhile.
+pub fn http_in(
+    ns: Option<&NetNs>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String)> {
+    match ns {
+        Some(ns) => ns
+            .run_in(|| http(addr, method, path, body))
+            .with_context(|| format!("entering a namespace to call {addr}"))?,
+        None => http(addr, method, path, body),
+    }
 }
 
 /// The labels of every sample of `name`, for assertion messages.

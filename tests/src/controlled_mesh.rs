@@ -33,7 +33,7 @@ use crate::manifests::{
 };
 use crate::mesh_kit::{attempt_echo, Attempt, T};
 use crate::waypoint_proc::{Waypoint, WaypointSpec};
-use crate::{TestServer, Topology};
+use crate::{ServerKind, TestServer, Topology};
 use objects::{Holder, Objects};
 
 /// The mesh namespace every test pod lives in.
@@ -185,7 +185,10 @@ impl ControlledMeshBuilder {
                     .context("starting kube-apiserver")?,
             ),
         };
-        objects.put("namespace.yaml", &manifests::namespace(NAMESPACE, true))?;
+        objects.put(
+            "namespace.yaml",
+            &manifests::namespace(NAMESPACE, Some(manifests::AMBIENT_LABEL)),
+        )?;
         if !waypoints.is_empty() {
             objects.install_gateway_api()?;
         }
@@ -319,6 +322,7 @@ fn pod_defs(topo: &Topology, specs: &[PodSpec]) -> BTreeMap<String, PodDef> {
                     Role::Waypoint(gw) => Some(gw.clone()),
                     _ => None,
                 },
+                labels: Vec::new(),
             };
             (p.name.clone(), def)
         })
@@ -403,33 +407,25 @@ impl ControlledMesh {
         SocketAddr::new(self.pod(pod).ip, port)
     }
 
-    pub fn netns(&self, pod: &str) -> NetNs {
-        self.topo
-            .pod(pod)
-            .unwrap_or_else(|| panic!("no pod {pod}"))
-            .netns()
-            .unwrap_or_else(|e| panic!("opening the netns of {pod}: {e}"))
-    }
-
-    /// The netns of a node (or of [`CONTROL_NODE`]).
-    pub fn node_netns(&self, node: &str) -> NetNs {
-        self.topo
-            .node(node)
-            .unwrap_or_else(|| panic!("no node {node}"))
-            .netns()
-            .unwrap_or_else(|e| panic!("opening the netns of {node}: {e}"))
+    /// The netns of a pod or a node (or of [`CONTROL_NODE`]).
+    pub fn netns(&self, name: &str) -> NetNs {
+        self.topo.open_netns(name).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Echo server on the pod's IP and `port`, inside its netns.
     pub fn echo(&self, pod: &str, port: u16) -> TestServer {
-        TestServer::echo(Some(&self.netns(pod)), self.addr(pod, port))
-            .unwrap_or_else(|e| panic!("echo server on {pod}:{port}: {e}"))
+        self.serve(ServerKind::Echo, pod, port)
     }
 
     /// Identity server (answers "<peer> <local>") on the pod's IP and `port`.
     pub fn identity(&self, pod: &str, port: u16) -> TestServer {
-        TestServer::identity(Some(&self.netns(pod)), self.addr(pod, port))
-            .unwrap_or_else(|e| panic!("identity server on {pod}:{port}: {e}"))
+        self.serve(ServerKind::Identity, pod, port)
+    }
+
+    fn serve(&self, kind: ServerKind, pod: &str, port: u16) -> TestServer {
+        self.topo
+            .serve(kind, pod, port)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The controller's and every proxy's log, for failure messages.

@@ -28,6 +28,9 @@ pub const ISTIO_API: &str = "istio.io/api@v1.32.0";
 pub const GATEWAY_API: &str = "sigs.k8s.io/gateway-api@v1.3.0";
 /// The Gateway API kinds the controller reads.
 const GATEWAY_API_KINDS: [&str; 3] = ["gateways", "httproutes", "grpcroutes"];
+/// Trellis's own CRD, as the controller's crate ships it.
+const TRAFFIC_POLICY_CRD: &str =
+    include_str!("../../controller/crds/trellis.dev_trafficpolicies.yaml");
 /// How long the start script may take (it has its own 60 s bound inside).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -172,7 +175,7 @@ fn run(mut cmd: Command, what: &str, stdin: Option<&str>, timeout: Duration) -> 
         }
     }
     let out = read_pipes(&mut child);
-    let status = wait_for(timeout, what, || child.try_wait().ok().flatten());
+    let status = blocking(|| wait_for(timeout, what, || child.try_wait().ok().flatten()));
     let status = match status {
         Ok(s) => s,
         Err(_) => {
@@ -191,6 +194,17 @@ fn run(mut cmd: Command, what: &str, stdin: Option<&str>, timeout: Duration) -> 
         stdout,
         stderr,
     })
+}
+
+/// Runs `f`, which blocks the thread. Inside a multi-thread tokio runtime
+/// (the tests that run the controller's source in-process) tokio is told
+/// first, so the runtime's other tasks, the source among them, keep running.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 struct Output {
@@ -435,6 +449,15 @@ impl KubeApiServer {
         self.install_crds(&gateway_api_crds()?, &names)
     }
 
+    /// Installs Trellis's TrafficPolicy CRD (controller/crds/) and waits
+    /// until it is served.
+    pub fn install_traffic_policy_crd(&self) -> Result<()> {
+        self.install_crds(
+            &[TRAFFIC_POLICY_CRD.to_string()],
+            &["trafficpolicies.trellis.dev"],
+        )
+    }
+
     /// Creates the CRDs, waits until each is Established and then until
     /// its kind is served (a just-established CRD may still refuse objects).
     fn install_crds(&self, crds: &[String], names: &[&str]) -> Result<()> {
@@ -452,17 +475,19 @@ impl KubeApiServer {
             )?;
             let plural = name.split('.').next().unwrap_or(name);
             let mut last = None;
-            let served = wait_for(
-                Duration::from_secs(20),
-                &format!("the kind {name} to be served"),
-                || match self.kubectl(&["get", plural, "-A"], None) {
-                    Ok(_) => Some(()),
-                    Err(e) => {
-                        last = Some(e);
-                        None
-                    }
-                },
-            );
+            let served = blocking(|| {
+                wait_for(
+                    Duration::from_secs(20),
+                    &format!("the kind {name} to be served"),
+                    || match self.kubectl(&["get", plural, "-A"], None) {
+                        Ok(_) => Some(()),
+                        Err(e) => {
+                            last = Some(e);
+                            None
+                        }
+                    },
+                )
+            });
             if served.is_err() {
                 if let Some(e) = last {
                     return Err(e);

@@ -18,6 +18,7 @@ pub mod demo_control;
 pub mod demo_manifests;
 pub mod demo_waypoint;
 pub mod kube;
+pub mod kube_source;
 pub mod l7kit;
 pub mod manifests;
 pub mod mesh_kit;

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 /// The label that enrolls a namespace in the mesh.
 pub const AMBIENT_LABEL: &str = "trellis.dev/dataplane-mode";
+/// Istio's label for the same, honoured when the controller runs with
+/// `--istio-labels`.
+pub const ISTIO_AMBIENT_LABEL: &str = "istio.io/dataplane-mode";
 /// The label that sends a service's traffic through a waypoint (by name).
 pub const USE_WAYPOINT_LABEL: &str = "trellis.dev/use-waypoint";
 /// The label that marks a pod as the one running a Gateway (a waypoint).
@@ -33,6 +36,8 @@ pub struct PodDef {
     pub app: String,
     /// The waypoint Gateway this pod runs, if it runs one.
     pub gateway: Option<String>,
+    /// Further labels (such as `version`), after `app`.
+    pub labels: Vec<(String, String)>,
 }
 
 impl PodDef {
@@ -96,13 +101,12 @@ pub struct PolicyDef {
     pub from_principals: Vec<String>,
 }
 
-/// A Namespace, in the mesh when `ambient`.
-pub fn namespace(name: &str, ambient: bool) -> String {
-    let labels = if ambient {
-        format!("\n  labels:\n    {AMBIENT_LABEL}: ambient")
-    } else {
-        String::new()
-    };
+/// A Namespace; in the mesh when `ambient_label` (a key such as
+/// [`AMBIENT_LABEL`]) is given, set to `ambient`.
+pub fn namespace(name: &str, ambient_label: Option<&str>) -> String {
+    let labels = ambient_label
+        .map(|l| format!("\n  labels:\n    {l}: ambient"))
+        .unwrap_or_default();
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}{labels}\n")
 }
 
@@ -117,13 +121,17 @@ pub fn service_account(namespace: &str, name: &str) -> String {
 /// as the manifests folder needs. The API server ignores a status sent on
 /// create: there it is patched afterwards (see `KubeApiServer::pod_status`).
 pub fn pod(p: &PodDef, with_status: bool) -> String {
-    let gateway = p
+    let mut labels = p
         .gateway
         .as_ref()
         .map(|g| format!("\n    {GATEWAY_NAME_LABEL}: {g}"))
         .unwrap_or_default();
+    for (k, v) in &p.labels {
+        // Quoted: a value such as "1" must stay a string.
+        let _ = write!(labels, "\n    {k}: \"{v}\"");
+    }
     let mut s = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}{gateway}\n\
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}{labels}\n\
          spec:\n  serviceAccountName: {}\n  nodeName: {}\n  containers:\n    - name: app\n      image: registry.invalid/trellis-test\n",
         p.name, p.namespace, p.app, p.service_account, p.node
     );
@@ -286,6 +294,7 @@ mod tests {
             ip: "198.18.2.2".parse().unwrap(),
             app: "server".into(),
             gateway: None,
+            labels: vec![("version".into(), "1".into())],
         }
     }
 
@@ -322,11 +331,11 @@ mod tests {
         // (object, JSON pointer, expected value)
         let cases: Vec<(String, &str, Value)> = vec![
             (
-                namespace("demo", true),
+                namespace("demo", Some(AMBIENT_LABEL)),
                 "/metadata/labels/trellis.dev~1dataplane-mode",
                 json!("ambient"),
             ),
-            (namespace("plain", false), "/metadata/labels", Value::Null),
+            (namespace("plain", None), "/metadata/labels", Value::Null),
             (
                 service_account("demo", "client"),
                 "/metadata/namespace",
@@ -350,6 +359,11 @@ mod tests {
                 json!("True"),
             ),
             (pod(&server(), false), "/status", Value::Null),
+            (
+                pod(&server(), false),
+                "/metadata/labels/version",
+                json!("1"),
+            ),
             (echo(None), "/spec/ports/1/targetPort", json!(9090)),
             (echo(None), "/spec/clusterIP", json!("198.19.128.10")),
             (echo(None), "/metadata/labels", Value::Null),
@@ -432,7 +446,10 @@ mod tests {
 
     #[test]
     fn a_stream_holds_every_document() {
-        let s = stream(&[namespace("demo", true), service_account("demo", "a")]);
+        let s = stream(&[
+            namespace("demo", Some(AMBIENT_LABEL)),
+            service_account("demo", "a"),
+        ]);
         let docs: Vec<Value> = s.split("---\n").map(parse).collect();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1]["kind"], "ServiceAccount");

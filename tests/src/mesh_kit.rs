@@ -34,7 +34,7 @@ use trellis_api::config::{
 use trellis_netns::NetNs;
 
 use crate::cluster::{ClusterFiles, NodeProxy};
-use crate::{wait_for, TestServer, Topology};
+use crate::{wait_for, ServerKind, TestServer, Topology};
 
 /// Default deadline for connections and waits in mesh tests.
 pub const T: Duration = Duration::from_secs(5);
@@ -435,11 +435,7 @@ impl Mesh {
     }
 
     pub fn netns(&self, pod: &str) -> NetNs {
-        self.topo
-            .pod(pod)
-            .unwrap_or_else(|| panic!("no pod {pod}"))
-            .netns()
-            .unwrap_or_else(|e| panic!("opening the netns of {pod}: {e}"))
+        self.topo.open_netns(pod).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `/var/run/netns/...` of a pod, as the admin API's POST /pods wants it.
@@ -453,8 +449,9 @@ impl Mesh {
 
     /// Echo server on the pod's IP and `port`, inside its netns.
     pub fn echo(&self, pod: &str, port: u16) -> TestServer {
-        TestServer::echo(Some(&self.netns(pod)), self.addr(pod, port))
-            .unwrap_or_else(|e| panic!("echo server on {pod}:{port}: {e}"))
+        self.topo
+            .serve(ServerKind::Echo, pod, port)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The config as written for nodes without an override.

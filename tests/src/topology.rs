@@ -19,16 +19,17 @@
 //! ([`cleanup_stale_namespaces`]).
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use trellis_netns::NetNs;
+use trellis_netns::{ListenOpts, NetNs};
 
 use crate::cleanup::netns_admin;
 pub use crate::cleanup::{cleanup_stale_namespaces, owner_pid, NETNS_DIR, PREFIX};
 use crate::plan::{plan, PodSpec};
 use crate::process::{self, ChildGuard, Pids};
+use crate::servers::{ServerKind, TestServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -272,12 +273,29 @@ impl Topology {
             .ok_or_else(|| TopologyError::Unknown(name.to_string()))
     }
 
+    /// A fresh handle on the namespace of a node or pod.
+    pub fn open_netns(&self, name: &str) -> Result<NetNs> {
+        let path = Path::new(NETNS_DIR).join(self.netns_name(name)?);
+        NetNs::open(&path).map_err(io_err(format!("opening {}", path.display())))
+    }
+
     /// Runs `f` on this thread inside the namespace of a node or pod.
     pub fn run_in<T>(&self, name: &str, f: impl FnOnce() -> T) -> Result<T> {
-        let path = Path::new(NETNS_DIR).join(self.netns_name(name)?);
-        let ns = NetNs::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
-        ns.run_in(f)
-            .map_err(io_err(format!("entering {}", path.display())))
+        self.open_netns(name)?
+            .run_in(f)
+            .map_err(io_err(format!("entering the namespace of {name}")))
+    }
+
+    /// A test server of `kind` on the pod's IP and `port`, inside its namespace.
+    pub fn serve(&self, kind: ServerKind, pod: &str, port: u16) -> Result<TestServer> {
+        let ip = self
+            .pod(pod)
+            .ok_or_else(|| TopologyError::Unknown(pod.to_string()))?
+            .ip;
+        let addr = SocketAddr::new(ip, port);
+        let ns = self.open_netns(pod)?;
+        TestServer::start(kind, Some(&ns), addr, ListenOpts::default())
+            .map_err(io_err(format!("a {kind:?} server on {pod} at {addr}")))
     }
 
     /// Runs a command to completion in a node's or pod's namespace

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use trellis_netns::NetNs;
 
-use crate::cluster::{http, sum_samples, ClusterFiles, Fixture};
+use crate::cluster::{http_in, sum_samples, ClusterFiles, Fixture};
 use crate::process::OwnedChild;
 use crate::proxy_args::{Feed, WaypointArgs};
 use crate::Topology;
@@ -201,33 +201,19 @@ impl Waypoint {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// An HTTP/1.1 call to one of its local ports, from inside the pod's netns.
-    fn local_http(
-        &self,
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        body: &str,
-    ) -> Result<(u16, String)> {
-        // The whole exchange runs switched into the netns: the socket is made
-        // there, and nothing else runs on this thread meanwhile.
-        self.netns.run_in(|| http(addr, method, path, body))?
-    }
-
-    /// `GET /healthz/ready` on the readiness port answers 200.
+    /// `GET /healthz/ready` on the readiness port (in the pod's netns, like
+    /// every call to its local ports) answers 200.
     pub fn ready(&self) -> Result<bool> {
-        Ok(self
-            .local_http(self.readiness, "GET", "/healthz/ready", "")?
-            .0
-            == 200)
+        let ns = Some(&self.netns);
+        Ok(http_in(ns, self.readiness, "GET", "/healthz/ready", "")?.0 == 200)
     }
 
     pub fn admin(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-        self.local_http(self.admin, method, path, body)
+        http_in(Some(&self.netns), self.admin, method, path, body)
     }
 
     pub fn metrics_text(&self) -> Result<String> {
-        Ok(self.local_http(self.metrics, "GET", "/metrics", "")?.1)
+        Ok(http_in(Some(&self.netns), self.metrics, "GET", "/metrics", "")?.1)
     }
 
     /// Sum of a metric's samples whose labels include all of `labels` (0 if unreachable).

@@ -118,7 +118,7 @@ impl Objects {
                 .collect(),
             Objects::Kube(kube) => {
                 kube.apply(&manifests::stream(&[
-                    manifests::namespace(PROXY_NAMESPACE, false),
+                    manifests::namespace(PROXY_NAMESPACE, None),
                     manifests::service_account(PROXY_NAMESPACE, PROXY_ACCOUNT),
                 ]))?;
                 holders
@@ -181,6 +181,7 @@ fn node_proxy_token(kube: &KubeApiServer, node: &str) -> Result<String> {
         ip: "198.19.255.254".parse().expect("literal"),
         app: "trellis-node-proxy".into(),
         gateway: None,
+        labels: Vec::new(),
     };
     let node_object = format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n");
     kube.apply(&manifests::stream(&[

@@ -184,7 +184,7 @@ pub fn traffic_crosses_nodes_over_hbone(mode: Mode) {
     // The certificate node2's proxy presents for the server pod was
     // signed by the controller's intermediate, under the mesh root.
     let chain = hbone_server_chain(
-        &m.node_netns(CONTROL_NODE),
+        &m.netns(CONTROL_NODE),
         m.addr("server", 15008),
         m.ca_dir(),
         &m.pod("server").spiffe_id(),

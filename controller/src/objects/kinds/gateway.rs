@@ -5,7 +5,8 @@
 //! waypoint model's (header modifiers, redirects, rewrites, timeouts) the
 //! model's own types are used; where Gateway API has more (match and filter
 //! types) the value is kept as text and [`super::routes`] says what is not
-//! supported.
+//! supported. A struct whose fields are all optional says so once
+//! (`#[serde(default)]` on the struct).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
@@ -15,73 +16,65 @@ use trellis_api::config::l7::{HeaderModifier, RequestRedirect, Timeouts, UrlRewr
 /// The Gateway API group, the default group of a parentRef.
 pub const GROUP: &str = "gateway.networking.k8s.io";
 
+/// A route document of either kind: what differs is the spec.
 #[derive(Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpRouteDoc {
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    bound(deserialize = "S: Deserialize<'de> + Default")
+)]
+pub struct RouteDoc<S> {
     pub api_version: String,
     pub kind: String,
     pub metadata: ObjectMeta,
     #[serde(default)]
-    pub spec: HttpRouteSpec,
+    pub spec: S,
     #[serde(default)]
     pub status: Option<Value>,
 }
 
+pub type HttpRouteDoc = RouteDoc<HttpRouteSpec>;
+pub type GrpcRouteDoc = RouteDoc<GrpcRouteSpec>;
+
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRouteSpec {
-    #[serde(default)]
     pub parent_refs: Vec<ParentReference>,
-    #[serde(default)]
     pub hostnames: Vec<String>,
     /// Absent means Gateway API's default: one rule matching every path.
-    #[serde(default)]
     pub rules: Option<Vec<HttpRule>>,
     /// Experimental: attach to the default gateways (not a mesh concept).
-    #[serde(default)]
     pub use_default_gateways: Option<Value>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRule {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub matches: Option<Vec<HttpMatch>>,
-    #[serde(default)]
     pub filters: Vec<HttpFilterDoc>,
-    #[serde(default)]
     pub backend_refs: Vec<BackendDoc<HttpFilterDoc>>,
-    #[serde(default)]
     pub timeouts: Option<Timeouts>,
     /// Experimental; Trellis takes retries from a TrafficPolicy instead.
-    #[serde(default)]
     pub retry: Option<Value>,
-    #[serde(default)]
     pub session_persistence: Option<Value>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpMatch {
-    #[serde(default)]
     pub path: Option<PathMatchDoc>,
-    #[serde(default)]
     pub headers: Vec<ValueMatchDoc>,
-    #[serde(default)]
     pub query_params: Vec<ValueMatchDoc>,
-    #[serde(default)]
     pub method: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct PathMatchDoc {
     /// Exact, PathPrefix (the default) or RegularExpression.
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub kind: Option<String>,
-    #[serde(default)]
     pub value: Option<String>,
 }
 
@@ -119,65 +112,43 @@ pub struct HttpFilterDoc {
     pub external_auth: Option<Value>,
 }
 
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GrpcRouteDoc {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: GrpcRouteSpec,
-    #[serde(default)]
-    pub status: Option<Value>,
-}
-
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrpcRouteSpec {
-    #[serde(default)]
     pub parent_refs: Vec<ParentReference>,
-    #[serde(default)]
     pub hostnames: Vec<String>,
-    #[serde(default)]
     pub rules: Vec<GrpcRule>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrpcRule {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub matches: Vec<GrpcMatch>,
-    #[serde(default)]
     pub filters: Vec<GrpcFilterDoc>,
-    #[serde(default)]
     pub backend_refs: Vec<BackendDoc<GrpcFilterDoc>>,
-    #[serde(default)]
     pub session_persistence: Option<Value>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrpcMatch {
-    #[serde(default)]
     pub method: Option<GrpcMethodDoc>,
-    #[serde(default)]
     pub headers: Vec<ValueMatchDoc>,
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrpcMethodDoc {
     /// Exact (the default) or RegularExpression.
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub kind: Option<String>,
-    #[serde(default)]
     pub service: Option<String>,
-    #[serde(default)]
     pub method: Option<String>,
 }
 
+/// A GRPCRoute filter: an HTTPRoute filter with fewer fields, kept apart
+/// so the others are refused as unknown.
 #[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrpcFilterDoc {
@@ -245,4 +216,22 @@ pub struct BackendDoc<F> {
     pub weight: Option<u32>,
     #[serde(default = "Vec::new")]
     pub filters: Vec<F>,
+}
+
+impl From<&GrpcFilterDoc> for HttpFilterDoc {
+    /// The HTTPRoute filter with the same fields set, so one conversion
+    /// serves both kinds (with the kinds' own set of supported types).
+    fn from(f: &GrpcFilterDoc) -> Self {
+        HttpFilterDoc {
+            kind: f.kind.clone(),
+            request_header_modifier: f.request_header_modifier.clone(),
+            response_header_modifier: f.response_header_modifier.clone(),
+            request_redirect: None,
+            url_rewrite: None,
+            request_mirror: f.request_mirror.clone(),
+            extension_ref: f.extension_ref.clone(),
+            cors: None,
+            external_auth: None,
+        }
+    }
 }

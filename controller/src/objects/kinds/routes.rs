@@ -29,9 +29,34 @@ pub struct Route<R> {
     pub route: R,
 }
 
-const HTTP_FILTERS: &str =
-    "RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect and URLRewrite";
-const GRPC_FILTERS: &str = "RequestHeaderModifier and ResponseHeaderModifier";
+/// The filter types one route kind supports, and how messages name them.
+struct FilterSupport {
+    /// `filters` or `gRPC filters`.
+    noun: &'static str,
+    /// The supported types as a sentence.
+    list: &'static str,
+    types: &'static [(&'static str, FilterType)],
+}
+
+const HTTP_FILTERS: FilterSupport = FilterSupport {
+    noun: "filters",
+    list: "RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect and URLRewrite",
+    types: &[
+        ("RequestHeaderModifier", FilterType::RequestHeaderModifier),
+        ("ResponseHeaderModifier", FilterType::ResponseHeaderModifier),
+        ("RequestRedirect", FilterType::RequestRedirect),
+        ("URLRewrite", FilterType::UrlRewrite),
+    ],
+};
+
+const GRPC_FILTERS: FilterSupport = FilterSupport {
+    noun: "gRPC filters",
+    list: "RequestHeaderModifier and ResponseHeaderModifier",
+    types: &[
+        ("RequestHeaderModifier", FilterType::RequestHeaderModifier),
+        ("ResponseHeaderModifier", FilterType::ResponseHeaderModifier),
+    ],
+};
 
 /// Every problem of an HTTPRoute's spec, each starting with its field's path.
 pub(crate) fn http(
@@ -63,20 +88,14 @@ pub(crate) fn http(
         hostnames: spec.hostnames.clone(),
         rules,
     };
-    if out.is_empty() {
-        // Only when the conversion kept every index: the validator's paths
-        // must point at the fields the operator wrote.
-        let cfg = LocalConfig {
-            services: stand_ins(ns, name, route.rules.iter().flat_map(|r| &r.backend_refs)),
-            http_routes: vec![HttpRoute {
-                parent_refs: vec![stand_in_parent(name)],
-                ..route.clone()
-            }],
-            ..LocalConfig::default()
-        };
-        validated(&cfg, "httpRoutes[0]", &mut out);
-    }
-    finish(out, spec.parent_refs.clone(), route)
+    stored(
+        name,
+        ns,
+        &spec.parent_refs,
+        route,
+        |c| &mut c.http_routes,
+        out,
+    )
 }
 
 /// Every problem of a GRPCRoute's spec, each starting with its field's path.
@@ -99,27 +118,59 @@ pub(crate) fn grpc(
         hostnames: spec.hostnames.clone(),
         rules,
     };
-    if out.is_empty() {
-        let cfg = LocalConfig {
-            services: stand_ins(ns, name, route.rules.iter().flat_map(|r| &r.backend_refs)),
-            grpc_routes: vec![GrpcRoute {
-                parent_refs: vec![stand_in_parent(name)],
-                ..route.clone()
-            }],
-            ..LocalConfig::default()
-        };
-        validated(&cfg, "grpcRoutes[0]", &mut out);
-    }
-    finish(out, spec.parent_refs.clone(), route)
+    stored(
+        name,
+        ns,
+        &spec.parent_refs,
+        route,
+        |c| &mut c.grpc_routes,
+        out,
+    )
 }
 
-fn finish<R>(
-    out: Vec<String>,
-    parent_refs: Vec<ParentReference>,
+/// The route as stored; or every problem of the conversion (`out`) or,
+/// when there was none, of the model's validator on a config holding only
+/// the route (in the list `place` picks), with Services standing in for
+/// its parent and backends.
+fn stored<R: Clone>(
+    name: &str,
+    ns: &str,
+    parent_refs: &[ParentReference],
     route: R,
+    place: fn(&mut LocalConfig) -> &mut Vec<R>,
+    mut out: Vec<String>,
 ) -> Result<Route<R>, Vec<String>> {
+    // Only when the conversion kept every index: the validator's paths
+    // must point at the fields the operator wrote.
     if out.is_empty() {
-        Ok(Route { parent_refs, route })
+        let mut cfg = LocalConfig::default();
+        place(&mut cfg).push(route.clone());
+        let parent = || vec![stand_in_parent(name)];
+        cfg.http_routes
+            .iter_mut()
+            .for_each(|r| r.parent_refs = parent());
+        cfg.grpc_routes
+            .iter_mut()
+            .for_each(|r| r.parent_refs = parent());
+        let http = cfg.http_routes.iter().flat_map(|r| &r.rules);
+        let grpc = cfg.grpc_routes.iter().flat_map(|r| &r.rules);
+        let backends = http
+            .flat_map(|r| &r.backend_refs)
+            .chain(grpc.flat_map(|r| &r.backend_refs));
+        cfg.services = stand_ins(ns, name, backends);
+        // The one route is first in its list.
+        let field = if cfg.http_routes.is_empty() {
+            "grpcRoutes[0]"
+        } else {
+            "httpRoutes[0]"
+        };
+        validated(&cfg, field, &mut out);
+    }
+    if out.is_empty() {
+        Ok(Route {
+            parent_refs: parent_refs.to_vec(),
+            route,
+        })
     } else {
         Err(out)
     }
@@ -205,11 +256,7 @@ fn http_rule(path: &str, ns: &str, r: &HttpRule, out: &mut Vec<String>) -> HttpR
             "{path}.retry: Gateway API's retry is not supported; set retries in a Trellis TrafficPolicy (spec.retry) that targets this route"
         ));
     }
-    if r.session_persistence.is_some() {
-        out.push(format!(
-            "{path}.sessionPersistence: not supported; the waypoint balances each request on its own"
-        ));
-    }
+    no_session_persistence(path, r.session_persistence.is_some(), out);
     let matches = r
         .matches
         .iter()
@@ -228,11 +275,7 @@ fn http_rule(path: &str, ns: &str, r: &HttpRule, out: &mut Vec<String>) -> HttpR
 }
 
 fn grpc_rule(path: &str, ns: &str, r: &GrpcRule, out: &mut Vec<String>) -> GrpcRouteRule {
-    if r.session_persistence.is_some() {
-        out.push(format!(
-            "{path}.sessionPersistence: not supported; the waypoint balances each request on its own"
-        ));
-    }
+    no_session_persistence(path, r.session_persistence.is_some(), out);
     let matches = r
         .matches
         .iter()
@@ -246,6 +289,14 @@ fn grpc_rule(path: &str, ns: &str, r: &GrpcRule, out: &mut Vec<String>) -> GrpcR
         backend_refs: backends(path, ns, &r.backend_refs, grpc_filters, out),
         timeouts: None,
         policy: None,
+    }
+}
+
+fn no_session_persistence(path: &str, set: bool, out: &mut Vec<String>) {
+    if set {
+        out.push(format!(
+            "{path}.sessionPersistence: not supported; the waypoint balances each request on its own"
+        ));
     }
 }
 
@@ -324,8 +375,27 @@ fn exact_only(path: &str, kind: Option<&str>, out: &mut Vec<String>) {
 }
 
 fn http_filters(path: &str, list: &[HttpFilterDoc], out: &mut Vec<String>) -> Vec<HttpFilter> {
+    filters(path, list.iter().cloned(), &HTTP_FILTERS, out)
+}
+
+fn grpc_filters(path: &str, list: &[GrpcFilterDoc], out: &mut Vec<String>) -> Vec<HttpFilter> {
+    filters(
+        path,
+        list.iter().map(HttpFilterDoc::from),
+        &GRPC_FILTERS,
+        out,
+    )
+}
+
+/// The filters of `support`'s types, and a problem for each other one.
+fn filters(
+    path: &str,
+    list: impl Iterator<Item = HttpFilterDoc>,
+    support: &FilterSupport,
+    out: &mut Vec<String>,
+) -> Vec<HttpFilter> {
     let mut filters = Vec::new();
-    for (k, f) in list.iter().enumerate() {
+    for (k, f) in list.enumerate() {
         let p = format!("{path}[{k}]");
         // A field of an unsupported type, under a type that says so, is
         // reported once, by the type.
@@ -337,59 +407,21 @@ fn http_filters(path: &str, list: &[HttpFilterDoc], out: &mut Vec<String>) -> Ve
         ] {
             if set && f.kind != ty {
                 out.push(format!(
-                    "{p}.{field}: not supported; Trellis supports the filters {HTTP_FILTERS}"
+                    "{p}.{field}: not supported; Trellis supports the {} {}",
+                    support.noun, support.list
                 ));
             }
         }
-        let kind = match f.kind.as_str() {
-            "RequestHeaderModifier" => FilterType::RequestHeaderModifier,
-            "ResponseHeaderModifier" => FilterType::ResponseHeaderModifier,
-            "RequestRedirect" => FilterType::RequestRedirect,
-            "URLRewrite" => FilterType::UrlRewrite,
-            other => {
-                out.push(unsupported_filter(&p, other, HTTP_FILTERS));
-                continue;
-            }
+        let Some(&(_, kind)) = support.types.iter().find(|(name, _)| *name == f.kind) else {
+            out.push(unsupported_filter(&p, &f.kind, support.list));
+            continue;
         };
         filters.push(HttpFilter {
             kind,
-            request_header_modifier: f.request_header_modifier.clone(),
-            response_header_modifier: f.response_header_modifier.clone(),
-            request_redirect: f.request_redirect.clone(),
-            url_rewrite: f.url_rewrite.clone(),
-        });
-    }
-    filters
-}
-
-fn grpc_filters(path: &str, list: &[GrpcFilterDoc], out: &mut Vec<String>) -> Vec<HttpFilter> {
-    let mut filters = Vec::new();
-    for (k, f) in list.iter().enumerate() {
-        let p = format!("{path}[{k}]");
-        for (field, ty, set) in [
-            ("requestMirror", "RequestMirror", f.request_mirror.is_some()),
-            ("extensionRef", "ExtensionRef", f.extension_ref.is_some()),
-        ] {
-            if set && f.kind != ty {
-                out.push(format!(
-                    "{p}.{field}: not supported; Trellis supports the gRPC filters {GRPC_FILTERS}"
-                ));
-            }
-        }
-        let kind = match f.kind.as_str() {
-            "RequestHeaderModifier" => FilterType::RequestHeaderModifier,
-            "ResponseHeaderModifier" => FilterType::ResponseHeaderModifier,
-            other => {
-                out.push(unsupported_filter(&p, other, GRPC_FILTERS));
-                continue;
-            }
-        };
-        filters.push(HttpFilter {
-            kind,
-            request_header_modifier: f.request_header_modifier.clone(),
-            response_header_modifier: f.response_header_modifier.clone(),
-            request_redirect: None,
-            url_rewrite: None,
+            request_header_modifier: f.request_header_modifier,
+            response_header_modifier: f.response_header_modifier,
+            request_redirect: f.request_redirect,
+            url_rewrite: f.url_rewrite,
         });
     }
     filters

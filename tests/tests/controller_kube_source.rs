@@ -1,6 +1,7 @@
 //! The controller's Kubernetes mode against a real kube-apiserver (with
 //! etcd, no kubelet: tests write pod status themselves), started per test
-//! by tests/kube/start-local.sh.
+//! through the shared harness ([`trellis_e2e::kube`]); the source runs
+//! in-process ([`trellis_e2e::kube_source`]).
 //!
 //! - the source lists and watches namespaces, services, pods and
 //!   AuthorizationPolicies into the store, and translate() sees them: pod
@@ -17,33 +18,22 @@
 //! kubectl. Without them each test says so and passes, unless
 //! TRELLIS_REQUIRE_KUBE=1 makes that a failure. The AuthorizationPolicy
 //! CRD comes from the Go module istio.io/api (`go mod download`); without
-//! go or the module, that part is skipped with a message.
-
-mod kube_harness;
+//! go or the module, that part is skipped with a message (a failure too
+//! when TRELLIS_REQUIRE_KUBE=1).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube_harness::*;
 use tokio::sync::watch;
 use trellis_api::config::{HealthStatus, Protocol};
 use trellis_controller::auth::{AuthError, Authenticator, Caller, TokenReview, TokenReviewConfig};
 use trellis_controller::kube::{ApiConfig, Client};
-
-/// The istio.io/api version whose CRDs the test installs.
-const ISTIO_API: &str = "istio.io/api@v1.32.0";
-
-/// The AuthorizationPolicy CRD from istio.io/api, or why it is unavailable.
-fn authorization_policy_crd() -> Result<String, String> {
-    let dir = go_module_dir(ISTIO_API)?;
-    let all = std::fs::read_to_string(dir.join("kubernetes/customresourcedefinitions.gen.yaml"))
-        .map_err(|e| e.to_string())?;
-    all.split("\n---\n")
-        .find(|d| d.contains("name: authorizationpolicies.security.istio.io"))
-        .map(str::to_string)
-        .ok_or_else(|| "no AuthorizationPolicy CRD in the module".into())
-}
+use trellis_e2e::kube::KubeApiServer;
+use trellis_e2e::kube_source::{
+    client, installed, namespace_yaml, pod_yaml, run_source, start_kube, wait_for, workload,
+    DEADLINE,
+};
 
 const POLICY: &str = "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -55,21 +45,32 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/mesh/sa/client]}}]
 ";
 
+/// Pods mesh/web-1 on node-a (10.1.0.11, ready) and mesh/web-2 on node-b
+/// (10.1.0.12, ready when `web2_ready`). No kubelet: the test is the
+/// kubelet, writing their status.
+fn web_pods(kube: &KubeApiServer, web2_ready: bool) {
+    for (pod, node, ip, ready) in [
+        ("web-1", "node-a", "10.1.0.11", true),
+        ("web-2", "node-b", "10.1.0.12", web2_ready),
+    ] {
+        kube.apply(&pod_yaml("mesh", pod, "web", node))
+            .expect("apply");
+        kube.pod_status("mesh", pod, ip, ready).expect("pod status");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_from_the_api_server_become_config() {
-    let Some(kube) = Kube::start() else { return };
-    let (mut rx, task) = run_source(kube.client());
+    let Some(kube) = start_kube() else { return };
+    let (mut rx, task) = run_source(client(&kube));
 
-    kube.apply(&namespace_yaml("mesh"));
+    kube.apply(&namespace_yaml("mesh")).expect("apply");
     kube.apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: mesh}\n\
          spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n",
-    );
-    kube.apply(&pod_yaml("mesh", "web-1", "web", "node-a"));
-    kube.apply(&pod_yaml("mesh", "web-2", "web", "node-b"));
-    // No kubelet: the test is the kubelet.
-    kube.pod_status("mesh", "web-1", "10.1.0.11", true);
-    kube.pod_status("mesh", "web-2", "10.1.0.12", false);
+    )
+    .expect("apply");
+    web_pods(&kube, false);
 
     let s = wait_for(&mut rx, "two enrolled workloads with their status", |s| {
         let a = workload(s, "mesh", "web-1");
@@ -108,23 +109,13 @@ async fn objects_from_the_api_server_become_config() {
 
     // Ready comes; then a pod goes. Forced: a graceful delete only marks
     // the pod and waits for a kubelet to confirm, and there is none.
-    kube.pod_status("mesh", "web-2", "10.1.0.12", true);
+    kube.pod_status("mesh", "web-2", "10.1.0.12", true)
+        .expect("pod status");
     wait_for(&mut rx, "web-2 healthy", |s| {
         workload(s, "mesh", "web-2").is_some_and(|w| w.status == HealthStatus::Healthy)
     })
     .await;
-    kube.kubectl(
-        &[
-            "delete",
-            "pod",
-            "web-1",
-            "-n",
-            "mesh",
-            "--grace-period=0",
-            "--force",
-        ],
-        None,
-    );
+    kube.delete_pod("mesh", "web-1").expect("delete");
     let s = wait_for(&mut rx, "web-1 removed", |s| {
         workload(s, "mesh", "web-1").is_none()
     })
@@ -137,39 +128,14 @@ async fn objects_from_the_api_server_become_config() {
         .any(|v| v.name == "web" && v.endpoints.len() == 1));
 
     // The policy CRD is installed after the source started: the source
-    // finds it on its retry.
-    let crd = match authorization_policy_crd() {
-        Ok(crd) => crd,
-        Err(e) => {
-            eprintln!("skipping the AuthorizationPolicy part: no CRD from {ISTIO_API}: {e}");
-            task.abort();
-            return;
-        }
-    };
-    kube.apply(&crd);
-    kube.kubectl(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/authorizationpolicies.security.istio.io",
-            "--timeout=20s",
-        ],
-        None,
-    );
-    // The API server may take a moment to serve a just-established CRD.
-    let policy = POLICY.replace("ACTION", "ALLOW");
-    let mut applied = false;
-    for _ in 0..50 {
-        if kube
-            .try_kubectl(&["apply", "-f", "-"], Some(&policy))
-            .is_ok()
-        {
-            applied = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // finds it on its retry. The harness waits until its kind is served.
+    let crd = kube.install_authorization_policy_crd();
+    if !installed("the AuthorizationPolicy CRD", crd) {
+        task.abort();
+        return;
     }
-    assert!(applied, "the AuthorizationPolicy could not be created");
+    kube.apply(&POLICY.replace("ACTION", "ALLOW"))
+        .expect("the AuthorizationPolicy is created");
     let s = wait_for(&mut rx, "the policy in the config", |s| {
         s.config
             .policies
@@ -188,7 +154,8 @@ async fn objects_from_the_api_server_become_config() {
 
     // The CRD accepts AUDIT; Trellis does not. The last good policy stays,
     // and the problem is reported against the object.
-    kube.apply(&POLICY.replace("ACTION", "AUDIT"));
+    kube.apply(&POLICY.replace("ACTION", "AUDIT"))
+        .expect("apply");
     let s = wait_for(&mut rx, "the rejected update reported", |s| {
         s.errors
             .iter()
@@ -206,7 +173,8 @@ async fn objects_from_the_api_server_become_config() {
         s.errors
     );
     // Fixed again: the error clears.
-    kube.apply(&POLICY.replace("ACTION", "DENY"));
+    kube.apply(&POLICY.replace("ACTION", "DENY"))
+        .expect("apply");
     wait_for(&mut rx, "the fixed policy, error cleared", |s| {
         s.errors.is_empty() && s.config.policies.iter().any(|p| p.name == "web-allow")
     })
@@ -214,7 +182,8 @@ async fn objects_from_the_api_server_become_config() {
     kube.kubectl(
         &["delete", "authorizationpolicy", "web-allow", "-n", "mesh"],
         None,
-    );
+    )
+    .expect("delete");
     wait_for(&mut rx, "the deleted policy gone", |s| {
         s.config.policies.is_empty()
     })
@@ -275,42 +244,35 @@ impl Cutter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_watches_resume_and_catch_up() {
-    let Some(kube) = Kube::start() else { return };
+    let Some(kube) = start_kube() else { return };
     // The same kubeconfig, through the forwarder; the server's certificate
     // is for 127.0.0.1, so it still verifies.
-    let text = std::fs::read_to_string(&kube.kubeconfig).unwrap();
+    let text = std::fs::read_to_string(kube.kubeconfig()).unwrap();
     let server = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("server: https://"))
         .expect("server line")
         .to_string();
     let cutter = Cutter::start(server.clone()).await;
-    let proxied = kube.kubeconfig.with_file_name("kubeconfig-cut");
+    let proxied = kube.dir().join("kubeconfig-cut");
     std::fs::write(&proxied, text.replace(&server, &cutter.addr.to_string())).unwrap();
-    let client = Client::new(ApiConfig::from_kubeconfig(&proxied).expect("kubeconfig"));
-    let (mut rx, task) = run_source(client);
+    let cut_client = Client::new(ApiConfig::from_kubeconfig(&proxied).expect("kubeconfig"));
+    let (mut rx, task) = run_source(cut_client);
 
-    kube.apply(&namespace_yaml("mesh"));
-    kube.apply(&pod_yaml("mesh", "a", "a", "node-a"));
-    kube.pod_status("mesh", "a", "10.1.0.21", true);
+    kube.apply(&namespace_yaml("mesh")).expect("apply");
+    kube.apply(&pod_yaml("mesh", "a", "a", "node-a"))
+        .expect("apply");
+    kube.pod_status("mesh", "a", "10.1.0.21", true)
+        .expect("pod status");
     wait_for(&mut rx, "pod a", |s| workload(s, "mesh", "a").is_some()).await;
 
     // While the watches are down, one pod goes and another comes.
     cutter.cut();
-    kube.kubectl(
-        &[
-            "delete",
-            "pod",
-            "a",
-            "-n",
-            "mesh",
-            "--grace-period=0",
-            "--force",
-        ],
-        None,
-    );
-    kube.apply(&pod_yaml("mesh", "b", "b", "node-a"));
-    kube.pod_status("mesh", "b", "10.1.0.22", true);
+    kube.delete_pod("mesh", "a").expect("delete");
+    kube.apply(&pod_yaml("mesh", "b", "b", "node-a"))
+        .expect("apply");
+    kube.pod_status("mesh", "b", "10.1.0.22", true)
+        .expect("pod status");
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         workload(&rx.borrow(), "mesh", "a").is_some(),
@@ -335,21 +297,25 @@ async fn broken_watches_resume_and_catch_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_review_maps_service_accounts_to_callers() {
-    let Some(kube) = Kube::start() else { return };
-    let auth = TokenReview::new(kube.client(), TokenReviewConfig::default());
+    let Some(kube) = start_kube() else { return };
+    let auth = TokenReview::new(client(&kube), TokenReviewConfig::default());
     kube.apply(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ztunnel, namespace: istio-system}\n---\n\
          apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n---\n\
          apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: waypoint, namespace: shop}\n",
-    );
+    )
+    .expect("apply");
     // A node proxy pod already on its node: the token carries the node.
     kube.apply(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-a, namespace: istio-system}\n\
          spec: {nodeName: node-a, serviceAccountName: ztunnel, containers: [{name: c, image: registry.invalid/z}]}\n",
-    );
-    let token = kube.bound_token("istio-system", "ztunnel", "ztunnel-a");
+    )
+    .expect("apply");
+    let token = kube
+        .bound_token("istio-system", "ztunnel", "ztunnel-a")
+        .expect("token");
     assert_eq!(
         auth.authenticate(token.trim()).await,
         Ok(Caller::NodeProxy {
@@ -369,8 +335,11 @@ async fn token_review_maps_service_accounts_to_callers() {
     kube.apply(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-b, namespace: istio-system}\n\
          spec: {serviceAccountName: ztunnel, containers: [{name: c, image: registry.invalid/z}]}\n",
-    );
-    let token_b = kube.bound_token("istio-system", "ztunnel", "ztunnel-b");
+    )
+    .expect("apply");
+    let token_b = kube
+        .bound_token("istio-system", "ztunnel", "ztunnel-b")
+        .expect("token");
     let refused = auth.authenticate(token_b.trim()).await;
     assert!(
         matches!(&refused, Err(AuthError::Invalid(m)) if m.contains("not scheduled")),
@@ -379,7 +348,8 @@ async fn token_review_maps_service_accounts_to_callers() {
     kube.kubectl(
         &["create", "--raw", "/api/v1/namespaces/istio-system/pods/ztunnel-b/binding", "-f", "-"],
         Some(r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"ztunnel-b"},"target":{"apiVersion":"v1","kind":"Node","name":"node-b"}}"#),
-    );
+    )
+    .expect("binding");
     assert_eq!(
         auth.authenticate(token_b.trim()).await,
         Ok(Caller::NodeProxy {
@@ -388,7 +358,9 @@ async fn token_review_maps_service_accounts_to_callers() {
     );
 
     // A node proxy token bound to nothing says no node: refused.
-    let unbound = kube.kubectl(&["create", "token", "ztunnel", "-n", "istio-system"], None);
+    let unbound = kube
+        .kubectl(&["create", "token", "ztunnel", "-n", "istio-system"], None)
+        .expect("token");
     let refused = auth.authenticate(unbound.trim()).await;
     assert!(
         matches!(&refused, Err(AuthError::Invalid(m)) if m.contains("not bound to a pod")),
@@ -396,7 +368,9 @@ async fn token_review_maps_service_accounts_to_callers() {
     );
 
     // Any other service account is a waypoint identity.
-    let wp = kube.kubectl(&["create", "token", "waypoint", "-n", "shop"], None);
+    let wp = kube
+        .kubectl(&["create", "token", "waypoint", "-n", "shop"], None)
+        .expect("token");
     assert_eq!(
         auth.authenticate(wp.trim()).await,
         Ok(Caller::Waypoint {
@@ -420,19 +394,19 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
     use trellis_controller::cli::{Cli, Command as CliCommand};
     use trellis_core::source::{self, SourceSpec, XdsSpec};
 
-    let Some(kube) = Kube::start() else { return };
-    kube.apply(&namespace_yaml("mesh"));
-    kube.apply(&pod_yaml("mesh", "web-1", "web", "node-a"));
-    kube.apply(&pod_yaml("mesh", "web-2", "web", "node-b"));
-    kube.pod_status("mesh", "web-1", "10.1.0.11", true);
-    kube.pod_status("mesh", "web-2", "10.1.0.12", true);
+    let Some(kube) = start_kube() else { return };
+    kube.apply(&namespace_yaml("mesh")).expect("apply");
+    web_pods(&kube, true);
     kube.apply(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ztunnel, namespace: istio-system}\n---\n\
          apiVersion: v1\nkind: Pod\nmetadata: {name: ztunnel-a, namespace: istio-system}\n\
          spec: {nodeName: node-a, serviceAccountName: ztunnel, containers: [{name: c, image: registry.invalid/z}]}\n",
-    );
-    let token = kube.bound_token("istio-system", "ztunnel", "ztunnel-a");
+    )
+    .expect("apply");
+    let token = kube
+        .bound_token("istio-system", "ztunnel", "ztunnel-a")
+        .expect("token");
 
     // The CA comes from Istio's cacerts Secret, read through the API: the
     // controller never sees the files.
@@ -456,9 +430,9 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
     .map(|f| format!("--from-file={}", dir.path().join(f).display()))
     .collect();
     create.extend(from.iter().map(String::as_str));
-    kubectl_at(&kube.kubeconfig, &create, None).expect("cacerts secret created");
+    kube.kubectl(&create, None).expect("cacerts secret created");
     drop(dir);
-    let kubeconfig = kube.kubeconfig.to_str().expect("utf-8 path").to_owned();
+    let kubeconfig = kube.kubeconfig().to_str().expect("utf-8 path").to_owned();
     let cli = Cli::try_parse_from([
         "trellis-controller",
         "run",

@@ -11,48 +11,15 @@
 //!   honour keeps the route's last good version, with the error reported;
 //! - a terminating pod (deleted, no kubelet to finish it) turns Unhealthy.
 //!
-//! Needs what tests/kube_source.rs needs, and `go` with the module proxy
-//! for the Gateway API CRDs (required when TRELLIS_REQUIRE_KUBE=1).
+//! Needs what controller_kube_source.rs needs, and `go` with the module
+//! proxy for the Gateway API CRDs (required when TRELLIS_REQUIRE_KUBE=1).
 
-mod kube_harness;
-
-use std::time::Duration;
-
-use kube_harness::*;
 use trellis_api::config::l7::{HttpRoute, ParentRef};
 use trellis_api::config::HealthStatus;
-
-/// The Gateway API release whose CRDs the test installs.
-const GATEWAY_API: &str = "sigs.k8s.io/gateway-api@v1.3.0";
-const TRAFFIC_POLICY_CRD: &str = include_str!("../crds/trellis.dev_trafficpolicies.yaml");
-
-/// The experimental-channel HTTPRoute and GRPCRoute CRDs, or why not.
-fn gateway_api_crds() -> Result<String, String> {
-    let dir = go_module_dir(GATEWAY_API)?.join("config/crd/experimental");
-    let mut out = String::new();
-    for plural in ["httproutes", "grpcroutes"] {
-        let file = dir.join(format!("gateway.networking.k8s.io_{plural}.yaml"));
-        out.push_str(
-            &std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?,
-        );
-        out.push_str("\n---\n");
-    }
-    Ok(out)
-}
-
-/// Applies `yaml` once the API server serves its kind: a CRD that has just
-/// been established can take a moment to be served.
-async fn apply_when_served(kube: &Kube, yaml: &str) {
-    let mut last = String::new();
-    for _ in 0..50 {
-        match kube.try_kubectl(&["apply", "-f", "-"], Some(yaml)) {
-            Ok(_) => return,
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("not applied within 10s: {last}\n{yaml}");
-}
+use trellis_e2e::kube_source::{
+    client, installed, namespace_yaml, pod_yaml, run_source, start_kube, wait_for, workload,
+    Snapshot,
+};
 
 const SERVICES: &str = "apiVersion: v1
 kind: Service
@@ -127,17 +94,10 @@ fn rate(s: &Snapshot) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_traffic_policies_from_the_api_server_become_config() {
-    let Some(kube) = Kube::start() else { return };
-    let crds = match gateway_api_crds() {
-        Ok(c) => c,
-        Err(e) => {
-            may_skip("the Gateway API CRDs", &e);
-            return;
-        }
-    };
-    let (mut rx, task) = run_source(kube.client());
-    kube.apply(&namespace_yaml("mesh"));
-    kube.apply(SERVICES);
+    let Some(kube) = start_kube() else { return };
+    let (mut rx, task) = run_source(client(&kube));
+    kube.apply(&namespace_yaml("mesh")).expect("apply");
+    kube.apply(SERVICES).expect("apply");
     wait_for(&mut rx, "the three services", |s| {
         s.config
             .services
@@ -148,23 +108,16 @@ async fn routes_and_traffic_policies_from_the_api_server_become_config() {
     })
     .await;
 
-    // The CRDs come after the source started. The experimental HTTPRoute
-    // CRD is too large for client-side apply's annotation: create.
-    kube.kubectl(&["create", "-f", "-"], Some(&crds));
-    kube.apply(TRAFFIC_POLICY_CRD);
-    kube.kubectl(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/httproutes.gateway.networking.k8s.io",
-            "crd/grpcroutes.gateway.networking.k8s.io",
-            "crd/trafficpolicies.trellis.dev",
-            "--timeout=20s",
-        ],
-        None,
-    );
-    apply_when_served(&kube, &route(90, 10, "PathPrefix")).await;
-    apply_when_served(&kube, &policy(GOOD_POLICY)).await;
+    // The CRDs come after the source started; the harness waits until
+    // their kinds are served.
+    if !installed("the Gateway API CRDs", kube.install_gateway_api_crds()) {
+        task.abort();
+        return;
+    }
+    kube.install_traffic_policy_crd()
+        .expect("the TrafficPolicy CRD is installed");
+    kube.apply(&route(90, 10, "PathPrefix")).expect("apply");
+    kube.apply(&policy(GOOD_POLICY)).expect("apply");
 
     let s = wait_for(&mut rx, "the route with its policy", |s| {
         weights(s) == [90, 10] && rate(s) == Some(100.0)
@@ -191,7 +144,7 @@ async fn routes_and_traffic_policies_from_the_api_server_become_config() {
     );
 
     // New weights follow, the policy stays attached.
-    kube.apply(&route(50, 50, "PathPrefix"));
+    kube.apply(&route(50, 50, "PathPrefix")).expect("apply");
     wait_for(&mut rx, "the new weights", |s| {
         weights(s) == [50, 50] && rate(s) == Some(100.0)
     })
@@ -217,16 +170,20 @@ async fn routes_and_traffic_policies_from_the_api_server_become_config() {
         ("", "sets nothing"),
     ];
     for (body, want) in refused {
-        match kube.try_kubectl(&["apply", "-f", "-"], Some(&policy(body))) {
-            Ok(out) => panic!("the API server accepted {body:?}: {out}"),
-            Err(e) => assert!(e.contains(want), "{body:?}: {e:?} lacks {want:?}"),
+        match kube.apply(&policy(body)) {
+            Ok(()) => panic!("the API server accepted {body:?}"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains(want), "{body:?}: {e:?} lacks {want:?}")
+            }
         }
     }
     let other_kind = policy("  rateLimit: {requestsPerSecond: 1}\n")
         .replace("kind: HTTPRoute, name: r", "kind: Service, name: reviews");
     let e = kube
-        .try_kubectl(&["apply", "-f", "-"], Some(&other_kind))
-        .expect_err("a Service target is refused");
+        .apply(&other_kind)
+        .expect_err("a Service target is refused")
+        .to_string();
     assert!(
         e.contains("spec.targetRefs[0].kind") && e.contains("Unsupported value"),
         "{e}"
@@ -239,7 +196,8 @@ async fn routes_and_traffic_policies_from_the_api_server_become_config() {
 
     // Valid Gateway API that Trellis cannot honour: the API server takes
     // it, Trellis keeps the last good version and says why.
-    kube.apply(&route(10, 90, "RegularExpression"));
+    kube.apply(&route(10, 90, "RegularExpression"))
+        .expect("apply");
     let s = wait_for(&mut rx, "the refused route update reported", |s| {
         s.errors.iter().any(|e| e.contains("HTTPRoute/mesh/r"))
     })
@@ -251,7 +209,7 @@ async fn routes_and_traffic_policies_from_the_api_server_become_config() {
         s.errors
     );
     assert_eq!(weights(&s), [50, 50], "the last good version is served");
-    kube.apply(&route(10, 90, "PathPrefix"));
+    kube.apply(&route(10, 90, "PathPrefix")).expect("apply");
     wait_for(&mut rx, "the fixed route, error cleared", |s| {
         weights(s) == [10, 90] && s.errors.is_empty()
     })
@@ -266,7 +224,8 @@ spec:
   parentRefs: [{group: \"\", kind: Service, name: reviews}]
   rules: [{matches: [{method: {service: reviews.Reviews}}], backendRefs: [{name: reviews-v1, port: 9080}]}]
 ",
-    );
+    )
+    .expect("apply");
     wait_for(&mut rx, "the GRPCRoute", |s| {
         s.config
             .grpc_routes
@@ -276,7 +235,8 @@ spec:
     .await;
 
     // The policy goes: so do its settings.
-    kube.kubectl(&["delete", "trafficpolicy", "p", "-n", "mesh"], None);
+    kube.kubectl(&["delete", "trafficpolicy", "p", "-n", "mesh"], None)
+        .expect("delete");
     wait_for(&mut rx, "the policy gone from the rule", |s| {
         the_route(s).is_some_and(|r| r.rules[0].policy.is_none())
     })
@@ -286,11 +246,13 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminating_pod_turns_unhealthy_and_stays_until_gone() {
-    let Some(kube) = Kube::start() else { return };
-    let (mut rx, task) = run_source(kube.client());
-    kube.apply(&namespace_yaml("mesh"));
-    kube.apply(&pod_yaml("mesh", "web-1", "web", "node-a"));
-    kube.pod_status("mesh", "web-1", "10.1.0.11", true);
+    let Some(kube) = start_kube() else { return };
+    let (mut rx, task) = run_source(client(&kube));
+    kube.apply(&namespace_yaml("mesh")).expect("apply");
+    kube.apply(&pod_yaml("mesh", "web-1", "web", "node-a"))
+        .expect("apply");
+    kube.pod_status("mesh", "web-1", "10.1.0.11", true)
+        .expect("pod status");
     wait_for(&mut rx, "web-1 healthy", |s| {
         workload(s, "mesh", "web-1").is_some_and(|w| w.status == HealthStatus::Healthy)
     })
@@ -301,24 +263,14 @@ async fn a_terminating_pod_turns_unhealthy_and_stays_until_gone() {
     kube.kubectl(
         &["delete", "pod", "web-1", "-n", "mesh", "--wait=false"],
         None,
-    );
+    )
+    .expect("graceful delete");
     wait_for(&mut rx, "web-1 terminating, so unhealthy", |s| {
         workload(s, "mesh", "web-1").is_some_and(|w| w.status == HealthStatus::Unhealthy)
     })
     .await;
 
-    kube.kubectl(
-        &[
-            "delete",
-            "pod",
-            "web-1",
-            "-n",
-            "mesh",
-            "--grace-period=0",
-            "--force",
-        ],
-        None,
-    );
+    kube.delete_pod("mesh", "web-1").expect("delete");
     wait_for(&mut rx, "web-1 gone", |s| {
         workload(s, "mesh", "web-1").is_none()
     })
