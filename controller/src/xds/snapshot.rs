@@ -218,8 +218,8 @@ impl Snapshot {
             .unwrap_or_else(|| EMPTY.get_or_init(Table::default))
     }
 
-    /// A hash over every resource's type, name and version: informational
-    /// (`system_version_info`), equal for equal contents.
+    /// A hash over every resource's type, name, version, node, aliases and
+    /// members (`system_version_info`): equal for equal contents.
     pub fn version(&self) -> &str {
         &self.version
     }
@@ -344,7 +344,7 @@ impl SnapshotBuilder {
         let mut sum = 0u128;
         for (type_url, table) in &self.snapshot.tables {
             for (name, e) in table.entries() {
-                sum = sum.wrapping_add(entry_hash(type_url, name, &e.version));
+                sum = sum.wrapping_add(entry_hash(type_url, name, e));
             }
         }
         self.snapshot.sum = sum;
@@ -400,9 +400,7 @@ impl SnapshotPatch {
                 continue;
             };
             if let Some(e) = table.remove(name) {
-                next.sum = next
-                    .sum
-                    .wrapping_sub(entry_hash(type_url, name, &e.version));
+                next.sum = next.sum.wrapping_sub(entry_hash(type_url, name, &e));
                 old.insert((type_url.clone(), name.clone()), e);
             }
         }
@@ -425,9 +423,7 @@ impl SnapshotPatch {
                     Arc::new(entry)
                 }
             };
-            next.sum = next
-                .sum
-                .wrapping_add(entry_hash(&key.0, &key.1, &entry.version));
+            next.sum = next.sum.wrapping_add(entry_hash(&key.0, &key.1, &entry));
             let table = next.tables.entry(key.0.clone()).or_default();
             table.insert(&key.0, key.1.clone(), entry)?;
             put.insert(key);
@@ -443,12 +439,22 @@ impl SnapshotPatch {
     }
 }
 
-/// One entry's share of the snapshot version.
-fn entry_hash(type_url: &str, name: &str, version: &str) -> u128 {
+/// One entry's share of the snapshot version: everything a client can be
+/// sent about it, so equal versions serve equal contents (streams skip a
+/// snapshot whose version they have already reconciled).
+fn entry_hash(type_url: &str, name: &str, e: &Entry) -> u128 {
     let mut h = Fnv128::new();
     h.write(type_url.as_bytes());
     h.write(name.as_bytes());
-    h.write(version.as_bytes());
+    h.write(e.version.as_bytes());
+    h.write(e.node.as_deref().unwrap_or("").as_bytes());
+    h.write(&[u8::from(e.node.is_some())]);
+    for list in [&e.aliases, &e.members] {
+        h.write(&(list.len() as u64).to_le_bytes());
+        for x in list {
+            h.write(x.as_bytes());
+        }
+    }
     h.0
 }
 
