@@ -14,6 +14,7 @@
 //! it (the tests hold the two to the same output); members are listed in
 //! name order.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ahash::{AHashMap, AHashSet};
@@ -66,30 +67,16 @@ pub fn diff(old: &LocalConfig, new: &LocalConfig, network: &str) -> Diff {
     let old_svc: AHashMap<String, &Service> =
         old.services.iter().map(|s| (service_key(s), s)).collect();
     let mut new_svc: AHashMap<String, &Service> = AHashMap::with_capacity(new.services.len());
-    // A name twice is passed on twice: the snapshot refuses it, as a
-    // whole build would.
-    let mut twice: Vec<&Service> = Vec::new();
-    for s in &new.services {
-        if let Some(first) = new_svc.insert(service_key(s), s) {
-            twice.push(first);
-        }
-    }
-    let old_wl: AHashMap<&str, &Workload> =
-        old.workloads.iter().map(|w| (w.uid.as_str(), w)).collect();
-    let mut new_wl: AHashMap<&str, &Workload> = AHashMap::with_capacity(new.workloads.len());
-    let mut twice_wl: Vec<&Workload> = Vec::new();
-    for w in &new.workloads {
-        if let Some(first) = new_wl.insert(w.uid.as_str(), w) {
-            twice_wl.push(first);
-        }
-    }
-
-    // Services whose own fields changed, or that are gone.
+    // Services whose own fields changed, or that are gone. A name twice
+    // counts as changed, so every copy is passed on and the snapshot
+    // refuses it, as a whole build would.
     let mut changed_svc: BTreeSet<String> = BTreeSet::new();
-    for (k, s) in &new_svc {
-        if old_svc.get(k) != Some(s) {
+    for s in &new.services {
+        let k = service_key(s);
+        if new_svc.contains_key(&k) || old_svc.get(&k) != Some(&s) {
             changed_svc.insert(k.clone());
         }
+        new_svc.insert(k, s);
     }
     for k in old_svc.keys() {
         if !new_svc.contains_key(k) {
@@ -104,34 +91,66 @@ pub fn diff(old: &LocalConfig, new: &LocalConfig, network: &str) -> Diff {
     // Services to encode: changed ones, and those a changed workload's
     // own `services` list names (their member lists change).
     let mut dirty_svc: BTreeSet<String> = changed_svc.clone();
-    for (uid, w) in &new_wl {
-        match old_wl.get(uid) {
-            Some(o) if o == w => {}
-            Some(o) => {
-                dirty_wl.insert(uid);
+    // Two translations of one store list workloads in the same order: while
+    // the uids line up, pairs are found by position, so a change that
+    // leaves the workloads be costs no hashing of 100k uids.
+    let aligned = old.workloads.len() == new.workloads.len()
+        && old
+            .workloads
+            .iter()
+            .zip(&new.workloads)
+            .all(|(o, n)| o.uid == n.uid);
+    if aligned {
+        for (o, w) in old.workloads.iter().zip(&new.workloads) {
+            if o != w {
+                dirty_wl.insert(&w.uid);
                 if o.services != w.services {
                     dirty_svc.extend(o.services.iter().chain(&w.services).cloned());
                 }
             }
-            None => {
-                dirty_wl.insert(uid);
-                dirty_svc.extend(w.services.iter().cloned());
+        }
+    } else {
+        let old_wl: AHashMap<&str, &Workload> =
+            old.workloads.iter().map(|w| (w.uid.as_str(), w)).collect();
+        let mut seen: AHashSet<&str> = AHashSet::with_capacity(new.workloads.len());
+        for w in &new.workloads {
+            let uid = w.uid.as_str();
+            match old_wl.get(uid) {
+                // A uid twice: every copy goes to the snapshot, which refuses it.
+                _ if !seen.insert(uid) => {
+                    dirty_wl.insert(uid);
+                }
+                Some(o) if *o == w => {}
+                Some(o) => {
+                    dirty_wl.insert(uid);
+                    if o.services != w.services {
+                        dirty_svc.extend(o.services.iter().chain(&w.services).cloned());
+                    }
+                }
+                None => {
+                    dirty_wl.insert(uid);
+                    dirty_svc.extend(w.services.iter().cloned());
+                }
+            }
+        }
+        for o in &old.workloads {
+            if !seen.contains(o.uid.as_str()) {
+                out.removed.push((ADDRESS_TYPE, o.uid.clone()));
+                dirty_svc.extend(o.services.iter().cloned());
             }
         }
     }
-    for (uid, o) in &old_wl {
-        if !new_wl.contains_key(uid) {
-            out.removed.push((ADDRESS_TYPE, uid.to_string()));
-            dirty_svc.extend(o.services.iter().cloned());
-        }
-    }
+    // The uids `new` has, for the (rarer) changes that need them.
+    let new_uids: OnceCell<AHashSet<&str>> = OnceCell::new();
+    let exists = |uid: &str| -> Option<&str> {
+        new_uids
+            .get_or_init(|| new.workloads.iter().map(|w| w.uid.as_str()).collect())
+            .get(uid)
+            .copied()
+    };
     for k in &changed_svc {
         for s in [old_svc.get(k), new_svc.get(k)].into_iter().flatten() {
-            dirty_wl.extend(
-                s.endpoints
-                    .iter()
-                    .filter_map(|u| new_wl.get_key_value(u.as_str()).map(|(k, _)| *k)),
-            );
+            dirty_wl.extend(s.endpoints.iter().filter_map(|u| exists(u)));
         }
     }
     if !changed_svc.is_empty() {
@@ -154,7 +173,7 @@ pub fn diff(old: &LocalConfig, new: &LocalConfig, network: &str) -> Diff {
             }
         }
     }
-    for w in new.workloads.iter().chain(twice_wl) {
+    for w in &new.workloads {
         if !dirty_wl.contains(w.uid.as_str()) {
             continue;
         }
@@ -175,11 +194,7 @@ pub fn diff(old: &LocalConfig, new: &LocalConfig, network: &str) -> Diff {
     for k in &dirty_svc {
         if let Some(s) = new_svc.get(k) {
             let m = members.entry(k.as_str()).or_default();
-            m.extend(
-                s.endpoints
-                    .iter()
-                    .filter_map(|u| new_wl.get_key_value(u.as_str()).map(|(k, _)| *k)),
-            );
+            m.extend(s.endpoints.iter().filter_map(|u| exists(u)));
         }
     }
     if !members.is_empty() {
@@ -191,7 +206,7 @@ pub fn diff(old: &LocalConfig, new: &LocalConfig, network: &str) -> Diff {
             }
         }
     }
-    for s in new.services.iter().chain(twice) {
+    for s in &new.services {
         let key = service_key(s);
         if let Some(m) = members.get(key.as_str()) {
             let m = m.iter().map(|u| u.to_string()).collect();
