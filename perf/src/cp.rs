@@ -137,6 +137,11 @@ async fn until_synced(stores: &[Arc<StateStore>], limit: Duration) -> Result<()>
     Ok(())
 }
 
+/// This process's CPU seconds so far (0 if /proc cannot be read).
+fn own_cpu() -> f64 {
+    crate::proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
 fn emit(v: Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
@@ -247,12 +252,16 @@ pub async fn clients_main(args: ClientArgs) -> Result<()> {
                 }
             });
         }
+        let cpu0 = own_cpu();
         emit(json!({"phase": "ready", "change": k}));
         let done = tokio::time::timeout(limit, done_rx)
             .await
             .context("change did not reach every subscriber")?
             .context("waiters gone")?;
-        emit(json!({"phase": "changed", "change": k, "done_unix_us": done}));
+        // The subscribers' own work (decode, apply, ack) shares the two
+        // cores with the controller: it is the push's floor.
+        let cpu = own_cpu() - cpu0;
+        emit(json!({"phase": "changed", "change": k, "done_unix_us": done, "cpu_s": cpu}));
     }
     for s in subs {
         s.task.abort();
