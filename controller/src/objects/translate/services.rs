@@ -3,9 +3,10 @@
 //! EndpointSlices are not read: selectors give the same set for the
 //! objects the folder holds, and need no controller to keep them current.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use ahash::AHashMap;
 use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use trellis_api::config::{Service, ServicePort};
@@ -31,7 +32,7 @@ pub(crate) fn translate_all(
     // A selector only selects in its own namespace: index the workloads by
     // namespace once, so services x pods stays per namespace, not mesh-wide
     // (10k services x 100k pods would be 10^9 label checks).
-    let mut by_ns: HashMap<&str, Candidates> = HashMap::new();
+    let mut by_ns: AHashMap<&str, Candidates> = AHashMap::new();
     for w in workloads {
         by_ns.entry(w.key.namespace.as_str()).or_default().push(w);
     }
@@ -72,7 +73,7 @@ pub(crate) fn translate_all(
 #[derive(Default)]
 struct Candidates<'w, 'a> {
     all: Vec<&'w Source<'a>>,
-    by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
+    by_label: AHashMap<(&'a str, &'a str), Vec<usize>>,
 }
 
 impl<'w, 'a> Candidates<'w, 'a> {
