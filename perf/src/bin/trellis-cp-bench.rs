@@ -240,6 +240,7 @@ async fn controller(scale: Scale, quick: bool, out: &Path) -> Result<()> {
             "--lookups",
             &LOOKUPS.to_string(),
         ])
+        .env(cp::CLIENTS_ENV, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
