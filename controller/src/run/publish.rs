@@ -233,4 +233,62 @@ status: { phase: Running, podIP: 10.0.0.1 }
         assert_eq!(metrics.read().publishes, 2);
         assert_eq!(metrics.read().object_errors, 0);
     }
+
+    const SVC: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: s1, namespace: demo }
+spec: { clusterIP: VIP, selector: { app: x }, ports: [{ port: 80 }] }
+"#;
+
+    #[test]
+    fn a_snapshot_conflict_keeps_the_last_published_and_a_fix_patches_from_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("a.yaml"), POD).expect("write");
+        let mut dir = ManifestsDir::new(tmp.path());
+        let mut store = ObjectStore::new();
+        let metrics = Arc::new(Metrics::default());
+        let mut p = Publisher::new(TranslateOptions::default(), metrics.clone());
+        let snapshots = p.snapshots();
+        assert!(matches!(
+            step(&mut p, &mut dir, &mut store),
+            Outcome::Published(_)
+        ));
+        let first = snapshots.borrow().clone();
+        let uid = "Kubernetes//Pod/demo/p1";
+        let names = |s: &Snapshot| -> Vec<String> {
+            let c = s.changes().expect("a published snapshot is a patch");
+            c.names.values().flatten().cloned().collect()
+        };
+        assert_eq!(names(&first), vec![uid.to_string()]);
+
+        // A service VIP equal to the pod's IP: both claim `/10.0.0.1`,
+        // which a snapshot refuses; the last published one stays.
+        std::fs::write(tmp.path().join("s.yaml"), SVC.replace("VIP", "10.0.0.1")).expect("write");
+        assert_eq!(step(&mut p, &mut dir, &mut store), Outcome::Failed);
+        assert_eq!(metrics.read().snapshot_failures, 1);
+        assert_eq!(snapshots.borrow().version(), first.version());
+
+        // Fixed: the new snapshot is patched from the last published one and
+        // names only the service.
+        std::fs::write(tmp.path().join("s.yaml"), SVC.replace("VIP", "10.96.0.1")).expect("write");
+        assert!(matches!(
+            step(&mut p, &mut dir, &mut store),
+            Outcome::Published(_)
+        ));
+        let fixed = snapshots.borrow().clone();
+        assert_eq!(
+            fixed.changes().map(|c| c.parent.as_str()),
+            Some(first.version())
+        );
+        assert_eq!(
+            names(&fixed),
+            vec!["demo/s1.demo.svc.cluster.local".to_string()]
+        );
+        let table = fixed.table(ADDRESS);
+        assert_eq!(table.len(), 2);
+        assert!(table.resolve("/10.0.0.1").is_some_and(|(n, _)| n == uid));
+        assert!(table.resolve("/10.96.0.1").is_some());
+        assert_eq!(metrics.read().publishes, 2);
+    }
 }
