@@ -125,15 +125,13 @@ impl Table {
                 other: other.clone(),
             });
         }
-        for (i, alias) in entry.aliases.iter().enumerate() {
+        for alias in &entry.aliases {
             let other = self
                 .aliases
                 .get(alias)
                 .cloned()
                 .or_else(|| self.entries.contains_key(alias).then(|| alias.clone()))
-                .or_else(|| {
-                    (*alias == name || entry.aliases[..i].contains(alias)).then(|| name.clone())
-                });
+                .or_else(|| (*alias == name).then(|| name.clone()));
             if let Some(other) = other {
                 return Err(SnapshotError::AliasTaken {
                     type_url: type_url.to_string(),
@@ -388,7 +386,8 @@ impl SnapshotPatch {
             removed,
             upserts,
         } = self;
-        let mut next = base.clone();
+        let parent = base.version.clone();
+        let mut next = base;
         next.changes = None;
         let mut old: HashMap<(String, String), Arc<Entry>> = HashMap::new();
         let touched = removed
@@ -405,7 +404,7 @@ impl SnapshotPatch {
             }
         }
         let mut changes = Changes {
-            parent: base.version.clone(),
+            parent,
             names: BTreeMap::new(),
         };
         let mut put: BTreeSet<(String, String)> = BTreeSet::new();
