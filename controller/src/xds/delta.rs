@@ -25,6 +25,12 @@
 //!   nonce it had), but it never causes a resend.
 //! - Unknown type URLs are ignored (as istiod does: no generator, no
 //!   response); the caller logs the event.
+//! - A snapshot patched from the one a type's state is in line with is
+//!   reconciled over the names it changed, plus the explicit names and
+//!   their members then and now (a member list can move without its
+//!   members changing); any other snapshot takes the whole path. Both give
+//!   the same answer (tests/incremental.rs), the first without visiting
+//!   the node's (or, for a waypoint, the mesh's) every resource.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
