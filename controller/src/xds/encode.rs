@@ -206,7 +206,7 @@ pub fn diff(old: &LocalConfig, new: &LocalConfig, network: &str) -> Diff {
             }
         }
     }
-    for s in &new.services {
+    for s in new.services.iter().filter(|_| !members.is_empty()) {
         let key = service_key(s);
         if let Some(m) = members.get(key.as_str()) {
             let m = m.iter().map(|u| u.to_string()).collect();
