@@ -13,11 +13,12 @@ pub mod gen;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use mimalloc::MiMalloc;
 use serde_json::{json, Value};
 use trellis_api::xds::{ip_alias, ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use trellis_core::source::{self, OnDemand, SourceSpec, XdsSpec};
@@ -27,26 +28,74 @@ use gen::Scale;
 
 /// Counts live heap bytes, so a subscriber's state can be weighed in a
 /// process that holds other things too. Install with `#[global_allocator]`.
+///
+/// It forwards to the allocator of the binary each process stands for:
+/// mimalloc in the controller (as `trellis-controller` runs), the system
+/// allocator in the clients process (as `trellis-node-proxy` runs), which
+/// the parent marks with [`CLIENTS_ENV`].
 pub struct CountingAlloc;
+
+/// Set in the clients process's environment.
+pub const CLIENTS_ENV: &str = "TRELLIS_CP_BENCH_CLIENTS";
+const CLIENTS_ENV_C: &std::ffi::CStr = c"TRELLIS_CP_BENCH_CLIENTS";
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: forwards to the system allocator unchanged; only counts.
+/// 0: not decided yet; 1: system; 2: mimalloc. Decided at the first
+/// allocation, which the runtime makes on the main thread before any other
+/// thread exists, and never changed: every block is freed by the allocator
+/// that made it.
+static BACKEND: AtomicU8 = AtomicU8::new(0);
+
+fn system_backend() -> bool {
+    match BACKEND.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            // SAFETY: getenv reads the environment without allocating; no
+            // other thread can be changing it this early.
+            let clients = !unsafe { libc::getenv(CLIENTS_ENV_C.as_ptr()) }.is_null();
+            BACKEND.store(if clients { 1 } else { 2 }, Ordering::Relaxed);
+            clients
+        }
+    }
+}
+
+// SAFETY: forwards to one allocator for the life of the process, unchanged;
+// only counts.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
         // SAFETY: the caller upholds GlobalAlloc's contract.
-        unsafe { System.alloc(l) }
+        unsafe {
+            if system_backend() {
+                System.alloc(l)
+            } else {
+                MiMalloc.alloc(l)
+            }
+        }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.dealloc(p, l) }
+        // SAFETY: as above; `p` came from the same backend.
+        unsafe {
+            if system_backend() {
+                System.dealloc(p, l)
+            } else {
+                MiMalloc.dealloc(p, l)
+            }
+        }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
         // SAFETY: as above.
-        unsafe { System.realloc(p, l, new) }
+        unsafe {
+            if system_backend() {
+                System.realloc(p, l, new)
+            } else {
+                MiMalloc.realloc(p, l, new)
+            }
+        }
     }
 }
 
@@ -135,6 +184,11 @@ async fn until_synced(stores: &[Arc<StateStore>], limit: Duration) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// This process's CPU seconds so far (0 if /proc cannot be read).
+fn own_cpu() -> f64 {
+    crate::proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 fn emit(v: Value) {
@@ -247,12 +301,16 @@ pub async fn clients_main(args: ClientArgs) -> Result<()> {
                 }
             });
         }
+        let cpu0 = own_cpu();
         emit(json!({"phase": "ready", "change": k}));
         let done = tokio::time::timeout(limit, done_rx)
             .await
             .context("change did not reach every subscriber")?
             .context("waiters gone")?;
-        emit(json!({"phase": "changed", "change": k, "done_unix_us": done}));
+        // The subscribers' own work (decode, apply, ack) shares the two
+        // cores with the controller: it is the push's floor.
+        let cpu = own_cpu() - cpu0;
+        emit(json!({"phase": "changed", "change": k, "done_unix_us": done, "cpu_s": cpu}));
     }
     for s in subs {
         s.task.abort();

@@ -210,8 +210,19 @@ impl ObjectStore {
         self.view.iter().map(|(k, (_, o))| (k, o))
     }
 
+    /// The objects of one kind, in key order. Keys sort by kind first, so
+    /// this is a range of the view, not a scan of every object (the
+    /// translation asks for a few kinds on every change).
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&ObjectKey, &Object)> {
-        self.iter().filter(move |(k, _)| k.kind == kind)
+        let first = ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.view
+            .range(first..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(k, (_, o))| (k, o))
     }
 
     pub fn len(&self) -> usize {

@@ -1,20 +1,26 @@
 //! Objects → config → xDS snapshot, published on two watch channels: the
 //! config for the CA's authorization, the snapshot for the xDS streams.
-//! Both are replaced together, and only when the config changed, so an
-//! edit that changes nothing (or a rejected manifest whose last good
+//! Both are replaced together, and only when the served resources changed,
+//! so an edit that changes nothing (or a rejected manifest whose last good
 //! version is kept) pushes nothing to the proxies.
+//!
+//! The translation runs whole; what follows it is incremental: the new
+//! config is compared with the last published one ([`encode::diff`]), only
+//! the resources that differ are encoded, and the new snapshot is the last
+//! one patched with them, sharing every untouched entry.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use trellis_api::config::LocalConfig;
 
 use super::metrics::Metrics;
 use crate::objects::{translate, ObjectStore, ScanResult, TranslateOptions};
-use crate::xds::{Snapshot, SnapshotError};
+use crate::xds::{encode, Snapshot};
 
 /// What one [`Publisher::update`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +31,16 @@ pub enum Outcome {
     Unchanged,
     /// The config could not be encoded; the last published one stays.
     Failed,
+}
+
+/// Where the last [`Publisher::update`] spent its time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timings {
+    pub translate: Duration,
+    /// Comparing with the last config and encoding what differs.
+    pub encode: Duration,
+    /// Patching the last snapshot.
+    pub snapshot: Duration,
 }
 
 /// Holds the sending side of both channels and what was last published.
@@ -38,6 +54,7 @@ pub struct Publisher {
     /// change, and repeating them all on each edit would bury the new ones.
     reported: BTreeSet<String>,
     metrics: Arc<Metrics>,
+    timings: Timings,
 }
 
 impl Publisher {
@@ -50,6 +67,7 @@ impl Publisher {
             last: None,
             reported: BTreeSet::new(),
             metrics,
+            timings: Timings::default(),
         }
     }
 
@@ -59,6 +77,11 @@ impl Publisher {
 
     pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.subscribe()
+    }
+
+    /// The split of the last update's time.
+    pub fn timings(&self) -> Timings {
+        self.timings
     }
 
     /// Logs the scan's problems, translates the store and publishes the
@@ -71,7 +94,9 @@ impl Publisher {
         self.metrics
             .set(&self.metrics.object_errors, store.errors().len());
 
+        let started = Instant::now();
         let translation = translate(store, &self.opts);
+        let translated = Instant::now();
         let current: BTreeSet<String> = translation.errors.iter().map(|e| e.to_string()).collect();
         for e in current.difference(&self.reported) {
             warn!(error = %e, "object not translated (or translated in part)");
@@ -80,10 +105,25 @@ impl Publisher {
             .set(&self.metrics.translation_errors, current.len());
         self.reported = current;
 
-        if self.last.as_deref() == Some(&translation.config) {
+        let empty = LocalConfig::default();
+        let diff = encode::diff(
+            self.last.as_deref().unwrap_or(&empty),
+            &translation.config,
+            &self.opts.network,
+        );
+        let encoded = Instant::now();
+        self.timings = Timings {
+            translate: translated - started,
+            encode: encoded - translated,
+            snapshot: Duration::ZERO,
+        };
+        // The first config is published even if empty: readiness waits on it.
+        if self.last.is_some() && diff.is_empty() {
             return Outcome::Unchanged;
         }
-        let snapshot = match build_snapshot(&translation.config, &self.opts.network) {
+        let mut patch = self.snapshots.borrow().patch();
+        diff.apply_to(&mut patch);
+        let snapshot = match patch.apply() {
             Ok(s) => s,
             Err(e) => {
                 self.metrics
@@ -93,6 +133,7 @@ impl Publisher {
                 return Outcome::Failed;
             }
         };
+        self.timings.snapshot = encoded.elapsed();
         let config = Arc::new(translation.config);
         let version = snapshot.version().to_string();
         info!(
@@ -104,17 +145,25 @@ impl Publisher {
         );
         self.metrics.published(&config, &version);
         // send_replace: the value must change even while no stream listens.
-        self.mesh.send_replace(config.clone());
-        self.snapshots.send_replace(Arc::new(snapshot));
-        self.last = Some(config);
+        let old_mesh = self.mesh.send_replace(config.clone());
+        let old_snapshot = self.snapshots.send_replace(Arc::new(snapshot));
+        let old_last = self.last.replace(config);
+        retire((old_mesh, old_snapshot, old_last));
         Outcome::Published(version)
     }
 }
 
-fn build_snapshot(config: &LocalConfig, network: &str) -> Result<Snapshot, SnapshotError> {
-    let mut builder = Snapshot::builder();
-    builder.add_all(trellis_api::xds::encode_config(config, network))?;
-    Ok(builder.build())
+/// Frees what the last publish replaced away from the caller: the old
+/// config is a hundred thousand workloads at scale, tens of milliseconds
+/// of frees that would otherwise delay the next change.
+fn retire<T: Send + 'static>(old: T) {
+    let spawned = std::thread::Builder::new()
+        .name("retire".into())
+        .spawn(move || drop(old));
+    if let Err(e) = spawned {
+        // Dropped here instead (the closure went with the error).
+        debug!(error = %e, "cannot start a thread to free the old config; freed inline");
+    }
 }
 
 #[cfg(test)]
@@ -183,5 +232,63 @@ status: { phase: Running, podIP: 10.0.0.1 }
         assert!(mesh.borrow().workloads.is_empty());
         assert_eq!(metrics.read().publishes, 2);
         assert_eq!(metrics.read().object_errors, 0);
+    }
+
+    const SVC: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: s1, namespace: demo }
+spec: { clusterIP: VIP, selector: { app: x }, ports: [{ port: 80 }] }
+"#;
+
+    #[test]
+    fn a_snapshot_conflict_keeps_the_last_published_and_a_fix_patches_from_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("a.yaml"), POD).expect("write");
+        let mut dir = ManifestsDir::new(tmp.path());
+        let mut store = ObjectStore::new();
+        let metrics = Arc::new(Metrics::default());
+        let mut p = Publisher::new(TranslateOptions::default(), metrics.clone());
+        let snapshots = p.snapshots();
+        assert!(matches!(
+            step(&mut p, &mut dir, &mut store),
+            Outcome::Published(_)
+        ));
+        let first = snapshots.borrow().clone();
+        let uid = "Kubernetes//Pod/demo/p1";
+        let names = |s: &Snapshot| -> Vec<String> {
+            let c = s.changes().expect("a published snapshot is a patch");
+            c.names.values().flatten().cloned().collect()
+        };
+        assert_eq!(names(&first), vec![uid.to_string()]);
+
+        // A service VIP equal to the pod's IP: both claim `/10.0.0.1`,
+        // which a snapshot refuses; the last published one stays.
+        std::fs::write(tmp.path().join("s.yaml"), SVC.replace("VIP", "10.0.0.1")).expect("write");
+        assert_eq!(step(&mut p, &mut dir, &mut store), Outcome::Failed);
+        assert_eq!(metrics.read().snapshot_failures, 1);
+        assert_eq!(snapshots.borrow().version(), first.version());
+
+        // Fixed: the new snapshot is patched from the last published one and
+        // names only the service.
+        std::fs::write(tmp.path().join("s.yaml"), SVC.replace("VIP", "10.96.0.1")).expect("write");
+        assert!(matches!(
+            step(&mut p, &mut dir, &mut store),
+            Outcome::Published(_)
+        ));
+        let fixed = snapshots.borrow().clone();
+        assert_eq!(
+            fixed.changes().map(|c| c.parent.as_str()),
+            Some(first.version())
+        );
+        assert_eq!(
+            names(&fixed),
+            vec!["demo/s1.demo.svc.cluster.local".to_string()]
+        );
+        let table = fixed.table(ADDRESS);
+        assert_eq!(table.len(), 2);
+        assert!(table.resolve("/10.0.0.1").is_some_and(|(n, _)| n == uid));
+        assert!(table.resolve("/10.96.0.1").is_some());
+        assert_eq!(metrics.read().publishes, 2);
     }
 }

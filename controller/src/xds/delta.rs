@@ -25,6 +25,12 @@
 //!   nonce it had), but it never causes a resend.
 //! - Unknown type URLs are ignored (as istiod does: no generator, no
 //!   response); the caller logs the event.
+//! - A snapshot patched from the one a type's state is in line with is
+//!   reconciled over the names it changed, plus the explicit names and
+//!   their members then and now (a member list can move without its
+//!   members changing); any other snapshot takes the whole path. Both give
+//!   the same answer (tests/incremental.rs), the first without visiting
+//!   the node's (or, for a waypoint, the mesh's) every resource.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -32,7 +38,7 @@ use trellis_api::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::snapshot::{Entry, Snapshot, ADDRESS, AUTHORIZATION, CONFIG_OBJECT, TYPE_URLS};
+use super::snapshot::{Entry, Snapshot, Table, ADDRESS, AUTHORIZATION, CONFIG_OBJECT, TYPE_URLS};
 use crate::auth::Caller;
 
 /// Bound on the names one stream may subscribe to per type: protects the
@@ -89,6 +95,10 @@ struct TypeState {
     /// Explicit names already answered as missing, so a miss is sent once.
     missing_sent: BTreeSet<String>,
     nonce: Option<String>,
+    /// The version of the snapshot `held` was last brought in line with.
+    seen: Option<String>,
+    /// Canonical names wanted through `names` (with their members) then.
+    explicit: BTreeSet<String>,
 }
 
 /// The delta state of one stream.
@@ -167,6 +177,8 @@ impl Stream {
             });
         }
 
+        let touched_subscriptions =
+            !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
         let mut fresh = BTreeSet::new();
         for name in req.resource_names_subscribe {
             if name == "*" {
@@ -203,12 +215,22 @@ impl Stream {
                     .resolve(&name)
                     .map(|(c, _)| c.to_string())
                     .unwrap_or(name);
-                if !wanted.contains_key(&canonical) {
+                if !wanted.contains_key(canonical.as_str()) {
                     state.held.remove(&canonical);
                 }
             }
         }
 
+        // An ACK that changes no subscription, against the snapshot already
+        // reconciled, cannot produce anything: skip the work (1,000 streams
+        // ACK every push).
+        let unchanged = !first
+            && fresh.is_empty()
+            && !touched_subscriptions
+            && state.seen.as_deref() == Some(snap.version());
+        if unchanged {
+            return Ok(out);
+        }
         let mut response = reconcile(&self.caller, &type_url, state, snap, &fresh);
         if first || !is_empty(&response) {
             let nonce = self.nonce();
@@ -229,7 +251,19 @@ impl Stream {
             let Some(state) = self.types.get_mut(&type_url) else {
                 continue;
             };
-            let mut response = reconcile(&self.caller, &type_url, state, snap, &BTreeSet::new());
+            if state.seen.as_deref() == Some(snap.version()) {
+                continue;
+            }
+            let mut response = match snap.changes() {
+                // The state is in line with the snapshot this one was patched
+                // from: only the changed names (and the explicit ones, whose
+                // members may have moved) can differ.
+                Some(c) if state.seen.as_deref() == Some(c.parent.as_str()) => {
+                    let changed = c.names.get(&type_url).cloned().unwrap_or_default();
+                    reconcile_changes(&self.caller, &type_url, state, snap, &changed)
+                }
+                _ => reconcile(&self.caller, &type_url, state, snap, &BTreeSet::new()),
+            };
             if is_empty(&response) {
                 continue;
             }
@@ -273,36 +307,16 @@ fn in_wildcard_scope(caller: &Caller, type_url: &str, entry: &Entry) -> bool {
 }
 
 /// Canonical name -> (entry, the explicit aliases that resolved to it).
-fn wanted<'s>(
-    caller: &Caller,
-    type_url: &str,
-    state: &TypeState,
-    snap: &'s Snapshot,
-) -> BTreeMap<String, (&'s Entry, Vec<String>)> {
+type Wanted<'s> = BTreeMap<&'s str, (&'s Entry, Vec<String>)>;
+
+/// What the explicit names bring: each name's entry (with the alias it was
+/// asked by) and the entry's members.
+fn explicit<'s>(type_url: &str, state: &TypeState, snap: &'s Snapshot) -> Wanted<'s> {
     let table = snap.table(type_url);
-    let mut wanted: BTreeMap<String, (&Entry, Vec<String>)> = BTreeMap::new();
-    if state.wildcard {
-        match (caller, type_url) {
-            // Scoped by node: only that node's entries, from the index.
-            (Caller::NodeProxy { node }, ADDRESS) => {
-                for (name, entry) in table.on_node(node) {
-                    wanted.insert(name.to_string(), (entry, Vec::new()));
-                }
-            }
-            _ => {
-                for (name, entry) in table.entries() {
-                    if in_wildcard_scope(caller, type_url, entry) {
-                        wanted.insert(name.to_string(), (entry, Vec::new()));
-                    }
-                }
-            }
-        }
-    }
+    let mut wanted = Wanted::new();
     for asked in &state.names {
         if let Some((canonical, entry)) = table.resolve(asked) {
-            let slot = wanted
-                .entry(canonical.to_string())
-                .or_insert((entry, Vec::new()));
+            let slot = wanted.entry(canonical).or_insert((entry, Vec::new()));
             if asked != canonical {
                 slot.1.push(asked.clone());
             }
@@ -311,12 +325,52 @@ fn wanted<'s>(
             // names to ask. They stay while the service is subscribed.
             for member in &entry.members {
                 if let Some((m, e)) = table.resolve(member) {
-                    wanted.entry(m.to_string()).or_insert((e, Vec::new()));
+                    wanted.entry(m).or_insert((e, Vec::new()));
                 }
             }
         }
     }
     wanted
+}
+
+/// Everything the client should hold: the wildcard's scope and the
+/// explicit names.
+fn wanted<'s>(
+    caller: &Caller,
+    type_url: &str,
+    state: &TypeState,
+    snap: &'s Snapshot,
+) -> Wanted<'s> {
+    let table = snap.table(type_url);
+    let mut wanted = explicit(type_url, state, snap);
+    if state.wildcard {
+        match (caller, type_url) {
+            // Scoped by node: only that node's entries, from the index.
+            (Caller::NodeProxy { node }, ADDRESS) => {
+                for (name, entry) in table.on_node(node) {
+                    wanted.entry(name).or_insert((entry, Vec::new()));
+                }
+            }
+            _ => {
+                for (name, entry) in table.entries() {
+                    if in_wildcard_scope(caller, type_url, entry) {
+                        wanted.entry(name).or_insert((entry, Vec::new()));
+                    }
+                }
+            }
+        }
+    }
+    wanted
+}
+
+fn resource(name: &str, entry: &Entry, aliases: &[String]) -> Resource {
+    Resource {
+        name: name.to_string(),
+        version: entry.version.clone(),
+        resource: Some(entry.resource.clone()),
+        aliases: aliases.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// Brings what the client holds in line with what it wants; `fresh` are
@@ -337,22 +391,16 @@ fn reconcile(
         .collect();
     let mut response = DeltaDiscoveryResponse::default();
     for (name, (entry, aliases)) in &wanted {
-        let changed = state.held.get(name) != Some(&entry.version);
-        if changed || fresh_canonical.contains(name.as_str()) {
-            response.resources.push(Resource {
-                name: name.clone(),
-                version: entry.version.clone(),
-                resource: Some(entry.resource.clone()),
-                aliases: aliases.clone(),
-                ..Default::default()
-            });
-            state.held.insert(name.clone(), entry.version.clone());
+        let changed = state.held.get(*name) != Some(&entry.version);
+        if changed || fresh_canonical.contains(name) {
+            response.resources.push(resource(name, entry, aliases));
+            state.held.insert(name.to_string(), entry.version.clone());
         }
     }
     let mut gone: Vec<String> = state
         .held
         .keys()
-        .filter(|n| !wanted.contains_key(*n))
+        .filter(|n| !wanted.contains_key(n.as_str()))
         .cloned()
         .collect();
     gone.sort();
@@ -360,6 +408,66 @@ fn reconcile(
         state.held.remove(name);
     }
     response.removed_resources = gone;
+    state.explicit = explicit(type_url, state, snap)
+        .into_keys()
+        .map(str::to_string)
+        .collect();
+    answer_missing(state, snap.table(type_url), &mut response);
+    state.seen = Some(snap.version().to_string());
+    response
+}
+
+/// [`reconcile`] for a snapshot patched from the one the state is in line
+/// with, looking only at what can differ: the `changed` names, and the
+/// explicit names and members then and now. A name outside those keeps its
+/// entry, so the wildcard's verdict on it is the same as before.
+fn reconcile_changes(
+    caller: &Caller,
+    type_url: &str,
+    state: &mut TypeState,
+    snap: &Snapshot,
+    changed: &BTreeSet<String>,
+) -> DeltaDiscoveryResponse {
+    let table = snap.table(type_url);
+    let now = explicit(type_url, state, snap);
+    let mut check: BTreeSet<&str> = changed.iter().map(String::as_str).collect();
+    check.extend(now.keys().copied());
+    check.extend(state.explicit.iter().map(String::as_str));
+    let mut response = DeltaDiscoveryResponse::default();
+    let mut gone = Vec::new();
+    for name in check {
+        let want = match now.get(name) {
+            Some((entry, aliases)) => Some((*entry, aliases.as_slice())),
+            None => table
+                .get(name)
+                .filter(|e| state.wildcard && in_wildcard_scope(caller, type_url, e))
+                .map(|e| (&**e, &[][..])),
+        };
+        match want {
+            Some((entry, aliases)) => {
+                if state.held.get(name) != Some(&entry.version) {
+                    response.resources.push(resource(name, entry, aliases));
+                    state.held.insert(name.to_string(), entry.version.clone());
+                }
+            }
+            None => {
+                if state.held.remove(name).is_some() {
+                    gone.push(name.to_string());
+                }
+            }
+        }
+    }
+    response.removed_resources = gone;
+    state.explicit = now.into_keys().map(str::to_string).collect();
+    answer_missing(state, table, &mut response);
+    state.seen = Some(snap.version().to_string());
+    response
+}
+
+/// Explicit names that resolve to nothing are answered once in
+/// `removed_resources`, so the client stops waiting; once one exists again
+/// it is sent (as wanted) and forgotten here.
+fn answer_missing(state: &mut TypeState, table: &Table, response: &mut DeltaDiscoveryResponse) {
     for asked in &state.names {
         if table.resolve(asked).is_none()
             && !state.missing_sent.contains(asked)
@@ -368,8 +476,6 @@ fn reconcile(
             response.removed_resources.push(asked.clone());
         }
     }
-    // A name answered as missing is remembered so a snapshot change does not
-    // repeat it; once it exists again it is sent and forgotten here.
     let names = &state.names;
     state
         .missing_sent
@@ -379,7 +485,6 @@ fn reconcile(
             state.missing_sent.insert(asked.clone());
         }
     }
-    response
 }
 
 #[cfg(test)]

@@ -2,12 +2,16 @@
 //! each with a content-hash version, the node it belongs to (workloads) and
 //! the aliases it can be looked up by on demand.
 //!
-//! The lead rebuilds a whole [`Snapshot`] whenever the mesh changes and
-//! publishes it as `Arc<Snapshot>` on a `tokio::sync::watch` channel; the
-//! delta engine diffs each client against it.
+//! The first [`Snapshot`] is built whole; each mesh change after it is a
+//! [`SnapshotPatch`] of the previous one, sharing every entry it does not
+//! touch and naming the ones it does ([`Changes`]). It is published as
+//! `Arc<Snapshot>` on a `tokio::sync::watch` channel; the delta engine
+//! diffs each client against it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+use super::cow_map::CowMap;
 
 /// `istio.workload.Address` (a Workload or a Service).
 pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
@@ -36,28 +40,33 @@ pub struct Entry {
     pub members: Vec<String>,
 }
 
-/// The resources of one type URL.
+/// The resources of one type URL. Cloning shares everything (see
+/// [`CowMap`]); a patched snapshot copies only the shards it changes.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
-    entries: BTreeMap<String, Arc<Entry>>,
+    entries: CowMap<Arc<Entry>>,
     /// alias -> canonical name.
-    aliases: HashMap<String, String>,
+    aliases: CowMap<String>,
     /// node -> canonical names of the entries on it, so a node proxy's
     /// wildcard is found without scanning the mesh (1,000 streams x 100k
     /// entries per change otherwise).
-    by_node: HashMap<String, Vec<String>>,
+    by_node: CowMap<Arc<BTreeSet<String>>>,
 }
 
 impl Table {
     /// The entry named `name` (canonical), or reached by the alias `name`,
     /// with its canonical name.
     pub fn resolve(&self, name: &str) -> Option<(&str, &Arc<Entry>)> {
-        if let Some((k, e)) = self.entries.get_key_value(name) {
-            return Some((k.as_str(), e));
+        if let Some(found) = self.entries.get_key_value(name) {
+            return Some(found);
         }
         let canonical = self.aliases.get(name)?;
-        let (k, e) = self.entries.get_key_value(canonical)?;
-        Some((k.as_str(), e))
+        self.entries.get_key_value(canonical)
+    }
+
+    /// The entry named `name` (canonical only).
+    pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.entries.get(name)
     }
 
     /// The entries on `node`, by canonical name.
@@ -65,14 +74,13 @@ impl Table {
         self.by_node
             .get(node)
             .into_iter()
-            .flatten()
+            .flat_map(|names| names.iter())
             .filter_map(|n| self.entries.get_key_value(n))
-            .map(|(k, v)| (k.as_str(), v))
     }
 
-    /// All entries by canonical name.
+    /// All entries by canonical name, in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &Arc<Entry>)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+        self.entries.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -82,13 +90,107 @@ impl Table {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Adds `entry` as `name`, which must not be present. The checks are
+    /// those of a whole build: a name and its aliases are unique per table.
+    fn insert(
+        &mut self,
+        type_url: &str,
+        name: String,
+        entry: Arc<Entry>,
+    ) -> Result<(), SnapshotError> {
+        if name.is_empty() {
+            return Err(SnapshotError::EmptyName {
+                type_url: type_url.to_string(),
+            });
+        }
+        if entry.resource.type_url != type_url {
+            return Err(SnapshotError::TypeMismatch {
+                type_url: type_url.to_string(),
+                name,
+                any_type_url: entry.resource.type_url.clone(),
+            });
+        }
+        if self.entries.contains_key(&name) {
+            return Err(SnapshotError::Duplicate {
+                type_url: type_url.to_string(),
+                name,
+            });
+        }
+        if let Some(other) = self.aliases.get(&name) {
+            return Err(SnapshotError::AliasTaken {
+                type_url: type_url.to_string(),
+                alias: name.clone(),
+                name,
+                other: other.clone(),
+            });
+        }
+        for alias in &entry.aliases {
+            let other = self
+                .aliases
+                .get(alias)
+                .cloned()
+                .or_else(|| self.entries.contains_key(alias).then(|| alias.clone()))
+                .or_else(|| (*alias == name).then(|| name.clone()));
+            if let Some(other) = other {
+                return Err(SnapshotError::AliasTaken {
+                    type_url: type_url.to_string(),
+                    name,
+                    alias: alias.clone(),
+                    other,
+                });
+            }
+        }
+        for alias in &entry.aliases {
+            self.aliases.insert(alias.clone(), name.clone());
+        }
+        if let Some(node) = &entry.node {
+            Arc::make_mut(self.by_node.entry_or_insert_with(node, Arc::default))
+                .insert(name.clone());
+        }
+        self.entries.insert(name, entry);
+        Ok(())
+    }
+
+    /// Takes `name` out with its aliases and node index.
+    fn remove(&mut self, name: &str) -> Option<Arc<Entry>> {
+        let entry = self.entries.remove(name)?;
+        for alias in &entry.aliases {
+            if self.aliases.get(alias).map(String::as_str) == Some(name) {
+                self.aliases.remove(alias);
+            }
+        }
+        if let Some(node) = &entry.node {
+            if let Some(names) = self.by_node.get_mut(node) {
+                Arc::make_mut(names).remove(name);
+                if names.is_empty() {
+                    self.by_node.remove(node);
+                }
+            }
+        }
+        Some(entry)
+    }
+}
+
+/// Which resources differ from the snapshot this one was patched from.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    /// The version of that snapshot.
+    pub parent: String,
+    /// Per type URL, the canonical names added, changed (content, node,
+    /// aliases or members) or removed.
+    pub names: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Everything the server serves at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    tables: HashMap<String, Table>,
+    tables: BTreeMap<String, Table>,
+    /// The sum of every entry's hash: a patch updates it with the entries it
+    /// touches instead of hashing the whole mesh again.
+    sum: u128,
     version: String,
+    changes: Option<Arc<Changes>>,
 }
 
 static EMPTY: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
@@ -98,6 +200,15 @@ impl Snapshot {
         SnapshotBuilder::default()
     }
 
+    /// A new snapshot made of this one and some changes.
+    pub fn patch(&self) -> SnapshotPatch {
+        SnapshotPatch {
+            base: self.clone(),
+            removed: Vec::new(),
+            upserts: Vec::new(),
+        }
+    }
+
     /// The table of `type_url` (empty if it has no resources).
     pub fn table(&self, type_url: &str) -> &Table {
         self.tables
@@ -105,10 +216,21 @@ impl Snapshot {
             .unwrap_or_else(|| EMPTY.get_or_init(Table::default))
     }
 
-    /// A hash over every resource's name and version: informational
-    /// (`system_version_info`), equal for equal contents.
+    /// A hash over every resource's type, name, version, node, aliases and
+    /// members (`system_version_info`): equal for equal contents.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// What changed from the snapshot this one was patched from; `None` for
+    /// a snapshot built whole.
+    pub fn changes(&self) -> Option<&Changes> {
+        self.changes.as_deref()
+    }
+
+    fn seal(mut self) -> Snapshot {
+        self.version = format!("{:032x}", self.sum);
+        self
     }
 }
 
@@ -136,10 +258,25 @@ pub enum SnapshotError {
     NoSuchEntry { type_url: String, name: String },
 }
 
+fn new_entry(
+    any: prost_types::Any,
+    node: Option<String>,
+    aliases: Vec<String>,
+    members: Vec<String>,
+) -> Entry {
+    Entry {
+        version: content_version(&any),
+        resource: any,
+        node,
+        aliases,
+        members,
+    }
+}
+
 /// Collects resources, then [`SnapshotBuilder::build`]s a [`Snapshot`].
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
-    tables: HashMap<String, Table>,
+    snapshot: Snapshot,
 }
 
 impl SnapshotBuilder {
@@ -154,71 +291,13 @@ impl SnapshotBuilder {
         aliases: Vec<String>,
         any: prost_types::Any,
     ) -> Result<&mut Self, SnapshotError> {
-        let name = name.into();
-        if name.is_empty() {
-            return Err(SnapshotError::EmptyName {
-                type_url: type_url.to_string(),
-            });
-        }
-        if any.type_url != type_url {
-            return Err(SnapshotError::TypeMismatch {
-                type_url: type_url.to_string(),
-                name,
-                any_type_url: any.type_url,
-            });
-        }
-        let table = self.tables.entry(type_url.to_string()).or_default();
-        if table.entries.contains_key(&name) {
-            return Err(SnapshotError::Duplicate {
-                type_url: type_url.to_string(),
-                name,
-            });
-        }
-        if let Some(other) = table.aliases.get(&name) {
-            return Err(SnapshotError::AliasTaken {
-                type_url: type_url.to_string(),
-                alias: name.clone(),
-                name,
-                other: other.clone(),
-            });
-        }
-        for alias in &aliases {
-            let other = table
-                .aliases
-                .get(alias)
-                .cloned()
-                .or_else(|| table.entries.contains_key(alias).then(|| alias.clone()))
-                .or_else(|| (*alias == name).then(|| name.clone()));
-            if let Some(other) = other {
-                return Err(SnapshotError::AliasTaken {
-                    type_url: type_url.to_string(),
-                    name,
-                    alias: alias.clone(),
-                    other,
-                });
-            }
-        }
-        for alias in &aliases {
-            table.aliases.insert(alias.clone(), name.clone());
-        }
-        let version = content_version(&any);
-        if let Some(n) = &node {
-            table
-                .by_node
-                .entry(n.clone())
-                .or_default()
-                .push(name.clone());
-        }
-        table.entries.insert(
-            name,
-            Arc::new(Entry {
-                version,
-                resource: any,
-                node,
-                aliases,
-                members: Vec::new(),
-            }),
-        );
+        let entry = Arc::new(new_entry(any, node, aliases, Vec::new()));
+        let table = self
+            .snapshot
+            .tables
+            .entry(type_url.to_string())
+            .or_default();
+        table.insert(type_url, name.into(), entry)?;
         Ok(self)
     }
 
@@ -231,6 +310,7 @@ impl SnapshotBuilder {
         members: Vec<String>,
     ) -> Result<&mut Self, SnapshotError> {
         let entry = self
+            .snapshot
             .tables
             .get_mut(type_url)
             .and_then(|t| t.entries.get_mut(name))
@@ -258,22 +338,123 @@ impl SnapshotBuilder {
         Ok(self)
     }
 
-    pub fn build(self) -> Snapshot {
-        let mut h = Fnv128::new();
-        let mut types: Vec<_> = self.tables.iter().collect();
-        types.sort_by(|a, b| a.0.cmp(b.0));
-        for (type_url, table) in types {
-            h.write(type_url.as_bytes());
-            for (name, e) in &table.entries {
-                h.write(name.as_bytes());
-                h.write(e.version.as_bytes());
+    pub fn build(mut self) -> Snapshot {
+        let mut sum = 0u128;
+        for (type_url, table) in &self.snapshot.tables {
+            for (name, e) in table.entries() {
+                sum = sum.wrapping_add(entry_hash(type_url, name, e));
             }
         }
-        Snapshot {
-            tables: self.tables,
-            version: h.hex(),
+        self.snapshot.sum = sum;
+        self.snapshot.seal()
+    }
+}
+
+/// A snapshot being derived from another: removals and upserts are
+/// collected, then [`SnapshotPatch::apply`] makes the new snapshot. The
+/// base is never modified, so a failed patch leaves the published one.
+#[derive(Debug)]
+pub struct SnapshotPatch {
+    base: Snapshot,
+    removed: Vec<(String, String)>,
+    upserts: Vec<(String, String, Entry)>,
+}
+
+impl SnapshotPatch {
+    /// `name` of `type_url` is gone (nothing if it was not there).
+    pub fn remove(&mut self, type_url: &str, name: impl Into<String>) -> &mut Self {
+        self.removed.push((type_url.to_string(), name.into()));
+        self
+    }
+
+    /// `name` of `type_url` is now `any` with this node, these aliases and
+    /// members; added if new. Unchanged resources keep their entry.
+    pub fn upsert(&mut self, object: trellis_api::xds::XdsObject) -> &mut Self {
+        let entry = new_entry(object.resource, object.node, object.aliases, object.members);
+        self.upserts
+            .push((object.type_url.to_string(), object.name, entry));
+        self
+    }
+
+    /// The new snapshot, with its [`Changes`] against the base. Every
+    /// touched name is taken out before any is put back, so the result is
+    /// the same whatever order the changes came in, and the checks are
+    /// those of a whole build.
+    pub fn apply(self) -> Result<Snapshot, SnapshotError> {
+        let SnapshotPatch {
+            base,
+            removed,
+            upserts,
+        } = self;
+        let parent = base.version.clone();
+        let mut next = base;
+        next.changes = None;
+        let mut old: HashMap<(String, String), Arc<Entry>> = HashMap::new();
+        let touched = removed
+            .iter()
+            .map(|(t, n)| (t, n))
+            .chain(upserts.iter().map(|(t, n, _)| (t, n)));
+        for (type_url, name) in touched {
+            let Some(table) = next.tables.get_mut(type_url.as_str()) else {
+                continue;
+            };
+            if let Some(e) = table.remove(name) {
+                next.sum = next.sum.wrapping_sub(entry_hash(type_url, name, &e));
+                old.insert((type_url.clone(), name.clone()), e);
+            }
+        }
+        let mut changes = Changes {
+            parent,
+            names: BTreeMap::new(),
+        };
+        let mut put: BTreeSet<(String, String)> = BTreeSet::new();
+        for (type_url, name, entry) in upserts {
+            let key = (type_url, name);
+            // An unchanged resource keeps its shared entry and is no change.
+            let entry = match old.get(&key) {
+                Some(e) if **e == entry => e.clone(),
+                _ => {
+                    changes
+                        .names
+                        .entry(key.0.clone())
+                        .or_default()
+                        .insert(key.1.clone());
+                    Arc::new(entry)
+                }
+            };
+            next.sum = next.sum.wrapping_add(entry_hash(&key.0, &key.1, &entry));
+            let table = next.tables.entry(key.0.clone()).or_default();
+            table.insert(&key.0, key.1.clone(), entry)?;
+            put.insert(key);
+        }
+        for (key, _) in old {
+            if !put.contains(&key) {
+                changes.names.entry(key.0).or_default().insert(key.1);
+            }
+        }
+        next.tables.retain(|_, t| !t.is_empty());
+        next.changes = Some(Arc::new(changes));
+        Ok(next.seal())
+    }
+}
+
+/// One entry's share of the snapshot version: everything a client can be
+/// sent about it, so equal versions serve equal contents (streams skip a
+/// snapshot whose version they have already reconciled).
+fn entry_hash(type_url: &str, name: &str, e: &Entry) -> u128 {
+    let mut h = Fnv128::new();
+    h.write(type_url.as_bytes());
+    h.write(name.as_bytes());
+    h.write(e.version.as_bytes());
+    h.write(e.node.as_deref().unwrap_or("").as_bytes());
+    h.write(&[u8::from(e.node.is_some())]);
+    for list in [&e.aliases, &e.members] {
+        h.write(&(list.len() as u64).to_le_bytes());
+        for x in list {
+            h.write(x.as_bytes());
         }
     }
+    h.0
 }
 
 /// FNV-1a (128 bit) of the Any: a fixed algorithm with no per-process seed,

@@ -290,3 +290,28 @@ fn endpoint_slices_are_parsed_and_checked() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn of_kind_gives_exactly_that_kind_in_key_order() {
+    let mut s = ObjectStore::new();
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n";
+    let svc2 = SVC
+        .replace("name: s1", "name: s0")
+        .replace("198.18.128.1", "198.18.128.2");
+    let text = format!("---\n{SVC}\n---\n{POD}\n---\n{ns}\n---\n{svc2}\n");
+    let errs = s.load_text("a.yaml", &text, false);
+    assert!(errs.is_empty(), "{:?}", texts(&errs));
+    let of = |kind| -> Vec<ObjectKey> { s.of_kind(kind).map(|(k, _)| k.clone()).collect() };
+    assert_eq!(
+        of(Kind::Service),
+        vec![
+            key(Kind::Service, "demo", "s0"),
+            key(Kind::Service, "demo", "s1")
+        ]
+    );
+    assert_eq!(of(Kind::Pod), vec![key(Kind::Pod, "demo", "p1")]);
+    assert_eq!(of(Kind::Namespace), vec![key(Kind::Namespace, "", "demo")]);
+    assert!(of(Kind::Gateway).is_empty());
+    let all: usize = Kind::ALL.iter().map(|k| s.of_kind(*k).count()).sum();
+    assert_eq!(all, s.len());
+}

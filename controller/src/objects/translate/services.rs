@@ -3,9 +3,10 @@
 //! EndpointSlices are not read: selectors give the same set for the
 //! objects the folder holds, and need no controller to keep them current.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use ahash::AHashMap;
 use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use trellis_api::config::{Service, ServicePort};
@@ -31,18 +32,19 @@ pub(crate) fn translate_all(
     // A selector only selects in its own namespace: index the workloads by
     // namespace once, so services x pods stays per namespace, not mesh-wide
     // (10k services x 100k pods would be 10^9 label checks).
-    let mut by_ns: HashMap<&str, Vec<&Source>> = HashMap::new();
+    let mut by_ns: AHashMap<&str, Candidates> = AHashMap::new();
     for w in workloads {
         by_ns.entry(w.key.namespace.as_str()).or_default().push(w);
     }
     for (key, obj) in store.of_kind(Kind::Service) {
         let Object::Service(svc) = obj else { continue };
         let ns = ns_labels.get(key.namespace.as_str()).copied();
+        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
         let in_ns = by_ns
             .get(key.namespace.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let Some(mut s) = one(key, svc, in_ns, errors) else {
+            .map(|c| c.for_selector(selector))
+            .unwrap_or_default();
+        let Some(mut s) = one(key, svc, &in_ns, errors) else {
             continue;
         };
         if let Some(vip) = s.vips.iter().find(|v| taken.contains(&v.to_canonical())) {
@@ -64,7 +66,45 @@ pub(crate) fn translate_all(
     out
 }
 
-/// `workloads`: those in the service's namespace, in key order.
+/// The workloads of one namespace, and by each label (key and value)
+/// those carrying it: a selector is checked only against the workloads
+/// having its rarest label (a thousand pods per namespace and a hundred
+/// services would be 10^7 checks at 100k pods otherwise).
+#[derive(Default)]
+struct Candidates<'w, 'a> {
+    all: Vec<&'w Source<'a>>,
+    by_label: AHashMap<(&'a str, &'a str), Vec<usize>>,
+}
+
+impl<'w, 'a> Candidates<'w, 'a> {
+    fn push(&mut self, w: &'w Source<'a>) {
+        for (k, v) in w.labels.into_iter().flatten() {
+            self.by_label
+                .entry((k.as_str(), v.as_str()))
+                .or_default()
+                .push(self.all.len());
+        }
+        self.all.push(w);
+    }
+
+    /// A superset of what `selector` selects, in key order; none for an
+    /// empty selector (which selects nothing).
+    fn for_selector(&self, selector: Option<&labels::Labels>) -> Vec<&'w Source<'a>> {
+        let rarest = selector.into_iter().flatten().map(|(k, v)| {
+            self.by_label
+                .get(&(k.as_str(), v.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        });
+        match rarest.min_by_key(|l| l.len()) {
+            Some(l) => l.iter().map(|&i| self.all[i]).collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// `workloads`: those in the service's namespace that may match its
+/// selector, in key order.
 fn one(
     key: &ObjectKey,
     svc: &KService,

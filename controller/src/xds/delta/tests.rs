@@ -609,3 +609,5 @@ fn a_service_asked_by_name_brings_its_endpoints_while_subscribed() {
         Err(SnapshotError::NoSuchEntry { .. })
     ));
 }
+
+mod incremental;
