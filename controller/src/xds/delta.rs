@@ -9,13 +9,22 @@
 //! - Wildcard scope depends on the caller: a node proxy gets the Addresses
 //!   on its own node and every Authorization (nothing of ConfigObject); a
 //!   waypoint gets everything of the three types. Anything else only by name.
+//! - A node proxy gets its own node's workloads even without the wildcard:
+//!   an on-demand client (ztunnel with `XDS_ON_DEMAND`, which subscribes and
+//!   unsubscribes "*" at once) waits for the pods it serves and never asks
+//!   for them by name (istiod pushes node-local pods to it too).
 //! - A name asked for explicitly brings its members (a service, its
 //!   endpoint workloads), as istiod answers an on-demand service lookup.
 //! - A name may be an alias (e.g. `network/ip`). Like istiod, the resource is
 //!   sent under its canonical name, with the aliases the client asked for in
-//!   `Resource.aliases`, and the alias is never listed in `removed_resources`:
-//!   the client sees its lookup resolved. A name that resolves to nothing is
-//!   answered once in `removed_resources`, so the client stops waiting.
+//!   `Resource.aliases`. The response that answers an alias also lists it in
+//!   `removed_resources`: ztunnel reads no aliases and waits on an on-demand
+//!   lookup until a response names it (nothing is ever held under an alias,
+//!   so this removes nothing). A name that resolves to nothing is answered
+//!   once in `removed_resources`, so the client stops waiting.
+//! - On a non-wildcard stream, the names in the first request's
+//!   `initial_resource_versions` stay subscribed (ztunnel's on-demand
+//!   reconnect; istiod does the same).
 //! - A newly subscribed name that resolves is always sent, even if the client
 //!   holds that version: it is waiting for an answer to that name.
 //! - After a NACK the sent versions stay recorded as held, so the same
@@ -188,12 +197,6 @@ impl Stream {
                 fresh.insert(name);
             }
         }
-        if state.names.len() > MAX_NAMES_PER_TYPE {
-            return Err(ProtocolError::TooManyNames {
-                type_url,
-                max: MAX_NAMES_PER_TYPE,
-            });
-        }
         let mut dropped = Vec::new();
         for name in req.resource_names_unsubscribe {
             if name == "*" {
@@ -204,6 +207,20 @@ impl Stream {
                 fresh.remove(&name);
                 dropped.push(name);
             }
+        }
+        if first && !state.wildcard {
+            // ztunnel in on-demand mode reconnects with what it holds in
+            // initial_resource_versions and does not subscribe to those names
+            // again; like istiod, take them as still subscribed, so it keeps
+            // getting their updates instead of losing them at every reconnect.
+            let held: Vec<String> = state.held.keys().cloned().collect();
+            state.names.extend(held);
+        }
+        if state.names.len() > MAX_NAMES_PER_TYPE {
+            return Err(ProtocolError::TooManyNames {
+                type_url,
+                max: MAX_NAMES_PER_TYPE,
+            });
         }
         if !dropped.is_empty() {
             // An unsubscribed name that nothing else covers stops being
@@ -293,6 +310,15 @@ fn finish(r: &mut DeltaDiscoveryResponse, type_url: &str, snap: &Snapshot, nonce
     r.nonce = nonce.to_string();
 }
 
+/// Whether `caller` gets `entry` without naming it: a node proxy its own
+/// node's workloads always, the rest of its scope with the wildcard.
+fn in_scope(caller: &Caller, type_url: &str, wildcard: bool, entry: &Entry) -> bool {
+    match (caller, type_url) {
+        (Caller::NodeProxy { node }, ADDRESS) => entry.node.as_deref() == Some(node.as_str()),
+        _ => wildcard && in_wildcard_scope(caller, type_url, entry),
+    }
+}
+
 /// Whether a wildcard subscription of `caller` covers `entry`.
 fn in_wildcard_scope(caller: &Caller, type_url: &str, entry: &Entry) -> bool {
     match caller {
@@ -333,8 +359,8 @@ fn explicit<'s>(type_url: &str, state: &TypeState, snap: &'s Snapshot) -> Wanted
     wanted
 }
 
-/// Everything the client should hold: the wildcard's scope and the
-/// explicit names.
+/// Everything the client should hold: what it gets unasked ([`in_scope`])
+/// and the explicit names.
 fn wanted<'s>(
     caller: &Caller,
     type_url: &str,
@@ -343,22 +369,21 @@ fn wanted<'s>(
 ) -> Wanted<'s> {
     let table = snap.table(type_url);
     let mut wanted = explicit(type_url, state, snap);
-    if state.wildcard {
-        match (caller, type_url) {
-            // Scoped by node: only that node's entries, from the index.
-            (Caller::NodeProxy { node }, ADDRESS) => {
-                for (name, entry) in table.on_node(node) {
+    match (caller, type_url) {
+        // A node proxy's own node, wildcard or not, from the index.
+        (Caller::NodeProxy { node }, ADDRESS) => {
+            for (name, entry) in table.on_node(node) {
+                wanted.entry(name).or_insert((entry, Vec::new()));
+            }
+        }
+        _ if state.wildcard => {
+            for (name, entry) in table.entries() {
+                if in_wildcard_scope(caller, type_url, entry) {
                     wanted.entry(name).or_insert((entry, Vec::new()));
                 }
             }
-            _ => {
-                for (name, entry) in table.entries() {
-                    if in_wildcard_scope(caller, type_url, entry) {
-                        wanted.entry(name).or_insert((entry, Vec::new()));
-                    }
-                }
-            }
         }
+        _ => {}
     }
     wanted
 }
@@ -408,6 +433,18 @@ fn reconcile(
         state.held.remove(name);
     }
     response.removed_resources = gone;
+    // A fresh name that resolved through an alias is also listed as removed:
+    // ztunnel ignores `aliases` and releases an on-demand lookup only when a
+    // response names it, as a resource or a removal. Nothing is held under
+    // an alias, so the removal takes nothing from any client.
+    for asked in fresh {
+        if table
+            .resolve(asked)
+            .is_some_and(|(c, _)| c != asked.as_str())
+        {
+            response.removed_resources.push(asked.clone());
+        }
+    }
     state.explicit = explicit(type_url, state, snap)
         .into_keys()
         .map(str::to_string)
@@ -420,7 +457,7 @@ fn reconcile(
 /// [`reconcile`] for a snapshot patched from the one the state is in line
 /// with, looking only at what can differ: the `changed` names, and the
 /// explicit names and members then and now. A name outside those keeps its
-/// entry, so the wildcard's verdict on it is the same as before.
+/// entry, so the [`in_scope`] verdict on it is the same as before.
 fn reconcile_changes(
     caller: &Caller,
     type_url: &str,
@@ -440,7 +477,7 @@ fn reconcile_changes(
             Some((entry, aliases)) => Some((*entry, aliases.as_slice())),
             None => table
                 .get(name)
-                .filter(|e| state.wildcard && in_wildcard_scope(caller, type_url, e))
+                .filter(|e| in_scope(caller, type_url, state.wildcard, e))
                 .map(|e| (&**e, &[][..])),
         };
         match want {

@@ -272,19 +272,27 @@ fn wildcard_add_update_remove() {
 fn node_proxy_gets_another_nodes_workload_by_name_and_alias() {
     let s = snap(&[A1, B1], &[], &[]);
     let mut st = Stream::new(node("node-a"), "t");
-    // on-demand mode: "*" subscribed and unsubscribed together
+    // on-demand mode: "*" subscribed and unsubscribed together; the node's
+    // own workloads come without being asked for
     let out = st.on_request(&s, req(ADDRESS, &["*"], &["*"])).unwrap();
-    assert_eq!(
-        names(one(&out)),
-        (vec![], vec![]),
-        "first response even if empty"
-    );
+    assert_eq!(names(one(&out)), (vec!["a1"], vec![]));
 
     // (subscribe, sent, aliases on the sent resource, removed)
     type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
     let cases: &[Case] = &[
         ("b1", &["b1"], &[], &[]),
-        ("net/10.0.0.1", &["a1"], &["net/10.0.0.1"], &[]),
+        (
+            "net/10.0.1.1",
+            &["b1"],
+            &["net/10.0.1.1"],
+            &["net/10.0.1.1"],
+        ),
+        (
+            "net/10.0.0.1",
+            &["a1"],
+            &["net/10.0.0.1"],
+            &["net/10.0.0.1"],
+        ),
         ("net/10.9.9.9", &[], &[], &["net/10.9.9.9"]),
         ("nope", &[], &[], &["nope"]),
     ];
@@ -296,15 +304,16 @@ fn node_proxy_gets_another_nodes_workload_by_name_and_alias() {
             assert_eq!(res.aliases, aliases.to_vec(), "{name}");
         }
     }
-    // misses are not repeated on an unrelated snapshot change
-    let s2 = snap(&[A1, B1, A2], &[], &[]);
+    // misses and aliases are not repeated on an unrelated snapshot change
+    let c1 = ("c1", "node-c", [10, 0, 2, 1], "v1");
+    let s2 = snap(&[A1, B1, c1], &[], &[]);
     assert!(
         st.on_snapshot(&s2).responses.is_empty(),
-        "a2 is not subscribed; misses sent once"
+        "c1 is not subscribed; misses sent once"
     );
     // a missed name that appears is sent
     let s3 = snap(
-        &[A1, B1, A2, ("n", "node-c", [10, 9, 9, 9], "v1")],
+        &[A1, B1, c1, ("n", "node-c", [10, 9, 9, 9], "v1")],
         &[],
         &[],
     );
@@ -579,7 +588,8 @@ fn a_service_asked_by_name_brings_its_endpoints_while_subscribed() {
     st.on_request(&s, req(ADDRESS, &["*"], &["*"])).unwrap();
 
     // Asked by VIP: the service (with the alias) and its endpoint b1; a
-    // member that does not exist is skipped, not reported.
+    // member that does not exist is skipped, not reported. The VIP is
+    // echoed as removed so that ztunnel's lookup is released.
     let out = st
         .on_request(&s, req(ADDRESS, &["net/10.96.0.1"], &[]))
         .unwrap();
@@ -587,7 +597,7 @@ fn a_service_asked_by_name_brings_its_endpoints_while_subscribed() {
     sent.sort();
     assert_eq!(
         (sent, removed),
-        (vec!["b1", "default/web.default.svc"], vec![])
+        (vec!["b1", "default/web.default.svc"], vec!["net/10.96.0.1"])
     );
 
     // An endpoint moves from b1 to a1: a1 is sent and b1 removed.
@@ -611,3 +621,4 @@ fn a_service_asked_by_name_brings_its_endpoints_while_subscribed() {
 }
 
 mod incremental;
+mod ztunnel;

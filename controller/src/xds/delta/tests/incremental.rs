@@ -142,6 +142,17 @@ fn subscribers() -> Vec<(&'static str, Caller, Vec<DeltaDiscoveryRequest>)> {
             ],
         ),
         (
+            // ztunnel with XDS_ON_DEMAND: "*" subscribed and unsubscribed at
+            // once, its node's workloads unasked, then a lookup by VIP.
+            "ztunnel on demand",
+            node("node-a"),
+            vec![
+                req(ADDRESS, &["*"], &["*"]),
+                req(ADDRESS, &["net/10.96.0.1"], &[]),
+                req(AUTHORIZATION, &[], &[]),
+            ],
+        ),
+        (
             "waypoint",
             waypoint(),
             vec![req(ADDRESS, &["*"], &[]), req(AUTHORIZATION, &["*"], &[])],
