@@ -83,6 +83,16 @@ pub struct RunArgs {
     /// waypoint (manifests mode; Kubernetes mode uses TokenReview).
     #[arg(long, required_unless_present_any = ["kubeconfig", "in_cluster"], conflicts_with_all = ["kubeconfig", "in_cluster"])]
     pub tokens: Option<PathBuf>,
+    /// Kubernetes mode: an audience a proxy's token may be for; repeat for
+    /// several. Istio's ztunnel and proxies present a token for istio-ca. A
+    /// token for the API server's own audience is accepted as well.
+    #[arg(
+        long = "token-audience",
+        value_name = "AUDIENCE",
+        default_value = "istio-ca",
+        value_parser = audience
+    )]
+    pub token_audiences: Vec<String>,
     /// TLS gRPC port: xDS (AggregatedDiscoveryService) and the CA
     /// (IstioCertificateService).
     #[arg(long, default_value = "127.0.0.1:15012")]
@@ -180,6 +190,17 @@ fn server_name(s: &str) -> Result<String, String> {
         .map_err(|_| format!("{s:?} is not a valid DNS name"))
 }
 
+/// A token audience: any non-empty string without spaces (Kubernetes
+/// compares audiences as opaque strings).
+fn audience(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "token audience {s:?} must be non-empty and without spaces (e.g. istio-ca)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 fn log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
@@ -244,6 +265,7 @@ mod tests {
         assert_eq!(args.server_names(), DEFAULT_SERVER_NAMES);
         assert_eq!(args.poll, Duration::from_secs(1));
         assert_eq!(args.max_cert_validity, Duration::from_secs(24 * 3600));
+        assert_eq!(args.token_audiences, ["istio-ca"]);
         assert_eq!(args.translate_options(), TranslateOptions::default());
     }
 
@@ -263,6 +285,36 @@ mod tests {
             panic!("not run");
         };
         assert_eq!(args.server_names(), ["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn token_audiences_replace_the_default() {
+        // (flags, audiences, or the error's words)
+        type Case<'a> = (&'a [&'a str], Result<&'a [&'a str], &'a str>);
+        let cases: &[Case] = &[
+            (&[], Ok(&["istio-ca"])),
+            (&["--token-audience=a"], Ok(&["a"])),
+            (
+                &["--token-audience=a", "--token-audience=istio-ca"],
+                Ok(&["a", "istio-ca"]),
+            ),
+            (&["--token-audience="], Err("token audience")),
+            (&["--token-audience=a b"], Err("without spaces")),
+        ];
+        for (flags, want) in cases {
+            let mut argv = vec!["trellis-controller", "run", "--kubeconfig=k", "--ca-dir=c"];
+            argv.extend_from_slice(flags);
+            match (Cli::try_parse_from(argv), want) {
+                (Ok(cli), Ok(want)) => {
+                    let Command::Run(args) = cli.command else {
+                        panic!("not run");
+                    };
+                    assert_eq!(args.token_audiences, *want, "{flags:?}");
+                }
+                (Err(e), Err(words)) => assert!(e.to_string().contains(words), "{flags:?}: {e}"),
+                (got, want) => panic!("{flags:?}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

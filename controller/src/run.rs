@@ -132,6 +132,7 @@ pub async fn start(
             client.clone(),
             TokenReviewConfig {
                 trust_domain: args.trust_domain.clone(),
+                audiences: args.token_audiences.clone(),
                 ..Default::default()
             },
         )),

@@ -295,6 +295,31 @@ async fn broken_watches_resume_and_catch_up() {
 
 // ---- TokenReview ----------------------------------------------------------
 
+/// A token of `istio-system/ztunnel` bound to pod `ztunnel-a`, for
+/// `audience`, as a projected token volume gives one (Istio's ztunnel
+/// mounts one for `istio-ca`).
+fn audience_token(kube: &KubeApiServer, audience: &str) -> String {
+    kube.kubectl(
+        &[
+            "create",
+            "token",
+            "ztunnel",
+            "-n",
+            "istio-system",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "ztunnel-a",
+            "--audience",
+            audience,
+        ],
+        None,
+    )
+    .expect("token")
+    .trim()
+    .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_review_maps_service_accounts_to_callers() {
     let Some(kube) = start_kube() else { return };
@@ -329,6 +354,39 @@ async fn token_review_maps_service_accounts_to_callers() {
             node: "node-a".into()
         })
     );
+    // Istio's ztunnel presents its projected token, for audience istio-ca,
+    // which the API server refuses for its own audience.
+    let istio_token = audience_token(&kube, "istio-ca");
+    assert_eq!(
+        auth.authenticate(istio_token.trim()).await,
+        Ok(Caller::NodeProxy {
+            node: "node-a".into()
+        })
+    );
+    // A token for another audience is refused, naming both audiences tried.
+    let other = audience_token(&kube, "vault");
+    let refused = auth.authenticate(other.trim()).await;
+    assert!(
+        matches!(&refused, Err(AuthError::Invalid(m))
+            if m.contains("for audience istio-ca") && m.contains("for the API server's audience")),
+        "{refused:?}"
+    );
+    // Without the API server's audience, only istio-ca tokens pass.
+    let istio_only = TokenReview::new(
+        client(&kube),
+        TokenReviewConfig {
+            api_audience: false,
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(
+            istio_only.authenticate(token.trim()).await,
+            Err(AuthError::Invalid(_))
+        ),
+        "a token for the API server is refused when only istio-ca is accepted"
+    );
+    assert!(istio_only.authenticate(istio_token.trim()).await.is_ok());
 
     // A pod not yet on a node when the token was made: no node claim, so
     // the authenticator reads the pod, which is scheduled by then.

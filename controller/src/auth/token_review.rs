@@ -13,6 +13,13 @@
 //! - any other service account → [`Caller::Waypoint`] with
 //!   `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
 //!
+//! Audiences: a token is reviewed first for the configured audiences
+//! (Istio's `istio-ca` by default: the projected token of ztunnel and of
+//! Istio's proxies is for it, and the API server refuses it for its own
+//! audience), then, if refused and [`TokenReviewConfig::api_audience`] is
+//! set, for the API server's own audience (a plain service-account token,
+//! as `kubectl create token` gives). See [`review_plan`].
+//!
 //! Accepted tokens are cached for [`TokenReviewConfig::cache_ttl`], so a
 //! proxy's reconnects and certificate renewals do not each cost a review.
 //! Refusals are not cached: a token refused because its pod was not yet
@@ -38,13 +45,21 @@ const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 const SA_PREFIX: &str = "system:serviceaccount:";
 
+/// The audience of the token Istio mounts for ztunnel and its proxies
+/// (`istio-token`), which istiod reviews tokens for.
+pub const ISTIO_CA_AUDIENCE: &str = "istio-ca";
+
 #[derive(Clone, Debug)]
 pub struct TokenReviewConfig {
     pub trust_domain: String,
     /// `(namespace, name)` of the service accounts node proxies run as.
     pub node_proxy_accounts: Vec<(String, String)>,
-    /// Audiences the token must be for; empty means the API server's own.
+    /// Audiences the token may be for, reviewed together; default Istio's
+    /// `istio-ca`.
     pub audiences: Vec<String>,
+    /// Also accept a token for the API server's own audience (a second
+    /// review, only when the first refuses).
+    pub api_audience: bool,
     pub cache_ttl: Duration,
     /// Most tokens cached at once.
     pub cache_size: usize,
@@ -60,7 +75,8 @@ impl Default for TokenReviewConfig {
                 ("istio-system".into(), "ztunnel".into()),
                 ("trellis-system".into(), "trellis-node-proxy".into()),
             ],
-            audiences: Vec::new(),
+            audiences: vec![ISTIO_CA_AUDIENCE.into()],
+            api_audience: true,
             cache_ttl: Duration::from_secs(60),
             cache_size: 4096,
             max_in_flight: 32,
@@ -81,6 +97,47 @@ pub(crate) enum Decision {
     Refuse(AuthError),
 }
 
+/// The audience sets to review a token for, in turn, until one accepts it:
+/// the configured audiences, then (`None`: a review naming no audience) the
+/// API server's own.
+pub(crate) fn review_plan(cfg: &TokenReviewConfig) -> Vec<Option<&[String]>> {
+    let mut plan = Vec::with_capacity(2);
+    if !cfg.audiences.is_empty() {
+        plan.push(Some(cfg.audiences.as_slice()));
+    }
+    if cfg.api_audience || cfg.audiences.is_empty() {
+        plan.push(None);
+    }
+    plan
+}
+
+/// Whether a TokenReview status accepted the token.
+fn authenticated(status: &Value) -> bool {
+    status.get("authenticated").and_then(Value::as_bool) == Some(true)
+}
+
+/// Why the API server refused a token, in its words.
+fn review_error(status: &Value) -> &str {
+    status
+        .get("error")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+        .unwrap_or("the API server did not authenticate it")
+}
+
+/// One refusal for every review of a token that was refused, naming the
+/// audiences of each, so the operator sees which audience the token lacks.
+pub(crate) fn refused(attempts: &[(Option<&[String]>, String)]) -> AuthError {
+    let parts: Vec<String> = attempts
+        .iter()
+        .map(|(aud, why)| match aud {
+            Some(a) => format!("for audience {}: {why}", a.join(", ")),
+            None => format!("for the API server's audience: {why}"),
+        })
+        .collect();
+    AuthError::Invalid(parts.join("; "))
+}
+
 fn first_extra<'a>(user: &'a Value, key: &str) -> Option<&'a str> {
     user.get("extra")?
         .get(key)?
@@ -92,13 +149,8 @@ fn first_extra<'a>(user: &'a Value, key: &str) -> Option<&'a str> {
 
 /// The TokenReview `status` → who the caller is.
 pub(crate) fn decide(status: &Value, cfg: &TokenReviewConfig) -> Decision {
-    if status.get("authenticated").and_then(Value::as_bool) != Some(true) {
-        let why = status
-            .get("error")
-            .and_then(Value::as_str)
-            .filter(|e| !e.is_empty())
-            .unwrap_or("the API server did not authenticate it");
-        return Decision::Refuse(AuthError::Invalid(why.to_string()));
+    if !authenticated(status) {
+        return Decision::Refuse(AuthError::Invalid(review_error(status).to_string()));
     }
     let user = status.get("user").unwrap_or(&Value::Null);
     let username = user.get("username").and_then(Value::as_str).unwrap_or("");
@@ -227,22 +279,20 @@ impl TokenReview {
             return Ok(c);
         }
         let _permit = self.admit()?;
-        let mut spec = json!({ "token": token });
-        if !self.cfg.audiences.is_empty() {
-            spec["audiences"] = json!(self.cfg.audiences);
+        let mut refusals = Vec::new();
+        let mut accepted = None;
+        for audiences in review_plan(&self.cfg) {
+            let status = self.post_review(token, audiences).await?;
+            if authenticated(&status) {
+                accepted = Some(status);
+                break;
+            }
+            refusals.push((audiences, review_error(&status).to_string()));
         }
-        let body = json!({
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenReview",
-            "spec": spec,
-        });
-        let answer = self
-            .client
-            .post("/apis/authentication.k8s.io/v1/tokenreviews", &body)
-            .await
-            .map_err(unavailable)?;
-        let status = answer.get("status").unwrap_or(&Value::Null);
-        let caller = match decide(status, &self.cfg) {
+        let Some(status) = accepted else {
+            return Err(refused(&refusals));
+        };
+        let caller = match decide(&status, &self.cfg) {
             Decision::Caller(c) => c,
             Decision::Refuse(e) => return Err(e),
             Decision::LookupPod {
@@ -278,6 +328,33 @@ impl TokenReview {
 }
 
 impl TokenReview {
+    /// One TokenReview of `token` for `audiences` (`None`: the API
+    /// server's own); its `status`.
+    async fn post_review(
+        &self,
+        token: &str,
+        audiences: Option<&[String]>,
+    ) -> Result<Value, AuthError> {
+        let mut spec = json!({ "token": token });
+        if let Some(a) = audiences {
+            spec["audiences"] = json!(a);
+        }
+        let body = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": spec,
+        });
+        let mut answer = self
+            .client
+            .post("/apis/authentication.k8s.io/v1/tokenreviews", &body)
+            .await
+            .map_err(unavailable)?;
+        Ok(answer
+            .get_mut("status")
+            .map(Value::take)
+            .unwrap_or(Value::Null))
+    }
+
     /// A slot for one review, or "unavailable" when all are taken.
     fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AuthError> {
         self.in_flight.try_acquire().map_err(|_| {

@@ -103,6 +103,60 @@ fn trust_domain_and_accounts_are_configurable() {
 }
 
 #[test]
+fn audiences_are_reviewed_in_turn() {
+    let aud = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let istio = aud(&["istio-ca"]);
+    let two = aud(&["istio-ca", "trellis"]);
+    // (audiences, api_audience, the reviews made in turn)
+    type Case<'a> = (Vec<String>, bool, Vec<Option<&'a [String]>>);
+    let cases: Vec<Case> = vec![
+        (istio.clone(), true, vec![Some(&istio), None]),
+        (istio.clone(), false, vec![Some(&istio)]),
+        (two.clone(), true, vec![Some(&two), None]),
+        // Nothing named: the API server's audience, whatever api_audience says.
+        (vec![], false, vec![None]),
+        (vec![], true, vec![None]),
+    ];
+    for (audiences, api_audience, want) in cases {
+        let cfg = TokenReviewConfig {
+            audiences: audiences.clone(),
+            api_audience,
+            ..Default::default()
+        };
+        assert_eq!(review_plan(&cfg), want, "{audiences:?} {api_audience}");
+    }
+    let d = TokenReviewConfig::default();
+    assert_eq!(
+        review_plan(&d),
+        vec![Some(&istio[..]), None],
+        "Istio's token first, then a plain service-account token"
+    );
+}
+
+#[test]
+fn a_refusal_names_each_audience_tried() {
+    let istio = ["istio-ca".to_string()];
+    let err = refused(&[
+        (
+            Some(&istio[..]),
+            "token audiences [\"x\"] is invalid".into(),
+        ),
+        (
+            None,
+            "token audiences [\"x\"] is invalid for the API".into(),
+        ),
+    ]);
+    assert_eq!(
+        err,
+        AuthError::Invalid(
+            "for audience istio-ca: token audiences [\"x\"] is invalid; \
+             for the API server's audience: token audiences [\"x\"] is invalid for the API"
+                .into()
+        )
+    );
+}
+
+#[test]
 fn bound_pod_gives_the_node() {
     let pod = json!({"metadata": {"name": "z-1", "uid": "u1"}, "spec": {"nodeName": "node-a"}});
     let unscheduled = json!({"metadata": {"name": "z-1", "uid": "u1"}, "spec": {}});
