@@ -201,14 +201,16 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
     out
 }
 
-fn pack(type_url: &str, msg: &impl Message) -> Any {
+/// `msg` as an `Any` of `type_url`.
+pub fn pack(type_url: &str, msg: &impl Message) -> Any {
     Any {
         type_url: type_url.to_string(),
         value: msg.encode_to_vec(),
     }
 }
 
-fn pack_address(t: wpb::address::Type) -> Any {
+/// A workload or service as an `istio.workload.Address` `Any`.
+pub fn pack_address(t: wpb::address::Type) -> Any {
     pack(ADDRESS_TYPE, &wpb::Address { r#type: Some(t) })
 }
 

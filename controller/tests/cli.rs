@@ -168,18 +168,7 @@ struct Delta {
 impl Delta {
     /// The next response, ACKed.
     async fn next(&mut self) -> anyhow::Result<DeltaDiscoveryResponse> {
-        let r = tokio::time::timeout(STEP, self.rx.message())
-            .await
-            .context("no xds response in time")??
-            .context("xds stream ended")?;
-        self.tx
-            .send(DeltaDiscoveryRequest {
-                type_url: r.type_url.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            })
-            .await?;
-        Ok(r)
+        next_acked(&self.tx, &mut self.rx).await
     }
 
     /// Applies responses to `state` until `done` holds.

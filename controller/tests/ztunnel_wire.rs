@@ -15,7 +15,6 @@ mod cli_harness;
 
 use std::collections::BTreeMap;
 
-use anyhow::Context as _;
 use prost_types::{value::Kind, Struct, Value};
 use tokio::sync::mpsc;
 use trellis_api::pb::envoy::config::core::v3::Node;
@@ -125,18 +124,7 @@ impl Ztunnel {
 
     /// The next response, ACKed as ztunnel does.
     async fn next(&mut self) -> anyhow::Result<DeltaDiscoveryResponse> {
-        let r = tokio::time::timeout(STEP, self.rx.message())
-            .await
-            .context("no xds response in time")??
-            .context("xds stream ended")?;
-        self.tx
-            .send(DeltaDiscoveryRequest {
-                type_url: r.type_url.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            })
-            .await?;
-        Ok(r)
+        next_acked(&self.tx, &mut self.rx).await
     }
 
     /// An on-demand lookup, as ztunnel's demander sends it, and its answer.

@@ -18,14 +18,12 @@ use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ahash::{AHashMap, AHashSet};
-use prost::Message;
-use prost_types::Any;
 use trellis_api::config::{Authorization, LocalConfig, Service, Workload};
 use trellis_api::pb::istio::workload as wpb;
 use trellis_api::update::Resource;
 use trellis_api::xds::{
-    authorization_to_pb, config_object, ip_alias, service_to_pb, workload_to_pb, XdsObject,
-    ADDRESS_TYPE, AUTHORIZATION_TYPE, CONFIG_OBJECT_TYPE,
+    authorization_to_pb, config_object, ip_alias, pack, pack_address, service_to_pb,
+    workload_to_pb, XdsObject, ADDRESS_TYPE, AUTHORIZATION_TYPE, CONFIG_OBJECT_TYPE,
 };
 
 use super::snapshot::SnapshotPatch;
@@ -324,17 +322,6 @@ fn service_object(s: &Service, key: String, members: Vec<String>, network: &str)
         members,
         resource: pack_address(wpb::address::Type::Service(service_to_pb(s, network))),
     }
-}
-
-fn pack(type_url: &str, msg: &impl Message) -> Any {
-    Any {
-        type_url: type_url.to_string(),
-        value: msg.encode_to_vec(),
-    }
-}
-
-fn pack_address(t: wpb::address::Type) -> Any {
-    pack(ADDRESS_TYPE, &wpb::Address { r#type: Some(t) })
 }
 
 #[cfg(test)]

@@ -288,3 +288,28 @@ pub fn csr(id: &str) -> anyhow::Result<String> {
     params.subject_alt_names = vec![SanType::URI(id.try_into()?)];
     Ok(params.serialize_request(&key)?.pem()?)
 }
+
+/// The next response on a delta stream, ACKed by its nonce (as both our
+/// client and ztunnel do), within [`STEP`].
+pub async fn next_acked(
+    tx: &tokio::sync::mpsc::Sender<
+        trellis_api::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest,
+    >,
+    rx: &mut tonic::Streaming<
+        trellis_api::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+    >,
+) -> anyhow::Result<trellis_api::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse> {
+    let r = tokio::time::timeout(STEP, rx.message())
+        .await
+        .context("no xds response in time")??
+        .context("xds stream ended")?;
+    tx.send(
+        trellis_api::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(r)
+}
