@@ -141,42 +141,15 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
                 .or_default()
                 .push(w.uid.clone());
         }
-        out.push(XdsObject {
-            type_url: ADDRESS_TYPE,
-            name: w.uid.clone(),
-            node: (!w.node.is_empty()).then(|| w.node.clone()),
-            aliases: w
-                .addresses
-                .iter()
-                .map(|ip| ip_alias(network, *ip))
-                .collect(),
-            resource: pack_address(wpb::address::Type::Workload(workload_to_pb(
-                w, &services, network,
-            ))),
-            members: Vec::new(),
-        });
+        out.push(workload_object(w, &services, network));
     }
     for s in &cfg.services {
-        out.push(XdsObject {
-            type_url: ADDRESS_TYPE,
-            name: format!("{}/{}", s.namespace, s.hostname),
-            node: None,
-            aliases: s.vips.iter().map(|ip| ip_alias(network, *ip)).collect(),
-            resource: pack_address(wpb::address::Type::Service(service_to_pb(s, network))),
-            members: service_members
-                .remove(&format!("{}/{}", s.namespace, s.hostname))
-                .unwrap_or_default(),
-        });
+        let key = format!("{}/{}", s.namespace, s.hostname);
+        let members = service_members.remove(&key).unwrap_or_default();
+        out.push(service_object(s, key, members, network));
     }
     for p in &cfg.policies {
-        out.push(XdsObject {
-            type_url: AUTHORIZATION_TYPE,
-            name: p.key(),
-            node: None,
-            aliases: Vec::new(),
-            members: Vec::new(),
-            resource: pack(AUTHORIZATION_TYPE, &authorization_to_pb(p)),
-        });
+        out.push(authorization_object(p));
     }
     let objects = cfg
         .authorization_policies
@@ -199,6 +172,50 @@ pub fn encode_config(cfg: &LocalConfig, network: &str) -> Vec<XdsObject> {
         }
     }
     out
+}
+
+/// A workload as an `Address` resource, named by its uid, aliased by its
+/// `<network>/<ip>`s, tagged with its node; `services` are the ones it is in.
+pub fn workload_object(w: &Workload, services: &[&Service], network: &str) -> XdsObject {
+    XdsObject {
+        type_url: ADDRESS_TYPE,
+        name: w.uid.clone(),
+        node: (!w.node.is_empty()).then(|| w.node.clone()),
+        aliases: w
+            .addresses
+            .iter()
+            .map(|ip| ip_alias(network, *ip))
+            .collect(),
+        members: Vec::new(),
+        resource: pack_address(wpb::address::Type::Workload(workload_to_pb(
+            w, services, network,
+        ))),
+    }
+}
+
+/// A service as an `Address` resource named `key` (`<ns>/<hostname>`),
+/// aliased by its VIPs, bringing `members` (workload uids) when asked for.
+pub fn service_object(s: &Service, key: String, members: Vec<String>, network: &str) -> XdsObject {
+    XdsObject {
+        type_url: ADDRESS_TYPE,
+        name: key,
+        node: None,
+        aliases: s.vips.iter().map(|ip| ip_alias(network, *ip)).collect(),
+        members,
+        resource: pack_address(wpb::address::Type::Service(service_to_pb(s, network))),
+    }
+}
+
+/// An L4 policy as an `Authorization` resource.
+pub fn authorization_object(p: &crate::config::Authorization) -> XdsObject {
+    XdsObject {
+        type_url: AUTHORIZATION_TYPE,
+        name: p.key(),
+        node: None,
+        aliases: Vec::new(),
+        members: Vec::new(),
+        resource: pack(AUTHORIZATION_TYPE, &authorization_to_pb(p)),
+    }
 }
 
 /// `msg` as an `Any` of `type_url`.

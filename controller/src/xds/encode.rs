@@ -19,11 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ahash::{AHashMap, AHashSet};
 use trellis_api::config::{Authorization, LocalConfig, Service, Workload};
-use trellis_api::pb::istio::workload as wpb;
 use trellis_api::update::Resource;
 use trellis_api::xds::{
-    authorization_to_pb, config_object, ip_alias, pack, pack_address, service_to_pb,
-    workload_to_pb, XdsObject, ADDRESS_TYPE, AUTHORIZATION_TYPE, CONFIG_OBJECT_TYPE,
+    authorization_object, config_object, pack, service_object, workload_object, XdsObject,
+    ADDRESS_TYPE, AUTHORIZATION_TYPE, CONFIG_OBJECT_TYPE,
 };
 
 use super::snapshot::SnapshotPatch;
@@ -216,7 +215,7 @@ pub fn diff(old: &LocalConfig, new: &LocalConfig, network: &str) -> Diff {
         &old.policies,
         &new.policies,
         Authorization::key,
-        policy_object,
+        |p| Some(authorization_object(p)),
         AUTHORIZATION_TYPE,
         &mut out,
     );
@@ -283,45 +282,6 @@ fn config_resource_object(r: &Resource) -> Option<XdsObject> {
         members: Vec::new(),
         resource: pack(CONFIG_OBJECT_TYPE, &obj),
     })
-}
-
-fn policy_object(p: &Authorization) -> Option<XdsObject> {
-    Some(XdsObject {
-        type_url: AUTHORIZATION_TYPE,
-        name: p.key(),
-        node: None,
-        aliases: Vec::new(),
-        members: Vec::new(),
-        resource: pack(AUTHORIZATION_TYPE, &authorization_to_pb(p)),
-    })
-}
-
-fn workload_object(w: &Workload, services: &[&Service], network: &str) -> XdsObject {
-    XdsObject {
-        type_url: ADDRESS_TYPE,
-        name: w.uid.clone(),
-        node: (!w.node.is_empty()).then(|| w.node.clone()),
-        aliases: w
-            .addresses
-            .iter()
-            .map(|ip| ip_alias(network, *ip))
-            .collect(),
-        members: Vec::new(),
-        resource: pack_address(wpb::address::Type::Workload(workload_to_pb(
-            w, services, network,
-        ))),
-    }
-}
-
-fn service_object(s: &Service, key: String, members: Vec<String>, network: &str) -> XdsObject {
-    XdsObject {
-        type_url: ADDRESS_TYPE,
-        name: key,
-        node: None,
-        aliases: s.vips.iter().map(|ip| ip_alias(network, *ip)).collect(),
-        members,
-        resource: pack_address(wpb::address::Type::Service(service_to_pb(s, network))),
-    }
 }
 
 #[cfg(test)]
