@@ -24,6 +24,11 @@ pub struct PodRef {
     /// `K8S_POD_UID`, or the sandbox's container id when the runtime
     /// does not pass one: the key of the pod on the ZDS socket.
     pub uid: String,
+    /// Not in `CNI_ARGS`: the agent reads it from the API server in
+    /// Kubernetes mode (ZDS's `WorkloadInfo.service_account`); the plugin
+    /// sends none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +64,9 @@ pub enum Failure {
     Refused,
     /// The agent could not open the netns or install the capture rules.
     Agent,
+    /// The agent could not read the pod or its namespace from the API
+    /// server (Kubernetes mode), so it cannot tell whether it is enrolled.
+    Api,
     /// The request itself is wrong.
     BadRequest,
 }

@@ -1,8 +1,7 @@
 //! Kubernetes mode: the API server as the source of objects.
 //!
-//! - [`config`]: where the server is and the controller's credentials
-//!   (a kubeconfig's current context, or in-cluster).
-//! - [`client`]: JSON requests and watch streams over HTTP/1.1 + TLS.
+//! - [`config`], [`client`]: the API server client (crate `trellis-kube`,
+//!   shared with the CNI agent), re-exported here.
 //! - [`source`]: list-then-watch of each [`resources::Resource`] into the
 //!   same [`crate::objects::ObjectStore`] the manifests folder feeds, one
 //!   store source per object (`kube:<Kind>/<ns>/<name>`).
@@ -26,16 +25,12 @@
 //! # Ok(()) }
 //! ```
 
-mod backoff;
-pub mod client;
-pub mod config;
 mod event;
 pub mod resources;
 pub mod source;
 
-pub use backoff::Backoff;
-pub use client::{Client, ClientError};
-pub use config::{ApiConfig, ConfigError};
 pub use event::source_name;
 pub use resources::{Resource, DEFAULT_RESOURCES};
 pub use source::{KubeChanges, KubeSource, SourceOptions};
+pub use trellis_kube::{client, config, Backoff, Client, ClientError};
+pub use trellis_kube::{ApiConfig, ConfigError};

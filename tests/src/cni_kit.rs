@@ -212,6 +212,13 @@ impl Runtime {
         })
     }
 
+    /// Runs the network config and the plugin binary the agent's installer
+    /// put in a node's conf dir and bin dir, as a runtime would.
+    pub fn use_installed(&mut self, conflist: Value, bin_dir: &Path) {
+        self.conflist = conflist;
+        self.cni_path = format!("{DEBIAN_CNI_DIR}:{}", bin_dir.display());
+    }
+
     fn plugins(&self) -> Vec<Value> {
         self.conflist["plugins"]
             .as_array()
@@ -383,6 +390,16 @@ impl Agent {
     /// Starts the agent with its sockets under `dir`, enrolling the pods of
     /// `namespaces`, and waits until both sockets exist.
     pub fn start(dir: &Path, namespaces: &[&str]) -> Result<Agent> {
+        let args: Vec<&str> = namespaces
+            .iter()
+            .flat_map(|ns| ["--ambient-namespace", ns])
+            .collect();
+        Agent::start_with(dir, &args)
+    }
+
+    /// Starts the agent with its sockets under `dir` and these further
+    /// arguments (Kubernetes mode, the installer, the admin port).
+    pub fn start_with(dir: &Path, args: &[&str]) -> Result<Agent> {
         let bin = workspace_bin("trellis-cni-agent")?;
         let zds_socket = dir.join("zds.sock");
         let plugin_socket = dir.join("cni-plugin.sock");
@@ -395,9 +412,10 @@ impl Agent {
             .arg(&plugin_socket)
             .arg("--state-file")
             .arg(dir.join("agent-state.json"))
-            .args(["--ack-timeout", "5s"]);
-        for ns in namespaces {
-            cmd.args(["--ambient-namespace", ns]);
+            .args(["--ack-timeout", "5s"])
+            .args(args);
+        if !args.contains(&"--admin-addr") {
+            cmd.args(["--admin-addr", "127.0.0.1:0"]);
         }
         let out = std::fs::File::create(&log)?;
         cmd.stdin(Stdio::null())
@@ -428,6 +446,47 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A shared-mode node proxy for `node`, its pods coming from this
+    /// agent over ZDS (config and CA from files).
+    pub fn node_proxy(
+        &self,
+        topo: &crate::Topology,
+        files: &crate::cluster::ClusterFiles,
+        node: &str,
+        config: &Path,
+        ca: &Path,
+    ) -> Result<crate::cluster::NodeProxy> {
+        let zds = self.zds_socket.display().to_string();
+        crate::cluster::NodeProxy::start(
+            topo,
+            files,
+            node,
+            config,
+            ca,
+            &[],
+            &["--zds-socket", &zds, "--drain-deadline", "2s"],
+        )
+    }
+
+    /// The admin port the agent bound, from its start line.
+    pub fn admin_addr(&self) -> Result<std::net::SocketAddr> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("trellis-cni-agent listening"))
+            .ok_or_else(|| anyhow!("no start line in the agent log:\n{log}"))?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admin="))
+            .ok_or_else(|| anyhow!("no admin= in {line:?}"))?;
+        Ok(addr.parse()?)
+    }
+
+    /// GET on the admin port: (status, body).
+    pub fn admin(&self, path: &str) -> Result<(u16, String)> {
+        crate::cluster::http(self.admin_addr()?, "GET", path, "")
     }
 
     pub fn alive(&mut self) -> bool {

@@ -69,17 +69,9 @@ impl Node {
     }
 
     fn proxy(&self) -> NodeProxy {
-        let zds = self.agent.zds_socket.display().to_string();
-        NodeProxy::start(
-            &self.topo,
-            &self.files,
-            "node1",
-            &self.config,
-            &self.ca,
-            &[],
-            &["--zds-socket", &zds, "--drain-deadline", "2s"],
-        )
-        .unwrap()
+        self.agent
+            .node_proxy(&self.topo, &self.files, "node1", &self.config, &self.ca)
+            .unwrap()
     }
 
     /// An empty pod netns and its sandbox.

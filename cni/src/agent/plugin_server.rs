@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 use trellis_netns::NetNs;
 
-use super::enroll::{self, Decision, EnrollPolicy};
+use super::admin::AgentMetrics;
+use super::enroll::{self, Decision, EnrollPolicy, PodFacts};
+use super::kube::KubeFacts;
 use super::registry::{self, Capture, Inserted, NewPod, Registry, Removed};
 use super::zds_server::Op;
 use crate::wire::{Failure, PluginCommand, PluginReply, PluginRequest, MAX_MESSAGE};
@@ -25,6 +27,9 @@ const DEL_WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Handler {
     pub policy: Arc<EnrollPolicy>,
+    /// Kubernetes mode: where labels and service accounts are read.
+    pub kube: Option<KubeFacts>,
+    pub metrics: Arc<AgentMetrics>,
     pub registry: Arc<Registry>,
     pub ops: mpsc::UnboundedSender<Op>,
     pub connected: watch::Receiver<bool>,
@@ -78,14 +83,62 @@ impl Handler {
 
     pub async fn handle(&self, req: PluginRequest) -> PluginReply {
         match req.command {
-            PluginCommand::Add => self.add(req).await,
-            PluginCommand::Del => self.del(req).await,
-            PluginCommand::Check => self.check(req),
+            PluginCommand::Add => {
+                let reply = self.add(req).await;
+                let m = &self.metrics;
+                let counter = match reply {
+                    PluginReply::Captured => &m.add_captured,
+                    PluginReply::NotEnrolled { .. } => &m.add_not_enrolled,
+                    _ => &m.add_failed,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                reply
+            }
+            PluginCommand::Del => {
+                self.metrics
+                    .del
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.del(req).await
+            }
+            PluginCommand::Check => self.check(req).await,
+        }
+    }
+
+    /// What the API server says of the pod, in Kubernetes mode; none for
+    /// sandboxes that are not pods or are in a system namespace (no API
+    /// call for what the flags-free rules already skip).
+    async fn facts(
+        &self,
+        pod: Option<&crate::wire::PodRef>,
+        budget: Duration,
+    ) -> Result<Option<PodFacts>, PluginReply> {
+        let (Some(kube), Some(pod)) = (&self.kube, pod) else {
+            return Ok(None);
+        };
+        if enroll::SYSTEM_NAMESPACES.contains(&pod.namespace.as_str()) {
+            return Ok(None);
+        }
+        match tokio::time::timeout(budget, kube.facts(pod)).await {
+            Ok(Ok(f)) => Ok(Some(f)),
+            Ok(Err(e)) => Err(failed(Failure::Api, e.to_string())),
+            Err(_) => Err(failed(
+                Failure::Api,
+                format!(
+                    "the API server did not answer for pod {}/{} within {budget:?}",
+                    pod.namespace, pod.name
+                ),
+            )),
         }
     }
 
     async fn add(&self, req: PluginRequest) -> PluginReply {
-        let pod = match enroll::decide(&self.policy, req.pod.as_ref()) {
+        let started = tokio::time::Instant::now();
+        let wait = Duration::from_millis(req.timeout_ms).min(MAX_WAIT);
+        let facts = match self.facts(req.pod.as_ref(), wait).await {
+            Ok(f) => f,
+            Err(reply) => return reply,
+        };
+        let mut pod = match enroll::decide(&self.policy, req.pod.as_ref(), facts.as_ref()) {
             Decision::Skip(reason) => {
                 info!(container = %req.container_id, reason = %reason, "pod not enrolled");
                 return PluginReply::NotEnrolled {
@@ -97,6 +150,9 @@ impl Handler {
                 None => return failed(Failure::BadRequest, "no pod"),
             },
         };
+        if let Some(f) = facts {
+            pod.service_account = f.service_account;
+        }
         let Some(path) = req.netns.as_deref() else {
             return failed(Failure::BadRequest, "ADD without CNI_NETNS");
         };
@@ -137,7 +193,8 @@ impl Handler {
                 rx
             }
         };
-        let wait = Duration::from_millis(req.timeout_ms).min(MAX_WAIT);
+        // The API reads came out of the same budget.
+        let wait = wait.saturating_sub(started.elapsed());
         let settled = tokio::time::timeout(wait, state.wait_for(|s| *s != Capture::Pending)).await;
         match settled {
             Ok(Ok(s)) => match s.clone() {
@@ -195,8 +252,15 @@ impl Handler {
         PluginReply::Released
     }
 
-    fn check(&self, req: PluginRequest) -> PluginReply {
-        if let Decision::Skip(reason) = enroll::decide(&self.policy, req.pod.as_ref()) {
+    async fn check(&self, req: PluginRequest) -> PluginReply {
+        let wait = Duration::from_millis(req.timeout_ms).min(MAX_WAIT);
+        let facts = match self.facts(req.pod.as_ref(), wait).await {
+            Ok(f) => f,
+            Err(reply) => return reply,
+        };
+        if let Decision::Skip(reason) =
+            enroll::decide(&self.policy, req.pod.as_ref(), facts.as_ref())
+        {
             return PluginReply::NotEnrolled {
                 reason: reason.to_string(),
             };

@@ -89,9 +89,9 @@ pub fn add(pod: &PodRef) -> Vec<u8> {
         workload_info: Some(WorkloadInfo {
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
-            // Not in CNI_ARGS; Istio's agent reads it from the API server.
-            // The node proxy finds the identity in its config by pod name.
-            service_account: String::new(),
+            // From the API server in Kubernetes mode (empty otherwise: the
+            // node proxy finds the identity in its config by pod name).
+            service_account: pod.service_account.clone(),
         }),
     }))
 }
@@ -202,6 +202,7 @@ mod tests {
             namespace: "demo".into(),
             name: "web-0".into(),
             uid: "u1".into(),
+            service_account: "web".into(),
         };
         // oneof field 1 (add), length-delimited: tag 0x0a.
         assert_eq!(add(&pod)[0], 0x0a);
@@ -216,7 +217,9 @@ mod tests {
             panic!("not an add")
         };
         assert_eq!(a.uid, "u1");
-        assert_eq!(a.workload_info.unwrap().namespace, "demo");
+        let info = a.workload_info.unwrap();
+        assert_eq!(info.namespace, "demo");
+        assert_eq!(info.service_account, "web");
     }
 
     #[test]

@@ -98,6 +98,7 @@ mod tests {
                 namespace: "demo".into(),
                 name: "web-0".into(),
                 uid: "u1".into(),
+                service_account: String::new(),
             },
             netns: "/var/run/netns/cni-1".into(),
             container_id: "c1".into(),

@@ -18,15 +18,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let run = agent::start(&settings)?;
+        let agent = agent::start(&settings)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            () = run => {}
+            () = agent.run => {}
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         }
         // The sockets go with the process; the pods' rules stay, so they
-        // remain captured while a new agent starts.
+        // remain captured while a new agent starts. The CNI entry goes only
+        // on an uninstall.
+        agent.exit.run().await;
         let _ = std::fs::remove_file(&settings.plugin_socket);
         let _ = std::fs::remove_file(&settings.zds_socket);
         Ok(())

@@ -25,6 +25,8 @@ pub enum Code {
     CaptureRefused = 102,
     /// The agent failed (netns, capture rules) or answered nonsense.
     AgentFailed = 103,
+    /// The agent could not read the pod or its namespace from the API server.
+    ApiUnavailable = 104,
 }
 
 /// A failed invocation, printed as the CNI error JSON.

@@ -173,6 +173,10 @@ fn failure_error(failure: Failure, message: String) -> CniError {
             Code::CaptureRefused,
             "the node proxy refused the pod: its logs say why",
         ),
+        Failure::Api => (
+            Code::ApiUnavailable,
+            "the Trellis CNI agent cannot read the pod or its namespace from the API server: check its logs, its connection to the API server and its RBAC (get on pods and namespaces); the runtime retries the sandbox",
+        ),
         Failure::Agent | Failure::BadRequest => (
             Code::AgentFailed,
             "see the trellis-cni-agent logs on this node",

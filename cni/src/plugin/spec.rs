@@ -148,6 +148,7 @@ pub fn parse_args(args: &str, container_id: &str) -> Result<Option<PodRef>, CniE
         (None, None) => Ok(None),
         (Some(namespace), Some(name)) => Ok(Some(PodRef {
             uid: nonempty(uid).unwrap_or_else(|| container_id.to_string()),
+            service_account: String::new(),
             namespace,
             name,
         })),

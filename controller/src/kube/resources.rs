@@ -60,6 +60,16 @@ impl Resource {
         }
     }
 
+    /// What `trellis_kube::watch` lists and watches.
+    pub fn target(&self) -> trellis_kube::WatchTarget {
+        trellis_kube::WatchTarget {
+            path: self.path(),
+            query: String::new(),
+            display: self.display(),
+            optional: self.optional,
+        }
+    }
+
     /// `plural.group`, as kubectl and CRDs name it.
     pub fn display(&self) -> String {
         if self.group.is_empty() {

@@ -3,13 +3,10 @@
 //! each batch. The applier is the only writer, so the store needs no lock
 //! and a batch is seen whole or not at all.
 //!
-//! Per resource: list (paged), then watch from the list's
-//! resourceVersion, moving it forward with every event and bookmark. A
-//! watch the server ends is resumed from there; a broken one too, after a
-//! jittered backoff; a 410 Gone lists again, and the list replaces what
-//! the store held of that kind (objects deleted meanwhile go). A CRD that
-//! is not installed (404) counts as an empty list, logged, and is
-//! retried.
+//! Per resource, `trellis_kube::watch` lists then watches; a relist
+//! replaces what the store held of that kind (objects deleted meanwhile
+//! go). A CRD that is not installed (404) counts as an empty list, logged,
+//! and is retried.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,14 +14,12 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::backoff::Backoff;
-use super::client::{Client, ClientError};
-use super::event::{classify, key_of, to_doc, Step};
+use trellis_kube::watch::{self, WatchEvent, WatchOptions};
+use trellis_kube::Client;
+
+use super::event::{key_of, to_doc};
 use super::resources::{Resource, DEFAULT_RESOURCES};
 use crate::objects::{Kind, ObjectError, ObjectStore};
-
-/// Items per list page.
-const PAGE: usize = 500;
 
 /// Tuning of the source; the defaults suit a cluster, tests shorten them.
 #[derive(Clone, Debug)]
@@ -40,6 +35,17 @@ pub struct SourceOptions {
     /// After a first change, wait this long for more, so that a burst (a
     /// list, a rollout) makes one batch.
     pub batch_window: Duration,
+}
+
+impl SourceOptions {
+    fn watch(&self) -> WatchOptions {
+        WatchOptions {
+            missing_crd_retry: self.missing_crd_retry,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            watch_timeout: self.watch_timeout,
+        }
+    }
 }
 
 impl Default for SourceOptions {
@@ -71,22 +77,8 @@ pub struct KubeSource {
     opts: SourceOptions,
 }
 
-/// What a resource's task tells the applier.
-enum Msg {
-    /// The complete current set of a kind (a list, or an absent CRD).
-    Listed {
-        res: Resource,
-        items: Vec<Value>,
-    },
-    Upsert {
-        res: Resource,
-        object: Value,
-    },
-    Delete {
-        res: Resource,
-        object: Value,
-    },
-}
+/// What a resource's watch tells the applier.
+type Msg = (Resource, WatchEvent);
 
 impl KubeSource {
     /// Watches [`DEFAULT_RESOURCES`].
@@ -110,10 +102,11 @@ impl KubeSource {
         let (tx, rx) = mpsc::channel(1024);
         let mut tasks = tokio::task::JoinSet::new();
         for res in &self.resources {
-            tasks.spawn(watch_resource(
+            tasks.spawn(watch::run(
                 self.client.clone(),
+                res.target(),
+                self.opts.watch(),
                 *res,
-                self.opts.clone(),
                 tx.clone(),
             ));
         }
@@ -134,10 +127,10 @@ struct Applier {
 }
 
 impl Applier {
-    fn apply(&mut self, msg: Msg, out: &mut KubeChanges) {
-        match msg {
-            Msg::Upsert { res, object } => self.upsert(&res, object, out),
-            Msg::Delete { res, object } => {
+    fn apply(&mut self, (res, event): Msg, out: &mut KubeChanges) {
+        match event {
+            WatchEvent::Upsert(object) => self.upsert(&res, object, out),
+            WatchEvent::Delete(object) => {
                 if let Some((_, source)) = key_of(&res, &object) {
                     self.known.entry(res.kind).or_default().remove(&source);
                     if self.store.remove_source(&source) {
@@ -145,7 +138,7 @@ impl Applier {
                     }
                 }
             }
-            Msg::Listed { res, items } => {
+            WatchEvent::Listed(items) => {
                 self.listed.insert(res.kind);
                 let mut now = BTreeSet::new();
                 for object in items {
@@ -214,195 +207,6 @@ async fn apply_loop(
         }
         on_change(&a.store, std::mem::take(&mut pending));
     }
-}
-
-/// Why a watch stopped.
-enum WatchEnd {
-    /// The server closed it (its timeout): resume.
-    Closed,
-    /// The resourceVersion is gone: list again.
-    Relist(String),
-    Failed(ClientError),
-    /// The applier is gone: stop.
-    Stopped,
-}
-
-async fn watch_resource(client: Client, res: Resource, opts: SourceOptions, tx: mpsc::Sender<Msg>) {
-    let mut backoff = Backoff::new(opts.backoff_initial, opts.backoff_max);
-    let mut absent_logged = false;
-    loop {
-        let mut rv = match list(&client, &res).await {
-            Ok((items, rv)) => {
-                if absent_logged {
-                    tracing::info!(resource = %res.display(), "CRD is now installed");
-                    absent_logged = false;
-                }
-                if tx.send(Msg::Listed { res, items }).await.is_err() {
-                    return;
-                }
-                backoff.reset();
-                rv
-            }
-            // Not installed (404), or not readable by the controller's
-            // role (403): a missing optional kind must not hold back the
-            // rest of the mesh's config.
-            Err(e) if res.optional && matches!(e.status(), Some(404 | 403)) => {
-                if !absent_logged {
-                    tracing::info!(
-                        resource = %res.display(),
-                        error = %e,
-                        retry_secs = opts.missing_crd_retry.as_secs(),
-                        "CRD not installed or not readable; its objects are not watched until it is"
-                    );
-                    absent_logged = true;
-                }
-                let items = Vec::new();
-                if tx.send(Msg::Listed { res, items }).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(opts.missing_crd_retry).await;
-                continue;
-            }
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(resource = %res.display(), error = %e, retry_ms = delay.as_millis() as u64, "list failed");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
-        loop {
-            match watch_once(&client, &res, &opts, &mut rv, &tx, &mut backoff).await {
-                WatchEnd::Closed => continue,
-                WatchEnd::Stopped => return,
-                WatchEnd::Relist(message) => {
-                    tracing::info!(resource = %res.display(), %message, "watch expired; listing again");
-                    break;
-                }
-                WatchEnd::Failed(e) if e.status() == Some(410) => {
-                    tracing::info!(resource = %res.display(), error = %e, "watch expired; listing again");
-                    break;
-                }
-                WatchEnd::Failed(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(resource = %res.display(), error = %e, resource_version = %rv, retry_ms = delay.as_millis() as u64, "watch failed; resuming");
-                    tokio::time::sleep(delay).await;
-                    // A CRD removed meanwhile: its list says so.
-                    if e.status() == Some(404) {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Lists every page; returns the items and the list's resourceVersion.
-async fn list(client: &Client, res: &Resource) -> Result<(Vec<Value>, String), ClientError> {
-    let mut items = Vec::new();
-    let mut cont = String::new();
-    loop {
-        let mut path = format!("{}?limit={PAGE}", res.path());
-        if !cont.is_empty() {
-            path.push_str("&continue=");
-            path.push_str(&percent_encode(&cont));
-        }
-        let mut page = client.get(&path).await?;
-        let meta = page.get("metadata").cloned().unwrap_or(Value::Null);
-        if let Some(Value::Array(list)) = page.get_mut("items").map(Value::take) {
-            items.extend(list);
-        }
-        cont = meta
-            .get("continue")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if cont.is_empty() {
-            let rv = meta
-                .get("resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            if rv.is_empty() {
-                return Err(ClientError::Decode {
-                    what: format!("list {}", res.display()),
-                    message: "the list has no metadata.resourceVersion".into(),
-                });
-            }
-            return Ok((items, rv));
-        }
-    }
-}
-
-async fn watch_once(
-    client: &Client,
-    res: &Resource,
-    opts: &SourceOptions,
-    rv: &mut String,
-    tx: &mpsc::Sender<Msg>,
-    backoff: &mut Backoff,
-) -> WatchEnd {
-    let path = format!(
-        "{}?watch=1&allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}",
-        res.path(),
-        percent_encode(rv),
-        opts.watch_timeout.as_secs().max(1)
-    );
-    let mut lines = match client.watch(&path).await {
-        Ok(l) => l,
-        Err(e) => return WatchEnd::Failed(e),
-    };
-    let idle = opts.watch_timeout + Duration::from_secs(60);
-    loop {
-        let line = match lines.next_line(idle).await {
-            Ok(Some(l)) => l,
-            Ok(None) => return WatchEnd::Closed,
-            Err(e) => return WatchEnd::Failed(e),
-        };
-        // An event arrived: the connection works again.
-        backoff.reset();
-        let msg = match classify(&line) {
-            Step::Upsert { object, rv: new } => {
-                if let Some(new) = new {
-                    *rv = new;
-                }
-                Msg::Upsert { res: *res, object }
-            }
-            Step::Delete { object, rv: new } => {
-                if let Some(new) = new {
-                    *rv = new;
-                }
-                Msg::Delete { res: *res, object }
-            }
-            Step::Bookmark { rv: new } => {
-                *rv = new;
-                continue;
-            }
-            Step::Relist { message } => return WatchEnd::Relist(message),
-            Step::Restart { message } => {
-                return WatchEnd::Failed(ClientError::Decode {
-                    what: format!("watch {}", res.display()),
-                    message,
-                })
-            }
-        };
-        if tx.send(msg).await.is_err() {
-            return WatchEnd::Stopped;
-        }
-    }
-}
-
-/// For query values the API server hands out (resourceVersions and
-/// continue tokens: base64, digits).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ fn pod(ns: &str, name: &str, uid: &str) -> Option<PodRef> {
         namespace: ns.into(),
         name: name.into(),
         uid: uid.into(),
+        service_account: String::new(),
     })
 }
 

@@ -36,55 +36,48 @@ fn applier_keeps_the_store_in_step_with_the_api() {
     let steps: Vec<(&str, Msg, &[&str], usize)> = vec![
         (
             "first list",
-            Msg::Listed {
-                res: p,
-                items: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
-            },
+            (
+                p,
+                WatchEvent::Listed(vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")]),
+            ),
             &["a", "b"],
             0,
         ),
         (
             "added",
-            Msg::Upsert {
-                res: p,
-                object: pod("c", "10.0.0.3"),
-            },
+            (p, WatchEvent::Upsert(pod("c", "10.0.0.3"))),
             &["a", "b", "c"],
             0,
         ),
         (
             "deleted",
-            Msg::Delete {
-                res: p,
-                object: pod("a", ""),
-            },
+            (p, WatchEvent::Delete(pod("a", ""))),
             &["b", "c"],
             0,
         ),
         (
             "relist drops what is gone",
-            Msg::Listed {
-                res: p,
-                items: vec![pod("c", "10.0.0.3"), pod("d", "10.0.0.4")],
-            },
+            (
+                p,
+                WatchEvent::Listed(vec![pod("c", "10.0.0.3"), pod("d", "10.0.0.4")]),
+            ),
             &["c", "d"],
             0,
         ),
         (
             "rejected update keeps the pod",
-            Msg::Upsert {
-                res: p,
-                object: json!({"metadata": {"name": "c", "namespace": "n"}, "spec": {"nodeNmae": "x"}}),
-            },
+            (
+                p,
+                WatchEvent::Upsert(
+                    json!({"metadata": {"name": "c", "namespace": "n"}, "spec": {"nodeNmae": "x"}}),
+                ),
+            ),
             &["c", "d"],
             1,
         ),
         (
             "absent kind lists empty",
-            Msg::Listed {
-                res: p,
-                items: vec![],
-            },
+            (p, WatchEvent::Listed(vec![])),
             &[],
             0,
         ),
@@ -102,39 +95,15 @@ fn applier_keeps_the_store_in_step_with_the_api() {
     }
     // A rejected policy update keeps the last good policy.
     let mut out = KubeChanges::default();
-    a.apply(
-        Msg::Upsert {
-            res: ap,
-            object: policy("ALLOW"),
-        },
-        &mut out,
-    );
-    a.apply(
-        Msg::Upsert {
-            res: ap,
-            object: policy("AUDIT"),
-        },
-        &mut out,
-    );
+    a.apply((ap, WatchEvent::Upsert(policy("ALLOW"))), &mut out);
+    a.apply((ap, WatchEvent::Upsert(policy("AUDIT"))), &mut out);
     assert_eq!(out.errors.len(), 1);
     assert!(a.store.get(&key(Kind::AuthorizationPolicy, "p")).is_some());
     assert_eq!(a.store.errors().len(), 1);
-    a.apply(
-        Msg::Upsert {
-            res: ap,
-            object: policy("DENY"),
-        },
-        &mut out,
-    );
+    a.apply((ap, WatchEvent::Upsert(policy("DENY"))), &mut out);
     assert!(
         a.store.errors().is_empty(),
         "a good version clears the error"
     );
     assert_eq!(a.listed, BTreeSet::from([Kind::Pod]));
-}
-
-#[test]
-fn query_values_are_encoded() {
-    assert_eq!(percent_encode("12345"), "12345");
-    assert_eq!(percent_encode("eyJ2Ijo+/="), "eyJ2Ijo%2B%2F%3D");
 }

@@ -6,48 +6,24 @@ use trellis_api::config::Protocol;
 
 use super::TranslateOptions;
 
-pub(crate) const DATAPLANE_MODE: &str = "trellis.dev/dataplane-mode";
-pub(crate) const ISTIO_DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 pub(crate) const USE_WAYPOINT: &str = "trellis.dev/use-waypoint";
 pub(crate) const ISTIO_USE_WAYPOINT: &str = "istio.io/use-waypoint";
 pub(crate) const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 
 pub(crate) type Labels = BTreeMap<String, String>;
 
-/// A label's value, the Trellis key winning over Istio's.
-fn get<'a>(
-    labels: Option<&'a Labels>,
-    key: &str,
-    istio_key: &str,
-    opts: &TranslateOptions,
-) -> Option<&'a str> {
-    let l = labels?;
-    l.get(key)
-        .or_else(|| {
-            if opts.istio_labels {
-                l.get(istio_key)
-            } else {
-                None
-            }
-        })
-        .map(String::as_str)
-}
-
 /// HBONE when the object or its namespace says ambient, unless the object
-/// itself says none.
+/// itself says none: `trellis_kube::labels::enrolled`, the rule the CNI
+/// agent captures by.
 pub(crate) fn protocol(
     ns: Option<&Labels>,
     obj: Option<&Labels>,
     opts: &TranslateOptions,
 ) -> Protocol {
-    match get(obj, DATAPLANE_MODE, ISTIO_DATAPLANE_MODE, opts) {
-        Some("none") => return Protocol::Tcp,
-        Some("ambient") => return Protocol::Hbone,
-        _ => {}
-    }
-    match get(ns, DATAPLANE_MODE, ISTIO_DATAPLANE_MODE, opts) {
-        Some("ambient") => Protocol::Hbone,
-        _ => Protocol::Tcp,
+    if trellis_kube::labels::enrolled(ns, obj, opts.istio_labels) {
+        Protocol::Hbone
+    } else {
+        Protocol::Tcp
     }
 }
 

@@ -1,5 +1,5 @@
-//! Retry delays: exponential, capped, with jitter so that controllers
-//! restarted together (or many watches of one controller) do not all hit a
+//! Retry delays: exponential, capped, with jitter so that components
+//! restarted together (or many watches of one process) do not all hit a
 //! recovering API server in the same instant.
 
 use std::time::Duration;

@@ -1,8 +1,9 @@
 //! A small API server client: JSON requests and watch streams over HTTP/1.1
-//! and TLS, one connection per request. The controller makes few requests
-//! (a list per kind at start and after a 410, one long watch per kind, and
-//! TokenReviews behind a cache), so a pool would add more than it saves,
-//! and a watch that owns its connection fails on its own.
+//! and TLS, one connection per request. Its users make few requests (the
+//! controller: a list per kind at start and after a 410, one long watch per
+//! kind, TokenReviews behind a cache; the CNI agent: two watches and a GET
+//! per pod sandbox), so a pool would add more than it saves, and a watch
+//! that owns its connection fails on its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use super::config::{ApiConfig, Credentials};
+use crate::config::{ApiConfig, Credentials};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A list or a TokenReview: the whole answer within this.
@@ -47,8 +48,8 @@ pub enum ClientError {
 
 fn status_hint(code: u16) -> &'static str {
     match code {
-        401 => "; the API server did not accept the controller's credentials: check the kubeconfig's token or client certificate",
-        403 => "; the controller's service account lacks an RBAC permission: grant it list/watch on the watched kinds, create on tokenreviews and get on pods",
+        401 => "; the API server did not accept the credentials: check the kubeconfig's token or client certificate (in a cluster: the service account token)",
+        403 => "; the service account lacks an RBAC permission for this request: compare its ClusterRole with the deploy/daemonset RBAC",
         _ => "",
     }
 }
@@ -67,13 +68,23 @@ impl ClientError {
 #[derive(Clone, Debug)]
 pub struct Client {
     cfg: Arc<ApiConfig>,
+    user_agent: &'static str,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 impl Client {
     pub fn new(cfg: ApiConfig) -> Self {
-        Client { cfg: Arc::new(cfg) }
+        Client {
+            cfg: Arc::new(cfg),
+            user_agent: "trellis",
+        }
+    }
+
+    /// Names the component in the API server's audit log.
+    pub fn with_user_agent(mut self, user_agent: &'static str) -> Self {
+        self.user_agent = user_agent;
+        self
     }
 
     pub fn server(&self) -> &str {
@@ -155,7 +166,7 @@ impl Client {
                 format!("{}:{}", self.cfg.host, self.cfg.port),
             )
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, "trellis-controller");
+            .header(http::header::USER_AGENT, self.user_agent);
         if let Some(auth) = self.authorization()? {
             req = req.header(http::header::AUTHORIZATION, auth);
         }

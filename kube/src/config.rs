@@ -1,6 +1,6 @@
 //! Where the API server is and how to talk to it: a kubeconfig file (its
-//! current context), or the in-cluster service account. Only what the
-//! controller needs is read: the server URL, its CA, and a bearer token
+//! current context), or the in-cluster service account. Only what Trellis
+//! needs is read: the server URL, its CA, and a bearer token
 //! (inline or a file, re-read per connection since projected tokens rotate)
 //! or a client certificate. `exec` and `auth-provider` plugins are refused
 //! with a message, not silently ignored.
@@ -32,7 +32,7 @@ pub enum ConfigError {
     Tls(String),
 }
 
-/// How requests prove who the controller is.
+/// How requests prove who the caller is.
 #[derive(Clone, Debug)]
 pub enum Credentials {
     /// Nothing but TLS (a client certificate, if any, is in the TLS config).
@@ -157,10 +157,10 @@ impl ApiConfig {
             })?
         };
         if cluster.insecure_skip_tls_verify {
-            return Err(bad("insecure-skip-tls-verify is not supported: the controller's tokens must not go to an unverified server; set certificate-authority".into()));
+            return Err(bad("insecure-skip-tls-verify is not supported: a service account token must not go to an unverified server; set certificate-authority".into()));
         }
         if user.exec.is_some() || user.auth_provider.is_some() {
-            return Err(bad(format!("user {:?} uses an exec or auth-provider plugin, which the controller does not run; use a token, a tokenFile or a client certificate", ctx.user)));
+            return Err(bad(format!("user {:?} uses an exec or auth-provider plugin, which Trellis does not run; use a token, a tokenFile or a client certificate", ctx.user)));
         }
         let ca = match (
             &cluster.certificate_authority_data,
@@ -245,7 +245,7 @@ impl ApiConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         let Some(ca_pem) = ca_pem else {
-            return Err(bad("the cluster has no certificate-authority or certificate-authority-data; the controller verifies the API server".into()));
+            return Err(bad("the cluster has no certificate-authority or certificate-authority-data; Trellis verifies the API server".into()));
         };
         for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
             let cert = cert.map_err(|e| ConfigError::Tls(format!("CA bundle: {e}")))?;
@@ -316,7 +316,9 @@ fn decode_b64(data: &str, field: &str) -> Result<Vec<u8>, String> {
 /// `https://host[:port][/]` → (host, port). Brackets stay on IPv6 hosts.
 pub(crate) fn parse_server(server: &str) -> Result<(String, u16), String> {
     let rest = server.strip_prefix("https://").ok_or_else(|| {
-        format!("server {server:?} is not an https:// URL; the controller only talks TLS to the API server")
+        format!(
+            "server {server:?} is not an https:// URL; Trellis only talks TLS to the API server"
+        )
     })?;
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') {
