@@ -7,6 +7,7 @@ use std::time::Duration;
 use trellis_api::config::Dur;
 
 use crate::objects::TranslateOptions;
+use crate::waypoints::WaypointOptions;
 
 /// The names in the serving certificate when no --server-name is given:
 /// Istio's (what ztunnel dials as the CA and xDS address), ours, and
@@ -133,7 +134,31 @@ pub struct RunArgs {
     /// (`{"grpc": "...", "admin": "..."}`; tests bind port 0).
     #[arg(long)]
     pub bound_addrs_file: Option<PathBuf>,
+    /// Kubernetes mode: make a waypoint (ServiceAccount, root ConfigMap,
+    /// Deployment, Service) for each Gateway of a waypoint class, and
+    /// write its status. `--manage-waypoints=false` leaves that to others.
+    /// Not used in manifests mode.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub manage_waypoints: bool,
+    /// The image of the waypoints' Deployments.
+    #[arg(long, default_value = DEFAULT_WAYPOINT_IMAGE)]
+    pub waypoint_image: String,
+    /// The controller's xDS and CA address as waypoint pods dial it
+    /// (host:port). A DNS host is also the name they check the
+    /// controller's certificate for: give it to --server-name.
+    #[arg(long, default_value = DEFAULT_WAYPOINT_XDS_ADDRESS, value_parser = crate::waypoints::desired::host_port)]
+    pub waypoint_xds_address: String,
+    /// Re-apply every waypoint's objects, putting back what was changed or
+    /// deleted by hand, and delete left-overs, at least this often.
+    #[arg(long, default_value = "5m", value_parser = positive_duration)]
+    pub waypoint_resync: Duration,
 }
+
+/// The waypoint image of this release.
+pub const DEFAULT_WAYPOINT_IMAGE: &str =
+    concat!("ghcr.io/trellis-mesh/waypoint:", env!("CARGO_PKG_VERSION"));
+/// The controller's Service in deploy/daemonset.
+pub const DEFAULT_WAYPOINT_XDS_ADDRESS: &str = "trellis-controller.trellis-system.svc:15012";
 
 impl RunArgs {
     /// The serving certificate's names: --server-name, or the defaults.
@@ -142,6 +167,23 @@ impl RunArgs {
             DEFAULT_SERVER_NAMES.iter().map(|s| s.to_string()).collect()
         } else {
             self.server_names.clone()
+        }
+    }
+
+    /// What the waypoints' objects share; `root_pem` is the CA's roots.
+    pub fn waypoint_options(&self, root_pem: String) -> WaypointOptions {
+        WaypointOptions {
+            image: self.waypoint_image.clone(),
+            xds_address: self.waypoint_xds_address.clone(),
+            trust_domain: self.trust_domain.clone(),
+            istio_labels: self.istio_labels,
+            // clap gives at least the default, istio-ca.
+            token_audience: self
+                .token_audiences
+                .first()
+                .cloned()
+                .unwrap_or_else(|| crate::auth::token_review::ISTIO_CA_AUDIENCE.into()),
+            root_pem,
         }
     }
 
@@ -302,18 +344,90 @@ mod tests {
             (&["--token-audience=a b"], Err("without spaces")),
         ];
         for (flags, want) in cases {
-            let mut argv = vec!["trellis-controller", "run", "--kubeconfig=k", "--ca-dir=c"];
-            argv.extend_from_slice(flags);
-            match (Cli::try_parse_from(argv), want) {
-                (Ok(cli), Ok(want)) => {
-                    let Command::Run(args) = cli.command else {
-                        panic!("not run");
-                    };
-                    assert_eq!(args.token_audiences, *want, "{flags:?}");
-                }
-                (Err(e), Err(words)) => assert!(e.to_string().contains(words), "{flags:?}: {e}"),
-                (got, want) => panic!("{flags:?}: got {got:?}, want {want:?}"),
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            check_kube_run(flags, &want, |a| a.token_audiences.clone());
+        }
+    }
+
+    /// Parses `run --kubeconfig=k --ca-dir=c FLAGS`: `get` of the result
+    /// is `want`, or the error names `want`'s words.
+    fn check_kube_run<W: PartialEq + std::fmt::Debug>(
+        flags: &[&str],
+        want: &Result<W, &str>,
+        get: impl Fn(&RunArgs) -> W,
+    ) {
+        let mut argv = vec!["trellis-controller", "run", "--kubeconfig=k", "--ca-dir=c"];
+        argv.extend_from_slice(flags);
+        match (Cli::try_parse_from(argv), want) {
+            (Ok(cli), Ok(want)) => {
+                let Command::Run(args) = cli.command else {
+                    panic!("not run");
+                };
+                assert_eq!(get(&args), *want, "{flags:?}");
             }
+            (Err(e), Err(words)) => assert!(e.to_string().contains(words), "{flags:?}: {e}"),
+            (got, want) => panic!("{flags:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn waypoint_flags() {
+        // (flags, (manage, image, xds address, resync) or the error's words)
+        type Want<'a> = Result<(bool, &'a str, &'a str, Duration), &'a str>;
+        let default_image = concat!("ghcr.io/trellis-mesh/waypoint:", env!("CARGO_PKG_VERSION"));
+        let five_minutes = Duration::from_secs(300);
+        let cases: &[(&[&str], Want)] = &[
+            (
+                &[],
+                Ok((
+                    true,
+                    default_image,
+                    "trellis-controller.trellis-system.svc:15012",
+                    five_minutes,
+                )),
+            ),
+            (
+                &[
+                    "--manage-waypoints=false",
+                    "--waypoint-image=example.com/wp:2",
+                    "--waypoint-xds-address=localhost:4000",
+                    "--waypoint-resync=30s",
+                ],
+                Ok((
+                    false,
+                    "example.com/wp:2",
+                    "localhost:4000",
+                    Duration::from_secs(30),
+                )),
+            ),
+            (
+                &["--manage-waypoints", "true"],
+                Ok((
+                    true,
+                    default_image,
+                    DEFAULT_WAYPOINT_XDS_ADDRESS,
+                    five_minutes,
+                )),
+            ),
+            (&["--manage-waypoints=maybe"], Err("--manage-waypoints")),
+            (&["--waypoint-xds-address=controller"], Err("host:port")),
+            (&["--waypoint-resync=0s"], Err("more than zero")),
+        ];
+        for (flags, want) in cases {
+            let want = want.map(|(m, i, x, r)| (m, i.to_string(), x.to_string(), r));
+            check_kube_run(flags, &want, |a| {
+                let o = a.waypoint_options("root".into());
+                assert_eq!(
+                    (o.token_audience.as_str(), o.root_pem.as_str()),
+                    ("istio-ca", "root")
+                );
+                (
+                    a.manage_waypoints,
+                    a.waypoint_image.clone(),
+                    a.waypoint_xds_address.clone(),
+                    a.waypoint_resync,
+                )
+            });
         }
     }
 

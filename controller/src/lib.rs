@@ -12,6 +12,8 @@
 //! - [`objects`]: Kubernetes objects, the manifests folder, and their
 //!   translation into the config model.
 //! - [`xds`]: the delta ADS server.
+//! - [`waypoints`]: in Kubernetes mode, the waypoint Deployments, Services
+//!   and status of waypoint Gateways.
 //! - [`serve`]: the TLS gRPC port (handshake, then tonic).
 //! - [`cli`] and [`run`]: the `trellis-controller` binary's command line,
 //!   and wiring the above into a running controller.
@@ -23,4 +25,5 @@ pub mod kube;
 pub mod objects;
 pub mod run;
 pub mod serve;
+pub mod waypoints;
 pub mod xds;

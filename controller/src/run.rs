@@ -9,6 +9,10 @@
 //! - [`publish`]: objects → config → snapshot, published on change only.
 //! - [`metrics`]: the counters and their Prometheus text.
 //! - [`admin`]: `/healthz/ready` and `/metrics`.
+//!
+//! In Kubernetes mode the [`crate::waypoints`] manager runs beside the
+//! source: after each batch the store's waypoint Gateways become plans,
+//! handed over on a watch channel when they changed.
 
 pub mod admin;
 pub mod metrics;
@@ -21,6 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -30,6 +35,7 @@ use crate::cli::RunArgs;
 use crate::kube::{ApiConfig, Client, KubeSource};
 use crate::objects::{manifests, DirError, ManifestsDir, ObjectStore, ScanResult};
 use crate::serve::{serve, ServeError};
+use crate::waypoints::{self, Manager, ManagerOptions, Plans, WaypointMetrics};
 use crate::xds::XdsService;
 
 pub use metrics::{Metrics, MetricsSnapshot};
@@ -116,10 +122,11 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, RunError> {
     let kube = match (&args.kubeconfig, args.in_cluster) {
-        (Some(path), _) => Some(Client::new(ApiConfig::from_kubeconfig(path)?)),
-        (None, true) => Some(Client::new(ApiConfig::in_cluster()?)),
+        (Some(path), _) => Some(ApiConfig::from_kubeconfig(path)?),
+        (None, true) => Some(ApiConfig::in_cluster()?),
         (None, false) => None,
-    };
+    }
+    .map(|cfg| Client::new(cfg).with_user_agent("trellis-controller"));
     let ca = Arc::new(match (&args.ca_dir, &args.ca_secret, &kube) {
         (Some(dir), _, _) => Ca::load(dir)?,
         (None, Some(secret), Some(client)) => crate::ca::secret::load(client, secret).await?,
@@ -141,8 +148,10 @@ pub async fn start(
         (None, None) => return Err(RunError::NoSource),
     };
     let tls = ca.serving_config(&args.server_names())?;
+    let roots_pem = ca.roots_pem();
 
     let metrics = Arc::new(Metrics::default());
+    let waypoint_metrics = Arc::new(WaypointMetrics::default());
     let mut publisher = Publisher::new(args.translate_options(), metrics.clone());
     // Manifests mode loads the folder before serving, so a bad path fails
     // the start; Kubernetes mode publishes once every kind has been listed
@@ -176,6 +185,7 @@ pub async fn start(
         metrics,
         xds: xds.metrics(),
         ca: ca_service.metrics(),
+        waypoints: waypoint_metrics.clone(),
         draining: draining.clone(),
     });
     let router = tonic::transport::Server::builder()
@@ -183,9 +193,25 @@ pub async fn start(
         .add_service(xds.into_server());
 
     let poll = args.poll;
+    let mut waypoint_task = None;
     let watcher = match (kube, manifests) {
         (Some(client), _) => {
             info!("watching the kubernetes api server");
+            let waypoints = args.manage_waypoints.then(|| {
+                let (tx, rx) = watch::channel(Arc::new(Plans::new()));
+                let manager = Manager::new(
+                    client.clone(),
+                    ManagerOptions {
+                        resync: args.waypoint_resync,
+                        istio_labels: args.istio_labels,
+                        ..Default::default()
+                    },
+                    waypoint_metrics.clone(),
+                );
+                waypoint_task = Some(AbortOnDrop(tokio::spawn(manager.run(rx))));
+                info!(image = %args.waypoint_image, xds.addr = %args.waypoint_xds_address, "managing waypoints for Gateways");
+                (tx, args.waypoint_options(roots_pem.clone()))
+            });
             AbortOnDrop(tokio::spawn(KubeSource::new(client).run(
                 ObjectStore::new(),
                 move |store, changes| {
@@ -194,6 +220,18 @@ pub async fn start(
                         errors: changes.errors,
                     };
                     publisher.update(store, scan);
+                    if let Some((tx, opts)) = &waypoints {
+                        let new = waypoints::plans(store, opts);
+                        // Only Gateways (and their status) change the plans;
+                        // a pod's churn does not wake the manager.
+                        tx.send_if_modified(|cur| {
+                            let changed = **cur != new;
+                            if changed {
+                                *cur = Arc::new(new);
+                            }
+                            changed
+                        });
+                    }
                 },
             )))
         }
@@ -217,6 +255,7 @@ pub async fn start(
         };
         let result = serve(grpc, tls, router, signal).await;
         drop(watcher);
+        drop(waypoint_task);
         drop(admin_task);
         info!("controller stopped");
         result.map_err(RunError::from)

@@ -156,6 +156,18 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<http::Response<Incoming>, ClientError> {
+        self.send_as(method, path, body, "application/json").await
+    }
+
+    /// [`Client::send`] with the body's content type (a PATCH names its
+    /// patch strategy that way).
+    async fn send_as(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+        content_type: &'static str,
+    ) -> Result<http::Response<Incoming>, ClientError> {
         let what = format!("{method} {}", strip_query(path));
         let mut sender = self.connect().await?;
         let mut req = http::Request::builder()
@@ -172,7 +184,7 @@ impl Client {
         }
         let body = match body {
             Some(v) => {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                req = req.header(http::header::CONTENT_TYPE, content_type);
                 Full::new(Bytes::from(v.to_string()))
             }
             None => Full::new(Bytes::new()),
@@ -207,9 +219,20 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
+        self.request_as(method, path, body, "application/json")
+            .await
+    }
+
+    async fn request_as(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+        content_type: &'static str,
+    ) -> Result<Value, ClientError> {
         let what = format!("{method} {}", strip_query(path));
         let fut = async {
-            let resp = self.send(method, path, body).await?;
+            let resp = self.send_as(method, path, body, content_type).await?;
             let bytes = read_body(resp.into_body(), &what).await?;
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
                 what: what.clone(),
@@ -230,6 +253,32 @@ impl Client {
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.request(http::Method::POST, path, Some(body)).await
+    }
+
+    /// Server-side apply of `object` (a full object of the fields this
+    /// manager owns) as `field_manager`, taking over fields another
+    /// manager set (`force`): the same apply from any replica is a no-op.
+    /// JSON is YAML, so the body goes as JSON.
+    pub async fn apply(
+        &self,
+        path: &str,
+        field_manager: &str,
+        object: &Value,
+    ) -> Result<Value, ClientError> {
+        let path = format!("{path}?fieldManager={field_manager}&force=true");
+        self.request_as(
+            http::Method::PATCH,
+            &path,
+            Some(object),
+            "application/apply-patch+yaml",
+        )
+        .await
+    }
+
+    /// DELETE, with DeleteOptions (preconditions, propagation) as the body.
+    pub async fn delete(&self, path: &str, options: &Value) -> Result<Value, ClientError> {
+        self.request(http::Method::DELETE, path, Some(options))
+            .await
     }
 
     /// Starts a watch; `path` carries `watch=1` and its other parameters.

@@ -254,6 +254,7 @@ impl ControlledMeshBuilder {
                 admin: "127.0.0.1:0".parse()?,
                 bound_addrs_file: files.path("controller-addrs.json"),
                 poll: POLL,
+                extra: Vec::new(),
             },
             &files.path("controller.log"),
         )?;

@@ -1,8 +1,8 @@
-//! A real `trellis-controller` process inside a topology namespace: `ca
-//! init`, `run` on a manifests folder or a kubeconfig, killed by PID and
-//! restarted on the same addresses (proxies keep dialling the address they
-//! were given). Its admin port binds 127.0.0.1 inside that namespace, so
-//! every call to it is made from a socket created there.
+//! A real `trellis-controller` process inside a topology namespace (or the
+//! test's own): `ca init`, `run` on a manifests folder or a kubeconfig,
+//! killed by PID and restarted on the same addresses (proxies keep dialling
+//! the address they were given). Its admin port binds 127.0.0.1 inside that
+//! namespace, so every call to it is made from a socket created there.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use trellis_netns::NetNs;
 
-use crate::cluster::{http, sum_samples};
+use crate::cluster::{http_in, sum_samples};
 use crate::process::OwnedChild;
 use crate::wait::{wait_for, wait_until};
 
@@ -82,6 +82,8 @@ pub struct RunArgs {
     pub bound_addrs_file: PathBuf,
     /// How often the manifests folder is scanned.
     pub poll: Duration,
+    /// Appended as given (e.g. the waypoint manager's flags).
+    pub extra: Vec<String>,
 }
 
 impl RunArgs {
@@ -106,6 +108,7 @@ impl RunArgs {
             "--bound-addrs-file".into(),
             self.bound_addrs_file.clone().into(),
         ]);
+        a.extend(self.extra.iter().map(Into::into));
         a
     }
 
@@ -148,8 +151,8 @@ impl BoundAddrs {
 /// A controller process in a namespace; killed (by PID) and reaped on drop.
 pub struct Controller {
     child: Option<OwnedChild>,
-    netns_name: String,
-    netns: NetNs,
+    /// The `ip netns` name and the namespace; None: the test's own.
+    netns: Option<(String, NetNs)>,
     args: RunArgs,
     bound: BoundAddrs,
     log: PathBuf,
@@ -164,10 +167,19 @@ impl Controller {
     pub fn start(netns_name: &str, args: RunArgs, log: &Path) -> Result<Controller> {
         let netns = NetNs::open(Path::new(crate::topology::NETNS_DIR).join(netns_name))
             .with_context(|| format!("opening netns {netns_name}"))?;
+        Controller::start_with(Some((netns_name.to_string(), netns)), args, log)
+    }
+
+    /// [`Controller::start`] in the test's own network namespace (a
+    /// controller that only needs the API server on loopback).
+    pub fn start_here(args: RunArgs, log: &Path) -> Result<Controller> {
+        Controller::start_with(None, args, log)
+    }
+
+    fn start_with(netns: Option<(String, NetNs)>, args: RunArgs, log: &Path) -> Result<Controller> {
         let unset: SocketAddr = "0.0.0.0:0".parse()?;
         let mut c = Controller {
             child: None,
-            netns_name: netns_name.into(),
             netns,
             args,
             bound: BoundAddrs {
@@ -190,15 +202,21 @@ impl Controller {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns_name])
-            .arg(&bin)
+        let mut cmd = match &self.netns {
+            Some((name, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .args(self.args.argv())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("spawning {} in {}", bin.display(), self.netns_name))?;
+            .with_context(|| format!("spawning {} in {}", bin.display(), self.netns_label()))?;
         self.starts += 1;
         let child = self.child.insert(OwnedChild::new(child));
         let mut exited = None;
@@ -284,12 +302,21 @@ impl Controller {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    fn netns_label(&self) -> &str {
+        self.netns
+            .as_ref()
+            .map_or("the test's network namespace", |(name, _)| name)
+    }
+
     /// `GET path` on the admin port, from inside the namespace.
     pub fn get(&self, path: &str) -> Result<(u16, String)> {
-        let admin = self.bound.admin;
-        self.netns
-            .run_in(|| http(admin, "GET", path, ""))
-            .map_err(|e| anyhow!("entering {}: {e}", self.netns_name))?
+        http_in(
+            self.netns.as_ref().map(|(_, ns)| ns),
+            self.bound.admin,
+            "GET",
+            path,
+            "",
+        )
     }
 
     /// The sum of a metric's samples (0 when the admin port does not answer).
@@ -312,6 +339,7 @@ mod tests {
             admin: "127.0.0.1:0".parse().unwrap(),
             bound_addrs_file: "/t/bound.json".into(),
             poll: Duration::from_millis(100),
+            extra: vec!["--manage-waypoints=false".into()],
         }
     }
 
@@ -353,6 +381,7 @@ mod tests {
                 "--admin-addr=127.0.0.1:0",
                 "--poll=100ms",
                 "--bound-addrs-file /t/bound.json",
+                "--manage-waypoints=false",
             ]) {
                 assert!(line.contains(p), "{source:?}: {p:?} missing in {line}");
             }

@@ -344,6 +344,20 @@ impl KubeApiServer {
         }
     }
 
+    /// `kubectl get KIND NAME -n NS -o json`; None when there is no such object.
+    pub fn get_json(&self, kind: &str, ns: &str, name: &str) -> Result<Option<Value>> {
+        match self.kubectl(&["get", kind, name, "-n", ns, "-o", "json"], None) {
+            Ok(out) => serde_json::from_str(&out)
+                .map(Some)
+                .map_err(|e| KubeError::Json {
+                    command: format!("kubectl get {kind} {name} -n {ns} -o json"),
+                    detail: e.to_string(),
+                }),
+            Err(KubeError::Kubectl { stderr, .. }) if stderr.contains("(NotFound)") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `kubectl apply -f -` of a YAML stream.
     pub fn apply(&self, yaml: &str) -> Result<()> {
         self.kubectl(&["apply", "-f", "-"], Some(yaml)).map(drop)

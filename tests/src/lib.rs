@@ -19,6 +19,7 @@ pub mod demo_manifests;
 pub mod demo_waypoint;
 pub mod kube;
 pub mod kube_source;
+pub mod kubelet;
 pub mod l7kit;
 pub mod manifests;
 pub mod mesh_kit;

@@ -12,11 +12,11 @@
 mod authz;
 mod authz_l7;
 mod guard;
-mod labels;
+pub(crate) mod labels;
 mod routes;
 mod services;
 mod traffic_policies;
-mod waypoints;
+pub(crate) mod waypoints;
 mod workloads;
 
 use std::collections::BTreeMap;

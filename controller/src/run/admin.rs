@@ -23,6 +23,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub xds: Arc<XdsMetrics>,
     pub ca: Arc<crate::ca::CaMetrics>,
+    pub waypoints: Arc<crate::waypoints::WaypointMetrics>,
     /// Cancelled when the controller starts shutting down.
     pub draining: CancellationToken,
 }
@@ -75,7 +76,12 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/metrics" => {
             let mut r = text(
                 StatusCode::OK,
-                render(&state.metrics.read(), &state.xds.read(), &state.ca.read()),
+                render(
+                    &state.metrics.read(),
+                    &state.xds.read(),
+                    &state.ca.read(),
+                    &state.waypoints.read(),
+                ),
             );
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use trellis_api::config::LocalConfig;
 
 use crate::ca::CaMetricsSnapshot;
+use crate::waypoints::WaypointMetricsSnapshot;
 use crate::xds::XdsMetricsSnapshot;
 
 /// Counters and gauges of the objects → config → snapshot path.
@@ -76,7 +77,12 @@ impl Metrics {
 }
 
 /// The Prometheus text exposition of both sets of metrics.
-pub fn render(m: &MetricsSnapshot, xds: &XdsMetricsSnapshot, ca: &CaMetricsSnapshot) -> String {
+pub fn render(
+    m: &MetricsSnapshot,
+    xds: &XdsMetricsSnapshot,
+    ca: &CaMetricsSnapshot,
+    wp: &WaypointMetricsSnapshot,
+) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -168,6 +174,36 @@ pub fn render(m: &MetricsSnapshot, xds: &XdsMetricsSnapshot, ca: &CaMetricsSnaps
         "Certificate requests refused: invalid token, identity not on the caller's node, or a bad CSR.",
         ca.refused,
     );
+    metric(
+        "trellis_controller_waypoints_programmed",
+        "gauge",
+        "Waypoint Gateways whose ServiceAccount, ConfigMap, Deployment and Service are applied, with an address.",
+        wp.programmed,
+    );
+    metric(
+        "trellis_controller_waypoint_applies_total",
+        "counter",
+        "Waypoint objects applied (server-side apply).",
+        wp.applies,
+    );
+    metric(
+        "trellis_controller_waypoint_apply_errors_total",
+        "counter",
+        "Failed waypoint API calls (apply, read, list, delete, Gateway status) and name conflicts; each is logged and retried.",
+        wp.apply_errors,
+    );
+    metric(
+        "trellis_controller_waypoint_deletes_total",
+        "counter",
+        "Left-over waypoint objects deleted (their Gateway gone or no longer a waypoint).",
+        wp.deletes,
+    );
+    metric(
+        "trellis_controller_waypoint_status_writes_total",
+        "counter",
+        "Gateway status writes by the waypoint manager.",
+        wp.status_writes,
+    );
     if !m.version.is_empty() {
         let name = "trellis_controller_snapshot_info";
         let _ = writeln!(out, "# HELP {name} The published xDS snapshot's version.");
@@ -198,7 +234,11 @@ mod tests {
             issued: 3,
             refused: 1,
         };
-        let text = render(&m, &xds, &ca);
+        let wp = WaypointMetricsSnapshot {
+            apply_errors: 2,
+            ..Default::default()
+        };
+        let text = render(&m, &xds, &ca, &wp);
         for line in [
             "trellis_controller_objects 9",
             "trellis_controller_config_publishes_total 2",
@@ -208,6 +248,7 @@ mod tests {
             "trellis_controller_snapshot_info{version=\"abc\"} 1",
             "citadel_server_success_cert_issuance_count 3",
             "trellis_controller_cert_refused_total 1",
+            "trellis_controller_waypoint_apply_errors_total 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }

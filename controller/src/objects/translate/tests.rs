@@ -402,21 +402,27 @@ spec: {clusterIP: 198.18.128.2, ports: [{port: 80}]}
     );
 }
 
-#[test]
-fn waypoint_class_and_labels_follow_istio_labels_option() {
-    let yaml = format!(
-        "{}{}{}",
-        ns(
-            "demo",
-            "istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp"
-        ),
-        WAYPOINT.replace("trellis-waypoint", "istio-waypoint"),
+/// Namespace demo with `ns_labels`, the Gateway `gateway`, its running
+/// pod wp-0 (198.18.9.0) and a pod app.
+fn waypoint_and_app(ns_labels: &str, gateway: &str) -> String {
+    format!(
+        "{}{gateway}{}{}",
+        ns("demo", ns_labels),
         pod(
             "demo",
             "wp-0",
             "198.18.9.0",
             "gateway.networking.k8s.io/gateway-name: wp"
-        ) + &pod("demo", "app", "198.18.0.1", ""),
+        ),
+        pod("demo", "app", "198.18.0.1", ""),
+    )
+}
+
+#[test]
+fn waypoint_class_and_labels_follow_istio_labels_option() {
+    let yaml = waypoint_and_app(
+        "istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp",
+        &WAYPOINT.replace("trellis-waypoint", "istio-waypoint"),
     );
     let on = run_with(
         &yaml,
@@ -434,6 +440,32 @@ fn waypoint_class_and_labels_follow_istio_labels_option() {
     assert!(off.config.waypoints.is_empty());
     assert_eq!(workload(&off.config, "app").waypoint, None);
     assert_eq!(workload(&off.config, "app").protocol, Protocol::Tcp);
+}
+
+#[test]
+fn the_waypoint_port_is_its_hbone_listeners() {
+    // (listeners, the port node proxies tunnel to)
+    let cases = [
+        ("[{name: mesh, port: 15008, protocol: HBONE}]", 15008),
+        ("[{name: mesh, port: 15009, protocol: HBONE}]", 15009),
+        // Refused listeners (the Gateway's status says why) keep the default.
+        ("[{name: web, port: 80, protocol: HTTP}]", 15008),
+    ];
+    for (listeners, port) in cases {
+        let yaml = waypoint_and_app(
+            "trellis.dev/dataplane-mode: ambient, trellis.dev/use-waypoint: wp",
+            &WAYPOINT.replace("[{name: mesh, port: 15008, protocol: HBONE}]", listeners),
+        );
+        let t = run(&yaml);
+        assert_eq!(
+            workload(&t.config, "app").waypoint,
+            Some(WaypointAddress {
+                address: ip("198.18.9.0"),
+                hbone_mtls_port: port
+            }),
+            "{listeners}"
+        );
+    }
 }
 
 #[test]
