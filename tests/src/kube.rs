@@ -28,9 +28,9 @@ pub const ISTIO_API: &str = "istio.io/api@v1.32.0";
 pub const GATEWAY_API: &str = "sigs.k8s.io/gateway-api@v1.3.0";
 /// The Gateway API kinds the controller reads.
 const GATEWAY_API_KINDS: [&str; 3] = ["gateways", "httproutes", "grpcroutes"];
-/// Trellis's own CRD, as the controller's crate ships it.
+/// Trellis's own CRD, as deploy/daemonset ships it.
 const TRAFFIC_POLICY_CRD: &str =
-    include_str!("../../controller/crds/trellis.dev_trafficpolicies.yaml");
+    include_str!("../../deploy/daemonset/base/crds/trellis.dev_trafficpolicies.yaml");
 /// How long the start script may take (it has its own 60 s bound inside).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -155,7 +155,12 @@ fn command_in(netns: Option<&str>, program: &str) -> Command {
 }
 
 /// Runs a command to completion within `timeout`, feeding `stdin`; (status, stdout, stderr).
-fn run(mut cmd: Command, what: &str, stdin: Option<&str>, timeout: Duration) -> Result<Output> {
+pub(crate) fn run(
+    mut cmd: Command,
+    what: &str,
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> Result<Output> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -207,11 +212,11 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-struct Output {
-    success: bool,
-    status: String,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Output {
+    pub(crate) success: bool,
+    pub(crate) status: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Both pipes read on threads, so a chatty command never blocks on a full pipe.
@@ -463,7 +468,7 @@ impl KubeApiServer {
         self.install_crds(&gateway_api_crds()?, &names)
     }
 
-    /// Installs Trellis's TrafficPolicy CRD (controller/crds/) and waits
+    /// Installs Trellis's TrafficPolicy CRD (deploy/daemonset/base/crds/) and waits
     /// until it is served.
     pub fn install_traffic_policy_crd(&self) -> Result<()> {
         self.install_crds(

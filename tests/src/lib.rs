@@ -17,6 +17,7 @@ pub mod demo;
 pub mod demo_control;
 pub mod demo_manifests;
 pub mod demo_waypoint;
+pub mod deploy;
 pub mod kube;
 pub mod kube_source;
 pub mod kubelet;

@@ -2,7 +2,7 @@
 //!
 //! - Gateway API's HTTPRoute and GRPCRoute CRDs (from the Go module
 //!   sigs.k8s.io/gateway-api, experimental channel so rules keep their
-//!   names) and Trellis's TrafficPolicy CRD (controller/crds/) are installed
+//!   names) and Trellis's TrafficPolicy CRD (deploy/daemonset/base/crds/) are installed
 //!   after the source started: the source picks them up on its retry;
 //! - an HTTPRoute with two weighted backends and a TrafficPolicy on one of
 //!   its rules reach the translation; changed weights follow;

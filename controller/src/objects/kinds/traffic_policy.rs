@@ -2,7 +2,7 @@
 //! Gateway API lacks, attached Gateway API style (`targetRefs` to an
 //! HTTPRoute or GRPCRoute in the policy's namespace, `sectionName` naming
 //! one rule). The body is the waypoint model's `TrafficPolicy` as it is, so
-//! the CRD (controller/crds/trellis.dev_trafficpolicies.yaml) and the model
+//! the CRD (deploy/daemonset/base/crds/trellis.dev_trafficpolicies.yaml) and the model
 //! share one set of field names; it is checked by the model's own validator
 //! when read, so a policy the waypoint would refuse is rejected here and
 //! its last good version stays.

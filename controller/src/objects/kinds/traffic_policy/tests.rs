@@ -13,7 +13,8 @@ use trellis_api::config::l7::{
 use super::super::{parse_text, Object};
 use super::*;
 
-const CRD: &str = include_str!("../../../../crds/trellis.dev_trafficpolicies.yaml");
+const CRD: &str =
+    include_str!("../../../../../deploy/daemonset/base/crds/trellis.dev_trafficpolicies.yaml");
 
 fn parse(yaml: &str) -> Result<TrafficPolicyObject, String> {
     let mut docs = parse_text("p.yaml", yaml, false);
