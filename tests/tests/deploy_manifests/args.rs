@@ -22,24 +22,6 @@ use trellis_node_proxy::settings::{Mode, Settings as NodeProxySettings};
 
 use super::render;
 
-/// The trellis-cni-agent flags the lead is adding on the `agent` branch
-/// (the contract in the deploy task). Until they land, the check skips
-/// these flags only, with a note; once any of them is known to the agent's
-/// parser, all must be (a renamed flag then fails here).
-const PENDING_AGENT_FLAGS: [&str; 8] = [
-    "--in-cluster",
-    "--kubeconfig",
-    "--node-name",
-    "--istio-labels",
-    "--admin-addr",
-    "--install-cni",
-    "--cni-bin-dir",
-    "--cni-conf-dir",
-];
-/// Pending too, beyond the task's list: the agent's DaemonSet, so the
-/// chained CNI entry stays during a rolling update (on the agent branch).
-const PENDING_AGENT_DAEMONSET_FLAG: &str = "--daemonset";
-
 /// The pod the downward API describes in these checks.
 fn pod(name: &str) -> PodFacts {
     PodFacts {
@@ -68,19 +50,11 @@ fn flags_of(cmd: &clap::Command) -> (BTreeSet<String>, Vec<(String, String)>) {
 /// `program args...` plus each environment variable as the flag it feeds,
 /// so the parser sees the values a pod would give it without this test
 /// process's environment taking part. Variables in `skip` are left out.
-fn argv(
-    c: &Container,
-    cmd: &clap::Command,
-    pod: &PodFacts,
-    skip: &[&str],
-) -> Result<Vec<OsString>, String> {
+fn argv(c: &Container, cmd: &clap::Command, pod: &PodFacts) -> Result<Vec<OsString>, String> {
     let (_, envs) = flags_of(cmd);
     let mut out: Vec<OsString> = vec![c.program().unwrap_or_default().into()];
     out.extend(c.args.iter().map(OsString::from));
     for (name, value) in c.env_values(pod)? {
-        if skip.contains(&name.as_str()) {
-            continue;
-        }
         let flag = envs
             .iter()
             .find(|(env, _)| *env == name)
@@ -94,7 +68,7 @@ fn argv(
 fn controller_run(r: &Rendered) -> (Container, RunArgs) {
     let c = r.controller().expect("controller");
     assert_eq!(c.program(), Some("trellis-controller"));
-    let argv = argv(&c, &ControllerCli::command(), &pod(CONTROLLER), &[]).expect("argv");
+    let argv = argv(&c, &ControllerCli::command(), &pod(CONTROLLER)).expect("argv");
     let cli = ControllerCli::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("trellis-controller refuses {argv:?}:\n{e}"));
     let ControllerCommand::Run(run) = cli.command else {
@@ -104,7 +78,7 @@ fn controller_run(r: &Rendered) -> (Container, RunArgs) {
 }
 
 fn node_proxy_settings(c: &Container, pod: &PodFacts) -> Result<NodeProxySettings, String> {
-    let argv = argv(c, &NodeProxySettings::command(), pod, &[])?;
+    let argv = argv(c, &NodeProxySettings::command(), pod)?;
     let s = NodeProxySettings::try_parse_from(&argv).map_err(|e| e.to_string())?;
     s.validate().map_err(|errs| errs.join("; "))?;
     Ok(s)
@@ -148,7 +122,7 @@ fn controller_args_are_accepted_and_serve_the_service_name() {
     }
     // A broken copy: without a CA source the controller refuses to start.
     let c = base.controller().expect("controller");
-    let mut argv = argv(&c, &ControllerCli::command(), &pod(CONTROLLER), &[]).expect("argv");
+    let mut argv = argv(&c, &ControllerCli::command(), &pod(CONTROLLER)).expect("argv");
     argv.retain(|a| !a.to_string_lossy().starts_with("--ca-secret"));
     let err = ControllerCli::try_parse_from(&argv).expect_err("no CA");
     assert!(err.to_string().contains("--ca-dir"), "{err}");
@@ -221,70 +195,32 @@ fn node_proxy_args_and_env_are_accepted_and_reach_the_controller() {
     assert!(err.contains("--zds-socket is for --mode shared"), "{err}");
 }
 
-/// The agent's args the current parser knows, after dropping the pending
-/// flags it does not know yet; and those dropped. An unknown flag that is
-/// not pending, or a pending one renamed after the others landed, is an error.
-fn agent_args_known_today(agent: &Container) -> Result<(Container, Vec<String>), String> {
-    let (known, _) = flags_of(&trellis_cni::agent::Settings::command());
-    let pending: Vec<&str> = PENDING_AGENT_FLAGS
-        .iter()
-        .copied()
-        .chain([PENDING_AGENT_DAEMONSET_FLAG])
-        .collect();
-    let mut skipped = Vec::new();
-    let mut kept = agent.clone();
-    kept.args.clear();
-    for a in &agent.args {
-        // Every flag is one element (--flag or --flag=value), so one can be
-        // dropped whole.
-        if !a.starts_with("--") {
-            return Err(format!("{a:?} is not a --flag or --flag=value element"));
-        }
-        let flag = a.split('=').next().unwrap_or(a);
-        if known.contains(flag) {
-            kept.args.push(a.clone());
-        } else if pending.contains(&flag) {
-            skipped.push(a.clone());
-        } else {
-            return Err(format!(
-                "trellis-cni-agent has no flag {flag}, and it is not one of the flags being added"
-            ));
-        }
-    }
-    let landed: Vec<&&str> = pending.iter().filter(|p| known.contains(**p)).collect();
-    if !skipped.is_empty() && !landed.is_empty() {
-        return Err(format!(
-            "the agent knows {landed:?} but not {skipped:?}: a pending flag was renamed"
-        ));
-    }
-    Ok((kept, skipped))
-}
-
 #[test]
 fn cni_agent_args_are_accepted_by_its_parser() {
     for v in Variant::ALL {
         let r = render(v);
         let agent = r.cni_agent().expect("agent");
         assert_eq!(agent.program(), Some("trellis-cni-agent"));
-        let (kept, skipped) = agent_args_known_today(&agent).unwrap_or_else(|e| panic!("{e}"));
-        let cmd = trellis_cni::agent::Settings::command();
-        let (_, envs) = flags_of(&cmd);
-        // NODE_NAME feeds --node-name, pending with the flags above.
-        let node_flag_pending = !envs.iter().any(|(e, _)| e == "NODE_NAME");
-        let skip_env: &[&str] = if node_flag_pending {
-            &["NODE_NAME"]
-        } else {
-            &[]
-        };
-        let argv = argv(&kept, &cmd, &pod(CNI_AGENT), skip_env).unwrap_or_else(|e| panic!("{e}"));
-        let s = trellis_cni::agent::Settings::try_parse_from(&argv)
-            .unwrap_or_else(|e| panic!("trellis-cni-agent refuses {argv:?}:\n{e}"));
-        if !skipped.is_empty() {
-            eprintln!(
-                "NOTE ({}): trellis-cni-agent does not know these flags yet (being added on the agent branch); checked all other args, skipped {skipped:?}{}",
-                v.rel(),
-                if node_flag_pending { " and env NODE_NAME" } else { "" }
-            );
+        let s = agent_settings(&agent).unwrap_or_else(|e| panic!("{e}"));
+        // Kubernetes mode, installing the plugin, told its DaemonSet so an
+        // update keeps the CNI entry and an uninstall removes it.
+        assert!(s.in_cluster, "{}", v.rel());
+        assert!(s.install_cni, "{}", v.rel());
+        assert_eq!(
+            s.daemonset.as_deref(),
+            Some("trellis-system/trellis-cni-agent")
+        );
+        assert_eq!(s.node_name, "node-a", "NODE_NAME from the downward API");
+        assert_eq!(s.istio_labels, v == Variant::IstioCompat, "{}", v.rel());
+        // The installer writes into the host's CNI dirs.
+        for (dir, host) in [
+            (&s.cni_bin_dir, "/opt/cni/bin"),
+            (&s.cni_conf_dir, "/etc/cni/net.d"),
+        ] {
+            match agent.mount_holding(dir).map(|m| &m.source) {
+                Some(MountSource::HostPath(h)) => assert_eq!(h, Path::new(host)),
+                other => panic!("{} is on {other:?}, not host path {host}", dir.display()),
+            }
         }
         // The plugin runs on the host and dials the path written in the CNI
         // config: the sockets must be at the same path inside and outside.
@@ -297,11 +233,19 @@ fn cni_agent_args_are_accepted_by_its_parser() {
         assert_eq!(Path::new(zds), s.zds_socket.as_path());
         same_path_on_the_host(&np, Path::new(zds));
     }
-    // A broken copy: an unknown flag is refused, not skipped.
+    // A broken copy: an unknown flag is refused.
     let mut typo = render(Variant::Base).cni_agent().expect("agent");
     typo.args.push("--zds-sockets=/x".into());
-    let err = agent_args_known_today(&typo).expect_err("--zds-sockets was not refused");
-    assert!(err.contains("no flag --zds-sockets"), "{err}");
+    let err = agent_settings(&typo).expect_err("--zds-sockets was not refused");
+    assert!(err.contains("--zds-sockets"), "{err}");
+}
+
+/// The agent's settings as its own parser reads the rendered container.
+fn agent_settings(agent: &Container) -> Result<trellis_cni::agent::Settings, String> {
+    let cmd = trellis_cni::agent::Settings::command();
+    let argv = argv(agent, &cmd, &pod(CNI_AGENT))?;
+    trellis_cni::agent::Settings::try_parse_from(&argv)
+        .map_err(|e| format!("trellis-cni-agent refuses {argv:?}:\n{e}"))
 }
 
 fn same_path_on_the_host(c: &Container, path: &Path) {
