@@ -17,7 +17,11 @@ pub enum Caller {
     /// A node proxy: it may have the state and the certificates of the pods
     /// scheduled on `node`, and nothing of other nodes' pods.
     NodeProxy { node: String },
-    /// A waypoint: it may have its own identity's certificate only.
+    /// A caller with one identity of its own, its service account's: a
+    /// waypoint, or the dedicated node proxy of a VM or bare host (whose
+    /// token is its WorkloadEntry's service account's, not pod-bound). It
+    /// may have its own identity's certificate only; its xDS wildcard
+    /// covers the whole mesh.
     Waypoint { spiffe_id: String },
 }
 

@@ -258,6 +258,7 @@ fn issuer(c: &Controller, token: &str) -> CaIssuer {
         root_pem: c.root_pem.clone(),
         token: token.into(),
         impersonate: true,
+        socket_mark: None,
     })
     .expect("start ca client")
 }

@@ -106,6 +106,7 @@ fn spec(addr: SocketAddr, root_pem: String, token: &str) -> SourceSpec {
         token: token.into(),
         node_id: "trellis~node-a".into(),
         types: vec![ADDRESS_TYPE, AUTHORIZATION_TYPE],
+        socket_mark: None,
     })
 }
 

@@ -103,6 +103,7 @@ impl CommonFlags {
                 token: self.control.token()?,
                 node_id: node_id.to_owned(),
                 types: types.to_vec(),
+                socket_mark: None,
             })),
             (None, None) => Err(LoadError::NoSource),
         }
@@ -124,6 +125,7 @@ impl CommonFlags {
                 root_pem: self.control.root_pem()?,
                 token: self.control.token()?,
                 impersonate: false,
+                socket_mark: None,
             })),
             (None, None) => Err(LoadError::NoCa),
         }

@@ -35,10 +35,16 @@ pub enum ChannelError {
 /// A lazy HTTP/2 channel to `address` over TLS, checking the server's
 /// certificate for `server_name` against `bundle`. Call inside the tokio
 /// runtime that will drive it: the channel spawns its connection task there.
+///
+/// `mark` sets SO_MARK on every connection: a proxy that captures its own
+/// network namespace (a VM's dedicated node proxy) marks its sockets so the
+/// capture rules let them pass; unmarked, its first connection to the
+/// controller would be captured by itself, which has no config yet.
 pub fn channel(
     address: &str,
     server_name: &str,
     bundle: &TrustBundle,
+    mark: Option<u32>,
 ) -> Result<Channel, ChannelError> {
     let mut roots = rustls::RootCertStore::empty();
     for root in bundle.roots() {
@@ -58,6 +64,7 @@ pub fn channel(
         })?;
     let connector = TlsConnector {
         address: address.to_owned(),
+        mark,
         server_name: name,
         tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
     };
@@ -78,6 +85,7 @@ pub fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, toni
 #[derive(Clone)]
 struct TlsConnector {
     address: String,
+    mark: Option<u32>,
     server_name: rustls::pki_types::ServerName<'static>,
     tls: tokio_rustls::TlsConnector,
 }
@@ -96,10 +104,44 @@ impl tonic::codegen::Service<Uri> for TlsConnector {
     fn call(&mut self, _: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = TcpStream::connect(&this.address).await?;
+            let tcp = match this.mark {
+                None => TcpStream::connect(&this.address).await?,
+                Some(mark) => connect_marked(&this.address, mark).await?,
+            };
             let _ = tcp.set_nodelay(true);
             let tls = this.tls.connect(this.server_name, tcp).await?;
             Ok(TokioIo::new(tls))
         })
     }
+}
+
+/// Connects to the first address `address` resolves to that answers, from
+/// a socket carrying `mark`.
+async fn connect_marked(address: &str, mark: u32) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_mark(mark).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot mark the socket to the controller (SO_MARK {mark:#x}): {e}; the proxy needs CAP_NET_ADMIN"),
+            )
+        })?;
+        socket.set_nonblocking(true)?;
+        let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{address} resolves to no address"),
+        )
+    }))
 }

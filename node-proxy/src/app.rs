@@ -16,12 +16,12 @@ use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
 use trellis_core::metrics::{AccessLogFormat, Metrics};
 use trellis_core::source::{self, OnDemand, SourceError, SourceSpec};
-use trellis_core::startup::{self, LoadError};
+use trellis_core::startup::{self, CertSource, LoadError};
 
 use crate::admin::{self, AdminCtx, Server};
 use crate::context::{ListenerKind, ProxyCtx};
 use crate::pods::Pods;
-use crate::settings::{parse_pod_arg, LogFormat, Mode, Settings};
+use crate::settings::{parse_pod_arg, LogFormat, Mode, Settings, PROXY_MARK};
 use crate::worker;
 use trellis_core::WorkloadIdentity;
 
@@ -81,12 +81,15 @@ impl ProxyHandle {
 /// Starts a proxy. `log` lets /logging change the process's filter.
 pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle, StartError> {
     settings.validate().map_err(StartError::Settings)?;
-    let spec = settings
+    let mut spec = settings
         .common
         .source(&XDS_TYPES, &format!("trellis~{}", settings.node))?;
+    let mut cert_source = settings.common.cert_source()?;
+    if settings.capture {
+        mark_control_sockets(&mut spec, &mut cert_source);
+    }
     let store = Arc::new(source::initial_store(&spec)?);
     let on_demand = matches!(spec, SourceSpec::Xds(_)).then(OnDemand::default);
-    let cert_source = settings.common.cert_source()?;
     let extra = match &settings.trust_bundle {
         Some(p) => {
             let pem = std::fs::read_to_string(p).map_err(|e| StartError::TrustBundle {
@@ -147,21 +150,14 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
             if proxy.state.is_synced() && proxy.state.load().workload_by_uid(&uid).is_none() {
                 warn!(workload = %uid, "dedicated workload is not in the config yet; connections fail until it is");
             }
-            let mut wanted: Vec<(ListenerKind, SocketAddr)> = Vec::new();
-            if let Some(a) = s.hbone_addr {
-                wanted.push((ListenerKind::Hbone, a));
-            }
-            if let Some(a) = s.outbound_addr {
-                wanted.push((ListenerKind::Outbound, a));
-            }
-            if let Some(a) = s.inbound_plain_addr {
-                wanted.push((ListenerKind::InboundPlain, a));
-            }
-            for f in &s.outbound_forwards {
-                wanted.push((ListenerKind::OutboundForward(f.target), f.listen));
-            }
-            let bound = pods.start_dedicated(&uid, &wanted)?;
-            for ((kind, _), addr) in wanted.iter().zip(bound) {
+            let listening = if s.capture {
+                pods.capture_own(&uid)?
+            } else {
+                let wanted = dedicated_listeners(s);
+                let bound = pods.start_dedicated(&uid, &wanted)?;
+                wanted.iter().map(|(kind, _)| *kind).zip(bound).collect()
+            };
+            for (kind, addr) in listening {
                 match kind {
                     ListenerKind::Hbone => addrs.hbone = Some(addr),
                     ListenerKind::Outbound => addrs.outbound = Some(addr),
@@ -215,6 +211,36 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
         metrics,
         running: Running::new(stop, thread),
     })
+}
+
+/// The listeners `--hbone-addr`, `--outbound-addr`, `--inbound-plain-addr`
+/// and `--outbound-forward` ask for.
+fn dedicated_listeners(s: &Settings) -> Vec<(ListenerKind, SocketAddr)> {
+    let mut wanted = Vec::new();
+    if let Some(a) = s.hbone_addr {
+        wanted.push((ListenerKind::Hbone, a));
+    }
+    if let Some(a) = s.outbound_addr {
+        wanted.push((ListenerKind::Outbound, a));
+    }
+    if let Some(a) = s.inbound_plain_addr {
+        wanted.push((ListenerKind::InboundPlain, a));
+    }
+    for f in &s.outbound_forwards {
+        wanted.push((ListenerKind::OutboundForward(f.target), f.listen));
+    }
+    wanted
+}
+
+/// A proxy capturing its own network namespace (`--capture`) marks its
+/// connections to the controller, so its capture rules let them pass.
+fn mark_control_sockets(spec: &mut SourceSpec, certs: &mut CertSource) {
+    if let SourceSpec::Xds(x) = spec {
+        x.socket_mark = Some(PROXY_MARK);
+    }
+    if let CertSource::Remote(c) = certs {
+        c.socket_mark = Some(PROXY_MARK);
+    }
 }
 
 /// The config types a node proxy subscribes to by wildcard: its node's

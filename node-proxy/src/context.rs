@@ -37,8 +37,11 @@ impl ProxyCtx {
         self.settings.mode == Mode::Shared
     }
 
+    /// Whether to connect to a local workload from the client's IP: where
+    /// the capture rules route the replies back (a pod's netns, or the
+    /// proxy's own with `--capture`).
     pub fn try_transparent(&self) -> bool {
-        self.shared_mode()
+        (self.shared_mode() || self.settings.capture)
             && self.settings.preserve_source_ip
             && self.transparent_ok.load(Ordering::Relaxed)
     }

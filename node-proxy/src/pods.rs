@@ -62,6 +62,9 @@ pub enum Origin {
     Zds,
     /// `--pod` or `POST /pods`; the proxy owns the rules it installed.
     Admin,
+    /// The dedicated workload in the proxy's own network namespace
+    /// (`--capture`, a VM or bare host); the proxy installed the rules.
+    Host,
 }
 
 struct Enrolled {
@@ -189,22 +192,10 @@ impl Pods {
             transparent: self.proxy.settings.preserve_source_ip,
         });
         let cancel = CancellationToken::new();
-        let unspecified = std::net::Ipv4Addr::UNSPECIFIED.into();
-        let listeners = [
-            (
-                ListenerKind::Outbound,
-                SocketAddr::new(unspecified, OUTBOUND_PORT),
-            ),
-            (
-                ListenerKind::InboundPlain,
-                SocketAddr::new(unspecified, INBOUND_PLAIN_PORT),
-            ),
-            (
-                ListenerKind::Hbone,
-                SocketAddr::new(unspecified, HBONE_PORT),
-            ),
-        ];
-        if let Err(e) = self.start_listeners(&scope, &listeners, &cancel).map(drop) {
+        if let Err(e) = self
+            .start_listeners(&scope, &pod_listeners(), &cancel)
+            .map(drop)
+        {
             cancel.cancel();
             if redirect_installed {
                 if let Some(ns) = &scope.netns {
@@ -226,6 +217,20 @@ impl Pods {
             },
         );
         Ok(())
+    }
+
+    /// Serves the dedicated workload `uid` in the proxy's own network
+    /// namespace, as a pod: the capture rules installed there, listeners on
+    /// 15001, 15006 and 15008 of every address, and upstream sockets marked
+    /// so the rules let them pass. Returns the listeners.
+    pub fn capture_own(&self, uid: &str) -> Result<Vec<(ListenerKind, SocketAddr)>, PodError> {
+        let own = PathBuf::from("/proc/self/ns/net");
+        let ns = NetNs::current().map_err(|source| PodError::Netns {
+            path: own.clone(),
+            source,
+        })?;
+        self.enroll(uid, uid, ns, &own, Origin::Host, true)?;
+        Ok(pod_listeners().to_vec())
     }
 
     /// Starts listeners for the dedicated workload on the configured addresses.
@@ -353,6 +358,25 @@ fn netns_id(ns: &NetNs) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd())).ok()?;
     Some((m.dev(), m.ino()))
+}
+
+/// A captured netns's listeners: where its capture rules send traffic.
+fn pod_listeners() -> [(ListenerKind, SocketAddr); 3] {
+    let unspecified = std::net::Ipv4Addr::UNSPECIFIED.into();
+    [
+        (
+            ListenerKind::Outbound,
+            SocketAddr::new(unspecified, OUTBOUND_PORT),
+        ),
+        (
+            ListenerKind::InboundPlain,
+            SocketAddr::new(unspecified, INBOUND_PLAIN_PORT),
+        ),
+        (
+            ListenerKind::Hbone,
+            SocketAddr::new(unspecified, HBONE_PORT),
+        ),
+    ]
 }
 
 fn redirect_config() -> RedirectConfig {

@@ -85,6 +85,14 @@ pub struct Settings {
     /// Dedicated mode: static captures LISTEN=TARGET, for hosts without redirect rules.
     #[arg(long = "outbound-forward")]
     pub outbound_forwards: Vec<OutboundForward>,
+    /// Dedicated mode on a VM or bare host: install the capture rules in the
+    /// proxy's own network namespace and serve the workload on 15001, 15006
+    /// and 15008 of every address, as a shared-mode proxy does in a pod. The
+    /// proxy marks its own sockets (data path and controller) so the rules
+    /// let them pass. The rules stay after the proxy exits, so the host
+    /// never talks around the mesh; a restarted proxy replaces them.
+    #[arg(long)]
+    pub capture: bool,
     /// Shared mode: pods to enroll at start, as UID=NETNS_PATH (more can be added over the admin API).
     #[arg(long = "pod")]
     pub pods: Vec<String>,
@@ -104,7 +112,7 @@ pub struct Settings {
     /// Access log format: key=value text, or one JSON object after the `access:` prefix.
     #[arg(long, value_enum, default_value = "text")]
     pub access_log: LogFormat,
-    /// Preserve the client's source IP towards local pods with IP_TRANSPARENT (shared mode).
+    /// Preserve the client's source IP towards local pods with IP_TRANSPARENT (shared mode, and dedicated with --capture).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub preserve_source_ip: bool,
     /// Install the nftables capture rules in pods enrolled by --pod or POST /pods (shared mode).
@@ -122,7 +130,15 @@ impl Settings {
                 if self.workload_uid.is_none() {
                     errs.push("--mode dedicated needs --workload-uid".to_string());
                 }
-                if self.hbone_addr.is_none()
+                if self.capture {
+                    for (flag, given) in self.listener_flags() {
+                        if given {
+                            errs.push(format!(
+                                "{flag} conflicts with --capture: the capture rules send traffic to the fixed ports 15001, 15006 and 15008, where --capture listens"
+                            ));
+                        }
+                    }
+                } else if self.hbone_addr.is_none()
                     && self.outbound_addr.is_none()
                     && self.outbound_forwards.is_empty()
                 {
@@ -142,12 +158,10 @@ impl Settings {
                 }
             }
             Mode::Shared => {
-                for flag in [
-                    ("--hbone-addr", self.hbone_addr.is_some()),
-                    ("--outbound-addr", self.outbound_addr.is_some()),
-                    ("--inbound-plain-addr", self.inbound_plain_addr.is_some()),
-                    ("--outbound-forward", !self.outbound_forwards.is_empty()),
-                ] {
+                if self.capture {
+                    errs.push("--capture is for --mode dedicated; in shared mode the CNI agent (or --install-redirect) captures each pod".to_string());
+                }
+                for flag in self.listener_flags() {
                     if flag.1 {
                         errs.push(format!(
                             "{} is for --mode dedicated; shared mode listens inside each pod's netns",
@@ -168,6 +182,18 @@ impl Settings {
         } else {
             Err(errs)
         }
+    }
+}
+
+impl Settings {
+    /// The dedicated-mode listener flags, and whether each was given.
+    fn listener_flags(&self) -> [(&'static str, bool); 4] {
+        [
+            ("--hbone-addr", self.hbone_addr.is_some()),
+            ("--outbound-addr", self.outbound_addr.is_some()),
+            ("--inbound-plain-addr", self.inbound_plain_addr.is_some()),
+            ("--outbound-forward", !self.outbound_forwards.is_empty()),
+        ]
     }
 }
 
@@ -213,5 +239,58 @@ mod tests {
             "p", "--config", "c.yaml", "--ca-dir", "ca", "--pod", "nouid",
         ]);
         assert_eq!(s.validate().unwrap_err().len(), 1);
+    }
+
+    #[test]
+    fn capture_is_for_dedicated_mode_and_fixes_the_listeners() {
+        let dedicated = ["--mode", "dedicated", "--workload-uid", "u"];
+        let cases: &[(&str, Vec<&str>, &[&str])] = &[
+            (
+                "capture alone",
+                [&dedicated[..], &["--capture"]].concat(),
+                &[],
+            ),
+            (
+                "capture with a listener flag",
+                [
+                    &dedicated[..],
+                    &["--capture", "--hbone-addr", "0.0.0.0:15008"],
+                ]
+                .concat(),
+                &["--hbone-addr conflicts with --capture"],
+            ),
+            (
+                "capture with two listener flags",
+                [
+                    &dedicated[..],
+                    &["--capture", "--outbound-addr", "127.0.0.1:15001"],
+                    &["--outbound-forward", "127.0.0.1:1=127.0.0.2:2"],
+                ]
+                .concat(),
+                &["--outbound-addr conflicts", "--outbound-forward conflicts"],
+            ),
+            (
+                "capture in shared mode",
+                vec!["--capture"],
+                &["--capture is for --mode dedicated"],
+            ),
+            (
+                "dedicated without capture nor listeners",
+                dedicated.to_vec(),
+                &["needs at least one of --hbone-addr"],
+            ),
+        ];
+        for (name, extra, want) in cases {
+            let mut argv = vec!["p", "--config", "c.yaml", "--ca-dir", "ca"];
+            argv.extend(extra);
+            let got = Settings::parse_from(argv)
+                .validate()
+                .err()
+                .unwrap_or_default();
+            assert_eq!(got.len(), want.len(), "{name}: {got:?}");
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert!(g.contains(w), "{name}: {g:?} lacks {w:?}");
+            }
+        }
     }
 }

@@ -153,6 +153,7 @@ fn spec(args: &ClientArgs, root_pem: &str, token: &str, node: &str) -> SourceSpe
         token: token.into(),
         node_id: format!("trellis~{node}"),
         types: vec![ADDRESS_TYPE, AUTHORIZATION_TYPE],
+        socket_mark: None,
     })
 }
 

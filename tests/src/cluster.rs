@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use trellis_netns::NetNs;
 
 use crate::process::OwnedChild;
-pub use crate::proxy_args::{Feed, ProxyArgs};
+pub use crate::proxy_args::{Feed, ProxyArgs, ProxyMode};
 use crate::Topology;
 
 /// Path of the node proxy binary: `TRELLIS_NODE_PROXY_BIN`, or the one cargo
@@ -176,6 +176,7 @@ impl NodeProxy {
             .collect::<Result<Vec<_>>>()?;
         let args = ProxyArgs {
             node: node.into(),
+            mode: ProxyMode::Shared,
             feed: Feed::Files {
                 config: config.into(),
                 ca_dir: ca_dir.into(),
@@ -209,16 +210,52 @@ impl NodeProxy {
         let n = topo.node(node).ok_or_else(|| anyhow!("no node {node}"))?;
         let args = ProxyArgs {
             node: node.into(),
+            mode: ProxyMode::Shared,
             feed,
             pods: enrolled,
-            bound_addrs_file: files.path(&format!("{node}-addrs.json")),
+            bound_addrs_file: PathBuf::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        NodeProxy::launch(
-            &args,
-            Some((n.netns_name(), n.netns()?)),
-            &files.path(&format!("{node}.log")),
-        )
+        NodeProxy::launch_in(args, files, (n.netns_name(), n.netns()?))
+    }
+
+    /// Starts the node proxy of a VM or bare host inside `host`'s network
+    /// namespace, as an operator runs it there: dedicated to the workload
+    /// `workload_uid` (its WorkloadEntry's), capturing that namespace
+    /// (`--capture`), fed by the controller.
+    pub fn start_on_host(
+        topo: &Topology,
+        files: &ClusterFiles,
+        host: &str,
+        feed: Feed,
+        workload_uid: &str,
+        extra: &[&str],
+    ) -> Result<NodeProxy> {
+        let h = topo.host(host).ok_or_else(|| anyhow!("no host {host}"))?;
+        let args = ProxyArgs {
+            node: host.into(),
+            mode: ProxyMode::Host {
+                workload_uid: workload_uid.into(),
+            },
+            feed,
+            pods: vec![],
+            bound_addrs_file: PathBuf::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        NodeProxy::launch_in(args, files, (h.netns_name(), h.netns()?))
+    }
+
+    /// Launches `args` inside `netns` (its `ip netns` name and a handle),
+    /// with its bound-addresses file and log named after `args.node` in
+    /// the cluster's files.
+    fn launch_in(
+        mut args: ProxyArgs,
+        files: &ClusterFiles,
+        netns: (&str, NetNs),
+    ) -> Result<NodeProxy> {
+        let name = args.node.clone();
+        args.bound_addrs_file = files.path(&format!("{name}-addrs.json"));
+        NodeProxy::launch(&args, Some(netns), &files.path(&format!("{name}.log")))
     }
 
     /// Spawns the binary with `args` (inside a namespace with `ip netns

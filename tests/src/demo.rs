@@ -26,7 +26,8 @@ enum Kind {
         forwards: Vec<(u16, SocketAddr)>,
     },
     Netns {
-        topo: Topology,
+        // Boxed: a topology is large, and the loopback mode has none.
+        topo: Box<Topology>,
         client: NetNs,
         server_ip: IpAddr,
     },
@@ -70,6 +71,7 @@ pub fn proxy_settings(common: CommonFlags, node: &str) -> Settings {
         hbone_addr: None,
         inbound_plain_addr: None,
         outbound_forwards: vec![],
+        capture: false,
         pods: vec![],
         zds_socket: None,
         cluster_id: "Kubernetes".into(),
@@ -241,7 +243,7 @@ impl Mesh {
         let client_ns = client.netns()?;
         Ok(Mesh {
             kind: Kind::Netns {
-                topo,
+                topo: Box::new(topo),
                 client: client_ns,
                 server_ip,
             },

@@ -16,12 +16,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod crds;
+
+pub use crds::{authorization_policy_crd, gateway_api_crds, workload_entry_crd};
+
 use crate::process::EXEC_TIMEOUT;
 use crate::wait::wait_for;
 
 /// Set to `1` (CI does) to fail, not skip, when the API server cannot run.
 pub const REQUIRE_ENV: &str = "TRELLIS_REQUIRE_KUBE";
-/// The istio.io/api version whose AuthorizationPolicy CRD tests install.
+/// The istio.io/api version whose AuthorizationPolicy and WorkloadEntry
+/// CRDs tests install.
 pub const ISTIO_API: &str = "istio.io/api@v1.32.0";
 /// The Gateway API version whose CRDs tests install (the experimental
 /// channel, so HTTPRoute rules keep their names).
@@ -430,6 +435,17 @@ impl KubeApiServer {
         Ok(token.trim().to_string())
     }
 
+    /// A TokenRequest for service account `ns/sa` bound to no object, for
+    /// `audience`: what an operator makes for a VM (`kubectl create token
+    /// <sa> -n <ns> --audience istio-ca`).
+    pub fn token_for_audience(&self, ns: &str, sa: &str, audience: &str) -> Result<String> {
+        let token = self.kubectl(
+            &["create", "token", sa, "-n", ns, "--audience", audience],
+            None,
+        )?;
+        Ok(token.trim().to_string())
+    }
+
     /// The `status` of a TokenReview of `token`.
     pub fn token_review(&self, token: &str) -> Result<Value> {
         let body = serde_json::json!({
@@ -454,6 +470,15 @@ impl KubeApiServer {
         self.install_crds(
             &[authorization_policy_crd()?],
             &["authorizationpolicies.security.istio.io"],
+        )
+    }
+
+    /// Installs Istio's WorkloadEntry CRD (VMs and hosts outside the
+    /// cluster) and waits until it is served.
+    pub fn install_workload_entry_crd(&self) -> Result<()> {
+        self.install_crds(
+            &[workload_entry_crd()?],
+            &["workloadentries.networking.istio.io"],
         )
     }
 
@@ -523,62 +548,6 @@ fn stream_of(docs: &[String]) -> String {
         .map(|d| d.trim_start_matches("---\n").trim_end())
         .collect::<Vec<_>>()
         .join("\n---\n")
-}
-
-/// The directory of a Go module in the module cache (`go mod download`).
-fn go_module_dir(module: &'static str) -> Result<PathBuf> {
-    let crd = |detail: String| KubeError::Crd { module, detail };
-    let mut cmd = Command::new("go");
-    cmd.args(["mod", "download", "-json", module])
-        .current_dir(std::env::temp_dir())
-        .env("GOFLAGS", "-mod=mod");
-    let out = run(
-        cmd,
-        &format!("go mod download {module}"),
-        None,
-        Duration::from_secs(300),
-    )
-    .map_err(|e| crd(e.to_string()))?;
-    let info: Value = serde_json::from_str(&out.stdout)
-        .map_err(|e| crd(format!("go mod download: {e}: {}", out.stderr.trim())))?;
-    info["Dir"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or_else(|| crd(format!("go mod download answered {info}")))
-}
-
-fn read_module_file(module: &'static str, path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| KubeError::Crd {
-        module,
-        detail: format!("{}: {e}", path.display()),
-    })
-}
-
-/// The AuthorizationPolicy CRD from the Go module [`ISTIO_API`].
-pub fn authorization_policy_crd() -> Result<String> {
-    let path = go_module_dir(ISTIO_API)?.join("kubernetes/customresourcedefinitions.gen.yaml");
-    read_module_file(ISTIO_API, &path)?
-        .split("\n---\n")
-        .find(|d| d.contains("name: authorizationpolicies.security.istio.io"))
-        .map(str::to_string)
-        .ok_or_else(|| KubeError::Crd {
-            module: ISTIO_API,
-            detail: format!("no AuthorizationPolicy CRD in {}", path.display()),
-        })
-}
-
-/// The CRDs of [`GATEWAY_API_KINDS`] from the Go module [`GATEWAY_API`].
-pub fn gateway_api_crds() -> Result<Vec<String>> {
-    let dir = go_module_dir(GATEWAY_API)?.join("config/crd/experimental");
-    GATEWAY_API_KINDS
-        .iter()
-        .map(|kind| {
-            read_module_file(
-                GATEWAY_API,
-                &dir.join(format!("gateway.networking.k8s.io_{kind}.yaml")),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

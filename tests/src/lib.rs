@@ -39,5 +39,7 @@ pub use root::require_root;
 pub use servers::{
     ask_identity, connect, connect_async, echo_roundtrip, Identity, ServerKind, TestServer,
 };
-pub use topology::{cleanup_stale_namespaces, Node, Pod, Topology, TopologyBuilder, TopologyError};
+pub use topology::{
+    cleanup_stale_namespaces, Host, Node, Pod, Topology, TopologyBuilder, TopologyError,
+};
 pub use wait::{wait_for, wait_until, wait_until_async, WaitTimeout};

@@ -49,10 +49,7 @@ impl PodDef {
 
     /// `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
     pub fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
-            self.namespace, self.service_account
-        )
+        spiffe_id(&self.namespace, &self.service_account)
     }
 
     /// `cluster.local/ns/<ns>/sa/<sa>`, as a policy names the principal.
@@ -61,6 +58,38 @@ impl PodDef {
             "{TRUST_DOMAIN}/ns/{}/sa/{}",
             self.namespace, self.service_account
         )
+    }
+}
+
+/// `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
+pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
+}
+
+/// An Istio WorkloadEntry: a VM or bare host outside the cluster, with the
+/// identity of its service account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadEntryDef {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    /// The host's address (`spec.address`).
+    pub ip: IpAddr,
+    /// `app: <value>` in `spec.labels`, what services select on.
+    pub app: String,
+}
+
+impl WorkloadEntryDef {
+    /// The workload uid the controller gives the entry, and what the
+    /// host's dedicated node proxy serves
+    /// (`<cluster id>//WorkloadEntry/<namespace>/<name>`).
+    pub fn uid(&self) -> String {
+        format!("Kubernetes//WorkloadEntry/{}/{}", self.namespace, self.name)
+    }
+
+    /// `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
+    pub fn spiffe_id(&self) -> String {
+        spiffe_id(&self.namespace, &self.service_account)
     }
 }
 
@@ -143,6 +172,16 @@ pub fn pod(p: &PodDef, with_status: bool) -> String {
         );
     }
     s
+}
+
+/// A WorkloadEntry (networking.istio.io/v1). Services select it by its
+/// `spec.labels`, as they select pods by theirs.
+pub fn workload_entry(w: &WorkloadEntryDef) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {}\n  namespace: {}\n\
+         spec:\n  address: {}\n  serviceAccount: {}\n  labels:\n    app: {}\n",
+        w.name, w.namespace, w.ip, w.service_account, w.app
+    )
 }
 
 /// A Service (with the waypoint label when it has a waypoint).
@@ -298,6 +337,20 @@ mod tests {
         }
     }
 
+    fn vm_def() -> WorkloadEntryDef {
+        WorkloadEntryDef {
+            namespace: "demo".into(),
+            name: "vm".into(),
+            service_account: "vm-sa".into(),
+            ip: "198.19.1.2".parse().unwrap(),
+            app: "vm".into(),
+        }
+    }
+
+    fn vm() -> String {
+        workload_entry(&vm_def())
+    }
+
     fn route() -> String {
         http_route(&HttpRouteDef {
             namespace: "demo".into(),
@@ -383,6 +436,10 @@ mod tests {
                 "/metadata/labels/gateway.networking.k8s.io~1gateway-name",
                 json!("wp"),
             ),
+            (vm(), "/apiVersion", json!("networking.istio.io/v1")),
+            (vm(), "/spec/address", json!("198.19.1.2")),
+            (vm(), "/spec/serviceAccount", json!("vm-sa")),
+            (vm(), "/spec/labels/app", json!("vm")),
             (route(), "/spec/parentRefs/0/kind", json!("Service")),
             (route(), "/spec/parentRefs/0/group", json!("")),
             (route(), "/spec/parentRefs/0/port", json!(80)),
@@ -442,6 +499,9 @@ mod tests {
         assert_eq!(p.uid(), "Kubernetes//Pod/demo/server");
         assert_eq!(p.spiffe_id(), "spiffe://cluster.local/ns/demo/sa/server-sa");
         assert_eq!(p.principal(), "cluster.local/ns/demo/sa/server-sa");
+        let v = vm_def();
+        assert_eq!(v.uid(), "Kubernetes//WorkloadEntry/demo/vm");
+        assert_eq!(v.spiffe_id(), "spiffe://cluster.local/ns/demo/sa/vm-sa");
     }
 
     #[test]

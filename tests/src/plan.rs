@@ -12,16 +12,36 @@ pub(crate) struct PodSpec {
     pub ip: Option<Ipv4Addr>,
 }
 
+/// A host outside the cluster, linked to one node.
+pub(crate) struct HostSpec {
+    pub node: String,
+    pub name: String,
+}
+
+/// The most hosts: each has its own 198.19.<k>.0/24, below the services'
+/// 198.19.128.0/24.
+pub(crate) const MAX_HOSTS: usize = 100;
+
 pub(crate) struct Plan {
     pub nodes: Vec<String>,
     /// (node, pod, address)
     pub pods: Vec<(String, String, Ipv4Addr)>,
+    /// (node, host, k): the host's link is 198.19.<k>.0/24.
+    pub hosts: Vec<(String, String, u8)>,
 }
 
 /// Validates names and assigns addresses before anything is created.
-pub(crate) fn plan(nodes: &[String], pod_specs: &[PodSpec]) -> Result<Plan> {
+pub(crate) fn plan(
+    nodes: &[String],
+    pod_specs: &[PodSpec],
+    host_specs: &[HostSpec],
+) -> Result<Plan> {
     let mut seen = HashSet::new();
-    for name in nodes.iter().chain(pod_specs.iter().map(|p| &p.name)) {
+    let names = nodes
+        .iter()
+        .chain(pod_specs.iter().map(|p| &p.name))
+        .chain(host_specs.iter().map(|h| &h.name));
+    for name in names {
         let ok = (1..=32).contains(&name.len())
             && name
                 .bytes()
@@ -38,6 +58,16 @@ pub(crate) fn plan(nodes: &[String], pod_specs: &[PodSpec]) -> Result<Plan> {
     }
     if nodes.len() > 254 {
         return Err(TopologyError::TooManyNodes);
+    }
+    if host_specs.len() > MAX_HOSTS {
+        return Err(TopologyError::TooManyHosts(MAX_HOSTS));
+    }
+    let mut hosts = Vec::new();
+    for (k, h) in host_specs.iter().enumerate() {
+        if !nodes.contains(&h.node) {
+            return Err(TopologyError::Unknown(h.node.clone()));
+        }
+        hosts.push((h.node.clone(), h.name.clone(), k as u8 + 1));
     }
     let index_of = |node: &str| nodes.iter().position(|n| n == node).map(|i| i as u8 + 1);
     let mut used: HashSet<Ipv4Addr> = HashSet::new();
@@ -77,5 +107,6 @@ pub(crate) fn plan(nodes: &[String], pod_specs: &[PodSpec]) -> Result<Plan> {
     Ok(Plan {
         nodes: nodes.to_vec(),
         pods,
+        hosts,
     })
 }

@@ -25,10 +25,22 @@ pub enum Feed {
     },
 }
 
-/// One shared-mode node proxy's command line.
+/// What a node proxy serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Every pod of its node, each in the pod's netns (`--mode shared`).
+    Shared,
+    /// A VM or bare host: the one workload `workload_uid` (its
+    /// WorkloadEntry's), captured in the proxy's own netns (`--mode
+    /// dedicated --capture`).
+    Host { workload_uid: String },
+}
+
+/// One node proxy's command line.
 #[derive(Clone, Debug)]
 pub struct ProxyArgs {
     pub node: String,
+    pub mode: ProxyMode,
     pub feed: Feed,
     /// (workload uid, netns path) of the pods enrolled at start.
     pub pods: Vec<(String, PathBuf)>,
@@ -40,10 +52,21 @@ pub struct ProxyArgs {
 impl ProxyArgs {
     /// The arguments after the binary's name.
     pub fn argv(&self) -> Vec<OsString> {
-        let mut a: Vec<OsString> = ["--mode", "shared", "--node", &self.node]
-            .iter()
-            .map(Into::into)
-            .collect();
+        let mut a: Vec<OsString> = match &self.mode {
+            ProxyMode::Shared => vec!["--mode", "shared", "--node", &self.node],
+            ProxyMode::Host { workload_uid } => vec![
+                "--mode",
+                "dedicated",
+                "--node",
+                &self.node,
+                "--workload-uid",
+                workload_uid,
+                "--capture",
+            ],
+        }
+        .into_iter()
+        .map(Into::into)
+        .collect();
         a.extend(feed_args(&self.feed));
         for flag in ["--admin-addr", "--metrics-addr", "--readiness-addr"] {
             a.extend([flag.into(), "127.0.0.1:0".into()]);
@@ -173,6 +196,7 @@ mod tests {
     fn args(feed: Feed) -> Vec<String> {
         ProxyArgs {
             node: "node1".into(),
+            mode: ProxyMode::Shared,
             feed,
             pods: vec![(
                 "Kubernetes//Pod/demo/client".into(),
@@ -232,6 +256,35 @@ mod tests {
         }
         assert!(local_state_flags(&args(controller())).is_empty());
         assert_eq!(local_state_flags(&args(files())), ["--config", "--ca-dir"]);
+    }
+
+    #[test]
+    fn a_host_proxy_is_dedicated_to_its_entry_and_captures_its_netns() {
+        let argv: Vec<String> = ProxyArgs {
+            node: "vm".into(),
+            mode: ProxyMode::Host {
+                workload_uid: "Kubernetes//WorkloadEntry/demo/vm".into(),
+            },
+            feed: controller(),
+            pods: vec![],
+            bound_addrs_file: "/t/vm.json".into(),
+            extra: vec![],
+        }
+        .argv()
+        .into_iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+        assert_eq!(flag_value(&argv, "--mode"), Some("dedicated"), "{argv:?}");
+        assert_eq!(
+            flag_value(&argv, "--workload-uid"),
+            Some("Kubernetes//WorkloadEntry/demo/vm")
+        );
+        assert!(argv.iter().any(|a| a == "--capture"), "{argv:?}");
+        assert_eq!(flag_value(&argv, "--pod"), None);
+        assert!(local_state_flags(&argv).is_empty(), "{argv:?}");
+        let shared = args(controller());
+        assert_eq!(flag_value(&shared, "--mode"), Some("shared"));
+        assert!(!shared.iter().any(|a| a == "--capture"), "{shared:?}");
     }
 
     #[test]

@@ -8,7 +8,13 @@
 //!               routes 198.18.k.0/24 via 198.19.255.k for every other node k
 //! pod netns:    eth0 198.18.i.j/24 (veth to v<n> on node i's br0),
 //!               route 198.18.0.0/15 via 198.18.i.1 and no default route
+//! host k netns: eth0 198.19.k.2/24 (veth to h<k> 198.19.k.1/24 on its node),
+//!               route 198.18.0.0/15 via 198.19.k.1 and no default route;
+//!               every other node routes 198.19.k.0/24 via the host's node
 //! ```
+//!
+//! A host is a machine outside the cluster (a VM, a bare-metal server):
+//! on no node's pod bridge, reachable only through the node it is linked to.
 //!
 //! Everything lives in namespaces created here, named `trl<pid>-<n>-...`;
 //! nothing is created in, or changed in, the host's namespace. Only addresses
@@ -27,7 +33,7 @@ use trellis_netns::{ListenOpts, NetNs};
 
 use crate::cleanup::netns_admin;
 pub use crate::cleanup::{cleanup_stale_namespaces, owner_pid, NETNS_DIR, PREFIX};
-use crate::plan::{plan, PodSpec};
+use crate::plan::{plan, HostSpec, PodSpec};
 use crate::process::{self, ChildGuard, Pids};
 use crate::servers::{ServerKind, TestServer};
 
@@ -50,7 +56,9 @@ pub enum TopologyError {
         index: u8,
         ip: Ipv4Addr,
     },
-    #[error("no node or pod named {0:?} in this topology")]
+    #[error("too many hosts: at most {0} (198.19.<k>.0/24 per host)")]
+    TooManyHosts(usize),
+    #[error("no node, pod or host named {0:?} in this topology")]
     Unknown(String),
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
@@ -96,6 +104,23 @@ pub struct Node {
     path: PathBuf,
 }
 
+/// A host outside the cluster: a netns with one interface, eth0, on a link
+/// of its own to one node.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    /// The node it is linked to, its only gateway.
+    pub node: String,
+    /// 198.19.<k>.2.
+    pub ip: IpAddr,
+    /// The node's end of the link, 198.19.<k>.1.
+    pub gateway: IpAddr,
+    /// k: the third octet of its link's subnet.
+    index: u8,
+    netns_name: String,
+    path: PathBuf,
+}
+
 macro_rules! netns_accessors {
     ($t:ty) => {
         impl $t {
@@ -120,12 +145,14 @@ macro_rules! netns_accessors {
 }
 netns_accessors!(Pod);
 netns_accessors!(Node);
+netns_accessors!(Host);
 
 /// Builder for [`Topology`]; see the module doc for the layout.
 #[derive(Default)]
 pub struct TopologyBuilder {
     nodes: Vec<String>,
     pods: Vec<PodSpec>,
+    hosts: Vec<HostSpec>,
     mtu: Option<u32>,
 }
 
@@ -158,6 +185,17 @@ impl TopologyBuilder {
         self
     }
 
+    /// Adds a host outside the cluster (a VM) linked to `node` alone,
+    /// addressed 198.19.<k>.2 for the k-th host.
+    pub fn host(mut self, node: &str, name: &str) -> Self {
+        self = self.node(node);
+        self.hosts.push(HostSpec {
+            node: node.to_string(),
+            name: name.to_string(),
+        });
+        self
+    }
+
     /// MTU of every veth and bridge (default: the kernel's, 1500).
     pub fn mtu(mut self, mtu: u32) -> Self {
         self.mtu = Some(mtu);
@@ -166,7 +204,7 @@ impl TopologyBuilder {
 
     /// Creates the namespaces and links. On error, whatever was created is removed.
     pub fn build(self) -> Result<Topology> {
-        let plan = plan(&self.nodes, &self.pods)?;
+        let plan = plan(&self.nodes, &self.pods, &self.hosts)?;
         cleanup_stale_namespaces();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
@@ -183,6 +221,7 @@ impl TopologyBuilder {
             prefix,
             nodes: vec![],
             pods: vec![],
+            hosts: vec![],
             created: vec![],
             pids: Pids::default(),
             logs,
@@ -211,6 +250,18 @@ impl TopologyBuilder {
                 netns_name,
             });
         }
+        for (node, name, k) in plan.hosts {
+            let netns_name = format!("{}-h-{name}", topo.prefix);
+            topo.hosts.push(Host {
+                ip: Ipv4Addr::new(198, 19, k, 2).into(),
+                gateway: Ipv4Addr::new(198, 19, k, 1).into(),
+                index: k,
+                node,
+                name,
+                path: Path::new(NETNS_DIR).join(&netns_name),
+                netns_name,
+            });
+        }
         // `topo` owns what exists so far: an early return drops it and cleans up.
         topo.create()?;
         tracing::info!(prefix = %topo.prefix, nodes = topo.nodes.len(), pods = topo.pods.len(), "topology ready");
@@ -224,6 +275,7 @@ pub struct Topology {
     fabric: String,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
+    hosts: Vec<Host>,
     /// Namespaces that exist now, in creation order.
     created: Vec<String>,
     pids: Pids,
@@ -252,17 +304,33 @@ impl Topology {
         self.nodes.iter()
     }
 
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter()
+    }
+
+    /// The address of a pod or a host.
+    pub fn ip_of(&self, name: &str) -> Result<IpAddr> {
+        self.pod(name)
+            .map(|p| p.ip)
+            .or_else(|| self.host(name).map(|h| h.ip))
+            .ok_or_else(|| TopologyError::Unknown(name.to_string()))
+    }
+
     /// `trl<pid>-<n>`, the start of every namespace name here.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// Every namespace of this topology (fabric, nodes, pods), by `ip netns` name.
+    /// Every namespace of this topology (fabric, nodes, pods, hosts), by `ip netns` name.
     pub fn netns_names(&self) -> Vec<String> {
         self.created.clone()
     }
 
-    /// The `ip netns` name of a node or pod (or "fabric").
+    /// The `ip netns` name of a node, pod or host (or "fabric").
     pub fn netns_name(&self, name: &str) -> Result<&str> {
         if name == "fabric" {
             return Ok(&self.fabric);
@@ -270,6 +338,7 @@ impl Topology {
         self.pod(name)
             .map(|p| p.netns_name.as_str())
             .or_else(|| self.node(name).map(|n| n.netns_name.as_str()))
+            .or_else(|| self.host(name).map(|h| h.netns_name.as_str()))
             .ok_or_else(|| TopologyError::Unknown(name.to_string()))
     }
 
@@ -286,12 +355,10 @@ impl Topology {
             .map_err(io_err(format!("entering the namespace of {name}")))
     }
 
-    /// A test server of `kind` on the pod's IP and `port`, inside its namespace.
+    /// A test server of `kind` on the IP of a pod or host and `port`,
+    /// inside its namespace.
     pub fn serve(&self, kind: ServerKind, pod: &str, port: u16) -> Result<TestServer> {
-        let ip = self
-            .pod(pod)
-            .ok_or_else(|| TopologyError::Unknown(pod.to_string()))?
-            .ip;
+        let ip = self.ip_of(pod)?;
         let addr = SocketAddr::new(ip, port);
         let ns = self.open_netns(pod)?;
         TestServer::start(kind, Some(&ns), addr, ListenOpts::default())
@@ -358,6 +425,7 @@ impl Topology {
             .iter()
             .map(|n| n.netns_name.clone())
             .chain(self.pods.iter().map(|p| p.netns_name.clone()))
+            .chain(self.hosts.iter().map(|h| h.netns_name.clone()))
             .collect();
         for name in names {
             self.add_netns(name)?;
@@ -420,27 +488,60 @@ impl Topology {
             self.ip(&[
                 "-n", node_ns, "link", "set", &node_port, "master", "br0", "up",
             ])?;
+            self.address_eth0(ns, pod.ip, pod.gateway)?;
+        }
+        for host in &self.hosts {
+            self.link_host(host)?;
+        }
+        Ok(())
+    }
+
+    /// Gives a pod's or host's eth0 its `/24` address and its one route,
+    /// 198.18.0.0/15 via `gateway` (no default route).
+    fn address_eth0(&self, ns: &str, ip: IpAddr, gateway: IpAddr) -> Result<()> {
+        let own = format!("{ip}/24");
+        self.ip(&["-n", ns, "addr", "add", &own, "dev", "eth0"])?;
+        self.ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        let gw = gateway.to_string();
+        self.ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "198.18.0.0/15",
+            "via",
+            &gw,
+            "dev",
+            "eth0",
+        ])
+    }
+
+    /// A host's own link to its node, and the other nodes' routes to it
+    /// through that node.
+    fn link_host(&self, host: &Host) -> Result<()> {
+        let node = self
+            .node(&host.node)
+            .ok_or_else(|| TopologyError::Unknown(host.node.clone()))?;
+        let (ns, node_ns) = (host.netns_name.as_str(), node.netns_name.as_str());
+        let node_port = format!("h{}", host.index);
+        self.veth(ns, "eth0", &node_port, node_ns)?;
+        let node_end = format!("{}/24", host.gateway);
+        self.ip(&["-n", node_ns, "addr", "add", &node_end, "dev", &node_port])?;
+        self.ip(&["-n", node_ns, "link", "set", &node_port, "up"])?;
+        self.address_eth0(ns, host.ip, host.gateway)?;
+        let subnet = format!("198.19.{}.0/24", host.index);
+        let via = node.uplink_ip.to_string();
+        for other in self.nodes.iter().filter(|o| o.index != node.index) {
             self.ip(&[
                 "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", pod.ip),
-                "dev",
-                "eth0",
-            ])?;
-            self.ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-            let gw = pod.gateway.to_string();
-            self.ip(&[
-                "-n",
-                ns,
+                &other.netns_name,
                 "route",
                 "add",
-                "198.18.0.0/15",
+                &subnet,
                 "via",
-                &gw,
+                &via,
                 "dev",
-                "eth0",
+                "up0",
             ])?;
         }
         Ok(())

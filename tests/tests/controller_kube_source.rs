@@ -527,6 +527,7 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
             trellis_api::xds::ADDRESS_TYPE,
             trellis_api::xds::AUTHORIZATION_TYPE,
         ],
+        socket_mark: None,
     });
     let store = Arc::new(source::initial_store(&spec).expect("store"));
     let client = source::spawn(&spec, store.clone(), None, None);
@@ -559,6 +560,7 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
             root_pem: ca.roots_pem(),
             token: token.trim().to_owned(),
             impersonate: true,
+            socket_mark: None,
         },
     )
     .expect("ca client");

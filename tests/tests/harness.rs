@@ -85,6 +85,57 @@ fn pods_reach_each_other_on_the_same_node_and_across_nodes() {
 }
 
 #[test]
+fn a_host_reaches_pods_and_the_control_node_through_its_node_alone() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .pod("node1", "a")
+        .pod("node2", "c")
+        .node("cp")
+        .host("node1", "vm")
+        .build()
+        .expect("building the topology");
+    let vm = topo.host("vm").unwrap();
+    assert_eq!(vm.ip, IpAddr::from([198, 19, 1, 2]));
+    assert_eq!(vm.gateway, IpAddr::from([198, 19, 1, 1]));
+    assert_eq!(topo.ip_of("vm").unwrap(), vm.ip);
+    let routes = topo.exec("vm", &["ip", "-4", "route", "show"]).unwrap();
+    assert!(!routes.contains("default"), "{routes}");
+    assert!(
+        routes.contains("198.18.0.0/15 via 198.19.1.1 dev eth0"),
+        "{routes}"
+    );
+    // On no pod bridge: its only link is its own, to node1.
+    let links = topo.exec("vm", &["ip", "-o", "link", "show"]).unwrap();
+    assert_eq!(links.lines().count(), 2, "lo and eth0 only:\n{links}");
+
+    let vm_ns = vm.netns().unwrap();
+    let vm_id = topo
+        .serve(trellis_e2e::ServerKind::Identity, "vm", 80)
+        .unwrap();
+    // Both ways with a pod on its node and with one across nodes, and to
+    // the control node's uplink (where a controller listens), no NAT.
+    for pod in ["a", "c"] {
+        let p = topo.pod(pod).unwrap();
+        let seen = ask_identity(Some(&p.netns().unwrap()), vm_id.addr(), T).unwrap();
+        assert_eq!(seen.peer.ip(), p.ip, "{pod} -> vm");
+        let echo = topo.serve(trellis_e2e::ServerKind::Echo, pod, 7).unwrap();
+        let back = echo_roundtrip(Some(&vm_ns), echo.addr(), b"from the vm", T).unwrap();
+        assert_eq!(back, b"from the vm");
+        assert_eq!(echo.peers()[0].ip(), vm.ip, "vm -> {pod}");
+    }
+    let cp = topo.node("cp").unwrap();
+    let cp_echo =
+        TestServer::echo(Some(&cp.netns().unwrap()), SocketAddr::new(cp.uplink_ip, 7)).unwrap();
+    let back = echo_roundtrip(Some(&vm_ns), cp_echo.addr(), b"to cp", T).unwrap();
+    assert_eq!(back, b"to cp");
+    let outside = SocketAddr::from(([192, 0, 2, 1], 80));
+    let err = trellis_e2e::connect(Some(&vm_ns), outside, T).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+}
+
+#[test]
 fn pods_have_no_route_out_of_the_topology() {
     if !require_root() {
         return;
@@ -256,6 +307,19 @@ fn bad_topologies_are_refused_before_anything_is_created() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("198.18.1.2-254"), "{e}");
+    let e = Topology::builder()
+        .pod("node1", "x")
+        .host("node1", "x")
+        .build()
+        .err()
+        .unwrap();
+    assert!(matches!(e, TopologyError::Duplicate(_)), "{e}");
+    let mut b = Topology::builder();
+    for i in 0..101 {
+        b = b.host("node1", &format!("vm{i}"));
+    }
+    let e = b.build().err().unwrap();
+    assert!(matches!(e, TopologyError::TooManyHosts(100)), "{e}");
 }
 
 #[test]

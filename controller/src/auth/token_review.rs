@@ -11,7 +11,9 @@
 //!   pod's `spec.nodeName` (read from the API server). A node proxy token
 //!   not bound to a pod is refused: nothing would say which node it serves;
 //! - any other service account → [`Caller::Waypoint`] with
-//!   `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+//!   `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`: a waypoint, or a VM's
+//!   dedicated node proxy, whose token (`kubectl create token <sa>
+//!   --audience istio-ca`, as Istio bootstraps VMs) is bound to no pod.
 //!
 //! Audiences: a token is reviewed first for the configured audiences
 //! (Istio's `istio-ca` by default: the projected token of ztunnel and of

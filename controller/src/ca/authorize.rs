@@ -2,7 +2,9 @@
 //!
 //! A node proxy asks for the identities of the pods on its node (naming each
 //! pod's identity in the CSR, and in the `ImpersonatedIdentity` metadata key
-//! as ztunnel does); a waypoint asks for its own identity only.
+//! as ztunnel does); any other caller (a waypoint, or the dedicated node
+//! proxy of a VM authenticated with its WorkloadEntry's service account
+//! token) asks for its own identity only: the token's service account.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,7 +51,7 @@ pub enum Denied {
         identity: String,
         elsewhere: String,
     },
-    #[error("waypoint {own} asked for {identity}; a waypoint may have its own identity only")]
+    #[error("a caller with the token of {own} asked for {identity}; a waypoint or a VM's node proxy may have its own identity only: give it a token of {identity}'s service account")]
     NotOwn { own: String, identity: String },
 }
 

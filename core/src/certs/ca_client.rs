@@ -43,6 +43,8 @@ pub struct CaClientConfig {
     /// Node proxies set this: each request names its pod's identity in the
     /// `ImpersonatedIdentity` metadata too.
     pub impersonate: bool,
+    /// SO_MARK of the connections to the CA (see [`crate::control::channel`]).
+    pub socket_mark: Option<u32>,
 }
 
 impl std::fmt::Debug for CaClientConfig {
@@ -110,7 +112,12 @@ impl CaIssuer {
         // The channel spawns its connection task onto the runtime it is made in.
         let channel = {
             let _in_runtime = runtime.enter();
-            crate::control::channel(&config.address, &config.server_name, &bundle)?
+            crate::control::channel(
+                &config.address,
+                &config.server_name,
+                &bundle,
+                config.socket_mark,
+            )?
         };
         let slots: Slots = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();

@@ -50,6 +50,9 @@ pub struct XdsSpec {
     pub node_id: String,
     /// The type URLs subscribed by wildcard.
     pub types: Vec<&'static str>,
+    /// SO_MARK of the connections to the controller (see
+    /// [`crate::control::channel`]).
+    pub socket_mark: Option<u32>,
 }
 
 impl std::fmt::Debug for XdsSpec {
@@ -60,6 +63,7 @@ impl std::fmt::Debug for XdsSpec {
             .field("server_name", &self.server_name)
             .field("node_id", &self.node_id)
             .field("types", &self.types)
+            .field("socket_mark", &self.socket_mark)
             .finish_non_exhaustive()
     }
 }
@@ -178,7 +182,8 @@ async fn session_inner(
     waiters: &mut Waiters,
 ) -> Result<std::convert::Infallible, SessionError> {
     let bundle = hbone::TrustBundle::from_pem(&spec.root_pem)?;
-    let channel = crate::control::channel(&spec.address, &spec.server_name, &bundle)?;
+    let channel =
+        crate::control::channel(&spec.address, &spec.server_name, &bundle, spec.socket_mark)?;
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     for req in tracker.initial_requests() {
         let _ = tx.send(req);

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use super::{PROXY_ACCOUNT, PROXY_NAMESPACE};
 use crate::kube::KubeApiServer;
-use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef, TokenHolder};
+use crate::manifests::{self, ManifestsDir, PodDef, PolicyDef, TokenHolder, WorkloadEntryDef};
 
 /// The controller's objects, in the folder or in the API server.
 pub(super) enum Objects {
@@ -62,6 +62,38 @@ impl Objects {
         }
     }
 
+    fn entry_file(w: &WorkloadEntryDef) -> String {
+        format!("workloadentries/{}-{}.yaml", w.namespace, w.name)
+    }
+
+    /// A VM's WorkloadEntry and its service account.
+    pub(super) fn put_workload_entry(&self, w: &WorkloadEntryDef) -> Result<()> {
+        let yaml = manifests::stream(&[
+            manifests::service_account(&w.namespace, &w.service_account),
+            manifests::workload_entry(w),
+        ]);
+        match self {
+            Objects::Manifests(dir) => dir
+                .write(&Self::entry_file(w), &yaml)
+                .with_context(|| format!("writing the manifest of workload entry {}", w.name)),
+            Objects::Kube(kube) => Ok(kube.apply(&yaml)?),
+        }
+    }
+
+    pub(super) fn delete_workload_entry(&self, w: &WorkloadEntryDef) -> Result<()> {
+        match self {
+            Objects::Manifests(dir) => dir
+                .remove(&Self::entry_file(w))
+                .with_context(|| format!("removing the manifest of workload entry {}", w.name)),
+            Objects::Kube(kube) => Ok(kube
+                .kubectl(
+                    &["delete", "workloadentry", &w.name, "-n", &w.namespace],
+                    None,
+                )
+                .map(drop)?),
+        }
+    }
+
     pub(super) fn put_policy(&self, p: &PolicyDef) -> Result<()> {
         let yaml = manifests::authorization_policy(p);
         match self {
@@ -105,11 +137,14 @@ impl Objects {
         }
     }
 
-    /// A bearer token for each holder (a node's proxy, or a waypoint by
-    /// its pod): random bootstrap tokens for the token file; in Kubernetes
-    /// mode TokenRequests bound to a pod, which the controller's
+    /// A bearer token for each holder (a node's proxy, a waypoint by its
+    /// pod, a VM): random bootstrap tokens for the token file; in
+    /// Kubernetes mode TokenRequests bound to a pod, which the controller's
     /// TokenReview maps to a node (the node proxy's service account) or to
-    /// the pod's own identity (a waypoint). A waypoint's pod must exist.
+    /// the pod's own identity (a waypoint), and for a VM a token of its
+    /// service account bound to nothing, for the audience `istio-ca` (what
+    /// an operator makes with `kubectl create token`). A waypoint's pod
+    /// must exist.
     pub(super) fn tokens(&self, holders: &[Holder]) -> Result<Vec<(Holder, String)>> {
         match self {
             Objects::Manifests(_) => holders
@@ -129,11 +164,27 @@ impl Objects {
                             Holder::Waypoint(p) => {
                                 kube.bound_token(&p.namespace, &p.service_account, &p.name)?
                             }
+                            Holder::Vm { entry, account } => {
+                                kube.apply(&manifests::service_account(&entry.namespace, account))?;
+                                kube.token_for_audience(
+                                    &entry.namespace,
+                                    account,
+                                    VM_TOKEN_AUDIENCE,
+                                )?
+                            }
                         };
                         Ok((h.clone(), token))
                     })
                     .collect()
             }
+        }
+    }
+
+    /// Istio's WorkloadEntry CRD (Kubernetes mode), before the controller starts.
+    pub(super) fn install_workload_entries(&self) -> Result<()> {
+        match self {
+            Objects::Manifests(_) => Ok(()),
+            Objects::Kube(kube) => Ok(kube.install_workload_entry_crd()?),
         }
     }
 
@@ -146,11 +197,21 @@ impl Objects {
     }
 }
 
+/// The audience of a VM's token: the controller's CA reviews tokens for it
+/// (Istio's, which its VM bootstrap uses too).
+const VM_TOKEN_AUDIENCE: &str = "istio-ca";
+
 /// Who a token is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Holder {
     Node(String),
     Waypoint(PodDef),
+    /// A VM's node proxy, with a token of `account` (its entry's service
+    /// account, unless a test gives it another's).
+    Vm {
+        entry: WorkloadEntryDef,
+        account: String,
+    },
 }
 
 impl Holder {
@@ -159,6 +220,7 @@ impl Holder {
         match self {
             Holder::Node(n) => n,
             Holder::Waypoint(p) => &p.name,
+            Holder::Vm { entry, .. } => &entry.name,
         }
     }
 
@@ -166,6 +228,11 @@ impl Holder {
         match self {
             Holder::Node(n) => TokenHolder::NodeProxy(n.clone()),
             Holder::Waypoint(p) => TokenHolder::Waypoint(p.spiffe_id()),
+            // The token file knows no VMs: an account's own identity is
+            // what a waypoint entry grants, as a TokenReview does.
+            Holder::Vm { entry, account } => {
+                TokenHolder::Waypoint(manifests::spiffe_id(&entry.namespace, account))
+            }
         }
     }
 }

@@ -18,6 +18,13 @@ fn review_status_maps_to_a_caller() {
             }),
         ),
         (
+            "a VM's token (TokenRequest for its WorkloadEntry's account, bound to no pod)",
+            ok("system:serviceaccount:demo:vm", json!({})),
+            Decision::Caller(Caller::Waypoint {
+                spiffe_id: "spiffe://cluster.local/ns/demo/sa/vm".into(),
+            }),
+        ),
+        (
             "ztunnel with node claim",
             ok("system:serviceaccount:istio-system:ztunnel", json!({NODE_NAME: ["node-a"], POD_NAME: ["z-1"]})),
             Decision::Caller(Caller::NodeProxy { node: "node-a".into() }),

@@ -4,6 +4,7 @@ const X: &str = "spiffe://cluster.local/ns/a/sa/x";
 const Y: &str = "spiffe://cluster.local/ns/a/sa/y";
 const P: &str = "spiffe://cluster.local/ns/a/sa/pending";
 const WP: &str = "spiffe://cluster.local/ns/default/sa/waypoint";
+const VM: &str = "spiffe://cluster.local/ns/vms/sa/vm";
 
 pub(crate) fn mesh() -> LocalConfig {
     serde_yaml_ng::from_str(
@@ -28,6 +29,12 @@ fn authorize_table() {
     let waypoint = Caller::Waypoint {
         spiffe_id: WP.into(),
     };
+    let vm = Caller::Waypoint {
+        spiffe_id: VM.into(),
+    };
+    let other_sa = Caller::Waypoint {
+        spiffe_id: X.into(),
+    };
     let cases: Vec<(&str, Caller, &str, Result<(), &str>)> = vec![
         ("node gets its pod", node("node-a"), X, Ok(())),
         ("identity on two nodes, first", node("node-a"), Y, Ok(())),
@@ -42,6 +49,10 @@ fn authorize_table() {
         ("unscheduled workload", node("node-a"), P, Err("not scheduled yet")),
         ("waypoint own identity", waypoint.clone(), WP, Ok(())),
         ("waypoint other identity", waypoint, X, Err("may have its own identity only")),
+        // A VM's node proxy authenticates with its WorkloadEntry's account's token.
+        ("vm own identity", vm.clone(), VM, Ok(())),
+        ("vm with another account's token", other_sa, VM, Err("a caller with the token of spiffe://cluster.local/ns/a/sa/x asked for spiffe://cluster.local/ns/vms/sa/vm; a waypoint or a VM's node proxy may have its own identity only: give it a token of spiffe://cluster.local/ns/vms/sa/vm's service account")),
+        ("vm asking for a pod's identity", vm, X, Err("may have its own identity only")),
     ];
     for (name, caller, id, want) in cases {
         match (authorize(&caller, id, &index), want) {

@@ -38,6 +38,7 @@ fn config(address: &str) -> CaClientConfig {
         root_pem: ca.root_cert_pem().into(),
         token: "t".into(),
         impersonate: true,
+        socket_mark: None,
     }
 }
 
