@@ -446,3 +446,39 @@ async fn renewal_keeps_established_sessions_and_new_ones_use_the_new_cert() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     echo(&mut old, 200).await;
 }
+
+/// A projected token is rotated by the kubelet: the client reads its token
+/// file for every request, so a retry after the rotation carries the new
+/// token (here: refused with node-b's token for node-a's pod, then the
+/// file is replaced with node-a's and the retry gets the certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_sent_on_the_next_request() {
+    let c = controller(ca::DEFAULT_MAX_VALIDITY).await;
+    let x: Identity = X.parse().expect("id");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("istio-token");
+    std::fs::write(&path, "tok-b\n").expect("write");
+    let node = CaIssuer::start(CaClientConfig {
+        address: c.addr.to_string(),
+        server_name: SERVER_NAME.into(),
+        root_pem: c.root_pem.clone(),
+        token: trellis_core::control::Token::file(&path).expect("token file"),
+        impersonate: true,
+        socket_mark: None,
+    })
+    .expect("start ca client");
+    node.prefetch(std::slice::from_ref(&x));
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(
+            node.issue(&x, Duration::from_secs(3600)),
+            Err(IssueError::NotYetIssued)
+        ));
+    }
+    // The kubelet's way: a new file renamed over the old one.
+    let next = dir.path().join("..data-new");
+    std::fs::write(&next, "tok-a\n").expect("write");
+    std::fs::rename(&next, &path).expect("rename");
+    let cert = issued(&node, &x).await;
+    assert_eq!(cert.identity(), &x);
+}

@@ -183,16 +183,12 @@ impl ControlFlags {
         read("control plane root", path)
     }
 
-    fn token(&self) -> Result<String, LoadError> {
+    fn token(&self) -> Result<crate::control::Token, LoadError> {
         let path = self
             .token_file
             .as_ref()
             .ok_or(LoadError::Missing("--token-file"))?;
-        let token = read("token file", path)?.trim().to_owned();
-        if token.is_empty() {
-            return Err(LoadError::EmptyToken(path.display().to_string()));
-        }
-        Ok(token)
+        Ok(crate::control::Token::file(path)?)
     }
 }
 

@@ -17,6 +17,9 @@ use tokio::net::TcpStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+mod token;
+pub use token::{Token, TokenError};
+
 /// How long a connection attempt to the controller may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -23,8 +23,8 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    #[error("token file {0} is empty")]
-    EmptyToken(String),
+    #[error(transparent)]
+    Token(#[from] crate::control::TokenError),
     #[error("{0} is required to reach the controller")]
     Missing(&'static str),
     #[error("no config source: pass --config or --xds-address")]

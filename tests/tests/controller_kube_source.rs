@@ -521,7 +521,7 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
         address: addr.to_string(),
         server_name: "istiod.istio-system.svc".into(),
         root_pem: ca.roots_pem(),
-        token: token.trim().to_owned(),
+        token: token.trim().into(),
         node_id: "trellis~node-a".into(),
         types: vec![
             trellis_api::xds::ADDRESS_TYPE,
@@ -558,7 +558,7 @@ async fn run_in_kubernetes_mode_serves_a_node_proxy_authenticated_by_token_revie
             address: addr.to_string(),
             server_name: "istiod.istio-system.svc".into(),
             root_pem: ca.roots_pem(),
-            token: token.trim().to_owned(),
+            token: token.trim().into(),
             impersonate: true,
             socket_mark: None,
         },

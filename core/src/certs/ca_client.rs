@@ -38,8 +38,8 @@ pub struct CaClientConfig {
     pub server_name: String,
     /// The mesh root(s), PEM: trusted for the controller and returned as the trust bundle.
     pub root_pem: String,
-    /// Sent as `authorization: Bearer <token>`.
-    pub token: String,
+    /// Sent as `authorization: Bearer <token>` (a file is read per request).
+    pub token: crate::control::Token,
     /// Node proxies set this: each request names its pod's identity in the
     /// `ImpersonatedIdentity` metadata too.
     pub impersonate: bool,
@@ -203,7 +203,7 @@ pub fn renew_in(now: SystemTime, not_after: SystemTime) -> Duration {
 
 struct Client {
     channel: Channel,
-    token: String,
+    token: crate::control::Token,
     impersonate: bool,
     slots: Slots,
     arrived: watch::Sender<u64>,
@@ -269,7 +269,7 @@ impl Client {
         });
         request
             .metadata_mut()
-            .insert("authorization", crate::control::bearer(&self.token)?);
+            .insert("authorization", self.token.bearer()?);
         let response = IstioCertificateServiceClient::new(self.channel.clone())
             .create_certificate(request)
             .await?

@@ -44,8 +44,8 @@ pub struct XdsSpec {
     pub server_name: String,
     /// The mesh root(s), PEM, trusted for the controller.
     pub root_pem: String,
-    /// Sent as `authorization: Bearer <token>`.
-    pub token: String,
+    /// Sent as `authorization: Bearer <token>` (a file is read per stream).
+    pub token: crate::control::Token,
     /// Sent as the node id (the controller authorizes by token, not by this).
     pub node_id: String,
     /// The type URLs subscribed by wildcard.
@@ -191,7 +191,7 @@ async fn session_inner(
     let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
     request
         .metadata_mut()
-        .insert("authorization", crate::control::bearer(&spec.token)?);
+        .insert("authorization", spec.token.bearer()?);
     let mut responses = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES)
         .delta_aggregated_resources(request)
