@@ -84,6 +84,19 @@ fn entries(conflist: &Value) -> usize {
     })
 }
 
+/// The pods the node proxy serves (ZDS uids).
+fn served(p: &trellis_e2e::cluster::NodeProxy) -> Vec<String> {
+    let (status, body) = p.admin("GET", "/pods", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| Some(p["uid"].as_str()?.to_string()))
+        .collect()
+}
+
 /// The last run (trellis-cni's) of an ADD.
 fn last(runs: &[PluginRun]) -> &PluginRun {
     runs.last().expect("at least one plugin ran")
@@ -212,16 +225,25 @@ fn agent_enrolls_by_namespace_label_and_installs_the_plugin() {
     let runs = add(&late);
     assert!(last(&runs).success, "{runs:?}\n{}", agent.log());
     assert!(late_ns.has_capture_rules().unwrap());
-    let (status, body) = proxy.admin("GET", "/pods", "").unwrap();
-    assert_eq!(status, 200);
     assert!(
-        body.contains(&late.uid),
-        "the node proxy serves the pod: {body}"
+        served(&proxy).contains(&late.uid),
+        "the node proxy serves the pod"
     );
     let state = read_json(&dir.join("agent-state.json"));
-    let saved = &state["pods"][0]["pod"];
-    assert_eq!(saved["name"], "late", "{state}");
+    let saved = state["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["pod"])
+        .find(|p| p["name"] == "late")
+        .unwrap_or_else(|| panic!("late not saved: {state}"));
     assert_eq!(saved["serviceAccount"], "web", "{state}");
+    // The pod that was already running when the namespace got its label
+    // is enrolled too, without a restart.
+    wait_until(T, "the running pod is captured after the label", || {
+        early_ns.has_capture_rules().unwrap() && served(&proxy).contains(&early.uid)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 
     // 3. A pod labelled none opts out of its ambient namespace.
     api.apply(&manifests::pod(
@@ -259,11 +281,46 @@ fn agent_enrolls_by_namespace_label_and_installs_the_plugin() {
         "{err}"
     );
 
-    for (outcome, want) in [("captured", 1.0), ("not_enrolled", 2.0), ("failed", 2.0)] {
+    for (outcome, want) in [("captured", 2.0), ("not_enrolled", 2.0), ("failed", 2.0)] {
         let line = format!("trellis_cni_add_total{{outcome=\"{outcome}\"}}");
         assert_eq!(metric(&agent, &line), want, "{outcome}");
     }
-    assert_eq!(metric(&agent, "trellis_cni_enrolled_pods"), 1.0);
+    assert_eq!(metric(&agent, "trellis_cni_enrolled_pods"), 2.0);
+
+    // The label goes: both running pods are released and their rules
+    // removed; it comes back: both are captured again.
+    let label = |value: &str| {
+        api.kubectl(
+            &[
+                "label",
+                "--overwrite",
+                "namespace",
+                "demo",
+                &format!("{AMBIENT_LABEL}{value}"),
+            ],
+            None,
+        )
+        .unwrap()
+    };
+    label("-");
+    wait_until(T, "both pods released", || {
+        !early_ns.has_capture_rules().unwrap()
+            && !late_ns.has_capture_rules().unwrap()
+            && served(&proxy).is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert_eq!(metric(&agent, "trellis_cni_enrolled_pods"), 0.0);
+    label("=ambient");
+    wait_until(T, "both pods captured again", || {
+        early_ns.has_capture_rules().unwrap()
+            && late_ns.has_capture_rules().unwrap()
+            && served(&proxy).len() == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert!(
+        !optout_ns.has_capture_rules().unwrap(),
+        "the opted-out pod stays out"
+    );
 
     // 6. Exit during an update: the DaemonSet exists, the entry stays.
     api.apply(DAEMONSET).unwrap();
@@ -277,8 +334,8 @@ fn agent_enrolls_by_namespace_label_and_installs_the_plugin() {
         entries(&read_json(&conflist_path)) == 1
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
-    // The restarted agent still knows the enrolled pod.
-    assert_eq!(metric(&agent, "trellis_cni_enrolled_pods"), 1.0);
+    // The restarted agent still knows the enrolled pods.
+    assert_eq!(metric(&agent, "trellis_cni_enrolled_pods"), 2.0);
 
     // 8. Exit after the DaemonSet is deleted: an uninstall, the entry goes.
     api.kubectl(

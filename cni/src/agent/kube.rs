@@ -98,7 +98,8 @@ fn facts_of(
     })
 }
 
-fn labels_of(object: &Value) -> Labels {
+/// `metadata.labels` of an API object (non-string values dropped).
+pub(crate) fn labels_of(object: &Value) -> Labels {
     object
         .pointer("/metadata/labels")
         .and_then(Value::as_object)

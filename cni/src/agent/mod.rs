@@ -7,6 +7,7 @@
 //! - [`kube`]: what the API server says of a pod (Kubernetes mode).
 //! - [`admin`]: `/healthz/ready` and `/metrics`.
 //! - [`installer`]: keeps the plugin chained in the node's CNI config.
+//! - [`relabel`]: a namespace labelled after its pods started (Kubernetes mode).
 //! - [`protocol`]: ZDS messages as bytes, the node proxy's answers (pure).
 //! - [`registry`]: the enrolled pods and their capture state.
 //! - [`state`]: the pods on disk, for a restarted agent.
@@ -20,6 +21,7 @@ pub mod kube;
 pub mod plugin_server;
 pub mod protocol;
 pub mod registry;
+pub mod relabel;
 pub mod state;
 pub mod zds_server;
 
@@ -222,10 +224,19 @@ pub fn start(
         proxy_connected: connected_rx.clone(),
         install_cni: install.is_some(),
     });
+    let sandboxes = Arc::new(relabel::Sandboxes::default());
+    for (pod, netns, container_id) in registry.sandboxes() {
+        sandboxes.remember(relabel::Sandbox {
+            pod,
+            netns,
+            container_id,
+        });
+    }
     let handler = plugin_server::Handler {
         policy: Arc::new(policy),
         kube: kube.clone().map(|client| kube::KubeFacts { client }),
         metrics: metrics.clone(),
+        sandboxes: sandboxes.clone(),
         registry: registry.clone(),
         ops: ops_tx,
         connected: connected_rx,
@@ -248,6 +259,7 @@ pub fn start(
         kube,
         daemonset: settings.daemonset.clone(),
     };
+    let relabel = relabel::run(handler.clone(), sandboxes, settings.istio_labels);
     let run = async move {
         let install = async {
             if let Some(k) = &keeper {
@@ -259,6 +271,7 @@ pub fn start(
             plugin_server::serve(plugin, handler),
             admin::serve(admin_listener, admin_state),
             install,
+            relabel,
         );
     };
     Ok(Agent { run, exit })

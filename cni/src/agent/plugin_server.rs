@@ -14,6 +14,7 @@ use super::admin::AgentMetrics;
 use super::enroll::{self, Decision, EnrollPolicy, PodFacts};
 use super::kube::KubeFacts;
 use super::registry::{self, Capture, Inserted, NewPod, Registry, Removed};
+use super::relabel::{Sandbox, Sandboxes};
 use super::zds_server::Op;
 use crate::wire::{Failure, PluginCommand, PluginReply, PluginRequest, MAX_MESSAGE};
 
@@ -30,6 +31,9 @@ pub struct Handler {
     /// Kubernetes mode: where labels and service accounts are read.
     pub kube: Option<KubeFacts>,
     pub metrics: Arc<AgentMetrics>,
+    /// Kubernetes mode: every sandbox added on this node, enrolled or not,
+    /// so a namespace labelled later can enroll its running pods.
+    pub sandboxes: Arc<Sandboxes>,
     pub registry: Arc<Registry>,
     pub ops: mpsc::UnboundedSender<Op>,
     pub connected: watch::Receiver<bool>,
@@ -98,7 +102,10 @@ impl Handler {
                 self.metrics
                     .del
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.del(req).await
+                if let Some(pod) = &req.pod {
+                    self.sandboxes.forget(&pod.uid, &req.container_id);
+                }
+                self.release(req).await
             }
             PluginCommand::Check => self.check(req).await,
         }
@@ -131,8 +138,22 @@ impl Handler {
         }
     }
 
+    /// Whether the pod belongs in the mesh now, read fresh; None when the
+    /// API server cannot say.
+    pub async fn wants(&self, pod: &crate::wire::PodRef) -> Option<bool> {
+        let facts = self.facts(Some(pod), MAX_WAIT).await.ok()?;
+        Some(enroll::decide(&self.policy, Some(pod), facts.as_ref()) == Decision::Enroll)
+    }
+
     async fn add(&self, req: PluginRequest) -> PluginReply {
         let started = tokio::time::Instant::now();
+        if let (Some(_), Some(pod), Some(netns)) = (&self.kube, &req.pod, &req.netns) {
+            self.sandboxes.remember(Sandbox {
+                pod: pod.clone(),
+                netns: netns.into(),
+                container_id: req.container_id.clone(),
+            });
+        }
         let wait = Duration::from_millis(req.timeout_ms).min(MAX_WAIT);
         let facts = match self.facts(req.pod.as_ref(), wait).await {
             Ok(f) => f,
@@ -218,7 +239,9 @@ impl Handler {
         }
     }
 
-    async fn del(&self, req: PluginRequest) -> PluginReply {
+    /// DEL's work: the node proxy lets go of the pod and its rules go. The
+    /// sandbox stays known (a relabel releases a pod that still runs).
+    pub async fn release(&self, req: PluginRequest) -> PluginReply {
         let Some(pod) = req.pod else {
             return PluginReply::Released;
         };

@@ -251,6 +251,14 @@ impl Registry {
         self.lock().len()
     }
 
+    /// Every enrolled pod as its sandbox: (pod, netns path, container id).
+    pub fn sandboxes(&self) -> Vec<(PodRef, PathBuf, String)> {
+        self.lock()
+            .values()
+            .map(|e| (e.pod.clone(), e.netns_path.clone(), e.container_id.clone()))
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
