@@ -160,6 +160,8 @@ fn agent_enrolls_by_namespace_label_and_installs_the_plugin() {
         &plugin,
         "--daemonset",
         "trellis-system/trellis-cni-agent",
+        "--node-name",
+        "node1",
     ];
     let mut agent = Agent::start_with(dir, &agent_args).unwrap();
     wait_until(T, "the agent is ready (plugin installed)", || {

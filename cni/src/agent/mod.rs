@@ -259,7 +259,12 @@ pub fn start(
         kube,
         daemonset: settings.daemonset.clone(),
     };
-    let relabel = relabel::run(handler.clone(), sandboxes, settings.istio_labels);
+    let relabel = relabel::run(
+        handler.clone(),
+        sandboxes,
+        settings.istio_labels,
+        settings.node_name.clone(),
+    );
     let run = async move {
         let install = async {
             if let Some(k) = &keeper {

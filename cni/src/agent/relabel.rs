@@ -8,10 +8,10 @@
 //! and captured (its open connections stay outside the mesh; new ones are
 //! captured), a pod now out of it is released and its rules removed.
 //!
-//! Not watched: a pod's own label changing while it runs (it is decided
-//! again when its namespace changes, or at its next sandbox). Sandboxes
-//! that were not enrolled are remembered in memory only: after an agent
-//! restart, only enrolled pods are known again (from the state file).
+//! A running pod's own label is watched too (the node's pods, by
+//! `spec.nodeName`, when `--node-name` is given). Sandboxes that were not
+//! enrolled are remembered in memory only: after an agent restart, only
+//! enrolled pods are known again (from the state file).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -61,6 +61,14 @@ impl Sandboxes {
             .collect()
     }
 
+    /// The sandbox of pod `namespace/name`.
+    fn named(&self, key: &str) -> Option<Sandbox> {
+        self.lock()
+            .values()
+            .find(|s| format!("{}/{}", s.pod.namespace, s.pod.name) == key)
+            .cloned()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Sandbox>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -83,67 +91,118 @@ pub fn changed(
         .collect()
 }
 
-fn mode_of(ns: &Value, istio_labels: bool) -> Option<(String, Mode)> {
-    let name = ns.pointer("/metadata/name")?.as_str()?.to_string();
-    let labels = super::kube::labels_of(ns);
-    Some((name, labels::mode(Some(&labels), istio_labels)))
+/// The key and dataplane mode of a namespace (`name`) or pod
+/// (`namespace/name`).
+fn mode_of(obj: &Value, istio_labels: bool) -> Option<(String, Mode)> {
+    let meta = obj.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let key = match meta.get("namespace").and_then(Value::as_str) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    };
+    let labels = super::kube::labels_of(obj);
+    Some((key, labels::mode(Some(&labels), istio_labels)))
 }
 
-/// Watches namespaces until dropped, re-deciding sandboxes as their
-/// namespace's enrollment changes.
-pub async fn run(handler: Handler, sandboxes: Arc<Sandboxes>, istio_labels: bool) {
+/// The view after one watch event.
+fn next_view(view: &BTreeMap<String, Mode>, ev: WatchEvent, istio: bool) -> BTreeMap<String, Mode> {
+    let mut next = view.clone();
+    match ev {
+        WatchEvent::Listed(items) => {
+            next = items.iter().filter_map(|o| mode_of(o, istio)).collect();
+        }
+        WatchEvent::Upsert(o) => {
+            if let Some((k, m)) = mode_of(&o, istio) {
+                next.insert(k, m);
+            }
+        }
+        WatchEvent::Delete(o) => {
+            if let Some((k, _)) = mode_of(&o, istio) {
+                next.remove(&k);
+            }
+        }
+    }
+    next
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Watched {
+    Namespaces,
+    /// The pods of this node (`spec.nodeName`): a running pod's own label.
+    Pods,
+}
+
+/// Watches namespaces (and this node's pods when its name is known) until
+/// dropped, re-deciding sandboxes as their enrollment labels change.
+pub async fn run(handler: Handler, sandboxes: Arc<Sandboxes>, istio_labels: bool, node: String) {
     let Some(kube) = handler.kube.clone() else {
         return;
     };
-    let target = WatchTarget {
-        path: "/api/v1/namespaces".into(),
-        query: String::new(),
-        display: "namespaces".into(),
-        optional: false,
-    };
     let (tx, mut rx) = mpsc::channel(64);
-    let watcher = watch::run(kube.client, target, WatchOptions::default(), (), tx);
+    let namespaces = watch::run(
+        kube.client.clone(),
+        WatchTarget {
+            path: "/api/v1/namespaces".into(),
+            query: String::new(),
+            display: "namespaces".into(),
+            optional: false,
+        },
+        WatchOptions::default(),
+        Watched::Namespaces,
+        tx.clone(),
+    );
+    let pods = async {
+        if node.is_empty() {
+            tracing::info!("no --node-name: a running pod's own dataplane-mode label is read only at its next sandbox");
+            return;
+        }
+        let selector = format!("spec.nodeName={node}");
+        let target = WatchTarget {
+            path: "/api/v1/pods".into(),
+            query: format!("fieldSelector={}", trellis_kube::percent_encode(&selector)),
+            display: format!("pods on {node}"),
+            optional: false,
+        };
+        watch::run(
+            kube.client.clone(),
+            target,
+            WatchOptions::default(),
+            Watched::Pods,
+            tx,
+        )
+        .await
+    };
     let apply = async move {
-        let mut modes: BTreeMap<String, Mode> = BTreeMap::new();
-        let mut first = true;
-        while let Some(((), ev)) = rx.recv().await {
-            let mut next = modes.clone();
-            match ev {
-                WatchEvent::Listed(items) => {
-                    next = items
-                        .iter()
-                        .filter_map(|n| mode_of(n, istio_labels))
-                        .collect();
-                }
-                WatchEvent::Upsert(n) => {
-                    if let Some((name, mode)) = mode_of(&n, istio_labels) {
-                        next.insert(name, mode);
-                    }
-                }
-                WatchEvent::Delete(n) => {
-                    if let Some((name, _)) = mode_of(&n, istio_labels) {
-                        next.remove(&name);
-                    }
-                }
-            }
-            // The first list decides every known sandbox again: labels
-            // may have changed while the agent was away.
-            let todo: BTreeSet<String> = if first {
-                next.keys().cloned().collect()
-            } else {
-                changed(&modes, &next)
+        let mut views: BTreeMap<Watched, (BTreeMap<String, Mode>, bool)> = BTreeMap::new();
+        while let Some((which, ev)) = rx.recv().await {
+            let (view, listed) = views.entry(which).or_default();
+            let next = next_view(view, ev, istio_labels);
+            let todo: Vec<Sandbox> = match (which, *listed) {
+                // The first list of namespaces decides every known sandbox
+                // again: labels may have changed while the agent was away.
+                (Watched::Namespaces, false) => next
+                    .keys()
+                    .flat_map(|ns| sandboxes.in_namespace(ns))
+                    .collect(),
+                (Watched::Namespaces, true) => changed(view, &next)
+                    .iter()
+                    .flat_map(|ns| sandboxes.in_namespace(ns))
+                    .collect(),
+                (Watched::Pods, false) => Vec::new(),
+                (Watched::Pods, true) => changed(view, &next)
+                    .iter()
+                    .filter_map(|key| sandboxes.named(key))
+                    .collect(),
             };
-            first = false;
-            modes = next;
-            for ns in todo {
-                for s in sandboxes.in_namespace(&ns) {
-                    let h = handler.clone();
-                    tokio::spawn(async move { redecide(&h, s).await });
-                }
+            *view = next;
+            *listed = true;
+            for s in todo {
+                let h = handler.clone();
+                tokio::spawn(async move { redecide(&h, s).await });
             }
         }
     };
-    tokio::join!(watcher, apply);
+    tokio::join!(namespaces, pods, apply);
 }
 
 /// Runs the sandbox through ADD (enrolls it if it now belongs in the
@@ -223,6 +282,31 @@ mod tests {
             let got: Vec<String> = changed(&before, &after).into_iter().collect();
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn views_follow_events_keyed_by_namespace_or_pod() {
+        use serde_json::json;
+        let ns = |labels: Value| json!({"metadata": {"name": "demo", "labels": labels}});
+        let pod = json!({"metadata": {"name": "p", "namespace": "demo",
+                          "labels": {"istio.io/dataplane-mode": "none"}}});
+        let v = next_view(
+            &BTreeMap::new(),
+            WatchEvent::Listed(vec![ns(json!({}))]),
+            false,
+        );
+        assert_eq!(v.get("demo"), Some(&Mode::Unset));
+        let amb = json!({"trellis.dev/dataplane-mode": "ambient"});
+        let v = next_view(&v, WatchEvent::Upsert(ns(amb.clone())), false);
+        assert_eq!(v.get("demo"), Some(&Mode::Ambient));
+        let v = next_view(&v, WatchEvent::Delete(ns(amb)), false);
+        assert!(v.is_empty());
+        let v = next_view(&v, WatchEvent::Upsert(pod.clone()), false);
+        assert_eq!(v.get("demo/p"), Some(&Mode::Unset), "istio label ignored");
+        let v = next_view(&v, WatchEvent::Upsert(pod), true);
+        assert_eq!(v.get("demo/p"), Some(&Mode::Excluded));
+        let v = next_view(&v, WatchEvent::Upsert(json!({"metadata": {}})), true);
+        assert_eq!(v.len(), 1, "an object without a name changes nothing");
     }
 
     #[test]
