@@ -50,12 +50,14 @@ pub fn cert_manager(
     source: CertSource,
     impersonate: bool,
     extra_roots: Option<hbone::TrustBundle>,
+    registry: &prometheus::Registry,
 ) -> Result<CertManager, LoadError> {
     match source {
         CertSource::DevCa(dir) => Ok(CertManager::dev(load_ca(&dir)?, extra_roots)),
         CertSource::Remote(mut config) => {
             config.impersonate = impersonate;
-            let issuer = CaIssuer::start(config)?;
+            let metrics = crate::certs::ca_client::CaMetrics::new(registry);
+            let issuer = CaIssuer::start_with_metrics(config, metrics)?;
             Ok(CertManager::new(Box::new(issuer), extra_roots))
         }
     }

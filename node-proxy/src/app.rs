@@ -119,7 +119,12 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     let proxy = Arc::new(ProxyCtx {
         state: store.clone(),
         metrics: metrics.clone(),
-        certs: Arc::new(startup::cert_manager(cert_source, true, extra)?),
+        certs: Arc::new(startup::cert_manager(
+            cert_source,
+            true,
+            extra,
+            metrics.registry(),
+        )?),
         drain: watcher,
         shutdown: CancellationToken::new(),
         h2: hbone::H2Settings::default(),

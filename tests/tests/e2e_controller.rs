@@ -55,3 +55,11 @@ fn manifests_route_weights_follow_an_httproute_change() {
     }
     flows::route_weights_follow_an_httproute_change(Mode::Manifests);
 }
+
+#[test]
+fn manifests_ca_down_when_renewal_is_due_keeps_serving_and_says_so() {
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    flows::ca_down_when_renewal_is_due(Mode::Manifests);
+}

@@ -67,3 +67,11 @@ fn kube_route_weights_follow_an_httproute_change() {
     }
     flows::route_weights_follow_an_httproute_change(Mode::Kube);
 }
+
+#[test]
+fn kube_ca_down_when_renewal_is_due_keeps_serving_and_says_so() {
+    if !can_run() {
+        return;
+    }
+    flows::ca_down_when_renewal_is_due(Mode::Kube);
+}

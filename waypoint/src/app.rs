@@ -99,8 +99,13 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
     }
     let cert_source = settings.common.cert_source()?;
     let dev_ca = matches!(cert_source, CertSource::DevCa(_));
-    let certs = Arc::new(startup::cert_manager(cert_source, false, None)?);
     let metrics = WaypointMetrics::new(settings.access_log);
+    let certs = Arc::new(startup::cert_manager(
+        cert_source,
+        false,
+        None,
+        metrics.core.registry(),
+    )?);
     let (trigger, watcher) = drain::new();
     let snapshot = Arc::new(Snapshot::new(&store, &namespace, &name));
 

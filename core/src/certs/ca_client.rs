@@ -9,10 +9,12 @@
 //! exponential backoff. Every request uses a new key pair.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hbone::{Identity, TrustBundle, WorkloadCert};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
@@ -28,6 +30,73 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The metadata key naming the identity a node proxy asks for on a pod's behalf.
 const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// What the CA client reports on `/metrics`: a proxy that cannot renew
+/// keeps serving with the certificates it holds, so this is where an
+/// operator sees the CA is unreachable before anything expires.
+#[derive(Debug)]
+pub struct CaMetrics {
+    success: IntCounter,
+    failure: IntCounter,
+    /// Identities whose last request failed.
+    failing: IntGauge,
+    failing_count: AtomicI64,
+}
+
+impl CaMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> Arc<CaMetrics> {
+        let vec = IntCounterVec::new(
+            Opts::new(
+                "trellis_ca_requests_total",
+                "Certificate requests to the controller's CA, by result; a failure keeps the certificate held until it expires and retries with backoff",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        crate::metrics::register(registry, &vec);
+        let failing = IntGauge::new(
+            "trellis_ca_identities_failing",
+            "Identities whose last certificate request failed (their held certificate, if any, is still served until it expires)",
+        )
+        .expect("static metric definition is valid");
+        crate::metrics::register(registry, &failing);
+        Arc::new(CaMetrics {
+            success: vec.with_label_values(&["success"]),
+            failure: vec.with_label_values(&["failure"]),
+            failing,
+            failing_count: AtomicI64::new(0),
+        })
+    }
+
+    /// Records one request's outcome; `was_failing` is the identity's state before.
+    fn record(&self, ok: bool, was_failing: bool) {
+        let delta = match (ok, was_failing) {
+            (true, true) => -1,
+            (false, false) => 1,
+            _ => 0,
+        };
+        if ok {
+            self.success.inc();
+        } else {
+            self.failure.inc();
+        }
+        let n = self.failing_count.fetch_add(delta, Ordering::Relaxed) + delta;
+        self.failing.set(n);
+    }
+
+    pub fn successes(&self) -> u64 {
+        self.success.get()
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failure.get()
+    }
+
+    pub fn identities_failing(&self) -> i64 {
+        self.failing.get()
+    }
+}
 
 /// Where the CA is and how to talk to it.
 #[derive(Clone)]
@@ -104,6 +173,14 @@ impl CaIssuer {
     /// Checks the config and starts the client thread. Nothing is fetched
     /// until [`issue`](Issuer::issue) or [`prefetch`](CaIssuer::prefetch).
     pub fn start(config: CaClientConfig) -> Result<CaIssuer, CaClientError> {
+        Self::start_with_metrics(config, CaMetrics::new(&Registry::new()))
+    }
+
+    /// [`CaIssuer::start`], reporting on `metrics` (the proxy's registry).
+    pub fn start_with_metrics(
+        config: CaClientConfig,
+        metrics: Arc<CaMetrics>,
+    ) -> Result<CaIssuer, CaClientError> {
         let bundle = TrustBundle::from_pem(&config.root_pem).map_err(CaClientError::Roots)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -128,6 +205,7 @@ impl CaIssuer {
             impersonate: config.impersonate,
             slots: slots.clone(),
             arrived,
+            metrics,
         };
         std::thread::Builder::new()
             .name("trellis-ca-client".into())
@@ -207,6 +285,7 @@ struct Client {
     impersonate: bool,
     slots: Slots,
     arrived: watch::Sender<u64>,
+    metrics: Arc<CaMetrics>,
 }
 
 impl Client {
@@ -221,7 +300,9 @@ impl Client {
     async fn keep(self: Arc<Self>, id: Identity, validity: Duration) {
         let mut failures = 0u32;
         loop {
-            match self.fetch(&id, validity).await {
+            let result = self.fetch(&id, validity).await;
+            self.metrics.record(result.is_ok(), failures > 0);
+            match result {
                 Ok(cert) => {
                     failures = 0;
                     let wait = renew_in(SystemTime::now(), cert.not_after());
@@ -239,7 +320,20 @@ impl Client {
                 Err(e) => {
                     let wait = backoff(failures, 0.5 + fastrand::f64() / 2.0);
                     failures = failures.saturating_add(1);
-                    tracing::warn!(identity = %id, error = %e, retry_in = ?wait, "cannot get a workload certificate from the ca");
+                    let held = self
+                        .slots
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&id)
+                        .and_then(|s| s.cert.as_ref().map(|c| c.not_after()));
+                    match held {
+                        Some(not_after) => {
+                            tracing::warn!(identity = %id, error = %e, retry_in = ?wait, expires_in = ?not_after.duration_since(SystemTime::now()).unwrap_or_default(), "cannot renew a workload certificate; the held one is served until it expires")
+                        }
+                        None => {
+                            tracing::warn!(identity = %id, error = %e, retry_in = ?wait, "cannot get a workload certificate from the ca")
+                        }
+                    }
                     tokio::time::sleep(wait).await;
                 }
             }

@@ -52,6 +52,7 @@ pub struct ControlledMeshBuilder {
     pods: Vec<PodSpec>,
     vms: Vec<VmSpec>,
     services: Vec<ServiceDef>,
+    controller_args: Vec<String>,
 }
 
 impl ControlledMeshBuilder {
@@ -61,7 +62,16 @@ impl ControlledMeshBuilder {
             pods: vec![],
             vms: vec![],
             services: vec![],
+            controller_args: vec![],
         }
+    }
+
+    /// More `trellis-controller run` arguments (e.g. a short
+    /// `--max-cert-validity`).
+    pub fn controller_args(mut self, args: &[&str]) -> Self {
+        self.controller_args
+            .extend(args.iter().map(|a| a.to_string()));
+        self
     }
 
     fn push(mut self, node: &str, name: &str, app: &str, role: Role) -> Self {
@@ -265,7 +275,7 @@ impl ControlledMeshBuilder {
                 admin: "127.0.0.1:0".parse()?,
                 bound_addrs_file: files.path("controller-addrs.json"),
                 poll: POLL,
-                extra: Vec::new(),
+                extra: self.controller_args.clone(),
             },
             &files.path("controller.log"),
         )?;

@@ -532,3 +532,57 @@ pub fn route_weights_follow_an_httproute_change(mode: Mode) {
         wp.metrics_text().unwrap_or_default()
     );
 }
+
+/// The controller (and so its CA) is down when certificates are due for
+/// renewal: the proxies keep serving with the certificates they hold,
+/// retry with backoff, and say so on /metrics and in the log; once it is
+/// back, the renewal goes through and the failing gauge returns to 0.
+/// Certificates live 30 s here, so renewal is due 15 s after issue.
+pub fn ca_down_when_renewal_is_due(mode: Mode) {
+    let mut m = start(pair(mode).controller_args(&["--max-cert-validity", "30s"]));
+    let _echo = m.echo("server", 9000);
+    wait_outcome(&m, "client", "server", 9000, Outcome::Echoed);
+    m.controller_mut().kill().unwrap();
+    let failure = [("result", "failure")];
+    for p in m.proxies() {
+        wait_until(
+            Duration::from_secs(25),
+            &format!("{} to fail a renewal and say so", p.node),
+            || {
+                p.metric("trellis_ca_requests_total", &failure) >= 1.0
+                    && p.metric("trellis_ca_identities_failing", &[]) >= 1.0
+                    && p.log().contains("cannot renew a workload certificate")
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.log()));
+    }
+    // The held certificates are still valid: a new connection works.
+    assert_eq!(
+        m.attempt("client", m.addr("server", 9000), b"renewal failing")
+            .unwrap(),
+        Attempt::Echoed(b"renewal failing".to_vec()),
+        "a new connection while renewals fail"
+    );
+    let ok = [("result", "success")];
+    let before: Vec<f64> = m
+        .proxies()
+        .map(|p| p.metric("trellis_ca_requests_total", &ok))
+        .collect();
+    m.controller_mut().restart().unwrap();
+    for (p, before) in m.proxies().zip(before) {
+        wait_until(
+            Duration::from_secs(12),
+            &format!("{} to renew once the CA is back", p.node),
+            || {
+                p.metric("trellis_ca_requests_total", &ok) > before
+                    && p.metric("trellis_ca_identities_failing", &[]) == 0.0
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.metrics_text().unwrap_or_default()));
+    }
+    assert_eq!(
+        m.attempt("client", m.addr("server", 9000), b"renewed")
+            .unwrap(),
+        Attempt::Echoed(b"renewed".to_vec()),
+    );
+}

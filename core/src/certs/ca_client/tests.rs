@@ -73,3 +73,36 @@ fn issue_never_blocks_and_returns_not_yet_issued_while_the_ca_is_unreachable() {
     }
     assert_eq!(issuer.trust_bundle().roots().len(), 1);
 }
+
+#[test]
+fn metrics_count_requests_and_identities_failing() {
+    let registry = Registry::new();
+    let m = CaMetrics::new(&registry);
+    // (ok, was failing before) -> identities failing after
+    let steps = [
+        (false, false, 1), // a first failure: one identity failing
+        (false, true, 1),  // its retry fails again: still one
+        (false, false, 2), // another identity fails
+        (true, true, 1),   // the first one recovers
+        (true, false, 1),  // a routine renewal changes nothing
+        (true, true, 0),
+    ];
+    for (i, (ok, was, want)) in steps.into_iter().enumerate() {
+        m.record(ok, was);
+        assert_eq!(m.identities_failing(), want, "step {i}");
+    }
+    assert_eq!((m.successes(), m.failures()), (3, 3));
+    let names: Vec<String> = registry
+        .gather()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    assert!(
+        names.contains(&"trellis_ca_requests_total".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"trellis_ca_identities_failing".to_string()),
+        "{names:?}"
+    );
+}
