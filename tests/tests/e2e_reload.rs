@@ -112,6 +112,33 @@ fn valid_reload_applies_and_broken_files_keep_the_last_good_config() {
         "each broken file is logged once:\n{log}"
     );
 
+    // An unreadable file (gone; a directory in its place, as a botched
+    // volume mount leaves it): refused, counted once, the deny stays.
+    let path = m.config_path("node2");
+    let broken = broken_configs(&open).len() as f64;
+    let unreadable: [(&str, &dyn Fn()); 2] = [
+        ("file removed", &|| std::fs::remove_file(&path).unwrap()),
+        ("a directory in its place", &|| {
+            std::fs::create_dir(&path).unwrap()
+        }),
+    ];
+    for (i, (name, make)) in unreadable.into_iter().enumerate() {
+        make();
+        wait_until(T, &format!("{name}: failure counted"), || {
+            reloads(&m, "node2", "failure") == broken + 1.0 + i as f64
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.proxy("node2").log()));
+        assert_eq!(version(&m, "node2"), v0 + 1, "{name}: version unchanged");
+        assert_passes(&m, false, &format!("{name}: last good config still denies"));
+    }
+    std::fs::remove_dir(&path).unwrap();
+    let log = m.proxy("node2").log();
+    assert_eq!(
+        log.matches("cannot read config file").count(),
+        2,
+        "each unreadable state is logged once:\n{log}"
+    );
+
     // Back to a valid config without the policy: allowed again.
     m.reload(|cfg| cfg.policies.clear()).unwrap();
     assert_eq!(version(&m, "node2"), v0 + 2);
