@@ -366,6 +366,10 @@ impl NodeProxy {
         self.child.sigterm();
     }
 
+    pub fn sigkill(&self) {
+        self.child.sigkill();
+    }
+
     /// Waits for the process to exit; None if it is still running at the deadline.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         self.child.wait_exit(timeout)

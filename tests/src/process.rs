@@ -206,6 +206,14 @@ impl OwnedChild {
         }
     }
 
+    /// SIGKILL: no drain, no cleanup, as an OOM kill or a node crash.
+    pub fn sigkill(&self) {
+        // SAFETY: as in `sigterm`.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGKILL);
+        }
+    }
+
     /// Waits for the process to exit; None if it is still running at the deadline.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_for(timeout, "process exit", || self.0.try_wait().ok().flatten()).ok()

@@ -214,6 +214,40 @@ fn chain_enrolls_captures_the_first_connection_survives_a_proxy_restart_and_rele
     })
     .unwrap();
 
+    // The node proxy is SIGKILLed (no drain): a connection through it fails
+    // at once rather than hanging, and a new proxy recaptures both pods
+    // from the agent's snapshot.
+    let mut through = connect(Some(&client), addr(ip(11), 8080), T).unwrap();
+    through.write_all(b"alive").unwrap();
+    let mut five = [0u8; 5];
+    through.read_exact(&mut five).unwrap();
+    let mut proxy = proxy;
+    proxy.sigkill();
+    proxy.wait_exit(T).expect("proxy dies on SIGKILL");
+    // A hang guard, not a timing bound: the kernel closed the proxy's
+    // sockets, so the read ends (EOF or reset) long before this.
+    through.set_read_timeout(Some(T)).unwrap();
+    let ended = through.read(&mut five);
+    assert!(
+        matches!(ended, Ok(0))
+            || ended
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut),
+        "the connection through a killed proxy must end, got {ended:?}"
+    );
+    assert!(
+        client_ns.has_capture_rules().unwrap(),
+        "rules outlive the proxy"
+    );
+    let proxy = node.proxy();
+    wait_until(T, "the new proxy serves both pods after a SIGKILL", || {
+        served(&proxy) == ["uid-client", "uid-server"]
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", proxy.log(), node.agent.log()));
+    let back = echo_roundtrip(Some(&client), addr(ip(11), 8080), b"after kill", T).unwrap();
+    assert_eq!(back, b"after kill");
+
     // The agent restarts: it reads its saved pods, the proxy reconnects and
     // its snapshot names both, so nothing is dropped: a connection opened
     // before keeps carrying data.
