@@ -31,6 +31,8 @@
 //! Layout: nodes `node1`, `node2` and `cp` ([`crate::topology`]); node i's
 //! pods get 198.18.i.100+ on its `br0`, whose routes reach the other nodes.
 
+pub mod scenario;
+
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
