@@ -29,7 +29,9 @@
 //! controller replica (one runs).
 //!
 //! Layout: nodes `node1`, `node2` and `cp` ([`crate::topology`]); node i's
-//! pods get 198.18.i.100+ on its `br0`, whose routes reach the other nodes.
+//! pods get 198.18.i.100+ on its `br0`, whose routes reach the other nodes;
+//! a waypoint Deployment's pod runs in `wp-pod` on node2 (198.18.2.2, a
+//! topology pod the CNI does not enroll). The steps are [`scenario`].
 
 pub mod scenario;
 
@@ -69,6 +71,9 @@ const PROXY_ADMIN: u16 = 15000;
 const PROXY_METRICS: u16 = 15020;
 /// The CNI agent's admin port (host network).
 const AGENT_ADMIN: u16 = 15023;
+/// The netns (on node2, outside the CNI range, not captured) the
+/// harness runs a waypoint Deployment's pod in.
+const WAYPOINT_POD: &str = "wp-pod";
 
 /// An app pod the runtime made.
 pub struct AppPod {
@@ -107,6 +112,8 @@ pub struct NodeBox {
     pub agent: KubeletPod,
     pub proxy: KubeletPod,
     next_ip: u8,
+    /// What the kubelet gives this node's contained pods.
+    contained: Contained,
     _relay: Relay,
 }
 
@@ -182,6 +189,7 @@ impl KubeCluster {
             .node(NODES[0])
             .node(NODES[1])
             .node(CONTROL)
+            .pod(NODES[1], WAYPOINT_POD)
             .build()?;
         let dir = tempfile::Builder::new()
             .prefix("trellis-kube-cluster-")
@@ -411,6 +419,45 @@ impl KubeCluster {
         Ok(runs)
     }
 
+    /// Runs pod `pod` of the waypoint Deployment `name` (made by the
+    /// controller for a Gateway) in [`WAYPOINT_POD`] on node2, as the
+    /// kubelet would: waits for the Deployment, then starts the pod.
+    pub fn run_waypoint(&self, name: &str, pod: &str) -> Result<KubeletPod> {
+        let deployment = crate::wait::wait_for(
+            Duration::from_secs(30),
+            &format!("the controller to make Deployment {APP_NS}/{name}"),
+            || {
+                self.kube
+                    .get_json("deployment", APP_NS, name)
+                    .ok()
+                    .flatten()
+            },
+        )?;
+        let wp = self
+            .topo
+            .pod(WAYPOINT_POD)
+            .ok_or_else(|| anyhow!("no {WAYPOINT_POD}"))?;
+        let node = &self.nodes[NODES[1]];
+        KubeletPod::start_contained(
+            &self.kube,
+            plan_contained(
+                &deployment,
+                pod,
+                NODES[1],
+                &wp.ip.to_string(),
+                &self.dir.path().join("waypoints").join(pod),
+                NodeView {
+                    root: &self.dir.path().join("nodes").join(NODES[1]),
+                },
+            )?,
+            &crate::waypoint_proc::waypoint_bin()?,
+            wp.netns_name(),
+            &node.ns()?,
+            wp.ip,
+            &node.contained,
+        )
+    }
+
     /// Every process's log, for a failure message.
     pub fn logs(&self) -> String {
         let mut s = format!("--- controller:\n{}\n", self.controller.log());
@@ -525,6 +572,7 @@ fn start_node(
         agent,
         proxy,
         next_ip: 100,
+        contained,
         _relay: relay,
     })
 }

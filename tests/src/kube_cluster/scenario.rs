@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::{KubeCluster, APP_NS};
-use crate::manifests::{self, PolicyDef};
+use crate::l7kit::{http1_request, HttpServer};
+use crate::manifests::{self, HttpRouteDef, PolicyDef, ServiceDef};
 use crate::mesh_kit::{attempt_echo, Attempt};
 use crate::{ask_identity, wait_until, TestServer};
 
@@ -18,6 +19,8 @@ use crate::{ask_identity, wait_until, TestServer};
 const T: Duration = Duration::from_secs(10);
 /// A change travelling from the API server to traffic.
 const PROPAGATION: Duration = Duration::from_secs(30);
+/// Requests through the 80/20 route.
+const SPLIT_REQUESTS: usize = 200;
 /// Connections made with the controller gone.
 const WITHOUT_CONTROLLER: usize = 20;
 
@@ -50,7 +53,125 @@ fn wait_echo(
     Ok(())
 }
 
-/// Runs steps 1-3 and 6-8 on a started box.
+/// A Service of [`APP_NS`] with cluster IP 198.19.128.`n` (nothing
+/// routes it: the node proxy captures it).
+fn service(name: &str, n: u8, app: &str, waypoint: Option<&str>) -> String {
+    manifests::service(&ServiceDef {
+        namespace: APP_NS.into(),
+        name: name.into(),
+        cluster_ip: IpAddr::from([198, 19, 128, n]),
+        app: app.into(),
+        ports: vec![(80, 8080)],
+        waypoint: waypoint.map(str::to_string),
+    })
+}
+
+/// Which backend served one request (the `server` of its JSON answer).
+fn served_by(c: &KubeCluster, dst: SocketAddr, path: &str) -> Result<String> {
+    let r = http1_request(Some(&c.pod("client").netns()?), dst, "GET", path, &[], b"")?;
+    ensure!(
+        r.status == 200,
+        "GET {path} answered {}: {}",
+        r.status,
+        r.body
+    );
+    Ok(r.json()["server"].as_str().unwrap_or("?").to_string())
+}
+
+/// Steps 4 and 5: a waypoint Gateway, run as a kubelet would, and an
+/// HTTPRoute splitting 80/20 through it. Returns the backends' servers.
+fn waypoint_steps(
+    c: &mut KubeCluster,
+    say: &mut dyn FnMut(String),
+) -> Result<(crate::kubelet::KubeletPod, Vec<HttpServer>)> {
+    say("\n== 4. kubectl apply a Gateway of class trellis-waypoint".into());
+    c.kube
+        .apply(&manifests::waypoint_gateway(APP_NS, "waypoint"))?;
+    let wp = c.run_waypoint("waypoint", "waypoint-0")?;
+    say(format!(
+        "   the controller made Deployment {APP_NS}/waypoint; its pod waypoint-0 runs trellis-waypoint (pid {}), ready",
+        wp.pid()
+    ));
+
+    say(format!(
+        "\n== 5. an HTTPRoute on Service web (use-waypoint) splitting 80/20 to web-v1/web-v2 ({SPLIT_REQUESTS} requests)"
+    ));
+    let mut servers = Vec::new();
+    for (pod, app) in [("v1", "web-v1"), ("v2", "web-v2")] {
+        let p = c.add_pod("node2", pod, app)?;
+        let addr = SocketAddr::new(p.ip.into(), 8080);
+        servers.push(HttpServer::start(Some(&p.netns()?), addr, pod)?);
+    }
+    c.kube.apply(&manifests::stream(&[
+        // The parent selects no pod: only the route reaches a backend.
+        service("web", 30, "web", Some("waypoint")),
+        service("web-v1", 31, "web-v1", None),
+        service("web-v2", 32, "web-v2", None),
+    ]))?;
+    c.kube.apply(&manifests::http_route(&HttpRouteDef {
+        namespace: APP_NS.into(),
+        name: "web".into(),
+        parent_service: "web".into(),
+        parent_port: 80,
+        backends: vec![("web-v1".into(), 80, 80), ("web-v2".into(), 80, 20)],
+    }))?;
+    let dst = SocketAddr::new(IpAddr::from([198, 19, 128, 30]), 80);
+    let mut last = String::new();
+    wait_until(
+        PROPAGATION,
+        "a request through the route to answer",
+        || match served_by(c, dst, "/probe") {
+            Ok(s) if s == "v1" || s == "v2" => true,
+            Ok(s) => {
+                last = s;
+                false
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                false
+            }
+        },
+    )
+    .map_err(|e| anyhow!("{e}; last: {last}"))?;
+    let mut v1 = 0usize;
+    for i in 0..SPLIT_REQUESTS {
+        match served_by(c, dst, &format!("/split/{i}"))?.as_str() {
+            "v1" => v1 += 1,
+            "v2" => {}
+            other => bail!("request {i} served by {other:?}"),
+        }
+    }
+    // Binomial(200, 0.8): mean 160, sigma 5.66; within 4 sigma.
+    let (n, p) = (SPLIT_REQUESTS as f64, 0.8);
+    let sigma = (n * p * (1.0 - p)).sqrt();
+    let off = (v1 as f64 - n * p).abs();
+    ensure!(
+        off <= 4.0 * sigma,
+        "v1 served {v1} of {SPLIT_REQUESTS}: more than 4 sigma from {}",
+        n * p
+    );
+    // Every request went through the waypoint, as its metrics say.
+    let wp_metrics = SocketAddr::new(c.topo.ip_of(super::WAYPOINT_POD)?, 15020);
+    let text = c.node("node2").get(wp_metrics, "/metrics")?;
+    let through = crate::cluster::sum_samples(
+        &text,
+        "istio_requests_total",
+        &[("reporter", "waypoint"), ("response_code", "200")],
+    );
+    ensure!(
+        through >= SPLIT_REQUESTS as f64,
+        "the waypoint counted {through} requests, fewer than {SPLIT_REQUESTS}"
+    );
+    say(format!(
+        "   web-v1 served {v1}, web-v2 {} of {SPLIT_REQUESTS} (80/20 expects {} ± {:.0} at 4 sigma); the waypoint's istio_requests_total{{response_code=200}} = {through}",
+        SPLIT_REQUESTS - v1,
+        n * p,
+        4.0 * sigma
+    ));
+    Ok((wp, servers))
+}
+
+/// Runs the eight steps on a started box.
 pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
     say(format!(
         "== 1. enrollment by namespace label (kubectl label namespace {APP_NS} {}=ambient)",
@@ -179,6 +300,8 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
         "client -> server allowed again",
     )?;
     say("   policy deleted: client -> server:9000 echoes again".into());
+
+    let _backends = waypoint_steps(c, say)?;
 
     say("\n== 6. kubectl delete pod: CNI DEL releases it".into());
     let gone_uid = c.add_pod("node1", "gone", "gone")?.uid.clone();
