@@ -166,7 +166,27 @@ pub struct Runtime {
     /// The pod network: bridge + host-local, then trellis-cni.
     pub conflist: Value,
     /// host-local's allocations; gone with the runtime.
-    _ipam_dir: tempfile::TempDir,
+    _ipam_dir: Option<tempfile::TempDir>,
+    /// The node's own directories at their paths (its /var/run/trellis,
+    /// where the chained entry's agent socket is), as plugins see them.
+    mounts: Vec<crate::container::MountOp>,
+}
+
+/// The primary pod network of a node, as its conflist names it: `bridge`
+/// on `bridge` with host-local addresses in `subnet` (allocations kept in
+/// `ipam_dir`), `gateway` the bridge's address.
+pub fn primary_network(bridge: &str, subnet: &str, gateway: Ipv4Addr, ipam_dir: &Path) -> Value {
+    json!({
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": true,
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": subnet, "gateway": gateway.to_string() }]],
+            "dataDir": ipam_dir,
+        },
+    })
 }
 
 impl Runtime {
@@ -190,17 +210,7 @@ impl Runtime {
             "cniVersion": "1.0.0",
             "name": "trellis-e2e",
             "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": BRIDGE,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{ "subnet": POD_SUBNET, "gateway": POD_GATEWAY.to_string() }]],
-                        "dataDir": ipam_dir.path(),
-                    },
-                },
+                primary_network(BRIDGE, POD_SUBNET, POD_GATEWAY, ipam_dir.path()),
                 entry,
             ],
         });
@@ -208,7 +218,26 @@ impl Runtime {
             node_netns: node_netns.to_string(),
             cni_path: format!("{DEBIAN_CNI_DIR}:{}", plugin_dir.display()),
             conflist,
-            _ipam_dir: ipam_dir,
+            _ipam_dir: Some(ipam_dir),
+            mounts: Vec::new(),
+        })
+    }
+
+    /// A node whose conflist and plugins are files on it (written by the
+    /// agent's installer): each run sees `mounts` (the node's own dirs).
+    pub fn on_node(
+        node_netns: &str,
+        conflist: Value,
+        bin_dir: &Path,
+        mounts: Vec<crate::container::MountOp>,
+    ) -> Result<Runtime> {
+        require_reference_plugins()?;
+        Ok(Runtime {
+            node_netns: node_netns.to_string(),
+            cni_path: format!("{DEBIAN_CNI_DIR}:{}", bin_dir.display()),
+            conflist,
+            _ipam_dir: None,
+            mounts,
         })
     }
 
@@ -270,9 +299,7 @@ impl Runtime {
     /// Runs a plugin binary with exactly this environment and stdin, in the
     /// node's netns, within a deadline.
     pub fn run_raw(&self, bin: &Path, env: &[(&str, &str)], stdin: &[u8]) -> Result<PluginRun> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.node_netns])
-            .arg(bin)
+        let mut child = crate::container::command(&self.node_netns, &self.mounts, bin)?
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().copied())

@@ -320,8 +320,21 @@ pub fn validate_offline(file: &Path, schema: &str) -> Result<Validation> {
 /// Runs `deploy/daemonset/install-prerequisites.sh` against the cluster of
 /// `kubeconfig`; its output.
 pub fn install_prerequisites(kubeconfig: &Path) -> Result<String> {
+    install_prerequisites_in(kubeconfig, None)
+}
+
+/// [`install_prerequisites`] run inside `netns` (an `ip netns` name), for
+/// an API server that listens on that namespace's loopback.
+pub fn install_prerequisites_in(kubeconfig: &Path, netns: Option<&str>) -> Result<String> {
     let script = deploy_dir().join("install-prerequisites.sh");
-    let mut cmd = Command::new("bash");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "bash"]);
+            c
+        }
+        None => Command::new("bash"),
+    };
     cmd.arg(&script)
         .env("KUBECONFIG", kubeconfig)
         .env("KUBECTL", kubectl_program());

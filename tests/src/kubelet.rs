@@ -7,9 +7,17 @@
 //! readiness probed from the node as the kubelet probes it, and its status
 //! written back.
 //!
-//! There is no container runtime, so a volume is a directory of the test
-//! and each args value naming a mount path is rewritten to that directory
-//! ([`plan_pod`] is the pure part, tested below).
+//! Two ways to run the container, as there is no container runtime:
+//! - [`KubeletPod::start`]: a volume is a directory of the test and each
+//!   args value naming a mount path is rewritten to that directory;
+//! - [`KubeletPod::start_contained`] (the cluster in a box): the process
+//!   gets a mount namespace of its own with each volume at its mount path
+//!   ([`crate::container`]), so the args stay exactly as rendered; hostPath
+//!   volumes are the node's directories ([`NodeView`]), the service account
+//!   is mounted where `--in-cluster` reads it, and the kubelet's
+//!   `KUBERNETES_SERVICE_HOST`/`PORT` are set.
+//!
+//! ([`plan_pod`] and [`plan_contained`] are the pure part, tested below).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +28,7 @@ use serde_json::{json, Value};
 use trellis_netns::NetNs;
 
 use crate::cluster::http_in;
+use crate::container::{self, MountOp};
 use crate::kube::KubeApiServer;
 use crate::process::OwnedChild;
 use crate::wait::wait_until;
@@ -38,6 +47,33 @@ pub enum Fill {
     },
     /// Each key of ConfigMap `name` as a file in `dir`.
     ConfigMap { name: String, dir: PathBuf },
+    /// A node's directory (hostPath): created if missing.
+    HostDir { dir: PathBuf },
+    /// What a kubelet mounts at [`SERVICE_ACCOUNT_DIR`]: a token for the
+    /// API server's audience bound to the pod, the API's CA, the namespace.
+    ServiceAccount { dir: PathBuf },
+}
+
+/// Where a pod's API credentials are mounted (`--in-cluster` reads them).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The node a contained pod runs on, as its hostPath volumes see it.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeView<'a> {
+    /// hostPath `/p` is `<root>/p` ...
+    pub root: &'a Path,
+}
+
+impl NodeView<'_> {
+    /// ... except the netns files, which are the machine's: each pod's
+    /// netns is a file under /var/run/netns whoever runs it.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.starts_with("/var/run/netns") || p.starts_with("/run/netns") {
+            return p.to_path_buf();
+        }
+        self.root.join(p.strip_prefix("/").unwrap_or(p))
+    }
 }
 
 /// Everything a kubelet would do for one pod, decided.
@@ -50,9 +86,13 @@ pub struct PodPlan {
     pub pod: Value,
     /// The first container's args, mount paths rewritten to host dirs.
     pub args: Vec<String>,
+    /// Its args as rendered.
+    pub raw_args: Vec<String>,
+    /// (mount path, directory, read only), parents before children.
+    pub mounts: Vec<(PathBuf, PathBuf, bool)>,
     pub env: Vec<(String, String)>,
     pub fills: Vec<Fill>,
-    /// The readiness probe's port and path.
+    /// The readiness probe's port (named ports resolved) and path.
     pub readiness: Option<(u16, String)>,
     /// Where the volumes (and the container's log) live.
     pub dir: PathBuf,
@@ -66,6 +106,30 @@ pub fn plan_pod(
     node: &str,
     ip: &str,
     dir: &Path,
+) -> Result<PodPlan> {
+    plan(deployment, name, node, ip, dir, None)
+}
+
+/// Decides the pod `name` of `workload` (a Deployment or a DaemonSet) for
+/// [`KubeletPod::start_contained`] on the node `view`.
+pub fn plan_contained(
+    workload: &Value,
+    name: &str,
+    node: &str,
+    ip: &str,
+    dir: &Path,
+    view: NodeView<'_>,
+) -> Result<PodPlan> {
+    plan(workload, name, node, ip, dir, Some(view))
+}
+
+fn plan(
+    deployment: &Value,
+    name: &str,
+    node: &str,
+    ip: &str,
+    dir: &Path,
+    view: Option<NodeView<'_>>,
 ) -> Result<PodPlan> {
     let namespace = deployment
         .pointer("/metadata/namespace")
@@ -123,8 +187,16 @@ pub fn plan_pod(
                 name: cm.to_string(),
                 dir: vdir.clone(),
             });
+        } else if let (Some(path), Some(view)) = (
+            v.pointer("/hostPath/path").and_then(Value::as_str),
+            view.as_ref(),
+        ) {
+            let host = view.host_path(path);
+            fills.push(Fill::HostDir { dir: host.clone() });
+            volume_dirs.push((vname.to_string(), host));
+            continue;
         } else {
-            bail!("volume {vname}: only projected tokens and ConfigMaps are played: {v}");
+            bail!("volume {vname}: only projected tokens, ConfigMaps and (contained) hostPaths are played: {v}");
         }
         volume_dirs.push((vname.to_string(), vdir));
     }
@@ -132,6 +204,14 @@ pub fn plan_pod(
     let c = spec
         .pointer("/containers/0")
         .ok_or_else(|| anyhow!("the pod template has no container"))?;
+    let mut contained: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
+    if view.is_some() && spec["automountServiceAccountToken"] != json!(false) {
+        let sa_dir = dir.join("kube-api-access");
+        fills.push(Fill::ServiceAccount {
+            dir: sa_dir.clone(),
+        });
+        contained.push((SERVICE_ACCOUNT_DIR.into(), sa_dir, true));
+    }
     // Longest mount path first, so a nested mount wins over its parent.
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
     for m in c["volumeMounts"].as_array().into_iter().flatten() {
@@ -143,17 +223,21 @@ pub fn plan_pod(
             .find(|(n, _)| n == vname)
             .ok_or_else(|| anyhow!("volumeMount {vname} names no volume"))?;
         mounts.push((path.to_string(), vdir.clone()));
+        contained.push((path.into(), vdir.clone(), m["readOnly"] == json!(true)));
     }
     mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    let args = c["args"]
+    contained.sort_by_key(|(p, _, _)| p.components().count());
+    let raw_args = c["args"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|a| {
-            let a = a.as_str().ok_or_else(|| anyhow!("a non-string arg: {a}"))?;
-            Ok(rewrite(a, &mounts))
+            a.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("a non-string arg: {a}"))
         })
         .collect::<Result<Vec<_>>>()?;
+    let args = raw_args.iter().map(|a| rewrite(a, &mounts)).collect();
 
     let mut env = Vec::new();
     for e in c["env"].as_array().into_iter().flatten() {
@@ -178,9 +262,18 @@ pub fn plan_pod(
         env.push((key.to_string(), value));
     }
     let readiness = c.pointer("/readinessProbe/httpGet").map(|g| {
+        // A named port is the container's port of that name.
+        let port = match &g["port"] {
+            Value::String(n) => c["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == n.as_str())
+                .map_or(Value::Null, |p| p["containerPort"].clone()),
+            p => p.clone(),
+        };
         (
-            g["port"]
-                .as_u64()
+            port.as_u64()
                 .and_then(|p| u16::try_from(p).ok())
                 .unwrap_or(0),
             g["path"].as_str().unwrap_or("/").to_string(),
@@ -192,6 +285,8 @@ pub fn plan_pod(
         service_account,
         pod,
         args,
+        raw_args,
+        mounts: contained,
         env,
         fills,
         readiness,
@@ -218,11 +313,35 @@ fn rewrite(arg: &str, mounts: &[(String, PathBuf)]) -> String {
     }
 }
 
+/// What the kubelet does besides the volumes for a contained pod.
+#[derive(Clone, Debug)]
+pub struct Contained {
+    /// `KUBERNETES_SERVICE_HOST`/`PORT` as this pod reaches the API server.
+    pub api_host: String,
+    pub api_port: u16,
+    /// The API server's CA, the `ca.crt` of the service account mount.
+    pub api_ca: PathBuf,
+    /// Names the cluster's DNS would answer (Service names), as an
+    /// /etc/hosts of the container.
+    pub hosts: Vec<(String, std::net::IpAddr)>,
+}
+
+/// How the container is started (again, on a restart) and probed.
+struct Launch {
+    argv: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    probe_netns: PathBuf,
+    ip: std::net::IpAddr,
+}
+
 /// A pod the harness runs; its process is killed (by PID) on drop.
 pub struct KubeletPod {
     pub plan: PodPlan,
     child: OwnedChild,
     log: PathBuf,
+    launch: Launch,
+    /// How many times the container was started.
+    pub starts: u32,
 }
 
 impl KubeletPod {
@@ -238,58 +357,181 @@ impl KubeletPod {
         node_netns: &NetNs,
         ip: std::net::IpAddr,
     ) -> Result<KubeletPod> {
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            "netns".into(),
+            "exec".into(),
+            pod_netns.into(),
+            binary.into(),
+        ];
+        argv.extend(plan.args.iter().map(Into::into));
+        KubeletPod::run(kube, plan, argv, node_netns, ip)
+    }
+
+    /// Like [`KubeletPod::start`], with the container in a mount namespace
+    /// of its own ([`crate::container`]): every volume at its mount path,
+    /// the args exactly as rendered, the service account where
+    /// `--in-cluster` reads it, `extra`'s env and /etc/hosts.
+    pub fn start_contained(
+        kube: &KubeApiServer,
+        mut plan: PodPlan,
+        binary: &Path,
+        netns: &str,
+        probe_netns: &NetNs,
+        ip: std::net::IpAddr,
+        extra: &Contained,
+    ) -> Result<KubeletPod> {
+        std::fs::create_dir_all(&plan.dir)?;
+        let mut ops = Vec::new();
+        // A tmpfs over the secrets dir: the host has none of these files.
+        if plan
+            .mounts
+            .iter()
+            .any(|(p, _, _)| p.starts_with("/var/run/secrets"))
+        {
+            ops.push(MountOp::Tmpfs {
+                dst: "/var/run/secrets".into(),
+            });
+        }
+        for (path, dir, read_only) in &plan.mounts {
+            std::fs::create_dir_all(dir)?;
+            ops.push(MountOp::Bind {
+                src: dir.clone(),
+                dst: path.clone(),
+                read_only: *read_only,
+            });
+        }
+        if !extra.hosts.is_empty() {
+            let hosts = plan.dir.join("hosts");
+            let mut text = String::from("127.0.0.1 localhost\n");
+            for (name, ip) in &extra.hosts {
+                text += &format!("{ip} {name}\n");
+            }
+            write(&hosts, &text)?;
+            ops.push(MountOp::Bind {
+                src: hosts,
+                dst: "/etc/hosts".into(),
+                read_only: true,
+            });
+        }
+        let cmd = container::command(netns, &ops, binary)?;
+        let mut argv: Vec<std::ffi::OsString> = cmd.get_args().map(Into::into).collect();
+        argv.extend(plan.raw_args.iter().map(Into::into));
+        plan.env
+            .push(("KUBERNETES_SERVICE_HOST".into(), extra.api_host.clone()));
+        plan.env
+            .push(("KUBERNETES_SERVICE_PORT".into(), extra.api_port.to_string()));
+        for fill in plan.fills.iter_mut() {
+            if let Fill::ServiceAccount { dir } = fill {
+                write(
+                    &dir.join("ca.crt"),
+                    &std::fs::read_to_string(&extra.api_ca)?,
+                )?;
+            }
+        }
+        KubeletPod::run(kube, plan, argv, probe_netns, ip)
+    }
+
+    /// Creates the pod, fills its volumes, runs `ip argv` with the plan's
+    /// env, probes it from `probe_netns`, writes it Ready.
+    fn run(
+        kube: &KubeApiServer,
+        plan: PodPlan,
+        argv: Vec<std::ffi::OsString>,
+        probe_netns: &NetNs,
+        ip: std::net::IpAddr,
+    ) -> Result<KubeletPod> {
+        let launch = Launch {
+            argv,
+            env: plan.env.clone(),
+            probe_netns: probe_netns.path().to_path_buf(),
+            ip,
+        };
         let ns = plan.namespace.clone();
         std::fs::create_dir_all(&plan.dir)?;
         kube.kubectl(&["create", "-f", "-"], Some(&plan.pod.to_string()))
             .with_context(|| format!("creating pod {ns}/{}", plan.name))?;
-        kube.pod_status(&ns, &plan.name, &ip.to_string(), false)?;
+        kube.pod_status(&ns, &plan.name, &launch.ip.to_string(), false)?;
         for fill in &plan.fills {
             fill_volume(kube, &plan, fill)?;
         }
         let log = plan.dir.join(format!("{}.log", plan.name));
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", pod_netns])
-            .arg(binary)
-            .args(&plan.args)
-            .envs(plan.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {} in {pod_netns}", binary.display()))?;
+        let child = spawn(&launch, &log)?;
         let mut pod = KubeletPod {
             plan,
-            child: OwnedChild::new(child),
+            child,
             log,
+            launch,
+            starts: 1,
         };
-        if let Some((port, path)) = pod.plan.readiness.clone() {
-            let addr = std::net::SocketAddr::new(ip, port);
-            let mut exited = None;
-            let ready = wait_until(READY_TIMEOUT, "the readiness probe to answer 200", || {
-                if let Ok(Some(s)) = pod.child.try_wait() {
-                    exited = Some(s);
-                    return true;
-                }
-                matches!(
-                    http_in(Some(node_netns), addr, "GET", &path, ""),
-                    Ok((200, _))
-                )
-            });
-            match (ready, exited) {
-                (_, Some(status)) => bail!("the container exited with {status}:\n{}", pod.log()),
-                (Err(e), None) => bail!("{e}; its log:\n{}", pod.log()),
-                (Ok(()), None) => {}
-            }
-        }
-        kube.pod_status(&ns, &pod.plan.name, &ip.to_string(), true)?;
+        pod.wait_ready()?;
+        kube.pod_status(&ns, &pod.plan.name, &pod.launch.ip.to_string(), true)?;
         Ok(pod)
+    }
+
+    /// Waits until the readiness probe answers 200 (or the process exits).
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let Some((port, path)) = self.plan.readiness.clone() else {
+            return Ok(());
+        };
+        let node_netns = NetNs::open(&self.launch.probe_netns)?;
+        let addr = std::net::SocketAddr::new(self.launch.ip, port);
+        let mut exited = None;
+        let ready = wait_until(READY_TIMEOUT, "the readiness probe to answer 200", || {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                exited = Some(s);
+                return true;
+            }
+            matches!(
+                http_in(Some(&node_netns), addr, "GET", &path, ""),
+                Ok((200, _))
+            )
+        });
+        match (ready, exited) {
+            (_, Some(status)) => bail!("the container exited with {status}:\n{}", self.log()),
+            (Err(e), None) => bail!("{e}; its log:\n{}", self.log()),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    /// Kills the container (SIGKILL, as a crash) and waits for its exit.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Starts the container again in the same pod, as the kubelet does
+    /// after it exited (restartPolicy Always), and waits until ready.
+    pub fn restart(&mut self) -> Result<()> {
+        self.child.kill();
+        self.child = spawn(&self.launch, &self.log)?;
+        self.starts += 1;
+        self.wait_ready()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the container wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Starts the container's process, appending to its log.
+fn spawn(launch: &Launch, log: &Path) -> Result<OwnedChild> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let child = Command::new("ip")
+        .args(&launch.argv)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {:?}", launch.argv))?;
+    Ok(OwnedChild::new(child))
 }
 
 fn fill_volume(kube: &KubeApiServer, plan: &PodPlan, fill: &Fill) -> Result<()> {
@@ -316,6 +558,23 @@ fn fill_volume(kube: &KubeApiServer, plan: &PodPlan, fill: &Fill) -> Result<()> 
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let token = kube.kubectl(&args, None)?;
             write(file, token.trim())
+        }
+        Fill::HostDir { dir } => Ok(std::fs::create_dir_all(dir)?),
+        Fill::ServiceAccount { dir } => {
+            let token = kube.kubectl(
+                &[
+                    "create",
+                    "token",
+                    &plan.service_account,
+                    "-n",
+                    ns,
+                    "--bound-object-kind=Pod",
+                    &format!("--bound-object-name={}", plan.name),
+                ],
+                None,
+            )?;
+            write(&dir.join("token"), token.trim())?;
+            write(&dir.join("namespace"), ns)
         }
         Fill::ConfigMap { name, dir } => {
             let cm = kube.kubectl(&["get", "configmap", name, "-n", ns, "-o", "json"], None)?;

@@ -218,6 +218,12 @@ impl OwnedChild {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_for(timeout, "process exit", || self.0.try_wait().ok().flatten()).ok()
     }
+
+    /// SIGKILL (as a crash) and reap.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Drop for OwnedChild {

@@ -5,7 +5,8 @@
 //! and an in-process waypoint on 127.0.3.1 in front of two services. With
 //! `--netns` (root) it builds two nodes and two pods as network namespaces
 //! and runs the L4 steps with the proxies in shared mode, capturing the pods'
-//! traffic with nftables.
+//! traffic with nftables. With `--kube` (root, the kube binaries) it runs
+//! the cluster in a box (`trellis_e2e::kube_cluster::scenario`).
 
 use std::collections::BTreeMap;
 
@@ -20,11 +21,14 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let netns = args.iter().any(|a| a == "--netns");
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: trellis-demo [--netns]\n  --netns  run in network namespaces, shared mode (needs root)");
+        println!("usage: trellis-demo [--netns | --kube]\n  --netns  run in network namespaces, shared mode (needs root)\n  --kube   the cluster in a box: deploy/daemonset on a real kube-apiserver, pods via the real CNI chain (needs root, $KUBE_APISERVER, $ETCD, kubectl, containernetworking-plugins)");
         return Ok(());
     }
-    if let Some(bad) = args.iter().find(|a| *a != "--netns") {
+    if let Some(bad) = args.iter().find(|a| *a != "--netns" && *a != "--kube") {
         bail!("unknown argument {bad:?}; try --help");
+    }
+    if args.iter().any(|a| a == "--kube") {
+        return kube_demo();
     }
     if netns {
         if let Some(why) = trellis_e2e::root::netns_unavailable() {
@@ -169,4 +173,36 @@ fn tally(counts: &BTreeMap<String, usize>) -> String {
         .map(|(k, n)| format!("{k}: {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `--kube`: the cluster-in-a-box scenario (tests/tests/e2e_cluster.rs),
+/// printing each step.
+fn kube_demo() -> Result<()> {
+    if let Some(why) = trellis_e2e::root::netns_unavailable() {
+        eprintln!("trellis-demo --kube cannot run: {why}");
+        std::process::exit(2);
+    }
+    if let Some(why) = trellis_e2e::kube::kube_unavailable() {
+        eprintln!("trellis-demo --kube cannot run: {why}; run `eval \"$(bash tests/kube/install.sh)\"; export KUBE_APISERVER ETCD` first");
+        std::process::exit(2);
+    }
+    println!("== Trellis cluster in a box: kube-apiserver + etcd, deploy/daemonset/base applied with kubectl, the controller, CNI agents and node proxies started from the applied manifests (the harness plays kubelet and container runtime)");
+    let mut c = trellis_e2e::kube_cluster::KubeCluster::start()
+        .context("starting the cluster in a box (build the binaries first: cargo build -p trellis-node-proxy -p trellis-controller -p trellis-cni, same profile)")?;
+    for (name, n) in &c.nodes {
+        println!(
+            "   {name} ({}): trellis-cni-agent pid {}, trellis-node-proxy pid {}",
+            n.ip,
+            n.agent.pid(),
+            n.proxy.pid()
+        );
+    }
+    println!("   controller pid {}\n", c.controller.pid());
+    let outcome = trellis_e2e::kube_cluster::scenario::run(&mut c, &mut |line| println!("{line}"));
+    if let Err(e) = outcome {
+        eprintln!("{}", c.logs());
+        return Err(e);
+    }
+    println!("\n== done");
+    Ok(())
 }

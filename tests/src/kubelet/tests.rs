@@ -115,3 +115,64 @@ fn what_the_harness_cannot_play_is_refused_by_name() {
         assert!(e.to_string().contains(words), "{e}");
     }
 }
+
+#[test]
+fn a_contained_daemonset_pod_mounts_host_paths_and_its_service_account() {
+    let ds = json!({"metadata": {"name": "agent", "namespace": "sys"}, "spec": {"template": {
+        "spec": {
+            "serviceAccountName": "agent",
+            "hostNetwork": true,
+            "containers": [{
+                "name": "c",
+                "args": ["--sock=/var/run/trellis/s.sock", "--in-cluster"],
+                "ports": [{"name": "http-mon", "containerPort": 15023}],
+                "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": "http-mon"}},
+                "volumeMounts": [
+                    {"name": "run", "mountPath": "/var/run/trellis"},
+                    {"name": "netns", "mountPath": "/var/run/netns", "readOnly": true},
+                ],
+            }],
+            "volumes": [
+                {"name": "run", "hostPath": {"path": "/var/run/trellis"}},
+                {"name": "netns", "hostPath": {"path": "/var/run/netns"}},
+            ],
+        },
+    }}});
+    let view = NodeView {
+        root: Path::new("/n1"),
+    };
+    let p =
+        plan_contained(&ds, "agent-n1", "n1", "198.19.255.1", Path::new("/v"), view).expect("plan");
+    assert_eq!(
+        p.raw_args,
+        ["--sock=/var/run/trellis/s.sock", "--in-cluster"]
+    );
+    // Parents before children (by depth); the netns files are the machine's.
+    assert_eq!(
+        p.mounts,
+        [
+            (
+                PathBuf::from("/var/run/trellis"),
+                PathBuf::from("/n1/var/run/trellis"),
+                false
+            ),
+            (
+                PathBuf::from("/var/run/netns"),
+                PathBuf::from("/var/run/netns"),
+                true
+            ),
+            (
+                PathBuf::from(SERVICE_ACCOUNT_DIR),
+                PathBuf::from("/v/kube-api-access"),
+                true
+            ),
+        ]
+    );
+    assert!(p.fills.contains(&Fill::ServiceAccount {
+        dir: "/v/kube-api-access".into()
+    }));
+    assert_eq!(p.readiness, Some((15023, "/healthz/ready".to_string())));
+    // Without a node view a hostPath is refused, as before.
+    let err = plan_pod(&ds, "agent-n1", "n1", "198.19.255.1", Path::new("/v")).unwrap_err();
+    assert!(err.to_string().contains("hostPath"), "{err}");
+}
