@@ -177,16 +177,19 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
         "== 1. enrollment by namespace label (kubectl label namespace {APP_NS} {}=ambient)",
         manifests::AMBIENT_LABEL
     ));
-    let early = c.add_pod("node1", "early", "early")?;
+    let early_ip = c.add_pod("node1", "early", "early")?.ip;
     ensure!(
-        !early.has_capture_rules()?,
+        !c.pod("early").has_capture_rules()?,
         "a pod of an unlabelled namespace was captured"
     );
     say(format!(
-        "   pod early ({}) made before the label: CNI ADD left it alone, no capture rules",
-        early.ip
+        "   pod early ({early_ip}) made before the label: CNI ADD left it alone, no capture rules"
     ));
     c.enroll_namespace()?;
+    wait_until(T, "the running pod early is captured after the label", || {
+        c.pod("early").has_capture_rules().unwrap_or(false)
+    })?;
+    say("   after the label, the running pod early is captured too, without a restart (the agent re-decides the namespace's sandboxes)".into());
     let server = c.add_pod("node2", "server", "server")?;
     ensure!(
         server.has_capture_rules()?,
@@ -307,15 +310,15 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
     let gone_uid = c.add_pod("node1", "gone", "gone")?.uid.clone();
     let enrolled = c.node("node1").agent_metric(ENROLLED, &[]);
     ensure!(
-        enrolled == 2.0,
-        "node1's agent enrolled {enrolled} pods, not client and gone"
+        enrolled == 3.0,
+        "node1's agent enrolled {enrolled} pods, not early, client and gone"
     );
     let runs = c.delete_pod("gone")?;
     ensure!(runs.iter().all(|r| r.success), "CNI DEL failed: {runs:?}");
     let enrolled = c.node("node1").agent_metric(ENROLLED, &[]);
     ensure!(
-        enrolled == 1.0,
-        "after DEL node1's agent still enrolls {enrolled} pods"
+        enrolled == 2.0,
+        "after DEL node1's agent enrolls {enrolled} pods, not early and client"
     );
     wait_until(T, "node1's proxy releases the pod", || {
         c.node("node1")
@@ -323,7 +326,7 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
             .is_ok_and(|p| !p.contains(&gone_uid))
     })?;
     say(format!(
-        "   pod gone: DEL ran ({} plugins), {ENROLLED} on node1 back to 1, gone from node1's proxy /pods",
+        "   pod gone: DEL ran ({} plugins), {ENROLLED} on node1 back to 2, gone from node1's proxy /pods",
         runs.len()
     ));
 
@@ -362,8 +365,8 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
         }
     }
     ensure!(
-        !c.pod("early").has_capture_rules()?,
-        "early became captured"
+        c.pod("early").has_capture_rules()?,
+        "early lost its capture rules"
     );
     say(format!(
         "   {WITHOUT_CONTROLLER} of {WITHOUT_CONTROLLER} connections echoed with no controller"
