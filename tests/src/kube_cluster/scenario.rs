@@ -186,9 +186,11 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
         "   pod early ({early_ip}) made before the label: CNI ADD left it alone, no capture rules"
     ));
     c.enroll_namespace()?;
-    wait_until(T, "the running pod early is captured after the label", || {
-        c.pod("early").has_capture_rules().unwrap_or(false)
-    })?;
+    wait_until(
+        T,
+        "the running pod early is captured after the label",
+        || c.pod("early").has_capture_rules().unwrap_or(false),
+    )?;
     say("   after the label, the running pod early is captured too, without a restart (the agent re-decides the namespace's sandboxes)".into());
     let server = c.add_pod("node2", "server", "server")?;
     ensure!(
