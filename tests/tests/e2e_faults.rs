@@ -5,7 +5,7 @@
 //! (The node proxy SIGKILLed is in `e2e_cni`, the CA down at renewal in
 //! `e2e_controller`, unreadable config files in `e2e_reload`.)
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -60,13 +60,15 @@ fn an_upstream_killed_mid_stream_ends_its_client_and_nothing_else() {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = app.spawn().expect("python3 echo server");
-    let mut ready = [0u8; 5];
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_exact(&mut ready)
+    // Read the whole line and keep the pipe open for the app's life: a
+    // closed pipe makes the app's next write to stdout fail with EPIPE,
+    // and python3 then exits before it serves anything.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout
+        .read_line(&mut ready)
         .expect("the echo server says ready");
+    assert_eq!(ready.trim(), "ready", "the echo server's first line");
     let app = OwnedChild::new(child);
 
     let client = m.netns("client");
