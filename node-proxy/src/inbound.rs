@@ -11,6 +11,7 @@ use tracing::{debug, info, warn, Instrument};
 use trellis_api::config::Workload;
 use trellis_core::accept::{self, AcceptError};
 use trellis_core::metrics::ErrorReason;
+use trellis_core::state::ProxyState;
 
 use crate::context::{Scope, WorkerCtx};
 use crate::{admission, upstream};
@@ -56,7 +57,9 @@ async fn serve(
     let local = stream
         .local_addr()
         .map_err(|source| InboundError::Io { peer, source })?;
-    let dst_wl = local_workload(&ctx, &scope, local.ip())
+    let dst_wl = proxy
+        .find_or_wait(|st| local_workload(st, &scope, local.ip()))
+        .await
         .ok_or(InboundError::UnknownDestination(local.ip()))?;
 
     let dst_id = dst_wl.identity();
@@ -97,8 +100,7 @@ async fn serve(
     .map_err(|source| InboundError::Session { peer, source })
 }
 
-fn local_workload(ctx: &WorkerCtx, scope: &Scope, ip: IpAddr) -> Option<Arc<Workload>> {
-    let state = ctx.proxy.state.load();
+fn local_workload(state: &ProxyState, scope: &Scope, ip: IpAddr) -> Option<Arc<Workload>> {
     // A listener serves its own pod (or dedicated workload) only.
     state
         .workload_by_ip(ip)
@@ -129,7 +131,7 @@ async fn stream_task(
     let target = creq.target;
     // Policy and labels follow the config current for this stream, not the
     // one the (pooled, long-lived) connection was accepted under.
-    let Some(dst_wl) = local_workload(&ctx, &scope, target.ip()) else {
+    let Some(dst_wl) = local_workload(&ctx.proxy.state.load(), &scope, target.ip()) else {
         proxy.metrics.record_error(ErrorReason::MalformedConnect);
         warn!(src.identity = %src_id, dst.addr = %target, workload = %dst_wl.uid, "connect target is not the workload this tunnel reached");
         req.reject(StatusCode::BAD_REQUEST);
