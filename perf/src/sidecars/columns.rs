@@ -97,3 +97,57 @@ pub fn to_json(cols: &[Column]) -> Value {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(gbit: f64, conns: f64) -> PathResults {
+        let mut r = PathResults::default();
+        r.throughput.gbit_per_s = gbit;
+        r.conn.conns_per_s = conns;
+        r
+    }
+
+    #[test]
+    fn one_column_per_mesh_and_no_mesh_costs_for_direct() {
+        let (d, t) = (path(2.5, 2000.0), path(2.0, 1200.0));
+        let costs = ProxyCosts {
+            cpu_s_per_gb: 1.5,
+            idle_rss_kib: vec![("a".into(), 1024), ("b".into(), 2048)],
+            ..Default::default()
+        };
+        let cols = [
+            Column {
+                name: "direct",
+                results: &d,
+                costs: None,
+            },
+            Column {
+                name: "mesh",
+                results: &t,
+                costs: Some(&costs),
+            },
+        ];
+        let md = markdown(&cols);
+        // (row label, expected cells)
+        let cases = [
+            ("throughput, Gbit/s", "| 2.50 | 2.00 |"),
+            ("new connections/s (errors)", "| 2000 (0) | 1200 (0) |"),
+            ("mesh CPU, s per GB", "| – | 1.50 |"),
+            ("mesh idle RSS (both proxies), MiB", "| – | 3.0 |"),
+        ];
+        for (label, cells) in cases {
+            let line = md
+                .lines()
+                .find(|l| l.starts_with(&format!("| {label} |")))
+                .unwrap_or_else(|| panic!("no row {label}:\n{md}"));
+            assert!(line.ends_with(cells), "{line}");
+        }
+        assert!(
+            md.starts_with("| | direct | mesh |\n|---|---|---|\n"),
+            "{md}"
+        );
+        assert_eq!(to_json(&cols).as_array().unwrap().len(), 2);
+    }
+}
