@@ -348,6 +348,15 @@ impl NodeProxy {
         })
     }
 
+    /// A successor that takes over from this proxy through its hand-over
+    /// socket (`--takeover`, given once however many generations back).
+    pub fn take_over(&self, tag: &str) -> Result<NodeProxy> {
+        self.relaunch_with(tag, |args| {
+            args.extra.retain(|a| a != "--takeover");
+            args.extra.push("--takeover".into());
+        })
+    }
+
     /// [`relaunch`](Self::relaunch) with this one's arguments changed by `edit`.
     pub fn relaunch_with(&self, tag: &str, edit: impl FnOnce(&mut ProxyArgs)) -> Result<NodeProxy> {
         let mut args = self.args.clone();

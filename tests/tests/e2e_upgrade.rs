@@ -90,7 +90,7 @@ fn ten_takeovers_under_load_lose_no_connection_request_or_byte() {
         let before = m.proxy(node).pid();
         let new = m
             .proxy(node)
-            .relaunch(&format!("gen{}", i + 1), &["--takeover"])
+            .take_over(&format!("gen{}", i + 1))
             .unwrap_or_else(|e| panic!("take-over {} of {node}: {e:#}", i + 1));
         let new_pid = new.pid();
         let prev = m.replace_proxy(node, new);
@@ -215,7 +215,7 @@ fn a_failed_takeover_leaves_the_running_proxy_serving() {
     long.wait_progress(256 << 10, T).unwrap();
     assert!(p1.ready().unwrap());
     assert_eq!(trellis_e2e::mesh_kit::listed_pods(p1).unwrap(), CLIENTS);
-    let new = p1.relaunch("good-takeover", &["--takeover"]).unwrap();
+    let new = p1.take_over("good-takeover").unwrap();
     echo_ok(&m, "c2", "s2", "after the good take-over");
     let r = long.finish();
     assert_eq!(r.error, None, "{r:?}");
