@@ -95,8 +95,11 @@ struct Enrolled {
     scope: Arc<Scope>,
     /// A dup of each listener the workers accept on, kept to hand over;
     /// closed at drain so the sockets close with the workers' copies.
-    listeners: Vec<(ListenerKind, SocketAddr, OwnedFd)>,
+    listeners: Vec<ListenerDup>,
 }
+
+/// A listener's kind, bound address, and a dup of its fd.
+type ListenerDup = (ListenerKind, SocketAddr, OwnedFd);
 
 /// A pod as shown by the admin API.
 #[derive(Debug, Serialize)]
@@ -295,7 +298,7 @@ impl Pods {
         scope: &Arc<Scope>,
         listeners: &[(ListenerKind, SocketAddr)],
         cancel: &CancellationToken,
-    ) -> Result<(Vec<SocketAddr>, Vec<(ListenerKind, SocketAddr, OwnedFd)>), PodError> {
+    ) -> Result<(Vec<SocketAddr>, Vec<ListenerDup>), PodError> {
         // Create every socket first so a failure leaves nothing half-started.
         let mut specs = Vec::new();
         let mut bound = Vec::new();

@@ -236,7 +236,14 @@ fn verdicts() {
 fn decoding() {
     let enc = |m: &Msg| m.encode();
     // (bytes, fds, truncated, fds truncated, Ok(name) or Err(text))
-    let cases: Vec<(Vec<u8>, usize, bool, bool, Result<&str, &str>)> = vec![
+    type Case = (
+        Vec<u8>,
+        usize,
+        bool,
+        bool,
+        Result<&'static str, &'static str>,
+    );
+    let cases: Vec<Case> = vec![
         (enc(&Msg::Ready), 0, false, false, Ok("ready")),
         (enc(&Msg::Lock), 1, false, false, Ok("lock")),
         (
