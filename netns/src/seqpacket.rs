@@ -92,6 +92,16 @@ impl SeqpacketListener {
     /// Binds `path`, replacing a stale socket file left by an earlier run.
     /// Must be called inside a tokio runtime.
     pub fn bind(path: &Path) -> io::Result<SeqpacketListener> {
+        Self::bind_with_mode(path, None)
+    }
+
+    /// Like [`bind`](Self::bind), and gives the socket file `mode` before it
+    /// listens, so no one else can connect in between (control sockets: 0o600).
+    pub fn bind_private(path: &Path, mode: u32) -> io::Result<SeqpacketListener> {
+        Self::bind_with_mode(path, Some(mode))
+    }
+
+    fn bind_with_mode(path: &Path, mode: Option<u32>) -> io::Result<SeqpacketListener> {
         let (addr, len) = sockaddr_un(path)?;
         let fd = seqpacket_socket()?;
         match std::fs::symlink_metadata(path) {
@@ -108,6 +118,10 @@ impl SeqpacketListener {
                 len,
             )
         })?;
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
         // SAFETY: listen(2) on a socket we own.
         cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
         Ok(SeqpacketListener { fd: register(fd)? })

@@ -139,6 +139,8 @@ impl BenchTopo {
         let ca = self.dir().join("ca").display().to_string();
         let pod_arg = format!("{}={}", pod.name, pod.netns_path().display());
         let addrs_s = addrs_file.display().to_string();
+        // Each node its own lock and hand-over socket, as on separate machines.
+        let run_dir = self.dir().join(format!("{node}-run")).display().to_string();
         let argv = [
             "taskset",
             "-c",
@@ -164,6 +166,8 @@ impl BenchTopo {
             &addrs_s,
             "--workers",
             "1",
+            "--runtime-dir",
+            &run_dir,
         ];
         let mut full: Vec<&str> = argv[..3].to_vec();
         full.extend_from_slice(wrapper);
