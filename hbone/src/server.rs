@@ -7,10 +7,10 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::conn_io::ConnIo;

@@ -223,7 +223,10 @@ async fn client_not_offering_alpn_h2_is_refused_in_the_handshake() {
             .expect_err("the handshake itself must fail, not a later http/2 exchange");
         let msg = err.to_string();
         assert!(matches!(err, HboneError::TlsHandshake { .. }), "{err:?}");
-        assert!(msg.contains("alpn h2"), "client message names alpn h2: {msg}");
+        assert!(
+            msg.contains("alpn h2"),
+            "client message names alpn h2: {msg}"
+        );
         match server.expect_tls_failure().await {
             HboneError::AlpnNotH2 { offered: o } => assert_eq!(o, offered),
             other => panic!("expected AlpnNotH2, got {other:?}"),
@@ -263,7 +266,9 @@ except ssl.SSLError as e:
     .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.to_ascii_lowercase().contains("no application protocol")
+        stdout
+            .to_ascii_lowercase()
+            .contains("no application protocol")
             || stdout.contains("NO_APPLICATION_PROTOCOL"),
         "stdout: {stdout} stderr: {}",
         String::from_utf8_lossy(&out.stderr)
