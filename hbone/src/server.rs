@@ -239,7 +239,8 @@ mod tests {
 
     #[test]
     fn alpn_refusal_by_offer() {
-        let cases: &[(Option<&[&[u8]]>, Option<&str>)] = &[
+        type Offer<'a> = Option<&'a [&'a [u8]]>;
+        let cases: &[(Offer, Option<&str>)] = &[
             (None, Some("none")),
             (Some(&[]), Some("none")),
             (Some(&[b"h2"]), None),
