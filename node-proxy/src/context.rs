@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use trellis_core::drain::DrainWatcher;
+use trellis_core::limits::ConnLimits;
 use trellis_core::metrics::Metrics;
 use trellis_core::state::{ProxyState, StateStore};
 
@@ -26,6 +27,8 @@ pub struct ProxyCtx {
     pub metrics: Arc<Metrics>,
     pub certs: Arc<CertManager>,
     pub drain: DrainWatcher,
+    /// Bounds on connections and pending handshakes, shared by every worker.
+    pub limits: Arc<ConnLimits>,
     /// Cancelled when draining is over (or its deadline passed): workers stop.
     pub shutdown: CancellationToken,
     pub h2: hbone::H2Settings,
