@@ -152,8 +152,24 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
     // One shared-mode proxy per node: take the node's lock, or take over
     // from the proxy holding it. Before binding anything, so a second proxy
     // is told about the first, not about a busy admin port.
-    let (lock, mut takeover) = match (s.mode, s.takeover_path()) {
-        (Mode::Shared, Some(path)) => {
+    let takeover_path = match (s.mode, s.takeover_path()) {
+        (Mode::Shared, None) => match InstanceLock::acquire(&s.runtime_dir) {
+            Ok(lock) => Err(lock),
+            // Held, and the holder offers a hand-over: take it (a DaemonSet
+            // rollout's new pod starts beside the old one).
+            Err(crate::instance::LockError::Held { .. }) if s.auto_takeover_path().is_some() => {
+                let path = s.auto_takeover_path().unwrap_or_default();
+                info!(socket = %path.display(), "another node proxy serves this node and offers a hand-over: taking over (--auto-takeover)");
+                Ok(Some(path))
+            }
+            Err(e) => return Err(e.into()),
+        },
+        (Mode::Shared, path) => Ok(path),
+        (Mode::Dedicated, _) => Ok(None),
+    };
+    let (lock, mut takeover) = match (s.mode, takeover_path) {
+        (_, Err(lock)) => (Some(lock), None),
+        (Mode::Shared, Ok(Some(path))) => {
             let (bundle, conn) = rt.block_on(handover::take(&path))?;
             info!(old_pid = bundle.old_pid, pods = bundle.pods.len(), socket = %path.display(), "received the running node proxy's listeners");
             let Bundle {
@@ -164,8 +180,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
                 Some((admin, pods, conn)),
             )
         }
-        (Mode::Shared, None) => (Some(InstanceLock::acquire(&s.runtime_dir)?), None),
-        (Mode::Dedicated, _) => (None, None),
+        (_, Ok(_)) => (None, None),
     };
 
     // Bind the admin-thread sockets before anything runs, so errors surface

@@ -137,6 +137,14 @@ pub struct Settings {
     /// value, the plain string parser does not.)
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "SOCKET", value_parser = clap::builder::OsStringValueParser::new())]
     pub takeover: Option<std::ffi::OsString>,
+    /// Shared mode, without --takeover: when another node proxy holds this
+    /// node's lock and offers its hand-over socket (--handover-socket's
+    /// path), take over from it rather than refuse to start. This is how a
+    /// DaemonSet rollout (`maxSurge: 1`) upgrades without loss: the new pod
+    /// starts beside the old one and takes its listeners and pods. `false`:
+    /// refuse, naming the running proxy.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub auto_takeover: bool,
     /// After handing over, the old process drains this long at most: its
     /// connections run to their natural end until then.
     #[arg(long, value_parser = duration, default_value = "1h")]
@@ -149,6 +157,14 @@ impl Settings {
         self.handover_socket
             .clone()
             .unwrap_or_else(|| self.runtime_dir.join(crate::instance::HANDOVER_SOCKET))
+    }
+
+    /// The socket to take over through without --takeover, when the
+    /// node's lock is held (see --auto-takeover): the running proxy's
+    /// hand-over socket, if it is there.
+    pub fn auto_takeover_path(&self) -> Option<PathBuf> {
+        let path = self.handover_socket_path();
+        (self.auto_takeover && path.exists()).then_some(path)
     }
 
     /// The socket to take over through, with --takeover.

@@ -357,6 +357,13 @@ impl NodeProxy {
         })
     }
 
+    /// A successor started as a DaemonSet rollout starts it: no
+    /// `--takeover`; it finds this proxy's lock taken and its hand-over
+    /// socket in the shared runtime dir, and takes over (`--auto-takeover`).
+    pub fn auto_take_over(&self, tag: &str) -> Result<NodeProxy> {
+        self.relaunch_with(tag, |args| args.extra.retain(|a| a != "--takeover"))
+    }
+
     /// [`relaunch`](Self::relaunch) with this one's arguments changed by `edit`.
     pub fn relaunch_with(&self, tag: &str, edit: impl FnOnce(&mut ProxyArgs)) -> Result<NodeProxy> {
         let mut args = self.args.clone();

@@ -85,6 +85,7 @@ pub fn proxy_settings(common: CommonFlags, node: &str) -> Settings {
             .join(format!("trellis-demo-{}-{node}", std::process::id())),
         handover_socket: None,
         takeover: None,
+        auto_takeover: false,
         handover_drain_deadline: Duration::from_secs(2),
     }
 }

@@ -102,11 +102,7 @@ fn idle_flood_past_the_pending_handshake_bound_leaves_real_hbone_traffic_flowing
         );
     }
     // The evicted flood connections were really closed by the proxy.
-    let closed = idle
-        .iter()
-        .take(100)
-        .filter(|c| closed_by_proxy(c))
-        .count();
+    let closed = idle.iter().take(100).filter(|c| closed_by_proxy(c)).count();
     assert_eq!(closed, 100, "the oldest idle connections were closed");
     drop(idle);
 

@@ -88,10 +88,16 @@ fn ten_takeovers_under_load_lose_no_connection_request_or_byte() {
     for i in 0..UPGRADES {
         let node = if i % 2 == 0 { "node1" } else { "node2" };
         let before = m.proxy(node).pid();
-        let new = m
-            .proxy(node)
-            .take_over(&format!("gen{}", i + 1))
-            .unwrap_or_else(|e| panic!("take-over {} of {node}: {e:#}", i + 1));
+        // Every third one as a DaemonSet rollout starts it: no --takeover,
+        // the running proxy found through the shared runtime dir.
+        let tag = format!("gen{}", i + 1);
+        let p = m.proxy(node);
+        let new = if i % 3 == 2 {
+            p.auto_take_over(&tag)
+        } else {
+            p.take_over(&tag)
+        }
+        .unwrap_or_else(|e| panic!("take-over {} of {node}: {e:#}", i + 1));
         let new_pid = new.pid();
         let prev = m.replace_proxy(node, new);
         assert_ne!(new_pid, before);
@@ -236,7 +242,7 @@ fn a_second_proxy_on_the_same_node_or_ports_refuses_to_start() {
     // Same node: the lock in its runtime dir is taken.
     let err = format!(
         "{:#}",
-        p1.relaunch("second", &[])
+        p1.relaunch("second", &["--auto-takeover=false"])
             .err()
             .expect("a second proxy starts")
     );

@@ -60,6 +60,16 @@ async fn wait_version(rx: &mut tokio::sync::watch::Receiver<u64>, version: u64) 
         .expect("store alive");
 }
 
+/// Replaces the file whole (write beside it, then rename), as an editor or
+/// a ConfigMap update does: an in-place write can be polled half done (an
+/// empty file, counted as a failed reload), which would make the failure
+/// counts below depend on timing.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).expect("write");
+    fs::rename(&tmp, path).expect("rename");
+}
+
 #[test]
 fn load_file_reports_missing_and_broken_files() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -83,18 +93,18 @@ async fn valid_edit_applies_broken_edit_is_refused_and_fix_applies() {
     let mut rx = store.subscribe();
     let task = source::spawn(&spec(&path), store.clone(), Some(metrics.clone()), None);
 
-    fs::write(&path, config("server-v2")).expect("write");
+    replace(&path, &config("server-v2"));
     wait_version(&mut rx, 2).await;
     assert_eq!(server_name(&store), "server-v2");
     // The counter moves just after the version is published.
     wait_until("the reload to be counted", || metrics.successes() == 1).await;
 
-    fs::write(&path, BROKEN).expect("write");
+    replace(&path, BROKEN);
     wait_until("the broken file to be counted", || metrics.failures() == 1).await;
     assert_eq!(store.version(), 2);
     assert_eq!(server_name(&store), "server-v2", "last good config kept");
 
-    fs::write(&path, config("server-v3")).expect("write");
+    replace(&path, &config("server-v3"));
     wait_version(&mut rx, 3).await;
     assert_eq!(server_name(&store), "server-v3");
     wait_until("the fix to be counted", || metrics.successes() == 2).await;
