@@ -451,3 +451,17 @@ pub fn require_tool(tool: &str, package: &str) -> Result<()> {
     }
     Ok(())
 }
+
+impl NodeProxy {
+    /// How many workloads and services the proxy holds (`GET /config_dump`).
+    pub fn config_counts(&self) -> Result<(usize, usize)> {
+        let (status, text) = self.http(self.admin, "GET", "/config_dump", "")?;
+        if status != 200 {
+            bail!("GET /config_dump on {}: HTTP {status}", self.node);
+        }
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing GET /config_dump of {}", self.node))?;
+        let len = |k: &str| v["config"][k].as_array().map_or(0, |a| a.len());
+        Ok((len("workloads"), len("services")))
+    }
+}

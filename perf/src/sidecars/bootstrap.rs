@@ -90,6 +90,21 @@ pub struct Destination {
     /// The SPIFFE ID its certificate carries, and the SAN callers require.
     pub spiffe_id: String,
     pub ports: Vec<PortSpec>,
+    /// The addresses its clusters balance over; empty: `ip` itself (a pod
+    /// called by its own address). A service lists its pods here and has
+    /// its VIP as `ip`, as Istio's EDS gives each service cluster.
+    pub endpoints: Vec<IpAddr>,
+}
+
+impl Destination {
+    /// The addresses its clusters send to.
+    pub fn endpoint_ips(&self) -> Vec<IpAddr> {
+        if self.endpoints.is_empty() {
+            vec![self.ip]
+        } else {
+            self.endpoints.clone()
+        }
+    }
 }
 
 /// The files of one sidecar's identity.
@@ -320,7 +335,7 @@ fn outbound_cluster(cfg: &SidecarConfig, dest: &Destination, port: u16) -> Value
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(&dest.ip.to_string(), port)}}]}],
+            "endpoints": [{"lb_endpoints": dest.endpoint_ips().iter().map(|ip| json!({"endpoint": {"address": socket_address(&ip.to_string(), port)}})).collect::<Vec<_>>()}],
         },
         "upstream_bind_config": upstream_bind(cfg.proxy_mark),
         "transport_socket": {

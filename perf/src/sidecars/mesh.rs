@@ -62,6 +62,7 @@ pub fn destinations(spec: &MeshSpec, pods: &[MeshPod]) -> Vec<Destination> {
             ip: p.pod.ip,
             spiffe_id: p.identity(spec.trust_domain, spec.namespace).to_string(),
             ports: p.ports.clone(),
+            endpoints: vec![],
         })
         .collect()
 }

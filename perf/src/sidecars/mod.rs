@@ -5,10 +5,12 @@
 //! * [`bootstrap`]: a pod's Envoy config from the topology (pure, tested as tables).
 //! * [`mesh`]: certificates, capture rules and Envoy processes in the pods' netns.
 //! * [`columns`]: the L4 workloads with one column per mesh (report).
+//! * [`mesh_size`]: one sidecar's and one node proxy's RSS against mesh size.
 //! * [`pods_memory`]: mesh RSS on a node against idle pods per node.
 
 pub mod bootstrap;
 pub mod columns;
 pub mod envoy;
 pub mod mesh;
+pub mod mesh_size;
 pub mod pods_memory;

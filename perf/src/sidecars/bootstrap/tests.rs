@@ -9,6 +9,7 @@ fn dest(name: &str, ip: &str, ports: &[(u16, Protocol)]) -> Destination {
             .iter()
             .map(|&(port, protocol)| PortSpec { port, protocol })
             .collect(),
+        endpoints: vec![],
     }
 }
 
@@ -173,4 +174,29 @@ fn listeners_capture_ports_and_admin() {
     assert!(cluster(&v, "InboundPassthroughCluster")
         .get("upstream_bind_config")
         .is_none());
+}
+
+#[test]
+fn a_service_cluster_balances_over_its_endpoints() {
+    let mut svc = dest("svc-1", "172.16.0.2", &[(80, Protocol::Http)]);
+    svc.endpoints = vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+    let v = config(Variant::L7, std::slice::from_ref(&svc));
+    // Matched by the VIP, sent to the endpoints.
+    assert_eq!(
+        outbound_filter(&v, "172.16.0.2", 80),
+        "envoy.filters.network.http_connection_manager"
+    );
+    let eps = cluster(&v, &cluster_name(&svc, 80))["load_assignment"]["endpoints"][0]
+        ["lb_endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["endpoint"]["address"]["socket_address"]["address"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(eps, ["10.0.0.1", "10.0.0.2"]);
 }
