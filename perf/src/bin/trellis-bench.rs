@@ -148,25 +148,9 @@ fn parse_args() -> Result<Opts> {
     })
 }
 
-/// `1,10,50,100`: each 1..=253 (a node's subnet), ascending order kept as given.
+/// `1,10,50,100`: each 1..=250 (a node's subnet), order kept as given.
 fn parse_pods(list: &str) -> Result<Vec<usize>> {
-    let v = list
-        .split(',')
-        .map(|n| {
-            let n: usize = n
-                .trim()
-                .parse()
-                .with_context(|| format!("--pods: {n:?} is not a number"))?;
-            if !(1..=250).contains(&n) {
-                bail!("--pods: {n} is out of range: give 1 to 250 pods per node");
-            }
-            Ok(n)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if v.is_empty() {
-        bail!("--pods needs at least one count");
-    }
-    Ok(v)
+    mesh_size::parse_counts("--pods", list, 250, "pods per node")
 }
 
 /// The processes of a mesh under test: their PIDs (CPU figures) and a

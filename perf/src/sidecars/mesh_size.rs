@@ -238,21 +238,27 @@ fn ratio(a: u64, b: u64) -> String {
 
 /// `100,1000,10000`: each 1..=100,000 (VIPs and pod IPs stay in their ranges).
 pub fn parse_sizes(list: &str) -> Result<Vec<usize>> {
+    parse_counts("--services", list, 100_000, "services")
+}
+
+/// A comma-separated list of counts for `flag`, each 1..=`max` (`what`
+/// names them in the error), order kept as given.
+pub fn parse_counts(flag: &str, list: &str, max: usize, what: &str) -> Result<Vec<usize>> {
     let v = list
         .split(',')
         .map(|n| {
             let n: usize = n
                 .trim()
                 .parse()
-                .with_context(|| format!("--services: {n:?} is not a number"))?;
-            if !(1..=100_000).contains(&n) {
-                bail!("--services: {n} is out of range: give 1 to 100000 services");
+                .with_context(|| format!("{flag}: {n:?} is not a number"))?;
+            if !(1..=max).contains(&n) {
+                bail!("{flag}: {n} is out of range: give 1 to {max} {what}");
             }
             Ok(n)
         })
         .collect::<Result<Vec<_>>>()?;
     if v.is_empty() {
-        bail!("--services needs at least one count");
+        bail!("{flag} needs at least one count");
     }
     Ok(v)
 }
