@@ -45,6 +45,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Any other message must come within this.
 const MSG_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Tells the new process why the hand-over is refused. Best effort: the
+/// refusal stands (and the old process serves on) whether or not it lands.
+async fn refuse(conn: &SeqpacketConn, reason: String) {
+    let _ = send(conn, &Msg::Refuse { reason }, None).await;
+}
+
 async fn send(conn: &SeqpacketConn, msg: &Msg, fd: Option<&OwnedFd>) -> Result<(), HandoverError> {
     use std::io::ErrorKind as K;
     match conn.send(&msg.encode(), fd.map(|f| f.as_fd())).await {
@@ -183,14 +189,7 @@ async fn give(conn: &SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
     let (hello, _) = match recv(conn, MSG_TIMEOUT, "while waiting for hello").await {
         Ok(m) => m,
         Err(e) => {
-            let _ = send(
-                conn,
-                &Msg::Refuse {
-                    reason: e.to_string(),
-                },
-                None,
-            )
-            .await;
+            refuse(conn, e.to_string()).await;
             return Err(e);
         }
     };
@@ -199,14 +198,7 @@ async fn give(conn: &SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
         _ => 0,
     };
     if let HelloDecision::Refuse(reason) = session::on_hello(&hello, g.draining.is_draining()) {
-        let _ = send(
-            conn,
-            &Msg::Refuse {
-                reason: reason.clone(),
-            },
-            None,
-        )
-        .await;
+        refuse(conn, reason.clone()).await;
         return Err(HandoverError::Refused(reason));
     }
     info!(
@@ -217,14 +209,7 @@ async fn give(conn: &SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
         Ok(p) => p,
         Err(e) => {
             let reason = e.to_string();
-            let _ = send(
-                conn,
-                &Msg::Refuse {
-                    reason: reason.clone(),
-                },
-                None,
-            )
-            .await;
+            refuse(conn, reason.clone()).await;
             return Err(HandoverError::Local(reason));
         }
     };
