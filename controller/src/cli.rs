@@ -148,6 +148,12 @@ pub struct RunArgs {
     /// controller's certificate for: give it to --server-name.
     #[arg(long, default_value = DEFAULT_WAYPOINT_XDS_ADDRESS, value_parser = crate::waypoints::desired::host_port)]
     pub waypoint_xds_address: String,
+    /// The base of every waypoint's Deployment and Service (YAML: an
+    /// apps/v1 Deployment and a v1 Service; replicas, resources, probes,
+    /// tolerations...). Without it, the one shipped in
+    /// deploy/daemonset/base/controller/waypoint-template.yaml.
+    #[arg(long, value_name = "FILE")]
+    pub waypoint_template: Option<PathBuf>,
     /// Re-apply every waypoint's objects, putting back what was changed or
     /// deleted by hand, and delete left-overs, at least this often.
     #[arg(long, default_value = "5m", value_parser = positive_duration)]
@@ -171,8 +177,13 @@ impl RunArgs {
     }
 
     /// What the waypoints' objects share; `root_pem` is the CA's roots.
-    pub fn waypoint_options(&self, root_pem: String) -> WaypointOptions {
-        WaypointOptions {
+    pub fn waypoint_options(
+        &self,
+        root_pem: String,
+    ) -> Result<WaypointOptions, crate::waypoints::template::TemplateError> {
+        let template =
+            crate::waypoints::template::WaypointTemplate::load(self.waypoint_template.as_deref())?;
+        Ok(WaypointOptions {
             image: self.waypoint_image.clone(),
             xds_address: self.waypoint_xds_address.clone(),
             trust_domain: self.trust_domain.clone(),
@@ -184,7 +195,8 @@ impl RunArgs {
                 .cloned()
                 .unwrap_or_else(|| crate::auth::token_review::ISTIO_CA_AUDIENCE.into()),
             root_pem,
-        }
+            template: std::sync::Arc::new(template),
+        })
     }
 
     pub fn translate_options(&self) -> TranslateOptions {
@@ -416,7 +428,9 @@ mod tests {
         for (flags, want) in cases {
             let want = want.map(|(m, i, x, r)| (m, i.to_string(), x.to_string(), r));
             check_kube_run(flags, &want, |a| {
-                let o = a.waypoint_options("root".into());
+                let o = a
+                    .waypoint_options("root".into())
+                    .expect("the shipped template");
                 assert_eq!(
                     (o.token_audience.as_str(), o.root_pem.as_str()),
                     ("istio-ca", "root")

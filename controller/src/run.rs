@@ -77,6 +77,8 @@ pub enum RunError {
     Serve(#[from] ServeError),
     #[error("no object source: pass --manifests DIR, --kubeconfig FILE or --in-cluster")]
     NoSource,
+    #[error("{0}; fix the file given to --waypoint-template")]
+    WaypointTemplate(#[from] crate::waypoints::template::TemplateError),
 }
 
 /// The addresses actually bound (`--bound-addrs-file` holds them as JSON:
@@ -197,7 +199,13 @@ pub async fn start(
     let watcher = match (kube, manifests) {
         (Some(client), _) => {
             info!("watching the kubernetes api server");
-            let waypoints = args.manage_waypoints.then(|| {
+            // Read before anything starts: a broken template is a start-up
+            // error, not a stream of failed applies.
+            let waypoint_opts = match args.manage_waypoints {
+                true => Some(args.waypoint_options(roots_pem.clone())?),
+                false => None,
+            };
+            let waypoints = waypoint_opts.map(|opts| {
                 let (tx, rx) = watch::channel(Arc::new(Plans::new()));
                 let manager = Manager::new(
                     client.clone(),
@@ -210,7 +218,7 @@ pub async fn start(
                 );
                 waypoint_task = Some(AbortOnDrop(tokio::spawn(manager.run(rx))));
                 info!(image = %args.waypoint_image, xds.addr = %args.waypoint_xds_address, "managing waypoints for Gateways");
-                (tx, args.waypoint_options(roots_pem.clone()))
+                (tx, opts)
             });
             AbortOnDrop(tokio::spawn(KubeSource::new(client).run(
                 ObjectStore::new(),

@@ -22,6 +22,7 @@ pub mod manager;
 pub mod metrics;
 pub mod status;
 pub mod sweep;
+pub mod template;
 
 pub use desired::{plans, GatewayRef, ManagedKind, Plan, Plans, WaypointOptions};
 pub use manager::{Manager, ManagerOptions};

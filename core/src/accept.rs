@@ -9,21 +9,24 @@ use std::time::Duration;
 use hbone::{Identity, ServerTls};
 use tokio::net::TcpStream;
 
+use crate::limits::ConnLimits;
+pub use crate::limits::HANDSHAKE_TIMEOUT;
 use crate::metrics::{ErrorReason, Metrics};
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// A client that connects and then stalls must not hold a task (and delay
-/// drain) forever.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
     #[error("plaintext on the hbone port from {0}; only mTLS HBONE clients may use 15008")]
     Plaintext(SocketAddr),
-    #[error("{0} did not complete the tls handshake within {HANDSHAKE_TIMEOUT:?}")]
-    HandshakeTimeout(SocketAddr),
+    #[error("{0} did not complete the tls handshake within {1:?}")]
+    HandshakeTimeout(SocketAddr, Duration),
+    #[error(
+        "handshake with {0} cut short: more handshakes were pending than --max-pending-handshakes \
+         allows, and it was the oldest (a flood of idle connections, or the limit is too low)"
+    )]
+    Evicted(SocketAddr),
     #[error("tls handshake with {peer} failed: {source}")]
     Handshake {
         peer: SocketAddr,
@@ -45,38 +48,32 @@ pub enum AcceptError {
 }
 
 /// Accepts an HBONE client on `stream`: TLS with `cfg` (client certificate
-/// required) and the client's verified identity. Refusals are counted in
-/// `metrics` by reason.
+/// required) and the client's verified identity, as one of the pending
+/// handshakes `limits` bounds (which may cut it short, or give it a short
+/// deadline under pressure). Refusals are counted in `metrics` by reason.
 pub async fn accept(
     stream: TcpStream,
     peer: SocketAddr,
     cfg: Arc<rustls::ServerConfig>,
     metrics: &Metrics,
+    limits: &Arc<ConnLimits>,
 ) -> Result<(ServerTls, Identity), AcceptError> {
-    let mut first = [0u8; 1];
-    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
-        .await
-        .map_err(|_| AcceptError::HandshakeTimeout(peer))?
-        .map_err(|source| AcceptError::Io { peer, source })?;
-    if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-        metrics.record_error(ErrorReason::PlaintextOnHbonePort);
-        return Err(AcceptError::Plaintext(peer));
-    }
+    let pending = limits.begin_handshake();
+    let timeout = pending.timeout();
     // Boxed: the handshake state is large and only needed up front.
-    let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(hbone::tls_accept(stream, cfg)));
-    let tls = match accept
-        .await
-        .map_err(|_| AcceptError::HandshakeTimeout(peer))?
-    {
-        Ok(t) => t,
-        Err(source) => {
-            metrics.record_error(ErrorReason::UnknownIdentity);
-            return Err(AcceptError::Handshake {
-                peer,
-                source: Box::new(source),
-            });
-        }
+    let handshake = Box::pin(handshake(stream, peer, cfg, metrics));
+    let tls = tokio::select! {
+        r = tokio::time::timeout(timeout, handshake) => match r {
+            Ok(r) => r?,
+            Err(_) => {
+                limits.handshake_timed_out();
+                return Err(AcceptError::HandshakeTimeout(peer, timeout));
+            }
+        },
+        () = pending.evicted() => return Err(AcceptError::Evicted(peer)),
     };
+    // The handshake is over: its slot goes to the next one.
+    drop(pending);
     match hbone::peer_identity(tls.get_ref().1) {
         Ok(id) => Ok((tls, id)),
         Err(source) => {
@@ -87,4 +84,29 @@ pub async fn accept(
             })
         }
     }
+}
+
+/// Refuses plaintext, then runs the TLS handshake.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    cfg: Arc<rustls::ServerConfig>,
+    metrics: &Metrics,
+) -> Result<ServerTls, AcceptError> {
+    let mut first = [0u8; 1];
+    let n = stream
+        .peek(&mut first)
+        .await
+        .map_err(|source| AcceptError::Io { peer, source })?;
+    if n == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        metrics.record_error(ErrorReason::PlaintextOnHbonePort);
+        return Err(AcceptError::Plaintext(peer));
+    }
+    hbone::tls_accept(stream, cfg).await.map_err(|source| {
+        metrics.record_error(ErrorReason::UnknownIdentity);
+        AcceptError::Handshake {
+            peer,
+            source: Box::new(source),
+        }
+    })
 }

@@ -143,6 +143,7 @@ pub fn not_found(req: &Request<Incoming>) -> AdminResponse {
     )
 }
 
+/// The raw (still percent-encoded) value of query parameter `name`.
 pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.uri()
         .query()?
@@ -150,6 +151,25 @@ pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+/// Decodes a query value as a form does: `%XX` escapes and `+` for space.
+/// `None` if an escape is malformed or the result is not UTF-8.
+pub fn percent_decode(raw: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `GET /logging` shows the filter; `POST /logging?level=<filter>` changes it.
@@ -161,13 +181,27 @@ pub fn logging(log: Option<&LogControl>, req: &Request<Incoming>) -> AdminRespon
         );
     };
     match (req.method(), query_param(req, "level")) {
-        (&Method::POST, Some(level)) => match log.set(&level.replace("%2C", ",")) {
-            Ok(()) => text(
-                StatusCode::OK,
-                format!("log filter now {}\n", log.current()),
-            ),
-            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-        },
+        (&Method::POST, Some(raw)) => {
+            let Some(level) = percent_decode(raw) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("level {raw:?} is not valid percent-encoded UTF-8; the log filter is unchanged\n"),
+                );
+            };
+            match log.set(&level) {
+                Ok(()) => {
+                    info!(filter = %level, "log filter changed over the admin api");
+                    text(
+                        StatusCode::OK,
+                        format!("log filter now {}\n", log.current()),
+                    )
+                }
+                Err(e) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("{e}; the log filter is still {}\n", log.current()),
+                ),
+            }
+        }
         (&Method::POST, None) => text(StatusCode::BAD_REQUEST, "POST /logging?level=<filter>\n"),
         _ => text(StatusCode::OK, format!("{}\n", log.current())),
     }
@@ -264,5 +298,27 @@ impl Running {
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or(crate::drain::DrainOutcome::Completed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decode_by_input() {
+        let cases = [
+            ("info", Some("info")),
+            ("info%2Ctrellis%3Ddebug", Some("info,trellis=debug")),
+            ("info%2ctrellis%3ddebug", Some("info,trellis=debug")),
+            ("a+b", Some("a b")),
+            ("%", None),
+            ("%2", None),
+            ("%zz", None),
+            ("%ff", None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(percent_decode(raw).as_deref(), want, "{raw:?}");
+        }
     }
 }

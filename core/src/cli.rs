@@ -10,6 +10,7 @@ use std::time::Duration;
 use trellis_api::config::Dur;
 
 use crate::certs::ca_client::CaClientConfig;
+use crate::limits::{self, ConnLimits, Limits};
 use crate::logging::{self, LogControl, LogFormat};
 use crate::source::{SourceSpec, XdsSpec};
 use crate::startup::{CertSource, LoadError};
@@ -66,6 +67,15 @@ pub struct CommonFlags {
     /// Log filter (tracing EnvFilter syntax); changeable at runtime via /logging.
     #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
     pub log: String,
+    /// Most connections (and HBONE streams) held at once; past it new ones
+    /// are closed at accept. 0: derived from RLIMIT_NOFILE (raised to its
+    /// hard limit at start), two descriptors per connection, a tenth kept back.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// Most TLS handshakes pending on the HBONE port; past it the oldest is
+    /// cut short. 0: a quarter of the connection limit, at most 1024.
+    #[arg(long, default_value_t = 0)]
+    pub max_pending_handshakes: usize,
 }
 
 impl CommonFlags {
@@ -85,7 +95,23 @@ impl CommonFlags {
             config_poll: Duration::from_secs(1),
             log_format: LogFormat::Text,
             log: "info".into(),
+            max_connections: 0,
+            max_pending_handshakes: 0,
         }
+    }
+
+    /// The connection and handshake limiter these flags ask for (raising
+    /// the soft descriptor limit first), its metrics in `registry`.
+    pub fn conn_limits(&self, registry: &prometheus::Registry) -> std::sync::Arc<ConnLimits> {
+        let nofile = limits::raise_nofile();
+        let l = Limits::resolve(self.max_connections, self.max_pending_handshakes, nofile);
+        tracing::info!(
+            nofile,
+            max_connections = l.max_connections,
+            max_pending_handshakes = l.max_pending_handshakes,
+            "connection limits"
+        );
+        ConnLimits::new(l, registry)
     }
 
     /// Where the proxy's config comes from: the file, or the controller

@@ -6,6 +6,75 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
+/// Why a log filter was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("empty log filter; give a level (trace, debug, info, warn, error, off) or <target>=<level> directives separated by commas")]
+    Empty,
+    #[error("log filter directive {directive:?} has no level; write a level (trace, debug, info, warn, error, off) or <target>=<level>, e.g. \"info,trellis_node_proxy=debug\"")]
+    NoLevel { directive: String },
+    #[error("log filter directive {directive:?} has level {level:?}, which is not one of trace, debug, info, warn, error, off")]
+    BadLevel { directive: String, level: String },
+    #[error("invalid log filter {filter:?}: {detail}")]
+    Syntax { filter: String, detail: String },
+    #[error("cannot change the log filter: {0}")]
+    Reload(String),
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+fn is_level(s: &str) -> bool {
+    LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s))
+}
+
+/// Checks `filter` strictly and builds it.
+///
+/// `EnvFilter` reads a bare word such as `garbage` as a target with no level,
+/// which enables only that target and so silences every other log line,
+/// access logs included. A runtime change must not do that by accident, so
+/// every directive here must name its level. Returns the filter and its
+/// text without the spaces and empty directives `EnvFilter` would refuse.
+pub fn parse_filter(filter: &str) -> Result<(EnvFilter, String), FilterError> {
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    for &directive in &directives {
+        match directive.rsplit_once('=') {
+            None if is_level(directive) => {}
+            None => {
+                return Err(FilterError::NoLevel {
+                    directive: directive.to_string(),
+                })
+            }
+            // A `=` inside a span field (`target[span{f=x}]`) is not the
+            // directive's level separator.
+            Some((_, level)) if level.contains(']') || level.contains('}') => {
+                return Err(FilterError::NoLevel {
+                    directive: directive.to_string(),
+                })
+            }
+            Some((_, level)) if !is_level(level.trim()) => {
+                return Err(FilterError::BadLevel {
+                    directive: directive.to_string(),
+                    level: level.trim().to_string(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if directives.is_empty() {
+        return Err(FilterError::Empty);
+    }
+    let text = directives.join(",");
+    let f = EnvFilter::try_new(&text).map_err(|e| FilterError::Syntax {
+        filter: filter.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok((f, text))
+}
+
 /// Changes the log filter of the running process.
 #[derive(Clone)]
 pub struct LogControl {
@@ -14,14 +83,14 @@ pub struct LogControl {
 }
 
 impl LogControl {
-    /// Replaces the filter; a bad filter is refused and the old one stays.
-    pub fn set(&self, filter: &str) -> Result<(), String> {
-        let f = EnvFilter::try_new(filter)
-            .map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+    /// Replaces the filter; a bad filter (see [`parse_filter`]) is refused
+    /// and the old one stays.
+    pub fn set(&self, filter: &str) -> Result<(), FilterError> {
+        let (f, text) = parse_filter(filter)?;
         self.handle
             .reload(f)
-            .map_err(|e| format!("cannot change the log filter: {e}"))?;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = filter.to_string();
+            .map_err(|e| FilterError::Reload(e.to_string()))?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = text;
         Ok(())
     }
 
@@ -65,4 +134,41 @@ pub fn init(filter: &str, format: LogFormat) -> Result<LogControl, String> {
         handle,
         current: Arc::new(Mutex::new(filter.to_string())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_directive() {
+        let no_level = |d: &str| {
+            Err(FilterError::NoLevel {
+                directive: d.into(),
+            })
+        };
+        let bad_level = |d: &str, l: &str| {
+            Err(FilterError::BadLevel {
+                directive: d.into(),
+                level: l.into(),
+            })
+        };
+        let cases: Vec<(&str, Result<(), FilterError>)> = vec![
+            ("info", Ok(())),
+            ("DEBUG", Ok(())),
+            ("off", Ok(())),
+            ("info,trellis_node_proxy=debug", Ok(())),
+            ("warn, h2=off ,", Ok(())),
+            ("trellis[conn{src=1}]=trace", Ok(())),
+            ("garbage", no_level("garbage")),
+            ("info,garbage", no_level("garbage")),
+            ("trellis[conn{src=1}]", no_level("trellis[conn{src=1}]")),
+            ("trellis=loud", bad_level("trellis=loud", "loud")),
+            ("", Err(FilterError::Empty)),
+            (" , ", Err(FilterError::Empty)),
+        ];
+        for (filter, want) in cases {
+            assert_eq!(parse_filter(filter).map(|_| ()), want, "filter {filter:?}");
+        }
+    }
 }

@@ -342,6 +342,36 @@ impl StateStore {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.versions.subscribe()
     }
+
+    /// `find` on the current state, retried at each new version until it
+    /// gives something or `within` passes (then None).
+    ///
+    /// Why: a pod's traffic can arrive before its config. The CNI enrolls
+    /// the pod before its app starts, but the controller learns the pod's
+    /// address only from the status the kubelet writes afterwards, so the
+    /// app's first connection may reach its node proxy a moment before the
+    /// config naming it does. Waiting here (cold path only) turns that race
+    /// into a short delay instead of a refused connection.
+    pub async fn wait_for<T>(
+        &self,
+        within: std::time::Duration,
+        find: impl Fn(&ProxyState) -> Option<T>,
+    ) -> Option<T> {
+        let mut versions = self.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Marked seen before the look: a version applied after it wakes us.
+            versions.borrow_and_update();
+            if let Some(found) = find(&self.load()) {
+                return Some(found);
+            }
+            match tokio::time::timeout_at(deadline, versions.changed()).await {
+                Ok(Ok(())) => continue,
+                // The deadline passed, or the store is gone.
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::conn_io::{ConnIo, TlsFailure};
 use crate::error::HboneError;
+use crate::goaway::GoAway;
 use crate::quiet::quiet;
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
@@ -60,15 +61,18 @@ pub(crate) struct ConnShared {
     /// When `active` last dropped to zero (or the connection was created).
     idle_since: Mutex<Instant>,
     tls_failure: TlsFailure,
+    /// Set when the peer sent GOAWAY: no new tunnels go here.
+    pub(crate) goaway: Arc<GoAway>,
 }
 
 impl ConnShared {
-    fn new(tls_failure: TlsFailure) -> ConnShared {
+    fn new(tls_failure: TlsFailure, goaway: Arc<GoAway>) -> ConnShared {
         ConnShared {
             closed: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
             tls_failure,
+            goaway,
         }
     }
 
@@ -85,6 +89,12 @@ impl ConnShared {
 /// One counted stream on a connection; dropping it releases the count.
 #[derive(Debug)]
 pub(crate) struct StreamSlot(Arc<ConnShared>);
+
+impl StreamSlot {
+    pub(crate) fn shared(&self) -> &Arc<ConnShared> {
+        &self.0
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -118,13 +128,14 @@ impl ClientConn {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (io, tls_failure) = ConnIo::new(io);
+        let goaway = Arc::new(GoAway::default());
+        let (io, tls_failure) = ConnIo::with_goaway(io, goaway.clone());
         let (send, mut conn) = settings
             .client_builder()?
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| HboneError::from_h2_on(e, &tls_failure))?;
-        let shared = Arc::new(ConnShared::new(tls_failure));
+        let shared = Arc::new(ConnShared::new(tls_failure, goaway));
         let driver_shared = shared.clone();
         let keepalive = crate::keepalive::run(
             conn.ping_pong(),
@@ -213,6 +224,12 @@ impl ClientConn {
     /// True if the connection is open and below the peer's stream limit.
     pub fn is_ready(&self) -> bool {
         !self.is_closed() && self.active_streams() < self.send.current_max_send_streams()
+    }
+
+    /// True once the peer has sent GOAWAY: the connection takes no new tunnels
+    /// and ends when its open ones do.
+    pub fn is_going_away(&self) -> bool {
+        self.shared.goaway.is_set()
     }
 
     /// True once the connection has ended (closed, failed, or keep-alive timed out).

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::error::HboneError;
+use crate::goaway::{FrameScan, GoAway};
 
 /// The first TLS failure seen on a connection, shared with its error mapping.
 pub(crate) type TlsFailure = Arc<OnceLock<HboneError>>;
@@ -40,6 +41,8 @@ pub(crate) struct ConnIo<IO> {
     /// Set once our side is shut down and we are draining.
     draining: Option<Pin<Box<Sleep>>>,
     done: bool,
+    /// Client connections only: watches the peer's frames for GOAWAY.
+    scan: Option<FrameScan>,
 }
 
 impl<IO> ConnIo<IO> {
@@ -51,7 +54,15 @@ impl<IO> ConnIo<IO> {
             tls_failure: tls_failure.clone(),
             draining: None,
             done: false,
+            scan: None,
         };
+        (io, tls_failure)
+    }
+
+    /// Like [`new`](Self::new), and fires `goaway` when the peer sends GOAWAY.
+    pub(crate) fn with_goaway(inner: IO, goaway: Arc<GoAway>) -> (ConnIo<IO>, TlsFailure) {
+        let (mut io, tls_failure) = ConnIo::new(inner);
+        io.scan = Some(FrameScan::new(goaway));
         (io, tls_failure)
     }
 
@@ -74,7 +85,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(scan) = self.scan.as_mut() {
+            scan.feed(&buf.filled()[before..]);
+        }
         self.note(r)
     }
 }

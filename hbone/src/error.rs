@@ -48,6 +48,12 @@ pub enum HboneError {
         /// What the operator should check.
         hint: &'static str,
     },
+    /// The client did not offer ALPN `h2`; the server refused it in the TLS handshake.
+    #[error("tls handshake refused: the client offered alpn {offered}, but hbone requires alpn h2 (http/2 over mtls); check the client is an hbone client")]
+    AlpnNotH2 {
+        /// The protocols the client offered, or "none".
+        offered: String,
+    },
     /// The server's certificate is valid but names an identity we did not ask for.
     #[error("peer presented identity {presented} but expected one of [{}]; check that the address belongs to the intended workload and its service account", join(expected))]
     IdentityMismatch {
@@ -97,6 +103,7 @@ impl HboneError {
             HboneError::Tls(_) | HboneError::InvalidSettings(_) => ErrorSide::Internal,
             HboneError::Io(_)
             | HboneError::TlsHandshake { .. }
+            | HboneError::AlpnNotH2 { .. }
             | HboneError::IdentityMismatch { .. }
             | HboneError::H2(_)
             | HboneError::StreamReset(_)
@@ -118,6 +125,9 @@ impl HboneError {
             HboneError::TlsHandshake { detail, hint } => HboneError::TlsHandshake {
                 detail: detail.clone(),
                 hint,
+            },
+            HboneError::AlpnNotH2 { offered } => HboneError::AlpnNotH2 {
+                offered: offered.clone(),
             },
             HboneError::IdentityMismatch {
                 expected,

@@ -263,7 +263,9 @@ impl Inner {
         let max = self.settings.max_streams_per_conn.max(1) as usize;
         let mut state = self.lock();
         if let Some(list) = state.conns.get_mut(key) {
-            list.retain(|c| !c.is_closed());
+            // A connection whose peer sent GOAWAY leaves the pool at once: it
+            // ends when its open tunnels do, and new tunnels go to a new one.
+            list.retain(|c| !c.is_closed() && !c.is_going_away());
             for conn in list.iter() {
                 if let Some(slot) = conn.try_reserve(max) {
                     return Step::Reuse(conn.clone(), slot);
@@ -305,7 +307,7 @@ impl Inner {
             state.conns.retain(|key, list| {
                 list.retain(|c| {
                     let idle = c.shared().idle_for(now).is_some_and(|d| d >= idle_timeout);
-                    let keep = !c.is_closed() && !idle;
+                    let keep = !c.is_closed() && !c.is_going_away() && !idle;
                     if !keep {
                         tracing::debug!(dst = %key.dst, idle, "evicting pooled hbone connection");
                         evicted.push(c.clone());

@@ -7,9 +7,11 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{HeaderMap, Response, StatusCode};
+use rustls::server::Acceptor;
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::conn_io::ConnIo;
 use crate::error::HboneError;
@@ -17,9 +19,15 @@ use crate::quiet::quiet;
 use crate::request::{ConnectRequest, RequestError};
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
+use crate::tls::ALPN_H2;
 use crate::transport::{transport, ServerTls};
 
 /// Runs the server TLS handshake on an accepted socket (client certificate required).
+///
+/// A client that does not offer ALPN `h2` is refused in the handshake with a
+/// `no_application_protocol` alert: rustls alone would complete the handshake
+/// for a client that offers no ALPN at all, and the mismatch would only show
+/// later as an HTTP/2 protocol error that names neither side's mistake.
 ///
 /// Use [`crate::tls::peer_identity`] on `stream.get_ref().1` to learn who connected.
 /// Sets TCP_NODELAY. Has no timeout of its own: wrap it in `tokio::time::timeout`
@@ -30,15 +38,49 @@ pub async fn tls_accept(
 ) -> Result<ServerTls, HboneError> {
     let peer = tcp.peer_addr().ok();
     crate::client::set_nodelay(&tcp);
-    let tls = TlsAcceptor::from(cfg)
-        .accept(transport(tcp))
+    let fail = |e: HboneError| {
+        tracing::debug!(peer = ?peer, error = %e, "hbone tls accept failed");
+        e
+    };
+    let mut start = LazyConfigAcceptor::new(Acceptor::default(), transport(tcp))
         .await
-        .map_err(|e| {
-            let e = HboneError::from_tls_io(e);
-            tracing::debug!(peer = ?peer, error = %e, "hbone tls accept failed");
-            e
-        })?;
-    Ok(tls)
+        .map_err(|e| fail(HboneError::from_tls_io(e)))?;
+    if let Some(offered) = alpn_refusal(start.client_hello().alpn()) {
+        // Best effort: the client is refused whether or not it hears why.
+        let _ = start.io.write_all(&NO_APPLICATION_PROTOCOL_ALERT).await;
+        let _ = start.io.shutdown().await;
+        return Err(fail(HboneError::AlpnNotH2 { offered }));
+    }
+    start
+        .into_stream(cfg)
+        .await
+        .map_err(|e| fail(HboneError::from_tls_io(e)))
+}
+
+/// A fatal `no_application_protocol` (120) alert as a plaintext TLS record;
+/// before the ServerHello, alerts are not encrypted.
+const NO_APPLICATION_PROTOCOL_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 120];
+
+/// `None` if the offered ALPN list contains `h2`; otherwise what was offered,
+/// for the error message.
+fn alpn_refusal<'a>(offered: Option<impl Iterator<Item = &'a [u8]>>) -> Option<String> {
+    let Some(offered) = offered else {
+        return Some("none".to_string());
+    };
+    let offered: Vec<&[u8]> = offered.collect();
+    if offered.contains(&ALPN_H2) {
+        return None;
+    }
+    if offered.is_empty() {
+        return Some("none".to_string());
+    }
+    Some(
+        offered
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// One CONNECT request from the peer; answer it with [`accept`](Self::accept) or [`reject`](Self::reject).
@@ -189,4 +231,26 @@ fn is_peer_hangup(e: &h2::Error) -> bool {
                 | K::NotConnected
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alpn_refusal;
+
+    #[test]
+    fn alpn_refusal_by_offer() {
+        type Offer<'a> = Option<&'a [&'a [u8]]>;
+        let cases: &[(Offer, Option<&str>)] = &[
+            (None, Some("none")),
+            (Some(&[]), Some("none")),
+            (Some(&[b"h2"]), None),
+            (Some(&[b"http/1.1", b"h2"]), None),
+            (Some(&[b"http/1.1"]), Some("http/1.1")),
+            (Some(&[b"h3", b"http/1.1"]), Some("h3, http/1.1")),
+        ];
+        for (offered, want) in cases {
+            let got = alpn_refusal(offered.map(|o| o.iter().copied()));
+            assert_eq!(got.as_deref(), *want, "offered {offered:?}");
+        }
+    }
 }

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::client::StreamSlot;
 use crate::error::HboneError;
+use crate::goaway::GoAwaySignal;
 
 pub use crate::copy::copy_bidirectional;
 
@@ -76,6 +77,15 @@ impl H2Stream {
             write_closed: false,
             slot,
         }
+    }
+
+    /// For a tunnel opened by a client: the signal raised when its
+    /// connection gets GOAWAY (the peer is draining). Whoever keeps the
+    /// tunnel idle for reuse should then end it. `None` on the server side.
+    pub fn goaway(&self) -> Option<GoAwaySignal> {
+        self.slot
+            .as_ref()
+            .map(|s| GoAwaySignal(s.shared().goaway.clone()))
     }
 }
 

@@ -232,3 +232,29 @@ async fn pool_and_connect_future_are_send() {
     let task = tokio::spawn(async move { d.open(&pool, &key).await.map(|_| d.dials()) });
     assert_eq!(within(task).await.expect("join").expect("stream"), 1);
 }
+
+#[tokio::test]
+async fn a_connection_that_got_goaway_leaves_the_pool_while_its_tunnel_finishes() {
+    let (pool, d, mut server) = setup(PoolSettings::default()).await;
+    let key = d.key(&[id("server")]);
+    let mut old = d.open(&pool, &key).await.expect("stream");
+    let signal = old.goaway().expect("a client tunnel has a goaway signal");
+    server.expect_accepted().await;
+    assert!(!signal.is_set(), "no goaway yet");
+    server.shutdown();
+    within(signal.wait()).await;
+    // New tunnels go to a new connection, not the draining one...
+    let fresh = d.open(&pool, &key).await.expect("new tunnel");
+    // (The test server sends GOAWAY on the new one at once too; what
+    // matters is that the old one was not picked.)
+    assert_eq!(d.dials(), 2, "a new connection was dialed");
+    // ...while the open tunnel on the old one still carries data.
+    assert_eq!(exchange(&mut old, b"still here").await, b"still here");
+    server.expect_accepted().await;
+    drop(old);
+    server
+        .expect_served()
+        .await
+        .expect("the old connection ends cleanly once its tunnel does");
+    drop(fresh);
+}

@@ -205,3 +205,74 @@ async fn plaintext_to_tls_server_is_an_error_not_a_panic() {
     // The listener survives and still serves proper clients.
     pki.dial(server.addr).await.expect("server still works");
 }
+
+/// A client with a valid certificate offering `alpn` (empty: no ALPN extension).
+fn client_offering(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut cfg = (*pki.client_tls()).clone();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+#[tokio::test]
+async fn client_not_offering_alpn_h2_is_refused_in_the_handshake() {
+    let pki = Pki::new();
+    let mut server = pki.serve(echo_handler()).await;
+    for (alpn, offered) in [(&[][..], "none"), (&[&b"http/1.1"[..]][..], "http/1.1")] {
+        let err = within(tls_dial(server.addr, client_offering(&pki, alpn)))
+            .await
+            .expect_err("the handshake itself must fail, not a later http/2 exchange");
+        let msg = err.to_string();
+        assert!(matches!(err, HboneError::TlsHandshake { .. }), "{err:?}");
+        assert!(
+            msg.contains("alpn h2"),
+            "client message names alpn h2: {msg}"
+        );
+        match server.expect_tls_failure().await {
+            HboneError::AlpnNotH2 { offered: o } => assert_eq!(o, offered),
+            other => panic!("expected AlpnNotH2, got {other:?}"),
+        }
+    }
+    // A proper client still gets through.
+    pki.dial(server.addr).await.expect("h2 client accepted");
+    assert_eq!(server.expect_accepted().await, id("client"));
+}
+
+/// An independent TLS stack (Python's ssl, i.e. OpenSSL) offering no ALPN
+/// hears the `no_application_protocol` alert in the handshake.
+#[tokio::test]
+async fn openssl_client_without_alpn_gets_no_application_protocol_alert() {
+    let pki = Pki::new();
+    let mut server = pki.serve(echo_handler()).await;
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+try:
+    ctx.wrap_socket(s).do_handshake()
+    print("handshake completed")
+except ssl.SSLError as e:
+    print("ssl error:", e)
+"#;
+    let out = within(
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(server.addr.port().to_string())
+            .output(),
+    )
+    .await
+    .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .to_ascii_lowercase()
+            .contains("no application protocol")
+            || stdout.contains("NO_APPLICATION_PROTOCOL"),
+        "stdout: {stdout} stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = server.expect_tls_failure().await;
+    assert!(e.to_string().contains("alpn h2"), "{e}");
+}

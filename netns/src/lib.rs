@@ -7,6 +7,8 @@
 //!   traffic to the node proxy's capture ports.
 //! - [`sockopt`]: the socket options capture needs (original destination,
 //!   transparent binds).
+//! - [`inuse`]: whether a listener's address is already taken, and by whom
+//!   (SO_REUSEPORT would hide it).
 //! - [`cpu`]: CPU affinity for thread-per-core workers.
 //! - [`seqpacket`]: a Unix SEQPACKET socket that passes fds (the ZDS
 //!   hand-over of pods' netns between the CNI agent and the node proxy).
@@ -14,6 +16,7 @@
 //! Nothing here knows about config, certificates or HBONE.
 
 pub mod cpu;
+pub mod inuse;
 mod ns;
 pub mod redirect;
 pub mod seqpacket;

@@ -88,18 +88,62 @@ pub struct SeqpacketListener {
     fd: AsyncFd<OwnedFd>,
 }
 
+/// Mode of the socket files this crate binds: only the owner may connect.
+/// The ZDS and plugin sockets take control input (pods to capture), so no
+/// other local user may reach them; the node proxy, the plugin and the
+/// agent all run as root.
+pub const SOCKET_MODE: libc::mode_t = 0o600;
+
+/// Sets the mode the socket file will get at `bind`. On Linux a unix
+/// socket's file takes its mode from the socket's inode (less the umask),
+/// so setting it before `bind` leaves no moment in which another user could
+/// connect, as a `chmod` after `bind` would.
+fn restrict_before_bind(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fchmod(2) on a socket we own.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), SOCKET_MODE) }).map(drop)
+}
+
+/// A listening unix stream socket at `path` that only its owner may connect
+/// to (see [`SOCKET_MODE`]), replacing a stale socket file left by an
+/// earlier run. Non-blocking, for `tokio::net::UnixListener::from_std`.
+pub fn owner_only_stream_listener(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    let sock = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    restrict_before_bind(sock.as_fd())?;
+    remove_stale_socket(path)?;
+    sock.bind(&socket2::SockAddr::unix(path)?)?;
+    sock.listen(128)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(path)
+        }
+        _ => Ok(()),
+    }
+}
+
 impl SeqpacketListener {
-    /// Binds `path`, replacing a stale socket file left by an earlier run.
+    /// Binds `path`, replacing a stale socket file left by an earlier run;
+    /// only the owner may connect (see [`SOCKET_MODE`]).
     /// Must be called inside a tokio runtime.
     pub fn bind(path: &Path) -> io::Result<SeqpacketListener> {
+        Self::bind_with_mode(path, None)
+    }
+
+    /// Like [`bind`](Self::bind), and gives the socket file `mode` before it
+    /// listens, so no one else can connect in between (control sockets: 0o600).
+    pub fn bind_private(path: &Path, mode: u32) -> io::Result<SeqpacketListener> {
+        Self::bind_with_mode(path, Some(mode))
+    }
+
+    fn bind_with_mode(path: &Path, mode: Option<u32>) -> io::Result<SeqpacketListener> {
         let (addr, len) = sockaddr_un(path)?;
         let fd = seqpacket_socket()?;
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-                std::fs::remove_file(path)?;
-            }
-            _ => {}
-        }
+        restrict_before_bind(fd.as_fd())?;
+        remove_stale_socket(path)?;
         // SAFETY: addr is a valid sockaddr_un of length len.
         cvt(unsafe {
             libc::bind(
@@ -108,6 +152,10 @@ impl SeqpacketListener {
                 len,
             )
         })?;
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
         // SAFETY: listen(2) on a socket we own.
         cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
         Ok(SeqpacketListener { fd: register(fd)? })

@@ -5,13 +5,14 @@
 //! ask for port 0 and never collide.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use trellis_core::admin::{bind_std, serve_until_drained, write_bound_addrs, BindError, Running};
+use trellis_core::admin::{bind_std, wait_for_stop, write_bound_addrs, BindError, Running};
 use trellis_core::drain::{self, DrainOutcome};
 use trellis_core::logging::LogControl;
 use trellis_core::metrics::{AccessLogFormat, Metrics};
@@ -20,6 +21,9 @@ use trellis_core::startup::{self, CertSource, LoadError};
 
 use crate::admin::{self, AdminCtx, Server};
 use crate::context::{ListenerKind, ProxyCtx};
+use crate::handover::session::{Bundle, HandoverError};
+use crate::handover::{self, Giver};
+use crate::instance::{InstanceLock, LockError};
 use crate::pods::Pods;
 use crate::settings::{parse_pod_arg, LogFormat, Mode, Settings, PROXY_MARK};
 use crate::worker;
@@ -45,6 +49,12 @@ pub enum StartError {
     Pod(#[from] crate::pods::PodError),
     #[error("cannot start threads: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("taking over from the running node proxy failed, and it serves on: {0}")]
+    Takeover(#[from] HandoverError),
+    #[error("cannot use the admin listener handed over: {0}")]
+    HandedListener(std::io::Error),
 }
 
 /// The addresses the proxy really listens on.
@@ -126,6 +136,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
             metrics.registry(),
         )?),
         drain: watcher,
+        limits: settings.common.conn_limits(metrics.registry()),
         shutdown: CancellationToken::new(),
         h2: hbone::H2Settings::default(),
         transparent_ok: AtomicBool::new(true),
@@ -133,17 +144,72 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
         settings,
     });
     let s = &proxy.settings;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Thread)?;
 
-    // Bind the admin-thread sockets before anything runs, so errors surface here.
-    let admin_l = bind_std("admin api", s.common.admin_addr)?;
-    let metrics_l = bind_std("metrics", s.common.metrics_addr)?;
-    let ready_l = bind_std("readiness", s.common.readiness_addr)?;
+    // One shared-mode proxy per node: take the node's lock, or take over
+    // from the proxy holding it. Before binding anything, so a second proxy
+    // is told about the first, not about a busy admin port.
+    let (lock, mut takeover) = match (s.mode, s.takeover_path()) {
+        (Mode::Shared, Some(path)) => {
+            let (bundle, conn) = rt.block_on(handover::take(&path))?;
+            info!(old_pid = bundle.old_pid, pods = bundle.pods.len(), socket = %path.display(), "received the running node proxy's listeners");
+            let Bundle {
+                lock, admin, pods, ..
+            } = bundle;
+            (
+                Some(InstanceLock::adopt(lock, &s.runtime_dir)),
+                Some((admin, pods, conn)),
+            )
+        }
+        (Mode::Shared, None) => (Some(InstanceLock::acquire(&s.runtime_dir)?), None),
+        (Mode::Dedicated, _) => (None, None),
+    };
+
+    // Bind the admin-thread sockets before anything runs, so errors surface
+    // here; taking over, they are the old process's.
+    let [admin_l, metrics_l, ready_l] = match takeover.as_mut() {
+        Some((admin, _, _)) => {
+            let [a, m, r] = std::mem::replace(admin, handed_placeholder()?);
+            [handed(a)?, handed(m)?, handed(r)?]
+        }
+        None => [
+            bind_std("admin api", s.common.admin_addr)?,
+            bind_std("metrics", s.common.metrics_addr)?,
+            bind_std("readiness", s.common.readiness_addr)?,
+        ],
+    };
+    let admin_dups = match &lock {
+        Some(_) => Some(
+            [&admin_l, &metrics_l, &ready_l]
+                .map(|l| l.as_fd().try_clone_to_owned())
+                .into_iter()
+                .collect::<std::io::Result<Vec<OwnedFd>>>()
+                .map_err(StartError::Thread)?,
+        ),
+        None => None,
+    };
     let mut addrs = BoundAddrs {
         admin: admin_l.local_addr().ok(),
         metrics: metrics_l.local_addr().ok(),
         readiness: ready_l.local_addr().ok(),
         ..Default::default()
     };
+
+    // The config source and certificate prefetch run on the admin runtime;
+    // spawned now, they start with it (a hand-over waits on them below).
+    {
+        let _in_rt = rt.enter();
+        source::spawn(
+            &spec,
+            proxy.state.clone(),
+            Some(proxy.metrics.config_metrics()),
+            on_demand.clone(),
+        );
+        tokio::spawn(prefetch_local_certs(proxy.clone()));
+    }
 
     let handles = worker::spawn_workers(proxy.clone(), workers).map_err(StartError::Thread)?;
     let pods = Arc::new(Pods::new(proxy.clone(), handles));
@@ -172,6 +238,10 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
             }
         }
         Mode::Shared => {
+            if let Some((_, handed_pods, conn)) = takeover {
+                take_over(&rt, &proxy, &pods, handed_pods, &conn)?;
+            }
+            // Pods handed over are enrolled already: the same netns again is a no-op.
             for p in &s.pods {
                 let (uid, path) = parse_pod_arg(p).map_err(|e| StartError::Settings(vec![e]))?;
                 pods.add(&uid, &path)?;
@@ -193,16 +263,30 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
             .as_ref()
             .map(|_| Arc::new(AtomicBool::new(false))),
     });
+    let giver = match (lock, admin_dups) {
+        (Some(lock), Some(dups)) => {
+            let [a, m, r]: [OwnedFd; 3] = dups
+                .try_into()
+                .map_err(|_| StartError::Thread(std::io::Error::other("three admin listeners")))?;
+            Some(Giver {
+                pods: pods.clone(),
+                lock,
+                admin: [a, m, r],
+                draining: proxy.drain.clone(),
+            })
+        }
+        _ => None,
+    };
     let thread = std::thread::Builder::new()
         .name("trellis-admin".into())
         .spawn({
             let stop = stop.clone();
             move || {
-                let source = (spec, on_demand);
                 run_admin(
+                    rt,
                     admin,
                     pods,
-                    source,
+                    giver,
                     trigger,
                     stop,
                     [admin_l, metrics_l, ready_l],
@@ -216,6 +300,74 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
         metrics,
         running: Running::new(stop, thread),
     })
+}
+
+/// A listener handed over by the old process, ready for the admin runtime.
+fn handed(fd: OwnedFd) -> Result<std::net::TcpListener, StartError> {
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)
+        .map_err(StartError::HandedListener)?;
+    Ok(l)
+}
+
+/// Fds to leave in place of the admin listeners taken out of a bundle.
+fn handed_placeholder() -> Result<[OwnedFd; 3], StartError> {
+    let null = || -> Result<OwnedFd, StartError> {
+        Ok(std::fs::File::open("/dev/null")
+            .map_err(StartError::HandedListener)?
+            .into())
+    };
+    Ok([null()?, null()?, null()?])
+}
+
+/// Serves the pods handed over, then tells the old process to stop
+/// accepting. Before serving it waits for this process's first config (from
+/// the controller it may take a moment): a connection accepted without it
+/// would fail. Any failure up to `ready` is told to the old process, which
+/// then keeps serving.
+fn take_over(
+    rt: &tokio::runtime::Runtime,
+    proxy: &Arc<ProxyCtx>,
+    pods: &Pods,
+    handed: Vec<crate::handover::session::PodBundle>,
+    conn: &trellis_netns::seqpacket::SeqpacketConn,
+) -> Result<(), StartError> {
+    let synced = rt.block_on(async {
+        let mut versions = proxy.state.subscribe();
+        tokio::time::timeout(handover::SYNC_TIMEOUT, async {
+            while !proxy.state.is_synced() {
+                if versions.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false)
+    });
+    if !synced {
+        let reason = format!(
+            "no config from the controller within {}s; cannot serve yet",
+            handover::SYNC_TIMEOUT.as_secs()
+        );
+        rt.block_on(handover::abort(conn, &reason));
+        return Err(HandoverError::Local(reason).into());
+    }
+    for pod in handed {
+        if let Err(e) = pods.adopt(pod) {
+            rt.block_on(handover::abort(conn, &e.to_string()));
+            return Err(e.into());
+        }
+    }
+    match rt.block_on(handover::confirm(conn)) {
+        Ok(()) => info!("took over: the old node proxy stopped accepting and drains"),
+        // We accept on every listener already; if the old process did not
+        // answer, it has died or will drain on its own side.
+        Err(e) => {
+            warn!(error = %e, "the old node proxy did not confirm the hand-over; serving anyway")
+        }
+    }
+    Ok(())
 }
 
 /// The listeners `--hbone-addr`, `--outbound-addr`, `--inbound-plain-addr`
@@ -286,33 +438,16 @@ async fn prefetch_local_certs(proxy: Arc<ProxyCtx>) {
 }
 
 fn run_admin(
+    rt: tokio::runtime::Runtime,
     ctx: Arc<AdminCtx>,
     pods: Arc<Pods>,
-    (spec, on_demand): (SourceSpec, Option<OnDemand>),
+    giver: Option<Giver>,
     trigger: drain::DrainTrigger,
     stop: CancellationToken,
     listeners: [std::net::TcpListener; 3],
 ) -> DrainOutcome {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the admin runtime");
-            ctx.proxy.shutdown.cancel();
-            return DrainOutcome::Completed;
-        }
-    };
     let outcome = rt.block_on(async {
         let proxy = &ctx.proxy;
-        source::spawn(
-            &spec,
-            proxy.state.clone(),
-            Some(proxy.metrics.config_metrics()),
-            on_demand,
-        );
-        tokio::spawn(prefetch_local_certs(proxy.clone()));
         if let (Some(socket), Some(seen)) = (&proxy.settings.zds_socket, &ctx.zds_snapshot) {
             let client = crate::zds::ZdsClient {
                 socket: socket.clone(),
@@ -322,12 +457,56 @@ fn run_admin(
             };
             tokio::spawn(client.run(stop.clone()));
         }
-        let servers = listeners
+        let handed_over = Arc::new(AtomicBool::new(false));
+        if let Some(giver) = giver {
+            let path = proxy.settings.handover_socket_path();
+            // Bound only now, after any take-over of ours is complete: the
+            // path then moves from the old process to us.
+            match trellis_netns::seqpacket::SeqpacketListener::bind_private(&path, 0o600) {
+                Ok(l) => {
+                    info!(socket = %path.display(), "offering hand-over to a new node proxy (--takeover)");
+                    tokio::spawn(handover::serve(l, giver, stop.clone(), handed_over.clone()));
+                }
+                Err(e) => {
+                    warn!(socket = %path.display(), error = %e, "cannot offer hand-over; an upgrade of this proxy will not be hitless")
+                }
+            }
+        }
+        let servers_stop = CancellationToken::new();
+        for (l, which) in listeners
             .into_iter()
             .zip([Server::Admin, Server::Metrics, Server::Readiness])
-            .map(|(l, which)| (l, admin::handler(which, ctx.clone())))
-            .collect();
-        serve_until_drained(servers, trigger, &stop, proxy.settings.drain_deadline).await
+        {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    let handler = admin::handler(which, ctx.clone());
+                    tokio::spawn(trellis_core::admin::serve(l, handler, servers_stop.clone()));
+                }
+                Err(e) => error!(error = %e, "cannot register admin listener"),
+            }
+        }
+        wait_for_stop(&stop).await;
+        let handed = handed_over.load(Ordering::Acquire);
+        // Handed over: the new process serves admin, metrics and readiness
+        // on these very sockets; ours stop now. Our connections get the
+        // long hand-over deadline to end on their own.
+        let deadline = if handed {
+            servers_stop.cancel();
+            proxy.settings.handover_drain_deadline
+        } else {
+            proxy.settings.drain_deadline
+        };
+        pods.close_listener_dups();
+        info!(?deadline, handed_over = handed, "draining");
+        let outcome = trigger.drain(deadline).await;
+        match &outcome {
+            DrainOutcome::Completed => info!("drain complete"),
+            DrainOutcome::DeadlineExceeded { remaining } => {
+                warn!(remaining, "drain deadline passed; closing what is still open")
+            }
+        }
+        servers_stop.cancel();
+        outcome
     });
     ctx.proxy.shutdown.cancel();
     // Drop the admin tasks and our reference so the workers' handles can be joined.

@@ -3,16 +3,22 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use trellis_core::drain::DrainWatcher;
+use trellis_core::limits::ConnLimits;
 use trellis_core::metrics::Metrics;
-use trellis_core::state::StateStore;
+use trellis_core::state::{ProxyState, StateStore};
 
 use crate::certs::CertManager;
 use crate::lb::ActiveConns;
 use crate::settings::{Mode, Settings};
 use trellis_netns::NetNs;
+
+/// How long a pod's connection waits for the config that names the pod,
+/// when config comes from the controller (see [`ProxyCtx::find_or_wait`]).
+pub const CONFIG_WAIT: Duration = Duration::from_secs(5);
 
 /// Process-wide context, shared read-only by the workers.
 pub struct ProxyCtx {
@@ -21,6 +27,8 @@ pub struct ProxyCtx {
     pub metrics: Arc<Metrics>,
     pub certs: Arc<CertManager>,
     pub drain: DrainWatcher,
+    /// Bounds on connections and pending handshakes, shared by every worker.
+    pub limits: Arc<ConnLimits>,
     /// Cancelled when draining is over (or its deadline passed): workers stop.
     pub shutdown: CancellationToken,
     pub h2: hbone::H2Settings,
@@ -44,6 +52,22 @@ impl ProxyCtx {
         (self.shared_mode() || self.settings.capture)
             && self.settings.preserve_source_ip
             && self.transparent_ok.load(Ordering::Relaxed)
+    }
+
+    /// `find` on the current state; when it finds nothing and config comes
+    /// from the controller, again at each new version for up to
+    /// [`CONFIG_WAIT`]. A pod is enrolled (CNI ADD) before the controller
+    /// can know its address (the kubelet writes it to the pod's status
+    /// afterwards), so its first connections may arrive before its config.
+    /// From a file nothing is in flight: a miss is a misconfiguration and
+    /// fails at once.
+    pub async fn find_or_wait<T>(&self, find: impl Fn(&ProxyState) -> Option<T>) -> Option<T> {
+        if let Some(found) = find(&self.state.load()) {
+            return Some(found);
+        }
+        self.on_demand.as_ref()?;
+        // Boxed: the cold path should not grow every connection's future.
+        Box::pin(self.state.wait_for(CONFIG_WAIT, find)).await
     }
 
     pub fn transparent_failed(&self) {

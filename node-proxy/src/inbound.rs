@@ -11,6 +11,7 @@ use tracing::{debug, info, warn, Instrument};
 use trellis_api::config::Workload;
 use trellis_core::accept::{self, AcceptError};
 use trellis_core::metrics::ErrorReason;
+use trellis_core::state::ProxyState;
 
 use crate::context::{Scope, WorkerCtx};
 use crate::{admission, upstream};
@@ -41,8 +42,12 @@ pub enum InboundError {
 }
 
 pub async fn handle(ctx: Arc<WorkerCtx>, stream: TcpStream, peer: SocketAddr, scope: Arc<Scope>) {
+    let limits = ctx.proxy.limits.clone();
     if let Err(e) = serve(ctx, stream, peer, scope.clone()).await {
-        warn!(src.addr = %peer, pod = %scope.uid, error = %e, "hbone connection rejected");
+        // A flood of bad or idle connections must not write a line each.
+        if let Some(suppressed) = limits.log_rejected.check() {
+            warn!(src.addr = %peer, pod = %scope.uid, error = %e, suppressed, "hbone connection rejected");
+        }
     }
 }
 
@@ -56,12 +61,15 @@ async fn serve(
     let local = stream
         .local_addr()
         .map_err(|source| InboundError::Io { peer, source })?;
-    let dst_wl = local_workload(&ctx, &scope, local.ip())
+    let dst_wl = proxy
+        .find_or_wait(|st| local_workload(st, &scope, local.ip()))
+        .await
         .ok_or(InboundError::UnknownDestination(local.ip()))?;
 
     let dst_id = dst_wl.identity();
     let tls_cfg = proxy.certs.server_config_ready(&dst_id).await?;
-    let (tls, src_id) = accept::accept(stream, peer, tls_cfg, &proxy.metrics).await?;
+    let (tls, src_id) =
+        accept::accept(stream, peer, tls_cfg, &proxy.metrics, &proxy.limits).await?;
     info!(src.addr = %peer, src.identity = %src_id, dst.identity = %dst_id, "hbone connection established");
 
     let drain = proxy.drain.clone();
@@ -70,6 +78,14 @@ async fn serve(
         let scope = scope.clone();
         let src_id = src_id.clone();
         move |req: hbone::IncomingRequest| {
+            // Each stream opens a socket to the pod: it counts as a connection.
+            let Some(permit) = ctx.proxy.limits.try_connection() else {
+                if let Some(suppressed) = ctx.proxy.limits.log_refused.check() {
+                    warn!(src.identity = %src_id, max_connections = ctx.proxy.limits.limits().max_connections, suppressed, "connection limit reached; refusing hbone streams with 503");
+                }
+                req.reject(StatusCode::SERVICE_UNAVAILABLE);
+                return;
+            };
             // Debug level: see the `conn` span in worker.rs.
             let span = tracing::debug_span!("stream", src.identity = %src_id);
             let guard = ctx.proxy.drain.track();
@@ -81,7 +97,7 @@ async fn serve(
                     src_id.clone(),
                     peer,
                     req,
-                    guard,
+                    (guard, permit),
                 )
                 .instrument(span),
             );
@@ -97,8 +113,7 @@ async fn serve(
     .map_err(|source| InboundError::Session { peer, source })
 }
 
-fn local_workload(ctx: &WorkerCtx, scope: &Scope, ip: IpAddr) -> Option<Arc<Workload>> {
-    let state = ctx.proxy.state.load();
+fn local_workload(state: &ProxyState, scope: &Scope, ip: IpAddr) -> Option<Arc<Workload>> {
     // A listener serves its own pod (or dedicated workload) only.
     state
         .workload_by_ip(ip)
@@ -113,7 +128,10 @@ async fn stream_task(
     src_id: hbone::Identity,
     peer: SocketAddr,
     req: hbone::IncomingRequest,
-    _drain: trellis_core::drain::DrainGuard,
+    _held: (
+        trellis_core::drain::DrainGuard,
+        trellis_core::limits::ConnPermit,
+    ),
 ) {
     let proxy = &ctx.proxy;
     let creq = match &req.parsed {
@@ -129,7 +147,7 @@ async fn stream_task(
     let target = creq.target;
     // Policy and labels follow the config current for this stream, not the
     // one the (pooled, long-lived) connection was accepted under.
-    let Some(dst_wl) = local_workload(&ctx, &scope, target.ip()) else {
+    let Some(dst_wl) = local_workload(&ctx.proxy.state.load(), &scope, target.ip()) else {
         proxy.metrics.record_error(ErrorReason::MalformedConnect);
         warn!(src.identity = %src_id, dst.addr = %target, workload = %dst_wl.uid, "connect target is not the workload this tunnel reached");
         req.reject(StatusCode::BAD_REQUEST);

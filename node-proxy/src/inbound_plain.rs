@@ -52,11 +52,12 @@ async fn serve(
         return Err(PlainError::ProxyPort(dst));
     }
     let dst_wl = proxy
-        .state
-        .load()
-        .workload_by_uid(&scope.uid)
-        .filter(|w| w.addresses.contains(&dst.ip()))
-        .cloned()
+        .find_or_wait(|st| {
+            st.workload_by_uid(&scope.uid)
+                .filter(|w| w.addresses.contains(&dst.ip()))
+                .cloned()
+        })
+        .await
         .ok_or_else(|| PlainError::NotThisPod(dst, scope.uid.clone()))?;
     let (mut guard, admitted) =
         admission::admit(proxy, &dst_wl, None, peer, peer, dst, None, "inbound_plain");

@@ -6,14 +6,16 @@
 //! | thread | runtime | serves |
 //! |---|---|---|
 //! | `trellis-worker-N` (one per allowed CPU, pinned) | current-thread | 15001 outbound, 15006 plaintext inbound, 15008 HBONE, per pod, SO_REUSEPORT |
-//! | `trellis-admin` | current-thread | 15000 admin (localhost), 15020 metrics, 15021 readiness, config watcher, drain |
+//! | `trellis-admin` | current-thread | 15000 admin (localhost), 15020 metrics, 15021 readiness, config watcher, drain, hand-over socket (shared mode) |
 
 pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod context;
+pub mod handover;
 pub mod inbound;
 pub mod inbound_plain;
+pub mod instance;
 pub mod lb;
 pub mod outbound;
 pub mod pods;

@@ -11,18 +11,21 @@
 //! `--install-redirect`, installs and removes the rules itself.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ahash::AHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::context::{ListenerKind, ProxyCtx, Scope};
+use crate::handover::session::PodBundle;
 use crate::settings::{HBONE_PORT, INBOUND_PLAIN_PORT, OUTBOUND_PORT, PROXY_MARK};
 use crate::worker::{ListenSpec, WorkerHandle};
+use trellis_netns::inuse;
 use trellis_netns::redirect::{self, RedirectConfig};
 use trellis_netns::{self as netns, ListenOpts, NetNs};
 
@@ -48,14 +51,29 @@ pub enum PodError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{addr} ({kind}) of pod {uid} is already listened on by {holders} in the pod's network namespace: another node proxy serves this pod. Stop it, or start this one with --takeover to take over from it")]
+    InUse {
+        uid: String,
+        kind: &'static str,
+        addr: SocketAddr,
+        holders: String,
+    },
     #[error("pod {0} is not enrolled")]
     NotEnrolled(String),
+    #[error("pods cannot change now: this node proxy is handing its pods over to a new one; retry against the new one")]
+    Frozen,
+    #[error("cannot hand over pod {uid}: {source}")]
+    Export {
+        uid: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pod uid must not be empty")]
     EmptyUid,
 }
 
 /// Who enrolled a pod, and so who owns its capture rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     /// The CNI agent over ZDS; the agent owns the rules.
@@ -75,7 +93,13 @@ struct Enrolled {
     cancel: CancellationToken,
     redirect_installed: bool,
     scope: Arc<Scope>,
+    /// A dup of each listener the workers accept on, kept to hand over;
+    /// closed at drain so the sockets close with the workers' copies.
+    listeners: Vec<ListenerDup>,
 }
+
+/// A listener's kind, bound address, and a dup of its fd.
+type ListenerDup = (ListenerKind, SocketAddr, OwnedFd);
 
 /// A pod as shown by the admin API.
 #[derive(Debug, Serialize)]
@@ -94,6 +118,9 @@ pub struct Pods {
     proxy: Arc<ProxyCtx>,
     workers: Vec<WorkerHandle>,
     enrolled: Mutex<AHashMap<String, Enrolled>>,
+    /// Set while (and after) the pods are handed to a new process: no
+    /// change may slip between the snapshot sent and the hand-over's end.
+    frozen: AtomicBool,
 }
 
 impl Pods {
@@ -102,6 +129,7 @@ impl Pods {
             proxy,
             workers,
             enrolled: Mutex::new(AHashMap::new()),
+            frozen: AtomicBool::new(false),
         }
     }
 
@@ -117,6 +145,7 @@ impl Pods {
     /// same uid and netns again is a no-op, with a new netns it replaces the
     /// old enrollment (the pod was recreated).
     pub fn add(&self, uid: &str, netns_path: &Path) -> Result<(), PodError> {
+        self.check_thawed()?;
         if uid.is_empty() {
             return Err(PodError::EmptyUid);
         }
@@ -133,6 +162,7 @@ impl Pods {
     /// The agent owns the capture rules. The same pod and netns again is a
     /// no-op, so a reconnecting agent's snapshot keeps open connections.
     pub fn add_zds(&self, uid: &str, workload: &str, netns: OwnedFd) -> Result<(), PodError> {
+        self.check_thawed()?;
         if uid.is_empty() {
             return Err(PodError::EmptyUid);
         }
@@ -192,18 +222,18 @@ impl Pods {
             transparent: self.proxy.settings.preserve_source_ip,
         });
         let cancel = CancellationToken::new();
-        if let Err(e) = self
-            .start_listeners(&scope, &pod_listeners(), &cancel)
-            .map(drop)
-        {
-            cancel.cancel();
-            if redirect_installed {
-                if let Some(ns) = &scope.netns {
-                    let _ = redirect::remove(ns);
+        let listeners = match self.start_listeners(&scope, &pod_listeners(), &cancel) {
+            Ok((_, dups)) => dups,
+            Err(e) => {
+                cancel.cancel();
+                if redirect_installed {
+                    if let Some(ns) = &scope.netns {
+                        let _ = redirect::remove(ns);
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         info!(pod = uid, workload, netns = %netns_path.display(), origin = ?origin, "pod enrolled");
         self.lock().insert(
             uid.to_string(),
@@ -214,6 +244,7 @@ impl Pods {
                 cancel,
                 redirect_installed,
                 scope,
+                listeners,
             },
         );
         Ok(())
@@ -246,7 +277,7 @@ impl Pods {
             transparent: false,
         });
         let cancel = CancellationToken::new();
-        let bound = self.start_listeners(&scope, listeners, &cancel)?;
+        let (bound, dups) = self.start_listeners(&scope, listeners, &cancel)?;
         self.lock().insert(
             uid.to_string(),
             Enrolled {
@@ -256,6 +287,7 @@ impl Pods {
                 cancel,
                 redirect_installed: false,
                 scope,
+                listeners: dups,
             },
         );
         Ok(bound)
@@ -266,11 +298,12 @@ impl Pods {
         scope: &Arc<Scope>,
         listeners: &[(ListenerKind, SocketAddr)],
         cancel: &CancellationToken,
-    ) -> Result<Vec<SocketAddr>, PodError> {
+    ) -> Result<(Vec<SocketAddr>, Vec<ListenerDup>), PodError> {
         // Create every socket first so a failure leaves nothing half-started.
         let mut specs = Vec::new();
         let mut bound = Vec::new();
         for &(kind, mut addr) in listeners {
+            ensure_free(scope, kind, addr)?;
             for _ in &self.workers {
                 let opts = ListenOpts {
                     reuse_port: true,
@@ -300,6 +333,31 @@ impl Pods {
             }
             bound.push(addr);
         }
+        let mut dups = Vec::new();
+        for (kind, l) in &specs {
+            let dup = l
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| PodError::Listen {
+                    uid: scope.uid.clone(),
+                    kind: kind.name(),
+                    addr: l.local_addr().unwrap_or(bound[0]),
+                    source,
+                })?;
+            let addr = l.local_addr().unwrap_or(bound[0]);
+            dups.push((*kind, addr, dup));
+        }
+        self.hand_to_workers(scope, specs, cancel);
+        Ok((bound, dups))
+    }
+
+    /// Gives listeners to the workers, round robin.
+    fn hand_to_workers(
+        &self,
+        scope: &Arc<Scope>,
+        specs: Vec<(ListenerKind, std::net::TcpListener)>,
+        cancel: &CancellationToken,
+    ) {
         for (i, (kind, listener)) in specs.into_iter().enumerate() {
             let worker = &self.workers[i % self.workers.len()];
             let spec = ListenSpec {
@@ -312,11 +370,117 @@ impl Pods {
                 warn!(error = %e, "worker unavailable");
             }
         }
-        Ok(bound)
+    }
+
+    fn check_thawed(&self) -> Result<(), PodError> {
+        if self.frozen.load(Ordering::Acquire) {
+            Err(PodError::Frozen)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Freezes the pods (no enrollment or removal until [`thaw`](Self::thaw))
+    /// and returns each with dups of its netns and listener fds, for a
+    /// hand-over. Dedicated listeners (no netns) are not included.
+    pub fn freeze_and_export(&self) -> Result<Vec<PodBundle>, PodError> {
+        let enrolled = self.lock();
+        // Set under the lock: an enrollment in progress finishes first.
+        self.frozen.store(true, Ordering::Release);
+        let export = || -> Result<Vec<PodBundle>, PodError> {
+            let mut out = Vec::new();
+            for (uid, e) in enrolled.iter() {
+                let Some(ns) = &e.scope.netns else { continue };
+                let err = |source| PodError::Export {
+                    uid: uid.clone(),
+                    source,
+                };
+                let mut listeners = Vec::new();
+                for (kind, addr, fd) in &e.listeners {
+                    listeners.push((*kind, *addr, fd.try_clone().map_err(err)?));
+                }
+                out.push(PodBundle {
+                    uid: uid.clone(),
+                    workload: e.scope.uid.clone(),
+                    origin: e.origin,
+                    netns_label: e.netns_path.display().to_string(),
+                    capture_rules: e.redirect_installed,
+                    netns: ns.as_fd().try_clone_to_owned().map_err(err)?,
+                    listeners,
+                });
+            }
+            Ok(out)
+        };
+        let out = export();
+        if out.is_err() {
+            self.frozen.store(false, Ordering::Release);
+        }
+        out
+    }
+
+    /// Lets pods change again after a hand-over that failed.
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::Release);
+    }
+
+    /// Serves a pod handed over by the process we take over from: its
+    /// listeners are already bound (and shared with that process, which
+    /// keeps accepting until we say we are ready), so nothing is bound here
+    /// and no rule is touched; the rules it installed are ours now.
+    pub fn adopt(&self, pod: PodBundle) -> Result<(), PodError> {
+        let via = PathBuf::from(format!("/proc/self/fd/{}", pod.netns.as_raw_fd()));
+        let ns = NetNs::open(&via).map_err(|source| PodError::Netns {
+            path: PathBuf::from(format!("<netns fd of pod {} handed over>", pod.uid)),
+            source,
+        })?;
+        drop(pod.netns);
+        let scope = Arc::new(Scope {
+            uid: pod.workload.clone(),
+            netns: Some(ns),
+            transparent: self.proxy.settings.preserve_source_ip,
+        });
+        let cancel = CancellationToken::new();
+        let mut specs = Vec::new();
+        let mut dups = Vec::new();
+        for (kind, addr, fd) in pod.listeners {
+            let dup = fd.try_clone().map_err(|source| PodError::Listen {
+                uid: pod.uid.clone(),
+                kind: kind.name(),
+                addr,
+                source,
+            })?;
+            specs.push((kind, std::net::TcpListener::from(fd)));
+            dups.push((kind, addr, dup));
+        }
+        let netns_id = scope.netns.as_ref().and_then(netns_id);
+        self.hand_to_workers(&scope, specs, &cancel);
+        info!(pod = %pod.uid, workload = %pod.workload, netns = %pod.netns_label, origin = ?pod.origin, listeners = dups.len(), "pod taken over");
+        self.lock().insert(
+            pod.uid,
+            Enrolled {
+                netns_path: PathBuf::from(pod.netns_label),
+                netns_id,
+                origin: pod.origin,
+                cancel,
+                redirect_installed: pod.capture_rules,
+                scope,
+                listeners: dups,
+            },
+        );
+        Ok(())
+    }
+
+    /// Closes the dups kept for a hand-over (at drain), so each socket
+    /// closes when the workers close theirs.
+    pub fn close_listener_dups(&self) {
+        for e in self.lock().values_mut() {
+            e.listeners.clear();
+        }
     }
 
     /// Removes a pod: stops its listeners and connections and its capture rules.
     pub fn remove(&self, uid: &str) -> Result<(), PodError> {
+        self.check_thawed()?;
         let entry = self
             .lock()
             .remove(uid)
@@ -350,6 +514,60 @@ impl Pods {
         v.sort_by(|a, b| a.uid.cmp(&b.uid));
         v
     }
+}
+
+/// Refuses to listen on `addr` in the scope's netns when another process
+/// already does (SO_REUSEPORT would let us share it silently, and take half
+/// of its connections). Our own sockets there (a pod being re-enrolled,
+/// whose old listeners are still closing) do not count.
+fn ensure_free(scope: &Scope, kind: ListenerKind, addr: SocketAddr) -> Result<(), PodError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let ns = scope.netns.as_ref();
+    let err = |source| PodError::Listen {
+        uid: scope.uid.clone(),
+        kind: kind.name(),
+        addr,
+        source,
+    };
+    // Twice: a socket of ours may be closing between the probe and the look-up.
+    for _ in 0..2 {
+        if !inuse::probe(ns, addr).map_err(err)? {
+            return Ok(());
+        }
+        let me = std::process::id();
+        let others: Vec<_> = inuse::listeners_of(ns, addr.port())
+            .map_err(err)?
+            .into_iter()
+            .filter(|h| h.pid != me)
+            .collect();
+        if !others.is_empty() {
+            return Err(PodError::InUse {
+                uid: scope.uid.clone(),
+                kind: kind.name(),
+                addr,
+                holders: others
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if inuse::listeners_of(ns, addr.port())
+            .map_err(err)?
+            .iter()
+            .any(|h| h.pid == me)
+        {
+            return Ok(());
+        }
+    }
+    Err(PodError::InUse {
+        uid: scope.uid.clone(),
+        kind: kind.name(),
+        addr,
+        holders: "a process this proxy cannot see".into(),
+    })
 }
 
 /// The (device, inode) pair that identifies a namespace, whatever path or

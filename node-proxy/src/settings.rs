@@ -119,6 +119,48 @@ pub struct Settings {
     /// Pods from the CNI agent (--zds-socket) get theirs from the agent.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub install_redirect: bool,
+    /// Shared mode: where the node's proxy lock (one proxy per node) and the
+    /// hand-over socket live. A second proxy finding the lock taken refuses
+    /// to start, unless it takes over (--takeover).
+    #[arg(long, default_value = "/var/run/trellis")]
+    pub runtime_dir: PathBuf,
+    /// Shared mode: the Unix socket (mode 0600) on which this proxy hands its
+    /// listeners, pods and lock to a new one; default
+    /// <runtime-dir>/node-proxy-handover.sock.
+    #[arg(long)]
+    pub handover_socket: Option<PathBuf>,
+    /// Shared mode: take over from the running node proxy through its
+    /// hand-over socket (default: --handover-socket's path). This proxy
+    /// receives every listener, serves them, and only then does the old one
+    /// stop accepting and drain. Any failure leaves the old one serving.
+    /// (Given bare, the value is empty: clap's path parser refuses an empty
+    /// value, the plain string parser does not.)
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "SOCKET", value_parser = clap::builder::OsStringValueParser::new())]
+    pub takeover: Option<std::ffi::OsString>,
+    /// After handing over, the old process drains this long at most: its
+    /// connections run to their natural end until then.
+    #[arg(long, value_parser = duration, default_value = "1h")]
+    pub handover_drain_deadline: Duration,
+}
+
+impl Settings {
+    /// Where this proxy offers the hand-over.
+    pub fn handover_socket_path(&self) -> PathBuf {
+        self.handover_socket
+            .clone()
+            .unwrap_or_else(|| self.runtime_dir.join(crate::instance::HANDOVER_SOCKET))
+    }
+
+    /// The socket to take over through, with --takeover.
+    pub fn takeover_path(&self) -> Option<PathBuf> {
+        self.takeover.as_ref().map(|p| {
+            if p.is_empty() {
+                self.handover_socket_path()
+            } else {
+                PathBuf::from(p)
+            }
+        })
+    }
 }
 
 impl Settings {
@@ -149,6 +191,9 @@ impl Settings {
                 }
                 if !self.pods.is_empty() {
                     errs.push("--pod is for --mode shared".to_string());
+                }
+                if self.takeover.is_some() {
+                    errs.push("--takeover is for --mode shared (the dedicated hand-over is not built yet)".to_string());
                 }
                 if self.zds_socket.is_some() {
                     errs.push(
@@ -239,6 +284,47 @@ mod tests {
             "p", "--config", "c.yaml", "--ca-dir", "ca", "--pod", "nouid",
         ]);
         assert_eq!(s.validate().unwrap_err().len(), 1);
+    }
+
+    #[test]
+    fn takeover_socket_defaults_to_the_handover_socket_in_the_runtime_dir() {
+        let base = ["p", "--config", "c.yaml", "--ca-dir", "ca"];
+        // (extra flags, the socket taken over through)
+        let cases: [(&[&str], Option<&str>); 5] = [
+            (&[], None),
+            (
+                &["--takeover"],
+                Some("/var/run/trellis/node-proxy-handover.sock"),
+            ),
+            (&["--takeover", "/x/h.sock"], Some("/x/h.sock")),
+            (
+                &["--runtime-dir", "/r", "--takeover"],
+                Some("/r/node-proxy-handover.sock"),
+            ),
+            (
+                &["--handover-socket", "/h.sock", "--takeover"],
+                Some("/h.sock"),
+            ),
+        ];
+        for (extra, want) in cases {
+            let s = Settings::parse_from(base.iter().chain(extra));
+            assert_eq!(s.takeover_path(), want.map(PathBuf::from), "{extra:?}");
+        }
+        let s = Settings::parse_from(base.iter().chain(&[
+            "--mode",
+            "dedicated",
+            "--workload-uid",
+            "u",
+            "--hbone-addr",
+            "127.0.0.1:1",
+            "--takeover",
+        ]));
+        let errs = s.validate().unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("--takeover is for --mode shared")),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -150,6 +150,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(permit) = ctx.proxy.limits.try_connection() else {
+                    refuse(&ctx.proxy.limits, stream, peer, kind, &scope);
+                    continue;
+                };
                 let ctx = ctx.clone();
                 let scope = scope.clone();
                 let cancel = cancel.clone();
@@ -163,6 +167,7 @@ async fn accept_loop(
                 tokio::spawn(
                     async move {
                         let _guard = guard;
+                        let _permit = permit;
                         // Pod removal ends the pod's connections too: its netns is going away.
                         // Biased and quiet: the token is not re-polled (a
                         // lock in `Notify`) on every wake-up of the data path.
@@ -177,12 +182,38 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off briefly instead of spinning.
-                warn!(kind = kind.name(), pod = %scope.uid, error = %e, "accept failed");
+                if let Some(suppressed) = ctx.proxy.limits.log_accept_failed.check() {
+                    warn!(kind = kind.name(), pod = %scope.uid, error = %e, suppressed, "accept failed");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }
     info!(kind = kind.name(), pod = %scope.uid, "listener closed");
+}
+
+/// Closes a connection accepted past the connection limit (see
+/// `trellis_core::limits` for why accept-and-close): a zero linger sends
+/// RST and leaves no TIME_WAIT entry behind, so a flood costs nothing after.
+fn refuse(
+    limits: &trellis_core::limits::ConnLimits,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    kind: ListenerKind,
+    scope: &Scope,
+) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+    if let Some(suppressed) = limits.log_refused.check() {
+        warn!(
+            kind = kind.name(),
+            pod = %scope.uid,
+            src.addr = %peer,
+            max_connections = limits.limits().max_connections,
+            suppressed,
+            "connection limit reached; closing new connections (see trellis_connections_refused_total)"
+        );
+    }
 }
 
 async fn serve(

@@ -41,6 +41,10 @@ async fn connection_futures_stay_small() {
         metrics: Metrics::new(),
         certs: Arc::new(CertManager::dev(ca, None)),
         drain,
+        limits: trellis_core::limits::ConnLimits::new(
+            trellis_core::limits::Limits::resolve(0, 0, 1024),
+            &prometheus::Registry::new(),
+        ),
         shutdown: CancellationToken::new(),
         h2: hbone::H2Settings::default(),
         transparent_ok: AtomicBool::new(true),

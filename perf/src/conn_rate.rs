@@ -25,7 +25,7 @@ pub struct ConnRateConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnRateResult {
     pub ok: u64,
     pub errors: u64,

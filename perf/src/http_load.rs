@@ -140,7 +140,7 @@ pub struct RateConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RateResult {
     pub target_rps: f64,
     pub scheduled: u64,

@@ -16,6 +16,7 @@
 //! * [`callgrind`]: reading callgrind profiles (`trellis-instr`).
 //! * [`l7`]: the waypoint benchmark.
 //! * [`cp`]: the control plane at scale (`trellis-cp-bench`).
+//! * [`sidecars`]: Envoy sidecar meshes to compare with (issue 15).
 
 pub mod calibrate;
 pub mod callgrind;
@@ -29,6 +30,7 @@ pub mod proc_stats;
 pub mod report;
 pub mod run;
 pub mod servers;
+pub mod sidecars;
 pub mod sys;
 pub mod throughput;
 pub mod topo;

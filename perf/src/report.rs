@@ -47,7 +47,7 @@ impl ServerCpu {
 }
 
 /// One path's results (direct or through Trellis).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PathResults {
     pub throughput: IperfResult,
     pub rtt: Summary,

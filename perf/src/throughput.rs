@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use trellis_e2e::Topology;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct IperfResult {
     pub gbit_per_s: f64,
     /// Bytes received by the server.

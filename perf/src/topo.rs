@@ -139,6 +139,8 @@ impl BenchTopo {
         let ca = self.dir().join("ca").display().to_string();
         let pod_arg = format!("{}={}", pod.name, pod.netns_path().display());
         let addrs_s = addrs_file.display().to_string();
+        // Each node its own lock and hand-over socket, as on separate machines.
+        let run_dir = self.dir().join(format!("{node}-run")).display().to_string();
         let argv = [
             "taskset",
             "-c",
@@ -164,6 +166,8 @@ impl BenchTopo {
             &addrs_s,
             "--workers",
             "1",
+            "--runtime-dir",
+            &run_dir,
         ];
         let mut full: Vec<&str> = argv[..3].to_vec();
         full.extend_from_slice(wrapper);
@@ -187,6 +191,63 @@ impl BenchTopo {
             admin: addr("admin")?,
             metrics: addr("metrics")?,
             node_ns,
+            guard,
+        })
+    }
+}
+
+impl BenchTopo {
+    /// Trellis in sidecar shape: `trellis-node-proxy --mode dedicated
+    /// --capture` inside `pod`'s netns, serving only that pod (its
+    /// workload uid is the pod's name), pinned to `cpu`; waits until it
+    /// has written its bound addresses.
+    pub fn start_sidecar_proxy(&self, bin: &Path, pod: &Pod, cpu: usize) -> Result<NodeProxy> {
+        let addrs_file = self.dir().join(format!("{}-sidecar-addrs.json", pod.name));
+        let _ = std::fs::remove_file(&addrs_file);
+        let cpu_s = cpu.to_string();
+        let bin_s = bin.display().to_string();
+        let config = self.dir().join("mesh.yaml").display().to_string();
+        let ca = self.dir().join("ca").display().to_string();
+        let addrs_s = addrs_file.display().to_string();
+        let argv = [
+            "taskset",
+            "-c",
+            &cpu_s,
+            &bin_s,
+            "--mode",
+            "dedicated",
+            "--node",
+            &pod.node,
+            "--workload-uid",
+            &pod.name,
+            "--capture",
+            "--config",
+            &config,
+            "--ca-dir",
+            &ca,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--readiness-addr",
+            "127.0.0.1:0",
+            "--bound-addrs-file",
+            &addrs_s,
+            "--workers",
+            "1",
+        ];
+        let who = format!("the sidecar-shaped proxy of {}", pod.name);
+        let mut guard = self
+            .topo
+            .spawn(&pod.name, &argv)
+            .with_context(|| format!("starting {who}"))?;
+        let addrs = wait_bound_addrs(&mut guard, &addrs_file, Duration::from_secs(60), &who)?;
+        Ok(NodeProxy {
+            node: pod.name.clone(),
+            pid: guard.pid(),
+            admin: addrs.get("admin")?,
+            metrics: addrs.get("metrics")?,
+            node_ns: pod.netns_path().to_path_buf(),
             guard,
         })
     }

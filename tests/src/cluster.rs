@@ -148,6 +148,10 @@ pub struct NodeProxy {
     /// The namespace its admin ports bind in (a node's, when it runs like a
     /// DaemonSet pod in the node's network); None: the test's own.
     netns: Option<NetNs>,
+    /// Its `ip netns` name, to start a successor in the same place.
+    netns_name: Option<String>,
+    /// Its command line, for a successor ([`NodeProxy::relaunch`]).
+    args: ProxyArgs,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub readiness: SocketAddr,
@@ -282,10 +286,13 @@ impl NodeProxy {
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
+        let netns_name = netns.as_ref().map(|(name, _)| name.to_string());
         let mut proxy = NodeProxy {
             node: node.clone(),
             child: OwnedChild::new(child),
             netns: netns.map(|(_, ns)| ns),
+            netns_name,
+            args: args.clone(),
             admin: "0.0.0.0:0".parse()?,
             metrics: "0.0.0.0:0".parse()?,
             readiness: "0.0.0.0:0".parse()?,
@@ -329,6 +336,37 @@ impl NodeProxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Starts another proxy process for the same node with this one's
+    /// command line plus `extra` (e.g. `--takeover`), logging to
+    /// `<node>-<tag>.log`, and waits for it as for the first (its bound
+    /// addresses, its readiness). Fails, with its log, if it exits at start.
+    pub fn relaunch(&self, tag: &str, extra: &[&str]) -> Result<NodeProxy> {
+        self.relaunch_with(tag, |args| {
+            args.extra.extend(extra.iter().map(|s| s.to_string()))
+        })
+    }
+
+    /// A successor that takes over from this proxy through its hand-over
+    /// socket (`--takeover`, given once however many generations back).
+    pub fn take_over(&self, tag: &str) -> Result<NodeProxy> {
+        self.relaunch_with(tag, |args| {
+            args.extra.retain(|a| a != "--takeover");
+            args.extra.push("--takeover".into());
+        })
+    }
+
+    /// [`relaunch`](Self::relaunch) with this one's arguments changed by `edit`.
+    pub fn relaunch_with(&self, tag: &str, edit: impl FnOnce(&mut ProxyArgs)) -> Result<NodeProxy> {
+        let mut args = self.args.clone();
+        edit(&mut args);
+        let log = self.log.with_file_name(format!("{}-{tag}.log", self.node));
+        let netns = match (&self.netns_name, &self.netns) {
+            (Some(name), Some(ns)) => Some((name.as_str(), ns.try_clone()?)),
+            _ => None,
+        };
+        NodeProxy::launch(&args, netns, &log)
     }
 
     pub fn log(&self) -> String {

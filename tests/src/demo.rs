@@ -80,6 +80,12 @@ pub fn proxy_settings(common: CommonFlags, node: &str) -> Settings {
         access_log: trellis_node_proxy::settings::LogFormat::Text,
         preserve_source_ip: true,
         install_redirect: true,
+        // Several proxies in one process: each gets its own lock and socket.
+        runtime_dir: std::env::temp_dir()
+            .join(format!("trellis-demo-{}-{node}", std::process::id())),
+        handover_socket: None,
+        takeover: None,
+        handover_drain_deadline: Duration::from_secs(2),
     }
 }
 

@@ -174,6 +174,8 @@ impl ControlPlane {
             config_poll: Duration::from_secs(1),
             log_format: trellis_core::logging::LogFormat::Text,
             log: "info".into(),
+            max_connections: 0,
+            max_pending_handshakes: 0,
         }
     }
 

@@ -336,6 +336,23 @@ impl KubeCluster {
     /// with kubectl, runs CNI ADD as the runtime does, and writes its
     /// status (host-local's IP) as the kubelet does.
     pub fn add_pod(&mut self, node: &str, name: &str, app: &str) -> Result<&AppPod> {
+        self.add_pod_unreported(node, name, app)?;
+        self.report_pod_status(name)?;
+        Ok(&self.pods[name])
+    }
+
+    /// Writes the pod's IP and readiness to its status, as the kubelet does
+    /// once the sandbox is up. Until then the controller cannot know the
+    /// pod's address, so no proxy has its config.
+    pub fn report_pod_status(&self, name: &str) -> Result<()> {
+        let ip = self.pod(name).ip.to_string();
+        Ok(self.kube.pod_status(APP_NS, name, &ip, true)?)
+    }
+
+    /// [`Self::add_pod`] up to the end of the CNI chain, without the
+    /// status: the window in which the app may already run (CNI ADD has
+    /// returned) but the controller has not seen the pod's address.
+    pub fn add_pod_unreported(&mut self, node: &str, name: &str, app: &str) -> Result<&AppPod> {
         let nb = self
             .nodes
             .get_mut(node)
@@ -390,7 +407,6 @@ impl KubeCluster {
             .and_then(|a| a.split('/').next())
             .ok_or_else(|| anyhow!("no IP in the ADD result {result}"))?
             .to_string();
-        self.kube.pod_status(APP_NS, name, &got, true)?;
         let pod = AppPod {
             node: node.into(),
             ip: got.parse()?,

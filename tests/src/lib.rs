@@ -32,6 +32,7 @@ pub mod proxy_args;
 pub mod root;
 pub mod servers;
 pub mod sockinspect;
+pub mod steady_load;
 pub mod topology;
 pub mod wait;
 pub mod waypoint_proc;

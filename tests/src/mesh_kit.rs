@@ -417,6 +417,14 @@ impl Mesh {
         self.files.path("waypoint.yaml")
     }
 
+    /// Puts `new` in place as the proxy of `node` (after a take-over) and
+    /// returns the one it replaces, still running (draining).
+    pub fn replace_proxy(&mut self, node: &str, new: NodeProxy) -> NodeProxy {
+        self.proxies
+            .insert(node.to_string(), new)
+            .unwrap_or_else(|| panic!("no proxy on {node}"))
+    }
+
     pub fn proxy_mut(&mut self, node: &str) -> &mut NodeProxy {
         self.proxies
             .get_mut(node)

@@ -50,6 +50,14 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
+    /// The proxy's runtime dir (node lock, hand-over socket): each harness
+    /// node is a node of its own, so each gets its own, next to its
+    /// bound-addresses file, named after the node.
+    pub fn runtime_dir(&self) -> Option<PathBuf> {
+        let parent = self.bound_addrs_file.parent()?;
+        (!parent.as_os_str().is_empty()).then(|| parent.join(format!("{}-run", self.node)))
+    }
+
     /// The arguments after the binary's name.
     pub fn argv(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = match &self.mode {
@@ -81,6 +89,9 @@ impl ProxyArgs {
             "--bound-addrs-file".into(),
             self.bound_addrs_file.clone().into(),
         ]);
+        if let Some(dir) = self.runtime_dir() {
+            a.extend(["--runtime-dir".into(), dir.into()]);
+        }
         for (uid, netns) in &self.pods {
             let mut pod = OsString::from(uid);
             pod.push("=");

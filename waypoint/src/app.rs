@@ -107,6 +107,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
         metrics.core.registry(),
     )?);
     let (trigger, watcher) = drain::new();
+    let limits = settings.common.conn_limits(metrics.core.registry());
     let snapshot = Arc::new(Snapshot::new(&store, &namespace, &name));
 
     let workers = if settings.workers == 0 {
@@ -139,6 +140,7 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<WaypointHand
             metrics: metrics.clone(),
             certs: certs.clone(),
             drain: watcher.clone(),
+            limits: limits.clone(),
             settings: settings.clone(),
         })
     };

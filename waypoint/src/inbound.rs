@@ -51,11 +51,22 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
                 Ok(x) => x,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = app.limits.log_accept_failed.check() {
+                        warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
+        };
+        // Past the limit: accept-and-close (see trellis_core::limits for why).
+        let Some(permit) = app.limits.try_connection() else {
+            let _ = stream.set_zero_linger();
+            drop(stream);
+            if let Some(suppressed) = app.limits.log_refused.check() {
+                warn!(src.addr = %peer, max_connections = app.limits.limits().max_connections, suppressed, "connection limit reached; closing new connections (see trellis_connections_refused_total)");
+            }
+            continue;
         };
         let app = app.clone();
         // Debug level on purpose: an enabled span is entered and exited on
@@ -64,8 +75,12 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
         let span = tracing::debug_span!("hbone", %peer);
         tokio::spawn(
             async move {
+                let _permit = permit;
+                let limits = app.limits.clone();
                 if let Err(e) = serve(app, stream, peer).await {
-                    warn!(src.addr = %peer, error = %e, "hbone connection rejected");
+                    if let Some(suppressed) = limits.log_rejected.check() {
+                        warn!(src.addr = %peer, error = %e, suppressed, "hbone connection rejected");
+                    }
                 }
             }
             .instrument(span),
@@ -75,7 +90,7 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
 
 async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) -> Result<(), InboundError> {
     let cfg = app.certs.server_config_ready(&app.identity).await?;
-    let (tls, src_id) = accept::accept(stream, peer, cfg, &app.metrics.core).await?;
+    let (tls, src_id) = accept::accept(stream, peer, cfg, &app.metrics.core, &app.limits).await?;
     info!(src.addr = %peer, src.identity = %src_id, "hbone connection established");
     let drain = app.drain.clone();
     let h2 = hbone::H2Settings::default();

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ahash::AHashMap;
-use hbone::{ConnectRequest, H2Stream, Identity, Pool, PoolKey};
+use hbone::{ConnectRequest, GoAwaySignal, H2Stream, Identity, Pool, PoolKey};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -75,14 +75,46 @@ impl UpstreamError {
 type H1Sender = http1::SendRequest<ReplayBody>;
 type H2Sender = http2::SendRequest<ReplayBody>;
 
+/// A pooled HTTP connection: its sender, and the GOAWAY signal of the HBONE
+/// connection its tunnel rides on (none for plain TCP endpoints).
+struct Pooled<S> {
+    id: u64,
+    sender: S,
+    goaway: Option<GoAwaySignal>,
+}
+
+impl<S: Clone> Clone for Pooled<S> {
+    fn clone(&self) -> Self {
+        Pooled {
+            id: self.id,
+            sender: self.sender.clone(),
+            goaway: self.goaway.clone(),
+        }
+    }
+}
+
+impl<S> Pooled<S> {
+    /// False once the endpoint's node proxy is draining: no new requests go here.
+    fn reusable(&self) -> bool {
+        !self.goaway.as_ref().is_some_and(|g| g.is_set())
+    }
+}
+
+/// Tells pooled connections apart, so the one a GOAWAY hit is the one removed.
+static NEXT_CONN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What a pooled HTTP connection is for: the endpoint, and the caller's
 /// address its tunnel was opened with.
 type ConnKey = (SocketAddr, Option<IpAddr>);
 
 #[derive(Default)]
 struct Conns {
-    h2: AHashMap<ConnKey, H2Sender>,
-    h1: AHashMap<ConnKey, Vec<H1Sender>>,
+    h2: AHashMap<ConnKey, Pooled<H2Sender>>,
+    h1: AHashMap<ConnKey, Vec<Pooled<H1Sender>>>,
 }
 
 /// The waypoint's client side. Cheap to share; all state is inside.
@@ -121,6 +153,15 @@ impl Upstream {
         ep: &Endpoint,
         forwarded_for: Option<SocketAddr>,
     ) -> Result<Box<dyn Io>, UpstreamError> {
+        Ok(self.connect_watched(ep, forwarded_for).await?.0)
+    }
+
+    /// Like [`connect`](Self::connect), with the tunnel's GOAWAY signal.
+    async fn connect_watched(
+        &self,
+        ep: &Endpoint,
+        forwarded_for: Option<SocketAddr>,
+    ) -> Result<(Box<dyn Io>, Option<GoAwaySignal>), UpstreamError> {
         match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(ep, forwarded_for)).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::ConnectTimeout { addr: ep.addr }),
@@ -131,7 +172,7 @@ impl Upstream {
         &self,
         ep: &Endpoint,
         forwarded_for: Option<SocketAddr>,
-    ) -> Result<Box<dyn Io>, UpstreamError> {
+    ) -> Result<(Box<dyn Io>, Option<GoAwaySignal>), UpstreamError> {
         let addr = ep.addr;
         let fail = |reason: String| UpstreamError::Connect { addr, reason };
         match ep.workload.protocol {
@@ -140,7 +181,7 @@ impl Upstream {
                     .await
                     .map_err(|e| fail(e.to_string()))?;
                 let _ = tcp.set_nodelay(true);
-                Ok(Box::new(tcp))
+                Ok((Box::new(tcp), None))
             }
             Protocol::Hbone => {
                 let expected = ep.workload.identity();
@@ -163,7 +204,8 @@ impl Upstream {
                     })
                     .await
                     .map_err(|e| fail(e.to_string()))?;
-                Ok(Box::new(stream))
+                let goaway = stream.goaway();
+                Ok((Box::new(stream), goaway))
             }
         }
     }
@@ -195,7 +237,7 @@ impl Upstream {
         let pooled = {
             let mut conns = self.lock();
             match conns.h2.get(&key) {
-                Some(s) if !s.is_closed() => Some(s.clone()),
+                Some(p) if !p.sender.is_closed() && p.reusable() => Some(p.sender.clone()),
                 Some(_) => {
                     conns.h2.remove(&key);
                     None
@@ -230,7 +272,7 @@ impl Upstream {
         forwarded_for: Option<SocketAddr>,
     ) -> Result<H2Sender, UpstreamError> {
         let addr = ep.addr;
-        let io = self.connect(ep, forwarded_for).await?;
+        let (io, goaway) = self.connect_watched(ep, forwarded_for).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -243,13 +285,22 @@ impl Upstream {
                 reason: format!("http/2 handshake: {e}"),
             })?;
         let conns = self.conns.clone();
+        let id = next_conn_id();
+        let signal = goaway.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = until_goaway(conn, signal, || forget(&conns, key, id)).await {
                 tracing::debug!(%addr, error = %e, "upstream http/2 connection ended");
             }
             forget_closed(&conns, key);
         });
-        self.lock().h2.insert(key, sender.clone());
+        self.lock().h2.insert(
+            key,
+            Pooled {
+                id,
+                sender: sender.clone(),
+                goaway,
+            },
+        );
         Ok(sender)
     }
 
@@ -259,9 +310,9 @@ impl Upstream {
         ep: &Endpoint,
         key: ConnKey,
         forwarded_for: Option<SocketAddr>,
-    ) -> Result<H1Sender, UpstreamError> {
+    ) -> Result<Pooled<H1Sender>, UpstreamError> {
         let addr = ep.addr;
-        let io = self.connect(ep, forwarded_for).await?;
+        let (io, goaway) = self.connect_watched(ep, forwarded_for).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake::<_, ReplayBody>(TokioIo::new(io))
             .await
@@ -270,13 +321,16 @@ impl Upstream {
                 reason: format!("http/1.1 handshake: {e}"),
             })?;
         let conns = self.conns.clone();
+        let id = next_conn_id();
+        let signal = goaway.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
+            let conn = conn.with_upgrades();
+            if let Err(e) = until_goaway(conn, signal, || forget(&conns, key, id)).await {
                 tracing::debug!(%addr, error = %e, "upstream http/1.1 connection ended");
             }
             forget_closed(&conns, key);
         });
-        Ok(sender)
+        Ok(Pooled { id, sender, goaway })
     }
 
     async fn send_h1(
@@ -291,9 +345,9 @@ impl Upstream {
             let mut conns = self.lock();
             let mut found = None;
             if let Some(idle) = conns.h1.get_mut(&key) {
-                while let Some(s) = idle.pop() {
-                    if s.is_ready() {
-                        found = Some(s);
+                while let Some(p) = idle.pop() {
+                    if p.sender.is_ready() && p.reusable() {
+                        found = Some(p);
                         break;
                     }
                 }
@@ -303,11 +357,12 @@ impl Upstream {
             }
             found
         };
-        let mut sender = match pooled {
-            Some(s) => s,
+        let mut pooled = match pooled {
+            Some(p) => p,
             None => Box::pin(self.new_h1(ep, key, forwarded_for)).await?,
         };
-        let resp = sender
+        let resp = pooled
+            .sender
             .send_request(req)
             .await
             .map_err(|e| UpstreamError::Reset {
@@ -315,7 +370,7 @@ impl Upstream {
                 reason: e.to_string(),
             })?;
         let lease = Lease(Some(Lent {
-            sender,
+            conn: pooled,
             key,
             conns: self.conns.clone(),
         }));
@@ -331,7 +386,7 @@ impl Upstream {
 pub struct Lease(Option<Lent>);
 
 struct Lent {
-    sender: H1Sender,
+    conn: Pooled<H1Sender>,
     key: ConnKey,
     conns: Arc<Mutex<Conns>>,
 }
@@ -346,21 +401,26 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let Some(Lent {
-            mut sender,
+            mut conn,
             key,
             conns,
         }) = self.0.take()
         else {
             return;
         };
-        if sender.is_ready() {
-            park_idle(&conns, key, sender);
-        } else if !sender.is_closed() {
+        // A connection whose tunnel got GOAWAY is dropped here instead of
+        // parked: idle, it would hold the draining node proxy open.
+        if !conn.reusable() {
+            return;
+        }
+        if conn.sender.is_ready() {
+            park_idle(&conns, key, conn);
+        } else if !conn.sender.is_closed() {
             // Outside a runtime (shutdown) the connection is simply dropped.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    if sender.ready().await.is_ok() {
-                        park_idle(&conns, key, sender);
+                    if conn.sender.ready().await.is_ok() && conn.reusable() {
+                        park_idle(&conns, key, conn);
                     }
                 });
             }
@@ -369,12 +429,62 @@ impl Drop for Lease {
 }
 
 /// Keeps an idle HTTP/1.1 connection for the next request to `key`.
-fn park_idle(conns: &Mutex<Conns>, key: ConnKey, sender: H1Sender) {
+fn park_idle(conns: &Mutex<Conns>, key: ConnKey, conn: Pooled<H1Sender>) {
     let mut c = lock(conns);
     let idle = c.h1.entry(key).or_default();
     if idle.len() < MAX_IDLE_H1 {
-        idle.push(sender);
+        idle.push(conn);
     }
+}
+
+/// Drives an upstream HTTP connection; when its tunnel's HBONE connection
+/// gets GOAWAY, calls `on_goaway` once (which takes it out of the pool) and
+/// keeps driving it, so requests in flight finish. Out of the pool and with
+/// no request, hyper ends the connection, which ends the tunnel: the
+/// draining node proxy is not held open by an idle keep-alive.
+async fn until_goaway<F, E>(
+    conn: F,
+    goaway: Option<GoAwaySignal>,
+    on_goaway: impl FnOnce(),
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    let Some(goaway) = goaway else {
+        return conn.await;
+    };
+    tokio::select! {
+        biased;
+        r = conn.as_mut() => return r,
+        () = hbone::quiet(goaway.wait()) => {}
+    }
+    tracing::debug!("upstream tunnel got goaway; retiring its http connection");
+    on_goaway();
+    conn.await
+}
+
+/// Removes connection `id` of `key` from the pools (its tunnel is going away).
+fn forget(conns: &Mutex<Conns>, key: ConnKey, id: u64) {
+    let dropped = {
+        let mut c = lock(conns);
+        let h2 = match c.h2.get(&key) {
+            Some(p) if p.id == id => c.h2.remove(&key),
+            _ => None,
+        };
+        let mut h1 = Vec::new();
+        if let Some(idle) = c.h1.get_mut(&key) {
+            let (gone, keep): (Vec<_>, Vec<_>) = idle.drain(..).partition(|p| p.id == id);
+            *idle = keep;
+            h1 = gone;
+            if idle.is_empty() {
+                c.h1.remove(&key);
+            }
+        }
+        (h2, h1)
+    };
+    // The senders are dropped outside the lock.
+    drop(dropped);
 }
 
 fn lock(conns: &Mutex<Conns>) -> std::sync::MutexGuard<'_, Conns> {
@@ -385,11 +495,11 @@ fn lock(conns: &Mutex<Conns>) -> std::sync::MutexGuard<'_, Conns> {
 /// so callers that went away leave no entries behind.
 fn forget_closed(conns: &Mutex<Conns>, key: ConnKey) {
     let mut c = lock(conns);
-    if c.h2.get(&key).is_some_and(|s| s.is_closed()) {
+    if c.h2.get(&key).is_some_and(|p| p.sender.is_closed()) {
         c.h2.remove(&key);
     }
     if let Some(idle) = c.h1.get_mut(&key) {
-        idle.retain(|s| !s.is_closed());
+        idle.retain(|p| !p.sender.is_closed());
         if idle.is_empty() {
             c.h1.remove(&key);
         }

@@ -175,18 +175,13 @@ pub fn start(
             path: settings.zds_socket.clone(),
             source,
         })?;
-    // A socket file left by a previous agent would make bind fail.
-    if std::fs::symlink_metadata(&settings.plugin_socket)
-        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-    {
-        let _ = std::fs::remove_file(&settings.plugin_socket);
-    }
-    let plugin = tokio::net::UnixListener::bind(&settings.plugin_socket).map_err(|source| {
-        AgentError::PluginSocket {
+    // Owner-only (0600): the plugin asks over it to capture pods.
+    let plugin = trellis_netns::seqpacket::owner_only_stream_listener(&settings.plugin_socket)
+        .and_then(tokio::net::UnixListener::from_std)
+        .map_err(|source| AgentError::PluginSocket {
             path: settings.plugin_socket.clone(),
             source,
-        }
-    })?;
+        })?;
     let registry = Arc::new(Registry::restore(settings.state_file.clone())?);
     let kube = kube_client(settings)?;
     let admin_listener = std::net::TcpListener::bind(settings.admin_addr)

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 
 use serde_json::{json, Value};
 
+use super::template::{overlay, WaypointTemplate};
 use super::{FIELD_MANAGER, GATEWAY_API_VERSION, MANAGED_BY};
 use crate::objects::kinds::istio::Gateway;
 use crate::objects::translate::labels::GATEWAY_NAME;
@@ -63,6 +64,8 @@ pub struct WaypointOptions {
     pub token_audience: String,
     /// The mesh root certificates, PEM.
     pub root_pem: String,
+    /// The operator's base of the Deployment and Service.
+    pub template: std::sync::Arc<WaypointTemplate>,
 }
 
 /// A Gateway, by namespace and name.
@@ -286,13 +289,27 @@ fn objects(
             &root,
             json!({ "data": { ROOT_FILE: opts.root_pem } }),
         ),
-        object(
-            ManagedKind::Deployment,
-            &gw.name,
-            deployment_spec(gw, &root, port, opts),
+        over(
+            &opts.template.deployment,
+            object(
+                ManagedKind::Deployment,
+                &gw.name,
+                deployment_spec(gw, &root, port, opts),
+            ),
         ),
-        object(ManagedKind::Service, &gw.name, service_spec(gw, port)),
+        over(
+            &opts.template.service,
+            object(ManagedKind::Service, &gw.name, service_spec(gw, port)),
+        ),
     ])
+}
+
+/// `m` laid over the template's base for its kind.
+fn over(base: &Value, m: Managed) -> Managed {
+    Managed {
+        body: overlay(base, m.body),
+        ..m
+    }
 }
 
 /// The root ConfigMap of Gateway `name`.
@@ -303,8 +320,9 @@ pub fn root_configmap_name(name: &str) -> String {
 fn deployment_spec(gw: &GatewayRef, root: &str, port: u16, opts: &WaypointOptions) -> Value {
     let selector = json!({ GATEWAY_NAME: gw.name });
     let env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    // Replicas, annotations, probe, resources and security context come
+    // from the template (deploy/daemonset/base/controller/waypoint-template.yaml).
     json!({"spec": {
-        "replicas": 1,
         "selector": {"matchLabels": selector},
         "template": {
             "metadata": {
@@ -315,11 +333,6 @@ fn deployment_spec(gw: &GatewayRef, root: &str, port: u16, opts: &WaypointOption
                     // an Istio CNI on a node being migrated agrees.
                     DATAPLANE_MODE: "none",
                     ISTIO_DATAPLANE_MODE: "none",
-                },
-                "annotations": {
-                    "prometheus.io/scrape": "true",
-                    "prometheus.io/port": METRICS_PORT.to_string(),
-                    "prometheus.io/path": "/metrics",
                 },
             },
             "spec": {
@@ -341,21 +354,6 @@ fn deployment_spec(gw: &GatewayRef, root: &str, port: u16, opts: &WaypointOption
                         {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
                         {"name": "status-port", "containerPort": READINESS_PORT, "protocol": "TCP"},
                     ],
-                    "readinessProbe": {
-                        "httpGet": {"path": "/healthz/ready", "port": READINESS_PORT},
-                        "periodSeconds": 5,
-                        "failureThreshold": 3,
-                    },
-                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-                    "securityContext": {
-                        "allowPrivilegeEscalation": false,
-                        "readOnlyRootFilesystem": true,
-                        "runAsNonRoot": true,
-                        "runAsUser": 1337,
-                        "runAsGroup": 1337,
-                        "capabilities": {"drop": ["ALL"]},
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
                     "volumeMounts": [
                         {"name": "istio-token", "mountPath": TOKEN_DIR, "readOnly": true},
                         {"name": "trellis-ca-root", "mountPath": ROOT_DIR, "readOnly": true},
@@ -401,7 +399,6 @@ pub fn waypoint_args(gw: &GatewayRef, port: u16, opts: &WaypointOptions) -> Vec<
 
 fn service_spec(gw: &GatewayRef, port: u16) -> Value {
     json!({"spec": {
-        "type": "ClusterIP",
         "selector": { GATEWAY_NAME: gw.name },
         "ports": [{"name": MESH_PORT_NAME, "port": port, "targetPort": port, "protocol": "TCP"}],
     }})

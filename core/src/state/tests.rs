@@ -332,3 +332,65 @@ fn concurrent_applies_get_distinct_versions() {
     assert_eq!(all, (2..=101).collect::<Vec<u64>>());
     assert_eq!(store.version(), 101);
 }
+
+#[tokio::test(start_paused = true)]
+async fn wait_for_sees_a_later_version_and_gives_up_at_its_deadline() {
+    use std::time::Duration;
+    let store = Arc::new(StateStore::new(state()));
+    let wanted = |st: &ProxyState| st.workload_by_uid("late").map(|w| w.addresses.clone());
+
+    // Already there: answered at once, whatever the deadline.
+    assert_eq!(
+        store
+            .wait_for(Duration::ZERO, |st| st
+                .workload_by_uid("c")
+                .map(|w| w.uid.clone()))
+            .await
+            .as_deref(),
+        Some("c")
+    );
+
+    // Not there: a version that does not bring it does not end the wait,
+    // the one that does, does.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let unrelated = store.load().workload_by_uid("o").unwrap().as_ref().clone();
+            let mut moved = unrelated;
+            moved.addresses = vec![ip("10.0.3.7")];
+            store
+                .apply(Update::Delta {
+                    upserts: vec![Resource::Workload(moved.clone())],
+                    removals: vec![],
+                })
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut late = moved;
+            late.uid = "late".into();
+            late.name = "late".into();
+            late.addresses = vec![ip("10.0.9.9")];
+            store
+                .apply(Update::Delta {
+                    upserts: vec![Resource::Workload(late)],
+                    removals: vec![],
+                })
+                .unwrap()
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let got = store.wait_for(Duration::from_secs(5), wanted).await;
+    assert_eq!(got, Some(vec![ip("10.0.9.9")]));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(writer.await.unwrap(), 3);
+
+    // Never there: None once the deadline passes.
+    let started = tokio::time::Instant::now();
+    let none = store
+        .wait_for(Duration::from_secs(5), |st| {
+            st.workload_by_uid("ghost").map(|_| ())
+        })
+        .await;
+    assert_eq!(none, None);
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+}

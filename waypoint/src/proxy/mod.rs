@@ -51,6 +51,8 @@ pub struct App {
     pub upstream: Upstream,
     pub certs: Arc<CertManager>,
     pub drain: DrainWatcher,
+    /// Bounds on connections and pending handshakes, shared by every worker.
+    pub limits: Arc<trellis_core::limits::ConnLimits>,
 }
 
 /// One tunnelled downstream connection: who is calling, and what they dialled.

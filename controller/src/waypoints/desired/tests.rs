@@ -11,6 +11,7 @@ fn opts() -> WaypointOptions {
         istio_labels: false,
         token_audience: "istio-ca".into(),
         root_pem: "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n".into(),
+        template: std::sync::Arc::new(crate::waypoints::template::WaypointTemplate::shipped()),
     }
 }
 
@@ -348,4 +349,56 @@ fn paths_name_each_kind_in_its_api_group() {
         assert_eq!(kind.path("demo", "wp"), one);
         assert_eq!(kind.collection_path(), all);
     }
+}
+
+#[test]
+fn the_template_shapes_what_the_controller_leaves_open() {
+    let template = crate::waypoints::template::WaypointTemplate::parse(
+        "t.yaml",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {labels: {team: mesh}}
+spec:
+  replicas: 3
+  template:
+    spec:
+      tolerations: [{key: dedicated, operator: Exists}]
+      containers:
+        - name: waypoint
+          image: ignored.example/waypoint:0
+          args: [--ignored]
+          resources: {requests: {cpu: 2}}
+---
+apiVersion: v1
+kind: Service
+spec: {type: NodePort}
+"#,
+    )
+    .expect("valid template");
+    let o = WaypointOptions {
+        template: std::sync::Arc::new(template),
+        ..opts()
+    };
+    let plans = plans_of(&[gateway("wp", MESH, true)], &o);
+    let objects = plans.values().next().unwrap().objects.as_ref().unwrap();
+    let d = object(objects, ManagedKind::Deployment);
+    // The template's own fields...
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["metadata"]["labels"]["team"], "mesh");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["tolerations"][0]["key"], "dedicated");
+    let c = &pod["containers"][0];
+    assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(c["resources"]["requests"]["cpu"], 2);
+    // ...and the controller's win where both set them; no probe, as this
+    // template gives none.
+    assert_eq!(c["image"], "example.com/waypoint:1");
+    assert_eq!(c["args"][0], "--name=demo/wp");
+    assert!(c.get("readinessProbe").is_none());
+    assert_eq!(d["metadata"]["name"], "wp");
+    assert_eq!(d["metadata"]["ownerReferences"][0]["name"], "wp");
+    let s = object(objects, ManagedKind::Service);
+    assert_eq!(s["spec"]["type"], "NodePort");
+    assert_eq!(s["spec"]["ports"][0]["port"], 15008);
 }

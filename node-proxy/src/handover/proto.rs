@@ -1,0 +1,190 @@
+//! The hand-over wire format: one JSON object per SEQPACKET packet, with at
+//! most one fd attached (SCM_RIGHTS). JSON because the messages are few and
+//! small (one per listener), and a person can read them in a trace.
+//!
+//! The conversation (new = the process taking over, old = the running one):
+//!
+//! ```text
+//! new -> old  hello {version, pid}
+//! old -> new  offer {version, pid, pods, listeners}     or refuse {reason}
+//! old -> new  lock                         + the instance lock fd
+//! old -> new  admin {server}               + admin, metrics, readiness listener fds
+//! old -> new  pod {uid, workload, ...}     + the pod's netns fd
+//! old -> new  listener {pod, kind, addr}   + one listener fd (of that pod)
+//! old -> new  done
+//! new -> old  ready                        (new accepts on every listener now)
+//!             or abort {reason}            (new gives up; old keeps serving)
+//! old -> new  released                     (old stops accepting now, and drains)
+//! ```
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::context::ListenerKind;
+use crate::pods::Origin;
+
+/// The protocol version both sides must speak.
+pub const VERSION: u32 = 1;
+/// Largest message; ours are far smaller.
+pub const MAX_PACKET: usize = 16 * 1024;
+
+/// One of the admin thread's listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminServer {
+    Admin,
+    Metrics,
+    Readiness,
+}
+
+/// A pod listener's kind, as sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WireKind {
+    Outbound,
+    InboundPlain,
+    Hbone,
+    OutboundForward { target: SocketAddr },
+}
+
+impl From<ListenerKind> for WireKind {
+    fn from(k: ListenerKind) -> Self {
+        match k {
+            ListenerKind::Outbound => WireKind::Outbound,
+            ListenerKind::InboundPlain => WireKind::InboundPlain,
+            ListenerKind::Hbone => WireKind::Hbone,
+            ListenerKind::OutboundForward(target) => WireKind::OutboundForward { target },
+        }
+    }
+}
+
+impl From<WireKind> for ListenerKind {
+    fn from(k: WireKind) -> Self {
+        match k {
+            WireKind::Outbound => ListenerKind::Outbound,
+            WireKind::InboundPlain => ListenerKind::InboundPlain,
+            WireKind::Hbone => ListenerKind::Hbone,
+            WireKind::OutboundForward { target } => ListenerKind::OutboundForward(target),
+        }
+    }
+}
+
+/// One message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
+pub enum Msg {
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Offer {
+        version: u32,
+        pid: u32,
+        pods: u32,
+        listeners: u32,
+    },
+    Refuse {
+        reason: String,
+    },
+    Lock,
+    Admin {
+        server: AdminServer,
+    },
+    Pod {
+        uid: String,
+        workload: String,
+        origin: Origin,
+        /// Where the old process opened the netns (for /pods; the fd counts).
+        netns: String,
+        /// The old process installed the capture rules (the new one owns them now).
+        capture_rules: bool,
+    },
+    Listener {
+        pod: String,
+        kind: WireKind,
+        addr: SocketAddr,
+    },
+    Done,
+    Ready,
+    Abort {
+        reason: String,
+    },
+    Released,
+}
+
+impl Msg {
+    /// The message's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "hello",
+            Msg::Offer { .. } => "offer",
+            Msg::Refuse { .. } => "refuse",
+            Msg::Lock => "lock",
+            Msg::Admin { .. } => "admin",
+            Msg::Pod { .. } => "pod",
+            Msg::Listener { .. } => "listener",
+            Msg::Done => "done",
+            Msg::Ready => "ready",
+            Msg::Abort { .. } => "abort",
+            Msg::Released => "released",
+        }
+    }
+
+    /// Whether the message carries exactly one fd (else none).
+    pub fn carries_fd(&self) -> bool {
+        matches!(
+            self,
+            Msg::Lock | Msg::Admin { .. } | Msg::Pod { .. } | Msg::Listener { .. }
+        )
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing these plain types cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("hand-over message longer than {MAX_PACKET} bytes (cut short)")]
+    Truncated,
+    #[error("hand-over message came with more fds than it may carry (the extra ones were closed)")]
+    FdsTruncated,
+    #[error("malformed hand-over message: {0}")]
+    Malformed(String),
+    #[error("hand-over message {msg} came with {got} fd(s), expected {want}")]
+    FdCount {
+        msg: &'static str,
+        want: usize,
+        got: usize,
+    },
+}
+
+/// Parses one packet. Every fd that came with it is either returned with
+/// the message or closed here, never leaked.
+pub fn decode(
+    data: &[u8],
+    mut fds: Vec<OwnedFd>,
+    truncated: bool,
+    fds_truncated: bool,
+) -> Result<(Msg, Option<OwnedFd>), ProtoError> {
+    if truncated {
+        return Err(ProtoError::Truncated);
+    }
+    if fds_truncated {
+        return Err(ProtoError::FdsTruncated);
+    }
+    let msg: Msg =
+        serde_json::from_slice(data).map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    let want = usize::from(msg.carries_fd());
+    if fds.len() != want {
+        return Err(ProtoError::FdCount {
+            msg: msg.name(),
+            want,
+            got: fds.len(),
+        });
+    }
+    Ok((msg, fds.pop()))
+}

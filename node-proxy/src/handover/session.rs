@@ -1,0 +1,293 @@
+//! The hand-over's decisions, apart from the socket: what the old process
+//! answers to a hello and to the new one's verdict, and the new process's
+//! state machine that checks and collects what it is sent. Tested as tables
+//! in `session/tests.rs`.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use super::proto::{AdminServer, Msg, ProtoError, VERSION};
+use crate::context::ListenerKind;
+use crate::pods::Origin;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("the running node proxy refused the hand-over: {0}")]
+    Refused(String),
+    #[error("the running node proxy speaks hand-over version {theirs}, this one {VERSION}; upgrade through a version that speaks both")]
+    Version { theirs: u32 },
+    #[error("unexpected hand-over message {got} {when}")]
+    Unexpected {
+        got: &'static str,
+        when: &'static str,
+    },
+    #[error("hand-over sent {what} twice")]
+    Duplicate { what: String },
+    #[error("hand-over sent a listener of pod {0} before the pod itself")]
+    UnknownPod(String),
+    #[error("hand-over incomplete: {0}")]
+    Incomplete(String),
+    #[error("the new node proxy gave up: {0}")]
+    Aborted(String),
+    #[error("the other side closed the hand-over socket {when}")]
+    Closed { when: &'static str },
+    #[error("no hand-over message within {secs}s {when}")]
+    Timeout { secs: u64, when: &'static str },
+    #[error("hand-over socket {path}: {source}; is the running node proxy's --handover-socket this path?")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("hand-over socket i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot hand over: {0}")]
+    Local(String),
+}
+
+/// The old process's answer to a new connection's first message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HelloDecision {
+    /// Send everything.
+    Offer,
+    /// Say no, and keep serving.
+    Refuse(String),
+}
+
+/// `draining`: this process is stopping already, so it has nothing to hand.
+pub fn on_hello(msg: &Msg, draining: bool) -> HelloDecision {
+    match msg {
+        Msg::Hello { version, .. } if *version != VERSION => HelloDecision::Refuse(format!(
+            "hand-over version {version} is not spoken here (this proxy speaks {VERSION})"
+        )),
+        Msg::Hello { .. } if draining => {
+            HelloDecision::Refuse("this node proxy is already draining".into())
+        }
+        Msg::Hello { .. } => HelloDecision::Offer,
+        other => HelloDecision::Refuse(format!("expected hello, got {}", other.name())),
+    }
+}
+
+/// The old process's reading of the new one's verdict, after `done`.
+pub fn on_verdict(msg: &Msg) -> Result<(), HandoverError> {
+    match msg {
+        Msg::Ready => Ok(()),
+        Msg::Abort { reason } => Err(HandoverError::Aborted(reason.clone())),
+        other => Err(HandoverError::Unexpected {
+            got: other.name(),
+            when: "while waiting for ready",
+        }),
+    }
+}
+
+/// A pod as received: its netns and its listeners' fds.
+#[derive(Debug)]
+pub struct PodBundle {
+    pub uid: String,
+    pub workload: String,
+    pub origin: Origin,
+    pub netns_label: String,
+    pub capture_rules: bool,
+    pub netns: OwnedFd,
+    pub listeners: Vec<(ListenerKind, SocketAddr, OwnedFd)>,
+}
+
+/// Everything the old process handed over.
+#[derive(Debug)]
+pub struct Bundle {
+    pub old_pid: u32,
+    pub lock: OwnedFd,
+    /// Admin, metrics, readiness.
+    pub admin: [OwnedFd; 3],
+    pub pods: Vec<PodBundle>,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    AwaitOffer,
+    Receiving,
+    Complete,
+}
+
+/// The new process's side: feed it each received message with its fd.
+#[derive(Debug, Default)]
+pub struct Taker {
+    state: State,
+    old_pid: u32,
+    want_pods: u32,
+    want_listeners: u32,
+    listeners: u32,
+    lock: Option<OwnedFd>,
+    admin: [Option<OwnedFd>; 3],
+    pods: Vec<PodBundle>,
+}
+
+/// What to do after a message.
+#[derive(Debug)]
+pub enum Step {
+    /// Read the next message.
+    More,
+    /// All received and checked.
+    Complete(Bundle),
+}
+
+impl Taker {
+    pub fn on(&mut self, msg: Msg, fd: Option<OwnedFd>) -> Result<Step, HandoverError> {
+        match (&self.state, msg) {
+            (State::AwaitOffer, Msg::Offer { version, .. }) if version != VERSION => {
+                Err(HandoverError::Version { theirs: version })
+            }
+            (
+                State::AwaitOffer,
+                Msg::Offer {
+                    pid,
+                    pods,
+                    listeners,
+                    ..
+                },
+            ) => {
+                self.old_pid = pid;
+                self.want_pods = pods;
+                self.want_listeners = listeners;
+                self.state = State::Receiving;
+                Ok(Step::More)
+            }
+            (State::AwaitOffer, Msg::Refuse { reason }) => Err(HandoverError::Refused(reason)),
+            (State::Receiving, Msg::Lock) => {
+                put_once(&mut self.lock, fd, "the lock")?;
+                Ok(Step::More)
+            }
+            (State::Receiving, Msg::Admin { server }) => {
+                let i = match server {
+                    AdminServer::Admin => 0,
+                    AdminServer::Metrics => 1,
+                    AdminServer::Readiness => 2,
+                };
+                put_once(&mut self.admin[i], fd, &format!("the {server:?} listener"))?;
+                Ok(Step::More)
+            }
+            (
+                State::Receiving,
+                Msg::Pod {
+                    uid,
+                    workload,
+                    origin,
+                    netns,
+                    capture_rules,
+                },
+            ) => {
+                if self.pods.iter().any(|p| p.uid == uid) {
+                    return Err(HandoverError::Duplicate {
+                        what: format!("pod {uid}"),
+                    });
+                }
+                if self.pods.len() as u32 >= self.want_pods {
+                    return Err(HandoverError::Incomplete(format!(
+                        "more pods than the {} offered",
+                        self.want_pods
+                    )));
+                }
+                let netns_fd = fd.ok_or(ProtoError::FdCount {
+                    msg: "pod",
+                    want: 1,
+                    got: 0,
+                })?;
+                self.pods.push(PodBundle {
+                    uid,
+                    workload,
+                    origin,
+                    netns_label: netns,
+                    capture_rules,
+                    netns: netns_fd,
+                    listeners: Vec::new(),
+                });
+                Ok(Step::More)
+            }
+            (State::Receiving, Msg::Listener { pod, kind, addr }) => {
+                let Some(p) = self.pods.iter_mut().find(|p| p.uid == pod) else {
+                    return Err(HandoverError::UnknownPod(pod));
+                };
+                if self.listeners >= self.want_listeners {
+                    return Err(HandoverError::Incomplete(format!(
+                        "more listeners than the {} offered",
+                        self.want_listeners
+                    )));
+                }
+                let l = fd.ok_or(ProtoError::FdCount {
+                    msg: "listener",
+                    want: 1,
+                    got: 0,
+                })?;
+                p.listeners.push((kind.into(), addr, l));
+                self.listeners += 1;
+                Ok(Step::More)
+            }
+            (State::Receiving, Msg::Done) => self.complete(),
+            (state, other) => Err(HandoverError::Unexpected {
+                got: other.name(),
+                when: match state {
+                    State::AwaitOffer => "before the offer",
+                    State::Receiving => "while receiving listeners",
+                    State::Complete => "after done",
+                },
+            }),
+        }
+    }
+
+    fn complete(&mut self) -> Result<Step, HandoverError> {
+        let mut missing = Vec::new();
+        if self.pods.len() as u32 != self.want_pods {
+            missing.push(format!("{} of {} pods", self.pods.len(), self.want_pods));
+        }
+        if self.listeners != self.want_listeners {
+            missing.push(format!(
+                "{} of {} listeners",
+                self.listeners, self.want_listeners
+            ));
+        }
+        if self.lock.is_none() {
+            missing.push("no lock".into());
+        }
+        for (slot, name) in self.admin.iter().zip(["admin", "metrics", "readiness"]) {
+            if slot.is_none() {
+                missing.push(format!("no {name} listener"));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(HandoverError::Incomplete(missing.join(", ")));
+        }
+        self.state = State::Complete;
+        let [a, m, r] = std::mem::take(&mut self.admin);
+        match (self.lock.take(), a, m, r) {
+            (Some(lock), Some(a), Some(m), Some(r)) => Ok(Step::Complete(Bundle {
+                old_pid: self.old_pid,
+                lock,
+                admin: [a, m, r],
+                pods: std::mem::take(&mut self.pods),
+            })),
+            _ => Err(HandoverError::Incomplete("checked above".into())),
+        }
+    }
+}
+
+fn put_once(
+    slot: &mut Option<OwnedFd>,
+    fd: Option<OwnedFd>,
+    what: &str,
+) -> Result<(), HandoverError> {
+    if slot.is_some() {
+        return Err(HandoverError::Duplicate { what: what.into() });
+    }
+    *slot = Some(fd.ok_or(ProtoError::FdCount {
+        msg: "lock/admin",
+        want: 1,
+        got: 0,
+    })?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

