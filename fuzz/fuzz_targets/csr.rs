@@ -44,7 +44,12 @@ fuzz_target!(|data: &[u8]| {
         };
         authorize(&caller, &identity, &MeshIndex::new(&LocalConfig::default())).unwrap();
     }
-    let chain = sign(ca(), &csr, Some(Duration::from_secs(u64::from(mode))), Duration::from_secs(3600))
-        .expect("a parsed csr signs");
+    let chain = sign(
+        ca(),
+        &csr,
+        Some(Duration::from_secs(u64::from(mode))),
+        Duration::from_secs(3600),
+    )
+    .expect("a parsed csr signs");
     assert!(chain.len() >= 2);
 });

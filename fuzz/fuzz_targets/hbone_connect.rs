@@ -4,11 +4,11 @@
 //!
 //! Input: first line `METHOD AUTHORITY`, then `name: value` lines.
 #![no_main]
+use hbone::ConnectRequest;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
 use libfuzzer_sys::fuzz_target;
 use trellis_core::baggage::Baggage;
-use trellis_hbone::ConnectRequest;
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.split(|&b| b == b'\n');

@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         let fds: Vec<OwnedFd> = if flags & 1 != 0 {
-            std::fs::File::open("/dev/null").map(OwnedFd::from).into_iter().collect()
+            std::fs::File::open("/dev/null")
+                .map(OwnedFd::from)
+                .into_iter()
+                .collect()
         } else {
             Vec::new()
         };
