@@ -123,7 +123,8 @@ impl ConnectRequest {
     /// sending proxy instead. Well-formed values that carry no address
     /// (`for=unknown`, obfuscated `for=_hidden`) give `forwarded_for = None`.
     /// A non-ASCII `traceparent` is ignored: it only affects tracing.
-    pub(crate) fn from_http(
+    /// Public for the fuzz target (fuzz/); the server is its only other caller.
+    pub fn from_http(
         method: &Method,
         uri: &http::Uri,
         headers: &HeaderMap,
