@@ -157,11 +157,13 @@ pub fn start(settings: Settings, log: Option<LogControl>) -> Result<ProxyHandle,
             Ok(lock) => Err(lock),
             // Held, and the holder offers a hand-over: take it (a DaemonSet
             // rollout's new pod starts beside the old one).
-            Err(crate::instance::LockError::Held { .. }) if s.auto_takeover_path().is_some() => {
-                let path = s.auto_takeover_path().unwrap_or_default();
-                info!(socket = %path.display(), "another node proxy serves this node and offers a hand-over: taking over (--auto-takeover)");
-                Ok(Some(path))
-            }
+            Err(e @ crate::instance::LockError::Held { .. }) => match s.auto_takeover_path() {
+                Some(path) => {
+                    info!(socket = %path.display(), "another node proxy serves this node and offers a hand-over: taking over (--auto-takeover)");
+                    Ok(Some(path))
+                }
+                None => return Err(e.into()),
+            },
             Err(e) => return Err(e.into()),
         },
         (Mode::Shared, path) => Ok(path),
