@@ -3,8 +3,10 @@
 //! Each [`Metrics`] owns its registry (no globals), so several proxies can
 //! run in one process. Connection metrics are recorded by a
 //! [`ConnectionGuard`]: labels are resolved to counters once when the
-//! connection opens, and the close counters, byte counters and access log
-//! line are written once when the guard drops. Nothing happens per packet.
+//! connection opens; bytes are counted as they flow (see [`Counted`]), so
+//! dashboards see long-lived connections and a connection that ends in an
+//! error keeps its counts; the close counter and the access log line are
+//! written once when the guard drops.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -19,7 +21,9 @@ use crate::accesslog::AccessLogEntry;
 pub use crate::accesslog::AccessLogFormat;
 use crate::source::ConfigMetrics;
 
+mod counted;
 mod labels;
+pub use counted::{Counted, Side};
 pub use labels::{ConnectionLabels, PeerFacts, Reporter, SecurityPolicy, LABEL_NAMES, UNKNOWN};
 
 /// Why the proxy refused or failed a connection, for
@@ -240,7 +244,8 @@ pub struct ConnectionGuard {
 struct Open {
     metrics: Arc<Metrics>,
     close: CloseCounters,
-    /// The response flags `close` was resolved with.
+    /// The response flags `close` was resolved with; `set_response_flags`
+    /// re-resolves when they change.
     close_flags: &'static str,
     labels: ConnectionLabels,
     src: SocketAddr,
@@ -252,13 +257,28 @@ struct Open {
     error: Option<String>,
 }
 
-impl ConnectionGuard {
+impl Open {
     /// `sent`: bytes sent back to the client (response direction);
     /// `received`: bytes received from the client (request direction).
     /// As Istio's istio_tcp_sent_bytes_total / istio_tcp_received_bytes_total.
-    pub fn set_bytes(&mut self, sent: u64, received: u64) {
-        self.inner.sent = sent;
-        self.inner.received = received;
+    /// Published at once; the totals also go into the access log line.
+    fn add_bytes(&mut self, sent: u64, received: u64) {
+        if sent > 0 {
+            self.sent += sent;
+            self.close.sent.inc_by(sent);
+        }
+        if received > 0 {
+            self.received += received;
+            self.close.received.inc_by(received);
+        }
+    }
+}
+
+impl ConnectionGuard {
+    /// Counts bytes moved outside a [`Counted`] socket (`sent` back to the
+    /// client, `received` from it), published at once.
+    pub fn add_bytes(&mut self, sent: u64, received: u64) {
+        self.inner.add_bytes(sent, received);
     }
 
     /// Why the connection failed or was refused, for the access log.
@@ -267,9 +287,15 @@ impl ConnectionGuard {
     }
 
     /// Envoy-style response flags ("UF", "UH", "DENY", ...), reported on
-    /// the close and byte counters.
+    /// the close and byte counters. Set them before bytes flow: bytes
+    /// already counted stay under the flags they were counted with.
     pub fn set_response_flags(&mut self, flags: &'static str) {
-        self.inner.labels.response_flags = flags;
+        let o = &mut *self.inner;
+        o.labels.response_flags = flags;
+        if flags != o.close_flags {
+            o.close = CloseCounters::resolve(&o.metrics, &o.labels.values());
+            o.close_flags = flags;
+        }
     }
 
     pub fn labels(&self) -> &ConnectionLabels {
@@ -280,12 +306,7 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let o = &mut *self.inner;
-        if o.labels.response_flags != o.close_flags {
-            o.close = CloseCounters::resolve(&o.metrics, &o.labels.values());
-        }
         o.close.closed.inc();
-        o.close.sent.inc_by(o.sent);
-        o.close.received.inc_by(o.received);
         let l = &o.labels;
         AccessLogEntry {
             src_addr: o.src,

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 use trellis_api::config::Workload;
 use trellis_core::accept::{self, AcceptError};
-use trellis_core::metrics::ErrorReason;
+use trellis_core::metrics::{ErrorReason, Side};
 use trellis_core::state::ProxyState;
 
 use crate::context::{Scope, WorkerCtx};
@@ -196,12 +196,12 @@ async fn stream_task(
             return;
         }
     };
-    match hbone::copy_bidirectional(&mut app, stream).await {
-        // The tunnel's sent/received are from the client's view: bytes it sent reach the app.
-        Ok((to_tunnel, from_tunnel)) => guard.set_bytes(to_tunnel, from_tunnel),
-        Err(e) => {
-            debug!(error = %e, "hbone stream ended with an error");
-            guard.set_error(e.to_string());
-        }
+    // Counted on the app's end as they flow (what it reads goes back to
+    // the client), so an error keeps the bytes moved before it.
+    let copied =
+        hbone::copy_bidirectional(&mut guard.counted(&mut app, Side::Upstream), stream).await;
+    if let Err(e) = copied {
+        debug!(error = %e, "hbone stream ended with an error");
+        guard.set_error(e.to_string());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tracing::warn;
-use trellis_core::metrics::ErrorReason;
+use trellis_core::metrics::{ErrorReason, Side};
 
 use crate::context::{Scope, WorkerCtx};
 use crate::settings::{HBONE_PORT, INBOUND_PLAIN_PORT, OUTBOUND_PORT};
@@ -72,9 +72,11 @@ async fn serve(
             return Err(e.into());
         }
     };
-    match tokio::io::copy_bidirectional(stream, &mut app).await {
-        Ok((from_client, to_client)) => guard.set_bytes(to_client, from_client),
-        Err(e) => guard.set_error(e.to_string()),
+    // Counted as they flow, so an error keeps the bytes moved before it.
+    let copied =
+        tokio::io::copy_bidirectional(&mut guard.counted(stream, Side::Client), &mut app).await;
+    if let Err(e) = copied {
+        guard.set_error(e.to_string());
     }
     Ok(())
 }

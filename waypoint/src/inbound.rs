@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn, Instrument};
 use trellis_core::accept::{self, AcceptError};
-use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
+use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy, Side};
 
 use crate::authz::AuthzDecision;
 use crate::proxy::{App, ConnCtx};
@@ -271,12 +271,13 @@ async fn relay_tcp(ctx: Arc<ConnCtx>, mut io: Rewind) {
             return;
         }
     };
-    match tokio::io::copy_bidirectional(&mut io, &mut up).await {
-        Ok((to_up, from_up)) => guard.set_bytes(from_up, to_up),
-        Err(e) => {
-            debug!(error = %e, "tcp relay ended with an error");
-            guard.set_error(e.to_string());
-        }
+    // Counted on the tunnel's (client's) end as they flow, so an error
+    // keeps the bytes moved before it.
+    let copied =
+        tokio::io::copy_bidirectional(&mut guard.counted(&mut io, Side::Client), &mut up).await;
+    if let Err(e) = copied {
+        debug!(error = %e, "tcp relay ended with an error");
+        guard.set_error(e.to_string());
     }
 }
 

@@ -143,7 +143,7 @@ fn guard_records_open_close_and_bytes_once_with_labels() {
         Some(0),
         "open, not closed"
     );
-    g.set_bytes(300, 100);
+    g.add_bytes(300, 100);
     drop(g);
     assert_eq!(
         sample(&m, "istio_tcp_connections_closed_total", &labels),
@@ -162,7 +162,7 @@ fn guard_records_open_close_and_bytes_once_with_labels() {
         addr("10.0.2.1:8080"),
         "outbound",
     );
-    g.set_bytes(1, 2);
+    g.add_bytes(1, 2);
     drop(g);
     assert_eq!(
         sample(&m, "istio_tcp_connections_opened_total", &labels),
@@ -294,7 +294,7 @@ fn access_log_line_is_written_on_close_in_the_chosen_format() {
         addr("10.0.2.1:8080"),
         "outbound",
     );
-    g.set_bytes(7, 5);
+    g.add_bytes(7, 5);
     drop(g);
     let text: Vec<String> = logs
         .lines()
@@ -507,4 +507,71 @@ fn for_peers_fills_both_ends_from_baggage() {
         ),
         ("b", "svc-b", UNKNOWN)
     );
+}
+
+/// (sent bytes, received bytes, closed connections) for `outbound_labels()`.
+fn bytes_and_closed(m: &Metrics) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let l = [("reporter", "source"), ("source_workload", "client-abc")];
+    (
+        sample(m, "istio_tcp_sent_bytes_total", &l),
+        sample(m, "istio_tcp_received_bytes_total", &l),
+        sample(m, "istio_tcp_connections_closed_total", &l),
+    )
+}
+
+#[tokio::test]
+async fn counted_bytes_show_while_open_and_survive_an_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // One table row per side: which end of the connection is wrapped, and
+    // what 30 bytes in and 20 bytes out of it mean in Istio's terms.
+    let cases = [
+        // (side, expected (sent, received) after reading 30 and writing 20)
+        (Side::Client, (20, 30)),
+        (Side::Upstream, (30, 20)),
+    ];
+    for (side, (want_sent, want_received)) in cases {
+        let m = Metrics::new();
+        let (_log, logs) = capture_logs();
+        let mut g = m.connection_opened(
+            outbound_labels(),
+            addr("10.0.1.1:40000"),
+            addr("10.0.2.1:8080"),
+            "outbound",
+        );
+        let (ours, mut peer) = tokio::io::duplex(64);
+        {
+            let mut io = g.counted(ours, side);
+            peer.write_all(&[1u8; 30]).await.unwrap();
+            let mut buf = [0u8; 30];
+            io.read_exact(&mut buf).await.unwrap();
+            io.write_all(&[2u8; 20]).await.unwrap();
+            // Visible on /metrics while the connection is still open.
+            assert_eq!(
+                bytes_and_closed(&m),
+                (Some(want_sent), Some(want_received), Some(0)),
+                "{side:?}: counted before the close"
+            );
+            // The peer goes away; the next write fails, as a reset would.
+            drop(peer);
+            assert!(io.write_all(&[3u8; 8]).await.is_err(), "{side:?}");
+        }
+        g.set_error("connection reset by peer");
+        drop(g);
+        assert_eq!(
+            bytes_and_closed(&m),
+            (Some(want_sent), Some(want_received), Some(1)),
+            "{side:?}: an error keeps the bytes, and nothing counts twice on close"
+        );
+        let line = logs
+            .lines()
+            .into_iter()
+            .find(|l| l.contains(" access: "))
+            .expect("access line");
+        assert!(
+            line.contains(&format!(
+                "bytes_sent={want_sent} bytes_received={want_received}"
+            )),
+            "{side:?}: {line}"
+        );
+    }
 }

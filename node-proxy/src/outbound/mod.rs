@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 use trellis_core::baggage;
-use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy};
+use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy, Side};
 
 use crate::context::{ProxyCtx, Scope, WorkerCtx};
 use crate::upstream;
@@ -152,9 +152,12 @@ async fn proxy(
     let result = match &route {
         Route::Passthrough { dst, .. } => {
             match Box::pin(upstream::connect(proxy, scope, *dst, None)).await {
-                Ok(mut up) => tokio::io::copy_bidirectional(stream, &mut up)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(mut up) => {
+                    tokio::io::copy_bidirectional(&mut guard.counted(stream, Side::Client), &mut up)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
                 Err(e) => {
                     proxy
                         .metrics
@@ -200,8 +203,9 @@ async fn proxy(
                 Box::pin(ctx.pool.connect(&key, &req, dial)).await
             };
             match connected {
-                Ok(h2) => hbone::copy_bidirectional(stream, h2)
+                Ok(h2) => hbone::copy_bidirectional(&mut guard.counted(stream, Side::Client), h2)
                     .await
+                    .map(drop)
                     .map_err(|e| e.to_string()),
                 Err(source) => {
                     // The peer's certificate is valid but names another
@@ -217,10 +221,9 @@ async fn proxy(
             }
         }
     };
-    match result {
-        // Istio semantics: received = from the client, sent = back to the client.
-        Ok((from_client, to_client)) => guard.set_bytes(to_client, from_client),
-        Err(e) => guard.set_error(e),
+    // The bytes were counted as they flowed, whatever the outcome.
+    if let Err(e) = result {
+        guard.set_error(e);
     }
     Ok(())
 }
