@@ -17,11 +17,13 @@
 //! * [`l7`]: the waypoint benchmark.
 //! * [`cp`]: the control plane at scale (`trellis-cp-bench`).
 //! * [`sidecars`]: Envoy sidecar meshes to compare with (issue 15).
+//! * [`handover`]: the node proxy's hand-over: accept gap and memory overlap (issue 16).
 
 pub mod calibrate;
 pub mod callgrind;
 pub mod conn_rate;
 pub mod cp;
+pub mod handover;
 pub mod hist;
 pub mod http_load;
 pub mod l7;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use trellis_perf::conn_rate::{self, ConnRateConfig};
+use trellis_perf::handover;
 use trellis_perf::http_load::{self, RateConfig};
 use trellis_perf::latency::{self, PingPong};
 use trellis_perf::proc_stats::{self, BusyMeter, CpuMeter};
@@ -66,13 +67,15 @@ struct Opts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Only {
     MeshSize,
+    Handover,
 }
 
 impl Only {
     fn parse(s: &str) -> Result<Only> {
         match s {
             "mesh-size" => Ok(Only::MeshSize),
-            other => bail!("--only {other:?}: the parts that run alone are: mesh-size"),
+            "handover" => Ok(Only::Handover),
+            other => bail!("--only {other:?}: the parts that run alone are: mesh-size, handover"),
         }
     }
 }
@@ -86,7 +89,9 @@ fn usage() -> &'static str {
      \n  --no-sidecars    leave out the Envoy sidecar columns and the memory figures (pods per node, mesh size)\
      \n  --pods LIST      idle pods per node for the memory comparison; default 1,10,50,100\
      \n  --services LIST  services in the memory against mesh size; default 100,1000,10000\
-     \n  --only PART      run only PART: mesh-size (writes mesh-size.{json,md})\n"
+     \n  --only PART      run only PART: mesh-size (writes mesh-size.{json,md}), or handover: the node\
+     \n                   proxy taken over in turn on both nodes under a new connection every 1 ms\
+     \n                   (writes handover.{json,md})\n"
 }
 
 fn parse_args() -> Result<Opts> {
@@ -563,6 +568,45 @@ fn main_mesh_size(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> 
     Ok(())
 }
 
+/// `--only handover`: take-overs of the node proxy under a steady stream
+/// of new connections, into `handover.{json,md}`.
+fn main_handover(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> Result<()> {
+    // The harness starts the node proxies from here: the release build.
+    std::env::set_var("TRELLIS_NODE_PROXY_BIN", proxy_bin);
+    let rounds = if o.quick { 4 } else { 10 };
+    say(format!(
+        "{rounds} take-overs, alternating the clients' node and the servers' node"
+    ));
+    let r = handover::run(rounds)?;
+    let load_end = read_trim("/proc/loadavg");
+    let mut notes = begun.notes("handover", &load_end);
+    notes.push(
+        "shared mode, --workers 1, not pinned (the new process starts beside the old one, as in a \
+         DaemonSet rollout with maxSurge: 1)"
+            .into(),
+    );
+    let title = "Node proxy hand-over: the accept gap and the memory overlap";
+    let mut md = format!("# {title}\n\n");
+    for n in &notes {
+        md += &format!("- {n}\n");
+    }
+    md += "\nThe listening sockets are handed over, so a connection is never refused: during a gap \
+           in accepts it waits in the kernel's accept queue. The worst probe inside a take-over less \
+           the median probe outside bounds the gap from above (it includes the new process's start \
+           competing for the CPUs). Old and new RSS are sampled every 5 ms for 0.5 s after the new \
+           one is ready, while the old one drains a long-lived stream.\n\n";
+    md += &r.markdown();
+    let doc = json!({
+        "title": title,
+        "notes": notes,
+        "git": git_rev(),
+        "handover": r.to_json(),
+    });
+    write_results(&o.out, "handover", &doc, &md)?;
+    println!("{md}");
+    Ok(())
+}
+
 fn rss_of(p: &NodeProxy) -> Result<u64> {
     proc_stats::rss_kib(p.pid).with_context(|| format!("reading the {} proxy's RSS", p.node))
 }
@@ -584,8 +628,10 @@ fn main() -> Result<()> {
     // The orchestrating thread and everything it starts default to the load CPU;
     // servers and proxies are pinned to the server CPU explicitly.
     let begun = run::begin(&cpus, LOADGEN_CPU, SERVER_CPU)?;
-    if o.only == Some(Only::MeshSize) {
-        return main_mesh_size(&o, &proxy_bin, &begun);
+    match o.only {
+        Some(Only::MeshSize) => return main_mesh_size(&o, &proxy_bin, &begun),
+        Some(Only::Handover) => return main_handover(&o, &proxy_bin, &begun),
+        None => {}
     }
     let (nofile, load_start) = (begun.nofile, &begun.load_start);
     say(format!(
