@@ -278,3 +278,54 @@ fn a_second_proxy_on_the_same_node_or_ports_refuses_to_start() {
     }
     assert!(p1.ready().unwrap());
 }
+
+/// In a DaemonSet rollout the old pod is deleted once the new one has taken
+/// over, so the kubelet sends the old process SIGTERM while it drains
+/// (and SIGKILL only at the end of the pod's grace period, which the
+/// manifest sets above the hand-over drain deadline). SIGTERM must not
+/// shorten that drain to the plain `--drain-deadline`: the old process's
+/// streams run on to their end.
+#[test]
+fn sigterm_while_draining_after_a_takeover_keeps_the_streams() {
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    // A plain stop would cut streams after 1 s; the hand-over drain is long.
+    let mut m = mesh(&[
+        "--drain-deadline",
+        "1s",
+        "--handover-drain-deadline",
+        "120s",
+    ]);
+    let _echo: Vec<_> = SERVERS.iter().map(|s| m.echo(s, ECHO_PORT)).collect();
+    let long = stream(&m, "c1", "s1");
+    long.wait_progress(256 << 10, T).unwrap();
+    let new = m.proxy("node1").take_over("gen1").unwrap();
+    let mut old = m.replace_proxy("node1", new);
+    wait_until(T, "the old process to hand over", || {
+        old.log().contains("handed over to the new node proxy")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    old.sigterm();
+    // The stream through the old process keeps moving for 3 s, well past
+    // the 1 s --drain-deadline a SIGTERM alone would give it.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        long.wait_progress(64 << 10, T)
+            .unwrap_or_else(|e| panic!("after SIGTERM: {e}\n{}", old.log()));
+    }
+    assert!(
+        old.wait_exit(Duration::from_millis(1)).is_none(),
+        "the old process exited on SIGTERM with a stream open:\n{}",
+        old.log()
+    );
+    echo_ok(&m, "c2", "s2", "new connections through the new process");
+    let r = long.finish();
+    assert_eq!(r.error, None, "{r:?}");
+    assert_eq!(r.received, r.sent, "{r:?}");
+    let status = old
+        .wait_exit(T)
+        .unwrap_or_else(|| panic!("old proxy still running:\n{}", old.log()));
+    assert!(status.success(), "{status}\n{}", old.log());
+    assert!(old.log().contains("drain complete"), "{}", old.log());
+}

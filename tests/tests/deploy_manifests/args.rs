@@ -180,6 +180,33 @@ fn node_proxy_args_and_env_are_accepted_and_reach_the_controller() {
         Some(&MountSource::ConfigMap("trellis-ca-root-cert".into()))
     );
 
+    // A rollout upgrades by hand-over (maxSurge: 1 and --auto-takeover),
+    // and the kubelet must not cut the old pod's drain short: its grace
+    // period outlasts the hand-over drain deadline (and the SIGTERM one).
+    for v in Variant::ALL {
+        let r = render(v);
+        let ds = r.get("DaemonSet", NODE_PROXY).expect("ds");
+        let np = r.node_proxy().expect("node proxy");
+        let s = node_proxy_settings(&np, &pod(NODE_PROXY)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.auto_takeover, "{}", v.rel());
+        assert_eq!(
+            ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"],
+            serde_json::json!(1),
+            "{}",
+            v.rel()
+        );
+        let grace = ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(30);
+        let longest = s.handover_drain_deadline.max(s.drain_deadline).as_secs();
+        assert!(
+            grace > longest,
+            "{}: terminationGracePeriodSeconds {grace} would SIGKILL the old node proxy before \
+             its drain deadline ({longest} s) ends",
+            v.rel()
+        );
+    }
+
     // Broken copies: a misspelled flag, and shared-mode flags in dedicated mode.
     let mut typo = np.clone();
     for a in &mut typo.args {
