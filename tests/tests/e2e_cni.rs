@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use trellis_e2e::cluster::{ClusterFiles, NodeProxy};
 use trellis_e2e::cni_kit::{Agent, PluginRun, PodNetns, Runtime, Sandbox};
+use trellis_e2e::counted_stream::CountedStream;
 use trellis_e2e::{connect, echo_roundtrip, wait_until, TestServer, Topology};
 
 const T: Duration = Duration::from_secs(10);
@@ -419,4 +420,86 @@ fn bad_plugin_input_gets_a_cni_error_never_a_panic() {
         .as_array()
         .unwrap()
         .contains(&json!("1.0.0")));
+}
+
+/// A hand-over of a node proxy fed by the CNI agent (issue 16, section 1):
+/// the new process gets the pods from the old one and then holds the ZDS
+/// session, so an ADD after the take-over is served by the new process
+/// and a DEL releases the pod there, while the old one drains the stream
+/// it carries to its end.
+#[test]
+fn a_takeover_under_the_cni_agent_keeps_the_pods_and_serves_later_adds_and_dels() {
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    let mesh = [
+        ("demo", "client", ip(10)),
+        ("demo", "server", ip(11)),
+        ("demo", "late", ip(13)),
+    ];
+    let node = Node::new(&mesh);
+    let old = node.proxy();
+    let rt = node.runtime(json!({ "captureTimeoutMs": 10000 }));
+    let (server_ns, server_sb) = node.sandbox("demo", "server", ip(11));
+    assert_passthrough(&add(&rt, &server_sb));
+    let (client_ns, client_sb) = node.sandbox("demo", "client", ip(10));
+    assert_passthrough(&add(&rt, &client_sb));
+    assert_eq!(served(&old), ["uid-client", "uid-server"]);
+    let _echo = TestServer::echo(Some(&server_ns.netns().unwrap()), addr(ip(11), 8080)).unwrap();
+    let client = client_ns.netns().unwrap();
+    let long = CountedStream::start(&client, addr(ip(11), 8080)).unwrap();
+    long.wait_progress(256 << 10, T).unwrap();
+
+    let mut new = old
+        .take_over("gen2")
+        .unwrap_or_else(|e| panic!("take-over: {e:#}\n{}", old.log()));
+    wait_until(T, "the old process to hand over", || {
+        old.log().contains("handed over to the new node proxy")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    assert_eq!(served(&new), ["uid-client", "uid-server"]);
+    // New connections go through the new process, tunnelled.
+    let back = echo_roundtrip(Some(&client), addr(ip(11), 8080), b"via new", T).unwrap();
+    assert_eq!(back, b"via new");
+    wait_until(T, "a connection tunnelled by the new process", || {
+        tunnelled(&new) >= 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", new.log()));
+
+    // A pod created after the take-over: the agent hands it to the new
+    // process (the old one left the ZDS session), and ADD returns once it
+    // is captured.
+    let (late_ns, late_sb) = node.sandbox("demo", "late", ip(13));
+    let late_result = assert_passthrough(&add(&rt, &late_sb));
+    assert_eq!(served(&new), ["uid-client", "uid-late", "uid-server"]);
+    assert!(late_ns.has_capture_rules().unwrap());
+    let before = tunnelled(&new);
+    let late = late_ns.netns().unwrap();
+    let back = echo_roundtrip(Some(&late), addr(ip(11), 8080), b"late pod", T).unwrap();
+    assert_eq!(back, b"late pod");
+    wait_until(T, "the late pod's connection tunnelled", || {
+        tunnelled(&new) > before
+    })
+    .unwrap();
+    // And its DEL releases it from the new process.
+    for r in rt.del(&late_sb, Some(&late_result)).unwrap() {
+        assert!(r.success, "DEL {}: {} {}", r.plugin, r.stdout, r.stderr);
+    }
+    assert_eq!(served(&new), ["uid-client", "uid-server"]);
+    assert!(!late_ns.has_capture_rules().unwrap());
+
+    // The old process drained its stream to the end, whole, then exited.
+    long.wait_progress(256 << 10, T).unwrap();
+    let r = long.finish();
+    assert_eq!(r.error, None, "{r:?}");
+    assert_eq!(r.first_mismatch, None, "{r:?}");
+    assert_eq!(r.received, r.sent, "{r:?}");
+    let mut old = old;
+    let status = old
+        .wait_exit(T)
+        .unwrap_or_else(|| panic!("old proxy still running:\n{}", old.log()));
+    assert!(status.success(), "{status}\n{}", old.log());
+    assert!(new.ready().unwrap());
+    new.sigterm();
+    new.wait_exit(T).expect("the new proxy exits on SIGTERM");
 }
