@@ -230,20 +230,32 @@ pub async fn wait_for_stop(stop: &CancellationToken) {
     }
 }
 
+/// How long the drain may take once a stop comes.
+#[derive(Clone, Debug)]
+pub struct DrainDeadlines {
+    /// On SIGTERM, SIGINT or `/quitquitquit`.
+    pub plain: std::time::Duration,
+    /// When the stop came from a hand-over to a new process (the flag is
+    /// set): this deadline instead, and the admin servers stop at once,
+    /// since the new process serves them on the very same sockets.
+    pub handed_over: Option<(Arc<std::sync::atomic::AtomicBool>, std::time::Duration)>,
+}
+
 /// The admin thread's life, shared by the proxies: serves each listener with
-/// its handler, waits for SIGTERM, SIGINT or `stop`, then drains with
-/// `deadline` and stops the servers. Runs inside the admin runtime; the
-/// caller spawns its own background tasks (config watcher) first.
+/// its handler, waits for SIGTERM, SIGINT or `stop`, then drains with the
+/// deadline `deadlines` gives and stops the servers. Runs inside the admin
+/// runtime; the caller spawns its own background tasks (config watcher) first.
 pub async fn serve_until_drained<H>(
     servers: Vec<(std::net::TcpListener, Arc<H>)>,
     trigger: crate::drain::DrainTrigger,
     stop: &CancellationToken,
-    deadline: std::time::Duration,
+    deadlines: DrainDeadlines,
 ) -> crate::drain::DrainOutcome
 where
     H: Fn(Request<Incoming>) -> AdminFuture + Send + Sync + 'static,
 {
     use crate::drain::DrainOutcome;
+    use std::sync::atomic::Ordering;
     let servers_stop = CancellationToken::new();
     for (l, handler) in servers {
         match TcpListener::from_std(l) {
@@ -254,6 +266,13 @@ where
         }
     }
     wait_for_stop(stop).await;
+    let deadline = match &deadlines.handed_over {
+        Some((handed, long)) if handed.load(Ordering::Acquire) => {
+            servers_stop.cancel();
+            *long
+        }
+        _ => deadlines.plain,
+    };
     info!(?deadline, "draining");
     let outcome = trigger.drain(deadline).await;
     match &outcome {

@@ -12,10 +12,14 @@
 //! - [`cpu`]: CPU affinity for thread-per-core workers.
 //! - [`seqpacket`]: a Unix SEQPACKET socket that passes fds (the ZDS
 //!   hand-over of pods' netns between the CNI agent and the node proxy).
+//! - [`fdmsg`]: JSON messages with an fd each over it, and [`handover`]: the
+//!   framing of the proxies' hand-over of their listeners to a new process.
 //!
 //! Nothing here knows about config, certificates or HBONE.
 
 pub mod cpu;
+pub mod fdmsg;
+pub mod handover;
 pub mod inuse;
 mod ns;
 pub mod redirect;

@@ -15,121 +15,60 @@
 //! (it never stopped accepting; its pods thaw), and the new one exits with
 //! the error. The timeouts are ordered so that the new side always decides
 //! first: it gives up on its config after [`SYNC_TIMEOUT`], well inside the
-//! old side's [`READY_TIMEOUT`].
+//! old side's wait for `ready`.
 //!
-//! Decisions are in [`session`], tested as tables; this module does the I/O.
+//! The framing (hello, verdict, the serving loop) is shared with the
+//! waypoint in `trellis_netns::handover`; what is handed over is decided in
+//! [`session`], tested as tables; this module does the I/O.
 
 pub mod proto;
 pub mod session;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use trellis_netns::handover as frame;
 use trellis_netns::seqpacket::{SeqpacketConn, SeqpacketListener};
 
 use crate::instance::InstanceLock;
 use crate::pods::Pods;
-use proto::{AdminServer, Msg, MAX_PACKET, VERSION};
-use session::{Bundle, HandoverError, HelloDecision, Step, Taker};
+use proto::{AdminServer, Msg, VERSION};
+use session::{Bundle, HandoverError, Step, Taker};
 
 /// The new process waits this long at most for its first config before it
-/// gives up (and the old one keeps serving).
+/// gives up (and the old one keeps serving); well inside the old side's
+/// wait for `ready` (`trellis_netns::handover::READY_TIMEOUT`).
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
-/// The old process waits this long for `ready` after sending everything.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Any other message must come within this.
-const MSG_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Tells the new process why the hand-over is refused. Best effort: the
-/// refusal stands (and the old process serves on) whether or not it lands.
-async fn refuse(conn: &SeqpacketConn, reason: String) {
-    let _ = send(conn, &Msg::Refuse { reason }, None).await;
-}
 
 async fn send(conn: &SeqpacketConn, msg: &Msg, fd: Option<&OwnedFd>) -> Result<(), HandoverError> {
-    use std::io::ErrorKind as K;
-    match conn.send(&msg.encode(), fd.map(|f| f.as_fd())).await {
-        Ok(()) => Ok(()),
-        Err(e) if matches!(e.kind(), K::BrokenPipe | K::ConnectionReset) => {
-            Err(HandoverError::Closed {
-                when: "while we were sending",
-            })
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn recv(
-    conn: &SeqpacketConn,
-    timeout: Duration,
-    when: &'static str,
-) -> Result<(Msg, Option<OwnedFd>), HandoverError> {
-    let packet = tokio::time::timeout(timeout, conn.recv(MAX_PACKET))
-        .await
-        .map_err(|_| HandoverError::Timeout {
-            secs: timeout.as_secs(),
-            when,
-        })?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionReset => HandoverError::Closed { when },
-            _ => e.into(),
-        })?
-        .ok_or(HandoverError::Closed { when })?;
-    Ok(proto::decode(
-        &packet.data,
-        packet.fds,
-        packet.truncated,
-        packet.fds_truncated,
-    )?)
+    Ok(frame::send(conn, msg, fd).await?)
 }
 
 /// The new process: connects to `path` and receives everything. The old
 /// process keeps serving until [`confirm`].
 pub async fn take(path: &Path) -> Result<(Bundle, SeqpacketConn), HandoverError> {
-    let conn = SeqpacketConn::connect(path).map_err(|source| HandoverError::Connect {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let hello = Msg::Hello {
-        version: VERSION,
-        pid: std::process::id(),
-    };
-    send(&conn, &hello, None).await?;
     let mut taker = Taker::default();
-    loop {
-        let (msg, fd) = recv(&conn, MSG_TIMEOUT, "while receiving the listeners").await?;
-        if let Step::Complete(bundle) = taker.on(msg, fd)? {
-            return Ok((bundle, conn));
-        }
-    }
+    frame::take::<Msg, _, _>(path, |msg, fd| match taker.on(msg, fd)? {
+        Step::Complete(bundle) => Ok(Some(bundle)),
+        Step::More => Ok(None),
+    })
+    .await
 }
 
 /// The new process gives up before serving: the old one keeps on.
 pub async fn abort(conn: &SeqpacketConn, reason: &str) {
-    let msg = Msg::Abort {
-        reason: reason.into(),
-    };
-    if let Err(e) = send(conn, &msg, None).await {
-        warn!(error = %e, "could not tell the old node proxy that the hand-over is off (it keeps serving anyway once the socket closes)");
-    }
+    frame::abort::<Msg>(conn, reason).await
 }
 
 /// The new process, accepting on every listener now: tells the old one to
 /// stop accepting, and waits for it to say it has.
 pub async fn confirm(conn: &SeqpacketConn) -> Result<(), HandoverError> {
-    send(conn, &Msg::Ready, None).await?;
-    match recv(conn, MSG_TIMEOUT, "while waiting for released").await? {
-        (Msg::Released, _) => Ok(()),
-        (other, _) => Err(HandoverError::Unexpected {
-            got: other.name(),
-            when: "while waiting for released",
-        }),
-    }
+    Ok(frame::confirm::<Msg>(conn).await?)
 }
 
 /// What the running process hands over.
@@ -150,57 +89,29 @@ pub async fn serve(
     stop: CancellationToken,
     handed_over: Arc<AtomicBool>,
 ) {
-    loop {
-        let conn = tokio::select! {
-            _ = stop.cancelled() => return,
-            c = listener.accept() => match c {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "hand-over socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = give(&conn, &giver) => r,
-        };
-        match outcome {
-            Ok(new_pid) => {
-                info!(
-                    new_pid,
-                    "handed over to the new node proxy; stopped accepting, draining"
-                );
-                handed_over.store(true, Ordering::Release);
-                stop.cancel();
-                return;
-            }
-            Err(e) => {
-                giver.pods.thaw();
-                warn!(error = %e, "hand-over failed; this node proxy serves on as before");
-            }
-        }
+    let handed = frame::serve(
+        listener,
+        stop.cancelled(),
+        &handed_over,
+        |conn| give(conn, &giver),
+        |e: HandoverError| {
+            giver.pods.thaw();
+            warn!(error = %e, "hand-over failed; this node proxy serves on as before");
+        },
+    )
+    .await;
+    if let Some(new_pid) = handed {
+        info!(
+            new_pid,
+            "handed over to the new node proxy; stopped accepting, draining"
+        );
+        stop.cancel();
     }
 }
 
 /// One hand-over attempt; returns the new process's pid.
-async fn give(conn: &SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
-    let (hello, _) = match recv(conn, MSG_TIMEOUT, "while waiting for hello").await {
-        Ok(m) => m,
-        Err(e) => {
-            refuse(conn, e.to_string()).await;
-            return Err(e);
-        }
-    };
-    let new_pid = match &hello {
-        Msg::Hello { pid, .. } => *pid,
-        _ => 0,
-    };
-    if let HelloDecision::Refuse(reason) = session::on_hello(&hello, g.draining.is_draining()) {
-        refuse(conn, reason.clone()).await;
-        return Err(HandoverError::Refused(reason));
-    }
+async fn give(conn: SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
+    let new_pid = frame::greet::<Msg>(&conn, g.draining.is_draining()).await?;
     info!(
         new_pid,
         "a new node proxy asks to take over; handing over the listeners"
@@ -209,7 +120,15 @@ async fn give(conn: &SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
         Ok(p) => p,
         Err(e) => {
             let reason = e.to_string();
-            refuse(conn, reason.clone()).await;
+            // Best effort: the refusal stands whether or not it lands.
+            let _ = send(
+                &conn,
+                &Msg::Refuse {
+                    reason: reason.clone(),
+                },
+                None,
+            )
+            .await;
             return Err(HandoverError::Local(reason));
         }
     };
@@ -220,16 +139,16 @@ async fn give(conn: &SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
         pods: pods.len() as u32,
         listeners: listeners as u32,
     };
-    send(conn, &offer, None).await?;
+    send(&conn, &offer, None).await?;
     let lock = g.lock.as_fd().try_clone_to_owned()?;
-    send(conn, &Msg::Lock, Some(&lock)).await?;
+    send(&conn, &Msg::Lock, Some(&lock)).await?;
     let servers = [
         AdminServer::Admin,
         AdminServer::Metrics,
         AdminServer::Readiness,
     ];
     for (server, fd) in servers.into_iter().zip(&g.admin) {
-        send(conn, &Msg::Admin { server }, Some(fd)).await?;
+        send(&conn, &Msg::Admin { server }, Some(fd)).await?;
     }
     for p in &pods {
         let pod = Msg::Pod {
@@ -239,22 +158,19 @@ async fn give(conn: &SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
             netns: p.netns_label.clone(),
             capture_rules: p.capture_rules,
         };
-        send(conn, &pod, Some(&p.netns)).await?;
+        send(&conn, &pod, Some(&p.netns)).await?;
         for (kind, addr, fd) in &p.listeners {
             let l = Msg::Listener {
                 pod: p.uid.clone(),
                 kind: (*kind).into(),
                 addr: *addr,
             };
-            send(conn, &l, Some(fd)).await?;
+            send(&conn, &l, Some(fd)).await?;
         }
     }
-    send(conn, &Msg::Done, None).await?;
+    send(&conn, &Msg::Done, None).await?;
     // Our copies of the fds close here; the new process holds its own.
     drop(pods);
-    let (verdict, _) = recv(conn, READY_TIMEOUT, "while waiting for ready").await?;
-    session::on_verdict(&verdict)?;
-    // Best effort: the new process serves either way.
-    let _ = send(conn, &Msg::Released, None).await;
+    frame::finish::<Msg>(&conn).await?;
     Ok(new_pid)
 }

@@ -342,6 +342,9 @@ fn waypoint_settings(common: CommonFlags) -> Settings {
         sniff_timeout: Duration::from_secs(1),
         max_header_bytes: 64 * 1024,
         max_concurrent_streams: 256,
+        handover_socket: None,
+        takeover: None,
+        handover_drain_deadline: Duration::from_secs(3600),
     }
 }
 

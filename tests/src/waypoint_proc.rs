@@ -63,6 +63,9 @@ pub struct Waypoint {
     pub metrics: SocketAddr,
     pub readiness: SocketAddr,
     log: PathBuf,
+    /// How it was started, for a successor ([`Waypoint::take_over`]).
+    netns_name: String,
+    args: WaypointArgs,
 }
 
 impl Waypoint {
@@ -91,36 +94,52 @@ impl Waypoint {
         feed: Feed,
         spec: &WaypointSpec<'_>,
     ) -> Result<Waypoint> {
-        let bin = waypoint_bin()?;
         let pod = topo
             .pod(spec.pod)
             .ok_or_else(|| anyhow!("no pod {} in topology", spec.pod))?;
         let tag = format!("waypoint-{}", spec.pod);
-        let addrs_file = files.path(&format!("{tag}-addrs.json"));
-        let log = files.path(&format!("{tag}.log"));
-        let _ = std::fs::remove_file(&addrs_file);
         let args = WaypointArgs {
             name: spec.name.into(),
             service_account: spec.service_account.into(),
             feed,
-            bound_addrs_file: addrs_file.clone(),
+            bound_addrs_file: files.path(&format!("{tag}-addrs.json")),
             extra: spec.extra.iter().map(|s| s.to_string()).collect(),
         };
+        Waypoint::launch(
+            spec.pod,
+            pod.netns_name(),
+            pod.netns()?,
+            args,
+            files.path(&format!("{tag}.log")),
+        )
+    }
+
+    /// Runs the binary with `args` in the pod's netns, waits for its bound
+    /// addresses and its readiness.
+    fn launch(
+        pod: &str,
+        netns_name: &str,
+        netns: NetNs,
+        args: WaypointArgs,
+        log: PathBuf,
+    ) -> Result<Waypoint> {
+        let bin = waypoint_bin()?;
+        let addrs_file = args.bound_addrs_file.clone();
+        let _ = std::fs::remove_file(&addrs_file);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", pod.netns_name()])
+        cmd.args(["netns", "exec", netns_name])
             .arg(&bin)
             .args(args.argv());
         let out = std::fs::File::create(&log)?;
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let netns = pod.netns()?;
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawning {} in {}", bin.display(), pod.netns_name()))?;
+            .with_context(|| format!("spawning {} in {netns_name}", bin.display()))?;
         let unset: SocketAddr = "0.0.0.0:0".parse()?;
         let mut wp = Waypoint {
-            pod: spec.pod.to_string(),
+            pod: pod.to_string(),
             child: OwnedChild::new(child),
             netns,
             hbone: unset,
@@ -128,6 +147,8 @@ impl Waypoint {
             metrics: unset,
             readiness: unset,
             log,
+            netns_name: netns_name.to_string(),
+            args,
         };
         let addrs = wp.wait_addrs(&addrs_file)?;
         let get = |k: &str| -> Result<SocketAddr> {
@@ -146,6 +167,44 @@ impl Waypoint {
         })
         .map_err(|e| anyhow!("{e}\n{}", wp.log()))?;
         Ok(wp)
+    }
+
+    /// A successor that takes over from this waypoint through the
+    /// `--handover-socket` it was started with (`--takeover`, that path),
+    /// logging to `waypoint-<pod>-<tag>.log`; waits for it as for the first.
+    /// Fails, with its log, if it exits at start.
+    pub fn take_over(&self, tag: &str) -> Result<Waypoint> {
+        let socket = self
+            .args
+            .extra
+            .iter()
+            .position(|a| a == "--handover-socket")
+            .and_then(|i| self.args.extra.get(i + 1))
+            .ok_or_else(|| anyhow!("waypoint {} has no --handover-socket", self.pod))?
+            .clone();
+        self.take_over_via(tag, &socket)
+    }
+
+    /// [`take_over`](Self::take_over) through `socket`, whatever this one offers on.
+    pub fn take_over_via(&self, tag: &str, socket: &str) -> Result<Waypoint> {
+        let socket = socket.to_string();
+        let mut args = self.args.clone();
+        if let Some(i) = args.extra.iter().position(|a| a == "--takeover") {
+            args.extra.drain(i..(i + 2).min(args.extra.len()));
+        }
+        args.extra.extend(["--takeover".to_string(), socket]);
+        let name = |suffix: &str| {
+            self.log
+                .with_file_name(format!("waypoint-{}-{tag}{suffix}", self.pod))
+        };
+        args.bound_addrs_file = name("-addrs.json");
+        Waypoint::launch(
+            &self.pod,
+            &self.netns_name,
+            self.netns.try_clone()?,
+            args,
+            name(".log"),
+        )
     }
 
     /// [`Waypoint::start`] with the fixture's files and CA.

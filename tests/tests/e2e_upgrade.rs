@@ -12,6 +12,11 @@
 //! - A second proxy on the same node (same lock), or on the same pods'
 //!   ports (another runtime dir), refuses to start, naming the first, which
 //!   serves on.
+//! - SIGTERM to the old process while it drains after a take-over (as the
+//!   kubelet sends when the rollout deletes the old pod) keeps its streams.
+//! - The waypoint's hand-over, three times under HTTP, TCP and long-lived
+//!   stream load through it; a take-over through a dead socket fails and
+//!   leaves the running waypoint serving.
 
 use std::time::Duration;
 
@@ -328,4 +333,139 @@ fn sigterm_while_draining_after_a_takeover_keeps_the_streams() {
         .unwrap_or_else(|| panic!("old proxy still running:\n{}", old.log()));
     assert!(status.success(), "{status}\n{}", old.log());
     assert!(old.log().contains("drain complete"), "{}", old.log());
+}
+
+/// The waypoint's hand-over (`--handover-socket` on the running one,
+/// `--takeover` on the new one), three times in a row under load through
+/// it: HTTP requests to an L7 service and TCP echo connections to a
+/// relayed one, each on a new connection, and long-lived TCP streams
+/// relayed by the old processes while they drain. Nothing fails, no
+/// stream loses a byte, and each old process exits once its streams end.
+#[test]
+fn waypoint_takeovers_under_load_lose_no_request_connection_or_byte() {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use trellis_e2e::mesh_kit::use_waypoint_pod;
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 112, 10);
+    const TCP_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 112, 30);
+    const APP_PORT: u16 = 8080;
+    const TCP_PORT: u16 = 9000;
+    const WP: &str = "wp";
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("waypoint-handover.sock");
+    let socket = socket.to_str().unwrap();
+    let mut m = Mesh::builder()
+        .member("node1", "client", "demo", "client")
+        .member("node2", "v1", "demo", "web")
+        .waypoint("node2", WP, "demo", "waypoint")
+        .service("web", WEB_VIP.into(), &[(80, APP_PORT)], &["v1"])
+        .service("tcp", TCP_VIP.into(), &[(TCP_PORT, TCP_PORT)], &["v1"])
+        .configure(|cfg| {
+            use_waypoint_pod(cfg, "web", WP);
+            use_waypoint_pod(cfg, "tcp", WP);
+        })
+        .waypoint_args(&[
+            "--handover-socket",
+            socket,
+            "--handover-drain-deadline",
+            "120s",
+        ])
+        .start()
+        .unwrap_or_else(|e| panic!("starting the mesh: {e:#}"));
+    let _http = HttpServer::start(Some(&m.netns("v1")), m.addr("v1", APP_PORT), "v1").unwrap();
+    let _echo = m.echo("v1", TCP_PORT);
+    let web = SocketAddr::new(WEB_VIP.into(), 80);
+    let tcp = SocketAddr::new(TCP_VIP.into(), TCP_PORT);
+    let load = SteadyLoad::start(LoadSpec {
+        clients: vec![("client".to_string(), m.netns("client"))],
+        echo: vec![tcp],
+        http: vec![web],
+        pace: Duration::from_millis(10),
+    })
+    .unwrap();
+    let mut streams = vec![CountedStream::start(&m.netns("client"), tcp).unwrap()];
+    streams[0].wait_progress(256 << 10, T).unwrap();
+    load.wait_progress(20, T)
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.waypoint(WP).log()));
+
+    // A take-over through a socket nobody offers on fails with the reason,
+    // and the running waypoint serves on.
+    let nobody = dir.path().join("nobody.sock");
+    let err = m
+        .waypoint(WP)
+        .take_over_via("bad", nobody.to_str().unwrap())
+        .err()
+        .expect("a take-over through a dead socket succeeded");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("taking over from the running waypoint failed")
+            && text.contains("nobody.sock"),
+        "{text}"
+    );
+    load.wait_progress(20, T)
+        .unwrap_or_else(|e| panic!("after the failed take-over: {e}"));
+
+    let mut old = Vec::new();
+    for i in 0..3 {
+        let new = m
+            .waypoint(WP)
+            .take_over(&format!("gen{}", i + 1))
+            .unwrap_or_else(|e| panic!("take-over {} of the waypoint: {e:#}", i + 1));
+        let new_pid = new.pid();
+        assert!(
+            new.log()
+                .contains("took over: the old waypoint stopped accepting"),
+            "{}",
+            new.log()
+        );
+        let prev = std::mem::replace(m.waypoint_mut(WP), new);
+        assert_ne!(prev.pid(), new_pid);
+        wait_until(T, "the old waypoint to hand over", || {
+            prev.log().contains("handed over to the new waypoint")
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", prev.log()));
+        old.push(prev);
+        if i == 1 {
+            streams.push(CountedStream::start(&m.netns("client"), tcp).unwrap());
+        }
+        load.wait_progress(20, T)
+            .unwrap_or_else(|e| panic!("after take-over {}: {e}\n{}", i + 1, m.waypoint(WP).log()));
+        // The new process serves: requests are counted by it, not only the old.
+        wait_until(T, "requests through the new waypoint", || {
+            m.waypoint(WP).metric("istio_requests_total", &[]) >= 5.0
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.waypoint(WP).log()));
+        for s in &streams {
+            s.wait_progress(64 << 10, T)
+                .unwrap_or_else(|e| panic!("after take-over {}: {e}", i + 1));
+        }
+    }
+    let report = load.finish();
+    assert_eq!(
+        (report.conn_failed, report.http_failed),
+        (0, 0),
+        "{report:#?}"
+    );
+    assert!(report.conn_ok >= 60 && report.http_ok >= 60, "{report:#?}");
+    for s in streams {
+        let r = s.finish();
+        assert_eq!(r.error, None, "a long-lived stream failed: {r:?}");
+        assert_eq!(r.first_mismatch, None, "{r:?}");
+        assert_eq!(r.received, r.sent, "{r:?}");
+    }
+    // With their streams ended, the old processes finish their drain and exit.
+    for mut p in old {
+        let status = p
+            .wait_exit(T)
+            .unwrap_or_else(|| panic!("old waypoint {} still running:\n{}", p.pid(), p.log()));
+        assert!(status.success(), "{status}\n{}", p.log());
+        assert!(p.log().contains("drain complete"), "{}", p.log());
+    }
+    assert!(m.waypoint(WP).ready().unwrap());
+    let reply =
+        trellis_e2e::l7kit::http1_request(Some(&m.netns("client")), web, "GET", "/", &[], b"")
+            .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
 }

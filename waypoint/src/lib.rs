@@ -19,6 +19,7 @@ pub mod app;
 pub mod authz;
 pub mod body;
 pub mod filters;
+pub mod handover;
 pub mod headers;
 pub mod inbound;
 pub mod lb;

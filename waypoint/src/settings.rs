@@ -47,6 +47,24 @@ pub struct Settings {
     /// Concurrent HTTP/2 streams per downstream connection.
     #[arg(long, default_value_t = 256)]
     pub max_concurrent_streams: u32,
+    /// Offer this waypoint's listeners to a new process on this Unix socket
+    /// (mode 0600), for an upgrade in place (a VM, a systemd unit, the local
+    /// demo): the new one starts with `--takeover <the same path>`. Off by
+    /// default: in Kubernetes a waypoint is a Deployment, whose new pod has
+    /// a netns and address of its own, and rolls by surge and drain instead.
+    #[arg(long, value_name = "SOCKET")]
+    pub handover_socket: Option<std::path::PathBuf>,
+    /// Take over from the waypoint offering its listeners on this socket:
+    /// this process receives the HBONE, admin, metrics and readiness
+    /// listeners (and runs one worker per HBONE listener), serves them, and
+    /// only then does the old one stop accepting and drain. Any failure
+    /// leaves the old one serving.
+    #[arg(long, value_name = "SOCKET")]
+    pub takeover: Option<std::path::PathBuf>,
+    /// After handing over, the old process drains this long at most: its
+    /// connections run to their natural end until then.
+    #[arg(long, value_parser = duration, default_value = "1h")]
+    pub handover_drain_deadline: Duration,
 }
 
 impl Settings {

@@ -1,6 +1,5 @@
-//! The hand-over wire format: one JSON object per SEQPACKET packet, with at
-//! most one fd attached (SCM_RIGHTS). JSON because the messages are few and
-//! small (one per listener), and a person can read them in a trace.
+//! The hand-over messages: one JSON object per SEQPACKET packet, with at
+//! most one fd attached (SCM_RIGHTS), through `trellis_netns::fdmsg`.
 //!
 //! The conversation (new = the process taking over, old = the running one):
 //!
@@ -18,17 +17,15 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
+pub use trellis_netns::fdmsg::{FdMessage, FdMsgError as ProtoError};
 
 use crate::context::ListenerKind;
 use crate::pods::Origin;
 
 /// The protocol version both sides must speak.
 pub const VERSION: u32 = 1;
-/// Largest message; ours are far smaller.
-pub const MAX_PACKET: usize = 16 * 1024;
 
 /// One of the admin thread's listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,9 +111,8 @@ pub enum Msg {
     Released,
 }
 
-impl Msg {
-    /// The message's name, for errors.
-    pub fn name(&self) -> &'static str {
+impl FdMessage for Msg {
+    fn name(&self) -> &'static str {
         match self {
             Msg::Hello { .. } => "hello",
             Msg::Offer { .. } => "offer",
@@ -132,59 +128,12 @@ impl Msg {
         }
     }
 
-    /// Whether the message carries exactly one fd (else none).
-    pub fn carries_fd(&self) -> bool {
+    fn carries_fd(&self) -> bool {
         matches!(
             self,
             Msg::Lock | Msg::Admin { .. } | Msg::Pod { .. } | Msg::Listener { .. }
         )
     }
-
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing these plain types cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
-    }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ProtoError {
-    #[error("hand-over message longer than {MAX_PACKET} bytes (cut short)")]
-    Truncated,
-    #[error("hand-over message came with more fds than it may carry (the extra ones were closed)")]
-    FdsTruncated,
-    #[error("malformed hand-over message: {0}")]
-    Malformed(String),
-    #[error("hand-over message {msg} came with {got} fd(s), expected {want}")]
-    FdCount {
-        msg: &'static str,
-        want: usize,
-        got: usize,
-    },
-}
-
-/// Parses one packet. Every fd that came with it is either returned with
-/// the message or closed here, never leaked.
-pub fn decode(
-    data: &[u8],
-    mut fds: Vec<OwnedFd>,
-    truncated: bool,
-    fds_truncated: bool,
-) -> Result<(Msg, Option<OwnedFd>), ProtoError> {
-    if truncated {
-        return Err(ProtoError::Truncated);
-    }
-    if fds_truncated {
-        return Err(ProtoError::FdsTruncated);
-    }
-    let msg: Msg =
-        serde_json::from_slice(data).map_err(|e| ProtoError::Malformed(e.to_string()))?;
-    let want = usize::from(msg.carries_fd());
-    if fds.len() != want {
-        return Err(ProtoError::FdCount {
-            msg: msg.name(),
-            want,
-            got: fds.len(),
-        });
-    }
-    Ok((msg, fds.pop()))
-}
+trellis_netns::impl_conversation!(Msg, VERSION);

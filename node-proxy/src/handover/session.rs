@@ -1,84 +1,48 @@
-//! The hand-over's decisions, apart from the socket: what the old process
-//! answers to a hello and to the new one's verdict, and the new process's
-//! state machine that checks and collects what it is sent. Tested as tables
-//! in `session/tests.rs`.
+//! The hand-over's decisions, apart from the socket: the new process's
+//! state machine that checks and collects what it is sent (the framing,
+//! hello and verdict, is `trellis_netns::handover`'s). Tested as tables in
+//! `session/tests.rs`.
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
-use super::proto::{AdminServer, Msg, ProtoError, VERSION};
+use super::proto::{AdminServer, FdMessage, Msg, ProtoError, VERSION};
 use crate::context::ListenerKind;
 use crate::pods::Origin;
+use trellis_netns::handover::ConvError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
+    /// The wire and the framing: a malformed message, a timeout, a closed
+    /// socket, a refusal, an unexpected message.
     #[error(transparent)]
-    Proto(#[from] ProtoError),
-    #[error("the running node proxy refused the hand-over: {0}")]
-    Refused(String),
+    Conv(#[from] ConvError),
     #[error("the running node proxy speaks hand-over version {theirs}, this one {VERSION}; upgrade through a version that speaks both")]
     Version { theirs: u32 },
-    #[error("unexpected hand-over message {got} {when}")]
-    Unexpected {
-        got: &'static str,
-        when: &'static str,
-    },
     #[error("hand-over sent {what} twice")]
     Duplicate { what: String },
     #[error("hand-over sent a listener of pod {0} before the pod itself")]
     UnknownPod(String),
     #[error("hand-over incomplete: {0}")]
     Incomplete(String),
-    #[error("the new node proxy gave up: {0}")]
-    Aborted(String),
-    #[error("the other side closed the hand-over socket {when}")]
-    Closed { when: &'static str },
-    #[error("no hand-over message within {secs}s {when}")]
-    Timeout { secs: u64, when: &'static str },
-    #[error("hand-over socket {path}: {source}; is the running node proxy's --handover-socket this path?")]
-    Connect {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("hand-over socket i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot hand over: {0}")]
     Local(String),
 }
 
-/// The old process's answer to a new connection's first message.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HelloDecision {
-    /// Send everything.
-    Offer,
-    /// Say no, and keep serving.
-    Refuse(String),
-}
-
-/// `draining`: this process is stopping already, so it has nothing to hand.
-pub fn on_hello(msg: &Msg, draining: bool) -> HelloDecision {
-    match msg {
-        Msg::Hello { version, .. } if *version != VERSION => HelloDecision::Refuse(format!(
-            "hand-over version {version} is not spoken here (this proxy speaks {VERSION})"
-        )),
-        Msg::Hello { .. } if draining => {
-            HelloDecision::Refuse("this node proxy is already draining".into())
-        }
-        Msg::Hello { .. } => HelloDecision::Offer,
-        other => HelloDecision::Refuse(format!("expected hello, got {}", other.name())),
+impl From<ProtoError> for HandoverError {
+    fn from(e: ProtoError) -> Self {
+        HandoverError::Conv(e.into())
     }
 }
 
-/// The old process's reading of the new one's verdict, after `done`.
-pub fn on_verdict(msg: &Msg) -> Result<(), HandoverError> {
-    match msg {
-        Msg::Ready => Ok(()),
-        Msg::Abort { reason } => Err(HandoverError::Aborted(reason.clone())),
-        other => Err(HandoverError::Unexpected {
-            got: other.name(),
-            when: "while waiting for ready",
-        }),
+impl HandoverError {
+    fn unexpected(got: &Msg, when: &'static str) -> HandoverError {
+        HandoverError::Conv(ConvError::Unexpected {
+            got: got.name(),
+            when,
+        })
     }
 }
 
@@ -155,7 +119,7 @@ impl Taker {
                 self.state = State::Receiving;
                 Ok(Step::More)
             }
-            (State::AwaitOffer, Msg::Refuse { reason }) => Err(HandoverError::Refused(reason)),
+            (State::AwaitOffer, Msg::Refuse { reason }) => Err(ConvError::Refused(reason).into()),
             (State::Receiving, Msg::Lock) => {
                 put_once(&mut self.lock, fd, "the lock")?;
                 Ok(Step::More)
@@ -226,14 +190,14 @@ impl Taker {
                 Ok(Step::More)
             }
             (State::Receiving, Msg::Done) => self.complete(),
-            (state, other) => Err(HandoverError::Unexpected {
-                got: other.name(),
-                when: match state {
+            (state, other) => Err(HandoverError::unexpected(
+                &other,
+                match state {
                     State::AwaitOffer => "before the offer",
                     State::Receiving => "while receiving listeners",
                     State::Complete => "after done",
                 },
-            }),
+            )),
         }
     }
 

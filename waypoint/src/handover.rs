@@ -1,0 +1,112 @@
+//! Upgrading a waypoint in place: the running process hands its listening
+//! sockets (each worker's HBONE socket, admin, metrics, readiness) to a new
+//! process over a Unix SEQPACKET socket with SCM_RIGHTS, as the node proxy
+//! does ([`session`] has the conversation and the decisions).
+//!
+//! The sockets are shared, not copied: the same listening socket, its
+//! SO_REUSEPORT group and its accept queue. The new process starts
+//! accepting on them first, then says `ready`; only then does the old one
+//! stop accepting (closing its copies leaves the sockets open in the new
+//! one, so no connection waiting in a queue is lost), tell its HBONE peers
+//! to go away (GOAWAY, so their pools open new connections, which the new
+//! process accepts) and drain what is in flight, up to
+//! `--handover-drain-deadline`.
+//!
+//! Any failure before `ready` leaves the old process as it was (it never
+//! stopped accepting), and the new one exits with the error. The new side
+//! gives up on its config and certificate after [`SYNC_TIMEOUT`], well
+//! inside the old side's wait for `ready`, so it always decides first. The
+//! framing is shared with the node proxy (`trellis_netns::handover`).
+
+pub mod session;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use trellis_netns::handover as frame;
+use trellis_netns::seqpacket::{SeqpacketConn, SeqpacketListener};
+
+use session::{Bundle, HandoverError, Listener, Msg, Step, Taker, VERSION};
+
+/// The new process waits this long at most for its config and certificate
+/// before it gives up (and the old one keeps serving); well inside the old
+/// side's wait for `ready` (`trellis_netns::handover::READY_TIMEOUT`).
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The new process: connects to `path` and receives everything. The old
+/// process keeps serving until the new one confirms
+/// (`trellis_netns::handover::confirm`).
+pub async fn take(path: &Path) -> Result<(Bundle, SeqpacketConn), HandoverError> {
+    let mut taker = Taker::default();
+    frame::take::<Msg, _, _>(path, |msg, fd| match taker.on(msg, fd)? {
+        Step::Complete(bundle) => Ok(Some(bundle)),
+        Step::More => Ok(None),
+    })
+    .await
+}
+
+/// What the running process hands over: dups of its listeners.
+pub struct Giver {
+    pub hbone: Vec<OwnedFd>,
+    /// Admin, metrics, readiness.
+    pub admin: [OwnedFd; 3],
+    pub draining: trellis_core::drain::DrainWatcher,
+}
+
+/// The running process: serves hand-over requests on `listener` until one
+/// succeeds (then sets `handed_over` and cancels `stop`, which starts the
+/// drain) or `stop` fires.
+pub async fn serve(
+    listener: SeqpacketListener,
+    giver: Giver,
+    stop: CancellationToken,
+    handed_over: Arc<AtomicBool>,
+) {
+    let handed = frame::serve(
+        listener,
+        stop.cancelled(),
+        &handed_over,
+        |conn| give(conn, &giver),
+        |e: HandoverError| warn!(error = %e, "hand-over failed; this waypoint serves on as before"),
+    )
+    .await;
+    if let Some(new_pid) = handed {
+        info!(
+            new_pid,
+            "handed over to the new waypoint; stopped accepting, draining"
+        );
+        stop.cancel();
+    }
+}
+
+/// One hand-over attempt; returns the new process's pid.
+async fn give(conn: SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
+    let new_pid = frame::greet::<Msg>(&conn, g.draining.is_draining()).await?;
+    info!(
+        new_pid,
+        "a new waypoint asks to take over; handing over the listeners"
+    );
+    let offer = Msg::Offer {
+        version: VERSION,
+        pid: std::process::id(),
+        hbone: g.hbone.len() as u32,
+    };
+    frame::send(&conn, &offer, None).await?;
+    let admin = [Listener::Admin, Listener::Metrics, Listener::Readiness];
+    let all = g
+        .hbone
+        .iter()
+        .map(|fd| (Listener::Hbone, fd))
+        .chain(admin.into_iter().zip(&g.admin));
+    for (server, fd) in all {
+        frame::send(&conn, &Msg::Listener { server }, Some(fd)).await?;
+    }
+    frame::send(&conn, &Msg::Done, None).await?;
+    frame::finish::<Msg>(&conn).await?;
+    Ok(new_pid)
+}
