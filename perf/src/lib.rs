@@ -17,6 +17,7 @@
 //! * [`l7`]: the waypoint benchmark.
 //! * [`cp`]: the control plane at scale (`trellis-cp-bench`).
 //! * [`sidecars`]: Envoy sidecar meshes to compare with (issue 15).
+//! * [`plots`]: charts of the results as SVG and PNG (`trellis-plots`).
 //! * [`handover`]: the node proxy's hand-over: accept gap and memory overlap (issue 16).
 
 pub mod calibrate;
@@ -28,6 +29,7 @@ pub mod hist;
 pub mod http_load;
 pub mod l7;
 pub mod latency;
+pub mod plots;
 pub mod proc_stats;
 pub mod report;
 pub mod run;

@@ -1,0 +1,99 @@
+//! trellis-plots: the charts of the results in perf/results, as SVG and PNG
+//! (issue 15): memory against pods per node, memory against mesh size.
+//!
+//! ```text
+//! cargo run --release -p trellis-perf --bin trellis-plots -- [--results DIR] [--out DIR]
+//! ```
+//!
+//! Reads `latest.json` (or `sidecars-quick.json`) and `mesh-size.json` from
+//! the results folder; writes `<chart>.svg` and `<chart>.png` into the out
+//! folder (default: the results folder's `plots/`). A chart whose results
+//! are missing is left out with a note; no chart at all is an error.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use trellis_perf::plots::{self, Chart, PlotError};
+
+fn usage() -> &'static str {
+    "usage: trellis-plots [--results DIR] [--out DIR]\n\
+     \n  --results DIR   where the benches wrote their JSON; default perf/results\
+     \n  --out DIR       where the charts go; default <results>/plots\n"
+}
+
+/// The first of `names` in `dir` that exists.
+fn first_of(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(|n| dir.join(n)).find(|p| p.is_file())
+}
+
+/// Each chart: its file stem, and how to build it from the results (None:
+/// its results are not there).
+fn charts(results: &Path) -> Vec<(&'static str, Result<Option<Chart>, PlotError>)> {
+    // The first result that has the pods-per-node memory (a run with
+    // --no-sidecars has none).
+    let pods = ["latest.json", "sidecars-quick.json"]
+        .iter()
+        .map(|n| results.join(n))
+        .filter(|p| p.is_file())
+        .map(|p| plots::read_json(&p).map(|doc| (doc, p)))
+        .find(|r| {
+            r.as_ref()
+                .map_or(true, |(doc, _)| doc.get("pods_memory").is_some())
+        });
+    let pods = match pods {
+        Some(Ok((doc, p))) => {
+            plots::rows(&doc, "pods_memory", &p).map(|r| Some(plots::memory_vs_pods(r)))
+        }
+        Some(Err(e)) => Err(e),
+        None => Ok(None),
+    };
+    let size = match first_of(results, &["mesh-size.json"]) {
+        Some(p) => plots::read_json(&p)
+            .and_then(|doc| plots::rows(&doc, "mesh_size", &p).map(plots::memory_vs_mesh_size))
+            .map(Some),
+        None => Ok(None),
+    };
+    vec![("memory-vs-pods", pods), ("memory-vs-mesh-size", size)]
+}
+
+fn main() -> Result<()> {
+    let mut results = PathBuf::from("perf/results");
+    let mut out = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = |name: &str| {
+            args.next()
+                .map(PathBuf::from)
+                .with_context(|| format!("{name} needs a value\n{}", usage()))
+        };
+        match a.as_str() {
+            "--results" => results = val("--results")?,
+            "--out" => out = Some(val("--out")?),
+            "-h" | "--help" => {
+                print!("{}", usage());
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{}", usage()),
+        }
+    }
+    let out = out.unwrap_or_else(|| results.join("plots"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut drawn = 0;
+    for (stem, chart) in charts(&results) {
+        match chart? {
+            Some(c) => {
+                let [svg, png] = plots::render(&c, &out, stem)?;
+                println!("{} and {}", svg.display(), png.display());
+                drawn += 1;
+            }
+            None => eprintln!(
+                "note: no results for {stem} in {}; left out",
+                results.display()
+            ),
+        }
+    }
+    if drawn == 0 {
+        bail!("no results to plot in {}", results.display());
+    }
+    Ok(())
+}
