@@ -82,6 +82,6 @@ fuzz_target!(|data: &[u8]| {
     let mut h = headers.clone();
     let mut rng = fastrand::Rng::with_seed(1);
     let _ = propagate(&mut h, &mut rng);
-    strip_hop_by_hop(&mut h, data.len() % 2 == 0);
+    strip_hop_by_hop(&mut h, data.len().is_multiple_of(2));
     assert!(!h.contains_key(http::header::CONNECTION));
 });
