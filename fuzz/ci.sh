@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for a bounded time (TRELLIS_FUZZ_SECONDS, default
-# 25 s each) from its seeds in fuzz/seeds/, failing on the first crash. Not
-# called by tests/run yet (the lead decides). Stable toolchain: cargo-fuzz with --sanitizer none needs no
-# nightly (libFuzzer's coverage comes from -Cpasses=sancov-module, a stable
-# flag). Crashing inputs land in fuzz/artifacts/<target>/.
+# 25 s each) from its seeds in fuzz/seeds/, and fails if any crashed.
+# tests/run (and so .ci/run) calls it after the tests pass. Stable
+# toolchain: cargo-fuzz with --sanitizer none needs no nightly (libFuzzer's
+# coverage comes from -Cpasses=sancov-module, a stable flag). Crashing
+# inputs land in fuzz/artifacts/<target>/.
 set -euo pipefail
 
 cd "$(dirname "$0")"
 
-say() { printf '\n==> %s\n' "$*"; }
+say() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 # Pinned: a new cargo-fuzz may change its flags or libFuzzer defaults.
 CARGO_FUZZ_VERSION=0.13.1
@@ -26,6 +27,11 @@ fi
 # grow lives there too.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/trellis/fuzz-target}"
 corpus="$CARGO_TARGET_DIR/corpus"
+
+# cargo fuzz has no --locked: check first that fuzz/Cargo.lock is current,
+# so that CI builds what the repository pins and never rewrites it.
+say "fetching the fuzz crate's dependencies (fuzz/Cargo.lock, --locked)"
+cargo fetch --locked --target "$(rustc -vV | sed -n 's/^host: //p')"
 
 say "building the fuzz targets (into $CARGO_TARGET_DIR, kept between runs)"
 cargo fuzz build --sanitizer none

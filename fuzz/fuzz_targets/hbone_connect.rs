@@ -5,18 +5,14 @@
 //! Input: first line `METHOD AUTHORITY`, then `name: value` lines.
 #![no_main]
 use hbone::ConnectRequest;
-use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Uri};
+use http::{Method, Uri};
 use libfuzzer_sys::fuzz_target;
 use trellis_core::baggage::Baggage;
+use trellis_fuzz::head;
 
 fuzz_target!(|data: &[u8]| {
-    let mut lines = data.split(|&b| b == b'\n');
-    let first = lines.next().unwrap_or_default();
-    let (method, authority) = match first.iter().position(|&b| b == b' ') {
-        Some(i) => (&first[..i], &first[i + 1..]),
-        None => (&b"CONNECT"[..], first),
-    };
+    let mut lines = head::lines(data);
+    let (method, authority) = head::request_line(lines.next().unwrap_or_default(), b"CONNECT");
     let Ok(method) = Method::from_bytes(method) else {
         return;
     };
@@ -32,19 +28,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(_) => Uri::default(),
     };
-    let mut headers = HeaderMap::new();
-    for line in lines {
-        let Some(i) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let value = line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..]);
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(&line[..i]),
-            HeaderValue::from_bytes(value),
-        ) {
-            headers.append(n, v);
-        }
-    }
+    let headers = head::headers(lines);
     let _ = Baggage::from_headers(&headers);
     match ConnectRequest::from_http(&method, &uri, &headers) {
         Ok(req) => {

@@ -6,10 +6,11 @@
 #![no_main]
 use std::sync::OnceLock;
 
-use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri};
+use http::header::HeaderValue;
+use http::{Method, Request, Uri};
 use libfuzzer_sys::fuzz_target;
 use trellis_api::config::{parse, LocalConfig};
+use trellis_fuzz::head;
 use trellis_waypoint::headers::{propagate, strip_hop_by_hop};
 use trellis_waypoint::route::{Decision, RequestView, RouteTable};
 
@@ -25,12 +26,8 @@ fn table() -> &'static (RouteTable, LocalConfig) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut lines = data.split(|&b| b == b'\n');
-    let first = lines.next().unwrap_or_default();
-    let (method, uri) = match first.iter().position(|&b| b == b' ') {
-        Some(i) => (&first[..i], &first[i + 1..]),
-        None => (&b"GET"[..], first),
-    };
+    let mut lines = head::lines(data);
+    let (method, uri) = head::request_line(lines.next().unwrap_or_default(), b"GET");
     let (Ok(method), Ok(uri)) = (Method::from_bytes(method), Uri::try_from(uri)) else {
         return;
     };
@@ -42,19 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(host) = host.to_str().map(str::to_ascii_lowercase) else {
         return;
     };
-    let mut headers = HeaderMap::new();
-    for line in lines {
-        let Some(i) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let value = line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..]);
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(&line[..i]),
-            HeaderValue::from_bytes(value),
-        ) {
-            headers.append(n, v);
-        }
-    }
+    let headers = head::headers(lines);
     let (table, cfg) = table();
     let view = RequestView {
         method: &method,
@@ -97,6 +82,6 @@ fuzz_target!(|data: &[u8]| {
     let mut h = headers.clone();
     let mut rng = fastrand::Rng::with_seed(1);
     let _ = propagate(&mut h, &mut rng);
-    strip_hop_by_hop(&mut h, data.len() % 2 == 0);
+    strip_hop_by_hop(&mut h, data.len().is_multiple_of(2));
     assert!(!h.contains_key(http::header::CONNECTION));
 });

@@ -1,0 +1,3 @@
+//! Code the fuzz targets share.
+
+pub mod head;
