@@ -28,6 +28,7 @@ use trellis_perf::sidecars::columns::{self, Column};
 use trellis_perf::sidecars::envoy::Envoy;
 use trellis_perf::sidecars::mesh::{start_mesh, MeshPod, MeshSpec, Sidecar};
 use trellis_perf::sidecars::mesh_size::{self, MeshSize};
+use trellis_perf::sidecars::pod_start;
 use trellis_perf::sidecars::pods_memory::{self, PodsMemory};
 use trellis_perf::topo::{self, BenchTopo, NodeProxy, NAMESPACE, TRUST_DOMAIN};
 use trellis_perf::{throughput, LOADGEN_CPU, SERVER_CPU};
@@ -68,6 +69,7 @@ struct Opts {
 enum Only {
     MeshSize,
     Handover,
+    PodStart,
 }
 
 impl Only {
@@ -75,7 +77,10 @@ impl Only {
         match s {
             "mesh-size" => Ok(Only::MeshSize),
             "handover" => Ok(Only::Handover),
-            other => bail!("--only {other:?}: the parts that run alone are: mesh-size, handover"),
+            "pod-start" => Ok(Only::PodStart),
+            other => bail!(
+                "--only {other:?}: the parts that run alone are: mesh-size, handover, pod-start"
+            ),
         }
     }
 }
@@ -91,7 +96,8 @@ fn usage() -> &'static str {
      \n  --services LIST  services in the memory against mesh size; default 100,1000,10000\
      \n  --only PART      run only PART: mesh-size (writes mesh-size.{json,md}), or handover: the node\
      \n                   proxy taken over in turn on both nodes under a new connection every 1 ms\
-     \n                   (writes handover.{json,md})\n"
+     \n                   (writes handover.{json,md}); or pod-start: from a pod's start to its first\
+     \n                   meshed request, ambient against sidecars (writes pod-start.{json,md})\n"
 }
 
 fn parse_args() -> Result<Opts> {
@@ -607,6 +613,48 @@ fn main_handover(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> R
     Ok(())
 }
 
+/// `--only pod-start`: from a pod's start until its first meshed request,
+/// into `pod-start.{json,md}`.
+fn main_pod_start(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> Result<()> {
+    let envoy = Envoy::locate()?;
+    say(format!("envoy {} ({})", envoy.version, envoy.bin.display()));
+    let trials = if o.quick { 3 } else { 10 };
+    let bt = BenchTopo::build(3 * trials)?;
+    let server_ns = bt.server.netns()?;
+    let echo_addr = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    let _echo = EchoServer::start(&server_ns, echo_addr, SERVER_CPU)?;
+    say(format!(
+        "{trials} fresh pods per shape, each until its first echo through the mesh"
+    ));
+    let rows = pod_start::measure(&bt, proxy_bin, &envoy, echo_addr, trials, SERVER_CPU)?;
+    let load_end = read_trim("/proc/loadavg");
+    let mut notes = begun.notes("pod-start", &load_end);
+    notes.push(format!(
+        "the proxies (node proxies --workers 1, Envoy {} --concurrency 1) on CPU {SERVER_CPU}; the pods' clients on CPU {SERVER_CPU} too, trying an echo every 1 ms",
+        envoy.version
+    ));
+    let title = "From a pod's start to its first meshed request";
+    let mut md = format!("# {title}\n\n");
+    for n in &notes {
+        md += &format!("- {n}\n");
+    }
+    md += "\nt0: the node proxy is asked to enroll the pod (ambient), or the pod's proxy is started \
+           (sidecars; Envoy's certificate, bootstrap and capture rules written first, as an injected \
+           sidecar's start does); t1: the first 1-byte echo from the pod to the server pod on the \
+           other node that succeeds, checked to have gone through the pod's proxy.\n\n";
+    md += &pod_start::markdown(&rows);
+    let doc = json!({
+        "title": title,
+        "notes": notes,
+        "git": git_rev(),
+        "envoy": {"version": envoy.version},
+        "pod_start": rows.iter().map(pod_start::PodStart::to_json).collect::<Vec<_>>(),
+    });
+    write_results(&o.out, "pod-start", &doc, &md)?;
+    println!("{md}");
+    Ok(())
+}
+
 fn rss_of(p: &NodeProxy) -> Result<u64> {
     proc_stats::rss_kib(p.pid).with_context(|| format!("reading the {} proxy's RSS", p.node))
 }
@@ -631,6 +679,7 @@ fn main() -> Result<()> {
     match o.only {
         Some(Only::MeshSize) => return main_mesh_size(&o, &proxy_bin, &begun),
         Some(Only::Handover) => return main_handover(&o, &proxy_bin, &begun),
+        Some(Only::PodStart) => return main_pod_start(&o, &proxy_bin, &begun),
         None => {}
     }
     let (nofile, load_start) = (begun.nofile, &begun.load_start);

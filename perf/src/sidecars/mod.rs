@@ -7,10 +7,12 @@
 //! * [`columns`]: the L4 workloads with one column per mesh (report).
 //! * [`mesh_size`]: one sidecar's and one node proxy's RSS against mesh size.
 //! * [`pods_memory`]: mesh RSS on a node against idle pods per node.
+//! * [`pod_start`]: time from a pod's start until its first meshed request.
 
 pub mod bootstrap;
 pub mod columns;
 pub mod envoy;
 pub mod mesh;
 pub mod mesh_size;
+pub mod pod_start;
 pub mod pods_memory;
