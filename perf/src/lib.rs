@@ -17,9 +17,11 @@
 //! * [`l7`]: the waypoint benchmark.
 //! * [`cp`]: the control plane at scale (`trellis-cp-bench`).
 //! * [`sidecars`]: Envoy sidecar meshes to compare with (issue 15).
+//! * [`chain`]: latency and mesh CPU along a call chain, every column (issue 15 §2.3-4).
 
 pub mod calibrate;
 pub mod callgrind;
+pub mod chain;
 pub mod conn_rate;
 pub mod cp;
 pub mod hist;
