@@ -195,6 +195,9 @@ pub fn fixed_rate(ns: &NetNs, cpu: usize, dst: SocketAddr, cfg: RateConfig) -> R
     sys::on_pinned_thread("bench-http", cpu, ns, move || fixed_rate_threads(dst, cfg))
 }
 
+/// Requests each connection sends, checked, before the schedule starts.
+pub const WARMUP_PER_CONN: u64 = 10;
+
 fn fixed_rate_threads(dst: SocketAddr, cfg: RateConfig) -> Result<RateResult> {
     let req = request(dst);
     let total = (cfg.rate * cfg.duration.as_secs_f64()).round() as u64;
@@ -204,7 +207,7 @@ fn fixed_rate_threads(dst: SocketAddr, cfg: RateConfig) -> Result<RateResult> {
     let mut buf = Vec::new();
     for _ in 0..conns {
         let mut s = connect(dst, cfg.timeout)?;
-        for _ in 0..10 {
+        for _ in 0..WARMUP_PER_CONN {
             let status = one_request(&mut s, &req, &mut buf)?;
             if status != 200 {
                 bail!("warm-up request got HTTP {status}");

@@ -19,9 +19,11 @@
 //! * [`sidecars`]: Envoy sidecar meshes to compare with (issue 15).
 //! * [`plots`]: charts of the results as SVG and PNG (`trellis-plots`).
 //! * [`handover`]: the node proxy's hand-over: accept gap and memory overlap (issue 16).
+//! * [`chain`]: latency and mesh CPU along a call chain, every column (issue 15 §2.3-4).
 
 pub mod calibrate;
 pub mod callgrind;
+pub mod chain;
 pub mod conn_rate;
 pub mod cp;
 pub mod handover;

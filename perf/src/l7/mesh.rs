@@ -199,7 +199,21 @@ impl WaypointProc {
         wrapper: &[&str],
         ready_within: Duration,
     ) -> Result<WaypointProc> {
-        let dir = t.bt.dir();
+        Self::start_in(&t.bt, &t.proxy, bin, cpu, wrapper, ready_within)
+    }
+
+    /// The waypoint `bench/waypoint` (service account `waypoint`) in `pod`
+    /// of `bt`, reading `bt`'s config; otherwise as
+    /// [`start_wrapped`](Self::start_wrapped).
+    pub fn start_in(
+        bt: &BenchTopo,
+        pod: &Pod,
+        bin: &Path,
+        cpu: usize,
+        wrapper: &[&str],
+        ready_within: Duration,
+    ) -> Result<WaypointProc> {
+        let dir = bt.dir();
         let addrs_file = dir.join("waypoint-addrs.json");
         let _ = std::fs::remove_file(&addrs_file);
         let s = |p: PathBuf| p.display().to_string();
@@ -241,17 +255,17 @@ impl WaypointProc {
             "--log",
             &log,
         ]);
-        let mut guard =
-            t.bt.topo
-                .spawn(&t.proxy.name, &argv)
-                .context("starting the waypoint")?;
+        let mut guard = bt
+            .topo
+            .spawn(&pod.name, &argv)
+            .context("starting the waypoint")?;
         // One budget for writing its addresses and then getting ready.
         let deadline = Instant::now() + ready_within;
         let addrs = topo::wait_bound_addrs(&mut guard, &addrs_file, ready_within, "the waypoint")?;
         let addr = |k: &str| addrs.get(k);
         let wp = WaypointProc {
             pid: guard.pid(),
-            ns: t.proxy.netns()?,
+            ns: pod.netns()?,
             metrics: addr("metrics")?,
             readiness: addr("readiness")?,
             guard,
