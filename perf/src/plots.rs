@@ -302,6 +302,59 @@ pub fn memory_vs_mesh_size(rows: &[Value]) -> Chart {
     }
 }
 
+/// Series per column from the chain's cells (`chain.cells` of
+/// `chain-latest.json`): x the depth, y what `value` reads from a cell.
+fn chain_series(cells: &[Value], value: impl Fn(&Value) -> Option<f64>) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::new();
+    for c in cells {
+        let (Some(column), Some(depth), Some(y)) =
+            (c["column"].as_str(), c["depth"].as_f64(), value(c))
+        else {
+            continue;
+        };
+        match out.iter_mut().find(|s| s.name == column) {
+            Some(s) => s.points.push((depth, y)),
+            None => out.push(Series {
+                name: column.to_string(),
+                points: vec![(depth, y)],
+            }),
+        }
+    }
+    out
+}
+
+/// End-to-end p50 and p99 against chain depth, one line per column and
+/// percentile.
+pub fn latency_vs_depth(cells: &[Value]) -> Chart {
+    let mut series = Vec::new();
+    for (q, key) in [("p50", "p50_us"), ("p99", "p99_us")] {
+        for mut s in chain_series(cells, |c| Some(c["load"]["latency"][key].as_f64()? / 1e3)) {
+            s.name = format!("{} {q}", s.name);
+            series.push(s);
+        }
+    }
+    Chart {
+        title: "Latency along a call chain".into(),
+        x_label: "services in the chain".into(),
+        y_label: "end-to-end latency (ms)".into(),
+        log_x: false,
+        log_y: true,
+        series,
+    }
+}
+
+/// The mesh's CPU per 1,000 requests against chain depth, per column.
+pub fn cpu_vs_depth(cells: &[Value]) -> Chart {
+    Chart {
+        title: "Mesh CPU per request along a call chain".into(),
+        x_label: "services in the chain".into(),
+        y_label: "CPU seconds of every proxy on the path per 1,000 requests".into(),
+        log_x: false,
+        log_y: false,
+        series: chain_series(cells, |c| c["mesh_cpu_s_per_1k_req"].as_f64()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +429,36 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn chain_cells_become_one_series_per_column_and_skip_what_is_missing() {
+        let cell = |column: &str, depth: u32, p50: f64, cpu: Option<f64>| {
+            json!({"column": column, "depth": depth, "mesh_cpu_s_per_1k_req": cpu,
+                   "load": {"latency": {"p50_us": p50, "p99_us": p50 * 4.0}}})
+        };
+        let cells = [
+            cell("direct", 1, 300.0, None),
+            cell("ambient", 1, 900.0, Some(0.2)),
+            cell("direct", 3, 500.0, None),
+            cell("ambient", 3, 1500.0, Some(0.7)),
+        ];
+        let cpu = cpu_vs_depth(&cells);
+        assert_eq!(
+            cpu.series,
+            vec![Series {
+                name: "ambient".into(),
+                points: vec![(1.0, 0.2), (3.0, 0.7)]
+            }],
+            "direct has no mesh CPU"
+        );
+        let lat = latency_vs_depth(&cells);
+        let names: Vec<&str> = lat.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["direct p50", "ambient p50", "direct p99", "ambient p99"]
+        );
+        assert_eq!(lat.series[1].points, vec![(1.0, 0.9), (3.0, 1.5)]);
     }
 
     #[test]

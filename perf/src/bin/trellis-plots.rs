@@ -1,12 +1,13 @@
 //! trellis-plots: the charts of the results in perf/results, as SVG and PNG
-//! (issue 15): memory against pods per node, memory against mesh size.
+//! (issue 15): memory against pods per node, memory against mesh size,
+//! latency and mesh CPU per request against call-chain depth.
 //!
 //! ```text
 //! cargo run --release -p trellis-perf --bin trellis-plots -- [--results DIR] [--out DIR]
 //! ```
 //!
-//! Reads `latest.json` (or `sidecars-quick.json`) and `mesh-size.json` from
-//! the results folder; writes `<chart>.svg` and `<chart>.png` into the out
+//! Reads `latest.json` (or `sidecars-quick.json`), `mesh-size.json` and
+//! `chain-latest.json` (or `chain-quick.json`) from the results folder; writes `<chart>.svg` and `<chart>.png` into the out
 //! folder (default: the results folder's `plots/`). A chart whose results
 //! are missing is left out with a note; no chart at all is an error.
 
@@ -53,7 +54,29 @@ fn charts(results: &Path) -> Vec<(&'static str, Result<Option<Chart>, PlotError>
             .map(Some),
         None => Ok(None),
     };
-    vec![("memory-vs-pods", pods), ("memory-vs-mesh-size", size)]
+    let chain = first_of(results, &["chain-latest.json", "chain-quick.json"]).map(|p| {
+        plots::read_json(&p).and_then(|doc| {
+            let cells = plots::rows(&doc["chain"], "cells", &p)?;
+            Ok((plots::latency_vs_depth(cells), plots::cpu_vs_depth(cells)))
+        })
+    });
+    let (latency, cpu) = match chain {
+        Some(Ok((l, c))) => (Ok(Some(l)), Ok(Some(c))),
+        Some(Err(e)) => {
+            let again = PlotError::Input {
+                path: "the chain results".into(),
+                detail: e.to_string(),
+            };
+            (Err(e), Err(again))
+        }
+        None => (Ok(None), Ok(None)),
+    };
+    vec![
+        ("memory-vs-pods", pods),
+        ("memory-vs-mesh-size", size),
+        ("latency-vs-chain-depth", latency),
+        ("cpu-vs-chain-depth", cpu),
+    ]
 }
 
 fn main() -> Result<()> {
