@@ -37,7 +37,7 @@ pub use identity::{Identity, IdentityError};
 pub use pool::{Pool, PoolKey, PoolSettings, PoolStats};
 pub use quiet::quiet;
 pub use request::{RequestError, TRACEPARENT};
-pub use server::{serve, serve_with_shutdown, tls_accept, IncomingRequest};
+pub use server::{serve, serve_with_shutdown, tls_accept, IncomingRequest, PREFACE_TIMEOUT};
 pub use settings::H2Settings;
 pub use stream::{copy_bidirectional, H2Stream};
 pub use tls::{client_config, peer_identity, server_config, TlsError, TrustBundle, WorkloadCert};
