@@ -17,8 +17,11 @@
 //! * [`l7`]: the waypoint benchmark.
 //! * [`cp`]: the control plane at scale (`trellis-cp-bench`).
 //! * [`sidecars`]: Envoy sidecar meshes to compare with (issue 15).
+//! * [`attack`]: HTTP/2 attacks on the HBONE ports, against a victim's traffic (issue 16).
+//! * [`soak`]: many connections through one node proxy for minutes (issue 16).
 //! * [`handover`]: the node proxy's hand-over: accept gap and memory overlap (issue 16).
 
+pub mod attack;
 pub mod calibrate;
 pub mod callgrind;
 pub mod conn_rate;
@@ -33,6 +36,7 @@ pub mod report;
 pub mod run;
 pub mod servers;
 pub mod sidecars;
+pub mod soak;
 pub mod sys;
 pub mod throughput;
 pub mod topo;
