@@ -17,6 +17,7 @@ pub mod client;
 mod conn_io;
 mod copy;
 pub mod error;
+pub mod flood;
 pub mod goaway;
 pub mod identity;
 mod keepalive;

@@ -168,7 +168,7 @@ where
     F: FnMut(IncomingRequest) + Send,
     S: Future<Output = ()>,
 {
-    let (io, tls_failure) = ConnIo::new(io);
+    let (io, tls_failure) = ConnIo::server(io);
     // The handshake waits for the client's preface with no deadline of its
     // own; an authenticated peer that never sends it would hold the
     // connection (and its slot under --max-connections) forever.
