@@ -64,7 +64,9 @@ impl Attack {
         Attack::ALL.into_iter().find(|a| a.key() == s)
     }
 
-    fn slow(self) -> bool {
+    /// The slowloris kinds: many connections at once instead of one after
+    /// another.
+    pub fn slow(self) -> bool {
         matches!(self, Attack::SlowlorisTls | Attack::SlowlorisH2)
     }
 }

@@ -50,9 +50,10 @@ Latencies are p50 / p99 in ms, before the attack → during it.\n\n";
     }
     md += &format!(
         "\nPass: every attacker connection ended by the proxy before the attacker's bound (GOAWAY, \
-RST or close), peak RSS growth ≤ {RSS_BOUND_MIB} MiB, and no victim error during the attack.\n\n"
+RST or close; for the frame attacks, the last connection may still be open when the bound cuts it), peak RSS growth ≤ {RSS_BOUND_MIB} MiB, and no victim error during the attack.\n\n"
     );
-    md += "## Details\n\n";
+    md += "Attacker bytes and frames are what it wrote into its TLS stream; after the proxy's \
+GOAWAY the rest of a batch in flight is never read by the proxy (the connection is reset).\n\n## Details\n\n";
     for r in rows {
         let o = &r.outcome;
         md += &format!("- **{} / {}**: ", r.proxy.label(), r.attack.key());
