@@ -75,6 +75,9 @@ pub fn run_clients(
     counters: Arc<Counters>,
 ) -> Result<()> {
     let rt = crate::sys::runtime()?;
+    // One handle for every connection: a clone per connection would hold a
+    // descriptor each, as many as the sockets themselves.
+    let ns = Arc::new(ns.try_clone()?);
     rt.block_on(async move {
         let mut tasks = Vec::with_capacity(cfg.connections);
         let gap = Duration::from_secs_f64(1.0 / cfg.open_rate);
@@ -84,7 +87,7 @@ pub fn run_clients(
             next += gap;
             let offset = cfg.echo_every.mul_f64(i as f64 / cfg.connections as f64);
             let c = counters.clone();
-            let ns = ns.try_clone()?;
+            let ns = ns.clone();
             tasks.push(tokio::spawn(async move {
                 one_conn(&ns, dst, cfg.echo_every, offset, hold_until, &c).await;
             }));
