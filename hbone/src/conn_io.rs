@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::error::HboneError;
+use crate::flood::SettingsGuard;
 use crate::goaway::{FrameScan, GoAway};
 
 /// The first TLS failure seen on a connection, shared with its error mapping.
@@ -43,6 +44,8 @@ pub(crate) struct ConnIo<IO> {
     done: bool,
     /// Client connections only: watches the peer's frames for GOAWAY.
     scan: Option<FrameScan>,
+    /// Server connections only: bounds the peer's SETTINGS frames.
+    settings: Option<SettingsGuard>,
 }
 
 impl<IO> ConnIo<IO> {
@@ -55,7 +58,16 @@ impl<IO> ConnIo<IO> {
             draining: None,
             done: false,
             scan: None,
+            settings: None,
         };
+        (io, tls_failure)
+    }
+
+    /// Like [`new`](Self::new), for a server: a peer that floods SETTINGS
+    /// frames gets a read error, which ends the connection.
+    pub(crate) fn server(inner: IO) -> (ConnIo<IO>, TlsFailure) {
+        let (mut io, tls_failure) = ConnIo::new(inner);
+        io.settings = Some(SettingsGuard::new());
         (io, tls_failure)
     }
 
@@ -89,6 +101,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Some(scan) = self.scan.as_mut() {
             scan.feed(&buf.filled()[before..]);
+        }
+        if let Some(guard) = self.settings.as_mut() {
+            if let Err(flood) = guard.feed(&buf.filled()[before..]) {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, flood)));
+            }
         }
         self.note(r)
     }

@@ -138,6 +138,11 @@ impl IncomingRequest {
     }
 }
 
+/// What [`HboneError::Timeout`] says when a peer does not send the HTTP/2
+/// preface within [`H2Settings::handshake_timeout`].
+pub const PREFACE_TIMEOUT: &str =
+    "waiting for the client's http/2 preface after tls (a stalled or hostile peer)";
+
 /// Serves CONNECT streams on `io` until the peer closes the connection.
 ///
 /// `on_request` is called once per stream, in the connection's task; it should
@@ -163,11 +168,14 @@ where
     F: FnMut(IncomingRequest) + Send,
     S: Future<Output = ()>,
 {
-    let (io, tls_failure) = ConnIo::new(io);
-    let mut conn = settings
-        .server_builder()?
-        .handshake::<_, Bytes>(io)
+    let (io, tls_failure) = ConnIo::server(io);
+    // The handshake waits for the client's preface with no deadline of its
+    // own; an authenticated peer that never sends it would hold the
+    // connection (and its slot under --max-connections) forever.
+    let handshake = settings.server_builder()?.handshake::<_, Bytes>(io);
+    let mut conn = tokio::time::timeout(settings.handshake_timeout, handshake)
         .await
+        .map_err(|_| HboneError::Timeout(PREFACE_TIMEOUT))?
         .map_err(|e| HboneError::from_h2_on(e, &tls_failure))?;
     let keepalive = crate::keepalive::run(
         conn.ping_pong(),

@@ -27,6 +27,11 @@ pub struct H2Settings {
     pub keepalive_timeout: Duration,
     /// Largest request/response header block we accept (default 16 KiB).
     pub max_header_list_size: u32,
+    /// Server side: how long a peer that finished TLS has to send the
+    /// HTTP/2 preface (default 10 s, the TLS handshake's deadline). Without
+    /// it a peer that never sends, or dribbles, the preface holds its
+    /// connection forever: keep-alive only starts after the preface.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for H2Settings {
@@ -46,6 +51,7 @@ impl Default for H2Settings {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
             max_header_list_size: 16 << 10,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -74,6 +80,9 @@ impl H2Settings {
         }
         if self.max_concurrent_streams == 0 {
             return bad("max_concurrent_streams must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout must be non-zero".into());
         }
         if !self.keepalive_interval.is_zero() && self.keepalive_timeout.is_zero() {
             return bad("keepalive_timeout must be non-zero when keep-alive is enabled".into());
@@ -138,6 +147,10 @@ mod tests {
             },
             H2Settings {
                 keepalive_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+            H2Settings {
+                handshake_timeout: Duration::ZERO,
                 ..Default::default()
             },
         ];

@@ -18,9 +18,12 @@
 //! * [`cp`]: the control plane at scale (`trellis-cp-bench`).
 //! * [`sidecars`]: Envoy sidecar meshes to compare with (issue 15).
 //! * [`plots`]: charts of the results as SVG and PNG (`trellis-plots`).
+//! * [`attack`]: HTTP/2 attacks on the HBONE ports, against a victim's traffic (issue 16).
+//! * [`soak`]: many connections through one node proxy for minutes (issue 16).
 //! * [`handover`]: the node proxy's hand-over: accept gap and memory overlap (issue 16).
 //! * [`chain`]: latency and mesh CPU along a call chain, every column (issue 15 §2.3-4).
 
+pub mod attack;
 pub mod calibrate;
 pub mod callgrind;
 pub mod chain;
@@ -37,6 +40,7 @@ pub mod report;
 pub mod run;
 pub mod servers;
 pub mod sidecars;
+pub mod soak;
 pub mod sys;
 pub mod throughput;
 pub mod topo;

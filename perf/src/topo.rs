@@ -125,6 +125,20 @@ impl BenchTopo {
         cpu: usize,
         wrapper: &[&str],
     ) -> Result<NodeProxy> {
+        self.start_proxy_with(bin, node, pod, cpu, wrapper, &[])
+    }
+
+    /// [`start_proxy_wrapped`](Self::start_proxy_wrapped) with `extra`
+    /// arguments for the proxy (such as `--max-connections N`).
+    pub fn start_proxy_with(
+        &self,
+        bin: &Path,
+        node: &str,
+        pod: &Pod,
+        cpu: usize,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Result<NodeProxy> {
         let node_ns = self
             .topo
             .node(node)
@@ -172,6 +186,7 @@ impl BenchTopo {
         let mut full: Vec<&str> = argv[..3].to_vec();
         full.extend_from_slice(wrapper);
         full.extend_from_slice(&argv[3..]);
+        full.extend_from_slice(extra);
         let mut guard = self
             .topo
             .spawn(node, &full)
