@@ -7,6 +7,7 @@
 //! * [`columns`]: the L4 workloads with one column per mesh (report).
 //! * [`mesh_size`]: one sidecar's and one node proxy's RSS against mesh size.
 //! * [`pods_memory`]: mesh RSS on a node against idle pods per node.
+//! * [`waypoint`]: an Envoy waypoint's config from the services it serves (HBONE in and out).
 
 pub mod bootstrap;
 pub mod columns;
@@ -14,3 +15,4 @@ pub mod envoy;
 pub mod mesh;
 pub mod mesh_size;
 pub mod pods_memory;
+pub mod waypoint;
