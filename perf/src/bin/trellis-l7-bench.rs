@@ -266,7 +266,8 @@ fn main() -> Result<()> {
             // Rotate which proxy goes first, so a slow drift of the
             // machine does not always favour the same one.
             let mut order = vec![Path::Nginx, Path::Waypoint, Path::EnvoyWaypoint];
-            order.rotate_left((i + rep) % order.len());
+            let first = (i + rep) % order.len();
+            order.rotate_left(first);
             order.retain(|p| *p != Path::Nginx || nginx_ok);
             for &p in &order {
                 let r = b.run(p, proto, false)?;
