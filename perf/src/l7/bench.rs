@@ -1,5 +1,5 @@
 //! The measurement loop of `trellis-l7-bench`: the running topology, the
-//! three paths through it, one checked load run on a path, and the checks
+//! paths through it, one checked load run on a path, and the checks
 //! that each path really goes where it should before anything is measured.
 
 use std::time::Duration;
@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use trellis_netns::NetNs;
 
 use super::client::{Proto, Target};
+use super::envoy_waypoint::EnvoyWaypoint;
 use super::load::{self, LoadResult, MaxConfig, RateConfig, Watch};
 use super::mesh::{self, L7Topo, WaypointProc};
 use super::nginx::{NginxProxy, Support};
@@ -23,6 +24,7 @@ pub struct Bench {
     pub rate: RateConfig,
     pub max: MaxConfig,
     pub waypoint: WaypointProc,
+    pub envoy: EnvoyWaypoint,
     pub proxies: Vec<NodeProxy>,
     pub nginx: NginxProxy,
     pub support: Support,
@@ -39,6 +41,8 @@ pub enum Path {
     Nginx,
     /// Client → node proxy → waypoint → node proxy → server.
     Waypoint,
+    /// The same with Envoy as the waypoint (service `web-envoy`).
+    EnvoyWaypoint,
     /// Client → node proxy → node proxy → server: the mesh without L7.
     L4,
     /// The same, with both node proxies moved onto the proxy's CPU for the
@@ -53,6 +57,7 @@ impl Path {
         match self {
             Path::Nginx => "nginx",
             Path::Waypoint => "waypoint",
+            Path::EnvoyWaypoint => "Envoy waypoint",
             Path::L4 => "mesh L4",
             Path::L4Floor => "mesh L4 via CPU 1",
         }
@@ -64,6 +69,7 @@ impl Bench {
         match path {
             Path::Nginx => self.t.nginx_target(proto),
             Path::Waypoint => self.t.waypoint_target(proto),
+            Path::EnvoyWaypoint => self.t.envoy_target(proto),
             Path::L4 | Path::L4Floor => self.t.l4_target(proto),
         }
     }
@@ -71,7 +77,7 @@ impl Bench {
     pub fn ns(&self, path: Path) -> &NetNs {
         match path {
             Path::Nginx => &self.plain_ns,
-            Path::Waypoint | Path::L4 | Path::L4Floor => &self.client_ns,
+            Path::Waypoint | Path::EnvoyWaypoint | Path::L4 | Path::L4Floor => &self.client_ns,
         }
     }
 
@@ -86,6 +92,10 @@ impl Bench {
                 proxy: vec![self.waypoint.pid],
                 mesh,
             },
+            Path::EnvoyWaypoint => Watch {
+                proxy: vec![self.envoy.pid],
+                mesh,
+            },
             Path::L4 | Path::L4Floor => Watch {
                 proxy: vec![],
                 mesh,
@@ -96,6 +106,7 @@ impl Bench {
     pub fn check_alive(&mut self) -> Result<()> {
         self.nginx.check_alive()?;
         self.waypoint.check_alive()?;
+        self.envoy.check_alive()?;
         for p in &mut self.proxies {
             p.check_alive()?;
         }
@@ -112,7 +123,10 @@ impl Bench {
         };
         let dir =
             std::env::temp_dir().join(format!("trellis-l7-bench-logs-{}", std::process::id()));
-        let mut logs = vec![("waypoint".to_string(), self.waypoint.log())];
+        let mut logs = vec![
+            ("waypoint".to_string(), self.waypoint.log()),
+            ("envoy-waypoint".to_string(), self.envoy.diagnostics()),
+        ];
         for p in &self.proxies {
             logs.push((format!("{}-proxy", p.node), p.log()));
         }
@@ -210,7 +224,7 @@ impl Bench {
     pub fn verify(&mut self) -> Result<Vec<String>> {
         let mut notes = Vec::new();
         for proto in Proto::ALL {
-            for path in [Path::Nginx, Path::Waypoint, Path::L4] {
+            for path in [Path::Nginx, Path::Waypoint, Path::EnvoyWaypoint, Path::L4] {
                 if path == Path::Nginx && self.support[&proto].is_some() {
                     continue;
                 }
@@ -232,21 +246,33 @@ impl Bench {
                 }
             }
         }
-        let forbidden = trellis_e2e::l7kit::http1_request(
-            Some(&self.client_ns),
-            self.t.waypoint_target(Proto::Http1).dst,
-            "GET",
-            "/forbidden",
-            &[("host", mesh::AUTHORITY)],
-            b"",
-        )
-        .context("the policy probe (GET /forbidden through the waypoint)")?;
-        if forbidden.status != 403 {
-            bail!(
-                "GET /forbidden through the waypoint answered {}, expected 403 from the L7 policy: {}",
-                forbidden.status,
-                forbidden.body
-            );
+        for path in [Path::Waypoint, Path::EnvoyWaypoint] {
+            let forbidden = trellis_e2e::l7kit::http1_request(
+                Some(&self.client_ns),
+                self.target(path, Proto::Http1).dst,
+                "GET",
+                "/forbidden",
+                &[("host", mesh::AUTHORITY)],
+                b"",
+            )
+            .with_context(|| {
+                format!(
+                    "the policy probe (GET /forbidden through the {})",
+                    path.label()
+                )
+            })?;
+            if forbidden.status != 403 {
+                bail!(
+                    "GET /forbidden through the {} answered {}, expected 403 from the L7 policy: {}",
+                    path.label(),
+                    forbidden.status,
+                    forbidden.body
+                );
+            }
+        }
+        let (envoy_allowed, envoy_denied) = self.envoy.rbac_counts()?;
+        if envoy_allowed < 3 || envoy_denied < 1 {
+            bail!("the Envoy waypoint's RBAC stats show {envoy_allowed} allowed and {envoy_denied} denied requests; expected at least 3 and 1");
         }
         let ok = self.waypoint.metric(
             "istio_requests_total",
@@ -268,7 +294,7 @@ impl Bench {
             }
         }
         notes.push(format!(
-            "checked before measuring: every path answers every protocol; the upstream saw the route's header from nginx and the waypoint and not from the L4 path; GET /forbidden through the waypoint got 403 from the L7 policy (waypoint metrics: {ok} requests 200, {denied} 403)"
+            "checked before measuring: every path answers every protocol; the upstream saw the route's header from nginx and both waypoints and not from the L4 path; GET /forbidden through either waypoint got 403 from its L7 policy (Trellis waypoint metrics: {ok} requests 200, {denied} 403; Envoy waypoint RBAC filter: {envoy_allowed} allowed, {envoy_denied} denied)"
         ));
         Ok(notes)
     }

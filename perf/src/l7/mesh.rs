@@ -31,6 +31,10 @@ use crate::topo::{self, BenchTopo, NAMESPACE, TRUST_DOMAIN};
 
 pub const WEB_VIP: &str = "198.19.100.20";
 pub const L4_VIP: &str = "198.19.100.21";
+/// Service `web-envoy`: the same endpoint, through the Envoy waypoint.
+pub const ENVOY_VIP: &str = "198.19.100.22";
+/// The Envoy waypoint's workload and service account.
+pub const ENVOY_WAYPOINT: &str = "envoy-waypoint";
 /// `Host` / `:authority` of every request, on every path.
 pub const AUTHORITY: &str = "web.bench.svc.cluster.local";
 /// nginx's listeners in the proxy pod.
@@ -44,7 +48,7 @@ pub fn client_principal() -> String {
 }
 
 /// The L7 part of the config.
-fn l7_yaml(proxy_ip: IpAddr) -> String {
+fn l7_yaml(proxy_ip: IpAddr, envoy_ip: IpAddr) -> String {
     let (h, v) = super::ROUTE_HEADER;
     let principal = client_principal();
     let svc = |name: &str, vip: &str, waypoint: &str| {
@@ -54,7 +58,7 @@ fn l7_yaml(proxy_ip: IpAddr) -> String {
     };
     format!(
         r#"services:
-{web}{l4}waypoints:
+{web}{l4}{envoy}waypoints:
   - {{name: waypoint, namespace: {NAMESPACE}}}
 httpRoutes:
   - name: web
@@ -93,6 +97,11 @@ authorizationPolicies:
             &format!("    waypoint: {{address: {proxy_ip}}}\n")
         ),
         l4 = svc("web-l4", L4_VIP, ""),
+        envoy = svc(
+            "web-envoy",
+            ENVOY_VIP,
+            &format!("    waypoint: {{address: {envoy_ip}}}\n")
+        ),
         path = super::client::HTTP_PATH,
         grpc_service = super::grpc::SERVICE,
     )
@@ -105,6 +114,8 @@ pub struct L7Topo {
     pub plain_server: Pod,
     /// Runs the waypoint and nginx.
     pub proxy: Pod,
+    /// Runs the Envoy waypoint (its own address: both waypoints listen on 15008).
+    pub envoy: Pod,
 }
 
 impl L7Topo {
@@ -113,15 +124,17 @@ impl L7Topo {
             ("node1", "plainclient"),
             ("node2", "plainserver"),
             ("node2", "proxy"),
+            ("node2", "envoywp"),
         ];
         let bt = BenchTopo::build_with(&extra, |client, server, extra| {
-            let proxy = extra.iter().find(|p| p.name == "proxy").map(|p| p.ip);
+            let ip = |name: &str| extra.iter().find(|p| p.name == name).map(|p| p.ip);
             let mut yaml = String::from("workloads:\n");
             yaml += &topo::workload("client", "client", client.ip, "node1");
             yaml += &topo::workload("server", "server", server.ip, "node2");
-            if let Some(ip) = proxy {
-                yaml += &topo::workload("waypoint", "waypoint", ip, "node2");
-                yaml += &l7_yaml(ip);
+            if let (Some(proxy), Some(envoy)) = (ip("proxy"), ip("envoywp")) {
+                yaml += &topo::workload("waypoint", "waypoint", proxy, "node2");
+                yaml += &topo::workload(ENVOY_WAYPOINT, ENVOY_WAYPOINT, envoy, "node2");
+                yaml += &l7_yaml(proxy, envoy);
             }
             yaml
         })?;
@@ -133,6 +146,7 @@ impl L7Topo {
             plain_client: bt.extra_pod("plainclient")?.clone(),
             plain_server: bt.extra_pod("plainserver")?.clone(),
             proxy: bt.extra_pod("proxy")?.clone(),
+            envoy: bt.extra_pod("envoywp")?.clone(),
             bt,
         })
     }
@@ -140,6 +154,11 @@ impl L7Topo {
     /// What the waypoint path's client dials (a VIP its node proxy captures).
     pub fn waypoint_target(&self, proto: Proto) -> Target {
         vip_target(WEB_VIP, proto)
+    }
+
+    /// What the Envoy waypoint path's client dials (service `web-envoy`).
+    pub fn envoy_target(&self, proto: Proto) -> Target {
+        vip_target(ENVOY_VIP, proto)
     }
 
     /// The mesh without a waypoint (service `web-l4`), for reference.

@@ -5,6 +5,8 @@
 //! * [`bench`]: the running setup, the three paths, one checked run on a path.
 //! * [`mesh`]: the topology, the mesh config (service, HTTPRoute, GRPCRoute,
 //!   L7 AuthorizationPolicy), the waypoint process.
+//! * [`envoy_waypoint`]: Envoy as the waypoint of service `web-envoy`, HBONE
+//!   in and out, same routes and policy.
 //! * [`nginx`]: nginx as a reverse proxy in the proxy pod; which modes the
 //!   installed build supports.
 //! * [`servers`]: the upstream HTTP/1.1 + HTTP/2 and gRPC servers.
@@ -17,6 +19,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod envoy_waypoint;
 pub mod grpc;
 pub mod load;
 pub mod mesh;

@@ -1,4 +1,5 @@
-//! The waypoint-against-nginx results: rows with targets, JSON and Markdown.
+//! The waypoint-against-nginx-and-Envoy results: rows with targets, JSON
+//! and Markdown.
 
 use serde_json::{json, Value};
 
@@ -28,6 +29,8 @@ pub struct ProtoResults {
     /// Err: the installed nginx does not support this mode (nginx -t's words).
     pub nginx: Result<ProxyRuns, String>,
     pub waypoint: ProxyRuns,
+    /// Envoy as the waypoint (HBONE in and out, same routes and policy).
+    pub envoy: ProxyRuns,
     /// The mesh without the waypoint (L4 only), at the fixed rate.
     pub l4: LoadResult,
     /// The same with the node proxies on the proxy's CPU: the floor of any
@@ -43,6 +46,7 @@ impl ProtoResults {
                 Err(why) => json!({"unsupported": why}),
             },
             "waypoint": self.waypoint.to_json(),
+            "envoy_waypoint": self.envoy.to_json(),
             "mesh_l4_no_waypoint": {"fixed_rate": self.l4.to_json()},
             "mesh_l4_via_proxy_cpu": {"fixed_rate": self.l4_floor.to_json()},
         })
@@ -56,6 +60,7 @@ pub struct Row {
     pub metric: String,
     pub nginx: String,
     pub waypoint: String,
+    pub envoy: String,
     pub l4: String,
     /// The mesh without L7, node proxies on the proxy's CPU (see `Path::L4Floor`).
     pub floor: String,
@@ -63,6 +68,11 @@ pub struct Row {
     pub target: String,
     /// None: informational.
     pub pass: Option<bool>,
+    /// The waypoint against the Envoy waypoint.
+    pub vs_envoy: String,
+    /// The target against the Envoy waypoint (issue 15), and whether it is met.
+    pub envoy_target: String,
+    pub envoy_pass: Option<bool>,
 }
 
 const NA: &str = "—";
@@ -88,42 +98,58 @@ fn ratio(w: f64, n: f64) -> String {
     }
 }
 
-/// The comparison rows of one protocol. Targets (from the issue): the
-/// waypoint's requests per CPU-second at least nginx's, and its p99 at the
-/// fixed rate no worse than nginx's.
+/// A target against another column: its text and whether it is met.
+type Target = (&'static str, Option<bool>);
+const NONE: Target = (NA, None);
+
+/// The comparison rows of one protocol. Targets: against nginx (issue 14),
+/// the waypoint's requests per CPU-second at least nginx's and its p99 at
+/// the fixed rate no worse; against the Envoy waypoint (issue 15), requests
+/// per CPU-second at least 2× Envoy's at max rate and 1.5× at the fixed
+/// rate, and p99 at the fixed rate no worse.
 pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
     let p = r.proto;
     let w = &r.waypoint;
+    let e = &r.envoy;
     let n = r.nginx.as_ref().ok();
     let ng = |get: &dyn Fn(&ProxyRuns) -> String| n.map(get).unwrap_or_else(|| "n/a".into());
     let mut v = Vec::new();
+    // (metric, nginx, waypoint, envoy, (l4, floor), vs nginx, target vs
+    // nginx, vs envoy, target vs envoy)
+    #[allow(clippy::too_many_arguments)]
     let mut push = |metric: String,
                     nginx: String,
                     waypoint: String,
+                    envoy: String,
                     (l4, floor): (String, String),
-                    compare: String,
-                    target: &str,
-                    pass: Option<bool>| {
+                    (compare, (target, pass)): (String, Target),
+                    (vs_envoy, (envoy_target, envoy_pass)): (String, Target)| {
         v.push(Row {
             proto: p,
             metric,
             nginx,
             waypoint,
+            envoy,
             l4,
             floor,
             compare,
             target: target.into(),
             pass,
+            vs_envoy,
+            envoy_target: envoy_target.into(),
+            envoy_pass,
         });
     };
+    let none = || (NA.to_string(), NONE);
+    let nas = || (NA.to_string(), NA.to_string());
     push(
         format!("open loop at {rate:.0} req/s: achieved (req/s)"),
         ng(&|n| f(n.fixed.rps, 0)),
         f(w.fixed.rps, 0),
+        f(e.fixed.rps, 0),
         (f(r.l4.rps, 0), f(r.l4_floor.rps, 0)),
-        NA.into(),
-        NA,
-        None,
+        none(),
+        none(),
     );
     type Get = fn(&LoadResult) -> f64;
     let lat: [(&str, Get); 4] = [
@@ -134,7 +160,7 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
     ];
     let p99 = |b: &RunBrief| b.p99_us;
     for (name, get) in lat {
-        let (wv, nv) = (get(&w.fixed), n.map(|n| get(&n.fixed)));
+        let (wv, nv, ev) = (get(&w.fixed), n.map(|n| get(&n.fixed)), get(&e.fixed));
         let is_p99 = name == "p99";
         let cell = |v: f64, l: &LoadResult| {
             if is_p99 {
@@ -148,62 +174,105 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
             n.map(|n| cell(get(&n.fixed), &n.fixed))
                 .unwrap_or_else(|| "n/a".into()),
             cell(wv, &w.fixed),
+            cell(ev, &e.fixed),
             (cell(get(&r.l4), &r.l4), cell(get(&r.l4_floor), &r.l4_floor)),
-            nv.map(|x| format!("{:+.0} µs", wv - x))
-                .unwrap_or_else(|| NA.into()),
-            if is_p99 { "waypoint ≤ nginx" } else { NA },
-            if is_p99 { nv.map(|x| wv <= x) } else { None },
+            (
+                nv.map(|x| format!("{:+.0} µs", wv - x))
+                    .unwrap_or_else(|| NA.into()),
+                if is_p99 {
+                    ("waypoint ≤ nginx", nv.map(|x| wv <= x))
+                } else {
+                    NONE
+                },
+            ),
+            (
+                format!("{:+.0} µs", wv - ev),
+                if is_p99 {
+                    ("waypoint ≤ Envoy", Some(wv <= ev))
+                } else {
+                    NONE
+                },
+            ),
         );
     }
     push(
         "errors (fixed rate)".into(),
         ng(&|n| n.fixed.errors.to_string()),
         w.fixed.errors.to_string(),
+        e.fixed.errors.to_string(),
         (r.l4.errors.to_string(), r.l4_floor.errors.to_string()),
-        NA.into(),
-        "0",
-        Some(w.fixed.errors == 0 && n.is_none_or(|n| n.fixed.errors == 0)),
+        (
+            NA.into(),
+            (
+                "0",
+                Some(w.fixed.errors == 0 && n.is_none_or(|n| n.fixed.errors == 0)),
+            ),
+        ),
+        (NA.into(), ("0", Some(e.fixed.errors == 0))),
     );
     push(
         "proxy CPU per request, fixed rate (µs)".into(),
         ng(&|n| f(n.fixed.proxy_us_per_req(), 1)),
         f(w.fixed.proxy_us_per_req(), 1),
-        (NA.into(), NA.into()),
-        n.map(|n| ratio(w.fixed.proxy_us_per_req(), n.fixed.proxy_us_per_req()))
-            .unwrap_or_else(|| NA.into()),
-        NA,
-        None,
+        f(e.fixed.proxy_us_per_req(), 1),
+        nas(),
+        (
+            n.map(|n| ratio(w.fixed.proxy_us_per_req(), n.fixed.proxy_us_per_req()))
+                .unwrap_or_else(|| NA.into()),
+            NONE,
+        ),
+        (
+            ratio(w.fixed.proxy_us_per_req(), e.fixed.proxy_us_per_req()),
+            NONE,
+        ),
     );
     let per_cpu = |b: &RunBrief| b.per_proxy_cpu_s;
+    let (wf, ef) = (w.fixed.per_proxy_cpu_s(), e.fixed.per_proxy_cpu_s());
     push(
         "requests per proxy CPU-second, fixed rate".into(),
         ng(&|n| with_runs(f(n.fixed.per_proxy_cpu_s(), 0), &n.fixed.runs, per_cpu)),
-        with_runs(f(w.fixed.per_proxy_cpu_s(), 0), &w.fixed.runs, per_cpu),
-        (NA.into(), NA.into()),
-        n.map(|n| ratio(w.fixed.per_proxy_cpu_s(), n.fixed.per_proxy_cpu_s()))
-            .unwrap_or_else(|| NA.into()),
-        "waypoint ≥ nginx",
-        n.map(|n| w.fixed.per_proxy_cpu_s() >= n.fixed.per_proxy_cpu_s()),
+        with_runs(f(wf, 0), &w.fixed.runs, per_cpu),
+        with_runs(f(ef, 0), &e.fixed.runs, per_cpu),
+        nas(),
+        (
+            n.map(|n| ratio(wf, n.fixed.per_proxy_cpu_s()))
+                .unwrap_or_else(|| NA.into()),
+            (
+                "waypoint ≥ nginx",
+                n.map(|n| wf >= n.fixed.per_proxy_cpu_s()),
+            ),
+        ),
+        (
+            ratio(wf, ef),
+            ("waypoint ≥ 1.5× Envoy", Some(wf >= 1.5 * ef)),
+        ),
     );
     push(
         format!("closed loop, {concurrency} in flight: max rate (req/s)"),
         ng(&|n| with_runs(f(n.max.rps, 0), &n.max.runs, |b| b.rps)),
         with_runs(f(w.max.rps, 0), &w.max.runs, |b| b.rps),
-        (NA.into(), NA.into()),
-        n.map(|n| ratio(w.max.rps, n.max.rps))
-            .unwrap_or_else(|| NA.into()),
-        NA,
-        None,
+        with_runs(f(e.max.rps, 0), &e.max.runs, |b| b.rps),
+        nas(),
+        (
+            n.map(|n| ratio(w.max.rps, n.max.rps))
+                .unwrap_or_else(|| NA.into()),
+            NONE,
+        ),
+        (ratio(w.max.rps, e.max.rps), NONE),
     );
+    let (wm, em) = (w.max.per_proxy_cpu_s(), e.max.per_proxy_cpu_s());
     push(
         "requests per proxy CPU-second, max rate".into(),
         ng(&|n| with_runs(f(n.max.per_proxy_cpu_s(), 0), &n.max.runs, per_cpu)),
-        with_runs(f(w.max.per_proxy_cpu_s(), 0), &w.max.runs, per_cpu),
-        (NA.into(), NA.into()),
-        n.map(|n| ratio(w.max.per_proxy_cpu_s(), n.max.per_proxy_cpu_s()))
-            .unwrap_or_else(|| NA.into()),
-        "waypoint ≥ nginx",
-        n.map(|n| w.max.per_proxy_cpu_s() >= n.max.per_proxy_cpu_s()),
+        with_runs(f(wm, 0), &w.max.runs, per_cpu),
+        with_runs(f(em, 0), &e.max.runs, per_cpu),
+        nas(),
+        (
+            n.map(|n| ratio(wm, n.max.per_proxy_cpu_s()))
+                .unwrap_or_else(|| NA.into()),
+            ("waypoint ≥ nginx", n.map(|n| wm >= n.max.per_proxy_cpu_s())),
+        ),
+        (ratio(wm, em), ("waypoint ≥ 2× Envoy", Some(wm >= 2.0 * em))),
     );
     let busy = |l: &LoadResult| {
         let u = &l.usage;
@@ -218,57 +287,68 @@ pub fn rows(r: &ProtoResults, rate: f64, concurrency: usize) -> Vec<Row> {
         "max rate, % of a CPU: proxy (CPU 1) / load generator + servers / node proxies (both CPU 0)".into(),
         ng(&|n| busy(&n.max)),
         busy(&w.max),
-        (NA.into(), NA.into()),
-        NA.into(),
-        NA,
-        None,
+        busy(&e.max),
+        nas(),
+        none(),
+        none(),
     );
+    let lat_max = |l: &LoadResult| format!("{:.0} / {:.0}", l.latency.p50_us, l.latency.p99_us);
     push(
         "max rate: latency p50 / p99 (µs)".into(),
-        ng(&|n| format!("{:.0} / {:.0}", n.max.latency.p50_us, n.max.latency.p99_us)),
-        format!("{:.0} / {:.0}", w.max.latency.p50_us, w.max.latency.p99_us),
-        (NA.into(), NA.into()),
-        NA.into(),
-        NA,
-        None,
+        ng(&|n| lat_max(&n.max)),
+        lat_max(&w.max),
+        lat_max(&e.max),
+        nas(),
+        none(),
+        none(),
     );
     push(
         "max rate: errors".into(),
         ng(&|n| n.max.errors.to_string()),
         w.max.errors.to_string(),
-        (NA.into(), NA.into()),
-        NA.into(),
-        "0",
-        Some(w.max.errors == 0 && n.is_none_or(|n| n.max.errors == 0)),
+        e.max.errors.to_string(),
+        nas(),
+        (
+            NA.into(),
+            (
+                "0",
+                Some(w.max.errors == 0 && n.is_none_or(|n| n.max.errors == 0)),
+            ),
+        ),
+        (NA.into(), ("0", Some(e.max.errors == 0))),
     );
     let others = |l: &LoadResult| l.usage.pct(l.usage.others_cpu_s);
+    let noise = |l: &ProxyRuns| format!("{:.0} / {:.0}", others(&l.fixed), others(&l.max));
     push(
         "noise: other CPU use on the machine, fixed / max rate (% of one CPU)".into(),
-        ng(&|n| format!("{:.0} / {:.0}", others(&n.fixed), others(&n.max))),
-        format!("{:.0} / {:.0}", others(&w.fixed), others(&w.max)),
+        ng(&|n| noise(n)),
+        noise(w),
+        noise(e),
         (
             format!("{:.0}", others(&r.l4)),
             format!("{:.0}", others(&r.l4_floor)),
         ),
-        NA.into(),
-        NA,
-        None,
+        none(),
+        none(),
     );
+    let mesh = |l: &ProxyRuns| {
+        format!(
+            "{:.1} / {:.1}",
+            l.fixed.mesh_us_per_req(),
+            l.max.mesh_us_per_req()
+        )
+    };
     push(
         "node proxies' CPU per request, fixed / max rate (µs, both together)".into(),
         NA.into(),
-        format!(
-            "{:.1} / {:.1}",
-            w.fixed.mesh_us_per_req(),
-            w.max.mesh_us_per_req()
-        ),
+        mesh(w),
+        mesh(e),
         (
             f(r.l4.mesh_us_per_req(), 1),
             f(r.l4_floor.mesh_us_per_req(), 1),
         ),
-        NA.into(),
-        NA,
-        None,
+        none(),
+        none(),
     );
     v
 }
@@ -282,11 +362,15 @@ pub fn rows_json(rows: &[Row]) -> Value {
                     "metric": r.metric,
                     "nginx": r.nginx,
                     "waypoint": r.waypoint,
+                    "envoy_waypoint": r.envoy,
                     "mesh_l4_no_waypoint": r.l4,
                     "mesh_l4_via_proxy_cpu": r.floor,
                     "waypoint_vs_nginx": r.compare,
                     "target": r.target,
                     "pass": r.pass,
+                    "waypoint_vs_envoy": r.vs_envoy,
+                    "target_vs_envoy": r.envoy_target,
+                    "pass_vs_envoy": r.envoy_pass,
                 })
             })
             .collect(),
@@ -301,17 +385,35 @@ fn pass_cell(p: Option<bool>) -> &'static str {
     }
 }
 
-/// The summary table: the targets only, every protocol.
+/// The summary table: the targets only, every protocol; those against
+/// the Envoy waypoint, then those against nginx.
 fn summary(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| protocol | target | nginx | waypoint | waypoint vs nginx | pass? |\n|---|---|---:|---:|---:|:---:|\n",
+        "| protocol | target | Envoy waypoint | nginx | waypoint | waypoint vs Envoy / nginx | pass? |\n|---|---|---:|---:|---:|---:|:---:|\n",
     );
+    for r in rows
+        .iter()
+        .filter(|r| r.envoy_pass.is_some() && r.envoy_target != "0")
+    {
+        s += &format!(
+            "| {} | {} ({}) | {} | {} | {} | {} | {} |\n",
+            r.proto.label(),
+            r.metric,
+            r.envoy_target,
+            r.envoy,
+            r.nginx,
+            r.waypoint,
+            r.vs_envoy,
+            pass_cell(r.envoy_pass)
+        );
+    }
     for r in rows.iter().filter(|r| r.pass.is_some() && r.target != "0") {
         s += &format!(
-            "| {} | {} ({}) | {} | {} | {} | {} |\n",
+            "| {} | {} ({}) | {} | {} | {} | {} | {} |\n",
             r.proto.label(),
             r.metric,
             r.target,
+            r.envoy,
             r.nginx,
             r.waypoint,
             r.compare,
@@ -335,8 +437,9 @@ pub fn markdown(
     }
     s += "\n## Targets\n\n";
     s += &summary(rows);
-    let failed = rows.iter().filter(|r| r.pass == Some(false)).count();
-    let passed = rows.iter().filter(|r| r.pass == Some(true)).count();
+    let verdicts = || rows.iter().flat_map(|r| [r.pass, r.envoy_pass]);
+    let failed = verdicts().filter(|p| *p == Some(false)).count();
+    let passed = verdicts().filter(|p| *p == Some(true)).count();
     s += &format!(
         "\n{passed} of {} checks pass (targets above, plus zero errors).\n",
         passed + failed
@@ -347,20 +450,24 @@ pub fn markdown(
             continue;
         }
         s += &format!(
-            "\n## {}\n\n| metric | nginx | waypoint | mesh L4, no waypoint | mesh L4 via CPU 1 (floor) | waypoint vs nginx | target | pass? |\n|---|---:|---:|---:|---:|---:|---|:---:|\n",
+            "\n## {}\n\n| metric | nginx | waypoint | Envoy waypoint | mesh L4, no waypoint | mesh L4 via CPU 1 (floor) | waypoint vs nginx | target | pass? | waypoint vs Envoy | target | pass? |\n|---|---:|---:|---:|---:|---:|---:|---|:---:|---:|---|:---:|\n",
             proto.label()
         );
         for r in mine {
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.metric,
                 r.nginx,
                 r.waypoint,
+                r.envoy,
                 r.l4,
                 r.floor,
                 r.compare,
                 r.target,
-                pass_cell(r.pass)
+                pass_cell(r.pass),
+                r.vs_envoy,
+                r.envoy_target,
+                pass_cell(r.envoy_pass)
             );
         }
     }

@@ -177,11 +177,11 @@ pub fn bootstrap(cfg: &SidecarConfig) -> Value {
     })
 }
 
-fn socket_address(ip: &str, port: u16) -> Value {
+pub(crate) fn socket_address(ip: &str, port: u16) -> Value {
     json!({"socket_address": {"address": ip, "port_value": port}})
 }
 
-fn original_dst_filter() -> Value {
+pub(crate) fn original_dst_filter() -> Value {
     json!({
         "name": "envoy.filters.listener.original_dst",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"},
@@ -231,7 +231,7 @@ fn port_filter(variant: Variant, protocol: Protocol, stat_prefix: &str, cluster:
     }
 }
 
-fn tls_certificate(c: &CertFiles) -> Value {
+pub(crate) fn tls_certificate(c: &CertFiles) -> Value {
     json!({
         "certificate_chain": {"filename": c.chain},
         "private_key": {"filename": c.key},

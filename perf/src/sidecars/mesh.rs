@@ -105,16 +105,7 @@ impl Sidecar {
         let name = &me.pod.name;
         let dir = spec.dir.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let certs = CertFiles::in_dir(&dir);
-        let cert = ca
-            .issue(
-                &me.identity(spec.trust_domain, spec.namespace),
-                CERT_VALIDITY,
-            )
-            .with_context(|| format!("issuing the certificate of {name}"))?;
-        write(&certs.chain, cert.chain_pem())?;
-        write(&certs.key, cert.key_pem())?;
-        write(&certs.root, ca.root_cert_pem())?;
+        let certs = write_identity(ca, &me.identity(spec.trust_domain, spec.namespace), &dir)?;
         let others: Vec<Destination> = destinations
             .iter()
             .filter(|d| d.name != *name)
@@ -176,51 +167,26 @@ impl Sidecar {
         })
     }
 
-    /// GET on the admin API; the body with Envoy's chunked encoding undone.
-    fn admin(&self, path: &str) -> Result<(u16, String)> {
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ADMIN_PORT);
-        let (status, body) = http_in(Some(&self.ns), addr, "GET", path, "")
-            .with_context(|| format!("calling the admin API of {}'s Envoy", self.pod))?;
-        let body = dechunk(&body).ok_or_else(|| {
-            anyhow!(
-                "{}'s Envoy answered {path} with a malformed chunked body: {body:?}",
-                self.pod
-            )
-        })?;
-        Ok((status, body))
+    fn admin(&self) -> Admin<'_> {
+        Admin {
+            ns: &self.ns,
+            who: &self.pod,
+        }
     }
 
     /// Waits until the admin API answers `/ready` with LIVE (listeners up).
     pub fn wait_ready(&self) -> Result<()> {
-        let what = format!("{}'s Envoy to be ready", self.pod);
-        let mut last = String::new();
-        wait_for(READY_TIMEOUT, &what, || match self.admin("/ready") {
-            Ok((200, body)) if body.trim() == "LIVE" => Some(()),
-            Ok((status, body)) => {
-                last = format!("HTTP {status}: {}", body.trim());
-                None
-            }
-            Err(e) => {
-                last = format!("{e:#}");
-                None
-            }
-        })
-        .map_err(|e| anyhow!("{e} (last answer: {last}); its log:\n{}", self.guard.log()))
+        self.admin().wait_ready(|| self.guard.log())
     }
 
     /// Counters and gauges whose name matches the regex `filter`.
     pub fn stats(&self, filter: &str) -> Result<BTreeMap<String, u64>> {
-        let (status, body) = self.admin(&format!("/stats?filter={}", query_escape(filter)))?;
-        if status != 200 {
-            bail!("GET /stats on {}'s Envoy: HTTP {status}: {body}", self.pod);
-        }
-        Ok(parse_stats(&body))
+        self.admin().stats(filter)
     }
 
     /// One stat, 0 when Envoy has not created it (yet).
     pub fn stat(&self, name: &str) -> Result<u64> {
-        let re = format!("^{}$", name.replace('.', "\\.").replace('|', "\\|"));
-        Ok(self.stats(&re)?.get(name).copied().unwrap_or(0))
+        self.admin().stat(name)
     }
 
     /// Fails with Envoy's log if it has exited.
@@ -246,6 +212,63 @@ impl Drop for Sidecar {
         if let Err(e) = redirect::remove(&self.ns) {
             eprintln!("removing the capture rules of {}: {e}", self.pod);
         }
+    }
+}
+
+/// The admin API of an Envoy in netns `ns` (on 127.0.0.1:[`ADMIN_PORT`]),
+/// named `who` in errors.
+pub struct Admin<'a> {
+    pub ns: &'a NetNs,
+    pub who: &'a str,
+}
+
+impl Admin<'_> {
+    /// GET on the admin API; the body with Envoy's chunked encoding undone.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ADMIN_PORT);
+        let (status, body) = http_in(Some(self.ns), addr, "GET", path, "")
+            .with_context(|| format!("calling the admin API of {}'s Envoy", self.who))?;
+        let body = dechunk(&body).ok_or_else(|| {
+            anyhow!(
+                "{}'s Envoy answered {path} with a malformed chunked body: {body:?}",
+                self.who
+            )
+        })?;
+        Ok((status, body))
+    }
+
+    /// Waits until `/ready` answers LIVE (listeners up); `log` gives Envoy's
+    /// log for the error.
+    pub fn wait_ready(&self, log: impl Fn() -> String) -> Result<()> {
+        let what = format!("{}'s Envoy to be ready", self.who);
+        let mut last = String::new();
+        wait_for(READY_TIMEOUT, &what, || match self.get("/ready") {
+            Ok((200, body)) if body.trim() == "LIVE" => Some(()),
+            Ok((status, body)) => {
+                last = format!("HTTP {status}: {}", body.trim());
+                None
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
+        })
+        .map_err(|e| anyhow!("{e} (last answer: {last}); its log:\n{}", log()))
+    }
+
+    /// Counters and gauges whose name matches the regex `filter`.
+    pub fn stats(&self, filter: &str) -> Result<BTreeMap<String, u64>> {
+        let (status, body) = self.get(&format!("/stats?filter={}", query_escape(filter)))?;
+        if status != 200 {
+            bail!("GET /stats on {}'s Envoy: HTTP {status}: {body}", self.who);
+        }
+        Ok(parse_stats(&body))
+    }
+
+    /// One stat, 0 when Envoy has not created it (yet).
+    pub fn stat(&self, name: &str) -> Result<u64> {
+        let re = format!("^{}$", name.replace('.', "\\.").replace('|', "\\|"));
+        Ok(self.stats(&re)?.get(name).copied().unwrap_or(0))
     }
 }
 
@@ -287,7 +310,20 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+/// Issues `id`'s certificate from `ca` and writes it, its key and the root
+/// into `dir` (the names of [`CertFiles::in_dir`]).
+pub fn write_identity(ca: &DevCa, id: &Identity, dir: &Path) -> Result<CertFiles> {
+    let certs = CertFiles::in_dir(dir);
+    let cert = ca
+        .issue(id, CERT_VALIDITY)
+        .with_context(|| format!("issuing the certificate of {id}"))?;
+    write(&certs.chain, cert.chain_pem())?;
+    write(&certs.key, cert.key_pem())?;
+    write(&certs.root, ca.root_cert_pem())?;
+    Ok(certs)
+}
+
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -8,6 +8,7 @@
 //! * [`mesh_size`]: one sidecar's and one node proxy's RSS against mesh size.
 //! * [`pods_memory`]: mesh RSS on a node against idle pods per node.
 //! * [`pod_start`]: time from a pod's start until its first meshed request.
+//! * [`waypoint`]: an Envoy waypoint's config from the services it serves (HBONE in and out).
 
 pub mod bootstrap;
 pub mod columns;
@@ -16,3 +17,4 @@ pub mod mesh;
 pub mod mesh_size;
 pub mod pod_start;
 pub mod pods_memory;
+pub mod waypoint;
