@@ -39,7 +39,7 @@ pub fn service_name(i: usize) -> String {
 /// The node the `i`-th service runs on: the client is on node1, so the head
 /// goes on node2 and the rest alternate.
 pub fn node_of(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "node2"
     } else {
         "node1"
