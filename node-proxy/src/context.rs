@@ -54,20 +54,38 @@ impl ProxyCtx {
             && self.transparent_ok.load(Ordering::Relaxed)
     }
 
-    /// `find` on the current state; when it finds nothing and config comes
-    /// from the controller, again at each new version for up to
-    /// [`CONFIG_WAIT`]. A pod is enrolled (CNI ADD) before the controller
-    /// can know its address (the kubelet writes it to the pod's status
-    /// afterwards), so its first connections may arrive before its config.
-    /// From a file nothing is in flight: a miss is a misconfiguration and
-    /// fails at once.
-    pub async fn find_or_wait<T>(&self, find: impl Fn(&ProxyState) -> Option<T>) -> Option<T> {
-        if let Some(found) = find(&self.state.load()) {
-            return Some(found);
+    /// `find` (which looks up `scope`'s workload) on the current state;
+    /// when it finds nothing and [`should_wait`] says so, again at each new
+    /// version for up to [`CONFIG_WAIT`]. A pod is enrolled (CNI ADD)
+    /// before the controller can know its address (the kubelet writes it
+    /// to the pod's status afterwards), so its first connections may arrive
+    /// before its config.
+    pub async fn find_or_wait<T>(
+        &self,
+        scope: &Scope,
+        find: impl Fn(&ProxyState) -> Option<T>,
+    ) -> Option<T> {
+        let wait = {
+            let state = self.state.load();
+            if let Some(found) = find(&state) {
+                scope.config_seen.store(true, Ordering::Relaxed);
+                return Some(found);
+            }
+            should_wait(
+                self.on_demand.is_some(),
+                scope.config_seen.load(Ordering::Relaxed),
+                state.workload_by_uid(&scope.uid).is_some(),
+            )
+        };
+        if !wait {
+            return None;
         }
-        self.on_demand.as_ref()?;
         // Boxed: the cold path should not grow every connection's future.
-        Box::pin(self.state.wait_for(CONFIG_WAIT, find)).await
+        let found = Box::pin(self.state.wait_for(CONFIG_WAIT, find)).await;
+        if found.is_some() {
+            scope.config_seen.store(true, Ordering::Relaxed);
+        }
+        found
     }
 
     pub fn transparent_failed(&self) {
@@ -103,6 +121,18 @@ impl WorkerCtx {
     }
 }
 
+/// Whether a connection of a scope whose workload lookup found nothing
+/// should wait for config ([`CONFIG_WAIT`]):
+/// - config from a file: nothing is in flight, a miss is a misconfiguration;
+/// - the scope's config never arrived: it may be on its way (a new pod);
+/// - it arrived and the workload is still there: an update may be in flight
+///   (a new address);
+/// - it arrived and the workload is gone: the controller removed it, and
+///   waiting only holds the refused client for nothing.
+pub fn should_wait(from_controller: bool, scope_config_seen: bool, workload_present: bool) -> bool {
+    from_controller && (!scope_config_seen || workload_present)
+}
+
 /// Who a listener serves: one enrolled pod (shared mode) or the dedicated workload.
 pub struct Scope {
     /// Workload uid, as in the config.
@@ -112,6 +142,20 @@ pub struct Scope {
     /// Whether this pod's netns routes replies to foreign source IPs back to
     /// the proxy (set up with the capture rules), so IP_TRANSPARENT can work.
     pub transparent: bool,
+    /// Set once a connection has found this scope's workload in the config
+    /// (see [`should_wait`]).
+    config_seen: AtomicBool,
+}
+
+impl Scope {
+    pub fn new(uid: String, netns: Option<NetNs>, transparent: bool) -> Scope {
+        Scope {
+            uid,
+            netns,
+            transparent,
+            config_seen: AtomicBool::new(false),
+        }
+    }
 }
 
 /// What a listener does with accepted connections.
@@ -134,6 +178,31 @@ impl ListenerKind {
             ListenerKind::OutboundForward(_) => "outbound_forward",
             ListenerKind::InboundPlain => "inbound_plain",
             ListenerKind::Hbone => "inbound_hbone",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::should_wait;
+
+    #[test]
+    fn a_miss_waits_for_config_only_while_it_may_be_in_flight() {
+        // (from controller, config seen, workload present) -> wait
+        let table = [
+            ((false, false, false), false),
+            ((false, true, true), false),
+            ((true, false, false), true),
+            ((true, false, true), true),
+            ((true, true, true), true),
+            ((true, true, false), false),
+        ];
+        for ((ctl, seen, present), want) in table {
+            assert_eq!(
+                should_wait(ctl, seen, present),
+                want,
+                "from_controller={ctl} seen={seen} present={present}"
+            );
         }
     }
 }

@@ -62,7 +62,7 @@ async fn serve(
         .local_addr()
         .map_err(|source| InboundError::Io { peer, source })?;
     let dst_wl = proxy
-        .find_or_wait(|st| local_workload(st, &scope, local.ip()))
+        .find_or_wait(&scope, |st| local_workload(st, &scope, local.ip()))
         .await
         .ok_or(InboundError::UnknownDestination(local.ip()))?;
 

@@ -52,7 +52,7 @@ async fn serve(
         return Err(PlainError::ProxyPort(dst));
     }
     let dst_wl = proxy
-        .find_or_wait(|st| {
+        .find_or_wait(scope, |st| {
             st.workload_by_uid(&scope.uid)
                 .filter(|w| w.addresses.contains(&dst.ip()))
                 .cloned()

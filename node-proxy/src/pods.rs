@@ -214,13 +214,13 @@ impl Pods {
             })?;
             redirect_installed = true;
         }
-        let scope = Arc::new(Scope {
-            uid: workload.to_string(),
-            netns: Some(ns),
-            // With the capture rules in place (ours or the agent's), replies
-            // to foreign source IPs are routed back.
-            transparent: self.proxy.settings.preserve_source_ip,
-        });
+        // With the capture rules in place (ours or the agent's), replies
+        // to foreign source IPs are routed back.
+        let scope = Arc::new(Scope::new(
+            workload.to_string(),
+            Some(ns),
+            self.proxy.settings.preserve_source_ip,
+        ));
         let cancel = CancellationToken::new();
         let listeners = match self.start_listeners(&scope, &pod_listeners(), &cancel) {
             Ok((_, dups)) => dups,
@@ -271,11 +271,7 @@ impl Pods {
         uid: &str,
         listeners: &[(ListenerKind, SocketAddr)],
     ) -> Result<Vec<SocketAddr>, PodError> {
-        let scope = Arc::new(Scope {
-            uid: uid.to_string(),
-            netns: None,
-            transparent: false,
-        });
+        let scope = Arc::new(Scope::new(uid.to_string(), None, false));
         let cancel = CancellationToken::new();
         let (bound, dups) = self.start_listeners(&scope, listeners, &cancel)?;
         self.lock().insert(
@@ -434,11 +430,11 @@ impl Pods {
             source,
         })?;
         drop(pod.netns);
-        let scope = Arc::new(Scope {
-            uid: pod.workload.clone(),
-            netns: Some(ns),
-            transparent: self.proxy.settings.preserve_source_ip,
-        });
+        let scope = Arc::new(Scope::new(
+            pod.workload.clone(),
+            Some(ns),
+            self.proxy.settings.preserve_source_ip,
+        ));
         let cancel = CancellationToken::new();
         let mut specs = Vec::new();
         let mut dups = Vec::new();

@@ -105,7 +105,7 @@ async fn proxy(
     // The source first: a config that brings a new pod may bring its
     // destination too, and then no lookup is needed.
     let src = proxy
-        .find_or_wait(|st| st.workload_by_uid(&scope.uid).cloned())
+        .find_or_wait(scope, |st| st.workload_by_uid(&scope.uid).cloned())
         .await
         .ok_or_else(|| OutboundError::UnknownSource(scope.uid.clone()))?;
     if let Some(on_demand) = &proxy.on_demand {
