@@ -12,12 +12,8 @@
 
 use std::time::Instant;
 
-/// HTTP/2 frame header length (RFC 9113 §4.1).
-const HEADER_LEN: usize = 9;
-/// The client connection preface, which precedes the first frame.
-const PREFACE_LEN: usize = 24;
-const SETTINGS: u8 = 0x4;
-const ACK: u8 = 0x1;
+use crate::frames::{FrameHeaders, ACK, SETTINGS};
+
 /// SETTINGS frames a peer may send at once.
 pub const SETTINGS_BURST: f64 = 100.0;
 /// SETTINGS frames per second a peer may keep sending after the burst.
@@ -34,30 +30,50 @@ pub struct SettingsFlood {
     pub frames: u64,
 }
 
-/// Follows the frame boundaries of what a server reads (after the
-/// client's preface) and counts the peer's SETTINGS frames.
+/// Counts the SETTINGS frames a server reads and keeps them in the bucket.
 #[derive(Debug)]
 pub(crate) struct SettingsGuard {
-    preface_left: usize,
-    header: [u8; HEADER_LEN],
-    have: usize,
-    /// Payload bytes of the current frame still to pass.
-    skip: usize,
+    headers: FrameHeaders,
+    bucket: Bucket,
+}
+
+/// The token bucket and the count, apart from the scanning.
+#[derive(Debug)]
+struct Bucket {
     tokens: f64,
     refilled: Instant,
     frames: u64,
 }
 
+impl Bucket {
+    /// Takes a token for one SETTINGS frame seen at `t`.
+    fn take(&mut self, t: Instant) -> Result<(), SettingsFlood> {
+        self.frames += 1;
+        let refill = t.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = t;
+        self.tokens = (self.tokens + refill * SETTINGS_PER_SEC).min(SETTINGS_BURST) - 1.0;
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), SettingsFlood> {
+        if self.tokens < 0.0 {
+            return Err(SettingsFlood {
+                frames: self.frames,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl SettingsGuard {
     pub(crate) fn new() -> SettingsGuard {
         SettingsGuard {
-            preface_left: PREFACE_LEN,
-            header: [0; HEADER_LEN],
-            have: 0,
-            skip: 0,
-            tokens: SETTINGS_BURST,
-            refilled: Instant::now(),
-            frames: 0,
+            headers: FrameHeaders::from_client(),
+            bucket: Bucket {
+                tokens: SETTINGS_BURST,
+                refilled: Instant::now(),
+                frames: 0,
+            },
         }
     }
 
@@ -67,50 +83,15 @@ impl SettingsGuard {
         self.feed_at(bytes, Instant::now)
     }
 
-    fn feed_at(
-        &mut self,
-        mut bytes: &[u8],
-        now: impl Fn() -> Instant,
-    ) -> Result<(), SettingsFlood> {
-        if self.tokens < 0.0 {
-            return Err(SettingsFlood {
-                frames: self.frames,
-            });
-        }
-        let n = self.preface_left.min(bytes.len());
-        self.preface_left -= n;
-        bytes = &bytes[n..];
-        while !bytes.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
-                self.skip -= n;
-                bytes = &bytes[n..];
-                continue;
+    fn feed_at(&mut self, bytes: &[u8], now: impl Fn() -> Instant) -> Result<(), SettingsFlood> {
+        self.bucket.check()?;
+        let bucket = &mut self.bucket;
+        self.headers.feed(bytes, |h| {
+            if h.kind == SETTINGS && h.flags & ACK == 0 {
+                bucket.take(now())?;
             }
-            let n = (HEADER_LEN - self.have).min(bytes.len());
-            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
-            self.have += n;
-            bytes = &bytes[n..];
-            if self.have < HEADER_LEN {
-                continue;
-            }
-            let h = self.header;
-            self.skip = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
-            self.have = 0;
-            if h[3] == SETTINGS && h[4] & ACK == 0 {
-                self.frames += 1;
-                let t = now();
-                let refill = t.saturating_duration_since(self.refilled).as_secs_f64();
-                self.refilled = t;
-                self.tokens = (self.tokens + refill * SETTINGS_PER_SEC).min(SETTINGS_BURST) - 1.0;
-                if self.tokens < 0.0 {
-                    return Err(SettingsFlood {
-                        frames: self.frames,
-                    });
-                }
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -119,17 +100,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    fn frame(kind: u8, flags: u8, payload_len: usize) -> Vec<u8> {
-        let mut v = (payload_len as u32).to_be_bytes()[1..].to_vec();
-        v.extend([kind, flags, 0, 0, 0, 0]);
-        v.extend(std::iter::repeat_n(0u8, payload_len));
-        v
-    }
-
-    fn preface() -> Vec<u8> {
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()
-    }
+    use crate::frames::{test_frame as frame, TEST_PREFACE};
 
     /// (case, SETTINGS frames, spacing between them, ACKs and other
     /// frames between them, bytes fed per call, flood expected)
@@ -174,7 +145,7 @@ mod tests {
         for &(name, n, spacing, others, chunk, want_flood) in cases {
             let t0 = Instant::now();
             let mut g = SettingsGuard::new();
-            let mut r = g.feed_at(&preface(), || t0);
+            let mut r = g.feed_at(TEST_PREFACE, || t0);
             for i in 0..n {
                 let at = t0 + spacing * i as u32;
                 let mut bytes = frame(SETTINGS, 0, 6);

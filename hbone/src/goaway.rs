@@ -14,10 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-/// HTTP/2 frame header length (RFC 9113 §4.1).
-const HEADER_LEN: usize = 9;
-/// Frame type of GOAWAY.
-const GOAWAY: u8 = 0x7;
+use crate::frames::{FrameHeaders, GOAWAY};
 
 /// Set once the peer has sent GOAWAY on a connection; shared by the
 /// connection, its pool entry and its tunnels.
@@ -70,51 +67,30 @@ impl GoAwaySignal {
     }
 }
 
-/// Follows frame boundaries in the bytes a client reads and fires the
-/// signal on the first GOAWAY frame. A server's first bytes are a frame
-/// (its SETTINGS), so scanning starts at byte 0.
+/// Fires the signal on the first GOAWAY frame in the bytes a client reads.
 #[derive(Debug)]
 pub(crate) struct FrameScan {
-    header: [u8; HEADER_LEN],
-    have: usize,
-    /// Payload bytes of the current frame still to pass.
-    skip: usize,
+    headers: FrameHeaders,
     signal: Arc<GoAway>,
 }
 
 impl FrameScan {
     pub(crate) fn new(signal: Arc<GoAway>) -> FrameScan {
         FrameScan {
-            header: [0; HEADER_LEN],
-            have: 0,
-            skip: 0,
+            headers: FrameHeaders::from_server(),
             signal,
         }
     }
 
     /// Feeds bytes just read, in order.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
-                self.skip -= n;
-                bytes = &bytes[n..];
-                continue;
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        let signal = &self.signal;
+        let _ = self.headers.feed(bytes, |h| {
+            if h.kind == GOAWAY {
+                signal.fire();
             }
-            let n = (HEADER_LEN - self.have).min(bytes.len());
-            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
-            self.have += n;
-            bytes = &bytes[n..];
-            if self.have == HEADER_LEN {
-                let h = &self.header;
-                self.skip =
-                    (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
-                self.have = 0;
-                if h[3] == GOAWAY {
-                    self.signal.fire();
-                }
-            }
-        }
+            Ok::<_, std::convert::Infallible>(())
+        });
     }
 }
 

@@ -18,6 +18,7 @@ mod conn_io;
 mod copy;
 pub mod error;
 pub mod flood;
+mod frames;
 pub mod goaway;
 pub mod identity;
 mod keepalive;

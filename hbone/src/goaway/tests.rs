@@ -1,21 +1,8 @@
 use super::*;
+use crate::frames::GOAWAY;
 
 fn frame(kind: u8, payload_len: usize) -> Vec<u8> {
-    let mut f = vec![
-        (payload_len >> 16) as u8,
-        (payload_len >> 8) as u8,
-        payload_len as u8,
-        kind,
-        0,
-        0,
-        0,
-        0,
-        1,
-    ];
-    // A payload full of bytes that would read as a GOAWAY header if the
-    // scanner lost its place.
-    f.extend(std::iter::repeat_n(GOAWAY, payload_len));
-    f
+    crate::frames::test_frame(kind, 0, payload_len)
 }
 
 fn scan(chunks: &[&[u8]]) -> bool {
