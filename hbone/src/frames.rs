@@ -154,8 +154,9 @@ mod tests {
             .flat_map(|f| frame(f.kind, f.flags, f.len))
             .collect();
         let from_client = [PREFACE, &body].concat();
-        // (case, scanner, bytes, headers expected)
-        let cases: [(&str, fn() -> FrameHeaders, &[u8], &[FrameHeader]); 4] = [
+        /// (case, scanner, bytes, headers expected)
+        type Case<'a> = (&'a str, fn() -> FrameHeaders, &'a [u8], &'a [FrameHeader]);
+        let cases: [Case; 4] = [
             ("server's bytes", FrameHeaders::from_server, &body, &frames),
             (
                 "client's bytes",

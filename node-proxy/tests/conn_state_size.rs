@@ -51,11 +51,7 @@ async fn connection_futures_stay_small() {
         on_demand: Some(trellis_core::source::OnDemand::default()),
     });
     let ctx = Arc::new(WorkerCtx::new(proxy, 0));
-    let scope = Arc::new(Scope {
-        uid: "w".into(),
-        netns: None,
-        transparent: false,
-    });
+    let scope = Arc::new(Scope::new("w".into(), None, false));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let mut streams = Vec::new();
