@@ -16,7 +16,13 @@ fn the_fuzz_crates_lock_file_is_current() {
     // `cargo metadata --locked` resolves the whole graph and fails if the
     // lock file would change; it builds nothing.
     let out = Command::new(cargo)
-        .args(["metadata", "--locked", "--format-version", "1", "--manifest-path"])
+        .args([
+            "metadata",
+            "--locked",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .output()
         .expect("running cargo metadata");
