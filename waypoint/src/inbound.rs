@@ -68,6 +68,11 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
             }
             continue;
         };
+        // Held from the accept: a connection still in its TLS handshake has
+        // no stream yet, and a drain that counted only streams could end
+        // (and the process exit) under it, resetting a client that was
+        // sent here before the drain began.
+        let guard = app.drain.track();
         let app = app.clone();
         // Debug level on purpose: an enabled span is entered and exited on
         // every poll of the task (per request here), a measurable cost; the
@@ -75,6 +80,7 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
         let span = tracing::debug_span!("hbone", %peer);
         tokio::spawn(
             async move {
+                let _guard = guard;
                 let _permit = permit;
                 let limits = app.limits.clone();
                 if let Err(e) = serve(app, stream, peer).await {
