@@ -6,10 +6,14 @@
 //! cargo run --release -p trellis-perf --bin trellis-plots -- [--results DIR] [--out DIR]
 //! ```
 //!
-//! Reads `latest.json` (or `sidecars-quick.json`), `mesh-size.json` and
-//! `chain-latest.json` (or `chain-quick.json`) from the results folder; writes `<chart>.svg` and `<chart>.png` into the out
-//! folder (default: the results folder's `plots/`). A chart whose results
-//! are missing is left out with a note; no chart at all is an error.
+//! Each chart comes from the newest results file in the results folder that
+//! measured its figure (`latest.json` and `quick.json` of a whole
+//! `trellis-bench` run, `mesh-size.json`, `chain-latest.json` or
+//! `chain-quick.json` of `--only` runs, `sidecars-quick.json`); writes
+//! `<chart>.svg` and `<chart>.png` into the out folder (default: the
+//! results folder's `plots/`) and names the file each came from. A chart
+//! whose results are missing is left out with a note; no chart at all is an
+//! error.
 
 use std::path::{Path, PathBuf};
 
@@ -22,61 +26,98 @@ fn usage() -> &'static str {
      \n  --out DIR       where the charts go; default <results>/plots\n"
 }
 
-/// The first of `names` in `dir` that exists.
-fn first_of(dir: &Path, names: &[&str]) -> Option<PathBuf> {
-    names.iter().map(|n| dir.join(n)).find(|p| p.is_file())
+/// Every result file a chart's data may come from: the full and quick runs
+/// of `trellis-bench` hold all three kinds, `--only mesh-size` and `--only
+/// chain` one each.
+const RESULT_FILES: [&str; 6] = [
+    "latest.json",
+    "quick.json",
+    "sidecars-quick.json",
+    "mesh-size.json",
+    "chain-latest.json",
+    "chain-quick.json",
+];
+
+/// A result document and where it came from.
+struct Doc {
+    path: PathBuf,
+    /// When its run started.
+    modified: std::time::SystemTime,
+    value: serde_json::Value,
+}
+
+/// The result files in `dir`, read once. A file that cannot be read or
+/// parsed is an error: a chart must not quietly fall back to older data.
+fn read_docs(dir: &Path) -> Result<Vec<Doc>, PlotError> {
+    let mut docs = Vec::new();
+    for name in RESULT_FILES {
+        let path = dir.join(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let value = plots::read_json(&path)?;
+        // A checkout gives every file the same age: the run's own start,
+        // from its notes, orders the results; the file's age only if absent.
+        let modified = run_started(&value)
+            .or_else(|| meta.modified().ok())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        docs.push(Doc {
+            path,
+            modified,
+            value,
+        });
+    }
+    Ok(docs)
+}
+
+/// When a run started, from the note every bench writes first
+/// (`run: <mode>, <seconds> UTC epoch, git ...`).
+fn run_started(doc: &serde_json::Value) -> Option<std::time::SystemTime> {
+    doc["notes"].as_array()?.iter().find_map(|n| {
+        let rest = n.as_str()?.strip_prefix("run: ")?;
+        let secs = rest.split(", ").find_map(|part| part.strip_suffix(" UTC epoch"))?;
+        let secs: u64 = secs.parse().ok()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    })
+}
+
+/// The newest document whose array at `pointer` (a JSON pointer) is not
+/// empty: the charts show the last run that measured each figure.
+fn newest<'a>(docs: &'a [Doc], pointer: &str) -> Option<(&'a [serde_json::Value], &'a Path)> {
+    docs.iter()
+        .filter_map(|d| {
+            let rows = d.value.pointer(pointer)?.as_array()?;
+            (!rows.is_empty()).then_some((d, rows.as_slice()))
+        })
+        .max_by_key(|(d, _)| d.modified)
+        .map(|(d, rows)| (rows, d.path.as_path()))
 }
 
 /// Each chart: its file stem, and how to build it from the results (None:
-/// its results are not there).
-fn charts(results: &Path) -> Vec<(&'static str, Result<Option<Chart>, PlotError>)> {
-    // The first result that has the pods-per-node memory (a run with
-    // --no-sidecars has none).
-    let pods = ["latest.json", "sidecars-quick.json"]
-        .iter()
-        .map(|n| results.join(n))
-        .filter(|p| p.is_file())
-        .map(|p| plots::read_json(&p).map(|doc| (doc, p)))
-        .find(|r| {
-            r.as_ref()
-                .map_or(true, |(doc, _)| doc.get("pods_memory").is_some())
-        });
-    let pods = match pods {
-        Some(Ok((doc, p))) => {
-            plots::rows(&doc, "pods_memory", &p).map(|r| Some(plots::memory_vs_pods(r)))
-        }
-        Some(Err(e)) => Err(e),
-        None => Ok(None),
+/// its results are not there), with the file it came from.
+fn charts(results: &Path) -> Result<Vec<(&'static str, Option<(Chart, PathBuf)>)>, PlotError> {
+    let docs = read_docs(results)?;
+    let from = |pointer: &str, make: &dyn Fn(&[serde_json::Value]) -> Chart| {
+        newest(&docs, pointer).map(|(rows, path)| (make(rows), path.to_path_buf()))
     };
-    let size = match first_of(results, &["mesh-size.json"]) {
-        Some(p) => plots::read_json(&p)
-            .and_then(|doc| plots::rows(&doc, "mesh_size", &p).map(plots::memory_vs_mesh_size))
-            .map(Some),
-        None => Ok(None),
-    };
-    let chain = first_of(results, &["chain-latest.json", "chain-quick.json"]).map(|p| {
-        plots::read_json(&p).and_then(|doc| {
-            let cells = plots::rows(&doc["chain"], "cells", &p)?;
-            Ok((plots::latency_vs_depth(cells), plots::cpu_vs_depth(cells)))
-        })
-    });
-    let (latency, cpu) = match chain {
-        Some(Ok((l, c))) => (Ok(Some(l)), Ok(Some(c))),
-        Some(Err(e)) => {
-            let again = PlotError::Input {
-                path: "the chain results".into(),
-                detail: e.to_string(),
-            };
-            (Err(e), Err(again))
-        }
-        None => (Ok(None), Ok(None)),
-    };
-    vec![
-        ("memory-vs-pods", pods),
-        ("memory-vs-mesh-size", size),
-        ("latency-vs-chain-depth", latency),
-        ("cpu-vs-chain-depth", cpu),
-    ]
+    Ok(vec![
+        (
+            "memory-vs-pods",
+            from("/pods_memory", &plots::memory_vs_pods),
+        ),
+        (
+            "memory-vs-mesh-size",
+            from("/mesh_size", &plots::memory_vs_mesh_size),
+        ),
+        (
+            "latency-vs-chain-depth",
+            from("/chain/cells", &plots::latency_vs_depth),
+        ),
+        (
+            "cpu-vs-chain-depth",
+            from("/chain/cells", &plots::cpu_vs_depth),
+        ),
+    ])
 }
 
 fn main() -> Result<()> {
@@ -102,11 +143,16 @@ fn main() -> Result<()> {
     let out = out.unwrap_or_else(|| results.join("plots"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut drawn = 0;
-    for (stem, chart) in charts(&results) {
-        match chart? {
-            Some(c) => {
+    for (stem, chart) in charts(&results)? {
+        match chart {
+            Some((c, from)) => {
                 let [svg, png] = plots::render(&c, &out, stem)?;
-                println!("{} and {}", svg.display(), png.display());
+                println!(
+                    "{} and {} (from {})",
+                    svg.display(),
+                    png.display(),
+                    from.display()
+                );
                 drawn += 1;
             }
             None => eprintln!(
@@ -119,4 +165,31 @@ fn main() -> Result<()> {
         bail!("no results to plot in {}", results.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_runs_start_comes_from_its_first_note() {
+        let at = |s: u64| Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        let cases = [
+            (
+                json!({"notes": ["run: chain full, 1796596911 UTC epoch, git 8927d11, took 283 s"]}),
+                at(1796596911),
+            ),
+            (
+                json!({"notes": ["machine: x", "run: quick, 12 UTC epoch, git a"]}),
+                at(12),
+            ),
+            (json!({"notes": ["run: quick, soon UTC epoch"]}), None),
+            (json!({"notes": []}), None),
+            (json!({"title": "no notes"}), None),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(run_started(&doc), want, "{doc}");
+        }
+    }
 }
