@@ -414,12 +414,12 @@ fn waypoint_takeovers_under_load_lose_no_request_connection_or_byte() {
             .take_over(&format!("gen{}", i + 1))
             .unwrap_or_else(|e| panic!("take-over {} of the waypoint: {e:#}", i + 1));
         let new_pid = new.pid();
-        assert!(
+        // The new waypoint writes its addresses before it confirms.
+        wait_until(T, "the new waypoint to confirm the take-over", || {
             new.log()
-                .contains("took over: the old waypoint stopped accepting"),
-            "{}",
-            new.log()
-        );
+                .contains("took over: the old waypoint stopped accepting")
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", new.log()));
         let prev = std::mem::replace(m.waypoint_mut(WP), new);
         assert_ne!(prev.pid(), new_pid);
         wait_until(T, "the old waypoint to hand over", || {
