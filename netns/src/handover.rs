@@ -21,7 +21,10 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::fdmsg::{self, FdMessage, FdMsgError};
 use crate::seqpacket::{SeqpacketConn, SeqpacketListener};
@@ -371,19 +374,19 @@ pub async fn finish<M: Conversation>(conn: &SeqpacketConn) -> Result<(), ConvErr
 }
 
 /// The old process: serves hand-over requests on `listener` until one
-/// succeeds — then sets `handed_over` and returns the new pid, and the
-/// caller starts its drain — or `stop` resolves (`None`). A failed attempt
-/// goes to [`Give::failed`], is logged, and leaves this process serving.
+/// succeeds — then sets `handed_over`, cancels `stop` (which starts the
+/// caller's drain) and returns the new pid — or `stop` is cancelled
+/// otherwise (`None`). A failed attempt goes to [`Give::failed`], is
+/// logged, and leaves this process serving.
 pub async fn serve<G: Give>(
     listener: SeqpacketListener,
-    giver: &G,
-    stop: impl Future<Output = ()>,
-    handed_over: &AtomicBool,
+    giver: G,
+    stop: CancellationToken,
+    handed_over: Arc<AtomicBool>,
 ) -> Option<u32> {
-    let mut stop = std::pin::pin!(stop);
     loop {
         let conn = tokio::select! {
-            _ = &mut stop => return None,
+            _ = stop.cancelled() => return None,
             c = listener.accept() => match c {
                 Ok(c) => c,
                 Err(e) => {
@@ -394,8 +397,8 @@ pub async fn serve<G: Give>(
             },
         };
         let outcome = tokio::select! {
-            _ = &mut stop => return None,
-            r = give(conn, giver) => r,
+            _ = stop.cancelled() => return None,
+            r = give(conn, &giver) => r,
         };
         match outcome {
             Ok(new_pid) => {
@@ -405,6 +408,7 @@ pub async fn serve<G: Give>(
                     "handed over to the new {}; stopped accepting, draining",
                     G::PROXY
                 );
+                stop.cancel();
                 return Some(new_pid);
             }
             Err(e) => {

@@ -26,13 +26,11 @@ pub mod session;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use trellis_netns::handover as frame;
-use trellis_netns::seqpacket::{SeqpacketConn, SeqpacketListener};
+use trellis_netns::seqpacket::SeqpacketConn;
 
 use crate::instance::InstanceLock;
 use crate::pods::Pods;
@@ -72,23 +70,6 @@ pub struct Giver {
     /// Dups of the admin, metrics and readiness listeners.
     pub admin: [OwnedFd; 3],
     pub draining: trellis_core::drain::DrainWatcher,
-}
-
-/// The running process: serves hand-over requests on `listener` until one
-/// succeeds (then sets `handed_over` and cancels `stop`, which starts the
-/// drain) or `stop` fires.
-pub async fn serve(
-    listener: SeqpacketListener,
-    giver: Giver,
-    stop: CancellationToken,
-    handed_over: Arc<AtomicBool>,
-) {
-    if frame::serve(listener, &giver, stop.cancelled(), &handed_over)
-        .await
-        .is_some()
-    {
-        stop.cancel();
-    }
 }
 
 impl frame::Give for Giver {

@@ -22,13 +22,10 @@ pub mod session;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use trellis_netns::handover as frame;
-use trellis_netns::seqpacket::{SeqpacketConn, SeqpacketListener};
+use trellis_netns::seqpacket::SeqpacketConn;
 
 use session::{Bundle, HandoverError, Listener, Msg, Taker, VERSION};
 
@@ -50,23 +47,6 @@ pub struct Giver {
     /// Admin, metrics, readiness.
     pub admin: [OwnedFd; 3],
     pub draining: trellis_core::drain::DrainWatcher,
-}
-
-/// The running process: serves hand-over requests on `listener` until one
-/// succeeds (then sets `handed_over` and cancels `stop`, which starts the
-/// drain) or `stop` fires.
-pub async fn serve(
-    listener: SeqpacketListener,
-    giver: Giver,
-    stop: CancellationToken,
-    handed_over: Arc<AtomicBool>,
-) {
-    if frame::serve(listener, &giver, stop.cancelled(), &handed_over)
-        .await
-        .is_some()
-    {
-        stop.cancel();
-    }
 }
 
 impl frame::Give for Giver {

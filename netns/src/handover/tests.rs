@@ -123,7 +123,7 @@ fn hello_and_verdict_decisions() {
 #[derive(Default)]
 struct Giver {
     listeners: u16,
-    failures: Mutex<Vec<String>>,
+    failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl Give for Giver {
@@ -195,12 +195,14 @@ async fn the_old_side_serves_on_after_failed_attempts_and_hands_over_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("h.sock");
     let listener = SeqpacketListener::bind(&path).unwrap();
-    let handed = AtomicBool::new(false);
+    let handed = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
     let giver = Giver {
         listeners: 2,
-        ..Default::default()
+        failures: failures.clone(),
     };
-    let old = serve(listener, &giver, std::future::pending(), &handed);
+    let stop = CancellationToken::new();
+    let old = serve(listener, giver, stop.clone(), handed.clone());
     let new = async {
         // A peer that speaks something else, one that gives up, then one
         // that takes over.
@@ -219,7 +221,8 @@ async fn the_old_side_serves_on_after_failed_attempts_and_hands_over_once() {
     let (pid, ()) = tokio::join!(old, new);
     assert_eq!(pid, Some(std::process::id()));
     assert!(handed.load(Ordering::Acquire));
-    let failures = giver.failures.into_inner().unwrap();
+    assert!(stop.is_cancelled(), "the hand-over starts the drain");
+    let failures = failures.lock().unwrap().clone();
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert!(
         failures[0].contains("unknown variant `launch`"),
@@ -243,8 +246,10 @@ async fn the_old_side_serves_on_after_failed_attempts_and_hands_over_once() {
 async fn a_stop_ends_the_serving_loop_without_a_hand_over() {
     let dir = tempfile::tempdir().unwrap();
     let listener = SeqpacketListener::bind(&dir.path().join("h.sock")).unwrap();
-    let handed = AtomicBool::new(false);
-    let got = serve(listener, &Giver::default(), async {}, &handed).await;
+    let handed = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let got = serve(listener, Giver::default(), stop, handed.clone()).await;
     assert_eq!(got, None);
     assert!(!handed.load(Ordering::Acquire));
 }
