@@ -19,15 +19,20 @@ use trellis_e2e::{connect, wait_until};
 
 const T: Duration = Duration::from_secs(10);
 
-/// An echo server as a process of its own (so it can be killed), bound in
-/// the server pod's netns; prints `ready` once listening.
-const ECHO_PY: &str = r#"
-import socket, sys, threading
+/// What every app script starts with: a socket `s` listening on the
+/// address and port it is given, then `ready` on stdout.
+const LISTEN_PY: &str = r#"
+import socket, struct, sys, threading
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(16)
 print("ready", flush=True)
+"#;
+
+/// An echo server as a process of its own (so it can be killed), bound in
+/// the server pod's netns.
+const ECHO_PY: &str = r#"
 def serve(c):
     while True:
         d = c.recv(65536)
@@ -39,8 +44,8 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// Starts `script` with python3 in the server pod's netns, bound to
-/// `port`, and waits for its `ready` line. The pipes are returned so they
+/// Starts `script` after [`LISTEN_PY`] with python3 in the server pod's
+/// netns, bound to `port`, and waits for its `ready` line. The pipes are returned so they
 /// stay open for the app's life: a closed stdout makes the app's next print
 /// fail with EPIPE, and python3 then exits before it serves anything.
 fn start_app(
@@ -51,7 +56,8 @@ fn start_app(
     let server_ip = m.ip("server").to_string();
     let mut app = Command::new("nsenter");
     app.arg(format!("--net={}", m.netns_path("server").display()))
-        .args(["python3", "-c", script, &server_ip, &port.to_string()])
+        .args(["python3", "-c", &format!("{LISTEN_PY}{script}")])
+        .args([&server_ip, &port.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -148,12 +154,6 @@ fn an_upstream_killed_mid_stream_ends_its_client_and_nothing_else() {
 /// stdin (the test's go-ahead, once its client has the echo) and resets
 /// the connection (SO_LINGER 0), as a crashing or aborting app does.
 const RESET_AFTER_30_PY: &str = r#"
-import socket, struct, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-print("ready", flush=True)
 c, _ = s.accept()
 got = b""
 while len(got) < 30:

@@ -34,7 +34,7 @@ use trellis_perf::sidecars::mesh::{start_mesh, MeshPod, MeshSpec, Sidecar};
 use trellis_perf::sidecars::mesh_size::{self, MeshSize};
 use trellis_perf::sidecars::pod_start;
 use trellis_perf::sidecars::pods_memory::{self, PodsMemory};
-use trellis_perf::topo::{self, BenchTopo, NodeProxy, NAMESPACE, TRUST_DOMAIN};
+use trellis_perf::topo::{self, BenchTopo, NodeProxy};
 use trellis_perf::{throughput, LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;
@@ -486,13 +486,7 @@ fn envoy_column(o: &Opts, bt: &BenchTopo, envoy: &Envoy, variant: Variant) -> Re
         "{label}: starting Envoy sidecars in the client and server pods (--concurrency 1, pinned to CPU 1)"
     ));
     let dir = bt.dir().join(label);
-    let spec = MeshSpec {
-        trust_domain: TRUST_DOMAIN,
-        namespace: NAMESPACE,
-        variant,
-        cpu: SERVER_CPU,
-        dir: &dir,
-    };
+    let spec = MeshSpec::bench(variant, SERVER_CPU, &dir);
     let mesh = [
         MeshPod {
             pod: bt.client.clone(),
