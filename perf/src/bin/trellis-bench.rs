@@ -133,13 +133,9 @@ fn parse_args() -> Result<Opts> {
     // At 500 req/s the 5-deep chain of L7 Envoys needs more than CPU 1
     // (results/chain-quick.md): latency then measures a queue.
     let mut chain_rate = 200.0;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .map(PathBuf::from)
-                .with_context(|| format!("{name} needs a value\n{}", usage()))
-        };
+    let mut args = run::Args::new(usage());
+    while let Some(a) = args.next_flag() {
+        let mut val = |name: &str| args.path(name);
         match a.as_str() {
             "--quick" => quick = true,
             "--out" => out = val("--out")?,
