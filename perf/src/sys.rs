@@ -2,10 +2,7 @@
 
 use std::io;
 
-use std::thread::JoinHandle;
-
 use anyhow::{anyhow, Context, Result};
-use tokio::sync::oneshot;
 use trellis_netns::NetNs;
 
 /// Pinning is the node proxy's own: the benchmark pins the same way its workers do.
@@ -50,40 +47,8 @@ pub fn on_pinned_thread<T: Send + 'static>(
     h.join().map_err(|_| anyhow!("thread {name} panicked"))?
 }
 
-/// A server's own thread: told to stop, and joined, on drop.
-pub struct ServerThread {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ServerThread {
-    /// Spawns thread `name` running `f`, which is to return once the
-    /// receiver it is given fires (or its sender is gone).
-    pub fn spawn(
-        name: String,
-        f: impl FnOnce(oneshot::Receiver<()>) + Send + 'static,
-    ) -> io::Result<ServerThread> {
-        let (stop, stopped) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || f(stopped))?;
-        Ok(ServerThread {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// The harness's server thread (stopped and joined on drop).
+pub use trellis_e2e::servers::ServerThread;
 
 /// Accepts on `l` for ever, handing each connection (with TCP_NODELAY) to
 /// `serve`. An accept error (e.g. EMFILE) backs off briefly rather than spin.
