@@ -8,33 +8,35 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hbone::{H2Settings, HboneError, PREFACE_TIMEOUT};
+use hbone::{ClientTls, H2Settings, HboneError, PREFACE_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn short_deadline() -> H2Settings {
-    H2Settings {
+/// An echo server whose handshake deadline is 300 ms.
+async fn short_deadline_server(pki: &Pki) -> TestServer {
+    let settings = H2Settings {
         handshake_timeout: Duration::from_millis(300),
         ..H2Settings::default()
-    }
+    };
+    start_server(&pki.cert("server"), &pki.bundle, settings, echo_handler()).await
+}
+
+/// A client that completes mTLS with `server` and sends nothing yet.
+async fn tls_client(server: &mut TestServer, pki: &Pki) -> ClientTls {
+    let tls = within(tls_dial(server.addr, pki.client_tls()))
+        .await
+        .expect("tls");
+    server.expect_accepted().await;
+    tls
 }
 
 #[tokio::test]
 async fn a_peer_that_stops_inside_the_preface_is_cut_off() {
     let pki = Pki::new();
-    let mut server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        short_deadline(),
-        echo_handler(),
-    )
-    .await;
+    let mut server = short_deadline_server(&pki).await;
     for sent in [0, 10, PREFACE.len() - 1] {
-        let mut tls = within(tls_dial(server.addr, pki.client_tls()))
-            .await
-            .expect("tls");
-        server.expect_accepted().await;
+        let mut tls = tls_client(&mut server, &pki).await;
         // Part of the preface, then silence; the write side stays open, so
         // only the server's deadline can end this.
         tls.write_all(&PREFACE[..sent]).await.expect("write");
@@ -52,17 +54,8 @@ async fn a_peer_that_stops_inside_the_preface_is_cut_off() {
 #[tokio::test]
 async fn a_peer_that_dribbles_the_preface_is_cut_off() {
     let pki = Pki::new();
-    let mut server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        short_deadline(),
-        echo_handler(),
-    )
-    .await;
-    let mut tls = within(tls_dial(server.addr, pki.client_tls()))
-        .await
-        .expect("tls");
-    server.expect_accepted().await;
+    let mut server = short_deadline_server(&pki).await;
+    let mut tls = tls_client(&mut server, &pki).await;
     let dribble = async {
         // One byte every 100 ms: the whole preface would take 2.4 s, each
         // byte arriving well inside any per-read timeout.
@@ -83,13 +76,7 @@ async fn a_peer_that_dribbles_the_preface_is_cut_off() {
 #[tokio::test]
 async fn a_prompt_client_is_served_under_the_same_deadline() {
     let pki = Pki::new();
-    let server = start_server(
-        &pki.cert("server"),
-        &pki.bundle,
-        short_deadline(),
-        echo_handler(),
-    )
-    .await;
+    let server = short_deadline_server(&pki).await;
     let conn = within(pki.dial(server.addr)).await.expect("dial");
     let stream = open_tunnel(&conn, "10.0.0.1:80").await.expect("tunnel");
     assert_eq!(exchange(stream, b"hello").await, b"hello");

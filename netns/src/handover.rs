@@ -2,8 +2,10 @@
 //! what is handed over: the opening (hello, then an offer or a refusal), the
 //! close (the new side's `ready` or `abort`, the old side's `released`), and
 //! the old side's loop that serves hand-over requests until one succeeds.
-//! The node proxy and the waypoint each define their messages (what goes
-//! between the offer and `done`) and implement [`Conversation`] for them.
+//! The node proxy and the waypoint each declare their messages (what goes
+//! between the offer and `done`) with [`conversation!`](crate::conversation),
+//! and implement [`Give`] (what the old side sends) and [`Take`] (how the
+//! new side checks and collects it).
 //!
 //! ```text
 //! new -> old  hello {version, pid}
@@ -19,7 +21,10 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::fdmsg::{self, FdMessage, FdMsgError};
 use crate::seqpacket::{SeqpacketConn, SeqpacketListener};
@@ -31,12 +36,15 @@ pub const MSG_TIMEOUT: Duration = Duration::from_secs(10);
 /// `abort`), so the new side always decides first.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The framing messages of one proxy's hand-over protocol.
+/// The framing messages of one proxy's hand-over protocol. Declare the
+/// message enum with [`conversation!`](crate::conversation), which
+/// implements this.
 pub trait Conversation: FdMessage {
     /// The protocol version both sides must speak.
     const VERSION: u32;
     fn hello(pid: u32) -> Self;
     fn refuse(reason: String) -> Self;
+    fn done() -> Self;
     fn abort(reason: String) -> Self;
     fn ready() -> Self;
     fn released() -> Self;
@@ -47,12 +55,95 @@ pub trait Conversation: FdMessage {
     fn is_released(&self) -> bool;
 }
 
-/// Implements [`Conversation`] for a message enum with the framing
-/// variants `Hello { version, pid }`, `Refuse { reason }`, `Abort { reason }`,
-/// `Ready` and `Released`, at protocol version `$version`.
+/// Declares one proxy's hand-over message enum: the framing messages
+/// (`hello {version, pid}`, `offer {version, pid, ...}`, `refuse {reason}`,
+/// `done`, `ready`, `abort {reason}`, `released`) around the proxy's own,
+/// each of which carries exactly one fd. Each message is one JSON object
+/// tagged `type` with its snake_case name, unknown fields refused; the
+/// variants are declared in conversation order (hello, offer, refuse, the
+/// proxy's own, done, ...), which is also the order serde lists them in an
+/// "unknown variant" error. Implements [`FdMessage`] and [`Conversation`];
+/// the calling crate needs `serde`.
+///
+/// ```ignore
+/// trellis_netns::conversation! {
+///     /// One message.
+///     pub enum Msg, version 1;
+///     offer { listeners: u32 }
+///     with_fd {
+///         Listener { port: u16 } => "listener",
+///     }
+/// }
+/// ```
 #[macro_export]
-macro_rules! impl_conversation {
-    ($msg:ident, $version:expr) => {
+macro_rules! conversation {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $msg:ident, version $version:expr;
+        offer { $($(#[$ometa:meta])* $ofield:ident : $oty:ty),* $(,)? }
+        with_fd {
+            $(
+                $(#[$vmeta:meta])*
+                $variant:ident $({ $($(#[$fmeta:meta])* $field:ident : $fty:ty),* $(,)? })? => $name:literal
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
+        $vis enum $msg {
+            Hello {
+                version: u32,
+                pid: u32,
+            },
+            Offer {
+                version: u32,
+                pid: u32,
+                $($(#[$ometa])* $ofield: $oty,)*
+            },
+            Refuse {
+                reason: String,
+            },
+            $(
+                $(#[$vmeta])*
+                $variant $({ $($(#[$fmeta])* $field: $fty,)* })?,
+            )*
+            Done,
+            Ready,
+            Abort {
+                reason: String,
+            },
+            Released,
+        }
+
+        impl $crate::fdmsg::FdMessage for $msg {
+            fn name(&self) -> &'static str {
+                match self {
+                    $msg::Hello { .. } => "hello",
+                    $msg::Offer { .. } => "offer",
+                    $msg::Refuse { .. } => "refuse",
+                    $($msg::$variant { .. } => $name,)*
+                    $msg::Done => "done",
+                    $msg::Ready => "ready",
+                    $msg::Abort { .. } => "abort",
+                    $msg::Released => "released",
+                }
+            }
+
+            fn carries_fd(&self) -> bool {
+                !matches!(
+                    self,
+                    $msg::Hello { .. }
+                        | $msg::Offer { .. }
+                        | $msg::Refuse { .. }
+                        | $msg::Done
+                        | $msg::Ready
+                        | $msg::Abort { .. }
+                        | $msg::Released
+                )
+            }
+        }
+
         impl $crate::handover::Conversation for $msg {
             const VERSION: u32 = $version;
             fn hello(pid: u32) -> Self {
@@ -63,6 +154,9 @@ macro_rules! impl_conversation {
             }
             fn refuse(reason: String) -> Self {
                 $msg::Refuse { reason }
+            }
+            fn done() -> Self {
+                $msg::Done
             }
             fn abort(reason: String) -> Self {
                 $msg::Abort { reason }
@@ -91,6 +185,46 @@ macro_rules! impl_conversation {
             }
         }
     };
+}
+
+/// What the new process's state machine says after a message.
+#[derive(Debug)]
+pub enum Step<B> {
+    /// Read the next message.
+    More,
+    /// All received and checked.
+    Complete(B),
+}
+
+/// The new process's side of one proxy's protocol: checks and collects
+/// what it is sent, from the offer (or refusal) to `done`.
+pub trait Take: Default {
+    type Msg: Conversation;
+    /// Everything handed over.
+    type Bundle;
+    type Error: From<ConvError>;
+    /// Takes one received message with its fd.
+    fn on(
+        &mut self,
+        msg: Self::Msg,
+        fd: Option<OwnedFd>,
+    ) -> Result<Step<Self::Bundle>, Self::Error>;
+}
+
+/// The old process's side of one proxy's protocol: what it sends after
+/// the hello and before `done`.
+pub trait Give: Sync {
+    type Msg: Conversation;
+    type Error: From<ConvError> + std::fmt::Display;
+    /// The proxy, as the logs name it ("node proxy").
+    const PROXY: &'static str;
+    /// This process is stopping already, so it has nothing to hand.
+    fn draining(&self) -> bool;
+    /// Sends the offer and everything it announces, or a refusal (and
+    /// returns the error).
+    fn hand(&self, conn: &SeqpacketConn) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Undoes what a failed attempt did; this process serves on after.
+    fn failed(&self, _error: &Self::Error) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,20 +280,14 @@ pub async fn open<M: Conversation>(path: &Path) -> Result<SeqpacketConn, ConvErr
 }
 
 /// The new process: opens the conversation at `path` and feeds each
-/// message with its fd to `on` until it says the hand-over is complete
-/// (`Some`). The old process keeps serving until [`confirm`].
-pub async fn take<M, B, E>(
-    path: &Path,
-    mut on: impl FnMut(M, Option<OwnedFd>) -> Result<Option<B>, E>,
-) -> Result<(B, SeqpacketConn), E>
-where
-    M: Conversation,
-    E: From<ConvError>,
-{
-    let conn = open::<M>(path).await?;
+/// message with its fd to a fresh `T` until it is complete. The old
+/// process keeps serving until [`confirm`].
+pub async fn take<T: Take>(path: &Path) -> Result<(T::Bundle, SeqpacketConn), T::Error> {
+    let conn = open::<T::Msg>(path).await?;
+    let mut taker = T::default();
     loop {
-        let (msg, fd) = recv::<M>(&conn, MSG_TIMEOUT, "while receiving the listeners").await?;
-        if let Some(bundle) = on(msg, fd)? {
+        let (msg, fd) = recv::<T::Msg>(&conn, MSG_TIMEOUT, "while receiving the listeners").await?;
+        if let Step::Complete(bundle) = taker.on(msg, fd)? {
             return Ok((bundle, conn));
         }
     }
@@ -245,27 +373,20 @@ pub async fn finish<M: Conversation>(conn: &SeqpacketConn) -> Result<(), ConvErr
     Ok(())
 }
 
-/// The old process: serves hand-over requests on `listener`, each with
-/// `attempt` (which returns the new process's pid), until one succeeds —
-/// then sets `handed_over` and returns the new pid, and the caller starts
-/// its drain — or `stop` resolves (`None`). A failed attempt goes to
-/// `failed` (to log it, and undo what the attempt did) and leaves this
-/// process serving.
-pub async fn serve<F, Fut, E>(
+/// The old process: serves hand-over requests on `listener` until one
+/// succeeds — then sets `handed_over`, cancels `stop` (which starts the
+/// caller's drain) and returns the new pid — or `stop` is cancelled
+/// otherwise (`None`). A failed attempt goes to [`Give::failed`], is
+/// logged, and leaves this process serving.
+pub async fn serve<G: Give>(
     listener: SeqpacketListener,
-    stop: impl Future<Output = ()>,
-    handed_over: &AtomicBool,
-    mut attempt: F,
-    mut failed: impl FnMut(E),
-) -> Option<u32>
-where
-    F: FnMut(SeqpacketConn) -> Fut,
-    Fut: Future<Output = Result<u32, E>>,
-{
-    let mut stop = std::pin::pin!(stop);
+    giver: G,
+    stop: CancellationToken,
+    handed_over: Arc<AtomicBool>,
+) -> Option<u32> {
     loop {
         let conn = tokio::select! {
-            _ = &mut stop => return None,
+            _ = stop.cancelled() => return None,
             c = listener.accept() => match c {
                 Ok(c) => c,
                 Err(e) => {
@@ -276,177 +397,41 @@ where
             },
         };
         let outcome = tokio::select! {
-            _ = &mut stop => return None,
-            r = attempt(conn) => r,
+            _ = stop.cancelled() => return None,
+            r = give(conn, &giver) => r,
         };
         match outcome {
             Ok(new_pid) => {
                 handed_over.store(true, Ordering::Release);
+                tracing::info!(
+                    new_pid,
+                    "handed over to the new {}; stopped accepting, draining",
+                    G::PROXY
+                );
+                stop.cancel();
                 return Some(new_pid);
             }
-            Err(e) => failed(e),
+            Err(e) => {
+                giver.failed(&e);
+                tracing::warn!(error = %e, "hand-over failed; this {} serves on as before", G::PROXY);
+            }
         }
     }
+}
+
+/// One hand-over attempt; returns the new process's pid.
+async fn give<G: Give>(conn: SeqpacketConn, giver: &G) -> Result<u32, G::Error> {
+    let new_pid = greet::<G::Msg>(&conn, giver.draining()).await?;
+    tracing::info!(
+        new_pid,
+        "a new {} asks to take over; handing over the listeners",
+        G::PROXY
+    );
+    giver.hand(&conn).await?;
+    send(&conn, &G::Msg::done(), None).await?;
+    finish::<G::Msg>(&conn).await?;
+    Ok(new_pid)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde::{Deserialize, Serialize};
-
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-    enum M {
-        Hello { version: u32, pid: u32 },
-        Refuse { reason: String },
-        Done,
-        Ready,
-        Abort { reason: String },
-        Released,
-    }
-
-    impl FdMessage for M {
-        fn name(&self) -> &'static str {
-            match self {
-                M::Hello { .. } => "hello",
-                M::Refuse { .. } => "refuse",
-                M::Done => "done",
-                M::Ready => "ready",
-                M::Abort { .. } => "abort",
-                M::Released => "released",
-            }
-        }
-        fn carries_fd(&self) -> bool {
-            false
-        }
-    }
-
-    crate::impl_conversation!(M, 3);
-
-    #[test]
-    fn hello_and_verdict_decisions() {
-        let hello = |version| M::Hello { version, pid: 9 };
-        // (message, draining, refusal text or None to offer)
-        let cases = [
-            (hello(3), false, None),
-            (hello(3), true, Some("already draining")),
-            (
-                hello(4),
-                false,
-                Some("hand-over version 4 is not spoken here (this process speaks 3)"),
-            ),
-            (M::Done, false, Some("expected hello, got done")),
-        ];
-        for (msg, draining, want) in cases {
-            match (on_hello(&msg, draining), want) {
-                (Ok(()), None) => {}
-                (Err(r), Some(w)) => assert!(r.contains(w), "{msg:?}: {r}"),
-                (got, want) => panic!("{msg:?}: got {got:?}, want {want:?}"),
-            }
-        }
-        // (verdict, error text or None)
-        let cases = [
-            (M::Ready, None),
-            (
-                M::Abort {
-                    reason: "no config".into(),
-                },
-                Some("the new process gave up: no config"),
-            ),
-            (
-                M::hello(1),
-                Some("unexpected hand-over message hello while waiting for ready"),
-            ),
-        ];
-        for (msg, want) in cases {
-            match (on_verdict(&msg), want) {
-                (Ok(()), None) => {}
-                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{msg:?}: {e}"),
-                (got, want) => panic!("{msg:?}: got {got:?}, want {want:?}"),
-            }
-        }
-    }
-
-    /// The old side's attempt in these tests: greet, `done`, the verdict.
-    async fn attempt(conn: SeqpacketConn) -> Result<u32, ConvError> {
-        let pid = greet::<M>(&conn, false).await?;
-        send(&conn, &M::Done, None).await?;
-        finish::<M>(&conn).await?;
-        Ok(pid)
-    }
-
-    /// The new side: hello, wait for `done`, then `ready` or `abort`.
-    async fn taker(path: &Path, give_up: Option<&str>) -> Result<(), ConvError> {
-        let conn = open::<M>(path).await?;
-        let (done, _) = recv::<M>(&conn, MSG_TIMEOUT, "waiting for done").await?;
-        assert_eq!(done, M::Done);
-        match give_up {
-            Some(reason) => {
-                abort::<M>(&conn, reason).await;
-                Ok(())
-            }
-            None => confirm::<M>(&conn).await,
-        }
-    }
-
-    #[tokio::test]
-    async fn the_old_side_serves_on_after_failed_attempts_and_hands_over_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("h.sock");
-        let listener = SeqpacketListener::bind(&path).unwrap();
-        let handed = AtomicBool::new(false);
-        let failures = std::cell::RefCell::new(Vec::new());
-        let old = serve(
-            listener,
-            std::future::pending(),
-            &handed,
-            attempt,
-            |e: ConvError| failures.borrow_mut().push(e.to_string()),
-        );
-        let new = async {
-            // A peer that speaks something else, one that gives up, then one
-            // that takes over.
-            let garbage = SeqpacketConn::connect(&path).unwrap();
-            garbage.send(br#"{"type":"launch"}"#, None).await.unwrap();
-            match recv::<M>(&garbage, MSG_TIMEOUT, "after garbage").await {
-                Ok((M::Refuse { reason }, _)) => {
-                    assert!(reason.contains("unknown variant `launch`"), "{reason}")
-                }
-                other => panic!("garbage got {other:?}"),
-            }
-            taker(&path, Some("no certificate")).await.unwrap();
-            taker(&path, None).await.unwrap();
-        };
-        let (pid, ()) = tokio::join!(old, new);
-        assert_eq!(pid, Some(std::process::id()));
-        assert!(handed.load(Ordering::Acquire));
-        let failures = failures.into_inner();
-        assert_eq!(failures.len(), 2, "{failures:?}");
-        assert!(
-            failures[0].contains("unknown variant `launch`"),
-            "{failures:?}"
-        );
-        assert!(
-            failures[1].contains("gave up: no certificate"),
-            "{failures:?}"
-        );
-        // Nobody at the path any more: a clear error naming it.
-        drop(dir);
-        let e = open::<M>(&path).await.unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("is the running process's --handover-socket this path?"),
-            "{e}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_stop_ends_the_serving_loop_without_a_hand_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = SeqpacketListener::bind(&dir.path().join("h.sock")).unwrap();
-        let handed = AtomicBool::new(false);
-        let got = serve(listener, async {}, &handed, attempt, |_: ConvError| {}).await;
-        assert_eq!(got, None);
-        assert!(!handed.load(Ordering::Acquire));
-    }
-}
+mod tests;

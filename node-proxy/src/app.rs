@@ -482,7 +482,12 @@ fn run_admin(
             match trellis_netns::seqpacket::SeqpacketListener::bind_private(&path, 0o600) {
                 Ok(l) => {
                     info!(socket = %path.display(), "offering hand-over to a new node proxy (--takeover)");
-                    tokio::spawn(handover::serve(l, giver, stop.clone(), handed_over.clone()));
+                    tokio::spawn(trellis_netns::handover::serve(
+                        l,
+                        giver,
+                        stop.clone(),
+                        handed_over.clone(),
+                    ));
                 }
                 Err(e) => {
                     warn!(socket = %path.display(), error = %e, "cannot offer hand-over; an upgrade of this proxy will not be hitless")

@@ -17,28 +17,25 @@
 //! first: it gives up on its config after [`SYNC_TIMEOUT`], well inside the
 //! old side's wait for `ready`.
 //!
-//! The framing (hello, verdict, the serving loop) is shared with the
-//! waypoint in `trellis_netns::handover`; what is handed over is decided in
-//! [`session`], tested as tables; this module does the I/O.
+//! The framing (hello, verdict, the serving loop, `done`) is shared with
+//! the waypoint in `trellis_netns::handover`; what is handed over is decided
+//! in [`session`], tested as tables; this module does the I/O.
 
 pub mod proto;
 pub mod session;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 use trellis_netns::handover as frame;
-use trellis_netns::seqpacket::{SeqpacketConn, SeqpacketListener};
+use trellis_netns::seqpacket::SeqpacketConn;
 
 use crate::instance::InstanceLock;
 use crate::pods::Pods;
 use proto::{AdminServer, Msg, VERSION};
-use session::{Bundle, HandoverError, Step, Taker};
+use session::{Bundle, HandoverError, Taker};
 
 /// The new process waits this long at most for its first config before it
 /// gives up (and the old one keeps serving); well inside the old side's
@@ -52,12 +49,7 @@ async fn send(conn: &SeqpacketConn, msg: &Msg, fd: Option<&OwnedFd>) -> Result<(
 /// The new process: connects to `path` and receives everything. The old
 /// process keeps serving until [`confirm`].
 pub async fn take(path: &Path) -> Result<(Bundle, SeqpacketConn), HandoverError> {
-    let mut taker = Taker::default();
-    frame::take::<Msg, _, _>(path, |msg, fd| match taker.on(msg, fd)? {
-        Step::Complete(bundle) => Ok(Some(bundle)),
-        Step::More => Ok(None),
-    })
-    .await
+    frame::take::<Taker>(path).await
 }
 
 /// The new process gives up before serving: the old one keeps on.
@@ -80,97 +72,75 @@ pub struct Giver {
     pub draining: trellis_core::drain::DrainWatcher,
 }
 
-/// The running process: serves hand-over requests on `listener` until one
-/// succeeds (then sets `handed_over` and cancels `stop`, which starts the
-/// drain) or `stop` fires.
-pub async fn serve(
-    listener: SeqpacketListener,
-    giver: Giver,
-    stop: CancellationToken,
-    handed_over: Arc<AtomicBool>,
-) {
-    let handed = frame::serve(
-        listener,
-        stop.cancelled(),
-        &handed_over,
-        |conn| give(conn, &giver),
-        |e: HandoverError| {
-            giver.pods.thaw();
-            warn!(error = %e, "hand-over failed; this node proxy serves on as before");
-        },
-    )
-    .await;
-    if let Some(new_pid) = handed {
-        info!(
-            new_pid,
-            "handed over to the new node proxy; stopped accepting, draining"
-        );
-        stop.cancel();
-    }
-}
+impl frame::Give for Giver {
+    type Msg = Msg;
+    type Error = HandoverError;
+    const PROXY: &'static str = "node proxy";
 
-/// One hand-over attempt; returns the new process's pid.
-async fn give(conn: SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
-    let new_pid = frame::greet::<Msg>(&conn, g.draining.is_draining()).await?;
-    info!(
-        new_pid,
-        "a new node proxy asks to take over; handing over the listeners"
-    );
-    let pods = match g.pods.freeze_and_export() {
-        Ok(p) => p,
-        Err(e) => {
-            let reason = e.to_string();
-            // Best effort: the refusal stands whether or not it lands.
-            let _ = send(
-                &conn,
-                &Msg::Refuse {
-                    reason: reason.clone(),
-                },
-                None,
-            )
-            .await;
-            return Err(HandoverError::Local(reason));
-        }
-    };
-    let listeners: usize = pods.iter().map(|p| p.listeners.len()).sum();
-    let offer = Msg::Offer {
-        version: VERSION,
-        pid: std::process::id(),
-        pods: pods.len() as u32,
-        listeners: listeners as u32,
-    };
-    send(&conn, &offer, None).await?;
-    let lock = g.lock.as_fd().try_clone_to_owned()?;
-    send(&conn, &Msg::Lock, Some(&lock)).await?;
-    let servers = [
-        AdminServer::Admin,
-        AdminServer::Metrics,
-        AdminServer::Readiness,
-    ];
-    for (server, fd) in servers.into_iter().zip(&g.admin) {
-        send(&conn, &Msg::Admin { server }, Some(fd)).await?;
+    fn draining(&self) -> bool {
+        self.draining.is_draining()
     }
-    for p in &pods {
-        let pod = Msg::Pod {
-            uid: p.uid.clone(),
-            workload: p.workload.clone(),
-            origin: p.origin,
-            netns: p.netns_label.clone(),
-            capture_rules: p.capture_rules,
+
+    /// Freezes enrollment (a failed attempt thaws it) and sends the lock,
+    /// the admin listeners, and each pod with its listeners.
+    async fn hand(&self, conn: &SeqpacketConn) -> Result<(), HandoverError> {
+        let pods = match self.pods.freeze_and_export() {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = e.to_string();
+                // Best effort: the refusal stands whether or not it lands.
+                let _ = send(
+                    conn,
+                    &Msg::Refuse {
+                        reason: reason.clone(),
+                    },
+                    None,
+                )
+                .await;
+                return Err(HandoverError::Local(reason));
+            }
         };
-        send(&conn, &pod, Some(&p.netns)).await?;
-        for (kind, addr, fd) in &p.listeners {
-            let l = Msg::Listener {
-                pod: p.uid.clone(),
-                kind: (*kind).into(),
-                addr: *addr,
-            };
-            send(&conn, &l, Some(fd)).await?;
+        let listeners: usize = pods.iter().map(|p| p.listeners.len()).sum();
+        let offer = Msg::Offer {
+            version: VERSION,
+            pid: std::process::id(),
+            pods: pods.len() as u32,
+            listeners: listeners as u32,
+        };
+        send(conn, &offer, None).await?;
+        let lock = self.lock.as_fd().try_clone_to_owned()?;
+        send(conn, &Msg::Lock, Some(&lock)).await?;
+        let servers = [
+            AdminServer::Admin,
+            AdminServer::Metrics,
+            AdminServer::Readiness,
+        ];
+        for (server, fd) in servers.into_iter().zip(&self.admin) {
+            send(conn, &Msg::Admin { server }, Some(fd)).await?;
         }
+        for p in &pods {
+            let pod = Msg::Pod {
+                uid: p.uid.clone(),
+                workload: p.workload.clone(),
+                origin: p.origin,
+                netns: p.netns_label.clone(),
+                capture_rules: p.capture_rules,
+            };
+            send(conn, &pod, Some(&p.netns)).await?;
+            for (kind, addr, fd) in &p.listeners {
+                let l = Msg::Listener {
+                    pod: p.uid.clone(),
+                    kind: (*kind).into(),
+                    addr: *addr,
+                };
+                send(conn, &l, Some(fd)).await?;
+            }
+        }
+        // Our copies of the fds close here; the new process holds its own.
+        Ok(())
     }
-    send(&conn, &Msg::Done, None).await?;
-    // Our copies of the fds close here; the new process holds its own.
-    drop(pods);
-    frame::finish::<Msg>(&conn).await?;
-    Ok(new_pid)
+
+    fn failed(&self, _: &HandoverError) {
+        self.pods.thaw();
+    }
 }

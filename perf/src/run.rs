@@ -2,7 +2,7 @@
 //! (a lock), waiting for idle CPUs, describing the machine, writing results.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,40 @@ use crate::proc_stats::cpu_seconds_by_pid;
 /// Where the exclusive run lock lives (`flock`); wrap manual sessions with
 /// `flock /run/lock/trellis-bench.lock ...` too.
 pub const LOCK_PATH: &str = "/run/lock/trellis-bench.lock";
+
+/// A bench's command line after the program name: its flags, each with
+/// its value where it takes one.
+pub struct Args {
+    args: std::iter::Skip<std::env::Args>,
+    usage: &'static str,
+}
+
+impl Args {
+    /// This process's arguments; `usage` goes with every error.
+    pub fn new(usage: &'static str) -> Args {
+        Args {
+            args: std::env::args().skip(1),
+            usage,
+        }
+    }
+
+    /// The next flag.
+    pub fn next_flag(&mut self) -> Option<String> {
+        self.args.next()
+    }
+
+    /// The value of flag `name`, which comes next.
+    pub fn value(&mut self, name: &str) -> Result<String> {
+        self.args
+            .next()
+            .with_context(|| format!("{name} needs a value\n{}", self.usage))
+    }
+
+    /// [`value`](Self::value) as a path.
+    pub fn path(&mut self, name: &str) -> Result<PathBuf> {
+        self.value(name).map(PathBuf::from)
+    }
+}
 
 /// Progress line on stderr, tagged with the program's name.
 pub fn say(msg: impl AsRef<str>) {

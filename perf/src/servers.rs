@@ -4,12 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 use trellis_e2e::{ChildGuard, Pod, Topology};
 use trellis_netns::{self as netns, ListenOpts, NetNs};
 
@@ -21,8 +19,7 @@ use crate::topo::wait_listening;
 pub struct EchoServer {
     pub addr: SocketAddr,
     accepted: Arc<AtomicU64>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: sys::ServerThread,
 }
 
 impl EchoServer {
@@ -39,67 +36,52 @@ impl EchoServer {
         let rt = sys::runtime()?;
         let accepted = Arc::new(AtomicU64::new(0));
         let count = accepted.clone();
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("bench-echo".into())
-            .spawn(move || {
-                if let Err(e) = sys::pin_current_thread(cpu) {
-                    eprintln!("echo server: cannot pin to CPU {cpu}: {e}");
-                }
-                rt.block_on(async move {
-                    let l = match tokio::net::TcpListener::from_std(std_l) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            eprintln!("echo server: {e}");
-                            return;
-                        }
-                    };
-                    loop {
-                        tokio::select! {
-                            _ = &mut stopped => return,
-                            r = l.accept() => {
-                                let Ok((mut s, _)) = r else { continue };
-                                count.fetch_add(1, Ordering::Relaxed);
-                                let _ = s.set_nodelay(true);
-                                tokio::spawn(async move {
-                                    let mut buf = vec![0u8; 16 * 1024];
-                                    loop {
-                                        match s.read(&mut buf).await {
-                                            Ok(0) | Err(_) => return,
-                                            Ok(n) => {
-                                                if s.write_all(&buf[..n]).await.is_err() {
-                                                    return;
-                                                }
+        let thread = sys::ServerThread::spawn("bench-echo".into(), move |mut stopped| {
+            if let Err(e) = sys::pin_current_thread(cpu) {
+                eprintln!("echo server: cannot pin to CPU {cpu}: {e}");
+            }
+            rt.block_on(async move {
+                let l = match tokio::net::TcpListener::from_std(std_l) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("echo server: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        r = l.accept() => {
+                            let Ok((mut s, _)) = r else { continue };
+                            count.fetch_add(1, Ordering::Relaxed);
+                            let _ = s.set_nodelay(true);
+                            tokio::spawn(async move {
+                                let mut buf = vec![0u8; 16 * 1024];
+                                loop {
+                                    match s.read(&mut buf).await {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(n) => {
+                                            if s.write_all(&buf[..n]).await.is_err() {
+                                                return;
                                             }
                                         }
                                     }
-                                });
-                            }
+                                }
+                            });
                         }
                     }
-                });
-            })?;
+                }
+            });
+        })?;
         Ok(EchoServer {
             addr,
             accepted,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

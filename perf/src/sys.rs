@@ -47,6 +47,26 @@ pub fn on_pinned_thread<T: Send + 'static>(
     h.join().map_err(|_| anyhow!("thread {name} panicked"))?
 }
 
+/// The harness's server thread (stopped and joined on drop).
+pub use trellis_e2e::servers::ServerThread;
+
+/// Accepts on `l` for ever, handing each connection (with TCP_NODELAY) to
+/// `serve`. An accept error (e.g. EMFILE) backs off briefly rather than spin.
+pub async fn accept_each(
+    l: &tokio::net::TcpListener,
+    mut serve: impl FnMut(tokio::net::TcpStream),
+) {
+    loop {
+        match l.accept().await {
+            Ok((s, _)) => {
+                let _ = s.set_nodelay(true);
+                serve(s);
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// Timer slack of the calling thread in ns: the default 50 µs would show up
 /// as send-time jitter in an open-loop schedule.
 pub fn set_timer_slack(ns: u64) {

@@ -112,24 +112,13 @@ impl BenchTopo {
         // figures are not the proxy's.
         let wrapper = std::env::var("TRELLIS_PROXY_WRAPPER").unwrap_or_default();
         let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
-        self.start_proxy_wrapped(bin, node, pod, cpu, &wrapper)
+        self.start_proxy_with(bin, node, pod, cpu, &wrapper, &[])
     }
 
     /// [`start_proxy`](Self::start_proxy) with the proxy run under `wrapper`
-    /// (a command and its arguments that exec the proxy, such as valgrind).
-    pub fn start_proxy_wrapped(
-        &self,
-        bin: &Path,
-        node: &str,
-        pod: &Pod,
-        cpu: usize,
-        wrapper: &[&str],
-    ) -> Result<NodeProxy> {
-        self.start_proxy_with(bin, node, pod, cpu, wrapper, &[])
-    }
-
-    /// [`start_proxy_wrapped`](Self::start_proxy_wrapped) with `extra`
-    /// arguments for the proxy (such as `--max-connections N`).
+    /// (a command and its arguments that exec the proxy, such as valgrind;
+    /// empty: none) and `extra` arguments for the proxy (such as
+    /// `--max-connections N`).
     pub fn start_proxy_with(
         &self,
         bin: &Path,

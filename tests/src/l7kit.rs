@@ -17,6 +17,8 @@ mod http_server;
 
 use std::time::Duration;
 
+use crate::servers::ServerThread;
+
 pub use client::{
     grpc_say, grpc_say_with, grpc_stream, http1_keepalive, http1_request, http2_request,
     upgrade_echo, ClientError, GrpcOpts, HttpReply,
@@ -47,31 +49,7 @@ where
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name(format!("{what}-{port}"))
-        .spawn(move || rt.block_on(serve(stopped)))?;
-    Ok(ServerThread {
-        stop: Some(stop),
-        thread: Some(thread),
+    ServerThread::spawn(format!("{what}-{port}"), move |stopped| {
+        rt.block_on(serve(stopped))
     })
-}
-
-/// The thread of a running server; stops and joins it on drop. The runtime
-/// is dropped with the thread's closure, which cancels the connection tasks
-/// and closes their sockets.
-struct ServerThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }

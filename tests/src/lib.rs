@@ -19,6 +19,7 @@ pub mod demo_control;
 pub mod demo_manifests;
 pub mod demo_waypoint;
 pub mod deploy;
+pub mod h2frames;
 pub mod kube;
 pub mod kube_cluster;
 pub mod kube_source;

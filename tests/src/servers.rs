@@ -12,6 +12,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use trellis_netns::{self as netns, ListenOpts, NetNs, SocketOpts};
 
+/// A server's own thread: told to stop, and joined, on drop. Whatever
+/// runtime the thread runs is dropped with its closure, which cancels the
+/// connection tasks and closes their sockets.
+pub struct ServerThread {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Spawns thread `name` running `f`, which is to return once the
+    /// receiver it is given fires (or its sender is gone).
+    pub fn spawn(
+        name: String,
+        f: impl FnOnce(oneshot::Receiver<()>) + Send + 'static,
+    ) -> io::Result<ServerThread> {
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || f(stopped))?;
+        Ok(ServerThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// What a [`TestServer`] does with each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerKind {
@@ -25,8 +62,7 @@ pub enum ServerKind {
 pub struct TestServer {
     addr: SocketAddr,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl TestServer {
@@ -54,16 +90,14 @@ impl TestServer {
             .enable_all()
             .build()?;
         let peers = Arc::new(Mutex::new(Vec::new()));
-        let (stop, stopped) = oneshot::channel();
         let seen = peers.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("test-server-{}", addr.port()))
-            .spawn(move || rt.block_on(serve(kind, std_listener, seen, stopped)))?;
+        let thread = ServerThread::spawn(format!("test-server-{}", addr.port()), move |stopped| {
+            rt.block_on(serve(kind, std_listener, seen, stopped))
+        })?;
         Ok(TestServer {
             addr,
             peers,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -79,19 +113,6 @@ impl TestServer {
 
     pub fn accepted(&self) -> usize {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // The runtime is dropped with the thread's closure, which cancels the
-        // connection tasks and closes their sockets.
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! `e2e_controller`, unreadable config files in `e2e_reload`.)
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
@@ -18,15 +19,20 @@ use trellis_e2e::{connect, wait_until};
 
 const T: Duration = Duration::from_secs(10);
 
-/// An echo server as a process of its own (so it can be killed), bound in
-/// the server pod's netns; prints `ready` once listening.
-const ECHO_PY: &str = r#"
-import socket, sys, threading
+/// What every app script starts with: a socket `s` listening on the
+/// address and port it is given, then `ready` on stdout.
+const LISTEN_PY: &str = r#"
+import socket, struct, sys, threading
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(16)
 print("ready", flush=True)
+"#;
+
+/// An echo server as a process of its own (so it can be killed), bound in
+/// the server pod's netns.
+const ECHO_PY: &str = r#"
 def serve(c):
     while True:
         d = c.recv(65536)
@@ -38,8 +44,8 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// Starts `script` with python3 in the server pod's netns, bound to
-/// `port`, and waits for its `ready` line. The pipes are returned so they
+/// Starts `script` after [`LISTEN_PY`] with python3 in the server pod's
+/// netns, bound to `port`, and waits for its `ready` line. The pipes are returned so they
 /// stay open for the app's life: a closed stdout makes the app's next print
 /// fail with EPIPE, and python3 then exits before it serves anything.
 fn start_app(
@@ -50,7 +56,8 @@ fn start_app(
     let server_ip = m.ip("server").to_string();
     let mut app = Command::new("nsenter");
     app.arg(format!("--net={}", m.netns_path("server").display()))
-        .args(["python3", "-c", script, &server_ip, &port.to_string()])
+        .args(["python3", "-c", &format!("{LISTEN_PY}{script}")])
+        .args([&server_ip, &port.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -64,16 +71,29 @@ fn start_app(
     (child, stdin, stdout)
 }
 
+/// A client pod on node1 and a server pod on node2.
+fn client_and_server() -> Mesh {
+    Mesh::builder()
+        .member("node1", "client", "demo", "client")
+        .member("node2", "server", "demo", "server")
+        .start()
+        .unwrap()
+}
+
+/// Writes `msg` on `conn` and checks that it comes back.
+fn echoed(conn: &mut TcpStream, msg: &[u8]) {
+    conn.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+}
+
 #[test]
 fn an_upstream_killed_mid_stream_ends_its_client_and_nothing_else() {
     if !trellis_e2e::require_root() {
         return;
     }
-    let m = Mesh::builder()
-        .member("node1", "client", "demo", "client")
-        .member("node2", "server", "demo", "server")
-        .start()
-        .unwrap();
+    let m = client_and_server();
     // The other tenant: a stream to another app of the same pod, through
     // the same two node proxies.
     let _echo = m.echo("server", 8080);
@@ -86,11 +106,7 @@ fn an_upstream_killed_mid_stream_ends_its_client_and_nothing_else() {
     let mut conn = connect(Some(&client), m.addr("server", 9090), T).unwrap();
     let mut buf = [0u8; 4096];
     for i in 0..20 {
-        let msg = format!("chunk {i:04}");
-        conn.write_all(msg.as_bytes()).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        conn.read_exact(&mut back).unwrap();
-        assert_eq!(back, msg.as_bytes());
+        echoed(&mut conn, format!("chunk {i:04}").as_bytes());
     }
 
     // The app dies with data in flight.
@@ -138,12 +154,6 @@ fn an_upstream_killed_mid_stream_ends_its_client_and_nothing_else() {
 /// stdin (the test's go-ahead, once its client has the echo) and resets
 /// the connection (SO_LINGER 0), as a crashing or aborting app does.
 const RESET_AFTER_30_PY: &str = r#"
-import socket, struct, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-print("ready", flush=True)
 c, _ = s.accept()
 got = b""
 while len(got) < 30:
@@ -163,11 +173,7 @@ fn bytes_are_counted_as_they_flow_and_kept_when_a_connection_is_reset() {
     if !trellis_e2e::require_root() {
         return;
     }
-    let m = Mesh::builder()
-        .member("node1", "client", "demo", "client")
-        .member("node2", "server", "demo", "server")
-        .start()
-        .unwrap();
+    let m = client_and_server();
     let (p1, p2) = (m.proxy("node1"), m.proxy("node2"));
     let src = [("reporter", "source")];
     let dst = [("reporter", "destination")];
@@ -193,10 +199,7 @@ fn bytes_are_counted_as_they_flow_and_kept_when_a_connection_is_reset() {
     //    is still open (before, they appeared only once it closed).
     let _echo = m.echo("server", 8080);
     let mut long = connect(Some(&client), m.addr("server", 8080), T).unwrap();
-    long.write_all(&[b'a'; 30]).unwrap();
-    let mut back = [0u8; 30];
-    long.read_exact(&mut back).unwrap();
-    assert_eq!(back, [b'a'; 30]);
+    echoed(&mut long, &[b'a'; 30]);
     wait_until(T, "an open connection's bytes on both proxies", || {
         counts() == [(30.0, 30.0, 0.0); 2]
     })
@@ -207,9 +210,7 @@ fn bytes_are_counted_as_they_flow_and_kept_when_a_connection_is_reset() {
     //    (before, such a connection was recorded as 0/0).
     let (_app, mut app_in, mut app_out) = start_app(&m, RESET_AFTER_30_PY, 9090);
     let mut conn = connect(Some(&client), m.addr("server", 9090), T).unwrap();
-    conn.write_all(&[b'b'; 30]).unwrap();
-    conn.read_exact(&mut back).unwrap();
-    assert_eq!(back, [b'b'; 30]);
+    echoed(&mut conn, &[b'b'; 30]);
     app_in.write_all(b"go\n").unwrap();
     app_in.flush().unwrap();
     let mut line = String::new();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tonic::Code;
+use trellis_e2e::h2frames::{self, flag, kind, Frame, FrameReader};
 use trellis_e2e::l7kit::{
     grpc_say, grpc_stream, http1_keepalive, http1_request, http2_request, upgrade_echo, GrpcMode,
     GrpcServer, HttpReply, HttpServer,
@@ -233,63 +234,20 @@ async fn dial(m: &Mesh, from: &str, dst: SocketAddr) -> tokio::net::TcpStream {
         .unwrap_or_else(|e| panic!("connect from {from} to {dst}: {e}"))
 }
 
-// Raw HTTP/2 frames (RFC 9113 §4.1, HPACK RFC 7541), for what no client
-// library will send.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADERS: u8 = 0x1;
-const FRAME_RST_STREAM: u8 = 0x3;
-const FRAME_SETTINGS: u8 = 0x4;
-const FRAME_GOAWAY: u8 = 0x7;
-const FRAME_CONTINUATION: u8 = 0x9;
-const FLAG_END_STREAM: u8 = 0x1;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("frame payload fits u24");
-    let mut out = Vec::with_capacity(9 + payload.len());
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// An HPACK integer with an N-bit prefix (RFC 7541 §5.1).
-fn hpack_int(out: &mut Vec<u8>, first: u8, prefix_bits: u32, mut v: usize) {
-    let max = (1usize << prefix_bits) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-/// A string literal without Huffman coding.
-fn hpack_str(out: &mut Vec<u8>, s: &[u8]) {
-    hpack_int(out, 0, 7, s.len());
-    out.extend_from_slice(s);
-}
-
 /// `GET /` to `authority`: static-table pseudo-headers plus a literal
 /// `:authority` (without indexing, indexed name 1).
 fn hpack_get(authority: &str) -> Vec<u8> {
     let mut out = vec![0x82, 0x86, 0x84];
-    hpack_int(&mut out, 0x00, 4, 1);
-    hpack_str(&mut out, authority.as_bytes());
+    h2frames::hpack_int(&mut out, 0x00, 4, 1);
+    h2frames::hpack_string(&mut out, authority.as_bytes());
     out
 }
 
-/// A literal header without indexing, with a new name.
-fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.push(0x00);
-    hpack_str(out, name.as_bytes());
-    hpack_str(out, value);
+/// One frame, by itself.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + payload.len());
+    h2frames::frame(&mut out, kind, flags, stream, payload);
+    out
 }
 
 /// How the server ended a raw HTTP/2 connection, as the client saw it.
@@ -331,7 +289,7 @@ fn raw_h2_attack(
         let ended = &ended;
         let read = scope.spawn(move || {
             let mut end = H2End::default();
-            let mut buf = Vec::new();
+            let mut frames = FrameReader::default();
             let mut chunk = [0u8; 16 * 1024];
             while Instant::now() < until {
                 match reader.read(&mut chunk) {
@@ -339,7 +297,7 @@ fn raw_h2_attack(
                         end.closed = true;
                         break;
                     }
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => frames.push(&chunk[..n]),
                     Err(e) if is_closed_by_peer(&e) => {
                         end.closed = true;
                         break;
@@ -354,15 +312,17 @@ fn raw_h2_attack(
                     }
                     Err(e) => panic!("reading the server's frames: {e}"),
                 }
-                parse_frames(&mut buf, &mut end);
+                while let Some(f) = frames.next_frame() {
+                    end.note(&f);
+                }
             }
             ended.store(true, Ordering::SeqCst);
             end
         });
         let mut written = 0;
         let mut write = |bytes: &[u8]| writer.write_all(bytes).is_ok();
-        let mut hello = H2_PREFACE.to_vec();
-        hello.extend(frame(FRAME_SETTINGS, 0, 0, &[]));
+        let mut hello = h2frames::PREFACE.to_vec();
+        h2frames::settings(&mut hello, &[]);
         if write(&hello) {
             for f in attack {
                 if ended.load(Ordering::SeqCst) || Instant::now() >= until || !write(&f) {
@@ -377,31 +337,17 @@ fn raw_h2_attack(
     })
 }
 
-/// Consumes the complete frames at the front of `buf`, noting what matters.
-fn parse_frames(buf: &mut Vec<u8>, end: &mut H2End) {
-    loop {
-        if buf.len() < 9 {
-            return;
-        }
-        let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-        if buf.len() < 9 + len {
-            return;
-        }
-        let kind = buf[3];
-        let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-        let payload = &buf[9..9 + len];
-        let code = |at: usize| {
-            payload
-                .get(at..at + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        match kind {
-            FRAME_GOAWAY => end.goaway = code(4),
-            FRAME_RST_STREAM => end.resets.push((stream, code(0).unwrap_or(0))),
-            FRAME_HEADERS if stream != 0 => end.answered.push(stream),
+impl H2End {
+    /// Notes what matters of a frame the server sent.
+    fn note(&mut self, f: &Frame) {
+        match f.kind {
+            kind::GOAWAY => self.goaway = f.error_code().map(|(_, code)| code),
+            kind::RST_STREAM => self
+                .resets
+                .push((f.stream, f.error_code().map_or(0, |(_, code)| code))),
+            kind::HEADERS if f.stream != 0 => self.answered.push(f.stream),
             _ => {}
         }
-        buf.drain(..9 + len);
     }
 }
 
@@ -1192,15 +1138,15 @@ fn h2_endless_continuation_frames_get_goaway_and_the_waypoint_keeps_serving() {
     // HEADERS without END_HEADERS, then CONTINUATION frames that never end
     // the block, each holding a complete, valid literal header.
     let head = frame(
-        FRAME_HEADERS,
-        FLAG_END_STREAM,
+        kind::HEADERS,
+        flag::END_STREAM,
         1,
         &hpack_get(&web().to_string()),
     );
     let continuation = |i: usize| {
         let mut block = Vec::with_capacity(1100);
-        hpack_literal(&mut block, &format!("x-c{i}"), &[b'c'; 1000]);
-        frame(FRAME_CONTINUATION, 0, 1, &block)
+        h2frames::hpack_literal(&mut block, format!("x-c{i}").as_bytes(), &[b'c'; 1000]);
+        frame(kind::CONTINUATION, 0, 1, &block)
     };
     let attack = std::iter::once(head).chain((0..MAX_FRAMES).map(continuation));
     let end = raw_h2_attack(&m, CLIENT, web(), attack, Duration::from_secs(10));

@@ -460,7 +460,7 @@ async fn offer_handover(
     match trellis_netns::seqpacket::SeqpacketListener::bind_private(&path, 0o600) {
         Ok(l) => {
             info!(socket = %path.display(), "offering hand-over to a new waypoint (--takeover)");
-            handover::serve(l, giver, stop, handed_over).await;
+            frame::serve(l, giver, stop, handed_over).await;
         }
         Err(e) => {
             warn!(socket = %path.display(), error = %e, "cannot offer hand-over; an upgrade of this waypoint will not be hitless")

@@ -22,16 +22,12 @@ pub mod session;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 use trellis_netns::handover as frame;
-use trellis_netns::seqpacket::{SeqpacketConn, SeqpacketListener};
+use trellis_netns::seqpacket::SeqpacketConn;
 
-use session::{Bundle, HandoverError, Listener, Msg, Step, Taker, VERSION};
+use session::{Bundle, HandoverError, Listener, Msg, Taker, VERSION};
 
 /// The new process waits this long at most for its config and certificate
 /// before it gives up (and the old one keeps serving); well inside the old
@@ -42,12 +38,7 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// process keeps serving until the new one confirms
 /// (`trellis_netns::handover::confirm`).
 pub async fn take(path: &Path) -> Result<(Bundle, SeqpacketConn), HandoverError> {
-    let mut taker = Taker::default();
-    frame::take::<Msg, _, _>(path, |msg, fd| match taker.on(msg, fd)? {
-        Step::Complete(bundle) => Ok(Some(bundle)),
-        Step::More => Ok(None),
-    })
-    .await
+    frame::take::<Taker>(path).await
 }
 
 /// What the running process hands over: dups of its listeners.
@@ -58,55 +49,31 @@ pub struct Giver {
     pub draining: trellis_core::drain::DrainWatcher,
 }
 
-/// The running process: serves hand-over requests on `listener` until one
-/// succeeds (then sets `handed_over` and cancels `stop`, which starts the
-/// drain) or `stop` fires.
-pub async fn serve(
-    listener: SeqpacketListener,
-    giver: Giver,
-    stop: CancellationToken,
-    handed_over: Arc<AtomicBool>,
-) {
-    let handed = frame::serve(
-        listener,
-        stop.cancelled(),
-        &handed_over,
-        |conn| give(conn, &giver),
-        |e: HandoverError| warn!(error = %e, "hand-over failed; this waypoint serves on as before"),
-    )
-    .await;
-    if let Some(new_pid) = handed {
-        info!(
-            new_pid,
-            "handed over to the new waypoint; stopped accepting, draining"
-        );
-        stop.cancel();
-    }
-}
+impl frame::Give for Giver {
+    type Msg = Msg;
+    type Error = HandoverError;
+    const PROXY: &'static str = "waypoint";
 
-/// One hand-over attempt; returns the new process's pid.
-async fn give(conn: SeqpacketConn, g: &Giver) -> Result<u32, HandoverError> {
-    let new_pid = frame::greet::<Msg>(&conn, g.draining.is_draining()).await?;
-    info!(
-        new_pid,
-        "a new waypoint asks to take over; handing over the listeners"
-    );
-    let offer = Msg::Offer {
-        version: VERSION,
-        pid: std::process::id(),
-        hbone: g.hbone.len() as u32,
-    };
-    frame::send(&conn, &offer, None).await?;
-    let admin = [Listener::Admin, Listener::Metrics, Listener::Readiness];
-    let all = g
-        .hbone
-        .iter()
-        .map(|fd| (Listener::Hbone, fd))
-        .chain(admin.into_iter().zip(&g.admin));
-    for (server, fd) in all {
-        frame::send(&conn, &Msg::Listener { server }, Some(fd)).await?;
+    fn draining(&self) -> bool {
+        self.draining.is_draining()
     }
-    frame::send(&conn, &Msg::Done, None).await?;
-    frame::finish::<Msg>(&conn).await?;
-    Ok(new_pid)
+
+    async fn hand(&self, conn: &SeqpacketConn) -> Result<(), HandoverError> {
+        let offer = Msg::Offer {
+            version: VERSION,
+            pid: std::process::id(),
+            hbone: self.hbone.len() as u32,
+        };
+        frame::send(conn, &offer, None).await?;
+        let admin = [Listener::Admin, Listener::Metrics, Listener::Readiness];
+        let all = self
+            .hbone
+            .iter()
+            .map(|fd| (Listener::Hbone, fd))
+            .chain(admin.into_iter().zip(&self.admin));
+        for (server, fd) in all {
+            frame::send(conn, &Msg::Listener { server }, Some(fd)).await?;
+        }
+        Ok(())
+    }
 }

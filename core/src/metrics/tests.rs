@@ -52,6 +52,16 @@ fn outbound_labels() -> ConnectionLabels {
     )
 }
 
+/// An outbound connection from 10.0.1.1:`port` to 10.0.2.1:8080.
+fn outbound_conn(m: &Arc<Metrics>, port: u16) -> ConnectionGuard {
+    m.connection_opened(
+        outbound_labels(),
+        addr(&format!("10.0.1.1:{port}")),
+        addr("10.0.2.1:8080"),
+        "outbound",
+    )
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -128,12 +138,7 @@ fn guard_records_open_close_and_bytes_once_with_labels() {
         ("destination_workload", "server-xyz"),
     ];
 
-    let mut g = m.connection_opened(
-        outbound_labels(),
-        addr("10.0.1.1:40000"),
-        addr("10.0.2.1:8080"),
-        "outbound",
-    );
+    let mut g = outbound_conn(&m, 40000);
     assert_eq!(
         sample(&m, "istio_tcp_connections_opened_total", &labels),
         Some(1)
@@ -156,12 +161,7 @@ fn guard_records_open_close_and_bytes_once_with_labels() {
     );
 
     // A second connection with the same labels adds to the same series.
-    let mut g = m.connection_opened(
-        outbound_labels(),
-        addr("10.0.1.1:40001"),
-        addr("10.0.2.1:8080"),
-        "outbound",
-    );
+    let mut g = outbound_conn(&m, 40001);
     g.add_bytes(1, 2);
     drop(g);
     assert_eq!(
@@ -182,12 +182,7 @@ fn guard_records_open_close_and_bytes_once_with_labels() {
 #[test]
 fn response_flags_set_later_label_the_close() {
     let m = Metrics::new();
-    let mut g = m.connection_opened(
-        outbound_labels(),
-        addr("10.0.1.1:40000"),
-        addr("10.0.2.1:8080"),
-        "outbound",
-    );
+    let mut g = outbound_conn(&m, 40000);
     g.set_response_flags("UF");
     g.set_error("connection refused");
     drop(g);
@@ -288,12 +283,7 @@ fn access_log_line_is_written_on_close_in_the_chosen_format() {
     assert_eq!(m.access_log_format(), AccessLogFormat::Text);
     let (_log, logs) = capture_logs();
 
-    let mut g = m.connection_opened(
-        outbound_labels(),
-        addr("10.0.1.1:40000"),
-        addr("10.0.2.1:8080"),
-        "outbound",
-    );
+    let mut g = outbound_conn(&m, 40000);
     g.add_bytes(7, 5);
     drop(g);
     let text: Vec<String> = logs
@@ -314,12 +304,7 @@ fn access_log_line_is_written_on_close_in_the_chosen_format() {
     );
 
     m.set_access_log_format(AccessLogFormat::Json);
-    let mut g = m.connection_opened(
-        outbound_labels(),
-        addr("10.0.1.1:40001"),
-        addr("10.0.2.1:8080"),
-        "outbound",
-    );
+    let mut g = outbound_conn(&m, 40001);
     g.set_error("denied: DENY policy prod/x matched");
     drop(g);
     let lines: Vec<String> = logs
@@ -532,12 +517,7 @@ async fn counted_bytes_show_while_open_and_survive_an_error() {
     for (side, (want_sent, want_received)) in cases {
         let m = Metrics::new();
         let (_log, logs) = capture_logs();
-        let mut g = m.connection_opened(
-            outbound_labels(),
-            addr("10.0.1.1:40000"),
-            addr("10.0.2.1:8080"),
-            "outbound",
-        );
+        let mut g = outbound_conn(&m, 40000);
         let (ours, mut peer) = tokio::io::duplex(64);
         {
             let mut io = g.counted(ours, side);

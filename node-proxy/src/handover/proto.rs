@@ -68,72 +68,26 @@ impl From<WireKind> for ListenerKind {
     }
 }
 
-/// One message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
-pub enum Msg {
-    Hello {
-        version: u32,
-        pid: u32,
-    },
-    Offer {
-        version: u32,
-        pid: u32,
-        pods: u32,
-        listeners: u32,
-    },
-    Refuse {
-        reason: String,
-    },
-    Lock,
-    Admin {
-        server: AdminServer,
-    },
-    Pod {
-        uid: String,
-        workload: String,
-        origin: Origin,
-        /// Where the old process opened the netns (for /pods; the fd counts).
-        netns: String,
-        /// The old process installed the capture rules (the new one owns them now).
-        capture_rules: bool,
-    },
-    Listener {
-        pod: String,
-        kind: WireKind,
-        addr: SocketAddr,
-    },
-    Done,
-    Ready,
-    Abort {
-        reason: String,
-    },
-    Released,
-}
-
-impl FdMessage for Msg {
-    fn name(&self) -> &'static str {
-        match self {
-            Msg::Hello { .. } => "hello",
-            Msg::Offer { .. } => "offer",
-            Msg::Refuse { .. } => "refuse",
-            Msg::Lock => "lock",
-            Msg::Admin { .. } => "admin",
-            Msg::Pod { .. } => "pod",
-            Msg::Listener { .. } => "listener",
-            Msg::Done => "done",
-            Msg::Ready => "ready",
-            Msg::Abort { .. } => "abort",
-            Msg::Released => "released",
-        }
-    }
-
-    fn carries_fd(&self) -> bool {
-        matches!(
-            self,
-            Msg::Lock | Msg::Admin { .. } | Msg::Pod { .. } | Msg::Listener { .. }
-        )
+trellis_netns::conversation! {
+    /// One message.
+    pub enum Msg, version VERSION;
+    offer { pods: u32, listeners: u32 }
+    with_fd {
+        Lock => "lock",
+        Admin { server: AdminServer } => "admin",
+        Pod {
+            uid: String,
+            workload: String,
+            origin: Origin,
+            /// Where the old process opened the netns (for /pods; the fd counts).
+            netns: String,
+            /// The old process installed the capture rules (the new one owns them now).
+            capture_rules: bool,
+        } => "pod",
+        Listener {
+            pod: String,
+            kind: WireKind,
+            addr: SocketAddr,
+        } => "listener",
     }
 }
-
-trellis_netns::impl_conversation!(Msg, VERSION);

@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use super::proto::{AdminServer, FdMessage, Msg, ProtoError, VERSION};
 use crate::context::ListenerKind;
 use crate::pods::Origin;
-use trellis_netns::handover::ConvError;
+use trellis_netns::handover::{ConvError, Step, Take};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
@@ -89,17 +89,12 @@ pub struct Taker {
     pods: Vec<PodBundle>,
 }
 
-/// What to do after a message.
-#[derive(Debug)]
-pub enum Step {
-    /// Read the next message.
-    More,
-    /// All received and checked.
-    Complete(Bundle),
-}
+impl Take for Taker {
+    type Msg = Msg;
+    type Bundle = Bundle;
+    type Error = HandoverError;
 
-impl Taker {
-    pub fn on(&mut self, msg: Msg, fd: Option<OwnedFd>) -> Result<Step, HandoverError> {
+    fn on(&mut self, msg: Msg, fd: Option<OwnedFd>) -> Result<Step<Bundle>, HandoverError> {
         match (&self.state, msg) {
             (State::AwaitOffer, Msg::Offer { version, .. }) if version != VERSION => {
                 Err(HandoverError::Version { theirs: version })
@@ -200,8 +195,10 @@ impl Taker {
             )),
         }
     }
+}
 
-    fn complete(&mut self) -> Result<Step, HandoverError> {
+impl Taker {
+    fn complete(&mut self) -> Result<Step<Bundle>, HandoverError> {
         let mut missing = Vec::new();
         if self.pods.len() as u32 != self.want_pods {
             missing.push(format!("{} of {} pods", self.pods.len(), self.want_pods));

@@ -3,7 +3,8 @@
 //! hostile mesh peer against the proxy, while another tenant's traffic
 //! goes through the same proxy.
 //!
-//! * [`frames`]: HTTP/2 frames and HPACK literals written by hand.
+//! * [`frames`]: HTTP/2 frames and HPACK literals written by hand (shared
+//!   with the e2e tests, in `trellis_e2e::h2frames`).
 //! * [`attacker`]: the attacks, over mTLS with a valid mesh identity.
 //! * [`victim`]: the other tenant's steady traffic.
 //! * [`bench`]: one attack against one proxy, measured.
@@ -11,6 +12,6 @@
 
 pub mod attacker;
 pub mod bench;
-pub mod frames;
+pub use trellis_e2e::h2frames as frames;
 pub mod report;
 pub mod victim;

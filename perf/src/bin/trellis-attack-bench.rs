@@ -47,12 +47,9 @@ fn parse_args() -> Result<Opts> {
         attacks: Attack::ALL.to_vec(),
         proxies: vec![Proxy::NodeProxy, Proxy::Waypoint],
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .with_context(|| format!("{name} needs a value\n{}", usage()))
-        };
+    let mut args = run::Args::new(usage());
+    while let Some(a) = args.next_flag() {
+        let mut val = |name: &str| args.value(name);
         match a.as_str() {
             "--quick" => o.quick = true,
             "--out" => o.out = PathBuf::from(val("--out")?),

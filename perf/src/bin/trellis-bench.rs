@@ -34,7 +34,7 @@ use trellis_perf::sidecars::mesh::{start_mesh, MeshPod, MeshSpec, Sidecar};
 use trellis_perf::sidecars::mesh_size::{self, MeshSize};
 use trellis_perf::sidecars::pod_start;
 use trellis_perf::sidecars::pods_memory::{self, PodsMemory};
-use trellis_perf::topo::{self, BenchTopo, NodeProxy, NAMESPACE, TRUST_DOMAIN};
+use trellis_perf::topo::{self, BenchTopo, NodeProxy};
 use trellis_perf::{throughput, LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;
@@ -133,13 +133,9 @@ fn parse_args() -> Result<Opts> {
     // At 500 req/s the 5-deep chain of L7 Envoys needs more than CPU 1
     // (results/chain-quick.md): latency then measures a queue.
     let mut chain_rate = 200.0;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .map(PathBuf::from)
-                .with_context(|| format!("{name} needs a value\n{}", usage()))
-        };
+    let mut args = run::Args::new(usage());
+    while let Some(a) = args.next_flag() {
+        let mut val = |name: &str| args.path(name);
         match a.as_str() {
             "--quick" => quick = true,
             "--out" => out = val("--out")?,
@@ -486,13 +482,7 @@ fn envoy_column(o: &Opts, bt: &BenchTopo, envoy: &Envoy, variant: Variant) -> Re
         "{label}: starting Envoy sidecars in the client and server pods (--concurrency 1, pinned to CPU 1)"
     ));
     let dir = bt.dir().join(label);
-    let spec = MeshSpec {
-        trust_domain: TRUST_DOMAIN,
-        namespace: NAMESPACE,
-        variant,
-        cpu: SERVER_CPU,
-        dir: &dir,
-    };
+    let spec = MeshSpec::bench(variant, SERVER_CPU, &dir);
     let mesh = [
         MeshPod {
             pod: bt.client.clone(),

@@ -300,8 +300,8 @@ fn node_proxies(r: Run<'_>) -> Result<serde_json::Value> {
     let _echo = EchoServer::start(&bt.server.netns()?, echo_addr, SERVER_CPU)?;
     let bin = topo::proxy_binary()?;
     run::say("starting both node proxies under callgrind (slow)");
-    let p1 = bt.start_proxy_wrapped(&bin, "node1", &bt.client, SERVER_CPU, r.wrapper)?;
-    let p2 = bt.start_proxy_wrapped(&bin, "node2", &bt.server, SERVER_CPU, r.wrapper)?;
+    let p1 = bt.start_proxy_with(&bin, "node1", &bt.client, SERVER_CPU, r.wrapper, &[])?;
+    let p2 = bt.start_proxy_with(&bin, "node2", &bt.server, SERVER_CPU, r.wrapper, &[])?;
     let ns = bt.client.netns()?;
     latency::wait_echo(&ns, LOADGEN_CPU, echo_addr, Duration::from_secs(60))?;
     let pids = [p1.pid, p2.pid];

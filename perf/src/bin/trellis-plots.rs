@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use trellis_perf::plots::{self, Chart, PlotError};
+use trellis_perf::run;
 
 fn usage() -> &'static str {
     "usage: trellis-plots [--results DIR] [--out DIR]\n\
@@ -123,13 +124,9 @@ fn charts(results: &Path) -> Result<Vec<(&'static str, Option<(Chart, PathBuf)>)
 fn main() -> Result<()> {
     let mut results = PathBuf::from("perf/results");
     let mut out = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .map(PathBuf::from)
-                .with_context(|| format!("{name} needs a value\n{}", usage()))
-        };
+    let mut args = run::Args::new(usage());
+    while let Some(a) = args.next_flag() {
+        let mut val = |name: &str| args.path(name);
         match a.as_str() {
             "--results" => results = val("--results")?,
             "--out" => out = Some(val("--out")?),

@@ -55,12 +55,9 @@ fn parse_args() -> Result<Opts> {
     let mut out = PathBuf::from("perf/results");
     let mut conns = None;
     let mut secs = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = |name: &str| {
-            args.next()
-                .with_context(|| format!("{name} needs a value\n{}", usage()))
-        };
+    let mut args = run::Args::new(usage());
+    while let Some(a) = args.next_flag() {
+        let mut val = |name: &str| args.value(name);
         match a.as_str() {
             "--quick" => quick = true,
             "--out" => out = PathBuf::from(val("--out")?),

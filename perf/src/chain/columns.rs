@@ -11,7 +11,7 @@ use crate::l7::mesh::WaypointProc;
 use crate::sidecars::bootstrap::{PortSpec, Protocol, Variant};
 use crate::sidecars::envoy::Envoy;
 use crate::sidecars::mesh::{start_mesh, MeshPod, MeshSpec, Sidecar};
-use crate::topo::{NodeProxy, NAMESPACE, TRUST_DOMAIN};
+use crate::topo::NodeProxy;
 
 /// One way of carrying the chain's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,13 +185,7 @@ impl MeshUp {
                     Variant::L7
                 };
                 let dir = bt.dir().join(format!("chain-{}", variant.name()));
-                let spec = MeshSpec {
-                    trust_domain: TRUST_DOMAIN,
-                    namespace: NAMESPACE,
-                    variant,
-                    cpu,
-                    dir: &dir,
-                };
+                let spec = MeshSpec::bench(variant, cpu, &dir);
                 let mut pods = vec![MeshPod {
                     pod: bt.client.clone(),
                     service_account: "client".into(),

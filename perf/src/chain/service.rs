@@ -15,7 +15,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -23,7 +22,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
 use trellis_netns::{self as netns, ListenOpts, NetNs};
 
 use crate::sys;
@@ -57,8 +55,7 @@ pub fn expected_body(names: &[&str]) -> String {
 pub struct Hop {
     pub name: String,
     served: Arc<AtomicU64>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: sys::ServerThread,
 }
 
 impl Hop {
@@ -78,66 +75,51 @@ impl Hop {
         let ns = ns.try_clone().context("cloning a netns handle")?;
         let served = Arc::new(AtomicU64::new(0));
         let count = served.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
         let name = spec.name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("chain-{name}"))
-            .spawn(move || {
-                if let Err(e) = sys::pin_current_thread(cpu) {
-                    eprintln!("{}: cannot pin to CPU {cpu}: {e}", spec.name);
-                }
-                let who = spec.name.clone();
-                // In the pod's netns for the whole run: connect() to the next
-                // service makes its socket there.
-                let r = ns.run_in(|| {
-                    rt.block_on(async move {
-                        let l = match tokio::net::TcpListener::from_std(listener) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                eprintln!("{}: {e}", spec.name);
-                                return;
-                            }
-                        };
-                        let hop = Arc::new(Shared {
-                            spec,
-                            pool: Mutex::new(Vec::new()),
-                            served: count,
-                        });
-                        tokio::select! {
-                            _ = stopped => {}
-                            _ = accept_loop(l, hop) => {}
+        let thread = sys::ServerThread::spawn(format!("chain-{name}"), move |stopped| {
+            if let Err(e) = sys::pin_current_thread(cpu) {
+                eprintln!("{}: cannot pin to CPU {cpu}: {e}", spec.name);
+            }
+            let who = spec.name.clone();
+            // In the pod's netns for the whole run: connect() to the next
+            // service makes its socket there.
+            let r = ns.run_in(|| {
+                rt.block_on(async move {
+                    let l = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("{}: {e}", spec.name);
+                            return;
                         }
+                    };
+                    let hop = Arc::new(Shared {
+                        spec,
+                        pool: Mutex::new(Vec::new()),
+                        served: count,
                     });
-                    // Dropping the runtime cancels every task and closes the sockets.
-                    drop(rt);
+                    tokio::select! {
+                        _ = stopped => {}
+                        _ = accept_loop(l, hop) => {}
+                    }
                 });
-                if let Err(e) = r {
-                    eprintln!("{who}: entering its netns: {e}");
-                }
-            })
-            .context("spawning a chain service thread")?;
+                // Dropping the runtime cancels every task and closes the sockets.
+                drop(rt);
+            });
+            if let Err(e) = r {
+                eprintln!("{who}: entering its netns: {e}");
+            }
+        })
+        .context("spawning a chain service thread")?;
         Ok(Hop {
             name,
             served,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
     /// Requests this service has answered with 200.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Hop {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -150,16 +132,7 @@ struct Shared {
 }
 
 async fn accept_loop(l: tokio::net::TcpListener, hop: Arc<Shared>) {
-    loop {
-        let stream = match l.accept().await {
-            Ok((s, _)) => s,
-            // E.g. EMFILE: back off rather than spin.
-            Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    sys::accept_each(&l, |stream| {
         let hop = hop.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -170,7 +143,8 @@ async fn accept_loop(l: tokio::net::TcpListener, hop: Arc<Shared>) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
-    }
+    })
+    .await
 }
 
 impl Shared {

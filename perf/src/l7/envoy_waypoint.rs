@@ -116,30 +116,14 @@ impl EnvoyWaypoint {
                 String::from_utf8_lossy(&check.stderr).trim()
             );
         }
-        // For investigation, e.g. TRELLIS_ENVOY_LOG=debug.
+        // For investigation, e.g. TRELLIS_ENVOY_LOG=debug; else warn, as the
+        // Trellis waypoint runs at info with no access log.
         let log = std::env::var("TRELLIS_ENVOY_LOG").unwrap_or_else(|_| "warn".into());
-        let cpu_s = cpu.to_string();
-        let bin = envoy.bin.display().to_string();
-        let cfg = config_path.display().to_string();
+        let argv = envoy.command(cpu, &config_path, &log);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let guard =
             t.bt.topo
-                .spawn(
-                    &t.envoy.name,
-                    &[
-                        "taskset",
-                        "-c",
-                        &cpu_s,
-                        &bin,
-                        "-c",
-                        &cfg,
-                        "--concurrency",
-                        "1",
-                        "--disable-hot-restart",
-                        // As the Trellis waypoint runs at info with no access log.
-                        "--log-level",
-                        &log,
-                    ],
-                )
+                .spawn(&t.envoy.name, &argv)
                 .context("starting the Envoy waypoint")?;
         let wp = EnvoyWaypoint {
             pid: guard.pid(),

@@ -14,7 +14,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -24,7 +23,6 @@ use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
 use trellis_netns::{self as netns, ListenOpts, NetNs};
 
@@ -78,8 +76,7 @@ impl Counts {
 /// The running servers; stopped (and their connections closed) on drop.
 pub struct Upstreams {
     counts: Arc<Counts>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: sys::ServerThread,
 }
 
 impl Upstreams {
@@ -105,34 +102,30 @@ impl Upstreams {
         let rt = sys::runtime()?;
         let counts = Arc::new(Counts::default());
         let count = counts.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("bench-upstream".into())
-            .spawn(move || {
-                if let Err(e) = sys::pin_current_thread(cpu) {
-                    eprintln!("upstream servers: cannot pin to CPU {cpu}: {e}");
+        let thread = sys::ServerThread::spawn("bench-upstream".into(), move |stopped| {
+            if let Err(e) = sys::pin_current_thread(cpu) {
+                eprintln!("upstream servers: cannot pin to CPU {cpu}: {e}");
+            }
+            rt.block_on(async move {
+                for l in http {
+                    match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => drop(tokio::spawn(serve_http(l, count.clone()))),
+                        Err(e) => eprintln!("http server: {e}"),
+                    }
                 }
-                rt.block_on(async move {
-                    for l in http {
-                        match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => drop(tokio::spawn(serve_http(l, count.clone()))),
-                            Err(e) => eprintln!("http server: {e}"),
-                        }
+                for l in grpc {
+                    match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => drop(tokio::spawn(serve_grpc(l, count.clone()))),
+                        Err(e) => eprintln!("grpc server: {e}"),
                     }
-                    for l in grpc {
-                        match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => drop(tokio::spawn(serve_grpc(l, count.clone()))),
-                            Err(e) => eprintln!("grpc server: {e}"),
-                        }
-                    }
-                    // Dropping the runtime afterwards cancels every task and closes the sockets.
-                    let _ = stopped.await;
-                });
-            })?;
+                }
+                // Dropping the runtime afterwards cancels every task and closes the sockets.
+                let _ = stopped.await;
+            });
+        })?;
         Ok(Upstreams {
             counts,
-            stop: Some(stop),
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -141,28 +134,8 @@ impl Upstreams {
     }
 }
 
-impl Drop for Upstreams {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 async fn serve_http(l: tokio::net::TcpListener, count: Arc<Counts>) {
-    loop {
-        let stream = match l.accept().await {
-            Ok((s, _)) => s,
-            // E.g. EMFILE: back off rather than spin.
-            Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    sys::accept_each(&l, |stream| {
         let count = count.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -191,7 +164,8 @@ async fn serve_http(l: tokio::net::TcpListener, count: Arc<Counts>) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
-    }
+    })
+    .await
 }
 
 async fn serve_grpc(l: tokio::net::TcpListener, counts: Arc<Counts>) {

@@ -188,7 +188,7 @@ pub(crate) fn original_dst_filter() -> Value {
     })
 }
 
-fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
+pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
     json!({
         "name": "envoy.filters.network.tcp_proxy",
         "typed_config": {
@@ -215,11 +215,15 @@ fn http_connection_manager(stat_prefix: &str, cluster: &str) -> Value {
                     "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
                 }],
             },
-            "http_filters": [{
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-            }],
+            "http_filters": [router()],
         },
+    })
+}
+
+pub(crate) fn router() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     })
 }
 
@@ -231,11 +235,57 @@ fn port_filter(variant: Variant, protocol: Protocol, stat_prefix: &str, cluster:
     }
 }
 
-pub(crate) fn tls_certificate(c: &CertFiles) -> Value {
+fn tls_certificate(c: &CertFiles) -> Value {
     json!({
         "certificate_chain": {"filename": c.chain},
         "private_key": {"filename": c.key},
     })
+}
+
+/// The TLS an Envoy speaks to its peers: a sidecar's mTLS (TLS 1.2 and
+/// up) or HBONE's (TLS 1.3 only, ALPN h2, no SNI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsFlavor {
+    Sidecar,
+    Hbone,
+}
+
+/// A TLS transport socket presenting `certs` and checking the peer's
+/// certificate against their root, its URI SAN with `san` (an Envoy string
+/// matcher). `listener`: a listener's, which requires the client's
+/// certificate; else a cluster's.
+pub(crate) fn tls_transport(
+    flavor: TlsFlavor,
+    listener: bool,
+    certs: &CertFiles,
+    san: Value,
+) -> Value {
+    let mut common = json!({
+        "tls_certificates": [tls_certificate(certs)],
+        "validation_context": {
+            "trusted_ca": {"filename": certs.root},
+            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": san}],
+        },
+    });
+    match flavor {
+        TlsFlavor::Sidecar => {
+            common["tls_params"] = json!({"tls_minimum_protocol_version": "TLSv1_2"});
+        }
+        TlsFlavor::Hbone => {
+            common["tls_params"] = json!({"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"});
+            common["alpn_protocols"] = json!(["h2"]);
+        }
+    }
+    let mut context = if listener {
+        json!({
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+        })
+    } else {
+        json!({"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"})
+    };
+    context["common_tls_context"] = common;
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
 }
 
 fn outbound_listener(cfg: &SidecarConfig) -> Value {
@@ -269,25 +319,13 @@ fn outbound_listener(cfg: &SidecarConfig) -> Value {
 }
 
 fn inbound_listener(cfg: &SidecarConfig) -> Value {
-    let tls = json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": true,
-            "common_tls_context": {
-                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-                "tls_certificates": [tls_certificate(&cfg.certs)],
-                "validation_context": {
-                    "trusted_ca": {"filename": cfg.certs.root},
-                    // PeerAuthentication STRICT: any workload of the trust domain.
-                    "match_typed_subject_alt_names": [{
-                        "san_type": "URI",
-                        "matcher": {"prefix": format!("spiffe://{}/", cfg.trust_domain)},
-                    }],
-                },
-            },
-        },
-    });
+    // PeerAuthentication STRICT: any workload of the trust domain.
+    let tls = tls_transport(
+        TlsFlavor::Sidecar,
+        true,
+        &cfg.certs,
+        json!({"prefix": format!("spiffe://{}/", cfg.trust_domain)}),
+    );
     let mut chains: Vec<Value> = Vec::new();
     if cfg.variant == Variant::L7 {
         for &port in cfg.inbound_http_ports {
@@ -338,23 +376,12 @@ fn outbound_cluster(cfg: &SidecarConfig, dest: &Destination, port: u16) -> Value
             "endpoints": [{"lb_endpoints": dest.endpoint_ips().iter().map(|ip| json!({"endpoint": {"address": socket_address(&ip.to_string(), port)}})).collect::<Vec<_>>()}],
         },
         "upstream_bind_config": upstream_bind(cfg.proxy_mark),
-        "transport_socket": {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "common_tls_context": {
-                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-                    "tls_certificates": [tls_certificate(&cfg.certs)],
-                    "validation_context": {
-                        "trusted_ca": {"filename": cfg.certs.root},
-                        "match_typed_subject_alt_names": [{
-                            "san_type": "URI",
-                            "matcher": {"exact": dest.spiffe_id},
-                        }],
-                    },
-                },
-            },
-        },
+        "transport_socket": tls_transport(
+            TlsFlavor::Sidecar,
+            false,
+            &cfg.certs,
+            json!({"exact": dest.spiffe_id}),
+        ),
     })
 }
 

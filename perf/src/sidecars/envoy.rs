@@ -51,6 +51,26 @@ impl Envoy {
         let version = version_of(&bin)?;
         Ok(Envoy { bin, version })
     }
+
+    /// The command line of an Envoy pinned to `cpu` running `config`: one
+    /// worker, no hot restart (many Envoys on one machine: no shared memory
+    /// between them), at log level `log_level`.
+    pub fn command(&self, cpu: usize, config: &Path, log_level: &str) -> Vec<String> {
+        let mut argv: Vec<String> = vec!["taskset".into(), "-c".into(), cpu.to_string()];
+        argv.push(self.bin.display().to_string());
+        argv.extend(["-c".into(), config.display().to_string()]);
+        argv.extend(
+            [
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                log_level,
+            ]
+            .map(String::from),
+        );
+        argv
+    }
 }
 
 fn install() -> Result<PathBuf, EnvoyError> {

@@ -53,6 +53,19 @@ pub struct MeshSpec<'a> {
     pub dir: &'a Path,
 }
 
+impl<'a> MeshSpec<'a> {
+    /// A mesh of the bench topology's pods: its trust domain and namespace.
+    pub fn bench(variant: Variant, cpu: usize, dir: &'a Path) -> MeshSpec<'a> {
+        MeshSpec {
+            trust_domain: crate::topo::TRUST_DOMAIN,
+            namespace: crate::topo::NAMESPACE,
+            variant,
+            cpu,
+            dir,
+        }
+    }
+}
+
 /// The destinations every sidecar is configured with: all pods but itself.
 pub fn destinations(spec: &MeshSpec, pods: &[MeshPod]) -> Vec<Destination> {
     pods.iter()
@@ -136,27 +149,10 @@ impl Sidecar {
         let ns = me.pod.netns()?;
         redirect::install(&ns, &capture)
             .with_context(|| format!("installing the capture rules in {name}"))?;
-        let cpu = spec.cpu.to_string();
-        let bin = envoy.bin.display().to_string();
-        let cfg = config_path.display().to_string();
+        let argv = envoy.command(spec.cpu, &config_path, "warn");
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let guard = topo
-            .spawn(
-                name,
-                &[
-                    "taskset",
-                    "-c",
-                    &cpu,
-                    &bin,
-                    "-c",
-                    &cfg,
-                    "--concurrency",
-                    "1",
-                    // Many Envoys on one machine: no shared memory between them.
-                    "--disable-hot-restart",
-                    "--log-level",
-                    "warn",
-                ],
-            )
+            .spawn(name, &argv)
             .with_context(|| format!("starting Envoy in {name}"))?;
         Ok(Sidecar {
             pod: name.clone(),

@@ -154,13 +154,7 @@ pub fn measure(
         {
             let t0 = std::time::Instant::now();
             let dir = bt.dir().join(format!("envoy-mesh-{n}"));
-            let spec = MeshSpec {
-                trust_domain: TRUST_DOMAIN,
-                namespace: NAMESPACE,
-                variant: Variant::L7,
-                cpu,
-                dir: &dir,
-            };
+            let spec = MeshSpec::bench(Variant::L7, cpu, &dir);
             let me = MeshPod {
                 pod: bt.client.clone(),
                 service_account: "client".into(),

@@ -32,7 +32,7 @@ use super::envoy::Envoy;
 use super::mesh::{destinations, MeshPod, MeshSpec, Sidecar};
 use crate::run::say;
 use crate::sys;
-use crate::topo::{BenchTopo, NodeProxy, NAMESPACE, TRUST_DOMAIN};
+use crate::topo::{BenchTopo, NodeProxy};
 
 /// A pod's first request gives up after this (an error, not a sample).
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -179,13 +179,7 @@ pub fn measure(
 
     // The node proxies are gone; the server pod gets its Envoy sidecar.
     let dir = bt.dir().join("pod-start-envoy");
-    let spec = MeshSpec {
-        trust_domain: TRUST_DOMAIN,
-        namespace: NAMESPACE,
-        variant: Variant::L7,
-        cpu,
-        dir: &dir,
-    };
+    let spec = MeshSpec::bench(Variant::L7, cpu, &dir);
     let server = MeshPod {
         pod: bt.server.clone(),
         service_account: "server".into(),

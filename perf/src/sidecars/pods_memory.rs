@@ -21,7 +21,7 @@ use super::envoy::Envoy;
 use super::mesh::{start_mesh, MeshPod, MeshSpec};
 use crate::proc_stats::rss_kib;
 use crate::run::say;
-use crate::topo::{BenchTopo, NodeProxy, NAMESPACE, TRUST_DOMAIN};
+use crate::topo::{BenchTopo, NodeProxy};
 
 /// How long the processes idle after startup before their RSS is read (as
 /// the idle RSS of `trellis-bench`'s proxies).
@@ -104,13 +104,7 @@ pub fn measure(
 
         {
             let dir = bt.dir().join(format!("envoy-pods-{n}"));
-            let spec = MeshSpec {
-                trust_domain: TRUST_DOMAIN,
-                namespace: NAMESPACE,
-                variant: Variant::L7,
-                cpu,
-                dir: &dir,
-            };
+            let spec = MeshSpec::bench(Variant::L7, cpu, &dir);
             let mesh: Vec<MeshPod> = pods
                 .iter()
                 .map(|p| MeshPod {

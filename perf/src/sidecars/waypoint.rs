@@ -38,7 +38,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{json, Value};
 
-use super::bootstrap::{original_dst_filter, socket_address, tls_certificate, CertFiles};
+use super::bootstrap::{
+    original_dst_filter, router, socket_address, tcp_proxy, tls_transport, CertFiles, TlsFlavor,
+};
 
 /// The HBONE port the waypoint terminates and the node proxies listen on.
 pub const HBONE_PORT: u16 = 15008;
@@ -236,13 +238,6 @@ fn http_protocol_options(explicit_h2: bool) -> Value {
     json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts})
 }
 
-fn router() -> Value {
-    json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    })
-}
-
 fn connect_terminate(cfg: &WaypointConfig) -> Value {
     let state = |key: &str, format: &str, factory: Option<&str>| {
         let mut v = json!({
@@ -259,25 +254,12 @@ fn connect_terminate(cfg: &WaypointConfig) -> Value {
         "name": CONNECT_TERMINATE,
         "address": socket_address(&cfg.ip.to_string(), HBONE_PORT),
         "filter_chains": [{
-            "transport_socket": {
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                    "require_client_certificate": true,
-                    "common_tls_context": {
-                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
-                        "alpn_protocols": ["h2"],
-                        "tls_certificates": [tls_certificate(&cfg.certs)],
-                        "validation_context": {
-                            "trusted_ca": {"filename": cfg.certs.root},
-                            "match_typed_subject_alt_names": [{
-                                "san_type": "URI",
-                                "matcher": {"prefix": format!("spiffe://{}/", cfg.trust_domain)},
-                            }],
-                        },
-                    },
-                },
-            },
+            "transport_socket": tls_transport(
+                TlsFlavor::Hbone,
+                true,
+                &cfg.certs,
+                json!({"prefix": format!("spiffe://{}/", cfg.trust_domain)}),
+            ),
             "filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": {
@@ -496,20 +478,15 @@ fn connect_originate(cfg: &WaypointConfig) -> Value {
         }
         seen.push(e.ip);
         let cluster = hbone_cluster(&e.spiffe_id);
+        let mut tunnel = tcp_proxy(&cluster, &cluster);
+        tunnel["typed_config"]["tunneling_config"] =
+            json!({"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"});
         chains.push(json!({
             "name": format!("{CONNECT_ORIGINATE}|{}", e.ip),
             "filter_chain_match": {
                 "prefix_ranges": [{"address_prefix": e.ip.to_string(), "prefix_len": host_prefix_len(e.ip)}],
             },
-            "filters": [{
-                "name": "envoy.filters.network.tcp_proxy",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                    "stat_prefix": cluster,
-                    "cluster": cluster,
-                    "tunneling_config": {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"},
-                },
-            }],
+            "filters": [tunnel],
         }));
     }
     json!({
@@ -528,25 +505,7 @@ fn hbone_cluster_config(cfg: &WaypointConfig, spiffe_id: &str) -> Value {
         "original_dst_lb_config": {"upstream_port_override": HBONE_PORT},
         "connect_timeout": "5s",
         "typed_extension_protocol_options": http_protocol_options(true),
-        "transport_socket": {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                // HBONE: TLS 1.3, ALPN h2, no SNI.
-                "common_tls_context": {
-                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
-                    "alpn_protocols": ["h2"],
-                    "tls_certificates": [tls_certificate(&cfg.certs)],
-                    "validation_context": {
-                        "trusted_ca": {"filename": cfg.certs.root},
-                        "match_typed_subject_alt_names": [{
-                            "san_type": "URI",
-                            "matcher": {"exact": spiffe_id},
-                        }],
-                    },
-                },
-            },
-        },
+        "transport_socket": tls_transport(TlsFlavor::Hbone, false, &cfg.certs, json!({"exact": spiffe_id})),
     })
 }
 

@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
 use trellis_netns::fdmsg::{FdMessage, FdMsgError};
-use trellis_netns::handover::ConvError;
+use trellis_netns::handover::{ConvError, Step, Take};
 
 /// The protocol version both sides must speak.
 pub const VERSION: u32 = 1;
@@ -36,40 +36,14 @@ pub enum Listener {
     Readiness,
 }
 
-/// One message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
-pub enum Msg {
-    Hello { version: u32, pid: u32 },
-    Offer { version: u32, pid: u32, hbone: u32 },
-    Refuse { reason: String },
-    Listener { server: Listener },
-    Done,
-    Ready,
-    Abort { reason: String },
-    Released,
-}
-
-impl FdMessage for Msg {
-    fn name(&self) -> &'static str {
-        match self {
-            Msg::Hello { .. } => "hello",
-            Msg::Offer { .. } => "offer",
-            Msg::Refuse { .. } => "refuse",
-            Msg::Listener { .. } => "listener",
-            Msg::Done => "done",
-            Msg::Ready => "ready",
-            Msg::Abort { .. } => "abort",
-            Msg::Released => "released",
-        }
-    }
-
-    fn carries_fd(&self) -> bool {
-        matches!(self, Msg::Listener { .. })
+trellis_netns::conversation! {
+    /// One message.
+    pub enum Msg, version VERSION;
+    offer { hbone: u32 }
+    with_fd {
+        Listener { server: Listener } => "listener",
     }
 }
-
-trellis_netns::impl_conversation!(Msg, VERSION);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
@@ -103,15 +77,6 @@ pub struct Bundle {
     pub admin: [OwnedFd; 3],
 }
 
-/// What to do after a message.
-#[derive(Debug)]
-pub enum Step {
-    /// Read the next message.
-    More,
-    /// All received and checked.
-    Complete(Bundle),
-}
-
 /// The new process's side: feed it each received message with its fd.
 #[derive(Debug, Default)]
 pub struct Taker {
@@ -120,8 +85,12 @@ pub struct Taker {
     admin: [Option<OwnedFd>; 3],
 }
 
-impl Taker {
-    pub fn on(&mut self, msg: Msg, fd: Option<OwnedFd>) -> Result<Step, HandoverError> {
+impl Take for Taker {
+    type Msg = Msg;
+    type Bundle = Bundle;
+    type Error = HandoverError;
+
+    fn on(&mut self, msg: Msg, fd: Option<OwnedFd>) -> Result<Step<Bundle>, HandoverError> {
         match (self.offered, msg) {
             (None, Msg::Offer { version, .. }) if version != VERSION => {
                 Err(HandoverError::Version { theirs: version })
@@ -169,8 +138,10 @@ impl Taker {
             .into()),
         }
     }
+}
 
-    fn complete(&mut self, old_pid: u32, want: u32) -> Result<Step, HandoverError> {
+impl Taker {
+    fn complete(&mut self, old_pid: u32, want: u32) -> Result<Step<Bundle>, HandoverError> {
         let mut missing = Vec::new();
         if want == 0 {
             missing.push("no HBONE listener offered".to_string());

@@ -1,7 +1,8 @@
 //! HTTP/2 frames by hand (RFC 9113 §4, §6) and an HPACK header block of
-//! literals without indexing (RFC 7541 §6.2.2): the attacker must send
-//! sequences that a conforming library (the `h2` crate) refuses to send,
-//! such as HEADERS followed by endless CONTINUATION frames.
+//! literals without indexing (RFC 7541 §6.2.2), and a reader of the frames
+//! that come back: attacks (perf's `trellis-attack-bench`, the waypoint's
+//! e2e tests) send sequences that a conforming library (the `h2` crate)
+//! refuses to send, such as HEADERS followed by endless CONTINUATION frames.
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -85,10 +86,14 @@ pub fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, mut v: usize) {
 /// dynamic table, so every field costs the server its full size.
 pub fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(0x00);
-    hpack_int(out, 0, 7, name.len());
-    out.extend_from_slice(name);
-    hpack_int(out, 0, 7, value.len());
-    out.extend_from_slice(value);
+    hpack_string(out, name);
+    hpack_string(out, value);
+}
+
+/// A string literal, not Huffman-coded (RFC 7541 §5.2).
+pub fn hpack_string(out: &mut Vec<u8>, s: &[u8]) {
+    hpack_int(out, 0, 7, s.len());
+    out.extend_from_slice(s);
 }
 
 /// The header block of an HBONE request: `CONNECT` to `authority`.
