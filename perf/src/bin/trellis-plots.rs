@@ -76,7 +76,9 @@ fn read_docs(dir: &Path) -> Result<Vec<Doc>, PlotError> {
 fn run_started(doc: &serde_json::Value) -> Option<std::time::SystemTime> {
     doc["notes"].as_array()?.iter().find_map(|n| {
         let rest = n.as_str()?.strip_prefix("run: ")?;
-        let secs = rest.split(", ").find_map(|part| part.strip_suffix(" UTC epoch"))?;
+        let secs = rest
+            .split(", ")
+            .find_map(|part| part.strip_suffix(" UTC epoch"))?;
         let secs: u64 = secs.parse().ok()?;
         Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
     })
@@ -96,7 +98,10 @@ fn newest<'a>(docs: &'a [Doc], pointer: &str) -> Option<(&'a [serde_json::Value]
 
 /// Each chart: its file stem, and how to build it from the results (None:
 /// its results are not there), with the file it came from.
-fn charts(results: &Path) -> Result<Vec<(&'static str, Option<(Chart, PathBuf)>)>, PlotError> {
+/// A chart's file stem, and the chart with the file its data came from.
+type Planned = (&'static str, Option<(Chart, PathBuf)>);
+
+fn charts(results: &Path) -> Result<Vec<Planned>, PlotError> {
     let docs = read_docs(results)?;
     let from = |pointer: &str, make: &dyn Fn(&[serde_json::Value]) -> Chart| {
         newest(&docs, pointer).map(|(rows, path)| (make(rows), path.to_path_buf()))
