@@ -54,7 +54,15 @@ const PROXY_ACCOUNT: &str = "trellis-node-proxy";
 /// too): inside 198.18.0.0/15, which every pod routes to its node and whose
 /// connections the pod's capture rules hand to the proxy; assigned to no
 /// interface anywhere.
-pub const SERVICE_CIDR: &str = "198.19.128.0/24";
+///
+/// A /20 whose first /24 holds every address the tests ask for
+/// ([`service_vip`]): the API server keeps the first 1/16 of a range (at
+/// most 256 addresses) as a static band, and allocates the addresses it
+/// picks itself (the Services the controller makes for waypoints) above
+/// it while it can. In a /24 the band was 16 addresses, and an allocated
+/// waypoint Service once took 198.19.128.32 before a test asked for it
+/// ("provided IP is already allocated").
+pub const SERVICE_CIDR: &str = "198.19.128.0/20";
 /// How often the controller scans its manifests folder.
 const POLL: Duration = Duration::from_millis(100);
 

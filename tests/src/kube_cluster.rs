@@ -62,8 +62,9 @@ pub const APP_NS: &str = "demo";
 /// The worker nodes.
 pub const NODES: [&str; 2] = ["node1", "node2"];
 const CONTROL: &str = "cp";
-/// Cluster IPs (nothing routes them: there is no kube-proxy).
-const SERVICE_CIDR: &str = "198.19.128.0/24";
+/// Cluster IPs (nothing routes them: there is no kube-proxy); the fixed
+/// ones the scenario asks for sit in its static band (see there).
+use crate::controlled_mesh::SERVICE_CIDR;
 /// The controller's Service name, as the node proxies dial it.
 const CONTROLLER_SVC: &str = "trellis-controller.trellis-system.svc";
 /// The node proxy's admin API (127.0.0.1 of its netns), metrics, readiness.

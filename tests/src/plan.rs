@@ -19,7 +19,7 @@ pub(crate) struct HostSpec {
 }
 
 /// The most hosts: each has its own 198.19.<k>.0/24, below the services'
-/// 198.19.128.0/24.
+/// 198.19.128.0/20.
 pub(crate) const MAX_HOSTS: usize = 100;
 
 pub(crate) struct Plan {
