@@ -65,7 +65,7 @@ pub trait Conversation: FdMessage {
 /// "unknown variant" error. Implements [`FdMessage`] and [`Conversation`];
 /// the calling crate needs `serde`.
 ///
-/// ```ignore
+/// ```text
 /// trellis_netns::conversation! {
 ///     /// One message.
 ///     pub enum Msg, version 1;
