@@ -102,6 +102,15 @@ impl std::fmt::Debug for IncomingRequest {
 }
 
 impl IncomingRequest {
+    /// True if the peer has already reset this stream (RST_STREAM), so it
+    /// is not worth answering: a client that opens and at once cancels
+    /// streams (the HTTP/2 "rapid reset" attack) would otherwise make the
+    /// server do each stream's work, such as connecting to a pod, for
+    /// nothing. Never waits; a reset that has not been read yet is missed.
+    pub fn reset_by_peer(&mut self) -> bool {
+        peer_reset(&mut self.respond)
+    }
+
     /// Answers 200 and returns the tunnel.
     ///
     /// An invalid request (`parsed` is `Err`) is never tunnelled: it is answered
@@ -197,7 +206,14 @@ where
                     tracing::debug!("hbone connection closed");
                     return Ok(());
                 }
-                Some(Ok((request, respond))) => {
+                Some(Ok((request, mut respond))) => {
+                    // h2 reads every frame at hand before it hands out a
+                    // stream, so a HEADERS and the RST_STREAM right behind
+                    // it (rapid reset) usually arrive here together: drop
+                    // such a stream before anyone works on it.
+                    if peer_reset(&mut respond) {
+                        continue;
+                    }
                     let (head, body) = request.into_parts();
                     let parsed = ConnectRequest::from_http(&head.method, &head.uri, &head.headers);
                     if let Err(e) = &parsed {
@@ -224,6 +240,15 @@ where
             e = &mut keepalive => return Err(e),
         }
     }
+}
+
+/// Whether the peer reset the stream; polls once with a waker that is never
+/// woken, so it never parks the caller.
+fn peer_reset(respond: &mut SendResponse<Bytes>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // An error here means the connection itself failed; the accept loop
+    // or the stream's own I/O reports that.
+    matches!(respond.poll_reset(&mut cx), std::task::Poll::Ready(Ok(_)))
 }
 
 /// True for I/O errors that just mean the peer closed the socket.

@@ -127,7 +127,7 @@ async fn stream_task(
     dst_wl: Arc<Workload>,
     src_id: hbone::Identity,
     peer: SocketAddr,
-    req: hbone::IncomingRequest,
+    mut req: hbone::IncomingRequest,
     _held: (
         trellis_core::drain::DrainGuard,
         trellis_core::limits::ConnPermit,
@@ -166,6 +166,13 @@ async fn stream_task(
     );
     if admitted.is_err() {
         req.reject(StatusCode::UNAUTHORIZED);
+        return;
+    }
+    // The serve loop drops streams reset before they were handed out; one
+    // reset read since then still saves a connect to the pod (and the
+    // TIME_WAIT it leaves behind) for a stream nobody waits for.
+    if req.reset_by_peer() {
+        guard.set_error("the peer reset the stream before it was answered");
         return;
     }
     let mut app = match Box::pin(upstream::connect(
