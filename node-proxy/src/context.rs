@@ -68,7 +68,7 @@ impl ProxyCtx {
         let wait = {
             let state = self.state.load();
             if let Some(found) = find(&state) {
-                scope.config_seen.store(true, Ordering::Relaxed);
+                scope.mark_config_seen();
                 return Some(found);
             }
             should_wait(
@@ -83,7 +83,7 @@ impl ProxyCtx {
         // Boxed: the cold path should not grow every connection's future.
         let found = Box::pin(self.state.wait_for(CONFIG_WAIT, find)).await;
         if found.is_some() {
-            scope.config_seen.store(true, Ordering::Relaxed);
+            scope.mark_config_seen();
         }
         found
     }
@@ -154,6 +154,14 @@ impl Scope {
             netns,
             transparent,
             config_seen: AtomicBool::new(false),
+        }
+    }
+
+    /// Read before written: every connection passes here, and a store on
+    /// each would bounce the cache line between the workers' cores.
+    fn mark_config_seen(&self) {
+        if !self.config_seen.load(Ordering::Relaxed) {
+            self.config_seen.store(true, Ordering::Relaxed);
         }
     }
 }
