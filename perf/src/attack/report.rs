@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::bench::{Row, RSS_BOUND_MIB};
+use super::bench::{Row, RSS_BOUND_MIB, VICTIM_P99_FACTOR, VICTIM_P99_SLACK_MS};
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -50,7 +50,7 @@ Latencies are p50 / p99 in ms, before the attack → during it.\n\n";
     }
     md += &format!(
         "\nPass: every attacker connection ended by the proxy before the attacker's bound (GOAWAY, \
-RST or close; for the frame attacks, the last connection may still be open when the bound cuts it), peak RSS growth ≤ {RSS_BOUND_MIB} MiB, and no victim error during the attack.\n\n"
+RST or close; for the frame attacks, the last connection may still be open when the bound cuts it), peak RSS growth ≤ {RSS_BOUND_MIB} MiB, no victim error during the attack, and each victim p99 during it at most {VICTIM_P99_FACTOR}× its p99 alone, or {VICTIM_P99_SLACK_MS} ms above it, whichever is more.\n\n"
     );
     md += "Attacker bytes and frames are what it wrote into its TLS stream; after the proxy's \
 GOAWAY the rest of a batch in flight is never read by the proxy (the connection is reset).\n\n## Details\n\n";
