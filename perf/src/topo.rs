@@ -31,6 +31,36 @@ pub fn workload(uid: &str, sa: &str, ip: std::net::IpAddr, node: &str) -> String
     )
 }
 
+/// One service of namespace [`NAMESPACE`] in `mesh.yaml`, as YAML list
+/// item: its VIP, `ports` as (port, targetPort), the workload uids of its
+/// endpoints, and the address of its waypoint if it has one.
+pub fn service(
+    name: &str,
+    vip: std::net::IpAddr,
+    ports: &[(u16, u16)],
+    endpoints: &[&str],
+    waypoint: Option<std::net::IpAddr>,
+) -> String {
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(p, t)| format!("{{port: {p}, targetPort: {t}}}"))
+        .collect();
+    let mut y = format!(
+        "  - name: {name}\n    namespace: {NAMESPACE}\n    hostname: {name}.{NAMESPACE}.svc.{TRUST_DOMAIN}\n    vips: [{vip}]\n    ports: [{}]\n    endpoints: [{}]\n",
+        ports.join(", "),
+        endpoints.join(", ")
+    );
+    if let Some(ip) = waypoint {
+        y += &format!("    waypoint: {{address: {ip}}}\n");
+    }
+    y
+}
+
+/// The `waypoints:` section declaring the waypoint `name` of [`NAMESPACE`].
+pub fn waypoints(name: &str) -> String {
+    format!("waypoints:\n  - {{name: {name}, namespace: {NAMESPACE}}}\n")
+}
+
 impl BenchTopo {
     /// Builds the namespaces, writes `mesh.yaml` (every pod an HBONE workload,
     /// no policies: all allowed) and the dev CA.

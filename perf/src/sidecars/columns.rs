@@ -1,5 +1,6 @@
 //! The L4 workloads with one column per mesh: direct, Trellis ambient,
-//! Envoy sidecars L4 and L7, as a Markdown table and JSON.
+//! Trellis ambient + waypoint, Envoy sidecars L4 and L7, Trellis
+//! sidecar-shaped, as a Markdown table and JSON.
 
 use serde_json::{json, Value};
 
@@ -61,7 +62,7 @@ const METRICS: [Metric; 10] = [
     ("mesh CPU, s per 1k connections", |c| {
         mesh(c, |k| k.cpu_s_per_1k_conn, 3)
     }),
-    ("mesh idle RSS (both proxies), MiB", |c| {
+    ("mesh idle RSS (all its proxies), MiB", |c| {
         c.idle_rss_mib()
             .map(|m| format!("{m:.1}"))
             .unwrap_or_else(|| "–".into())
@@ -135,7 +136,7 @@ mod tests {
             ("throughput, Gbit/s", "| 2.50 | 2.00 |"),
             ("new connections/s (errors)", "| 2000 (0) | 1200 (0) |"),
             ("mesh CPU, s per GB", "| – | 1.50 |"),
-            ("mesh idle RSS (both proxies), MiB", "| – | 3.0 |"),
+            ("mesh idle RSS (all its proxies), MiB", "| – | 3.0 |"),
         ];
         for (label, cells) in cases {
             let line = md

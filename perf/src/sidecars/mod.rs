@@ -8,6 +8,7 @@
 //! * [`mesh_size`]: one sidecar's and one node proxy's RSS against mesh size.
 //! * [`pods_memory`]: mesh RSS on a node against idle pods per node.
 //! * [`pod_start`]: time from a pod's start until its first meshed request.
+//! * [`trellis_columns`]: the Trellis ambient + waypoint and sidecar-shaped columns of the L4 workloads.
 //! * [`waypoint`]: an Envoy waypoint's config from the services it serves (HBONE in and out).
 
 pub mod bootstrap;
@@ -17,4 +18,5 @@ pub mod mesh;
 pub mod mesh_size;
 pub mod pod_start;
 pub mod pods_memory;
+pub mod trellis_columns;
 pub mod waypoint;
