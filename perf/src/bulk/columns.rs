@@ -341,3 +341,43 @@ impl Drop for TrellisPair {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_column_lists() {
+        let ok = |s: &str| parse_columns(s).unwrap();
+        assert_eq!(ok("direct,trellis"), [Column::Direct, Column::Trellis]);
+        assert_eq!(
+            ok(" tls-relay , tcp-relay,"),
+            [Column::TlsRelay, Column::TcpRelay]
+        );
+        assert_eq!(
+            ok("direct,tcp-relay,splice-relay,tls-relay,trellis"),
+            Column::ALL
+        );
+        // (list, what the error says)
+        let bad = [
+            ("", "no column"),
+            ("direct,udp-relay", "unknown column \"udp-relay\""),
+            ("trellis,trellis", "trellis given twice"),
+        ];
+        for (list, want) in bad {
+            let e = parse_columns(list).unwrap_err().to_string();
+            assert!(e.contains(want), "{list:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn largest_upward_connection_from_the_relay_log() {
+        let log = "relay tcp outbound: listening on 127.0.0.1:15001 (buffer 262144 B, mark 0x539)\n\
+                   relay tcp outbound: closed peer=1.2.3.4:1 dst=5.6.7.8:7000 up=1 down=1\n\
+                   relay tcp outbound: closed peer=1.2.3.4:2 dst=5.6.7.8:5201 up=1133690901 down=0 error=Broken pipe (os error 32)\n\
+                   relay tcp outbound: closed peer=1.2.3.4:3 dst=5.6.7.8:5201 up=455 down=331\n\
+                   relay tcp outbound: peer=1.2.3.4:4: connection ... up=99999999999\n";
+        assert_eq!(max_up_bytes(log), 1133690901);
+        assert_eq!(max_up_bytes(""), 0);
+    }
+}

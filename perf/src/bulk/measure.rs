@@ -221,3 +221,25 @@ pub fn parse_perf_stat_count(text: &str, event: &str) -> Option<u64> {
             .flatten()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_switches_of_a_status_file() {
+        let status = "Name:\ttrellis-relay\nThreads:\t1\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_ctx_switches(status), 127);
+        assert_eq!(parse_ctx_switches("Name:\tx\n"), 0);
+    }
+
+    #[test]
+    fn syscall_count_from_perf_stat_csv() {
+        let text = "# started on Mon Dec  7 03:30:00 2026\n\n\
+                    1234567,,raw_syscalls:sys_enter,3000000000,100.00,,\n";
+        assert_eq!(parse_perf_stat_count(text, SYSCALL_EVENT), Some(1234567));
+        let not_counted = "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n";
+        assert_eq!(parse_perf_stat_count(not_counted, SYSCALL_EVENT), None);
+        assert_eq!(parse_perf_stat_count("", SYSCALL_EVENT), None);
+    }
+}

@@ -300,7 +300,7 @@ mod tests {
             (Column::Direct, 5.0 / 21.0, None)
         );
         assert_eq!(r[1].against, Column::TcpRelay);
-        assert!((r[1].throughput - 0.5).abs() < 1e-9);
+        assert!((r[1].throughput - 5.0 / 11.0).abs() < 1e-9);
         assert!((r[1].cpu_per_gb.unwrap() - 3.2 / 1.2).abs() < 1e-9);
         // Without Trellis there is nothing to compare.
         assert!(ratios(&s[..2]).is_empty());
@@ -312,7 +312,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| TCP relay pair (tokio copy) | 0.50× | 2.67× |"),
+            md.contains("| TCP relay pair (tokio copy) | 0.45× | 2.67× |"),
             "{md}"
         );
     }
