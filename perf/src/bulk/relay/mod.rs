@@ -152,6 +152,8 @@ pub enum RelayError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS handshake with {peer} did not finish within 10 s; is the peer a TLS relay?")]
+    HandshakeTimeout { peer: SocketAddr },
     #[error("relaying {dst} failed after {up} bytes up and {down} bytes down: {source}")]
     Copy {
         dst: SocketAddr,

@@ -9,13 +9,20 @@ use hbone::{Identity, TrustBundle, WorkloadCert};
 use rustls::pki_types::ServerName;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use trellis_netns::{sockopt, ListenOpts, SocketOpts};
 
 use super::{Mode, RelayConfig, RelayError, Role, TlsFiles, RELAY_ALPN};
+
+/// A peer that opens a connection and says nothing must not hold a task forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed accept (e.g. out of file descriptors), before the next.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 /// What a relay holds for its whole life: its flags and, in mode `tls`,
 /// its side of the TLS configuration.
@@ -73,10 +80,16 @@ impl Relay {
     pub async fn run(self, listener: TcpListener) -> Result<(), RelayError> {
         let addr = self.cfg.listen;
         loop {
-            let (stream, peer) = listener
-                .accept()
-                .await
-                .map_err(|source| RelayError::Listen { addr, source })?;
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // ECONNABORTED, EMFILE and the like: this connection is
+                    // lost, the listener is not; pause so EMFILE does not spin.
+                    eprintln!("relay: accepting on {addr}: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
             let relay = self.clone();
             tokio::spawn(async move {
                 let (mode, role) = (relay.cfg.mode.name(), relay.cfg.role.name());
@@ -130,9 +143,9 @@ impl Relay {
         let _ = down.set_nodelay(true);
         match &self.tls {
             Some(TlsSide::Server(acceptor)) => {
-                let tls = acceptor
-                    .accept(down)
+                let tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(down))
                     .await
+                    .map_err(|_| RelayError::HandshakeTimeout { peer })?
                     .map_err(|source| RelayError::Handshake {
                         peer,
                         side: "server",

@@ -88,12 +88,13 @@ fn upstream_is_the_original_destination_unless_it_loops() {
     let pod = a("10.0.2.2:15006");
     let lo = a("127.0.0.1:15001");
     // (role, local, original, Ok(dst) or the error's name)
-    let cases: [(
+    type Case = (
         Role,
         SocketAddr,
         Option<SocketAddr>,
-        Result<SocketAddr, &str>,
-    ); 7] = [
+        Result<SocketAddr, &'static str>,
+    );
+    let cases: [Case; 7] = [
         (
             Role::Outbound,
             lo,
