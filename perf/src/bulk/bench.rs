@@ -269,7 +269,7 @@ fn setup_notes(o: &Opts) -> Vec<String> {
             o.columns.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
         ),
         format!(
-            "relays: one trellis-relay per pod behind the Envoy sidecars' capture (outbound 15001, inbound 15006, SO_ORIGINAL_DST, proxy mark); tokio current-thread runtime; copy_bidirectional with {} KiB per direction; splice: {} KiB pipe, a blocking thread per direction; tls: rustls with ring, TLS 1.3, HBONE's cipher suites and dev-CA SPIFFE certificates (mTLS), default record size, no HTTP/2",
+            "relays: one trellis-relay per pod behind the Envoy sidecars' capture (outbound 15001, inbound 15006, SO_ORIGINAL_DST, proxy mark); tokio current-thread runtime; copy_bidirectional with {} KiB per direction; splice: {} KiB pipe, a blocking thread per direction; tls: rustls with ring, TLS 1.3, HBONE's cipher suites and config builders, a read buffer and rustls send-buffer limit of the copy buffer's size, dev-CA SPIFFE certificates (mTLS), default record size, no HTTP/2",
             DEFAULT_BUFFER / 1024,
             DEFAULT_BUFFER / 1024
         ),
