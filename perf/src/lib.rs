@@ -22,8 +22,10 @@
 //! * [`soak`]: many connections through one node proxy for minutes (issue 16).
 //! * [`handover`]: the node proxy's hand-over: accept gap and memory overlap (issue 16).
 //! * [`chain`]: latency and mesh CPU along a call chain, every column (issue 15 §2.3-4).
+//! * [`bulk`]: single-stream throughput and CPU per GB against a TCP and a TLS relay pair (issue 12 §2).
 
 pub mod attack;
+pub mod bulk;
 pub mod calibrate;
 pub mod callgrind;
 pub mod chain;

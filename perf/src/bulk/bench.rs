@@ -1,0 +1,285 @@
+//! `trellis-bulk-bench`: single-stream iperf3 through each column, the
+//! columns interleaved round by round, on `trellis-bench`'s topology and
+//! pinning (iperf3 -c on the load CPU; iperf3 -s and every proxy or relay
+//! on the server CPU).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::columns::{parse_columns, Column, RelayPair, Running, TrellisPair};
+use super::measure::{Measure, Sample};
+use super::relay::DEFAULT_BUFFER;
+use super::report;
+use crate::run::{self, read_trim, say, write_results, Args};
+use crate::servers::{EchoServer, Iperf3Server};
+use crate::topo::{self, BenchTopo};
+use crate::{latency, LOADGEN_CPU, SERVER_CPU};
+
+const ECHO_PORT: u16 = 7000;
+const IPERF_PORT: u16 = 5201;
+
+pub const USAGE: &str = "usage: trellis-bulk-bench [--quick] [--secs N] [--repeat N] [--out DIR] \
+[--columns direct,tcp-relay,splice-relay,tls-relay,trellis] [--syscalls DIR]\n\
+  --quick          3 s per run, 1 round; writes bulk-quick.{json,md}\n\
+  --secs N         iperf3 seconds per run (default 10)\n\
+  --repeat N       rounds, each measuring every column once (default 3)\n\
+  --out DIR        where bulk.{json,md} go; default perf/results\n\
+  --columns LIST   which columns, in this order within a round (default all)\n\
+  --syscalls DIR   count the mesh processes' syscalls with perf stat (perturbs the figures)";
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub quick: bool,
+    pub secs: u32,
+    pub repeat: usize,
+    pub out: PathBuf,
+    pub columns: Vec<Column>,
+    pub syscalls: Option<PathBuf>,
+}
+
+impl Opts {
+    /// From this process's arguments.
+    pub fn parse() -> Result<Opts> {
+        let mut a = Args::new(USAGE);
+        let (mut quick, mut secs, mut repeat) = (false, None, None);
+        let mut out = PathBuf::from("perf/results");
+        let mut columns = Column::ALL.to_vec();
+        let mut syscalls = None;
+        while let Some(flag) = a.next_flag() {
+            match flag.as_str() {
+                "--quick" => quick = true,
+                "--secs" => secs = Some(count(&a.value("--secs")?, "--secs", 1, 600)? as u32),
+                "--repeat" => repeat = Some(count(&a.value("--repeat")?, "--repeat", 1, 50)?),
+                "--out" => out = a.path("--out")?,
+                "--columns" => columns = parse_columns(&a.value("--columns")?)?,
+                "--syscalls" => syscalls = Some(a.path("--syscalls")?),
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown flag {other}\n{USAGE}"),
+            }
+        }
+        Ok(Opts {
+            quick,
+            secs: secs.unwrap_or(if quick { 3 } else { 10 }),
+            repeat: repeat.unwrap_or(if quick { 1 } else { 3 }),
+            out,
+            columns,
+            syscalls,
+        })
+    }
+
+    fn stem(&self) -> &'static str {
+        if self.quick {
+            "bulk-quick"
+        } else {
+            "bulk"
+        }
+    }
+}
+
+fn count(v: &str, flag: &str, min: usize, max: usize) -> Result<usize> {
+    match v.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => bail!("{flag} {v:?}: expected a whole number from {min} to {max}\n{USAGE}"),
+    }
+}
+
+/// The binaries a run needs, next to this executable.
+struct Binaries {
+    proxy: Option<PathBuf>,
+    relay: Option<PathBuf>,
+}
+
+impl Binaries {
+    fn locate(columns: &[Column]) -> Result<Binaries> {
+        let proxy = columns
+            .contains(&Column::Trellis)
+            .then(topo::proxy_binary)
+            .transpose()?;
+        let relay = columns
+            .iter()
+            .any(|c| c.relay_mode().is_some())
+            .then(|| topo::sibling_binary("trellis-relay", "trellis-perf"))
+            .transpose()?;
+        Ok(Binaries { proxy, relay })
+    }
+}
+
+/// Starts what `column` runs on the path; waits until the path carries traffic.
+fn start(bt: &BenchTopo, bins: &Binaries, column: Column, echo: SocketAddr) -> Result<Running> {
+    let running = match (column, column.relay_mode()) {
+        (Column::Direct, _) => Running::Direct,
+        (Column::Trellis, _) => Running::Trellis(TrellisPair::start(
+            bt,
+            bins.proxy.as_deref().context("no proxy binary")?,
+            SERVER_CPU,
+        )?),
+        (_, Some(mode)) => Running::Relays(RelayPair::start(
+            bt,
+            bins.relay.as_deref().context("no relay binary")?,
+            mode,
+            SERVER_CPU,
+        )?),
+        (_, None) => bail!("column {} runs nothing", column.name()),
+    };
+    latency::wait_echo(
+        &bt.client.netns()?,
+        LOADGEN_CPU,
+        echo,
+        Duration::from_secs(15),
+    )
+    .with_context(|| format!("{}: the path does not carry traffic", column.name()))?;
+    Ok(running)
+}
+
+/// Fails unless the flow really crossed the column's processes.
+fn check_path(running: &Running, opened_before: &[f64], sample: &Sample) -> Result<()> {
+    match running {
+        Running::Direct => Ok(()),
+        // The data connection carries (nearly) all of iperf3's bytes up.
+        Running::Relays(pair) => pair.check_carried(sample.bytes / 2),
+        Running::Trellis(t) => {
+            let after = t.opened()?;
+            for (i, (a, b)) in opened_before.iter().zip(&after).enumerate() {
+                if b - a < 1.0 {
+                    bail!(
+                        "the {} proxy opened no connection during iperf3: the flow bypassed the mesh; its log:\n{}",
+                        t.proxies[i].node,
+                        t.proxies[i].log()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn run(o: &Opts) -> Result<()> {
+    let mut tools = vec![
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("iperf3", "iperf3"),
+        ("taskset", "util-linux"),
+    ];
+    if o.syscalls.is_some() {
+        tools.push(("perf", "linux-perf"));
+    }
+    let cpus = run::preflight("trellis-bulk-bench", [LOADGEN_CPU, SERVER_CPU], &tools)?;
+    let bins = Binaries::locate(&o.columns)?;
+    let begun = run::begin(&cpus, LOADGEN_CPU, SERVER_CPU)?;
+
+    let bt = BenchTopo::build(0)?;
+    say(format!(
+        "topology {}: client {} on node1, server {} on node2",
+        bt.topo.prefix(),
+        bt.client.ip,
+        bt.server.ip
+    ));
+    let echo = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    let _echo = EchoServer::start(&bt.server.netns()?, echo, SERVER_CPU)?;
+    let _iperf = Iperf3Server::start(&bt.topo, &bt.server, IPERF_PORT, SERVER_CPU)?;
+    latency::wait_echo(
+        &bt.client.netns()?,
+        LOADGEN_CPU,
+        echo,
+        Duration::from_secs(10),
+    )?;
+    run::settle();
+
+    let measure = Measure {
+        bt: &bt,
+        iperf: SocketAddr::new(bt.server.ip, IPERF_PORT),
+        secs: o.secs,
+        load_cpu: LOADGEN_CPU,
+        server_cpu: SERVER_CPU,
+        syscalls: o.syscalls.as_deref(),
+    };
+    let mut samples = Vec::new();
+    for round in 0..o.repeat {
+        for &column in &o.columns {
+            say(format!(
+                "round {}/{}: {} (iperf3 {} s)",
+                round + 1,
+                o.repeat,
+                column.label(),
+                o.secs
+            ));
+            let mut running = start(&bt, &bins, column, echo)?;
+            let opened = match &running {
+                Running::Trellis(t) => t.opened()?,
+                _ => vec![],
+            };
+            // A bounded wait: other work on this shared machine may never stop.
+            run::settle_within(Duration::from_secs(5));
+            let s = measure.run(column, round, &running.pids())?;
+            running.check_alive()?;
+            check_path(&running, &opened, &s)?;
+            say(format!(
+                "  {:.2} Gbit/s, proxy CPU {} s/GB, CPU 1 busy {:.3} s/GB, {} retransmits",
+                s.gbit_per_s,
+                s.proxy_cpu_s_per_gb()
+                    .map_or_else(|| "–".into(), |c| format!("{c:.3}")),
+                s.server_cpu_s_per_gb(),
+                s.retransmits
+            ));
+            samples.push(s);
+        }
+    }
+
+    let summaries = report::summarize(&o.columns, &samples);
+    let mut notes = begun.notes(
+        if o.quick { "quick" } else { "full" },
+        &read_trim("/proc/loadavg"),
+    );
+    notes.extend(setup_notes(o));
+    let md = report::markdown(
+        "Bulk transfer: Trellis against its floors",
+        &notes,
+        &summaries,
+        &samples,
+    );
+    let setup = json!({
+        "iperf_secs": o.secs, "repeat": o.repeat,
+        "columns": o.columns.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        "relay_buffer_bytes": DEFAULT_BUFFER, "syscalls": o.syscalls.is_some(),
+        "loadgen_cpu": LOADGEN_CPU, "server_cpu": SERVER_CPU,
+    });
+    let doc = report::to_json(&notes, &summaries, &samples, setup);
+    write_results(&o.out, o.stem(), &doc, &md)?;
+    print!("{md}");
+    Ok(())
+}
+
+/// What the report says about how the columns were run.
+fn setup_notes(o: &Opts) -> Vec<String> {
+    let mut notes = vec![
+        format!(
+            "pinning: iperf3 -c on CPU {LOADGEN_CPU}; iperf3 -s, the relays and both node proxies (--workers 1) on CPU {SERVER_CPU}"
+        ),
+        format!(
+            "load: iperf3 single stream, {} s per run; {} round(s), each measuring every column once in the order {}",
+            o.secs,
+            o.repeat,
+            o.columns.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+        ),
+        format!(
+            "relays: one trellis-relay per pod behind the Envoy sidecars' capture (outbound 15001, inbound 15006, SO_ORIGINAL_DST, proxy mark); tokio current-thread runtime; copy_bidirectional with {} KiB per direction; splice: {} KiB pipe, a blocking thread per direction; tls: rustls with ring, TLS 1.3, HBONE's cipher suites and config builders, a read buffer and rustls send-buffer limit of the copy buffer's size, dev-CA SPIFFE certificates (mTLS), default record size, no HTTP/2",
+            DEFAULT_BUFFER / 1024,
+            DEFAULT_BUFFER / 1024
+        ),
+        "proxy CPU: utime+stime of the relays or node proxies over the iperf3 run; CPU 1 busy: all of CPU 1 (iperf3 -s, proxies, softirq) per GB; ctx switches: voluntary+involuntary of the mesh processes' threads (not for splice, whose per-connection threads leave /proc before they are read)".to_string(),
+    ];
+    if let Some(dir) = &o.syscalls {
+        notes.push(format!(
+            "PERTURBED: perf stat counted the mesh processes' syscalls (raw_syscalls:sys_enter) during each run; raw counts in {}",
+            dir.display()
+        ));
+    }
+    notes
+}

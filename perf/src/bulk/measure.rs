@@ -1,0 +1,245 @@
+//! One measured iperf3 run through a column: throughput, the CPU of the
+//! processes on the path, and their context switches and (optionally)
+//! syscalls per MB.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::columns::Column;
+use crate::proc_stats::{BusyMeter, CpuMeter};
+use crate::throughput;
+use crate::topo::BenchTopo;
+
+/// One iperf3 run through one column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub column: Column,
+    /// Which round of the interleaved repeats, from 0.
+    pub round: usize,
+    pub gbit_per_s: f64,
+    pub bytes: u64,
+    pub retransmits: u64,
+    /// utime + stime of the mesh processes over the iperf3 run (None: direct).
+    pub proxy_cpu_s: Option<f64>,
+    /// Busy time of the server CPU (iperf3 -s, the proxies, softirq).
+    pub server_cpu_busy_s: f64,
+    /// Context switches of the mesh processes (None: direct, or not measurable).
+    pub ctx_switches: Option<u64>,
+    /// Syscalls of the mesh processes (with `--syscalls` only).
+    pub syscalls: Option<u64>,
+}
+
+impl Sample {
+    fn gb(&self) -> f64 {
+        self.bytes.max(1) as f64 / 1e9
+    }
+
+    fn mb(&self) -> f64 {
+        self.bytes.max(1) as f64 / 1e6
+    }
+
+    pub fn proxy_cpu_s_per_gb(&self) -> Option<f64> {
+        self.proxy_cpu_s.map(|s| s / self.gb())
+    }
+
+    pub fn server_cpu_s_per_gb(&self) -> f64 {
+        self.server_cpu_busy_s / self.gb()
+    }
+
+    pub fn ctx_per_mb(&self) -> Option<f64> {
+        self.ctx_switches.map(|c| c as f64 / self.mb())
+    }
+
+    pub fn syscalls_per_mb(&self) -> Option<f64> {
+        self.syscalls.map(|c| c as f64 / self.mb())
+    }
+}
+
+/// How a run is measured.
+pub struct Measure<'a> {
+    pub bt: &'a BenchTopo,
+    pub iperf: SocketAddr,
+    pub secs: u32,
+    pub load_cpu: usize,
+    pub server_cpu: usize,
+    /// perf stat syscall counts into this dir (perturbs the figures).
+    pub syscalls: Option<&'a Path>,
+}
+
+impl Measure<'_> {
+    /// iperf3 through `column`, whose mesh processes are `pids`.
+    pub fn run(&self, column: Column, round: usize, pids: &[u32]) -> Result<Sample> {
+        let meshed = !pids.is_empty();
+        let counters = meshed && column.counters_cover_flow();
+        let stat = match (self.syscalls, counters) {
+            (Some(dir), true) => Some(PerfStat::start(dir, column, round, pids)?),
+            _ => None,
+        };
+        let ctx0 = ctx_switches(pids);
+        let cpu = CpuMeter::start(pids)?;
+        let busy = BusyMeter::start(self.server_cpu)?;
+        let r = throughput::run(
+            &self.bt.topo,
+            &self.bt.client.name,
+            self.iperf,
+            self.secs,
+            self.load_cpu,
+        )?;
+        let server_cpu_busy_s = busy.elapsed()?;
+        let proxy_cpu_s = cpu.elapsed()?;
+        let ctx1 = ctx_switches(pids);
+        let syscalls = stat.map(PerfStat::finish).transpose()?;
+        if r.bytes == 0 {
+            bail!("iperf3 through {} moved no bytes", column.name());
+        }
+        Ok(Sample {
+            column,
+            round,
+            gbit_per_s: r.gbit_per_s,
+            bytes: r.bytes,
+            retransmits: r.retransmits,
+            proxy_cpu_s: meshed.then_some(proxy_cpu_s),
+            server_cpu_busy_s,
+            ctx_switches: match (counters, ctx0, ctx1) {
+                (true, Ok(a), Ok(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
+            syscalls,
+        })
+    }
+}
+
+/// Voluntary plus involuntary context switches of every living thread of
+/// `pids` (/proc/<pid>/task/*/status; /proc/<pid>/status has the main
+/// thread's only).
+pub fn ctx_switches(pids: &[u32]) -> std::io::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let status = match std::fs::read_to_string(task?.path().join("status")) {
+                Ok(s) => s,
+                // A thread that exited while we read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            total += parse_ctx_switches(&status);
+        }
+    }
+    Ok(total)
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of one status file.
+pub fn parse_ctx_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k, "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches")
+                .then(|| v.trim().parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// The syscall tracepoint every syscall enters through.
+const SYSCALL_EVENT: &str = "raw_syscalls:sys_enter";
+
+/// `perf stat` counting syscalls of some processes; SIGINT makes it write its count.
+struct PerfStat {
+    child: Child,
+    out: PathBuf,
+}
+
+impl PerfStat {
+    fn start(dir: &Path, column: Column, round: usize, pids: &[u32]) -> Result<PerfStat> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let out = dir.join(format!("{}-{round}.perfstat.csv", column.name()));
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                SYSCALL_EVENT,
+                "-p",
+                &list.join(","),
+                "-o",
+            ])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting perf stat (apt-get install linux-perf)")?;
+        // perf attaches asynchronously; without a signal to wait on, give it time.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(PerfStat { child, out })
+    }
+
+    fn finish(mut self) -> Result<u64> {
+        // SAFETY: plain syscall on our own unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("perf stat did not exit within 20 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(&self.out)
+            .with_context(|| format!("reading {}", self.out.display()))?;
+        parse_perf_stat_count(&text, SYSCALL_EVENT).with_context(|| {
+            format!(
+                "no {SYSCALL_EVENT} count in {}:\n{text}",
+                self.out.display()
+            )
+        })
+    }
+}
+
+impl Drop for PerfStat {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The count of `event` in `perf stat -x ,` output (`count,unit,event,...`).
+pub fn parse_perf_stat_count(text: &str, event: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        (f.len() > 2 && f[2] == event)
+            .then(|| f[0].trim().parse::<u64>().ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_switches_of_a_status_file() {
+        let status = "Name:\ttrellis-relay\nThreads:\t1\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_ctx_switches(status), 127);
+        assert_eq!(parse_ctx_switches("Name:\tx\n"), 0);
+    }
+
+    #[test]
+    fn syscall_count_from_perf_stat_csv() {
+        let text = "# started on Mon Dec  7 03:30:00 2026\n\n\
+                    1234567,,raw_syscalls:sys_enter,3000000000,100.00,,\n";
+        assert_eq!(parse_perf_stat_count(text, SYSCALL_EVENT), Some(1234567));
+        let not_counted = "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n";
+        assert_eq!(parse_perf_stat_count(not_counted, SYSCALL_EVENT), None);
+        assert_eq!(parse_perf_stat_count("", SYSCALL_EVENT), None);
+    }
+}

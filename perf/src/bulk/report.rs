@@ -1,0 +1,319 @@
+//! The bulk benchmark's report: each column's figures over the repeats
+//! (mean and spread), and Trellis's ratio to each floor.
+
+use serde_json::{json, Value};
+
+use super::columns::Column;
+use super::measure::Sample;
+use crate::hist::round2;
+
+/// Mean, min and max of one figure over the repeats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    /// None for no values.
+    pub fn of(values: &[f64]) -> Option<Stat> {
+        if values.is_empty() {
+            return None;
+        }
+        let n = values.len();
+        Some(Stat {
+            mean: values.iter().sum::<f64>() / n as f64,
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            n,
+        })
+    }
+
+    /// (max - min) / mean: how far apart the repeats are.
+    pub fn spread(&self) -> f64 {
+        if self.mean == 0.0 {
+            0.0
+        } else {
+            (self.max - self.min) / self.mean
+        }
+    }
+
+    /// `mean (min–max)` with `digits` decimals; the mean alone for one value.
+    pub fn cell(&self, digits: usize) -> String {
+        if self.n < 2 {
+            format!("{:.digits$}", self.mean)
+        } else {
+            format!(
+                "{:.digits$} ({:.digits$}–{:.digits$})",
+                self.mean, self.min, self.max
+            )
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "mean": round3(self.mean), "min": round3(self.min), "max": round3(self.max),
+            "n": self.n, "spread": round3(self.spread()),
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// One column over all its repeats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub column: Column,
+    pub gbit_per_s: Stat,
+    pub proxy_cpu_s_per_gb: Option<Stat>,
+    pub server_cpu_s_per_gb: Stat,
+    pub ctx_per_mb: Option<Stat>,
+    pub syscalls_per_mb: Option<Stat>,
+    pub retransmits: Stat,
+}
+
+/// Summaries in the order of `columns`; a column with no sample is left out.
+pub fn summarize(columns: &[Column], samples: &[Sample]) -> Vec<Summary> {
+    columns
+        .iter()
+        .filter_map(|&column| {
+            let of = |f: &dyn Fn(&Sample) -> Option<f64>| {
+                let v: Vec<f64> = samples
+                    .iter()
+                    .filter(|s| s.column == column)
+                    .filter_map(f)
+                    .collect();
+                Stat::of(&v)
+            };
+            Some(Summary {
+                column,
+                gbit_per_s: of(&|s| Some(s.gbit_per_s))?,
+                proxy_cpu_s_per_gb: of(&|s| s.proxy_cpu_s_per_gb()),
+                server_cpu_s_per_gb: of(&|s| Some(s.server_cpu_s_per_gb()))?,
+                ctx_per_mb: of(&|s| s.ctx_per_mb()),
+                syscalls_per_mb: of(&|s| s.syscalls_per_mb()),
+                retransmits: of(&|s| Some(s.retransmits as f64))?,
+            })
+        })
+        .collect()
+}
+
+/// Trellis against one other column, on the means.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio {
+    pub against: Column,
+    /// Trellis's throughput ÷ the column's.
+    pub throughput: f64,
+    /// Trellis's proxy CPU per GB ÷ the column's (None against direct).
+    pub cpu_per_gb: Option<f64>,
+}
+
+/// Trellis's ratio to every other column (none without a Trellis column).
+pub fn ratios(summaries: &[Summary]) -> Vec<Ratio> {
+    let Some(t) = summaries.iter().find(|s| s.column == Column::Trellis) else {
+        return vec![];
+    };
+    summaries
+        .iter()
+        .filter(|s| s.column != Column::Trellis)
+        .map(|s| Ratio {
+            against: s.column,
+            throughput: t.gbit_per_s.mean / s.gbit_per_s.mean,
+            cpu_per_gb: match (&t.proxy_cpu_s_per_gb, &s.proxy_cpu_s_per_gb) {
+                (Some(a), Some(b)) if b.mean > 0.0 => Some(a.mean / b.mean),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+fn opt_cell(s: &Option<Stat>, digits: usize) -> String {
+    s.as_ref().map_or_else(|| "–".into(), |s| s.cell(digits))
+}
+
+/// The Markdown report: notes, the table of columns, the ratios, every sample.
+pub fn markdown(
+    title: &str,
+    notes: &[String],
+    summaries: &[Summary],
+    samples: &[Sample],
+) -> String {
+    let mut md = format!("# {title}\n\n");
+    for n in notes {
+        md += &format!("- {n}\n");
+    }
+    md += "\nMean over the repeats, (min–max) when there are several.\n\n";
+    md += "| column | throughput (Gbit/s) | proxy CPU (s/GB) | CPU 1 busy (s/GB) | ctx switches /MB | syscalls /MB | retransmits |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|\n";
+    for s in summaries {
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            s.column.label(),
+            s.gbit_per_s.cell(2),
+            opt_cell(&s.proxy_cpu_s_per_gb, 3),
+            s.server_cpu_s_per_gb.cell(3),
+            opt_cell(&s.ctx_per_mb, 2),
+            opt_cell(&s.syscalls_per_mb, 1),
+            s.retransmits.mean,
+        );
+    }
+    let r = ratios(summaries);
+    if !r.is_empty() {
+        md += "\nTrellis ÷ each column (on the means):\n\n";
+        md += "| against | throughput | proxy CPU per GB |\n|---|---:|---:|\n";
+        for x in r {
+            md += &format!(
+                "| {} | {:.2}× | {} |\n",
+                x.against.label(),
+                x.throughput,
+                x.cpu_per_gb
+                    .map_or_else(|| "–".into(), |c| format!("{c:.2}×"))
+            );
+        }
+    }
+    md += "\nEvery run, in the order measured:\n\n";
+    md += "| round | column | Gbit/s | proxy CPU (s/GB) | CPU 1 busy (s/GB) | retransmits |\n|---:|---|---:|---:|---:|---:|\n";
+    for s in samples {
+        md += &format!(
+            "| {} | {} | {:.2} | {} | {:.3} | {} |\n",
+            s.round,
+            s.column.name(),
+            s.gbit_per_s,
+            s.proxy_cpu_s_per_gb()
+                .map_or_else(|| "–".into(), |c| format!("{c:.3}")),
+            s.server_cpu_s_per_gb(),
+            s.retransmits
+        );
+    }
+    md
+}
+
+/// The JSON report: the summaries, the ratios and every sample.
+pub fn to_json(notes: &[String], summaries: &[Summary], samples: &[Sample], setup: Value) -> Value {
+    let opt = |s: &Option<Stat>| s.as_ref().map_or(Value::Null, Stat::to_json);
+    json!({
+        "notes": notes,
+        "setup": setup,
+        "columns": summaries.iter().map(|s| json!({
+            "column": s.column.name(),
+            "label": s.column.label(),
+            "gbit_per_s": s.gbit_per_s.to_json(),
+            "proxy_cpu_s_per_gb": opt(&s.proxy_cpu_s_per_gb),
+            "server_cpu_busy_s_per_gb": s.server_cpu_s_per_gb.to_json(),
+            "ctx_switches_per_mb": opt(&s.ctx_per_mb),
+            "syscalls_per_mb": opt(&s.syscalls_per_mb),
+            "retransmits": s.retransmits.to_json(),
+        })).collect::<Vec<_>>(),
+        "trellis_ratios": ratios(summaries).iter().map(|r| json!({
+            "against": r.against.name(),
+            "throughput": round3(r.throughput),
+            "proxy_cpu_per_gb": r.cpu_per_gb.map(round3),
+        })).collect::<Vec<_>>(),
+        "samples": samples.iter().map(|s| json!({
+            "round": s.round,
+            "column": s.column.name(),
+            "gbit_per_s": round2(s.gbit_per_s),
+            "bytes": s.bytes,
+            "retransmits": s.retransmits,
+            "proxy_cpu_s": s.proxy_cpu_s.map(round3),
+            "server_cpu_busy_s": round3(s.server_cpu_busy_s),
+            "ctx_switches": s.ctx_switches,
+            "syscalls": s.syscalls,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(column: Column, round: usize, gbit: f64, cpu_s: Option<f64>) -> Sample {
+        Sample {
+            column,
+            round,
+            gbit_per_s: gbit,
+            // 2 GB per run: CPU per GB is half the CPU seconds.
+            bytes: 2_000_000_000,
+            retransmits: round as u64,
+            proxy_cpu_s: cpu_s,
+            server_cpu_busy_s: 1.0,
+            ctx_switches: cpu_s.map(|_| 4000),
+            syscalls: None,
+        }
+    }
+
+    #[test]
+    fn stats_of_values() {
+        // (values, mean, min, max, spread)
+        let cases: [(&[f64], f64, f64, f64, f64); 3] = [
+            (&[2.0], 2.0, 2.0, 2.0, 0.0),
+            (&[1.0, 2.0, 3.0], 2.0, 1.0, 3.0, 1.0),
+            (&[0.0, 0.0], 0.0, 0.0, 0.0, 0.0),
+        ];
+        for (v, mean, min, max, spread) in cases {
+            let s = Stat::of(v).unwrap();
+            assert_eq!(
+                (s.mean, s.min, s.max, s.n),
+                (mean, min, max, v.len()),
+                "{v:?}"
+            );
+            assert_eq!(s.spread(), spread, "{v:?}");
+        }
+        assert_eq!(Stat::of(&[]), None);
+        assert_eq!(Stat::of(&[1.0, 3.0]).unwrap().cell(1), "2.0 (1.0–3.0)");
+        assert_eq!(Stat::of(&[1.0]).unwrap().cell(2), "1.00");
+    }
+
+    #[test]
+    fn summaries_and_ratios_per_column() {
+        let samples = vec![
+            sample(Column::Direct, 0, 20.0, None),
+            sample(Column::TcpRelay, 0, 10.0, Some(1.0)),
+            sample(Column::Trellis, 0, 4.0, Some(3.0)),
+            sample(Column::Direct, 1, 22.0, None),
+            sample(Column::TcpRelay, 1, 12.0, Some(1.4)),
+            sample(Column::Trellis, 1, 6.0, Some(3.4)),
+        ];
+        let cols = [
+            Column::Direct,
+            Column::TcpRelay,
+            Column::TlsRelay,
+            Column::Trellis,
+        ];
+        let s = summarize(&cols, &samples);
+        // No TLS samples: no TLS row.
+        let names: Vec<Column> = s.iter().map(|s| s.column).collect();
+        assert_eq!(names, [Column::Direct, Column::TcpRelay, Column::Trellis]);
+        assert_eq!(s[0].gbit_per_s.mean, 21.0);
+        assert_eq!(s[0].proxy_cpu_s_per_gb, None);
+        assert!((s[1].proxy_cpu_s_per_gb.unwrap().mean - 0.6).abs() < 1e-9);
+        assert_eq!(s[2].ctx_per_mb.unwrap().mean, 2.0);
+        assert_eq!(s[2].retransmits.mean, 0.5);
+        let r = ratios(&s);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].against, r[0].throughput, r[0].cpu_per_gb),
+            (Column::Direct, 5.0 / 21.0, None)
+        );
+        assert_eq!(r[1].against, Column::TcpRelay);
+        assert!((r[1].throughput - 5.0 / 11.0).abs() < 1e-9);
+        assert!((r[1].cpu_per_gb.unwrap() - 3.2 / 1.2).abs() < 1e-9);
+        // Without Trellis there is nothing to compare.
+        assert!(ratios(&s[..2]).is_empty());
+        let md = markdown("t", &["note".into()], &s, &samples);
+        assert!(
+            md.contains(
+                "| TCP relay pair (tokio copy) | 11.00 (10.00–12.00) | 0.600 (0.500–0.700) |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| TCP relay pair (tokio copy) | 0.45× | 2.67× |"),
+            "{md}"
+        );
+    }
+}
