@@ -246,14 +246,14 @@ mod tests {
     fn victim_p99_bound() {
         // (before µs, during µs, unaffected)
         let cases = [
-            (1_800.0, 5_700.0, true),      // idle, small move
-            (1_800.0, 21_800.0, true),     // the slack: +20 ms
-            (1_800.0, 21_900.0, false),    // just past it
-            (1_800.0, 177_200.0, false),   // rapid reset before the fix
-            (50_000.0, 150_000.0, true),   // loaded machine: 3x
-            (50_000.0, 150_100.0, false),  // past 3x
-            (55_300.0, 184_200.0, false),  // SETTINGS flood before its fix
-            (0.0, 20_000.0, true),         // no baseline figure
+            (1_800.0, 5_700.0, true),     // idle, small move
+            (1_800.0, 21_800.0, true),    // the slack: +20 ms
+            (1_800.0, 21_900.0, false),   // just past it
+            (1_800.0, 177_200.0, false),  // rapid reset before the fix
+            (50_000.0, 150_000.0, true),  // loaded machine: 3x
+            (50_000.0, 150_100.0, false), // past 3x
+            (55_300.0, 184_200.0, false), // SETTINGS flood before its fix
+            (0.0, 20_000.0, true),        // no baseline figure
         ];
         for (before, during, want) in cases {
             assert_eq!(p99_unaffected(before, during), want, "{before} -> {during}");
