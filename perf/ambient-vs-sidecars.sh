@@ -5,8 +5,8 @@
 #   sudo bash perf/ambient-vs-sidecars.sh [--quick]
 #
 # 1. trellis-bench: the L4 workloads (throughput, 64 B round trip, HTTP at a
-#    fixed rate, new connections) for direct, Trellis ambient and the Envoy
-#    sidecars L4 and L7; mesh memory against idle pods per node; memory
+#    fixed rate, new connections) for direct, Trellis ambient, ambient with a
+#    waypoint, the Envoy sidecars L4 and L7, and Trellis sidecar-shaped; mesh memory against idle pods per node; memory
 #    against mesh size; the call chain (latency and mesh CPU per request,
 #    every column) -> results/latest.{json,md} (quick.* with --quick)
 # 2. trellis-bench --only pod-start: from a pod's start to its first meshed
