@@ -241,6 +241,51 @@ pub fn perf_record(pids: &str, data: &Path) -> Result<std::process::Child> {
         .context("starting perf record (apt-get install linux-perf)")
 }
 
+/// SIGINT makes perf write its data and exit: sends it to each child, then
+/// waits up to `limit` for each and kills what is still running. False if
+/// any had to be killed (its output is then incomplete or missing).
+pub fn stop_perf(children: &mut [std::process::Child], limit: Duration) -> bool {
+    for c in children.iter() {
+        // SAFETY: plain kill(2) on our own unreaped child.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
+    }
+    let mut all_exited = true;
+    for c in children.iter_mut() {
+        let deadline = Instant::now() + limit;
+        while !matches!(c.try_wait(), Ok(Some(_)) | Err(_)) {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                all_exited = false;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    all_exited
+}
+
+/// Counts in `perf stat -x,` output (`count,unit,event,...`), by event:
+/// `syscalls:sys_enter_X` as `X`, `raw_syscalls:sys_enter` as "all
+/// syscalls"; events perf did not count are left out.
+pub fn perf_stat_counts(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let n = f.first()?.trim().parse::<u64>().ok()?;
+            let ev = f.get(2)?.trim();
+            let ev = ev.strip_prefix("syscalls:sys_enter_").unwrap_or(ev);
+            let ev = if ev == "raw_syscalls:sys_enter" {
+                "all syscalls"
+            } else {
+                ev
+            };
+            Some((ev.to_string(), n))
+        })
+        .collect()
+}
+
 /// The report's machine line: CPU model, CPUs this run may use, kernel.
 pub fn machine_line(cpus_allowed: usize) -> String {
     format!(

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -145,6 +145,9 @@ pub fn parse_ctx_switches(status: &str) -> u64 {
         .sum()
 }
 
+/// How long perf stat may take to write its count after SIGINT.
+const PERF_EXIT: Duration = Duration::from_secs(20);
+
 /// The syscall tracepoint every syscall enters through.
 const SYSCALL_EVENT: &str = "raw_syscalls:sys_enter";
 
@@ -181,25 +184,20 @@ impl PerfStat {
     }
 
     fn finish(mut self) -> Result<u64> {
-        // SAFETY: plain syscall on our own unreaped child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!("perf stat did not exit within 20 s of SIGINT");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !crate::run::stop_perf(std::slice::from_mut(&mut self.child), PERF_EXIT) {
+            bail!("perf stat did not exit within {PERF_EXIT:?} of SIGINT");
         }
         let text = std::fs::read_to_string(&self.out)
             .with_context(|| format!("reading {}", self.out.display()))?;
-        parse_perf_stat_count(&text, SYSCALL_EVENT).with_context(|| {
-            format!(
-                "no {SYSCALL_EVENT} count in {}:\n{text}",
-                self.out.display()
-            )
-        })
+        crate::run::perf_stat_counts(&text)
+            .get("all syscalls")
+            .copied()
+            .with_context(|| {
+                format!(
+                    "no {SYSCALL_EVENT} count in {}:\n{text}",
+                    self.out.display()
+                )
+            })
     }
 }
 
@@ -210,16 +208,6 @@ impl Drop for PerfStat {
             let _ = self.child.wait();
         }
     }
-}
-
-/// The count of `event` in `perf stat -x ,` output (`count,unit,event,...`).
-pub fn parse_perf_stat_count(text: &str, event: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(',').collect();
-        (f.len() > 2 && f[2] == event)
-            .then(|| f[0].trim().parse::<u64>().ok())
-            .flatten()
-    })
 }
 
 #[cfg(test)]
@@ -237,9 +225,10 @@ mod tests {
     fn syscall_count_from_perf_stat_csv() {
         let text = "# started on Mon Dec  7 03:30:00 2026\n\n\
                     1234567,,raw_syscalls:sys_enter,3000000000,100.00,,\n";
-        assert_eq!(parse_perf_stat_count(text, SYSCALL_EVENT), Some(1234567));
+        let all = |t: &str| crate::run::perf_stat_counts(t).get("all syscalls").copied();
+        assert_eq!(all(text), Some(1234567));
         let not_counted = "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n";
-        assert_eq!(parse_perf_stat_count(not_counted, SYSCALL_EVENT), None);
-        assert_eq!(parse_perf_stat_count("", SYSCALL_EVENT), None);
+        assert_eq!(all(not_counted), None);
+        assert_eq!(all(""), None);
     }
 }

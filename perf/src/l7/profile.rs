@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -93,6 +93,9 @@ impl Profile {
     }
 }
 
+/// How long perf may take to write its data after SIGINT.
+const PERF_EXIT: Duration = Duration::from_secs(60);
+
 /// Runs `load` while `perf record` samples `pid` into `data` and `perf
 /// stat` counts its [`SYSCALL_EVENTS`]; returns the load's result and the
 /// counts (event name without its `syscalls:sys_enter_` prefix).
@@ -123,55 +126,17 @@ pub fn record<T>(
     match stat {
         Ok(c) => children.push(c),
         Err(e) => {
-            stop(&mut children);
+            crate::run::stop_perf(&mut children, PERF_EXIT);
             return Err(e).context("starting perf stat");
         }
     }
     std::thread::sleep(Duration::from_millis(1000)); // let them attach
     let r = load();
-    stop(&mut children);
+    crate::run::stop_perf(&mut children, PERF_EXIT);
     let counts = std::fs::read_to_string(&stat_file)
-        .map(|t| parse_stat(&t))
+        .map(|t| crate::run::perf_stat_counts(&t))
         .unwrap_or_default();
     Ok((r?, counts))
-}
-
-/// SIGINT makes perf write its data and exit; waits (bounded) for that.
-fn stop(children: &mut [std::process::Child]) {
-    for c in children.iter() {
-        // SAFETY: plain kill(2) on our own unreaped child.
-        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
-    }
-    for c in children.iter_mut() {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !matches!(c.try_wait(), Ok(Some(_)) | Err(_)) {
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// `perf stat -x,` lines: `count,unit,event,...`.
-fn parse_stat(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let n = f.first()?.trim().parse::<u64>().ok()?;
-            let ev = f.get(2)?.trim();
-            let ev = ev.strip_prefix("syscalls:sys_enter_").unwrap_or(ev);
-            let ev = if ev == "raw_syscalls:sys_enter" {
-                "all syscalls"
-            } else {
-                ev
-            };
-            Some((ev.to_string(), n))
-        })
-        .collect()
 }
 
 fn report(data: &Path, children: bool) -> Result<String> {
@@ -453,7 +418,7 @@ mod tests {
             assert_eq!(group(sym), want, "{sym}");
         }
         let stat = "# started on x\n\n123,,raw_syscalls:sys_enter,1000,100.00,,\n45,,syscalls:sys_enter_writev,1000,100.00,,\n<not counted>,,syscalls:sys_enter_sendmsg,0,0.00,,\n";
-        let m = parse_stat(stat);
+        let m = crate::run::perf_stat_counts(stat);
         assert_eq!(m.get("all syscalls"), Some(&123));
         assert_eq!(m.get("writev"), Some(&45));
         assert_eq!(m.len(), 2);
