@@ -4,11 +4,11 @@
 //! the data path should use [`copy_bidirectional`], which avoids the copies
 //! and per-call capacity juggling the generic traits force.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -145,42 +145,42 @@ impl AsyncRead for H2Stream {
     }
 }
 
-impl AsyncWrite for H2Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.write_closed {
+impl H2Stream {
+    /// Sends up to the stream's send capacity of `bufs`, gathered into one
+    /// DATA frame. Gathering matters when an HTTP/2 connection runs inside
+    /// the tunnel (the waypoint): its codec writes a frame's header and its
+    /// payload as separate slices, and one `send_data` per slice would put
+    /// each in a DATA frame (and often a TLS record and a `writev`) of its own.
+    fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.write_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        if buf.is_empty() {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if want == 0 {
             return Poll::Ready(Ok(0));
         }
         // Reserving before sending bounds what h2 buffers to what the peer allows.
-        let mut cap = reserve_for(&mut this.send, buf.len(), MAX_WRITE);
+        let mut cap = reserve_for(&mut self.send, want, MAX_WRITE);
         loop {
             if cap > 0 {
-                let n = cap.min(buf.len());
-                this.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(h2_to_io)?;
+                let data = gather(bufs, cap.min(want));
+                let n = data.len();
+                self.send.send_data(data, false).map_err(h2_to_io)?;
                 return Poll::Ready(Ok(n));
             }
-            match this.send.poll_capacity(cx) {
+            match self.send.poll_capacity(cx) {
                 Poll::Ready(Some(Ok(_))) => {
-                    cap = this.send.capacity();
+                    cap = self.send.capacity();
                     continue;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
                 Poll::Ready(None) => {
-                    let e = poll_send_closed(&mut this.send, cx);
+                    let e = poll_send_closed(&mut self.send, cx);
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e)));
                 }
                 Poll::Pending => {
                     // Capacity may never come if the peer reset the stream.
-                    if let Poll::Ready(r) = this.send.poll_reset(cx) {
+                    if let Poll::Ready(r) = self.send.poll_reset(cx) {
                         let e = match r {
                             Ok(reason) => HboneError::StreamReset(reason),
                             Err(e) => HboneError::from_h2(e),
@@ -191,6 +191,44 @@ impl AsyncWrite for H2Stream {
                 }
             }
         }
+    }
+}
+
+/// The first `n` bytes of `bufs` in one buffer (one allocation, one copy).
+fn gather(bufs: &[IoSlice<'_>], n: usize) -> Bytes {
+    if let Some(first) = bufs.first().filter(|b| b.len() >= n) {
+        return Bytes::copy_from_slice(&first[..n]);
+    }
+    let mut out = BytesMut::with_capacity(n);
+    for b in bufs {
+        let take = (n - out.len()).min(b.len());
+        out.extend_from_slice(&b[..take]);
+        if out.len() == n {
+            break;
+        }
+    }
+    out.freeze()
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_send(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_send(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -206,5 +244,27 @@ impl AsyncWrite for H2Stream {
             this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_takes_the_first_n_bytes_across_slices() {
+        let (a, b, c) = (b"abc".as_slice(), b"".as_slice(), b"defgh".as_slice());
+        let cases: [(&[&[u8]], usize, &[u8]); 6] = [
+            (&[a], 3, b"abc"),
+            (&[a], 2, b"ab"),
+            (&[a, b, c], 8, b"abcdefgh"),
+            (&[a, b, c], 5, b"abcde"),
+            (&[b, c], 4, b"defg"),
+            (&[a, c], 3, b"abc"),
+        ];
+        for (bufs, n, want) in cases {
+            let slices: Vec<IoSlice<'_>> = bufs.iter().map(|s| IoSlice::new(s)).collect();
+            assert_eq!(&gather(&slices, n)[..], want, "{bufs:?} n={n}");
+        }
     }
 }

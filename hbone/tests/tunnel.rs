@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use hbone::{copy_bidirectional, ConnectRequest, ErrorSide, HboneError, IncomingRequest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -177,4 +177,41 @@ async fn h2stream_async_read_write_echo() {
     let echoed = within(exchange(stream, &payload)).await;
     assert!(echoed == payload, "echo mismatch ({} bytes)", echoed.len());
     assert_eq!(conn.active_streams(), 0);
+}
+
+/// A vectored write goes out whole as one DATA frame: an HTTP/2 codec inside
+/// the tunnel (the waypoint's) writes a frame header and its payload as two
+/// slices, and a frame per slice would double the frames, TLS records and
+/// often the syscalls per request. The reading side's `poll_read` hands out
+/// one received DATA frame at a time, so one read seeing every byte shows
+/// they travelled in one frame.
+#[tokio::test]
+async fn vectored_write_is_one_data_frame() {
+    let pki = Pki::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler: Handler = Arc::new(move |req: IncomingRequest| {
+        let Ok(mut stream) = req.accept() else { return };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            let n = stream.read(&mut buf).await.expect("read");
+            let _ = tx.send(buf[..n].to_vec());
+        });
+    });
+    let server = pki.serve(handler).await;
+    let conn = pki.dial(server.addr).await.expect("connect");
+    let mut stream = open_tunnel(&conn, "127.0.0.1:9").await.expect("tunnel");
+    assert!(stream.is_write_vectored());
+    let (head, body) = (pattern(9, 1), pattern(4096, 2));
+    let slices = [
+        std::io::IoSlice::new(&head),
+        std::io::IoSlice::new(&[]),
+        std::io::IoSlice::new(&body),
+    ];
+    let n = within(stream.write_vectored(&slices)).await.expect("write");
+    assert_eq!(n, head.len() + body.len(), "the whole write is taken");
+    let got = within(rx.recv()).await.expect("server read");
+    assert_eq!(got.len(), n, "one read, one frame");
+    assert_eq!(got[..9], head[..]);
+    assert_eq!(got[9..], body[..]);
 }

@@ -1170,3 +1170,151 @@ fn h2_endless_continuation_frames_get_goaway_and_the_waypoint_keeps_serving() {
     assert_eq!(b.count(), 0, "the flood must not reach a backend");
     assert_still_serving(&mut m, rss, "an endless CONTINUATION sequence");
 }
+
+// ------------------------------------------------- HTTP/2 end of stream and trailers
+
+/// What the raw HTTP/2 server in `v1` hands the test for each request: did
+/// the client ask for trailers, and the stream's send half, left open after
+/// a head with `content-length: 5` and the 5 bytes.
+type HeldStream = (bool, h2::SendStream<Bytes>);
+
+/// Serves HTTP/2 on `listener` (in the v1 pod) and answers every request
+/// with its whole body but no end of stream, as HTTP/2 servers that send the
+/// end in a frame of its own do; the test ends each stream itself.
+async fn hold_ends_server(
+    listener: tokio::net::TcpListener,
+    held: tokio::sync::mpsc::UnboundedSender<HeldStream>,
+) {
+    let Ok((tcp, _)) = listener.accept().await else {
+        return;
+    };
+    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let te = req.headers().contains_key(http::header::TE);
+        let head = http::Response::builder()
+            .header(http::header::CONTENT_LENGTH, "5")
+            .body(())
+            .expect("response head");
+        let Ok(mut send) = respond.send_response(head, false) else {
+            continue;
+        };
+        if send.send_data(Bytes::from_static(b"hello"), false).is_ok() {
+            let _ = held.send((te, send));
+        }
+    }
+}
+
+/// The next request v1 got, within the test deadline.
+async fn next_held(held: &mut tokio::sync::mpsc::UnboundedReceiver<HeldStream>) -> HeldStream {
+    tokio::time::timeout(T, held.recv())
+        .await
+        .expect("request reached v1 in time")
+        .expect("server running")
+}
+
+/// An HTTP/2 GET from the client pod to `web`, optionally asking for trailers.
+async fn h2_get(
+    client: &mut h2::client::SendRequest<Bytes>,
+    te_trailers: bool,
+) -> h2::RecvStream {
+    let mut req = http::Request::builder().uri(format!("http://{}/", web()));
+    if te_trailers {
+        req = req.header(http::header::TE, "trailers");
+    }
+    let (resp, _) = client
+        .send_request(req.body(()).expect("request"), true)
+        .expect("send request");
+    let resp = tokio::time::timeout(T, resp)
+        .await
+        .expect("response head in time")
+        .expect("response head");
+    assert_eq!(resp.status(), 200);
+    resp.into_body()
+}
+
+/// Reads the body's next DATA frame, within the test deadline.
+async fn next_data(body: &mut h2::RecvStream) -> Option<Bytes> {
+    let d = tokio::time::timeout(T, body.data()).await.expect("body in time");
+    d.map(|d| {
+        let d = d.expect("body data");
+        let _ = body.flow_control().release_capacity(d.len());
+        d
+    })
+}
+
+/// A body whose `content-length` is met reaches the client with its end of
+/// stream at once, not one read later when the upstream's own end arrives
+/// (a frame, a record and a write per request saved), and the upstream
+/// stream is still ended cleanly rather than reset. A client that asked for
+/// trailers waits for the upstream's end and gets them.
+#[test]
+fn h2_body_ends_at_its_content_length_unless_the_client_wants_trailers() {
+    let m = start(
+        Mesh::builder()
+            .member("node1", CLIENT, "demo", "client")
+            .member("node2", "v1", "demo", "web")
+            .waypoint("node2", WP, "demo", "waypoint")
+            .service("web", vip(WEB_VIP), &[(HTTP_PORT, APP_PORT)], &["v1"])
+            .configure(|cfg| use_waypoint_pod(cfg, "web", WP)),
+    );
+    let listener = m
+        .netns("v1")
+        .run_in(|| std::net::TcpListener::bind(m.addr("v1", APP_PORT)))
+        .expect("enter v1")
+        .expect("bind in v1");
+    listener.set_nonblocking(true).expect("nonblocking");
+    runtime().block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let (tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(hold_ends_server(listener, tx));
+        let tcp = dial(&m, CLIENT, web()).await;
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut client = client.ready().await.expect("client ready");
+
+        // 1. No trailers wanted: the whole response, end included, while the
+        // upstream still holds its end of stream back.
+        let mut body = h2_get(&mut client, false).await;
+        let (te, mut first) = next_held(&mut held).await;
+        assert!(!te);
+        assert_eq!(next_data(&mut body).await.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(next_data(&mut body).await, None, "ended at its length");
+
+        // 2. The next request on the same connections: a reset of the first
+        // stream, had the waypoint dropped it, would have reached v1 before
+        // this request (one upstream connection, in order).
+        let mut body2 = h2_get(&mut client, false).await;
+        let (_, mut second) = next_held(&mut held).await;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            first.poll_reset(&mut cx).is_pending(),
+            "the waypoint reset the upstream stream instead of reading its end"
+        );
+        first.send_data(Bytes::new(), true).expect("end the first stream");
+        second.send_data(Bytes::new(), true).expect("end the second stream");
+        assert_eq!(next_data(&mut body2).await.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(next_data(&mut body2).await, None);
+
+        // 3. Trailers wanted: the body does not end at its length; the
+        // upstream's trailers come through.
+        let mut body3 = h2_get(&mut client, true).await;
+        let (te, mut third) = next_held(&mut held).await;
+        assert!(te, "te: trailers reached the upstream");
+        assert_eq!(next_data(&mut body3).await.as_deref(), Some(&b"hello"[..]));
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-done", http::HeaderValue::from_static("1"));
+        third.send_trailers(trailers).expect("send trailers");
+        assert_eq!(next_data(&mut body3).await, None);
+        let got = tokio::time::timeout(T, body3.trailers())
+            .await
+            .expect("trailers in time")
+            .expect("trailers");
+        assert_eq!(
+            got.as_ref().and_then(|t| t.get("x-done")).map(|v| v.as_bytes()),
+            Some(&b"1"[..]),
+            "trailers lost: {got:?}"
+        );
+    });
+}

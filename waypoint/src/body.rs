@@ -259,7 +259,11 @@ pub type Hold = Box<dyn Send + Sync>;
 /// The upstream response body on its way to the client. Records the request
 /// when it ends (or is dropped: the client went away).
 pub struct ResponseBody {
-    inner: Incoming,
+    /// None once handed to [`drain_rest`] after an early end.
+    inner: Option<Incoming>,
+    /// The client expects no trailers, so the body may end as soon as the
+    /// upstream's `content-length` is met (see [`ResponseBody::ends_early`]).
+    early_end: bool,
     record: Option<RequestRecord>,
     hold: Vec<Hold>,
     bytes: u64,
@@ -274,7 +278,8 @@ pub struct ResponseBody {
 impl ResponseBody {
     pub fn new(inner: Incoming, record: RequestRecord, header_bytes: u64, hold: Vec<Hold>) -> Self {
         ResponseBody {
-            inner,
+            inner: Some(inner),
+            early_end: false,
             record: Some(record),
             hold,
             bytes: 0,
@@ -288,6 +293,32 @@ impl ResponseBody {
     pub fn with_lease(mut self, lease: Lease) -> Self {
         self.lease = lease;
         self
+    }
+
+    /// Lets the body end downstream once the upstream's `content-length`
+    /// bytes are through, without waiting for the upstream's end of stream.
+    ///
+    /// Why: HTTP/2 servers often send the end of stream in a frame of its
+    /// own after the last DATA (hyper does, for any body whose end it does
+    /// not know in advance), and it then reaches the waypoint in a read of
+    /// its own. Forwarding it as such costs a frame, a TLS record and a
+    /// `writev` per request downstream, and holds the client's response
+    /// back by one more hop. Only for clients that did not ask for trailers
+    /// (`te: trailers`, which every gRPC client sends): trailers may still
+    /// follow a body whose length is met, and those would be dropped.
+    pub fn ends_early(mut self, allowed: bool) -> Self {
+        self.early_end = allowed;
+        self
+    }
+
+    /// The body's bytes are all through by the upstream's `content-length`
+    /// (h2 and hyper check the length, so more cannot follow).
+    fn length_met(&self) -> bool {
+        self.early_end
+            && self
+                .inner
+                .as_ref()
+                .is_some_and(|i| i.size_hint().exact() == Some(0))
     }
 
     /// Cuts the body at `deadline` (None: no deadline). Gateway API's
@@ -307,6 +338,11 @@ impl ResponseBody {
         self.record = None;
         self.hold.clear();
         self.lease = Lease::none();
+        if let Some(inner) = self.inner.take() {
+            if self.early_end && !inner.is_end_stream() {
+                drain_rest(inner);
+            }
+        }
     }
 }
 
@@ -337,7 +373,14 @@ impl Body for ResponseBody {
                 )));
             }
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        if this.length_met() {
+            this.finish();
+            return Poll::Ready(None);
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.finish();
@@ -365,11 +408,41 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream()) || self.length_met()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(i) => i.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// How long a response whose body ended early (its length met) may take to
+/// send its end of stream upstream.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads an upstream response to its end of stream after the client got the
+/// whole body. Dropping it unfinished would make h2 reset the stream
+/// (CANCEL) upstream: a frame and a write of its own, and resets that an
+/// upstream's rapid-reset guard counts against the connection.
+fn drain_rest(mut inner: Incoming) {
+    // Usually the end is already here: no task needed.
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        match Pin::new(&mut inner).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(_))) => continue,
+            Poll::Ready(_) => return,
+            Poll::Pending => break,
+        }
+    }
+    // Outside a runtime (never on the proxy path) the stream is just dropped.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let rest = async { while let Some(Ok(_)) = inner.frame().await {} };
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, rest).await;
+        });
     }
 }
 

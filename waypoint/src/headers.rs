@@ -205,6 +205,18 @@ const HOP_BY_HOP: [HeaderName; 4] = [
 /// and every header the `Connection` header names. With `keep_upgrade` (an
 /// upgrade such as WebSocket being forwarded) `upgrade` survives and
 /// `connection: upgrade` is set, which the next hop needs to accept it.
+/// The request's `te` names `trailers` (RFC 9110 §10.1.4): the client
+/// takes trailers after the body.
+pub fn te_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| t.split(';').next())
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none: one pass over the names is cheaper than a
     // hashed removal per hop-by-hop name.
@@ -231,13 +243,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(name);
     }
 
-    let wants_trailers = headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    if wants_trailers {
+    if te_trailers(headers) {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     } else {
         headers.remove(TE);

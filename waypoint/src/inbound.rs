@@ -324,6 +324,20 @@ impl AsyncWrite for Rewind {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    // Forwarded so hyper's codecs hand over a frame (HTTP/2) or a head and
+    // body (HTTP/1.1) in one write, which the tunnel sends as one DATA frame.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }

@@ -38,7 +38,7 @@ use crate::upstream::{Endpoint, Upstream};
 use attempts::{forward_direct, proto_of, Attempts};
 use reply::{Failure, Reject};
 use request::principal_of;
-use request::{host_of, is_grpc, is_upgrade, splice_upgrade};
+use request::{host_of, is_grpc, is_upgrade, splice_upgrade, wants_trailers};
 
 /// Everything shared by all connections.
 pub struct App {
@@ -248,6 +248,7 @@ async fn serve(
     };
     // Filters: the rule's, then the chosen backend's.
     let upgrade = is_upgrade(&req);
+    let trailers = wants_trailers(&req, grpc);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     rule.filters.apply_request(&mut parts, prefix.as_deref());
@@ -332,7 +333,8 @@ async fn serve(
     let (rparts, rbody) = resp.into_parts();
     let body = ResponseBody::new(rbody, rec, header_bytes, hold)
         .with_deadline(body_deadline)
-        .with_lease(lease);
+        .with_lease(lease)
+        .ends_early(!trailers);
     Response::from_parts(rparts, http_body_util::BodyExt::boxed(body))
 }
 

@@ -40,6 +40,12 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
+/// The client may expect trailers after the body: it said so (`te:
+/// trailers`, RFC 9110 §10.1.4), or it speaks gRPC.
+pub fn wants_trailers<B>(req: &Request<B>, grpc: bool) -> bool {
+    grpc || crate::headers::te_trailers(req.headers())
+}
+
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE)
         || req.method() == Method::CONNECT && req.version() == Version::HTTP_11
@@ -66,6 +72,7 @@ pub fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpg
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::TE;
 
     #[test]
     fn hosts_lose_their_port_and_case() {
@@ -79,6 +86,27 @@ mod tests {
         for (raw, want) in cases {
             let req = Request::builder().header(HOST, raw).body(()).unwrap();
             assert_eq!(host_of(&req), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn trailers_are_wanted_when_asked_for_or_grpc() {
+        let cases: [(&[&str], bool, bool); 7] = [
+            (&[], false, false),
+            (&[], true, true),
+            (&["trailers"], false, true),
+            (&["Trailers"], false, true),
+            (&["gzip, trailers;q=1"], false, true),
+            (&["gzip", "trailers"], false, true),
+            (&["gzip, trailersx"], false, false),
+        ];
+        for (te, grpc, want) in cases {
+            let mut b = Request::builder();
+            for v in te {
+                b = b.header(TE, *v);
+            }
+            let req = b.body(()).unwrap();
+            assert_eq!(wants_trailers(&req, grpc), want, "{te:?} grpc={grpc}");
         }
     }
 }
