@@ -54,7 +54,7 @@ pub fn propagate(headers: &mut HeaderMap, rng: &mut fastrand::Rng) -> TraceIds {
         _ => uuid_v4(rng),
     };
     // `insert` also collapses repeated ids into one.
-    headers.insert(X_REQUEST_ID, request_id.clone());
+    headers.insert(X_REQUEST_ID, unique(request_id.clone()));
 
     let incoming = {
         let mut all = headers.get_all(TRACEPARENT).iter();
@@ -73,7 +73,10 @@ pub fn propagate(headers: &mut HeaderMap, rng: &mut fastrand::Rng) -> TraceIds {
         }
     };
     let span_id = rng.u64(1..).to_be_bytes();
-    headers.insert(TRACEPARENT, format_traceparent(&trace_id, &span_id, flags));
+    headers.insert(
+        TRACEPARENT,
+        unique(format_traceparent(&trace_id, &span_id, flags)),
+    );
     TraceIds {
         request_id,
         trace_id,
@@ -82,6 +85,16 @@ pub fn propagate(headers: &mut HeaderMap, rng: &mut fastrand::Rng) -> TraceIds {
 }
 
 const SAMPLED: u8 = 0x01;
+
+/// Marks a value that is new on every request (an id, a span) as never to
+/// be indexed by HPACK. Indexed, each one would be added to the upstream
+/// connection's dynamic table and evict entries that do repeat (the
+/// authority, the route's headers), and every later header would be
+/// compared against it; it could never be referenced again anyway.
+fn unique(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
+    v
+}
 
 /// Visible ASCII only, so the id can be logged and echoed verbatim.
 fn valid_request_id(v: &[u8]) -> bool {

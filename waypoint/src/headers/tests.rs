@@ -57,6 +57,10 @@ fn request_id() {
         let sent = values(&h, "x-request-id");
         assert_eq!(sent.len(), 1, "{name}: {sent:?}");
         assert_eq!(ids.request_id.to_str().unwrap(), sent[0], "{name}");
+        for header in [X_REQUEST_ID, TRACEPARENT] {
+            let v = h.get(&header).unwrap();
+            assert!(v.is_sensitive(), "{name}: {header} is never indexed");
+        }
         match kept {
             Some(v) => assert_eq!(sent[0], *v, "{name}"),
             None => assert!(is_uuid_v4(sent[0]), "{name}: {:?}", sent[0]),
