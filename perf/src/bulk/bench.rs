@@ -14,6 +14,7 @@ use super::columns::{parse_columns, Column, RelayPair, Running, TrellisPair};
 use super::measure::{Measure, Sample};
 use super::relay::DEFAULT_BUFFER;
 use super::report;
+use super::ztunnel::{config as zconfig, ZtunnelMesh, ZtunnelPair};
 use crate::run::{self, read_trim, say, write_results, Args};
 use crate::servers::{EchoServer, Iperf3Server};
 use crate::topo::{self, BenchTopo};
@@ -23,12 +24,13 @@ const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 
 pub const USAGE: &str = "usage: trellis-bulk-bench [--quick] [--secs N] [--repeat N] [--out DIR] \
-[--columns direct,tcp-relay,splice-relay,tls-relay,trellis] [--syscalls DIR]\n\
+[--columns direct,tcp-relay,splice-relay,tls-relay,trellis,ztunnel] [--ztunnel PATH] [--syscalls DIR]\n\
   --quick          3 s per run, 1 round; writes bulk-quick.{json,md}\n\
   --secs N         iperf3 seconds per run (default 10)\n\
   --repeat N       rounds, each measuring every column once (default 3)\n\
   --out DIR        where bulk.{json,md} go; default perf/results\n\
-  --columns LIST   which columns, in this order within a round (default all)\n\
+  --columns LIST   which columns, in this order within a round (default all but ztunnel)\n\
+  --ztunnel PATH   Istio's ztunnel binary for the ztunnel column (or $TRELLIS_ZTUNNEL)\n\
   --syscalls DIR   count the mesh processes' syscalls with perf stat (perturbs the figures)";
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct Opts {
     pub out: PathBuf,
     pub columns: Vec<Column>,
     pub syscalls: Option<PathBuf>,
+    /// The ztunnel binary, when the ztunnel column is asked for.
+    pub ztunnel: Option<PathBuf>,
 }
 
 impl Opts {
@@ -47,8 +51,9 @@ impl Opts {
         let mut a = Args::new(USAGE);
         let (mut quick, mut secs, mut repeat) = (false, None, None);
         let mut out = PathBuf::from("perf/results");
-        let mut columns = Column::ALL.to_vec();
+        let mut columns = Column::DEFAULT.to_vec();
         let mut syscalls = None;
+        let mut ztunnel = None;
         while let Some(flag) = a.next_flag() {
             match flag.as_str() {
                 "--quick" => quick = true,
@@ -57,6 +62,7 @@ impl Opts {
                 "--out" => out = a.path("--out")?,
                 "--columns" => columns = parse_columns(&a.value("--columns")?)?,
                 "--syscalls" => syscalls = Some(a.path("--syscalls")?),
+                "--ztunnel" => ztunnel = Some(a.path("--ztunnel")?),
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -64,6 +70,12 @@ impl Opts {
                 other => bail!("unknown flag {other}\n{USAGE}"),
             }
         }
+        let ztunnel = zconfig::choose_binary(
+            columns.contains(&Column::Ztunnel),
+            ztunnel.as_deref(),
+            std::env::var_os(zconfig::ENV_VAR).as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}\n{USAGE}"))?;
         Ok(Opts {
             quick,
             secs: secs.unwrap_or(if quick { 3 } else { 10 }),
@@ -71,6 +83,7 @@ impl Opts {
             out,
             columns,
             syscalls,
+            ztunnel,
         })
     }
 
@@ -107,17 +120,32 @@ impl Binaries {
             .any(|c| c.relay_mode().is_some())
             .then(|| topo::sibling_binary("trellis-relay", "trellis-perf"))
             .transpose()?;
+        if columns.contains(&Column::Ztunnel) {
+            // The ztunnels' xDS and CA.
+            trellis_e2e::controller_proc::controller_bin()?;
+        }
         Ok(Binaries { proxy, relay })
     }
 }
 
 /// Starts what `column` runs on the path; waits until the path carries traffic.
-fn start(bt: &BenchTopo, bins: &Binaries, column: Column, echo: SocketAddr) -> Result<Running> {
+fn start(
+    bt: &BenchTopo,
+    bins: &Binaries,
+    zt: Option<&ZtunnelMesh>,
+    column: Column,
+    echo: SocketAddr,
+) -> Result<Running> {
     let running = match (column, column.relay_mode()) {
         (Column::Direct, _) => Running::Direct,
         (Column::Trellis, _) => Running::Trellis(TrellisPair::start(
             bt,
             bins.proxy.as_deref().context("no proxy binary")?,
+            SERVER_CPU,
+        )?),
+        (Column::Ztunnel, _) => Running::Ztunnel(ZtunnelPair::start(
+            bt,
+            zt.context("no ztunnel mesh")?,
             SERVER_CPU,
         )?),
         (_, Some(mode)) => Running::Relays(RelayPair::start(
@@ -144,6 +172,7 @@ fn check_path(running: &Running, opened_before: &[f64], sample: &Sample) -> Resu
         Running::Direct => Ok(()),
         // The data connection carries (nearly) all of iperf3's bytes up.
         Running::Relays(pair) => pair.check_carried(sample.bytes / 2),
+        Running::Ztunnel(pair) => pair.check_meshed(sample.bytes / 2),
         Running::Trellis(t) => {
             let after = t.opened()?;
             for (i, (a, b)) in opened_before.iter().zip(&after).enumerate() {
@@ -200,6 +229,18 @@ pub fn run(o: &Opts) -> Result<()> {
         server_cpu: SERVER_CPU,
         syscalls: o.syscalls.as_deref(),
     };
+    let zt = o
+        .ztunnel
+        .clone()
+        .map(|bin| ZtunnelMesh::start(&bt, bin))
+        .transpose()?;
+    if let Some(z) = &zt {
+        say(format!(
+            "ztunnel {} ({}), trellis-controller in node1's netns",
+            z.version,
+            z.bin.display()
+        ));
+    }
     let mut samples = Vec::new();
     for round in 0..o.repeat {
         for &column in &o.columns {
@@ -210,9 +251,13 @@ pub fn run(o: &Opts) -> Result<()> {
                 column.label(),
                 o.secs
             ));
-            let mut running = start(&bt, &bins, column, echo)?;
-            let opened = match &running {
+            let mut running = start(&bt, &bins, zt.as_ref(), column, echo)?;
+            let opened = match &mut running {
                 Running::Trellis(t) => t.opened()?,
+                Running::Ztunnel(z) => {
+                    z.mark()?;
+                    vec![]
+                }
                 _ => vec![],
             };
             // A bounded wait: other work on this shared machine may never stop.
@@ -238,6 +283,9 @@ pub fn run(o: &Opts) -> Result<()> {
         &read_trim("/proc/loadavg"),
     );
     notes.extend(setup_notes(o));
+    if let Some(z) = &zt {
+        notes.push(ztunnel_note(z));
+    }
     let md = report::markdown(
         "Bulk transfer: Trellis against its floors",
         &notes,
@@ -248,6 +296,10 @@ pub fn run(o: &Opts) -> Result<()> {
         "iperf_secs": o.secs, "repeat": o.repeat,
         "columns": o.columns.iter().map(|c| c.name()).collect::<Vec<_>>(),
         "relay_buffer_bytes": DEFAULT_BUFFER, "syscalls": o.syscalls.is_some(),
+        "ztunnel": zt.as_ref().map(|z| json!({
+            "binary": z.bin.display().to_string(), "version": z.version,
+            "env_node1": zconfig::env_line(&zconfig::env(&z.node_env("node1"))),
+        })),
         "loadgen_cpu": LOADGEN_CPU, "server_cpu": SERVER_CPU,
     });
     let doc = report::to_json(&notes, &summaries, &samples, setup);
@@ -256,11 +308,22 @@ pub fn run(o: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// The ztunnel column's version and environment (node1's; node2's differs
+/// only in its node name, token and ZDS socket).
+fn ztunnel_note(z: &ZtunnelMesh) -> String {
+    format!(
+        "ztunnel: Istio ztunnel {} ({}), shared mode, one per node netns, pods handed over ZDS by the bench, capture rules as Trellis's; xDS and CA from trellis-controller (manifests mode) in node1's netns; node1's env: `{}`",
+        z.version,
+        z.bin.display(),
+        zconfig::env_line(&zconfig::env(&z.node_env("node1")))
+    )
+}
+
 /// What the report says about how the columns were run.
 fn setup_notes(o: &Opts) -> Vec<String> {
     let mut notes = vec![
         format!(
-            "pinning: iperf3 -c on CPU {LOADGEN_CPU}; iperf3 -s, the relays and both node proxies (--workers 1) on CPU {SERVER_CPU}"
+            "pinning: iperf3 -c on CPU {LOADGEN_CPU}; iperf3 -s, the relays and both node proxies (Trellis --workers 1, ztunnel ZTUNNEL_WORKER_THREADS=1) on CPU {SERVER_CPU}"
         ),
         format!(
             "load: iperf3 single stream, {} s per run; {} round(s), each measuring every column once in the order {}",

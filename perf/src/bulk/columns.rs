@@ -1,6 +1,7 @@
 //! The columns of the bulk benchmark and what each runs on the path: nothing
 //! (direct), a relay pair ([`RelayPair`], sidecar-shaped behind the Envoy
-//! sidecars' capture), or Trellis's two node proxies in shared mode.
+//! sidecars' capture), Trellis's two node proxies in shared mode, or Istio's
+//! two ztunnels in shared mode ([`super::ztunnel`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use trellis_netns::redirect::{self, RedirectConfig};
 use trellis_netns::NetNs;
 
 use super::relay::{Mode, DEFAULT_BUFFER};
+use super::ztunnel::ZtunnelPair;
 use crate::sidecars::mesh::write_identity;
 use crate::topo::{wait_listening, BenchTopo, NodeProxy};
 
@@ -23,10 +25,23 @@ pub enum Column {
     SpliceRelay,
     TlsRelay,
     Trellis,
+    /// Istio's ztunnel, built outside the project: only with `--ztunnel PATH`.
+    Ztunnel,
 }
 
 impl Column {
-    pub const ALL: [Column; 5] = [
+    pub const ALL: [Column; 6] = [
+        Column::Direct,
+        Column::TcpRelay,
+        Column::SpliceRelay,
+        Column::TlsRelay,
+        Column::Trellis,
+        Column::Ztunnel,
+    ];
+
+    /// Without `--columns`: every column but ztunnel, whose binary the
+    /// project does not build.
+    pub const DEFAULT: [Column; 5] = [
         Column::Direct,
         Column::TcpRelay,
         Column::SpliceRelay,
@@ -42,6 +57,7 @@ impl Column {
             Column::SpliceRelay => "splice-relay",
             Column::TlsRelay => "tls-relay",
             Column::Trellis => "trellis",
+            Column::Ztunnel => "ztunnel",
         }
     }
 
@@ -53,6 +69,7 @@ impl Column {
             Column::SpliceRelay => "TCP relay pair (splice)",
             Column::TlsRelay => "TLS relay pair (mTLS 1.3, no HTTP/2)",
             Column::Trellis => "Trellis ambient (node proxies, shared mode)",
+            Column::Ztunnel => "Istio ztunnel (node proxies, shared mode)",
         }
     }
 
@@ -66,7 +83,7 @@ impl Column {
             Column::TcpRelay => Some(Mode::Tcp),
             Column::SpliceRelay => Some(Mode::Splice),
             Column::TlsRelay => Some(Mode::Tls),
-            Column::Direct | Column::Trellis => None,
+            Column::Direct | Column::Trellis | Column::Ztunnel => None,
         }
     }
 
@@ -105,6 +122,7 @@ pub enum Running {
     Direct,
     Relays(RelayPair),
     Trellis(TrellisPair),
+    Ztunnel(ZtunnelPair),
 }
 
 impl Running {
@@ -114,6 +132,7 @@ impl Running {
             Running::Direct => vec![],
             Running::Relays(r) => r.relays.iter().map(|p| p.pid).collect(),
             Running::Trellis(t) => t.proxies.iter().map(|p| p.pid).collect(),
+            Running::Ztunnel(z) => z.procs.iter().map(|p| p.pid).collect(),
         }
     }
 
@@ -123,6 +142,7 @@ impl Running {
             Running::Direct => Ok(()),
             Running::Relays(r) => r.relays.iter_mut().try_for_each(RelayProc::check_alive),
             Running::Trellis(t) => t.proxies.iter_mut().try_for_each(|p| p.check_alive()),
+            Running::Ztunnel(z) => z.procs.iter_mut().try_for_each(|p| p.check_alive()),
         }
     }
 }
@@ -356,6 +376,10 @@ mod tests {
         );
         assert_eq!(
             ok("direct,tcp-relay,splice-relay,tls-relay,trellis"),
+            Column::DEFAULT
+        );
+        assert_eq!(
+            ok("direct,tcp-relay,splice-relay,tls-relay,trellis,ztunnel"),
             Column::ALL
         );
         // (list, what the error says)

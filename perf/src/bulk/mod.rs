@@ -6,6 +6,7 @@
 //! * [`columns`]: what each column runs on the path, started and torn down per run.
 //! * [`measure`]: one iperf3 run through a column, with the CPU and counters of its processes.
 //! * [`report`]: mean and spread over the repeats, Trellis's ratio to each floor.
+//! * [`ztunnel`]: Istio's ztunnel in shared mode as a column, fed by `trellis-controller` and a ZDS server.
 //! * [`bench`]: the interleaved rounds (`trellis-bulk-bench`).
 
 pub mod bench;
@@ -13,3 +14,4 @@ pub mod columns;
 pub mod measure;
 pub mod relay;
 pub mod report;
+pub mod ztunnel;
