@@ -4,7 +4,7 @@
 //! on the server CPU).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::columns::{parse_columns, Column, RelayPair, Running, TrellisPair};
 use super::measure::{Measure, Sample};
+use super::profile;
 use super::relay::DEFAULT_BUFFER;
 use super::report;
 use super::ztunnel::{config as zconfig, ZtunnelMesh, ZtunnelPair};
@@ -24,14 +25,17 @@ const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 
 pub const USAGE: &str = "usage: trellis-bulk-bench [--quick] [--secs N] [--repeat N] [--out DIR] \
-[--columns direct,tcp-relay,splice-relay,tls-relay,trellis,ztunnel] [--ztunnel PATH] [--syscalls DIR]\n\
+[--columns direct,tcp-relay,splice-relay,tls-relay,trellis,ztunnel] [--ztunnel PATH] [--syscalls DIR] [--profile DIR]\n\
   --quick          3 s per run, 1 round; writes bulk-quick.{json,md}\n\
   --secs N         iperf3 seconds per run (default 10)\n\
   --repeat N       rounds, each measuring every column once (default 3)\n\
   --out DIR        where bulk.{json,md} go; default perf/results\n\
   --columns LIST   which columns, in this order within a round (default all but ztunnel)\n\
   --ztunnel PATH   Istio's ztunnel binary for the ztunnel column (or $TRELLIS_ZTUNNEL)\n\
-  --syscalls DIR   count the mesh processes' syscalls with perf stat (perturbs the figures)";
+  --syscalls DIR   count the mesh processes' syscalls with perf stat (perturbs the figures;\n\
+                   writes bulk-syscalls.{json,md})\n\
+  --profile DIR    perf record the meshed columns' processes into DIR and report their top\n\
+                   symbols and groups side by side (perturbs the figures; writes bulk-profile.{json,md})";
 
 #[derive(Debug, Clone)]
 pub struct Opts {
@@ -41,6 +45,8 @@ pub struct Opts {
     pub out: PathBuf,
     pub columns: Vec<Column>,
     pub syscalls: Option<PathBuf>,
+    /// perf record data into this dir.
+    pub profile: Option<PathBuf>,
     /// The ztunnel binary, when the ztunnel column is asked for.
     pub ztunnel: Option<PathBuf>,
 }
@@ -53,6 +59,7 @@ impl Opts {
         let mut out = PathBuf::from("perf/results");
         let mut columns = Column::DEFAULT.to_vec();
         let mut syscalls = None;
+        let mut profile = None;
         let mut ztunnel = None;
         while let Some(flag) = a.next_flag() {
             match flag.as_str() {
@@ -62,6 +69,7 @@ impl Opts {
                 "--out" => out = a.path("--out")?,
                 "--columns" => columns = parse_columns(&a.value("--columns")?)?,
                 "--syscalls" => syscalls = Some(a.path("--syscalls")?),
+                "--profile" => profile = Some(a.path("--profile")?),
                 "--ztunnel" => ztunnel = Some(a.path("--ztunnel")?),
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -83,17 +91,30 @@ impl Opts {
             out,
             columns,
             syscalls,
+            profile,
             ztunnel,
         })
     }
 
-    fn stem(&self) -> &'static str {
-        if self.quick {
-            "bulk-quick"
-        } else {
-            "bulk"
+    fn stem(&self) -> String {
+        stem(self.quick, self.syscalls.is_some(), self.profile.is_some())
+    }
+}
+
+/// The results' file name: a perturbed run (perf attached) never
+/// overwrites the plain figures of `bulk.*`.
+fn stem(quick: bool, syscalls: bool, profile: bool) -> String {
+    let mut s = String::from("bulk");
+    for (on, part) in [
+        (profile, "-profile"),
+        (syscalls, "-syscalls"),
+        (quick, "-quick"),
+    ] {
+        if on {
+            s += part;
         }
     }
+    s
 }
 
 fn count(v: &str, flag: &str, min: usize, max: usize) -> Result<usize> {
@@ -196,7 +217,7 @@ pub fn run(o: &Opts) -> Result<()> {
         ("iperf3", "iperf3"),
         ("taskset", "util-linux"),
     ];
-    if o.syscalls.is_some() {
+    if o.syscalls.is_some() || o.profile.is_some() {
         tools.push(("perf", "linux-perf"));
     }
     let cpus = run::preflight("trellis-bulk-bench", [LOADGEN_CPU, SERVER_CPU], &tools)?;
@@ -228,6 +249,7 @@ pub fn run(o: &Opts) -> Result<()> {
         load_cpu: LOADGEN_CPU,
         server_cpu: SERVER_CPU,
         syscalls: o.syscalls.as_deref(),
+        profile: o.profile.as_deref(),
     };
     let zt = o
         .ztunnel
@@ -286,12 +308,19 @@ pub fn run(o: &Opts) -> Result<()> {
     if let Some(z) = &zt {
         notes.push(ztunnel_note(z));
     }
-    let md = report::markdown(
+    let mut md = report::markdown(
         "Bulk transfer: Trellis against its floors",
         &notes,
         &summaries,
         &samples,
     );
+    let profiles = match &o.profile {
+        Some(dir) => profiles(dir, &o.columns, &samples)?,
+        None => vec![],
+    };
+    if o.profile.is_some() {
+        md += &profile::markdown(&profiles);
+    }
     let setup = json!({
         "iperf_secs": o.secs, "repeat": o.repeat,
         "columns": o.columns.iter().map(|c| c.name()).collect::<Vec<_>>(),
@@ -302,10 +331,47 @@ pub fn run(o: &Opts) -> Result<()> {
         })),
         "loadgen_cpu": LOADGEN_CPU, "server_cpu": SERVER_CPU,
     });
-    let doc = report::to_json(&notes, &summaries, &samples, setup);
-    write_results(&o.out, o.stem(), &doc, &md)?;
+    let mut doc = report::to_json(&notes, &summaries, &samples, setup);
+    doc["profiles"] = profiles
+        .iter()
+        .map(|p| {
+            json!({
+                "column": p.column.name(),
+                "proxy_cpu_s_per_gb": p.cpu_s_per_gb,
+                "profile": p.profile.to_json(),
+            })
+        })
+        .collect();
+    write_results(&o.out, &o.stem(), &doc, &md)?;
     print!("{md}");
     Ok(())
+}
+
+/// The first round's profile of each profiled column, Trellis's first
+/// (the report's difference column is Trellis minus the next one).
+fn profiles(dir: &Path, columns: &[Column], samples: &[Sample]) -> Result<Vec<profile::Profiled>> {
+    let mut order: Vec<Column> = columns
+        .iter()
+        .copied()
+        .filter(|c| profile::profiled(*c))
+        .collect();
+    order.sort_by_key(|c| (*c != Column::Trellis, *c != Column::Ztunnel));
+    let mut out = Vec::new();
+    for column in order {
+        let Some(s) = samples.iter().find(|s| s.column == column && s.round == 0) else {
+            continue;
+        };
+        let data = profile::data_path(dir, column, 0);
+        say(format!("summarising {}", data.display()));
+        let p = crate::l7::profile::summarize(&data, profile::TOP)
+            .with_context(|| format!("summarising {}", data.display()))?;
+        out.push(profile::Profiled {
+            column,
+            profile: p,
+            cpu_s_per_gb: s.proxy_cpu_s_per_gb().unwrap_or(0.0),
+        });
+    }
+    Ok(out)
 }
 
 /// The ztunnel column's version and environment (node1's; node2's differs
@@ -338,6 +404,12 @@ fn setup_notes(o: &Opts) -> Vec<String> {
         ),
         "proxy CPU: utime+stime of the relays or node proxies over the iperf3 run; CPU 1 busy: all of CPU 1 (iperf3 -s, proxies, softirq) per GB; ctx switches: voluntary+involuntary of the mesh processes' threads (not for splice, whose per-connection threads leave /proc before they are read)".to_string(),
     ];
+    if let Some(dir) = &o.profile {
+        notes.push(format!(
+            "PERTURBED: perf record (cpu-clock 999 Hz, DWARF call graphs) sampled the mesh processes during each run; data in {}",
+            dir.display()
+        ));
+    }
     if let Some(dir) = &o.syscalls {
         notes.push(format!(
             "PERTURBED: perf stat counted the mesh processes' syscalls (raw_syscalls:sys_enter) during each run; raw counts in {}",
@@ -345,4 +417,24 @@ fn setup_notes(o: &Opts) -> Vec<String> {
         ));
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perturbed_runs_write_their_own_files() {
+        // (quick, syscalls, profile, stem)
+        let cases = [
+            (false, false, false, "bulk"),
+            (true, false, false, "bulk-quick"),
+            (false, true, false, "bulk-syscalls"),
+            (false, false, true, "bulk-profile"),
+            (true, true, true, "bulk-profile-syscalls-quick"),
+        ];
+        for (quick, syscalls, profile, want) in cases {
+            assert_eq!(stem(quick, syscalls, profile), want);
+        }
+    }
 }

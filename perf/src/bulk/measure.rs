@@ -68,6 +68,8 @@ pub struct Measure<'a> {
     pub server_cpu: usize,
     /// perf stat syscall counts into this dir (perturbs the figures).
     pub syscalls: Option<&'a Path>,
+    /// perf record data of the meshed columns into this dir (perturbs the figures).
+    pub profile: Option<&'a Path>,
 }
 
 impl Measure<'_> {
@@ -77,6 +79,12 @@ impl Measure<'_> {
         let counters = meshed && column.counters_cover_flow();
         let stat = match (self.syscalls, counters) {
             (Some(dir), true) => Some(PerfStat::start(dir, column, round, pids)?),
+            _ => None,
+        };
+        let record = match self.profile {
+            Some(dir) if meshed && super::profile::profiled(column) => {
+                Some(PerfRecord::start(dir, column, round, pids)?)
+            }
             _ => None,
         };
         let ctx0 = ctx_switches(pids);
@@ -93,6 +101,7 @@ impl Measure<'_> {
         let proxy_cpu_s = cpu.elapsed()?;
         let ctx1 = ctx_switches(pids);
         let syscalls = stat.map(PerfStat::finish).transpose()?;
+        record.map(PerfRecord::finish).transpose()?;
         if r.bytes == 0 {
             bail!("iperf3 through {} moved no bytes", column.name());
         }
@@ -150,6 +159,47 @@ const PERF_EXIT: Duration = Duration::from_secs(20);
 
 /// The syscall tracepoint every syscall enters through.
 const SYSCALL_EVENT: &str = "raw_syscalls:sys_enter";
+
+/// How long perf record may take to write its data after SIGINT (DWARF
+/// stacks make it large).
+const PERF_RECORD_EXIT: Duration = Duration::from_secs(60);
+
+/// `perf record` sampling some processes; SIGINT makes it write its data.
+struct PerfRecord {
+    child: Child,
+    out: PathBuf,
+}
+
+impl PerfRecord {
+    fn start(dir: &Path, column: Column, round: usize, pids: &[u32]) -> Result<PerfRecord> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let out = super::profile::data_path(dir, column, round);
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let child = crate::run::perf_record(&list.join(","), &out)?;
+        // As for perf stat: no signal to wait on for the attach.
+        std::thread::sleep(Duration::from_millis(1000));
+        Ok(PerfRecord { child, out })
+    }
+
+    fn finish(mut self) -> Result<PathBuf> {
+        if !crate::run::stop_perf(std::slice::from_mut(&mut self.child), PERF_RECORD_EXIT) {
+            bail!(
+                "perf record did not exit within {PERF_RECORD_EXIT:?} of SIGINT; {} is incomplete",
+                self.out.display()
+            );
+        }
+        Ok(self.out.clone())
+    }
+}
+
+impl Drop for PerfRecord {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
 
 /// `perf stat` counting syscalls of some processes; SIGINT makes it write its count.
 struct PerfStat {

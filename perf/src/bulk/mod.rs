@@ -5,6 +5,7 @@
 //! * [`relay`]: `trellis-relay`, the floor relays (TCP, splice, TLS without HTTP/2).
 //! * [`columns`]: what each column runs on the path, started and torn down per run.
 //! * [`measure`]: one iperf3 run through a column, with the CPU and counters of its processes.
+//! * [`profile`]: `--profile`, perf record of the meshed columns, side by side.
 //! * [`report`]: mean and spread over the repeats, Trellis's ratio to each floor.
 //! * [`ztunnel`]: Istio's ztunnel in shared mode as a column, fed by `trellis-controller` and a ZDS server.
 //! * [`bench`]: the interleaved rounds (`trellis-bulk-bench`).
@@ -12,6 +13,7 @@
 pub mod bench;
 pub mod columns;
 pub mod measure;
+pub mod profile;
 pub mod relay;
 pub mod report;
 pub mod ztunnel;

@@ -340,6 +340,10 @@ fn group(sym: &str) -> &'static str {
         "trellis waypoint"
     } else if starts(&["hbone::", "trellis_core::"]) {
         "trellis hbone / core"
+    } else if starts(&["trellis_node_proxy::"]) {
+        "trellis node proxy"
+    } else if starts(&["ztunnel::"]) {
+        "ztunnel (its own code)"
     } else if starts(&["alloc::", "core::", "std::"]) {
         "Rust std (strings, vecs, fmt)"
     } else {
@@ -412,6 +416,14 @@ mod tests {
                 "Rust std (strings, vecs, fmt)",
             ),
             ("[.] ngx_http_free_request", "nginx"),
+            (
+                "[.] trellis_node_proxy::relay::copy::{{closure}}",
+                "trellis node proxy",
+            ),
+            (
+                "[.] <ztunnel::copy::BufferedSplitter as ztunnel::copy::ResizeBufRead>::poll_bytes",
+                "ztunnel (its own code)",
+            ),
             ("[.] something_else", "other"),
         ];
         for (sym, want) in groups {

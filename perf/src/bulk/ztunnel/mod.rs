@@ -11,6 +11,7 @@
 //! * [`config`]: the decisions (binary, environment, meshed or not).
 
 pub mod config;
+pub mod lingering;
 pub mod zds;
 
 use std::net::SocketAddr;
@@ -29,10 +30,14 @@ use trellis_netns::NetNs;
 
 use self::config::{Counters, NodeEnv, Reporter, READINESS_PORT, STATS_PORT};
 use self::zds::ZdsServer;
+use crate::run::say;
 use crate::topo::{wait_listening, BenchTopo, NAMESPACE};
 
 /// The controller's TLS gRPC port on node1's fabric address.
 const CONTROLLER_PORT: u16 = 15012;
+/// How long the pods' capture ports may stay held by the sockets a killed
+/// ztunnel leaves (TIME_WAIT is 60 s).
+const LINGER_WITHIN: Duration = Duration::from_secs(75);
 /// How long a ztunnel gets to become ready once its pod is handed over.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -319,9 +324,24 @@ impl Drop for ZtunnelPair {
         // As for Trellis: killed proxies leave the rules; the next column
         // must find the pods uncaptured.
         self.procs.clear();
+        let c = RedirectConfig::default();
+        let ports = [c.outbound_port, c.inbound_plain_port, c.hbone_port];
         for (name, ns) in &self.pods {
             if let Err(e) = redirect::remove(ns) {
                 eprintln!("removing the capture rules of {name}: {e}");
+            }
+            let l = lingering::wait_free(ns, &ports, LINGER_WITHIN);
+            if !l.left.is_empty() {
+                say(format!(
+                    "{name}: ztunnel's sockets still hold the capture ports after {:?}: {:?}; the next column may not bind them",
+                    l.waited, l.left
+                ));
+            } else if l.waited > Duration::from_secs(1) {
+                say(format!(
+                    "{name}: waited {:.1} s for the sockets ztunnel left on the capture ports to close: {:?}",
+                    l.waited.as_secs_f64(),
+                    l.first
+                ));
             }
         }
     }
