@@ -99,3 +99,111 @@ async fn ask(conn: &SeqpacketConn, msg: &[u8], netns: Option<&NetNs>, what: &str
         Answer::Nack(e) => bail!("ztunnel refused {what}: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use trellis_api::pb::istio::workload::zds::{
+        workload_request::Payload as Req, workload_response::Payload as Resp, Ack, Version,
+        WorkloadRequest, WorkloadResponse, ZdsHello,
+    };
+
+    /// What the fake ztunnel saw: the added pod's uid and service account,
+    /// the fds that came with it, and whether the snapshot's end came.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        uid: String,
+        service_account: String,
+        fds: usize,
+        snapshot_sent: bool,
+    }
+
+    /// ztunnel's side: hello, then an Ack (with `add_error`) to the add,
+    /// and a clean Ack to SnapshotSent if it comes.
+    fn fake_ztunnel(path: &Path, add_error: &str) -> Seen {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = SeqpacketConn::connect(path).unwrap();
+            let hello = ZdsHello {
+                version: Version::V1 as i32,
+            };
+            c.send(&hello.encode_to_vec(), None).await.unwrap();
+            let ack = |error: &str| {
+                WorkloadResponse {
+                    payload: Some(Resp::Ack(Ack {
+                        error: error.into(),
+                    })),
+                }
+                .encode_to_vec()
+            };
+            let p = c.recv(MAX_PACKET).await.unwrap().unwrap();
+            let Some(Req::Add(add)) = WorkloadRequest::decode(p.data.as_slice()).unwrap().payload
+            else {
+                panic!("the first request is not an AddWorkload");
+            };
+            c.send(&ack(add_error), None).await.unwrap();
+            let mut seen = Seen {
+                uid: add.uid,
+                service_account: add.workload_info.unwrap_or_default().service_account,
+                fds: p.fds.len(),
+                snapshot_sent: false,
+            };
+            // After a refusal the server gives up and closes.
+            if let Ok(Some(p)) = c.recv(MAX_PACKET).await {
+                let req = WorkloadRequest::decode(p.data.as_slice()).unwrap();
+                seen.snapshot_sent = matches!(req.payload, Some(Req::SnapshotSent(_)));
+                c.send(&ack(""), None).await.unwrap();
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn hands_the_pod_and_its_netns_over_and_names_a_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = PodRef {
+            namespace: "bench".into(),
+            name: "client".into(),
+            uid: "Kubernetes//Pod/bench/client".into(),
+            service_account: "client".into(),
+        };
+        let netns = NetNs::open("/proc/self/ns/net").unwrap();
+        // (ztunnel's answer to the add, error containing; "" = served)
+        let cases = [
+            ("", ""),
+            (
+                "no such netns",
+                "ztunnel refused AddWorkload: no such netns",
+            ),
+        ];
+        for (i, (answer, want_err)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("zds-{i}.sock"));
+            let mut server = ZdsServer::bind(&path).unwrap();
+            let peer_path = path.clone();
+            let peer = std::thread::spawn(move || fake_ztunnel(&peer_path, answer));
+            let got = server.serve(&pod, &netns);
+            drop(server);
+            let seen = peer.join().unwrap();
+            assert_eq!(
+                (seen.uid.as_str(), seen.service_account.as_str(), seen.fds),
+                ("Kubernetes//Pod/bench/client", "client", 1),
+                "{answer:?}"
+            );
+            match got {
+                Ok(()) => {
+                    assert_eq!(want_err, "", "{answer:?}");
+                    assert!(seen.snapshot_sent, "no SnapshotSent after the add");
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(!want_err.is_empty() && e.contains(want_err), "{e}");
+                    assert!(!seen.snapshot_sent, "a snapshot after a refusal");
+                }
+            }
+        }
+    }
+}
