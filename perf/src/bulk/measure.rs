@@ -2,6 +2,7 @@
 //! processes on the path, and their context switches and (optionally)
 //! syscalls per MB.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +32,10 @@ pub struct Sample {
     pub ctx_switches: Option<u64>,
     /// Syscalls of the mesh processes (with `--syscalls` only).
     pub syscalls: Option<u64>,
+    /// The same by kind (`l7::profile::SYSCALL_EVENTS` and
+    /// [`SYSCALL_KINDS`], named without their `syscalls:sys_enter_`
+    /// prefix; `context-switches` too); empty without `--syscalls`.
+    pub syscall_kinds: BTreeMap<String, u64>,
 }
 
 impl Sample {
@@ -56,6 +61,11 @@ impl Sample {
 
     pub fn syscalls_per_mb(&self) -> Option<f64> {
         self.syscalls.map(|c| c as f64 / self.mb())
+    }
+
+    /// One kind of [`syscall_kinds`](Self::syscall_kinds) per MB.
+    pub fn kind_per_mb(&self, kind: &str) -> Option<f64> {
+        self.syscall_kinds.get(kind).map(|&c| c as f64 / self.mb())
     }
 }
 
@@ -100,7 +110,16 @@ impl Measure<'_> {
         let server_cpu_busy_s = busy.elapsed()?;
         let proxy_cpu_s = cpu.elapsed()?;
         let ctx1 = ctx_switches(pids);
-        let syscalls = stat.map(PerfStat::finish).transpose()?;
+        let kinds = stat.map(PerfStat::finish).transpose()?.unwrap_or_default();
+        let syscalls = match (self.syscalls, counters) {
+            (Some(_), true) => Some(kinds.get("all syscalls").copied().with_context(|| {
+                format!(
+                    "perf stat gave no {SYSCALL_EVENT} count for {}",
+                    column.name()
+                )
+            })?),
+            _ => None,
+        };
         record.map(PerfRecord::finish).transpose()?;
         if r.bytes == 0 {
             bail!("iperf3 through {} moved no bytes", column.name());
@@ -118,6 +137,7 @@ impl Measure<'_> {
                 _ => None,
             },
             syscalls,
+            syscall_kinds: kinds,
         })
     }
 }
@@ -159,6 +179,16 @@ const PERF_EXIT: Duration = Duration::from_secs(20);
 
 /// The syscall tracepoint every syscall enters through.
 const SYSCALL_EVENT: &str = "raw_syscalls:sys_enter";
+
+/// What `--syscalls` counts: every syscall, the I/O and wake-up ones the
+/// L7 profile counts, and the memory ones (a copy buffer that grows and
+/// shrinks with the flow maps and unmaps).
+pub const SYSCALL_KINDS: &[&str] = &[
+    "syscalls:sys_enter_mmap",
+    "syscalls:sys_enter_munmap",
+    "syscalls:sys_enter_mremap",
+    "syscalls:sys_enter_madvise",
+];
 
 /// How long perf record may take to write its data after SIGINT (DWARF
 /// stacks make it large).
@@ -212,13 +242,19 @@ impl PerfStat {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let out = dir.join(format!("{}-{round}.perfstat.csv", column.name()));
         let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        // l7's list starts with raw_syscalls:sys_enter.
+        let events: Vec<&str> = crate::l7::profile::SYSCALL_EVENTS
+            .iter()
+            .chain(SYSCALL_KINDS)
+            .copied()
+            .collect();
         let child = Command::new("perf")
             .args([
                 "stat",
                 "-x",
                 ",",
                 "-e",
-                SYSCALL_EVENT,
+                &events.join(","),
                 "-p",
                 &list.join(","),
                 "-o",
@@ -233,21 +269,21 @@ impl PerfStat {
         Ok(PerfStat { child, out })
     }
 
-    fn finish(mut self) -> Result<u64> {
+    /// The counts by kind ("all syscalls" among them).
+    fn finish(mut self) -> Result<BTreeMap<String, u64>> {
         if !crate::run::stop_perf(std::slice::from_mut(&mut self.child), PERF_EXIT) {
             bail!("perf stat did not exit within {PERF_EXIT:?} of SIGINT");
         }
         let text = std::fs::read_to_string(&self.out)
             .with_context(|| format!("reading {}", self.out.display()))?;
-        crate::run::perf_stat_counts(&text)
-            .get("all syscalls")
-            .copied()
-            .with_context(|| {
-                format!(
-                    "no {SYSCALL_EVENT} count in {}:\n{text}",
-                    self.out.display()
-                )
-            })
+        let counts = crate::run::perf_stat_counts(&text);
+        if !counts.contains_key("all syscalls") {
+            bail!(
+                "no {SYSCALL_EVENT} count in {}:\n{text}",
+                self.out.display()
+            );
+        }
+        Ok(counts)
     }
 }
 

@@ -175,6 +175,7 @@ pub fn markdown(
             );
         }
     }
+    md += &kinds_table(summaries, samples);
     md += "\nEvery run, in the order measured:\n\n";
     md += "| round | column | Gbit/s | proxy CPU (s/GB) | CPU 1 busy (s/GB) | retransmits |\n|---:|---|---:|---:|---:|---:|\n";
     for s in samples {
@@ -188,6 +189,59 @@ pub fn markdown(
             s.server_cpu_s_per_gb(),
             s.retransmits
         );
+    }
+    md
+}
+
+/// Syscalls per MB by kind, each column's mean over its rounds, kinds
+/// ordered by the largest figure; empty when nothing was counted.
+pub fn kinds_table(summaries: &[Summary], samples: &[Sample]) -> String {
+    let mean = |column: Column, kind: &str| {
+        let v: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.column == column)
+            .filter_map(|s| s.kind_per_mb(kind))
+            .collect();
+        Stat::of(&v).map(|s| s.mean)
+    };
+    let columns: Vec<Column> = summaries
+        .iter()
+        .map(|s| s.column)
+        .filter(|&c| {
+            samples
+                .iter()
+                .any(|s| s.column == c && !s.syscall_kinds.is_empty())
+        })
+        .collect();
+    if columns.is_empty() {
+        return String::new();
+    }
+    let mut kinds: Vec<(String, f64)> = Vec::new();
+    for s in samples.iter().filter(|s| columns.contains(&s.column)) {
+        for k in s.syscall_kinds.keys() {
+            if !kinds.iter().any(|(n, _)| n == k) {
+                let top = columns
+                    .iter()
+                    .filter_map(|&c| mean(c, k))
+                    .fold(0.0, f64::max);
+                kinds.push((k.clone(), top));
+            }
+        }
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut md = String::from("\nSyscalls and context switches per MB by kind (perf stat, both processes of a column; mean over the rounds):\n\n| per MB |");
+    let mut rule = String::from("|---|");
+    for c in &columns {
+        md += &format!(" {} |", c.name());
+        rule += "---:|";
+    }
+    md += &format!("\n{rule}\n");
+    for (k, _) in &kinds {
+        md += &format!("| {k} |");
+        for &c in &columns {
+            md += &mean(c, k).map_or_else(|| " – |".to_string(), |v| format!(" {v:.2} |"));
+        }
+        md += "\n";
     }
     md
 }
@@ -223,6 +277,7 @@ pub fn to_json(notes: &[String], summaries: &[Summary], samples: &[Sample], setu
             "server_cpu_busy_s": round3(s.server_cpu_busy_s),
             "ctx_switches": s.ctx_switches,
             "syscalls": s.syscalls,
+            "syscall_kinds": s.syscall_kinds,
         })).collect::<Vec<_>>(),
     })
 }
@@ -243,7 +298,48 @@ mod tests {
             server_cpu_busy_s: 1.0,
             ctx_switches: cpu_s.map(|_| 4000),
             syscalls: None,
+            syscall_kinds: Default::default(),
         }
+    }
+
+    #[test]
+    fn syscall_kinds_per_mb_side_by_side() {
+        let with = |column, round, kinds: &[(&str, u64)]| Sample {
+            syscall_kinds: kinds.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            ..sample(column, round, 4.0, Some(1.0))
+        };
+        // 2 GB per run: 2000 MB.
+        let samples = vec![
+            with(
+                Column::Trellis,
+                0,
+                &[("all syscalls", 120_000), ("writev", 20_000)],
+            ),
+            with(
+                Column::Ztunnel,
+                0,
+                &[("all syscalls", 200_000), ("madvise", 4_000)],
+            ),
+            with(
+                Column::Trellis,
+                1,
+                &[("all syscalls", 124_000), ("writev", 22_000)],
+            ),
+            sample(Column::TcpRelay, 0, 8.0, Some(1.0)),
+        ];
+        let s = summarize(
+            &[Column::TcpRelay, Column::Trellis, Column::Ztunnel],
+            &samples,
+        );
+        let md = kinds_table(&s, &samples);
+        assert!(md.contains("| per MB | trellis | ztunnel |"), "{md}");
+        assert!(md.contains("| all syscalls | 61.00 | 100.00 |"), "{md}");
+        assert!(md.contains("| writev | 10.50 | – |"), "{md}");
+        assert!(md.contains("| madvise | – | 2.00 |"), "{md}");
+        let at = |k: &str| md.find(&format!("| {k} |")).unwrap();
+        assert!(at("all syscalls") < at("writev") && at("writev") < at("madvise"));
+        // Nothing counted: no table.
+        assert_eq!(kinds_table(&s[..1], &samples[3..]), "");
     }
 
     #[test]
