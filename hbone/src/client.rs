@@ -1,6 +1,8 @@
 //! The HBONE client: TLS connect, HTTP/2 handshake and CONNECT streams.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::batch::Batch;
 use crate::conn_io::{ConnIo, TlsFailure};
 use crate::error::HboneError;
 use crate::goaway::GoAway;
@@ -129,6 +132,7 @@ impl ClientConn {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let goaway = Arc::new(GoAway::default());
+        let (io, batch) = Batch::new(io);
         let (io, tls_failure) = ConnIo::with_goaway(io, goaway.clone());
         let (send, mut conn) = settings
             .client_builder()?
@@ -146,11 +150,12 @@ impl ClientConn {
         // makes progress while the connection is being polled, and dropping the
         // connection when keep-alive fails closes the socket.
         tokio::spawn(async move {
+            let driven = std::future::poll_fn(|cx| batch.poll(|| Pin::new(&mut conn).poll(cx)));
             // Biased and quiet: most wake-ups are for the connection, and
             // the keep-alive timer need not be re-polled for them.
             let result = tokio::select! {
                 biased;
-                r = conn => r.map_err(|e| HboneError::from_h2_on(e, &driver_shared.tls_failure)),
+                r = driven => r.map_err(|e| HboneError::from_h2_on(e, &driver_shared.tls_failure)),
                 e = quiet(keepalive) => Err(e),
             };
             driver_shared.closed.store(true, Ordering::Release);

@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 pub mod ca;
 pub mod client;
 mod conn_io;

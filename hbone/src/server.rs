@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::batch::Batch;
 use crate::conn_io::ConnIo;
 use crate::error::HboneError;
 use crate::quiet::quiet;
@@ -177,6 +178,7 @@ where
     F: FnMut(IncomingRequest) + Send,
     S: Future<Output = ()>,
 {
+    let (io, batch) = Batch::new(io);
     let (io, tls_failure) = ConnIo::server(io);
     // The handshake waits for the client's preface with no deadline of its
     // own; an authenticated peer that never sends it would hold the
@@ -201,7 +203,7 @@ where
     loop {
         tokio::select! {
             biased;
-            next = conn.accept() => match next {
+            next = std::future::poll_fn(|cx| batch.poll(|| conn.poll_accept(cx))) => match next {
                 None => {
                     tracing::debug!("hbone connection closed");
                     return Ok(());

@@ -254,7 +254,9 @@ mod tests {
     #[test]
     fn gather_takes_the_first_n_bytes_across_slices() {
         let (a, b, c) = (b"abc".as_slice(), b"".as_slice(), b"defgh".as_slice());
-        let cases: [(&[&[u8]], usize, &[u8]); 6] = [
+        // (slices, n, the bytes gathered)
+        type Case<'a> = (&'a [&'a [u8]], usize, &'a [u8]);
+        let cases: [Case; 6] = [
             (&[a], 3, b"abc"),
             (&[a], 2, b"ab"),
             (&[a, b, c], 8, b"abcdefgh"),

@@ -215,3 +215,42 @@ async fn vectored_write_is_one_data_frame() {
     assert_eq!(got[..9], head[..]);
     assert_eq!(got[9..], body[..]);
 }
+
+/// Many small round trips on one tunnel, each answered before the next is
+/// sent, with several tunnels sharing one connection: every byte a
+/// connection writes must leave when the connection goes idle, or a round
+/// trip waits forever. (The driver defers flushes within a poll of the
+/// connection to batch small frames; a deferred flush left behind shows up
+/// here as a round trip that never completes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_round_trips_never_wait_for_a_later_write() {
+    const TUNNELS: usize = 4;
+    const ROUNDS: usize = 2000;
+    let pki = Pki::new();
+    let server = pki.serve(echo_handler()).await;
+    let conn = pki.dial(server.addr).await.expect("connect");
+    let mut tasks = Vec::new();
+    for t in 0..TUNNELS {
+        let stream = open_tunnel(&conn, "127.0.0.1:9").await.expect("tunnel");
+        tasks.push(tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(stream);
+            let mut buf = [0u8; 64];
+            for i in 0..ROUNDS {
+                let msg = [(t * 31 + i) as u8; 64];
+                let rt = async {
+                    wr.write_all(&msg).await?;
+                    rd.read_exact(&mut buf).await?;
+                    std::io::Result::Ok(())
+                };
+                match tokio::time::timeout(std::time::Duration::from_secs(5), rt).await {
+                    Ok(Ok(())) => assert_eq!(buf, msg, "tunnel {t} round trip {i}: echo mismatch"),
+                    Ok(Err(e)) => panic!("tunnel {t} round trip {i}: {e}"),
+                    Err(_) => panic!("tunnel {t} round trip {i}: no answer within 5 s"),
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("round-trip task");
+    }
+}
