@@ -22,7 +22,7 @@ use crate::goaway::GoAway;
 use crate::quiet::quiet;
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
-use crate::transport::{transport, ClientTls};
+use crate::transport::{transport, ClientTls, SEND_BUFFER};
 
 pub use crate::request::ConnectRequest;
 
@@ -40,10 +40,11 @@ pub async fn tls_connect(
         .peer_addr()
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let tls = TlsConnector::from(cfg)
+    let mut tls = TlsConnector::from(cfg)
         .connect(ServerName::IpAddress(ip.into()), transport(tcp))
         .await
         .map_err(HboneError::from_tls_io)?;
+    tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
     tracing::debug!(peer = %ip, "hbone tls handshake complete");
     Ok(tls)
 }

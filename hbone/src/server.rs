@@ -21,7 +21,7 @@ use crate::request::{ConnectRequest, RequestError};
 use crate::settings::H2Settings;
 use crate::stream::H2Stream;
 use crate::tls::ALPN_H2;
-use crate::transport::{transport, ServerTls};
+use crate::transport::{transport, ServerTls, SEND_BUFFER};
 
 /// Runs the server TLS handshake on an accepted socket (client certificate required).
 ///
@@ -52,10 +52,12 @@ pub async fn tls_accept(
         let _ = start.io.shutdown().await;
         return Err(fail(HboneError::AlpnNotH2 { offered }));
     }
-    start
+    let mut tls = start
         .into_stream(cfg)
         .await
-        .map_err(|e| fail(HboneError::from_tls_io(e)))
+        .map_err(|e| fail(HboneError::from_tls_io(e)))?;
+    tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
+    Ok(tls)
 }
 
 /// A fatal `no_application_protocol` (120) alert as a plaintext TLS record;

@@ -1,18 +1,29 @@
-//! The socket under TLS, with a read buffer.
+//! The socket under TLS, with a read buffer, and how much TLS may buffer to
+//! write.
 //!
 //! rustls reads TLS records from the socket at most 4 KiB at a time (its
 //! deframer asks for `used + 4096` bytes), so a raw socket would cost one
-//! `read` syscall per 4 KiB of tunnel data. A 64 KiB buffer underneath turns
-//! that into one syscall per 64 KiB, at the price of one memcpy of the
+//! `read` syscall per 4 KiB of tunnel data. A buffer underneath turns that
+//! into one syscall per [`READ_BUFFER`], at the price of one memcpy of the
 //! ciphertext, which is far cheaper than the syscalls it saves. Writes pass
-//! straight through (rustls already writes whole records, vectored).
+//! straight through: rustls writes whole records, vectored, as many as it
+//! holds, and [`SEND_BUFFER`] lets it hold a whole relay chunk.
 
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
 /// Read buffer under TLS. Pages are touched only as data arrives, so an idle
-/// pooled connection costs little more than the allocation.
-pub const READ_BUFFER: usize = 64 * 1024;
+/// pooled connection costs little more than the allocation. As large as
+/// the copy loop's chunk and more: a bulk tunnel's reads then take what the
+/// socket holds at once.
+pub const READ_BUFFER: usize = 256 * 1024;
+
+/// Encrypted bytes rustls may hold before a write must wait for the socket
+/// (its default is 64 KiB). A relay chunk is 128 KiB; with the default,
+/// writing one took two `writev`s of four records each. rustls allocates
+/// this only while it holds unwritten records, so an idle connection pays
+/// nothing for it.
+pub const SEND_BUFFER: usize = 256 * 1024;
 
 /// A TCP socket with a read buffer, as HBONE's TLS runs over it.
 pub type Transport = BufReader<TcpStream>;
