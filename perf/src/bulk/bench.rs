@@ -23,7 +23,7 @@ const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 
 pub const USAGE: &str = "usage: trellis-bulk-bench [--quick] [--secs N] [--repeat N] [--out DIR] \
-[--columns direct,tcp-relay,splice-relay,tls-relay,trellis] [--syscalls DIR]\n\
+[--columns direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,trellis] [--syscalls DIR]\n\
   --quick          3 s per run, 1 round; writes bulk-quick.{json,md}\n\
   --secs N         iperf3 seconds per run (default 10)\n\
   --repeat N       rounds, each measuring every column once (default 3)\n\
@@ -190,6 +190,13 @@ pub fn run(o: &Opts) -> Result<()> {
         echo,
         Duration::from_secs(10),
     )?;
+    let mut probe = vec![];
+    if o.columns.iter().any(|c| c.uring()) {
+        probe = uring_probe(&bt, bins.relay.as_deref().context("no relay binary")?)?;
+        for line in &probe {
+            say(format!("io_uring: {line}"));
+        }
+    }
     run::settle();
 
     let measure = Measure {
@@ -238,6 +245,12 @@ pub fn run(o: &Opts) -> Result<()> {
         &read_trim("/proc/loadavg"),
     );
     notes.extend(setup_notes(o));
+    if !probe.is_empty() {
+        notes.push(format!(
+            "io_uring on this kernel (`trellis-relay --probe all` in the server pod): {}",
+            probe.join("; ")
+        ));
+    }
     let md = report::markdown(
         "Bulk transfer: Trellis against its floors",
         &notes,
@@ -256,6 +269,26 @@ pub fn run(o: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// What io_uring this kernel offers, asked in the server pod's netns
+/// (whose interfaces are its veth and loopback).
+fn uring_probe(bt: &BenchTopo, relay: &std::path::Path) -> Result<Vec<String>> {
+    let relay = relay.display().to_string();
+    let out = trellis_e2e::process::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            bt.server.netns_name(),
+            &relay,
+            "--probe",
+            "all",
+        ],
+        Duration::from_secs(20),
+    )
+    .context("probing io_uring in the server pod")?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
 /// What the report says about how the columns were run.
 fn setup_notes(o: &Opts) -> Vec<String> {
     let mut notes = vec![
@@ -271,6 +304,10 @@ fn setup_notes(o: &Opts) -> Vec<String> {
         format!(
             "relays: one trellis-relay per pod behind the Envoy sidecars' capture (outbound 15001, inbound 15006, SO_ORIGINAL_DST, proxy mark); tokio current-thread runtime; copy_bidirectional with {} KiB per direction; splice: {} KiB pipe, a blocking thread per direction; tls: rustls with ring, TLS 1.3, HBONE's cipher suites and config builders, a read buffer and rustls send-buffer limit of the copy buffer's size, dev-CA SPIFFE certificates (mTLS), default record size, no HTTP/2",
             DEFAULT_BUFFER / 1024,
+            DEFAULT_BUFFER / 1024
+        ),
+        format!(
+            "uring relays: the same relays with the bytes moved on one io_uring (SINGLE_ISSUER|DEFER_TASKRUN) on one thread per relay, for all its connections; one {} KiB buffer per direction, received into and sent from serially; uring: RECV/SEND (MSG_WAITALL); uring-fixed: READ_FIXED/WRITE_FIXED on registered buffers; uring-zc: READ_FIXED in, SEND_ZC from the registered buffer out (the next receive waits for the zero-copy notification)",
             DEFAULT_BUFFER / 1024
         ),
         "proxy CPU: utime+stime of the relays or node proxies over the iperf3 run; CPU 1 busy: all of CPU 1 (iperf3 -s, proxies, softirq) per GB; ctx switches: voluntary+involuntary of the mesh processes' threads (not for splice, whose per-connection threads leave /proc before they are read)".to_string(),

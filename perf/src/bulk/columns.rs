@@ -21,15 +21,21 @@ pub enum Column {
     Direct,
     TcpRelay,
     SpliceRelay,
+    UringRelay,
+    UringFixedRelay,
+    UringZcRelay,
     TlsRelay,
     Trellis,
 }
 
 impl Column {
-    pub const ALL: [Column; 5] = [
+    pub const ALL: [Column; 8] = [
         Column::Direct,
         Column::TcpRelay,
         Column::SpliceRelay,
+        Column::UringRelay,
+        Column::UringFixedRelay,
+        Column::UringZcRelay,
         Column::TlsRelay,
         Column::Trellis,
     ];
@@ -40,6 +46,9 @@ impl Column {
             Column::Direct => "direct",
             Column::TcpRelay => "tcp-relay",
             Column::SpliceRelay => "splice-relay",
+            Column::UringRelay => "uring",
+            Column::UringFixedRelay => "uring-fixed",
+            Column::UringZcRelay => "uring-zc",
             Column::TlsRelay => "tls-relay",
             Column::Trellis => "trellis",
         }
@@ -51,6 +60,9 @@ impl Column {
             Column::Direct => "direct (no proxy)",
             Column::TcpRelay => "TCP relay pair (tokio copy)",
             Column::SpliceRelay => "TCP relay pair (splice)",
+            Column::UringRelay => "TCP relay pair (io_uring recv/send)",
+            Column::UringFixedRelay => "TCP relay pair (io_uring registered buffers)",
+            Column::UringZcRelay => "TCP relay pair (io_uring SEND_ZC)",
             Column::TlsRelay => "TLS relay pair (mTLS 1.3, no HTTP/2)",
             Column::Trellis => "Trellis ambient (node proxies, shared mode)",
         }
@@ -65,9 +77,17 @@ impl Column {
         match self {
             Column::TcpRelay => Some(Mode::Tcp),
             Column::SpliceRelay => Some(Mode::Splice),
+            Column::UringRelay => Some(Mode::Uring),
+            Column::UringFixedRelay => Some(Mode::UringFixed),
+            Column::UringZcRelay => Some(Mode::UringZc),
             Column::TlsRelay => Some(Mode::Tls),
             Column::Direct | Column::Trellis => None,
         }
+    }
+
+    /// Whether it is an io_uring relay column.
+    pub fn uring(self) -> bool {
+        self.relay_mode().is_some_and(|m| m.uring_io().is_some())
     }
 
     /// Whether the processes' own counters cover the whole flow: the splice
@@ -355,13 +375,21 @@ mod tests {
             [Column::TlsRelay, Column::TcpRelay]
         );
         assert_eq!(
-            ok("direct,tcp-relay,splice-relay,tls-relay,trellis"),
+            ok("direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,trellis"),
             Column::ALL
+        );
+        assert_eq!(
+            ok("uring-zc,uring"),
+            [Column::UringZcRelay, Column::UringRelay]
         );
         // (list, what the error says)
         let bad = [
             ("", "no column"),
             ("direct,udp-relay", "unknown column \"udp-relay\""),
+            (
+                "uring-relay",
+                "known: direct, tcp-relay, splice-relay, uring, uring-fixed",
+            ),
             ("trellis,trellis", "trellis given twice"),
         ];
         for (list, want) in bad {

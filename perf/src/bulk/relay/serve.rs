@@ -17,6 +17,7 @@ use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use trellis_netns::{sockopt, ListenOpts, SocketOpts};
 
+use super::uring::UringRelay;
 use super::{Mode, RelayConfig, RelayError, Role, TlsFiles, RELAY_ALPN};
 
 /// A peer that opens a connection and says nothing must not hold a task forever.
@@ -30,6 +31,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 pub struct Relay {
     pub cfg: RelayConfig,
     tls: Option<TlsSide>,
+    /// Modes `uring*`: the ring's thread, shared by all connections.
+    uring: Option<UringRelay>,
 }
 
 #[derive(Clone)]
@@ -56,7 +59,18 @@ impl Relay {
             (Some(files), Mode::Tls) => Some(tls_side(cfg.role, files)?),
             _ => None,
         };
-        Ok(Relay { cfg, tls })
+        let uring = match cfg.mode.uring_io() {
+            Some(io) => Some(
+                UringRelay::start(
+                    io,
+                    cfg.buffer,
+                    format!("{} {}", cfg.mode.name(), cfg.role.name()),
+                )
+                .map_err(|e| RelayError::Uring(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Relay { cfg, tls, uring })
     }
 
     /// Binds the listen address in the current netns (the relay is started in the pod's).
@@ -193,10 +207,26 @@ impl Relay {
                         source,
                     })
             }
-            None => {
-                let up = self.connect(dst).await?;
-                copy(self.cfg.buffer, down, up, dst).await
-            }
+            None => match &self.uring {
+                Some(uring) => {
+                    let up = self.connect(dst).await?;
+                    let down = down.into_std().map_err(|source| copy_err(dst, source))?;
+                    let up = up.into_std().map_err(|source| copy_err(dst, source))?;
+                    uring
+                        .relay(down, up, format!("peer={peer} dst={dst}"))
+                        .await
+                        .map_err(|(c, source)| RelayError::Copy {
+                            dst,
+                            up: c.up,
+                            down: c.down,
+                            source,
+                        })
+                }
+                None => {
+                    let up = self.connect(dst).await?;
+                    copy(self.cfg.buffer, down, up, dst).await
+                }
+            },
         }
     }
 

@@ -26,6 +26,22 @@ fn parses_flags_and_reports_every_problem() {
             Ok((Mode::Splice, Role::Inbound, 0, 1 << 20, false)),
         ),
         (
+            "--mode uring --role outbound --listen 127.0.0.1:15001".into(),
+            Ok((Mode::Uring, Role::Outbound, DEFAULT_MARK, DEFAULT_BUFFER, false)),
+        ),
+        (
+            "--mode uring-fixed --role inbound --listen 0.0.0.0:15006".into(),
+            Ok((Mode::UringFixed, Role::Inbound, DEFAULT_MARK, DEFAULT_BUFFER, false)),
+        ),
+        (
+            "--mode uring-zc --role inbound --listen 0.0.0.0:15006 --buffer 65536".into(),
+            Ok((Mode::UringZc, Role::Inbound, DEFAULT_MARK, 65536, false)),
+        ),
+        (
+            format!("--mode uring --role outbound --listen 127.0.0.1:15001 {tls_files}"),
+            Err(vec!["for --mode tls only"]),
+        ),
+        (
             format!("--mode tls --role inbound --listen 0.0.0.0:15006 {tls_files} --mark 0x53b"),
             Ok((Mode::Tls, Role::Inbound, 0x53b, DEFAULT_BUFFER, true)),
         ),
@@ -256,9 +272,15 @@ async fn tls_pair_relays_both_ways_and_counts_bytes() {
 }
 
 #[tokio::test]
-async fn tcp_and_splice_relay_both_ways() {
+async fn tcp_splice_and_uring_relay_both_ways() {
     let app = echo().await;
-    for mode in [Mode::Tcp, Mode::Splice] {
+    for mode in [
+        Mode::Tcp,
+        Mode::Splice,
+        Mode::Uring,
+        Mode::UringFixed,
+        Mode::UringZc,
+    ] {
         let (inbound, mut in_results) = serve_to(relay(mode, Role::Inbound, None), app).await;
         let (outbound, mut out_results) =
             serve_to(relay(mode, Role::Outbound, None), inbound).await;
@@ -336,4 +358,73 @@ fn bad_certificate_files_fail_at_start_not_at_the_first_connection() {
     .err()
     .expect("missing files are an error");
     assert!(e.to_string().contains("none.pem"), "{e}");
+}
+
+#[test]
+fn every_mode_parses_back_from_its_name() {
+    for m in Mode::ALL {
+        assert_eq!(Mode::parse(m.name()), Some(m));
+    }
+    assert_eq!(Mode::parse("io_uring"), None);
+}
+
+/// Several connections at once through one ring, each with its own bytes.
+#[tokio::test]
+async fn uring_relays_concurrent_connections() {
+    let app = echo().await;
+    for mode in [Mode::Uring, Mode::UringZc] {
+        let (inbound, mut in_results) = serve_to(relay(mode, Role::Inbound, None), app).await;
+        let (outbound, mut out_results) =
+            serve_to(relay(mode, Role::Outbound, None), inbound).await;
+        let sizes = [1usize, 70_000, 1 << 20, 3 << 20];
+        let trips: Vec<_> = sizes
+            .iter()
+            .map(|&n| tokio::spawn(round_trip(outbound, n)))
+            .collect();
+        for t in trips {
+            t.await.unwrap();
+        }
+        for rx in [&mut out_results, &mut in_results] {
+            let mut got: Vec<u64> = Vec::new();
+            for _ in sizes {
+                let c = rx.recv().await.unwrap().unwrap();
+                assert_eq!(c.up, c.down, "{mode:?}");
+                got.push(c.up);
+            }
+            got.sort();
+            let want: Vec<u64> = sizes.iter().map(|&n| n as u64).collect();
+            assert_eq!(got, want, "{mode:?}");
+        }
+    }
+}
+
+/// An app that resets the connection mid-transfer: the io_uring relay
+/// ends the connection with the error and the bytes so far, and does not hang.
+#[tokio::test]
+async fn uring_relay_ends_a_connection_the_app_resets() {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let app = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1000];
+            let _ = s.read_exact(&mut buf).await;
+            // Closing with unread bytes received sends RST.
+            drop(s);
+        }
+    });
+    for mode in [Mode::Uring, Mode::UringFixed, Mode::UringZc] {
+        let (addr, mut results) = serve_to(relay(mode, Role::Inbound, None), app).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let data = vec![7u8; 8 << 20];
+        // The relay's send to the reset app fails; so, soon, do ours.
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.write_all(&data)).await;
+        let r = tokio::time::timeout(Duration::from_secs(20), results.recv())
+            .await
+            .expect("the relay ends the connection within 20 s")
+            .unwrap();
+        match r {
+            Err(RelayError::Copy { up, .. }) => assert!(up < 8 << 20, "{mode:?}: up={up}"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+    }
 }
