@@ -23,7 +23,7 @@ const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 
 pub const USAGE: &str = "usage: trellis-bulk-bench [--quick] [--secs N] [--repeat N] [--out DIR] \
-[--columns direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,trellis] [--syscalls DIR]\n\
+[--columns direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis] [--syscalls DIR]\n\
   --quick          3 s per run, 1 round; writes bulk-quick.{json,md}\n\
   --secs N         iperf3 seconds per run (default 10)\n\
   --repeat N       rounds, each measuring every column once (default 3)\n\
@@ -208,6 +208,7 @@ pub fn run(o: &Opts) -> Result<()> {
         syscalls: o.syscalls.as_deref(),
     };
     let mut samples = Vec::new();
+    let mut zc_notes = Vec::new();
     for round in 0..o.repeat {
         for &column in &o.columns {
             say(format!(
@@ -227,6 +228,12 @@ pub fn run(o: &Opts) -> Result<()> {
             let s = measure.run(column, round, &running.pids())?;
             running.check_alive()?;
             check_path(&running, &opened, &s)?;
+            if let (Running::Relays(pair), Column::UringZcRelay) = (&running, column) {
+                for line in pair.zc_summary() {
+                    say(format!("  {line}"));
+                    zc_notes.push(format!("round {}: {line}", round + 1));
+                }
+            }
             say(format!(
                 "  {:.2} Gbit/s, proxy CPU {} s/GB, CPU 1 busy {:.3} s/GB, {} retransmits",
                 s.gbit_per_s,
@@ -245,6 +252,12 @@ pub fn run(o: &Opts) -> Result<()> {
         &read_trim("/proc/loadavg"),
     );
     notes.extend(setup_notes(o));
+    if !zc_notes.is_empty() {
+        notes.push(format!(
+            "uring-zc, the iperf3 data connection's SEND_ZC notifications (IORING_SEND_ZC_REPORT_USAGE): {}",
+            zc_notes.join("; ")
+        ));
+    }
     if !probe.is_empty() {
         notes.push(format!(
             "io_uring on this kernel (`trellis-relay --probe all` in the server pod): {}",
@@ -307,7 +320,7 @@ fn setup_notes(o: &Opts) -> Vec<String> {
             DEFAULT_BUFFER / 1024
         ),
         format!(
-            "uring relays: the same relays with the bytes moved on one io_uring (SINGLE_ISSUER|DEFER_TASKRUN) on one thread per relay, for all its connections; one {} KiB buffer per direction, received into and sent from serially; uring: RECV/SEND (MSG_WAITALL); uring-fixed: READ_FIXED/WRITE_FIXED on registered buffers; uring-zc: READ_FIXED in, SEND_ZC from the registered buffer out (the next receive waits for the zero-copy notification)",
+            "uring relays: the same relays with the bytes moved on one io_uring (SINGLE_ISSUER|DEFER_TASKRUN) on one thread per relay, for all its connections; one {} KiB buffer per direction, received into and sent from serially; uring: RECV/SEND (MSG_WAITALL); uring-fixed: READ_FIXED/WRITE_FIXED on registered buffers; uring-zc: READ_FIXED in, SEND_ZC from the registered buffer out (the next receive waits for the zero-copy notification); uring-tls: tls's handshake and rustls configuration, then RECV/SEND on the ring with rustls between them (records sent as rustls writes them, one send per received buffer)",
             DEFAULT_BUFFER / 1024
         ),
         "proxy CPU: utime+stime of the relays or node proxies over the iperf3 run; CPU 1 busy: all of CPU 1 (iperf3 -s, proxies, softirq) per GB; ctx switches: voluntary+involuntary of the mesh processes' threads (not for splice, whose per-connection threads leave /proc before they are read)".to_string(),

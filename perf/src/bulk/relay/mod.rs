@@ -14,7 +14,8 @@
 //! * `uring`, `uring-fixed`, `uring-zc`: `tcp` on io_uring instead of epoll
 //!   (one ring on one thread for every connection): recv/send, then
 //!   registered buffers (READ_FIXED/WRITE_FIXED), then SEND_ZC from
-//!   registered buffers (issue 12 §2: io_uring measured, not estimated).
+//!   registered buffers (issue 12 §2: io_uring measured, not estimated);
+//!   `uring-tls`: `tls` with its bytes moved on the ring.
 //!
 //! This module holds the flags and the decisions (pure, tested as tables);
 //! [`serve`] does the I/O.
@@ -26,6 +27,7 @@ mod tests;
 pub mod uring;
 pub mod uring_flow;
 pub mod uring_probe;
+pub mod uring_tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,16 +50,18 @@ pub enum Mode {
     Uring,
     UringFixed,
     UringZc,
+    UringTls,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Tcp,
         Mode::Splice,
         Mode::Tls,
         Mode::Uring,
         Mode::UringFixed,
         Mode::UringZc,
+        Mode::UringTls,
     ];
 
     pub fn parse(s: &str) -> Option<Mode> {
@@ -72,14 +76,21 @@ impl Mode {
             Mode::Uring => "uring",
             Mode::UringFixed => "uring-fixed",
             Mode::UringZc => "uring-zc",
+            Mode::UringTls => "uring-tls",
         }
+    }
+
+    /// Whether the two relays speak TLS to each other.
+    pub fn tls(self) -> bool {
+        matches!(self, Mode::Tls | Mode::UringTls)
     }
 
     /// How an io_uring mode moves bytes (None: not an io_uring mode).
     pub fn uring_io(self) -> Option<uring_flow::UringIo> {
         use uring_flow::UringIo;
         match self {
-            Mode::Uring => Some(UringIo::Plain),
+            // TLS sends records from rustls's output, not registered buffers.
+            Mode::Uring | Mode::UringTls => Some(UringIo::Plain),
             Mode::UringFixed => Some(UringIo::Fixed),
             Mode::UringZc => Some(UringIo::ZeroCopy),
             Mode::Tcp | Mode::Splice | Mode::Tls => None,
@@ -136,11 +147,11 @@ pub struct RelayConfig {
     pub tls: Option<TlsFiles>,
 }
 
-pub const USAGE: &str = "usage: trellis-relay --mode tcp|splice|tls|uring|uring-fixed|uring-zc --role outbound|inbound --listen ADDR \
+pub const USAGE: &str = "usage: trellis-relay --mode tcp|splice|tls|uring|uring-fixed|uring-zc|uring-tls --role outbound|inbound --listen ADDR \
 [--mark N] [--buffer BYTES] [--cert-chain PEM --key PEM --root PEM [--peer-id spiffe://...]]\n\
   --mark N       SO_MARK of upstream sockets, decimal or 0x hex (default 0x539, the capture's proxy mark; 0: none)\n\
   --buffer BYTES copy buffer per direction (default 262144)\n\
-  tls mode needs --cert-chain, --key and --root; the outbound relay also --peer-id\n\
+  tls and uring-tls need --cert-chain, --key and --root; the outbound relay also --peer-id\n\
        trellis-relay --probe   what io_uring this kernel has (opcodes; a zcrx queue on each interface of this netns)";
 
 /// Why a relay refused to start or to relay a connection.
@@ -211,7 +222,7 @@ pub fn parse_args(args: &[String]) -> Result<RelayConfig, RelayError> {
             "--mode" => match Mode::parse(value) {
                 Some(m) => mode = Some(m),
                 None => errors.push(format!(
-                    "--mode {value:?}: expected tcp, splice, tls, uring, uring-fixed or uring-zc"
+                    "--mode {value:?}: expected tcp, splice, tls, uring, uring-fixed, uring-zc or uring-tls"
                 )),
             },
             "--role" => match Role::parse(value) {
@@ -252,7 +263,7 @@ pub fn parse_args(args: &[String]) -> Result<RelayConfig, RelayError> {
     }
     let any_tls = chain.is_some() || key.is_some() || root.is_some() || peer_id.is_some();
     let tls = match (mode, chain, key, root) {
-        (Some(Mode::Tls), Some(chain), Some(key), Some(root)) => {
+        (Some(m), Some(chain), Some(key), Some(root)) if m.tls() => {
             if role == Some(Role::Outbound) && peer_id.is_none() {
                 errors.push(
                     "the outbound tls relay needs --peer-id (the inbound relay's SPIFFE ID)".into(),
@@ -265,12 +276,15 @@ pub fn parse_args(args: &[String]) -> Result<RelayConfig, RelayError> {
                 peer_id,
             })
         }
-        (Some(Mode::Tls), ..) => {
-            errors.push("--mode tls needs --cert-chain, --key and --root".into());
+        (Some(m), ..) if m.tls() => {
+            errors.push(format!(
+                "--mode {} needs --cert-chain, --key and --root",
+                m.name()
+            ));
             None
         }
         (Some(_), ..) if any_tls => {
-            errors.push("certificate flags are for --mode tls only".into());
+            errors.push("certificate flags are for --mode tls and uring-tls only".into());
             None
         }
         _ => None,

@@ -39,7 +39,15 @@ fn parses_flags_and_reports_every_problem() {
         ),
         (
             format!("--mode uring --role outbound --listen 127.0.0.1:15001 {tls_files}"),
-            Err(vec!["for --mode tls only"]),
+            Err(vec!["for --mode tls and uring-tls only"]),
+        ),
+        (
+            format!("--mode uring-tls --role outbound --listen 127.0.0.1:15001 {tls_files} --peer-id spiffe://td/ns/n/sa/s"),
+            Ok((Mode::UringTls, Role::Outbound, DEFAULT_MARK, DEFAULT_BUFFER, true)),
+        ),
+        (
+            "--mode uring-tls --role inbound --listen 0.0.0.0:15006".into(),
+            Err(vec!["--mode uring-tls needs --cert-chain, --key and --root"]),
         ),
         (
             format!("--mode tls --role inbound --listen 0.0.0.0:15006 {tls_files} --mark 0x53b"),
@@ -64,7 +72,7 @@ fn parses_flags_and_reports_every_problem() {
         ),
         (
             format!("--mode tcp --role outbound --listen 127.0.0.1:15001 {tls_files}"),
-            Err(vec!["for --mode tls only"]),
+            Err(vec!["for --mode tls and uring-tls only"]),
         ),
         (
             "--mode tcp --role outbound --listen 127.0.0.1:15001 --buffer 12 --mark x --bogus 1".into(),
@@ -256,19 +264,72 @@ async fn round_trip(addr: SocketAddr, n: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn tls_pair_relays_both_ways_and_counts_bytes() {
+async fn tls_pairs_relay_both_ways_and_count_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let (client, server) = identities(dir.path());
     let app = echo().await;
-    let (inbound, mut in_results) =
-        serve_to(relay(Mode::Tls, Role::Inbound, Some(server)), app).await;
-    let (outbound, mut out_results) =
-        serve_to(relay(Mode::Tls, Role::Outbound, Some(client)), inbound).await;
-    round_trip(outbound, 3 << 20).await;
-    for rx in [&mut out_results, &mut in_results] {
-        let c = rx.recv().await.unwrap().unwrap();
-        assert_eq!((c.up, c.down), (3 << 20, 3 << 20));
+    for mode in [Mode::Tls, Mode::UringTls] {
+        let (inbound, mut in_results) =
+            serve_to(relay(mode, Role::Inbound, Some(server.clone())), app).await;
+        let (outbound, mut out_results) =
+            serve_to(relay(mode, Role::Outbound, Some(client.clone())), inbound).await;
+        for n in [3 << 20, 1] {
+            round_trip(outbound, n).await;
+            for rx in [&mut out_results, &mut in_results] {
+                let c = rx.recv().await.unwrap().unwrap();
+                assert_eq!((c.up, c.down), (n as u64, n as u64), "{mode:?}");
+            }
+        }
     }
+}
+
+/// Each TLS mode's outbound relay with the other's inbound one: the ring's
+/// records are rustls's records, whoever reads them.
+#[tokio::test]
+async fn tls_and_uring_tls_relays_interoperate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, server) = identities(dir.path());
+    let app = echo().await;
+    for (out_mode, in_mode) in [(Mode::UringTls, Mode::Tls), (Mode::Tls, Mode::UringTls)] {
+        let (inbound, mut in_results) =
+            serve_to(relay(in_mode, Role::Inbound, Some(server.clone())), app).await;
+        let (outbound, mut out_results) = serve_to(
+            relay(out_mode, Role::Outbound, Some(client.clone())),
+            inbound,
+        )
+        .await;
+        round_trip(outbound, 2 << 20).await;
+        for rx in [&mut out_results, &mut in_results] {
+            let c = rx.recv().await.unwrap().unwrap();
+            assert_eq!(
+                (c.up, c.down),
+                (2 << 20, 2 << 20),
+                "{out_mode:?} to {in_mode:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn plaintext_peer_on_the_uring_tls_relay_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, server) = identities(dir.path());
+    let app = echo().await;
+    let (inbound, mut results) =
+        serve_to(relay(Mode::UringTls, Role::Inbound, Some(server)), app).await;
+    let mut s = TcpStream::connect(inbound).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), results.recv())
+        .await
+        .expect("refused within 10 s")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(e, RelayError::Handshake { side: "server", .. }),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::serve::Copied;
 use super::uring_flow::{Done, Next, OneWay, UringIo};
+use super::uring_tls::TlsState;
 
 /// Connections one relay carries at once. The buffers are allocated (and,
 /// for `uring-fixed`/`uring-zc`, registered and so pinned) up front:
@@ -45,6 +46,8 @@ struct Job {
     up: TcpStream,
     /// For the relay's log (peer and destination).
     what: String,
+    /// Mode `uring-tls`: the established TLS connection on one of the sockets.
+    tls: Option<TlsState>,
     reply: tokio::sync::oneshot::Sender<Outcome>,
 }
 
@@ -112,14 +115,22 @@ impl UringRelay {
         })
     }
 
-    /// Relays `down` and `up` both ways until both ends close.
-    pub async fn relay(&self, down: TcpStream, up: TcpStream, what: String) -> Outcome {
+    /// Relays `down` and `up` both ways until both ends close, through
+    /// `tls` (mode `uring-tls`) on the socket it names.
+    pub async fn relay(
+        &self,
+        down: TcpStream,
+        up: TcpStream,
+        what: String,
+        tls: Option<TlsState>,
+    ) -> Outcome {
         let zero = |e| Err((Copied::default(), e));
         let (reply, done) = tokio::sync::oneshot::channel();
         let job = Job {
             down,
             up,
             what,
+            tls,
             reply,
         };
         let sent = match self.inner.jobs.lock() {
@@ -155,15 +166,30 @@ struct Conn {
     inflight: u32,
     error: Option<io::Error>,
     what: String,
+    tls: Option<TlsState>,
     reply: Option<tokio::sync::oneshot::Sender<Outcome>>,
 }
 
 impl Conn {
+    /// Bytes moved each way; with TLS, the plaintext (what the apps sent).
     fn copied(&self) -> Copied {
-        Copied {
-            up: self.ways[0].moved,
-            down: self.ways[1].moved,
+        match &self.tls {
+            Some(t) => Copied {
+                up: t.plain[0],
+                down: t.plain[1],
+            },
+            None => Copied {
+                up: self.ways[0].moved,
+                down: self.ways[1].moved,
+            },
         }
+    }
+
+    /// Keeps the first error, with the words that explain it.
+    fn fail(&mut self, message: String) -> Done {
+        self.error
+            .get_or_insert_with(|| io::Error::new(io::ErrorKind::InvalidData, message));
+        Done::Recv(-libc::EPROTO)
     }
 
     fn finished(&self) -> bool {
@@ -179,6 +205,11 @@ struct Arena {
 }
 
 impl Arena {
+    /// The first `len` bytes of buffer `index` (what a receive filled).
+    fn slice(&self, index: usize, len: usize) -> &[u8] {
+        &self.mem[index * self.buffer..][..len.min(self.buffer)]
+    }
+
     fn ptr(&mut self, index: usize, at: usize) -> *mut u8 {
         debug_assert!(at <= self.buffer);
         // SAFETY: index < 2 × MAX_CONNS and at ≤ buffer keep this inside mem.
@@ -330,10 +361,22 @@ impl Worker {
             inflight: 0,
             error: None,
             what: job.what,
+            tls: job.tls,
             reply: Some(job.reply),
         });
         for dir in 0..2 {
-            self.act(slot, dir, Next::Recv)?;
+            let conn = self.conns[slot].as_mut().expect("just filled");
+            // TLS: plaintext that came with the handshake, or records rustls
+            // still holds, go first.
+            let next = match conn.tls.as_mut().map(|t| t.pending(dir)) {
+                None => Next::Recv,
+                Some(Ok(done)) => conn.ways[dir].complete(done),
+                Some(Err(e)) => {
+                    let done = conn.fail(e);
+                    conn.ways[dir].complete(done)
+                }
+            };
+            self.act(slot, dir, next)?;
         }
         Ok(())
     }
@@ -351,7 +394,16 @@ impl Worker {
                 copied: (res as u32) & IORING_NOTIF_USAGE_ZC_COPIED != 0,
             }
         } else if op == OP_RECV {
-            Done::Recv(res)
+            match conn.tls.as_mut() {
+                Some(t) if res >= 0 => {
+                    let input = self.arena.slice(2 * slot + dir, res as usize);
+                    match t.received(dir, input, res == 0) {
+                        Ok(done) => done,
+                        Err(e) => conn.fail(e),
+                    }
+                }
+                _ => Done::Recv(res),
+            }
         } else {
             let notif_follows = cqueue::more(flags);
             conn.inflight += u32::from(notif_follows);
@@ -386,7 +438,11 @@ impl Worker {
                 .user_data(tag | OP_RECV)
             }
             Next::Send { at, len } => {
-                let buf = self.arena.ptr(index, at).cast_const();
+                let buf = match &conn.tls {
+                    // SAFETY: at + len ≤ out[dir].len(), which stays as it is until this send completes.
+                    Some(t) => unsafe { t.out[dir].as_ptr().add(at) },
+                    None => self.arena.ptr(index, at).cast_const(),
+                };
                 let len = len as u32;
                 // MSG_WAITALL: the kernel retries a short send itself.
                 let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;

@@ -47,8 +47,10 @@ pub enum Next {
 /// A completion of one direction's operation, as the ring reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Done {
-    /// A receive's result (bytes, 0 at EOF, or -errno).
+    /// A receive's result (bytes to send on, 0 at EOF, or -errno).
     Recv(i32),
+    /// A receive that leaves nothing to send yet (TLS: part of a record).
+    Empty,
     /// A send's result (bytes or -errno); `notif_follows` when the kernel
     /// flagged IORING_CQE_F_MORE (SEND_ZC: a notification will come).
     Send { res: i32, notif_follows: bool },
@@ -141,6 +143,7 @@ impl OneWay {
                 }
             }
             (State::Receiving, Done::Recv(0)) => self.eof_seen(),
+            (State::Receiving, Done::Empty) => Next::Recv,
             (State::Receiving, Done::Recv(e)) if retry(e) => Next::Recv,
             (State::Sending { at, end }, Done::Send { res, notif_follows }) => {
                 self.notifs_due += u32::from(notif_follows);
@@ -283,6 +286,12 @@ mod tests {
                     Next::ShutdownWrite,
                 ],
                 true,
+            ),
+            (
+                "TLS: a partial record leaves nothing to send: receive more",
+                vec![Done::Empty, Done::Recv(7), send(7, false)],
+                vec![Next::Recv, Next::Send { at: 0, len: 7 }, Next::Recv],
+                false,
             ),
             (
                 "a reset source fails the direction",
