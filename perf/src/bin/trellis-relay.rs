@@ -2,7 +2,8 @@
 //! bench inside a pod's netns (see `trellis_perf::bulk::relay`).
 //!
 //! ```text
-//! trellis-relay --mode tcp|splice|tls --role outbound|inbound --listen ADDR [...]
+//! trellis-relay --mode tcp|splice|tls|uring|uring-fixed|uring-zc --role outbound|inbound --listen ADDR [...]
+//! trellis-relay --probe [all | IFNAME...]
 //! ```
 
 use std::process::ExitCode;
@@ -21,6 +22,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<(), relay::RelayError> {
+    if let Some(("--probe", names)) = args.split_first().map(|(f, r)| (f.as_str(), r)) {
+        let which = relay::uring_probe::Interfaces::parse(names);
+        for line in relay::uring_probe::report(&which) {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let cfg = relay::parse_args(args)?;
     let relay = Relay::new(cfg)?;
     // One thread, like the node proxy with --workers 1: the bench pins the

@@ -25,7 +25,8 @@ const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 
 pub const USAGE: &str = "usage: trellis-bulk-bench [--quick] [--secs N] [--repeat N] [--out DIR] \
-[--columns direct,tcp-relay,splice-relay,tls-relay,trellis,ztunnel] [--ztunnel PATH] [--syscalls DIR] [--profile DIR]\n\
+[--columns direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis,ztunnel] \
+[--ztunnel PATH] [--syscalls DIR] [--profile DIR]\n\
   --quick          3 s per run, 1 round; writes bulk-quick.{json,md}\n\
   --secs N         iperf3 seconds per run (default 10)\n\
   --repeat N       rounds, each measuring every column once (default 3)\n\
@@ -240,6 +241,13 @@ pub fn run(o: &Opts) -> Result<()> {
         echo,
         Duration::from_secs(10),
     )?;
+    let mut probe = vec![];
+    if o.columns.iter().any(|c| c.uring()) {
+        probe = uring_probe(&bt, bins.relay.as_deref().context("no relay binary")?)?;
+        for line in &probe {
+            say(format!("io_uring: {line}"));
+        }
+    }
     run::settle();
 
     let measure = Measure {
@@ -264,6 +272,7 @@ pub fn run(o: &Opts) -> Result<()> {
         ));
     }
     let mut samples = Vec::new();
+    let mut zc_notes = Vec::new();
     for round in 0..o.repeat {
         for &column in &o.columns {
             say(format!(
@@ -287,6 +296,12 @@ pub fn run(o: &Opts) -> Result<()> {
             let s = measure.run(column, round, &running.pids())?;
             running.check_alive()?;
             check_path(&running, &opened, &s)?;
+            if let (Running::Relays(pair), Column::UringZcRelay) = (&running, column) {
+                for line in pair.zc_summary() {
+                    say(format!("  {line}"));
+                    zc_notes.push(format!("round {}: {line}", round + 1));
+                }
+            }
             say(format!(
                 "  {:.2} Gbit/s, proxy CPU {} s/GB, CPU 1 busy {:.3} s/GB, {} retransmits",
                 s.gbit_per_s,
@@ -307,6 +322,18 @@ pub fn run(o: &Opts) -> Result<()> {
     notes.extend(setup_notes(o));
     if let Some(z) = &zt {
         notes.push(ztunnel_note(z));
+    }
+    if !zc_notes.is_empty() {
+        notes.push(format!(
+            "uring-zc, the iperf3 data connection's SEND_ZC notifications (IORING_SEND_ZC_REPORT_USAGE): {}",
+            zc_notes.join("; ")
+        ));
+    }
+    if !probe.is_empty() {
+        notes.push(format!(
+            "io_uring on this kernel (`trellis-relay --probe all` in the server pod): {}",
+            probe.join("; ")
+        ));
     }
     let mut md = report::markdown(
         "Bulk transfer: Trellis against its floors",
@@ -385,6 +412,26 @@ fn ztunnel_note(z: &ZtunnelMesh) -> String {
     )
 }
 
+/// What io_uring this kernel offers, asked in the server pod's netns
+/// (whose interfaces are its veth and loopback).
+fn uring_probe(bt: &BenchTopo, relay: &Path) -> Result<Vec<String>> {
+    let relay = relay.display().to_string();
+    let out = trellis_e2e::process::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            bt.server.netns_name(),
+            &relay,
+            "--probe",
+            "all",
+        ],
+        Duration::from_secs(20),
+    )
+    .context("probing io_uring in the server pod")?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
 /// What the report says about how the columns were run.
 fn setup_notes(o: &Opts) -> Vec<String> {
     let mut notes = vec![
@@ -400,6 +447,10 @@ fn setup_notes(o: &Opts) -> Vec<String> {
         format!(
             "relays: one trellis-relay per pod behind the Envoy sidecars' capture (outbound 15001, inbound 15006, SO_ORIGINAL_DST, proxy mark); tokio current-thread runtime; copy_bidirectional with {} KiB per direction; splice: {} KiB pipe, a blocking thread per direction; tls: rustls with ring, TLS 1.3, HBONE's cipher suites and config builders, a read buffer and rustls send-buffer limit of the copy buffer's size, dev-CA SPIFFE certificates (mTLS), default record size, no HTTP/2",
             DEFAULT_BUFFER / 1024,
+            DEFAULT_BUFFER / 1024
+        ),
+        format!(
+            "uring relays: the same relays with the bytes moved on one io_uring (SINGLE_ISSUER|DEFER_TASKRUN) on one thread per relay, for all its connections; one {} KiB buffer per direction, received into and sent from serially; uring: RECV/SEND (MSG_WAITALL); uring-fixed: READ_FIXED/WRITE_FIXED on registered buffers; uring-zc: READ_FIXED in, SEND_ZC from the registered buffer out (the next receive waits for the zero-copy notification); uring-tls: tls's handshake and rustls configuration, then RECV/SEND on the ring with rustls between them (records sent as rustls writes them, one send per received buffer)",
             DEFAULT_BUFFER / 1024
         ),
         "proxy CPU: utime+stime of the relays or node proxies over the iperf3 run; CPU 1 busy: all of CPU 1 (iperf3 -s, proxies, softirq) per GB; ctx switches: voluntary+involuntary of the mesh processes' threads (not for splice, whose per-connection threads leave /proc before they are read)".to_string(),

@@ -23,29 +23,41 @@ pub enum Column {
     Direct,
     TcpRelay,
     SpliceRelay,
+    UringRelay,
+    UringFixedRelay,
+    UringZcRelay,
     TlsRelay,
+    UringTlsRelay,
     Trellis,
     /// Istio's ztunnel, built outside the project: only with `--ztunnel PATH`.
     Ztunnel,
 }
 
 impl Column {
-    pub const ALL: [Column; 6] = [
+    pub const ALL: [Column; 10] = [
         Column::Direct,
         Column::TcpRelay,
         Column::SpliceRelay,
+        Column::UringRelay,
+        Column::UringFixedRelay,
+        Column::UringZcRelay,
         Column::TlsRelay,
+        Column::UringTlsRelay,
         Column::Trellis,
         Column::Ztunnel,
     ];
 
     /// Without `--columns`: every column but ztunnel, whose binary the
     /// project does not build.
-    pub const DEFAULT: [Column; 5] = [
+    pub const DEFAULT: [Column; 9] = [
         Column::Direct,
         Column::TcpRelay,
         Column::SpliceRelay,
+        Column::UringRelay,
+        Column::UringFixedRelay,
+        Column::UringZcRelay,
         Column::TlsRelay,
+        Column::UringTlsRelay,
         Column::Trellis,
     ];
 
@@ -55,7 +67,11 @@ impl Column {
             Column::Direct => "direct",
             Column::TcpRelay => "tcp-relay",
             Column::SpliceRelay => "splice-relay",
+            Column::UringRelay => "uring",
+            Column::UringFixedRelay => "uring-fixed",
+            Column::UringZcRelay => "uring-zc",
             Column::TlsRelay => "tls-relay",
+            Column::UringTlsRelay => "uring-tls",
             Column::Trellis => "trellis",
             Column::Ztunnel => "ztunnel",
         }
@@ -67,7 +83,11 @@ impl Column {
             Column::Direct => "direct (no proxy)",
             Column::TcpRelay => "TCP relay pair (tokio copy)",
             Column::SpliceRelay => "TCP relay pair (splice)",
+            Column::UringRelay => "TCP relay pair (io_uring recv/send)",
+            Column::UringFixedRelay => "TCP relay pair (io_uring registered buffers)",
+            Column::UringZcRelay => "TCP relay pair (io_uring SEND_ZC)",
             Column::TlsRelay => "TLS relay pair (mTLS 1.3, no HTTP/2)",
+            Column::UringTlsRelay => "TLS relay pair on io_uring (recv/send)",
             Column::Trellis => "Trellis ambient (node proxies, shared mode)",
             Column::Ztunnel => "Istio ztunnel (node proxies, shared mode)",
         }
@@ -82,9 +102,18 @@ impl Column {
         match self {
             Column::TcpRelay => Some(Mode::Tcp),
             Column::SpliceRelay => Some(Mode::Splice),
+            Column::UringRelay => Some(Mode::Uring),
+            Column::UringFixedRelay => Some(Mode::UringFixed),
+            Column::UringZcRelay => Some(Mode::UringZc),
             Column::TlsRelay => Some(Mode::Tls),
+            Column::UringTlsRelay => Some(Mode::UringTls),
             Column::Direct | Column::Trellis | Column::Ztunnel => None,
         }
+    }
+
+    /// Whether it is an io_uring relay column.
+    pub fn uring(self) -> bool {
+        self.relay_mode().is_some_and(|m| m.uring_io().is_some())
     }
 
     /// Whether the processes' own counters cover the whole flow: the splice
@@ -200,6 +229,22 @@ pub fn max_up_bytes(log: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The SEND_ZC notifications of the connection that had the most, and how
+/// many of them said the kernel copied the data after all, from the
+/// io_uring relay's lines (`... send-zc notifications=N copied-by-kernel=M`).
+pub fn zc_notifications(log: &str) -> Option<(u64, u64)> {
+    log.lines()
+        .filter_map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|f| f.strip_prefix(name))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            Some((field("notifications=")?, field("copied-by-kernel=")?))
+        })
+        .max()
+}
+
 /// The outbound relay in the client pod and the inbound one in the server pod.
 pub struct RelayPair {
     pub mode: Mode,
@@ -249,7 +294,7 @@ impl RelayPair {
                 ]
                 .map(String::from),
             );
-            if mode == Mode::Tls {
+            if mode.tls() {
                 argv.extend(tls_flags(&ca, &dir, pod, role == "outbound")?);
             }
             let ns = pod.netns()?;
@@ -275,6 +320,20 @@ impl RelayPair {
             relays.push(relay);
         }
         Ok(RelayPair { mode, relays })
+    }
+
+    /// Per relay, what its busiest SEND_ZC connection's notifications said.
+    pub fn zc_summary(&self) -> Vec<String> {
+        self.relays
+            .iter()
+            .filter_map(|r| {
+                let (n, copied) = zc_notifications(&r.log())?;
+                Some(format!(
+                    "the relay in {}: {n} SEND_ZC notifications, {copied} of them copied by the kernel",
+                    r.pod
+                ))
+            })
+            .collect()
     }
 
     /// Fails unless both relays carried at least `bytes` on one connection
@@ -375,17 +434,25 @@ mod tests {
             [Column::TlsRelay, Column::TcpRelay]
         );
         assert_eq!(
-            ok("direct,tcp-relay,splice-relay,tls-relay,trellis"),
+            ok("direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis"),
             Column::DEFAULT
         );
         assert_eq!(
-            ok("direct,tcp-relay,splice-relay,tls-relay,trellis,ztunnel"),
+            ok("direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis,ztunnel"),
             Column::ALL
+        );
+        assert_eq!(
+            ok("uring-zc,uring"),
+            [Column::UringZcRelay, Column::UringRelay]
         );
         // (list, what the error says)
         let bad = [
             ("", "no column"),
             ("direct,udp-relay", "unknown column \"udp-relay\""),
+            (
+                "uring-relay",
+                "known: direct, tcp-relay, splice-relay, uring, uring-fixed",
+            ),
             ("trellis,trellis", "trellis given twice"),
         ];
         for (list, want) in bad {
@@ -403,5 +470,18 @@ mod tests {
                    relay tcp outbound: peer=1.2.3.4:4: connection ... up=99999999999\n";
         assert_eq!(max_up_bytes(log), 1133690901);
         assert_eq!(max_up_bytes(""), 0);
+    }
+
+    #[test]
+    fn zero_copy_notifications_from_the_relay_log() {
+        let log = "relay uring-zc inbound: listening on 0.0.0.0:15006 (buffer 262144 B, mark 0x539)\n\
+                   relay uring-zc inbound: peer=1.2.3.4:1 dst=5.6.7.8:7000 send-zc notifications=2 copied-by-kernel=2\n\
+                   relay uring-zc inbound: peer=1.2.3.4:2 dst=5.6.7.8:5201 send-zc notifications=90210 copied-by-kernel=90001\n\
+                   relay uring-zc inbound: closed peer=1.2.3.4:2 dst=5.6.7.8:5201 up=1133690901 down=0\n";
+        assert_eq!(zc_notifications(log), Some((90210, 90001)));
+        assert_eq!(
+            zc_notifications("relay uring inbound: closed up=1 down=1"),
+            None
+        );
     }
 }

@@ -181,9 +181,11 @@ const PERF_EXIT: Duration = Duration::from_secs(20);
 const SYSCALL_EVENT: &str = "raw_syscalls:sys_enter";
 
 /// What `--syscalls` counts: every syscall, the I/O and wake-up ones the
-/// L7 profile counts, and the memory ones (a copy buffer that grows and
-/// shrinks with the flow maps and unmaps).
+/// L7 profile counts, the memory ones (a copy buffer that grows and
+/// shrinks with the flow maps and unmaps), and io_uring_enter, the one
+/// syscall through which the uring relays submit and wait.
 pub const SYSCALL_KINDS: &[&str] = &[
+    "syscalls:sys_enter_io_uring_enter",
     "syscalls:sys_enter_mmap",
     "syscalls:sys_enter_munmap",
     "syscalls:sys_enter_mremap",

@@ -17,6 +17,8 @@ use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use trellis_netns::{sockopt, ListenOpts, SocketOpts};
 
+use super::uring::UringRelay;
+use super::uring_tls::TlsState;
 use super::{Mode, RelayConfig, RelayError, Role, TlsFiles, RELAY_ALPN};
 
 /// A peer that opens a connection and says nothing must not hold a task forever.
@@ -30,6 +32,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 pub struct Relay {
     pub cfg: RelayConfig,
     tls: Option<TlsSide>,
+    /// Modes `uring*`: the ring's thread, shared by all connections.
+    uring: Option<UringRelay>,
 }
 
 #[derive(Clone)]
@@ -53,10 +57,21 @@ impl Relay {
     /// HBONE's; only the ALPN differs (no HTTP/2 inside).
     pub fn new(cfg: RelayConfig) -> Result<Relay, RelayError> {
         let tls = match (&cfg.tls, cfg.mode) {
-            (Some(files), Mode::Tls) => Some(tls_side(cfg.role, files)?),
+            (Some(files), m) if m.tls() => Some(tls_side(cfg.role, files)?),
             _ => None,
         };
-        Ok(Relay { cfg, tls })
+        let uring = match cfg.mode.uring_io() {
+            Some(io) => Some(
+                UringRelay::start(
+                    io,
+                    cfg.buffer,
+                    format!("{} {}", cfg.mode.name(), cfg.role.name()),
+                )
+                .map_err(|e| RelayError::Uring(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Relay { cfg, tls, uring })
     }
 
     /// Binds the listen address in the current netns (the relay is started in the pod's).
@@ -154,9 +169,13 @@ impl Relay {
                     side: "server",
                     source,
                 })?;
+                let up = self.connect(dst).await?;
+                if let Some(uring) = &self.uring {
+                    let (io, conn) = tls.into_inner();
+                    return self.on_ring(uring, io, up, peer, dst, 0, conn.into()).await;
+                }
                 let mut tls = tls;
                 tls.get_mut().1.set_buffer_limit(Some(self.cfg.buffer));
-                let up = self.connect(dst).await?;
                 copy(self.cfg.buffer, tls, up, dst).await
             }
             Some(TlsSide::Client(connector)) => {
@@ -174,6 +193,12 @@ impl Relay {
                     side: "client",
                     source,
                 })?;
+                if let Some(uring) = &self.uring {
+                    let (io, conn) = tls.into_inner();
+                    return self
+                        .on_ring(uring, down, io, peer, dst, 1, conn.into())
+                        .await;
+                }
                 let mut tls = tls;
                 tls.get_mut().1.set_buffer_limit(Some(self.cfg.buffer));
                 copy(self.cfg.buffer, down, tls, dst).await
@@ -193,11 +218,58 @@ impl Relay {
                         source,
                     })
             }
-            None => {
-                let up = self.connect(dst).await?;
-                copy(self.cfg.buffer, down, up, dst).await
-            }
+            None => match &self.uring {
+                Some(uring) => {
+                    let up = self.connect(dst).await?;
+                    let down = down.into_std().map_err(|source| copy_err(dst, source))?;
+                    let up = up.into_std().map_err(|source| copy_err(dst, source))?;
+                    uring
+                        .relay(down, up, format!("peer={peer} dst={dst}"), None)
+                        .await
+                        .map_err(|(c, source)| RelayError::Copy {
+                            dst,
+                            up: c.up,
+                            down: c.down,
+                            source,
+                        })
+                }
+                None => {
+                    let up = self.connect(dst).await?;
+                    copy(self.cfg.buffer, down, up, dst).await
+                }
+            },
         }
+    }
+
+    /// Mode `uring-tls`: hands an established TLS connection on socket
+    /// `side` (0: `down`, 1: `up`) to the ring, with the ciphertext the
+    /// handshake's read buffer holds past it.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_ring<A: Transport, B: Transport>(
+        &self,
+        uring: &UringRelay,
+        down: A,
+        up: B,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        side: usize,
+        conn: rustls::Connection,
+    ) -> Result<Copied, RelayError> {
+        let (down, down_left) = down.into_parts();
+        let (up, up_left) = up.into_parts();
+        let leftover = if side == 0 { down_left } else { up_left };
+        let tls = TlsState::new(conn, side, leftover);
+        let down = down.into_std().map_err(|source| copy_err(dst, source))?;
+        let up = up.into_std().map_err(|source| copy_err(dst, source))?;
+        uring
+            .relay(down, up, format!("peer={peer} dst={dst}"), Some(tls))
+            .await
+            .map_err(|(c, source)| RelayError::Copy {
+                dst,
+                up: c.up,
+                down: c.down,
+                source,
+            })
     }
 
     async fn connect(&self, dst: SocketAddr) -> Result<TcpStream, RelayError> {
@@ -219,6 +291,25 @@ impl Relay {
 /// records.
 fn transport(tcp: TcpStream, buffer: usize) -> BufReader<TcpStream> {
     BufReader::with_capacity(buffer, tcp)
+}
+
+/// A socket as the TLS handshake left it: bare, or behind the read buffer
+/// ([`transport`]), whose unread bytes must go to rustls.
+trait Transport {
+    fn into_parts(self) -> (TcpStream, Vec<u8>);
+}
+
+impl Transport for TcpStream {
+    fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self, Vec::new())
+    }
+}
+
+impl Transport for BufReader<TcpStream> {
+    fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        let left = self.buffer().to_vec();
+        (self.into_inner(), left)
+    }
 }
 
 fn copy_err(dst: SocketAddr, source: std::io::Error) -> RelayError {

@@ -26,6 +26,30 @@ fn parses_flags_and_reports_every_problem() {
             Ok((Mode::Splice, Role::Inbound, 0, 1 << 20, false)),
         ),
         (
+            "--mode uring --role outbound --listen 127.0.0.1:15001".into(),
+            Ok((Mode::Uring, Role::Outbound, DEFAULT_MARK, DEFAULT_BUFFER, false)),
+        ),
+        (
+            "--mode uring-fixed --role inbound --listen 0.0.0.0:15006".into(),
+            Ok((Mode::UringFixed, Role::Inbound, DEFAULT_MARK, DEFAULT_BUFFER, false)),
+        ),
+        (
+            "--mode uring-zc --role inbound --listen 0.0.0.0:15006 --buffer 65536".into(),
+            Ok((Mode::UringZc, Role::Inbound, DEFAULT_MARK, 65536, false)),
+        ),
+        (
+            format!("--mode uring --role outbound --listen 127.0.0.1:15001 {tls_files}"),
+            Err(vec!["for --mode tls and uring-tls only"]),
+        ),
+        (
+            format!("--mode uring-tls --role outbound --listen 127.0.0.1:15001 {tls_files} --peer-id spiffe://td/ns/n/sa/s"),
+            Ok((Mode::UringTls, Role::Outbound, DEFAULT_MARK, DEFAULT_BUFFER, true)),
+        ),
+        (
+            "--mode uring-tls --role inbound --listen 0.0.0.0:15006".into(),
+            Err(vec!["--mode uring-tls needs --cert-chain, --key and --root"]),
+        ),
+        (
             format!("--mode tls --role inbound --listen 0.0.0.0:15006 {tls_files} --mark 0x53b"),
             Ok((Mode::Tls, Role::Inbound, 0x53b, DEFAULT_BUFFER, true)),
         ),
@@ -48,7 +72,7 @@ fn parses_flags_and_reports_every_problem() {
         ),
         (
             format!("--mode tcp --role outbound --listen 127.0.0.1:15001 {tls_files}"),
-            Err(vec!["for --mode tls only"]),
+            Err(vec!["for --mode tls and uring-tls only"]),
         ),
         (
             "--mode tcp --role outbound --listen 127.0.0.1:15001 --buffer 12 --mark x --bogus 1".into(),
@@ -240,25 +264,84 @@ async fn round_trip(addr: SocketAddr, n: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn tls_pair_relays_both_ways_and_counts_bytes() {
+async fn tls_pairs_relay_both_ways_and_count_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let (client, server) = identities(dir.path());
     let app = echo().await;
-    let (inbound, mut in_results) =
-        serve_to(relay(Mode::Tls, Role::Inbound, Some(server)), app).await;
-    let (outbound, mut out_results) =
-        serve_to(relay(Mode::Tls, Role::Outbound, Some(client)), inbound).await;
-    round_trip(outbound, 3 << 20).await;
-    for rx in [&mut out_results, &mut in_results] {
-        let c = rx.recv().await.unwrap().unwrap();
-        assert_eq!((c.up, c.down), (3 << 20, 3 << 20));
+    for mode in [Mode::Tls, Mode::UringTls] {
+        let (inbound, mut in_results) =
+            serve_to(relay(mode, Role::Inbound, Some(server.clone())), app).await;
+        let (outbound, mut out_results) =
+            serve_to(relay(mode, Role::Outbound, Some(client.clone())), inbound).await;
+        for n in [3 << 20, 1] {
+            round_trip(outbound, n).await;
+            for rx in [&mut out_results, &mut in_results] {
+                let c = rx.recv().await.unwrap().unwrap();
+                assert_eq!((c.up, c.down), (n as u64, n as u64), "{mode:?}");
+            }
+        }
+    }
+}
+
+/// Each TLS mode's outbound relay with the other's inbound one: the ring's
+/// records are rustls's records, whoever reads them.
+#[tokio::test]
+async fn tls_and_uring_tls_relays_interoperate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, server) = identities(dir.path());
+    let app = echo().await;
+    for (out_mode, in_mode) in [(Mode::UringTls, Mode::Tls), (Mode::Tls, Mode::UringTls)] {
+        let (inbound, mut in_results) =
+            serve_to(relay(in_mode, Role::Inbound, Some(server.clone())), app).await;
+        let (outbound, mut out_results) = serve_to(
+            relay(out_mode, Role::Outbound, Some(client.clone())),
+            inbound,
+        )
+        .await;
+        round_trip(outbound, 2 << 20).await;
+        for rx in [&mut out_results, &mut in_results] {
+            let c = rx.recv().await.unwrap().unwrap();
+            assert_eq!(
+                (c.up, c.down),
+                (2 << 20, 2 << 20),
+                "{out_mode:?} to {in_mode:?}"
+            );
+        }
     }
 }
 
 #[tokio::test]
-async fn tcp_and_splice_relay_both_ways() {
+async fn plaintext_peer_on_the_uring_tls_relay_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, server) = identities(dir.path());
     let app = echo().await;
-    for mode in [Mode::Tcp, Mode::Splice] {
+    let (inbound, mut results) =
+        serve_to(relay(Mode::UringTls, Role::Inbound, Some(server)), app).await;
+    let mut s = TcpStream::connect(inbound).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), results.recv())
+        .await
+        .expect("refused within 10 s")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(e, RelayError::Handshake { side: "server", .. }),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn tcp_splice_and_uring_relay_both_ways() {
+    let app = echo().await;
+    for mode in [
+        Mode::Tcp,
+        Mode::Splice,
+        Mode::Uring,
+        Mode::UringFixed,
+        Mode::UringZc,
+    ] {
         let (inbound, mut in_results) = serve_to(relay(mode, Role::Inbound, None), app).await;
         let (outbound, mut out_results) =
             serve_to(relay(mode, Role::Outbound, None), inbound).await;
@@ -336,4 +419,73 @@ fn bad_certificate_files_fail_at_start_not_at_the_first_connection() {
     .err()
     .expect("missing files are an error");
     assert!(e.to_string().contains("none.pem"), "{e}");
+}
+
+#[test]
+fn every_mode_parses_back_from_its_name() {
+    for m in Mode::ALL {
+        assert_eq!(Mode::parse(m.name()), Some(m));
+    }
+    assert_eq!(Mode::parse("io_uring"), None);
+}
+
+/// Several connections at once through one ring, each with its own bytes.
+#[tokio::test]
+async fn uring_relays_concurrent_connections() {
+    let app = echo().await;
+    for mode in [Mode::Uring, Mode::UringZc] {
+        let (inbound, mut in_results) = serve_to(relay(mode, Role::Inbound, None), app).await;
+        let (outbound, mut out_results) =
+            serve_to(relay(mode, Role::Outbound, None), inbound).await;
+        let sizes = [1usize, 70_000, 1 << 20, 3 << 20];
+        let trips: Vec<_> = sizes
+            .iter()
+            .map(|&n| tokio::spawn(round_trip(outbound, n)))
+            .collect();
+        for t in trips {
+            t.await.unwrap();
+        }
+        for rx in [&mut out_results, &mut in_results] {
+            let mut got: Vec<u64> = Vec::new();
+            for _ in sizes {
+                let c = rx.recv().await.unwrap().unwrap();
+                assert_eq!(c.up, c.down, "{mode:?}");
+                got.push(c.up);
+            }
+            got.sort();
+            let want: Vec<u64> = sizes.iter().map(|&n| n as u64).collect();
+            assert_eq!(got, want, "{mode:?}");
+        }
+    }
+}
+
+/// An app that resets the connection mid-transfer: the io_uring relay
+/// ends the connection with the error and the bytes so far, and does not hang.
+#[tokio::test]
+async fn uring_relay_ends_a_connection_the_app_resets() {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let app = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1000];
+            let _ = s.read_exact(&mut buf).await;
+            // Closing with unread bytes received sends RST.
+            drop(s);
+        }
+    });
+    for mode in [Mode::Uring, Mode::UringFixed, Mode::UringZc] {
+        let (addr, mut results) = serve_to(relay(mode, Role::Inbound, None), app).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let data = vec![7u8; 8 << 20];
+        // The relay's send to the reset app fails; so, soon, do ours.
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.write_all(&data)).await;
+        let r = tokio::time::timeout(Duration::from_secs(20), results.recv())
+            .await
+            .expect("the relay ends the connection within 20 s")
+            .unwrap();
+        match r {
+            Err(RelayError::Copy { up, .. }) => assert!(up < 8 << 20, "{mode:?}: up={up}"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+    }
 }
