@@ -1215,10 +1215,7 @@ async fn next_held(held: &mut tokio::sync::mpsc::UnboundedReceiver<HeldStream>) 
 }
 
 /// An HTTP/2 GET from the client pod to `web`, optionally asking for trailers.
-async fn h2_get(
-    client: &mut h2::client::SendRequest<Bytes>,
-    te_trailers: bool,
-) -> h2::RecvStream {
+async fn h2_get(client: &mut h2::client::SendRequest<Bytes>, te_trailers: bool) -> h2::RecvStream {
     let mut req = http::Request::builder().uri(format!("http://{}/", web()));
     if te_trailers {
         req = req.header(http::header::TE, "trailers");
@@ -1236,7 +1233,9 @@ async fn h2_get(
 
 /// Reads the body's next DATA frame, within the test deadline.
 async fn next_data(body: &mut h2::RecvStream) -> Option<Bytes> {
-    let d = tokio::time::timeout(T, body.data()).await.expect("body in time");
+    let d = tokio::time::timeout(T, body.data())
+        .await
+        .expect("body in time");
     d.map(|d| {
         let d = d.expect("body data");
         let _ = body.flow_control().release_capacity(d.len());
@@ -1292,8 +1291,12 @@ fn h2_body_ends_at_its_content_length_unless_the_client_wants_trailers() {
             first.poll_reset(&mut cx).is_pending(),
             "the waypoint reset the upstream stream instead of reading its end"
         );
-        first.send_data(Bytes::new(), true).expect("end the first stream");
-        second.send_data(Bytes::new(), true).expect("end the second stream");
+        first
+            .send_data(Bytes::new(), true)
+            .expect("end the first stream");
+        second
+            .send_data(Bytes::new(), true)
+            .expect("end the second stream");
         assert_eq!(next_data(&mut body2).await.as_deref(), Some(&b"hello"[..]));
         assert_eq!(next_data(&mut body2).await, None);
 
@@ -1312,7 +1315,9 @@ fn h2_body_ends_at_its_content_length_unless_the_client_wants_trailers() {
             .expect("trailers in time")
             .expect("trailers");
         assert_eq!(
-            got.as_ref().and_then(|t| t.get("x-done")).map(|v| v.as_bytes()),
+            got.as_ref()
+                .and_then(|t| t.get("x-done"))
+                .map(|v| v.as_bytes()),
             Some(&b"1"[..]),
             "trailers lost: {got:?}"
         );
