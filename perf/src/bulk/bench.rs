@@ -58,7 +58,7 @@ impl Opts {
         let mut a = Args::new(USAGE);
         let (mut quick, mut secs, mut repeat) = (false, None, None);
         let mut out = PathBuf::from("perf/results");
-        let mut columns = Column::DEFAULT.to_vec();
+        let mut columns = Column::defaults();
         let mut syscalls = None;
         let mut profile = None;
         let mut ztunnel = None;
