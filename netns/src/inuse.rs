@@ -57,19 +57,7 @@ pub fn probe(ns: Option<&NetNs>, addr: SocketAddr) -> io::Result<bool> {
 /// The processes holding a listening TCP socket on `port` in `ns` (None:
 /// the caller's netns). Empty when none is found (or /proc cannot tell).
 pub fn listeners_of(ns: Option<&NetNs>, port: u16) -> io::Result<Vec<Holder>> {
-    // /proc/thread-self/net shows the reading thread's namespace.
-    let read = || -> io::Result<String> {
-        let mut text = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
-        if let Ok(v6) = std::fs::read_to_string("/proc/thread-self/net/tcp6") {
-            text.push_str(&v6);
-        }
-        Ok(text)
-    };
-    let text = match ns {
-        Some(ns) => ns.run_in(read)??,
-        None => read()?,
-    };
-    let inodes = listening_inodes(&text, port);
+    let inodes = listening_inodes(&tcp_table(ns)?, port);
     if inodes.is_empty() {
         return Ok(Vec::new());
     }
@@ -118,12 +106,95 @@ pub fn listening_inodes(text: &str, port: u16) -> BTreeSet<u64> {
         .collect()
 }
 
+/// The TCP sockets of `ns` (None: the caller's netns) as /proc/net/tcp
+/// and tcp6 list them.
+fn tcp_table(ns: Option<&NetNs>) -> io::Result<String> {
+    // /proc/thread-self/net shows the reading thread's namespace.
+    let read = || -> io::Result<String> {
+        let mut text = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+        if let Ok(v6) = std::fs::read_to_string("/proc/thread-self/net/tcp6") {
+            text.push_str(&v6);
+        }
+        Ok(text)
+    };
+    match ns {
+        Some(ns) => ns.run_in(read)?,
+        None => read(),
+    }
+}
+
+/// How many sockets on local `port` in `ns` (None: the caller's netns)
+/// are closed or closing connections (TIME_WAIT, FIN_WAIT, LAST_ACK...).
+/// Such a socket outlives the process that had it, and when that process
+/// bound the port without SO_REUSEADDR (Istio's ztunnel does), it keeps a
+/// new listener off the port until it expires: [`probe`] then says the
+/// port is taken while [`listeners_of`] finds no one.
+pub fn closing_on(ns: Option<&NetNs>, port: u16) -> io::Result<usize> {
+    Ok(closing_sockets(&tcp_table(ns)?, port))
+}
+
+/// The count [`closing_on`] gives, from a /proc/net/tcp{,6} table.
+pub fn closing_sockets(text: &str, port: u16) -> usize {
+    // FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING.
+    const CLOSING: [&str; 7] = ["04", "05", "06", "07", "08", "09", "0B"];
+    text.lines()
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(st)) = (f.get(1), f.get(3)) else {
+                return false;
+            };
+            let p = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            p == Some(port) && CLOSING.contains(st)
+        })
+        .count()
+}
+
 /// The inode of a `socket:[N]` fd link.
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?
         .strip_suffix(']')?
         .parse()
         .ok()
+}
+
+/// Test support: leaves a TIME_WAIT socket on a loopback port of the
+/// caller's netns, with no process holding the port, as a ztunnel that
+/// has exited does, and returns the address. Its listener binds without
+/// SO_REUSEADDR, as ztunnel binds its capture ports, and closes first, so
+/// the accepted side goes through FIN_WAIT2 into TIME_WAIT.
+pub fn leave_time_wait() -> io::Result<SocketAddr> {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let l = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    l.set_reuse_address(false)?;
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    l.listen(8)?;
+    let addr = l
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the listener has no IP address"))?;
+    let mut client = std::net::TcpStream::connect(addr)?;
+    let (accepted, _) = l.accept()?;
+    drop(accepted);
+    // The client reads the FIN, then closes.
+    let mut buf = [0u8; 1];
+    if client.read(&mut buf)? != 0 {
+        return Err(io::Error::other("the client read data, not the FIN"));
+    }
+    drop(client);
+    drop(l);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while closing_on(None, addr.port())? == 0 {
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "no TIME_WAIT socket appeared on {addr}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -149,6 +220,33 @@ mod tests {
             let got: Vec<u64> = listening_inodes(TCP, port).into_iter().collect();
             assert_eq!(got, want, "port {port}");
         }
+    }
+
+    #[test]
+    fn closing_sockets_by_port() {
+        let table = format!(
+            "{TCP}   6: 0100007F:3A99 0100007F:9C41 06 00000000:00000000 03:00000000 00000000     0        0 0 1\n\
+   7: 0100007F:3A99 0100007F:9C42 06 00000000:00000000 03:00000000 00000000     0        0 0 1\n\
+   8: 0100007F:3A99 0100007F:9C43 09 00000000:00000000 00:00000000 00000000     0        0 6666 1\n\
+   9: 0100007F:3AA0 0100007F:9C44 05 00000000:00000000 00:00000000 00000000     0        0 0 1\n"
+        );
+        // (port, closing): 15001 has three listeners and an established
+        // connection, which do not count, and two TIME_WAIT and a LAST_ACK;
+        // 15008 a FIN_WAIT2; 15006 nothing.
+        let cases = [(15001, 3), (15008, 1), (15006, 0)];
+        for (port, want) in cases {
+            assert_eq!(closing_sockets(&table, port), want, "port {port}");
+        }
+    }
+
+    #[test]
+    fn a_port_held_only_by_time_wait_is_taken_with_no_listener() {
+        let addr = leave_time_wait().unwrap();
+        assert!(
+            probe(None, addr).unwrap(),
+            "the TIME_WAIT socket should keep {addr} taken"
+        );
+        assert!(listeners_of(None, addr.port()).unwrap().is_empty());
     }
 
     #[test]

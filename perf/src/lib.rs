@@ -23,6 +23,8 @@
 //! * [`handover`]: the node proxy's hand-over: accept gap and memory overlap (issue 16).
 //! * [`chain`]: latency and mesh CPU along a call chain, every column (issue 15 §2.3-4).
 //! * [`bulk`]: single-stream throughput and CPU per GB against a TCP and a TLS relay pair (issue 12 §2).
+//! * [`ztunnel`]: Istio's ztunnel in shared mode on each node, fed by `trellis-controller` and a ZDS
+//!   server, as a column of `trellis-bulk-bench` and `trellis-bench`, and the issue's figures against it (issue 12).
 
 pub mod attack;
 pub mod bulk;
@@ -46,6 +48,7 @@ pub mod soak;
 pub mod sys;
 pub mod throughput;
 pub mod topo;
+pub mod ztunnel;
 
 /// CPU of the load generators (iperf3 client, the Rust clients).
 pub const LOADGEN_CPU: usize = 0;

@@ -36,6 +36,8 @@ use trellis_perf::sidecars::pod_start;
 use trellis_perf::sidecars::pods_memory::{self, PodsMemory};
 use trellis_perf::sidecars::trellis_columns::{self, L4Topo, Shape};
 use trellis_perf::topo::{self, BenchTopo, NodeProxy};
+use trellis_perf::ztunnel::versus::{self, Side};
+use trellis_perf::ztunnel::{config as zconfig, ZtunnelMesh, ZtunnelPair};
 use trellis_perf::{throughput, LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;
@@ -76,6 +78,10 @@ struct Opts {
     chain_rate: f64,
     chain_secs: f64,
     chain_conns: usize,
+    /// Istio's ztunnel binary: its column, and issue 12's figures against it.
+    ztunnel: Option<PathBuf>,
+    /// Rounds of `--only ztunnel`.
+    rounds: usize,
 }
 
 /// A part of the bench that runs alone (`--only`).
@@ -85,6 +91,7 @@ enum Only {
     Chain,
     Handover,
     PodStart,
+    Ztunnel,
 }
 
 impl Only {
@@ -94,8 +101,9 @@ impl Only {
             "chain" => Ok(Only::Chain),
             "handover" => Ok(Only::Handover),
             "pod-start" => Ok(Only::PodStart),
+            "ztunnel" => Ok(Only::Ztunnel),
             other => bail!(
-                "--only {other:?}: the parts that run alone are: mesh-size, chain, handover, pod-start"
+                "--only {other:?}: the parts that run alone are: mesh-size, chain, handover, pod-start, ztunnel"
             ),
         }
     }
@@ -114,11 +122,16 @@ fn usage() -> &'static str {
      \n  --only PART      run only PART: mesh-size (writes mesh-size.{json,md}); chain (chain-latest.{json,md};\
      \n                   chain-quick with --quick); handover: the node proxy taken over in turn on both\
      \n                   nodes under a new connection every 1 ms (handover.{json,md}); pod-start: from a\
-     \n                   pod's start to its first meshed request, ambient against sidecars (pod-start.{json,md})\
+     \n                   pod's start to its first meshed request, ambient against sidecars (pod-start.{json,md});\
+     \n                   ztunnel: Trellis ambient against Istio's ztunnel (needs --ztunnel) in --rounds interleaved\
+     \n                   rounds, each with direct first (vs-ztunnel.{json,md}; vs-ztunnel-quick with --quick)\
+     \n  --rounds N       rounds of --only ztunnel; default 3, at most 20\
      \n  --no-chain       leave the call chain out of the full run\
      \n  --chain-depths L services per chain; default 1,3,5\
      \n  --chain-columns L the chain's columns; default direct,ambient,ambient-waypoint,envoy-l4,envoy-l7,trellis-sidecar\
-     \n  --chain-rate R   requests per second into the chain's head; default 200\n"
+     \n  --chain-rate R   requests per second into the chain's head; default 200\
+     \n  --ztunnel PATH   add Istio's ztunnel (built outside this project; or $TRELLIS_ZTUNNEL) as a column\
+     \n                   beside Trellis ambient, with issue 12's figures against it\n"
 }
 
 fn parse_args() -> Result<Opts> {
@@ -136,6 +149,8 @@ fn parse_args() -> Result<Opts> {
     // At 500 req/s the 5-deep chain of L7 Envoys needs more than CPU 1
     // (results/chain-quick.md): latency then measures a queue.
     let mut chain_rate = 200.0;
+    let mut ztunnel = None;
+    let mut rounds = 3;
     let mut args = run::Args::new(usage());
     while let Some(a) = args.next_flag() {
         let mut val = |name: &str| args.path(name);
@@ -155,6 +170,16 @@ fn parse_args() -> Result<Opts> {
             }
             "--only" => only = Some(Only::parse(&val("--only")?.to_string_lossy())?),
             "--no-chain" => no_chain = true,
+            "--ztunnel" => ztunnel = Some(val("--ztunnel")?),
+            "--rounds" => {
+                let v = val("--rounds")?;
+                rounds = v
+                    .to_string_lossy()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=20).contains(n))
+                    .with_context(|| format!("--rounds {v:?}: give a count, 1 to 20"))?;
+            }
             "--chain-depths" => {
                 chain_depths =
                     chain::bench::parse_depths(&val("--chain-depths")?.to_string_lossy())?
@@ -181,6 +206,14 @@ fn parse_args() -> Result<Opts> {
             other => bail!("unknown argument {other:?}\n{}", usage()),
         }
     }
+    // The flag, else the environment; no column when neither names one.
+    let env = std::env::var_os(zconfig::ENV_VAR);
+    let ztunnel = zconfig::choose_binary(
+        ztunnel.is_some() || env.is_some(),
+        ztunnel.as_deref(),
+        env.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     Ok(Opts {
         quick,
         out,
@@ -206,6 +239,8 @@ fn parse_args() -> Result<Opts> {
         chain_secs: if quick { 2.0 } else { 10.0 },
         // 40 ms between a connection's requests at 200 req/s: the next request's ACK does not hide a stall.
         chain_conns: 8,
+        ztunnel,
+        rounds,
     })
 }
 
@@ -236,6 +271,15 @@ impl MeshProcs for MeshUp {
     }
     fn check_alive(&mut self) -> Result<()> {
         MeshUp::check_alive(self)
+    }
+}
+
+impl MeshProcs for ZtunnelPair {
+    fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|p| p.pid).collect()
+    }
+    fn check_alive(&mut self) -> Result<()> {
+        self.procs.iter_mut().try_for_each(|p| p.check_alive())
     }
 }
 
@@ -885,6 +929,288 @@ fn main_pod_start(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> 
     Ok(())
 }
 
+/// One round of `--only ztunnel`: direct, then Trellis's node proxies,
+/// then ztunnel, on the same pods.
+struct Round {
+    direct: PathResults,
+    trellis: (PathResults, ProxyCosts),
+    ztunnel: (PathResults, ProxyCosts),
+}
+
+/// Trellis's two node proxies on the L4 pods: idle RSS, the four load
+/// phases (after checking that the traffic goes through them), RSS per
+/// idle connection.
+fn trellis_l4(
+    o: &Opts,
+    bt: &BenchTopo,
+    proxy_bin: &std::path::Path,
+) -> Result<(PathResults, ProxyCosts)> {
+    let mut proxies = vec![
+        bt.start_proxy(proxy_bin, "node1", &bt.client, SERVER_CPU)?,
+        bt.start_proxy(proxy_bin, "node2", &bt.server, SERVER_CPU)?,
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+    let mut costs = ProxyCosts::default();
+    for p in &proxies {
+        costs.idle_rss_kib.push((p.node.clone(), rss_of(p)?));
+    }
+    let client_ns = bt.client.netns()?;
+    let echo = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    latency::wait_echo(&client_ns, LOADGEN_CPU, echo, Duration::from_secs(15))?;
+    for p in &proxies {
+        if p.metric_sum("istio_tcp_connections_opened_total")? < 1.0 {
+            bail!(
+                "the {} proxy recorded no connection: traffic is not going through the mesh; its log:\n{}",
+                p.node,
+                p.log()
+            );
+        }
+    }
+    let results = run_path(o, bt, "trellis", bt.server.ip, &mut proxies, &mut costs)?;
+    let procs: Vec<(String, u32)> = proxies.iter().map(|p| (p.node.clone(), p.pid)).collect();
+    idle_conn_rss(o, bt, &procs, &mut costs)?;
+    proxies.check_alive()?;
+    Ok((results, costs))
+}
+
+/// `--only ztunnel`: Trellis ambient against Istio's ztunnel in
+/// interleaved rounds (direct, Trellis, ztunnel), and issue 12's figures
+/// over them: single runs of these loads spread too widely on this VM to
+/// judge a 15-20% margin.
+fn main_vs_ztunnel(o: &Opts, proxy_bin: &std::path::Path, begun: &run::Begun) -> Result<()> {
+    let Some(bin) = o.ztunnel.clone() else {
+        bail!(
+            "--only ztunnel needs an Istio ztunnel binary: pass --ztunnel PATH or set {}=PATH \
+             (see perf/README.md, \"The ztunnel column\")",
+            zconfig::ENV_VAR
+        );
+    };
+    let bt = BenchTopo::build(0)?;
+    let server_ns = bt.server.netns()?;
+    let client_ns = bt.client.netns()?;
+    let echo_addr = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    let _echo = EchoServer::start(&server_ns, echo_addr, SERVER_CPU)?;
+    let _nginx = Nginx::start(&bt.topo, &bt.server, HTTP_PORT, SERVER_CPU)?;
+    let _iperf = Iperf3Server::start(&bt.topo, &bt.server, IPERF_PORT, SERVER_CPU)?;
+    latency::wait_echo(&client_ns, LOADGEN_CPU, echo_addr, Duration::from_secs(10))?;
+    let mesh = ZtunnelMesh::start(&bt, bin)?;
+    say(format!("ztunnel {} ({})", mesh.version, mesh.bin.display()));
+    let mut rounds = Vec::new();
+    for round in 0..o.rounds {
+        say(format!("round {} of {}", round + 1, o.rounds));
+        run::settle();
+        let direct = run_path(
+            o,
+            &bt,
+            "direct",
+            bt.server.ip,
+            &mut Vec::<NodeProxy>::new(),
+            &mut ProxyCosts::default(),
+        )?;
+        let trellis = trellis_l4(o, &bt, proxy_bin)?;
+        // Dropping the pair waits out the TIME_WAIT sockets ztunnel leaves
+        // on the capture ports: ztunnel binds without SO_REUSEADDR, so they
+        // keep even the next round's node proxies from binding there.
+        let ztunnel = ztunnel_l4(o, &bt, &mesh)?;
+        rounds.push(Round {
+            direct,
+            trellis,
+            ztunnel,
+        });
+    }
+    let per_round: Vec<Vec<versus::Row>> = rounds
+        .iter()
+        .map(|r| {
+            versus::rows(
+                &r.direct,
+                Side {
+                    results: &r.trellis.0,
+                    costs: &r.trellis.1,
+                },
+                Side {
+                    results: &r.ztunnel.0,
+                    costs: &r.ztunnel.1,
+                },
+            )
+        })
+        .collect();
+    let summary = versus::over_rounds(&per_round);
+    let load_end = read_trim("/proc/loadavg");
+    let mode = if o.quick { "quick" } else { "full" };
+    let mut notes = begun.notes(mode, &load_end);
+    notes.extend([
+        format!(
+            "Istio ztunnel {} ({}), shared mode, one per node netns, ZTUNNEL_WORKER_THREADS=1; Trellis's node proxies shared mode, --workers 1; \
+             each pinned to CPU {SERVER_CPU} with the servers, the load generators on CPU {LOADGEN_CPU}; ztunnel's pods handed over ZDS by the bench, \
+             the same capture rules; xDS and CA from trellis-controller in node1's netns",
+            mesh.version,
+            mesh.bin.display()
+        ),
+        format!(
+            "{} rounds, each: direct, Trellis, ztunnel; loads: iperf3 {} s; {} ping-pongs of 64 B; HTTP {} req/s for {} s over {} keep-alive connections \
+             to nginx (head and a 4 KiB body in separate writes); new connections {} concurrent for {} s; 2 x {} idle connections",
+            o.rounds, o.iperf_secs, o.pings, o.http_rate, o.http_secs, o.http_conns, o.conn_concurrency, o.conn_secs, o.idle_conns
+        ),
+        format!("node1's ztunnel env: `{}`", zconfig::env_line(&zconfig::env(&mesh.node_env("node1")))),
+    ]);
+    let title = "Trellis ambient against Istio's ztunnel (issue 12)";
+    let mut md = format!("# {title}\n\n");
+    for n in &notes {
+        md += &format!("- {n}\n");
+    }
+    md += "\nEach figure's median over the rounds for both; the ratio is the median of the rounds' ratios \
+           (a paired measurement), judged against the issue's target. Latency is what each mesh adds to \
+           the direct path's in its round.\n\n";
+    md += &versus::markdown(&summary);
+    md += "\nTrellis ÷ ztunnel in each round:\n\n| figure |";
+    for i in 1..=rounds.len() {
+        md += &format!(" {i} |");
+    }
+    md += "\n|---|";
+    md += &"---:|".repeat(rounds.len());
+    md += "\n";
+    for (i, row) in summary.iter().enumerate() {
+        md += &format!("| {} |", row.figure);
+        for r in &per_round {
+            md += &format!(" {:.2} |", r[i].ratio);
+        }
+        md += "\n";
+    }
+    let doc = json!({
+        "title": title,
+        "mode": mode,
+        "notes": notes,
+        "git": git_rev(),
+        "ztunnel": {"version": mesh.version, "bin": mesh.bin.display().to_string()},
+        "summary": versus::to_json(&summary),
+        "rounds": rounds.iter().zip(&per_round).map(|(r, rows)| json!({
+            "direct": r.direct.to_json(),
+            "trellis": {"results": r.trellis.0.to_json(), "proxy": r.trellis.1.to_json()},
+            "ztunnel": {"results": r.ztunnel.0.to_json(), "proxy": r.ztunnel.1.to_json()},
+            "versus": versus::to_json(rows),
+        })).collect::<Vec<_>>(),
+    });
+    let name = if o.quick {
+        "vs-ztunnel-quick"
+    } else {
+        "vs-ztunnel"
+    };
+    write_results(&o.out, name, &doc, &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// RSS per idle connection through a mesh of `procs` (node, PID), into
+/// `costs`. Two batches: the first absorbs heap that earlier phases freed
+/// (glibc keeps it), the second gives the marginal cost per connection.
+fn idle_conn_rss(
+    o: &Opts,
+    bt: &BenchTopo,
+    procs: &[(String, u32)],
+    costs: &mut ProxyCosts,
+) -> Result<()> {
+    let client_ns = bt.client.netns()?;
+    let echo = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    say(format!(
+        "opening 2 x {} idle connections through the mesh",
+        o.idle_conns
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_all = || -> Result<Vec<u64>> {
+        procs
+            .iter()
+            .map(|(node, pid)| {
+                proc_stats::rss_kib(*pid).with_context(|| format!("reading the {node} proxy's RSS"))
+            })
+            .collect()
+    };
+    let r0 = rss_all()?;
+    let first = latency::open_idle(&client_ns, LOADGEN_CPU, echo, o.idle_conns)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let r1 = rss_all()?;
+    let second = latency::open_idle(&client_ns, LOADGEN_CPU, echo, o.idle_conns)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let r2 = rss_all()?;
+    drop(first);
+    drop(second);
+    let sum_delta =
+        |a: &[u64], b: &[u64]| -> i64 { a.iter().zip(b).map(|(x, y)| *y as i64 - *x as i64).sum() };
+    let n = o.idle_conns.max(1) as f64;
+    costs.idle_conns = o.idle_conns;
+    costs.first_batch_rss_per_conn_kib = sum_delta(&r0, &r1) as f64 / n;
+    costs.rss_per_conn_kib = sum_delta(&r1, &r2) as f64 / n;
+    for (i, (node, _)) in procs.iter().enumerate() {
+        costs
+            .conn_rss_delta_kib
+            .push((node.clone(), r2[i] as i64 - r1[i] as i64));
+        say(format!(
+            "  {node} RSS {} -> {} -> {} KiB",
+            r0[i], r1[i], r2[i]
+        ));
+    }
+    Ok(())
+}
+
+/// Istio's ztunnel on the same pods: idle RSS, the four load phases, RSS
+/// per idle connection. The run fails unless both ztunnels carried the
+/// iperf3 flow over mutual TLS.
+fn ztunnel_column(o: &Opts, bt: &BenchTopo, bin: PathBuf) -> Result<ZtunnelColumn> {
+    let mesh = ZtunnelMesh::start(bt, bin)?;
+    say(format!(
+        "ztunnel {} ({}): shared mode, one per node, ZTUNNEL_WORKER_THREADS=1, pinned to CPU {SERVER_CPU}",
+        mesh.version,
+        mesh.bin.display()
+    ));
+    let (results, costs) = ztunnel_l4(o, bt, &mesh)?;
+    Ok(ZtunnelColumn {
+        version: mesh.version.clone(),
+        bin: mesh.bin.clone(),
+        env_node1: zconfig::env_line(&zconfig::env(&mesh.node_env("node1"))),
+        results,
+        costs,
+    })
+}
+
+/// One ztunnel per node on the bench's pods: idle RSS, the four load
+/// phases, RSS per idle connection. Fails unless both ztunnels carried the
+/// iperf3 flow over mutual TLS. Dropping the pair at the end waits until
+/// the pods' capture ports are free for whoever captures them next.
+fn ztunnel_l4(o: &Opts, bt: &BenchTopo, mesh: &ZtunnelMesh) -> Result<(PathResults, ProxyCosts)> {
+    let mut pair = ZtunnelPair::start(bt, mesh, SERVER_CPU)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut costs = ProxyCosts::default();
+    for p in &pair.procs {
+        let kib = proc_stats::rss_kib(p.pid)
+            .with_context(|| format!("reading the {} ztunnel's RSS", p.node))?;
+        say(format!(
+            "idle RSS {} ztunnel: {kib} KiB, {} threads",
+            p.node,
+            proc_stats::threads(p.pid)?
+        ));
+        costs.idle_rss_kib.push((p.node.clone(), kib));
+    }
+    let client_ns = bt.client.netns()?;
+    let echo = SocketAddr::new(bt.server.ip, ECHO_PORT);
+    latency::wait_echo(&client_ns, LOADGEN_CPU, echo, Duration::from_secs(15))?;
+    pair.mark()?;
+    let results = run_path(o, bt, "ztunnel", bt.server.ip, &mut pair, &mut costs)?;
+    // At least half of what iperf3 moved, as in trellis-bulk-bench.
+    pair.check_meshed(results.throughput.bytes / 2)?;
+    let procs: Vec<(String, u32)> = pair.procs.iter().map(|p| (p.node.clone(), p.pid)).collect();
+    idle_conn_rss(o, bt, &procs, &mut costs)?;
+    pair.check_alive()?;
+    Ok((results, costs))
+}
+
+/// The ztunnel column's results and what it ran.
+struct ZtunnelColumn {
+    version: String,
+    bin: PathBuf,
+    env_node1: String,
+    results: PathResults,
+    costs: ProxyCosts,
+}
+
 fn rss_of(p: &NodeProxy) -> Result<u64> {
     proc_stats::rss_kib(p.pid).with_context(|| format!("reading the {} proxy's RSS", p.node))
 }
@@ -917,6 +1243,9 @@ fn main() -> Result<()> {
     }
     if o.only == Some(Only::PodStart) {
         return main_pod_start(&o, &proxy_bin, &begun);
+    }
+    if o.only == Some(Only::Ztunnel) {
+        return main_vs_ztunnel(&o, &proxy_bin, &begun);
     }
     let (nofile, load_start) = (begun.nofile, &begun.load_start);
     say(format!(
@@ -1011,43 +1340,20 @@ fn main() -> Result<()> {
 
     let trellis = run_path(&o, bt, "trellis", bt.server.ip, &mut proxies, &mut costs)?;
 
-    // Two batches: the first absorbs heap that earlier phases freed (glibc
-    // keeps it), the second gives the marginal cost per connection.
-    say(format!(
-        "opening 2 x {} idle connections through the mesh",
-        o.idle_conns
-    ));
-    std::thread::sleep(Duration::from_millis(500));
-    let rss_all =
-        |proxies: &[NodeProxy]| -> Result<Vec<u64>> { proxies.iter().map(rss_of).collect() };
-    let r0 = rss_all(&proxies)?;
-    let first = latency::open_idle(&client_ns, LOADGEN_CPU, echo_addr, o.idle_conns)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let r1 = rss_all(&proxies)?;
-    let second = latency::open_idle(&client_ns, LOADGEN_CPU, echo_addr, o.idle_conns)?;
-    std::thread::sleep(Duration::from_secs(1));
-    let r2 = rss_all(&proxies)?;
-    drop(first);
-    drop(second);
-    let sum_delta =
-        |a: &[u64], b: &[u64]| -> i64 { a.iter().zip(b).map(|(x, y)| *y as i64 - *x as i64).sum() };
-    let n = o.idle_conns.max(1) as f64;
-    costs.first_batch_rss_per_conn_kib = sum_delta(&r0, &r1) as f64 / n;
-    costs.rss_per_conn_kib = sum_delta(&r1, &r2) as f64 / n;
-    for (i, p) in proxies.iter().enumerate() {
-        costs
-            .conn_rss_delta_kib
-            .push((p.node.clone(), r2[i] as i64 - r1[i] as i64));
-        say(format!(
-            "  {} RSS {} -> {} -> {} KiB",
-            p.node, r0[i], r1[i], r2[i]
-        ));
-    }
+    let procs: Vec<(String, u32)> = proxies.iter().map(|p| (p.node.clone(), p.pid)).collect();
+    idle_conn_rss(&o, bt, &procs, &mut costs)?;
     for p in proxies.iter_mut() {
         p.check_alive()?;
     }
     // The other columns capture the same pods: the node proxies go first.
     drop(proxies);
+
+    // Istio's ztunnel on the same pods, right after Trellis so that the two
+    // are measured close together (issue 12).
+    let zt = match o.ztunnel.clone() {
+        Some(bin) => Some(ztunnel_column(&o, bt, bin)?),
+        None => None,
+    };
 
     // No Envoy in these: they run with --no-sidecars too.
     let mut trellis_cols = Vec::new();
@@ -1112,6 +1418,13 @@ fn main() -> Result<()> {
             costs: Some(&costs),
         },
     ];
+    if let Some(z) = &zt {
+        cols.push(Column {
+            name: "Istio ztunnel",
+            results: &z.results,
+            costs: Some(&z.costs),
+        });
+    }
     let trellis_col = |shape: Shape| {
         trellis_cols
             .iter()
@@ -1150,6 +1463,31 @@ fn main() -> Result<()> {
             columns::markdown(&cols)
         ),
     };
+    let vs_ztunnel = zt.as_ref().map(|z| {
+        versus::rows(
+            &direct,
+            Side {
+                results: &trellis,
+                costs: &costs,
+            },
+            Side {
+                results: &z.results,
+                costs: &z.costs,
+            },
+        )
+    });
+    if let (Some(z), Some(rows)) = (&zt, &vs_ztunnel) {
+        md += &format!(
+            "\n## Trellis against Istio's ztunnel (issue 12)\n\nIstio ztunnel {} ({}), shared mode, one per node netns, \
+             `ZTUNNEL_WORKER_THREADS=1`, pinned to CPU {SERVER_CPU} like the node proxies; its pods handed over ZDS by the bench, \
+             the same capture rules; xDS and CA from `trellis-controller` in node1's netns. Measured right after Trellis ambient, \
+             on the same pods and loads; latency is what each adds to the direct path's. Node1's env: `{}`\n\n{}",
+            z.version,
+            z.bin.display(),
+            z.env_node1,
+            versus::markdown(rows)
+        );
+    }
     if envoy_version.is_some() {
         md += &format!(
             "\n## Mesh memory against idle pods per node\n\nTotal RSS of the mesh's processes on node1, 1 s after start, no traffic.\n\n{}",
@@ -1186,6 +1524,12 @@ fn main() -> Result<()> {
             })).collect::<Vec<_>>(),
         })),
         "columns": columns::to_json(&cols),
+        "ztunnel": zt.as_ref().map(|z| json!({
+            "version": z.version,
+            "bin": z.bin.display().to_string(),
+            "env_node1": z.env_node1,
+            "versus": vs_ztunnel.as_deref().map(versus::to_json),
+        })),
         "pods_memory": pods_mem.iter().map(PodsMemory::to_json).collect::<Vec<_>>(),
         "mesh_size": mesh_sizes.iter().map(MeshSize::to_json).collect::<Vec<_>>(),
         "chain": (!chain_cells.is_empty()).then(|| chain_json(&o, &chain_cells)),

@@ -15,10 +15,10 @@ use super::measure::{Measure, Sample};
 use super::profile;
 use super::relay::DEFAULT_BUFFER;
 use super::report;
-use super::ztunnel::{config as zconfig, ZtunnelMesh, ZtunnelPair};
 use crate::run::{self, read_trim, say, write_results, Args};
 use crate::servers::{EchoServer, Iperf3Server};
 use crate::topo::{self, BenchTopo};
+use crate::ztunnel::{config as zconfig, ZtunnelMesh, ZtunnelPair};
 use crate::{latency, LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;

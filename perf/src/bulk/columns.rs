@@ -13,9 +13,9 @@ use trellis_netns::redirect::{self, RedirectConfig};
 use trellis_netns::NetNs;
 
 use super::relay::{Mode, DEFAULT_BUFFER};
-use super::ztunnel::ZtunnelPair;
 use crate::sidecars::mesh::write_identity;
 use crate::topo::{wait_listening, BenchTopo, NodeProxy};
+use crate::ztunnel::ZtunnelPair;
 
 /// One way of carrying the iperf3 flow from the client pod to the server pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -7,7 +7,6 @@
 //! * [`measure`]: one iperf3 run through a column, with the CPU and counters of its processes.
 //! * [`profile`]: `--profile`, perf record of the meshed columns, side by side.
 //! * [`report`]: mean and spread over the repeats, Trellis's ratio to each floor.
-//! * [`ztunnel`]: Istio's ztunnel in shared mode as a column, fed by `trellis-controller` and a ZDS server.
 //! * [`bench`]: the interleaved rounds (`trellis-bulk-bench`).
 
 pub mod bench;
@@ -16,4 +15,3 @@ pub mod measure;
 pub mod profile;
 pub mod relay;
 pub mod report;
-pub mod ztunnel;

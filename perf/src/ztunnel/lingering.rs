@@ -44,6 +44,20 @@ pub fn blocking(table: &str, ports: &[u16]) -> Vec<(u16, &'static str)> {
         .collect()
 }
 
+/// `list` as "15001 TIME_WAIT x2000, 15006 ESTABLISHED x1": a run of
+/// many connections (the connection-rate phase) leaves thousands.
+pub fn summary(list: &[(u16, &'static str)]) -> String {
+    let mut counts: std::collections::BTreeMap<(u16, &str), usize> = Default::default();
+    for k in list {
+        *counts.entry(*k).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|((port, state), n)| format!("{port} {state} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What [`wait_free`] found.
 pub struct Lingered {
     /// What held the ports at the first look.
@@ -102,5 +116,25 @@ mod tests {
         );
         assert!(blocking(table, &[5201]).is_empty());
         assert!(blocking("", &[15001]).is_empty());
+    }
+
+    #[test]
+    fn a_summary_counts_each_port_and_state_once() {
+        let cases: &[(&[(u16, &'static str)], &str)] = &[
+            (&[], ""),
+            (&[(15001, "TIME_WAIT")], "15001 TIME_WAIT x1"),
+            (
+                &[
+                    (15006, "LISTEN"),
+                    (15001, "TIME_WAIT"),
+                    (15001, "TIME_WAIT"),
+                    (15001, "FIN_WAIT2"),
+                ],
+                "15001 FIN_WAIT2 x1, 15001 TIME_WAIT x2, 15006 LISTEN x1",
+            ),
+        ];
+        for (list, want) in cases {
+            assert_eq!(summary(list), *want, "{list:?}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The ztunnel column: a stock Istio ztunnel (built outside this project,
 //! passed with `--ztunnel PATH`) in shared mode on each node, as Trellis's
 //! node proxies run in the trellis column, so the two compare like for like.
+//! `trellis-bulk-bench` runs it for bulk transfer, `trellis-bench` for the
+//! L4 workloads and memory.
 //!
 //! * [`ZtunnelMesh`]: what every run shares: `trellis-controller` in
 //!   manifests mode (xDS and CA for ztunnel) in node1's netns, serving the
@@ -9,9 +11,11 @@
 //!   with its pod handed over ZDS ([`zds`]) and the same capture rules as
 //!   Trellis's pods (Istio's ports and mark).
 //! * [`config`]: the decisions (binary, environment, meshed or not).
+//! * [`versus`]: issue 12's figures of Trellis against ztunnel, with targets.
 
 pub mod config;
 pub mod lingering;
+pub mod versus;
 pub mod zds;
 
 use std::net::SocketAddr;
@@ -333,14 +337,15 @@ impl Drop for ZtunnelPair {
             let l = lingering::wait_free(ns, &ports, LINGER_WITHIN);
             if !l.left.is_empty() {
                 say(format!(
-                    "{name}: ztunnel's sockets still hold the capture ports after {:?}: {:?}; the next column may not bind them",
-                    l.waited, l.left
+                    "{name}: ztunnel's sockets still hold the capture ports after {:?}: {}; the next column may not bind them",
+                    l.waited,
+                    lingering::summary(&l.left)
                 ));
             } else if l.waited > Duration::from_secs(1) {
                 say(format!(
-                    "{name}: waited {:.1} s for the sockets ztunnel left on the capture ports to close: {:?}",
+                    "{name}: waited {:.1} s for the sockets ztunnel left on the capture ports to close: {}",
                     l.waited.as_secs_f64(),
-                    l.first
+                    lingering::summary(&l.first)
                 ));
             }
         }
