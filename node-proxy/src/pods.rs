@@ -58,6 +58,13 @@ pub enum PodError {
         addr: SocketAddr,
         holders: String,
     },
+    #[error("{addr} ({kind}) of pod {uid} is held by {sockets} closed connection(s) (TIME_WAIT or closing) of a process that has exited and bound the port without SO_REUSEADDR, as Istio's ztunnel does: the kernel frees it within 60 s of that process's exit; enroll the pod again then")]
+    Lingering {
+        uid: String,
+        kind: &'static str,
+        addr: SocketAddr,
+        sockets: usize,
+    },
     #[error("pod {0} is not enrolled")]
     NotEnrolled(String),
     #[error("pods cannot change now: this node proxy is handing its pods over to a new one; retry against the new one")]
@@ -558,6 +565,17 @@ fn ensure_free(scope: &Scope, kind: ListenerKind, addr: SocketAddr) -> Result<()
             return Ok(());
         }
     }
+    // No listener anywhere: the connections of a proxy that has exited
+    // (a ztunnel this node is migrating from) hold the port.
+    let sockets = inuse::closing_on(ns, addr.port()).map_err(err)?;
+    if sockets > 0 {
+        return Err(PodError::Lingering {
+            uid: scope.uid.clone(),
+            kind: kind.name(),
+            addr,
+            sockets,
+        });
+    }
     Err(PodError::InUse {
         uid: scope.uid.clone(),
         kind: kind.name(),
@@ -599,5 +617,30 @@ fn redirect_config() -> RedirectConfig {
         inbound_plain_port: INBOUND_PLAIN_PORT,
         hbone_port: HBONE_PORT,
         proxy_mark: PROXY_MARK,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_held_by_an_exited_proxys_connections_is_named_as_such() {
+        // What a node migrating from ztunnel meets for up to 60 s after
+        // ztunnel exits: its TIME_WAIT sockets hold the capture port.
+        let addr = inuse::leave_time_wait().unwrap();
+        let scope = Scope::new("pod-a".into(), None, false);
+        let e = ensure_free(&scope, ListenerKind::Outbound, addr).unwrap_err();
+        assert!(
+            matches!(&e, PodError::Lingering { sockets, .. } if *sockets >= 1),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("TIME_WAIT") && msg.contains("60 s"), "{msg}");
+        // A free port is free.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        assert!(ensure_free(&scope, ListenerKind::Outbound, addr).is_ok());
     }
 }
