@@ -22,7 +22,7 @@ use trellis_core::admin::{self, json, text, AdminFuture};
 use trellis_core::logging::LogControl;
 
 use crate::context::ProxyCtx;
-use crate::pods::Pods;
+use crate::pods::{PodError, Pods};
 
 /// Admin request bodies are tiny; anything bigger is refused.
 const MAX_BODY: usize = 64 * 1024;
@@ -133,7 +133,26 @@ async fn add_pod(ctx: &AdminCtx, req: Request<Incoming>) -> Response<Full<Bytes>
     }
     match ctx.pods.add(&add.uid, &add.netns) {
         Ok(()) => text(StatusCode::OK, format!("enrolled {}\n", add.uid)),
-        Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+        Err(e) => {
+            let (status, retry_after) = add_refused(&e);
+            let mut r = text(status, format!("{e}\n"));
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            }
+            r
+        }
+    }
+}
+
+/// The status of a refused `POST /pods`, and the seconds after which a
+/// retry may succeed (Retry-After) when the refusal passes by itself: the
+/// closed connections of a proxy that has exited free the capture ports
+/// within 60 s, so an enrolling agent should retry rather than give up.
+fn add_refused(e: &PodError) -> (StatusCode, Option<u32>) {
+    match e {
+        PodError::Lingering { .. } => (StatusCode::SERVICE_UNAVAILABLE, Some(10)),
+        _ => (StatusCode::UNPROCESSABLE_ENTITY, None),
     }
 }
 
@@ -161,4 +180,41 @@ fn config_dump(ctx: &AdminCtx) -> serde_json::Value {
         "certificates": certs,
         "draining": ctx.proxy.drain.is_draining(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_that_passes_by_itself_asks_for_a_retry() {
+        let addr: std::net::SocketAddr = "0.0.0.0:15001".parse().unwrap();
+        // (refusal, status, Retry-After)
+        let cases = [
+            (
+                PodError::Lingering {
+                    uid: "a".into(),
+                    kind: "outbound",
+                    addr,
+                    sockets: 3,
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(10),
+            ),
+            (
+                PodError::InUse {
+                    uid: "a".into(),
+                    kind: "outbound",
+                    addr,
+                    holders: "pid 7 (ztunnel)".into(),
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                None,
+            ),
+            (PodError::EmptyUid, StatusCode::UNPROCESSABLE_ENTITY, None),
+        ];
+        for (e, status, retry) in cases {
+            assert_eq!(add_refused(&e), (status, retry), "{e}");
+        }
+    }
 }
