@@ -957,15 +957,7 @@ fn trellis_l4(
     let client_ns = bt.client.netns()?;
     let echo = SocketAddr::new(bt.server.ip, ECHO_PORT);
     latency::wait_echo(&client_ns, LOADGEN_CPU, echo, Duration::from_secs(15))?;
-    for p in &proxies {
-        if p.metric_sum("istio_tcp_connections_opened_total")? < 1.0 {
-            bail!(
-                "the {} proxy recorded no connection: traffic is not going through the mesh; its log:\n{}",
-                p.node,
-                p.log()
-            );
-        }
-    }
+    check_meshed(&proxies)?;
     let results = run_path(o, bt, "trellis", bt.server.ip, &mut proxies, &mut costs)?;
     let procs: Vec<(String, u32)> = proxies.iter().map(|p| (p.node.clone(), p.pid)).collect();
     idle_conn_rss(o, bt, &procs, &mut costs)?;
@@ -1211,6 +1203,21 @@ struct ZtunnelColumn {
     costs: ProxyCosts,
 }
 
+/// Fails unless each node proxy recorded a connection: after an echo has
+/// gone through, traffic that bypassed the mesh shows here.
+fn check_meshed(proxies: &[NodeProxy]) -> Result<()> {
+    for p in proxies {
+        if p.metric_sum("istio_tcp_connections_opened_total")? < 1.0 {
+            bail!(
+                "the {} proxy recorded no connection: traffic is not going through the mesh; its log:\n{}",
+                p.node,
+                p.log()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn rss_of(p: &NodeProxy) -> Result<u64> {
     proc_stats::rss_kib(p.pid).with_context(|| format!("reading the {} proxy's RSS", p.node))
 }
@@ -1327,16 +1334,7 @@ fn main() -> Result<()> {
 
     // The mesh is up end to end, and the traffic really goes through both proxies.
     latency::wait_echo(&client_ns, LOADGEN_CPU, echo_addr, Duration::from_secs(15))?;
-    let opened = |p: &NodeProxy| p.metric_sum("istio_tcp_connections_opened_total");
-    for p in &proxies {
-        if opened(p)? < 1.0 {
-            bail!(
-                "the {} proxy recorded no connection: traffic is not going through the mesh; its log:\n{}",
-                p.node,
-                p.log()
-            );
-        }
-    }
+    check_meshed(&proxies)?;
 
     let trellis = run_path(&o, bt, "trellis", bt.server.ip, &mut proxies, &mut costs)?;
 
