@@ -77,15 +77,15 @@ free_port() {
     done
     die "found no free loopback port"
 }
-etcd_client_port="$(free_port)"
-taken_ports+=("$etcd_client_port")
-etcd_peer_port="$(free_port)"
-taken_ports+=("$etcd_peer_port")
-apiserver_port="$(free_port)"
+# Another process may bind a port between this check and the bind (parallel
+# tests start API servers at the same moment): a start that fails with
+# "address already in use" is retried on fresh ports, up to $bind_tries times.
+bind_tries=5
+bind_clash() { grep -q 'address already in use' "$1" 2>/dev/null; }
 
 # ---- keys and credentials -------------------------------------------------
-mkdir -p "$dir/etcd" "$dir/pki" "$dir/certs"
-chmod 700 "$dir/etcd" "$dir/pki"
+mkdir -p "$dir/pki" "$dir/certs"
+chmod 700 "$dir/pki"
 # Service-account token signing key (ES256). The same file verifies tokens.
 openssl ecparam -name prime256v1 -genkey -noout -out "$dir/pki/sa.key" 2>/dev/null ||
     die "openssl could not generate the service-account key"
@@ -118,34 +118,54 @@ fail() { # message, log file
 
 # ---- etcd -------------------------------------------------------------------
 start_ns="$(date +%s%N)"
-etcd_url="http://127.0.0.1:$etcd_client_port"
 # --unsafe-no-fsync: the data is thrown away after the test; fsync would only
 # slow a loaded machine down.
 # Started detached, every descriptor redirected: a caller that reads this
 # script's stdout to its end must not wait for etcd's.
-setsid "$ETCD" \
-    --name=trellis-test \
-    --data-dir="$dir/etcd" \
-    --listen-client-urls="$etcd_url" \
-    --advertise-client-urls="$etcd_url" \
-    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
-    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
-    --initial-cluster="trellis-test=http://127.0.0.1:$etcd_peer_port" \
-    --unsafe-no-fsync \
-    --log-level=warn \
-    </dev/null >"$dir/etcd.log" 2>&1 &
-etcd_pid=$!
-started+=("$etcd_pid")
+start_etcd() {
+    etcd_client_port="$(free_port)"
+    taken_ports+=("$etcd_client_port")
+    etcd_peer_port="$(free_port)"
+    taken_ports+=("$etcd_peer_port")
+    etcd_url="http://127.0.0.1:$etcd_client_port"
+    rm -rf "$dir/etcd"
+    mkdir -p "$dir/etcd"
+    chmod 700 "$dir/etcd"
+    setsid "$ETCD" \
+        --name=trellis-test \
+        --data-dir="$dir/etcd" \
+        --listen-client-urls="$etcd_url" \
+        --advertise-client-urls="$etcd_url" \
+        --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+        --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+        --initial-cluster="trellis-test=http://127.0.0.1:$etcd_peer_port" \
+        --unsafe-no-fsync \
+        --log-level=warn \
+        </dev/null >"$dir/etcd.log" 2>&1 &
+    etcd_pid=$!
+    started+=("$etcd_pid")
+}
 
 deadline=$((SECONDS + timeout_s))
+tries=1
+start_etcd
 until curl -fsS --max-time 2 "$etcd_url/health" 2>/dev/null | grep -q '"health":"true"'; do
-    kill -0 "$etcd_pid" 2>/dev/null || fail "etcd exited" "$dir/etcd.log"
+    if ! kill -0 "$etcd_pid" 2>/dev/null; then
+        wait "$etcd_pid" 2>/dev/null || true
+        started=()
+        if bind_clash "$dir/etcd.log" && [ $tries -lt $bind_tries ]; then
+            log "etcd's port $etcd_client_port or $etcd_peer_port was taken meanwhile; trying other ports"
+            tries=$((tries + 1))
+            start_etcd
+            continue
+        fi
+        fail "etcd exited" "$dir/etcd.log"
+    fi
     [ $SECONDS -lt $deadline ] || fail "etcd was not healthy within ${timeout_s}s" "$dir/etcd.log"
     sleep 0.2
 done
 
 # ---- kube-apiserver -------------------------------------------------------
-server="https://127.0.0.1:$apiserver_port"
 # --advertise-address=127.0.0.1: otherwise it picks a host interface's address
 #   (and fails where there is none, as in a fresh network namespace).
 # --endpoint-reconciler-type=none: the reconciler would try to publish the
@@ -158,26 +178,43 @@ server="https://127.0.0.1:$apiserver_port"
 # There is no controller manager: nothing creates the `default` service
 # account of a namespace, deletes namespaces, or fills EndpointSlices; tests
 # do what they need themselves.
-setsid "$KUBE_APISERVER" \
-    --etcd-servers="$etcd_url" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
-    --secure-port="$apiserver_port" \
-    --cert-dir="$dir/certs" \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$dir/pki/sa.key" \
-    --service-account-signing-key-file="$dir/pki/sa.key" \
-    --service-cluster-ip-range="$service_cidr" \
-    --authorization-mode=RBAC \
-    --token-auth-file="$dir/pki/tokens.csv" \
-    --endpoint-reconciler-type=none \
-    </dev/null >"$dir/apiserver.log" 2>&1 &
-apiserver_pid=$!
-started+=("$apiserver_pid")
+start_apiserver() {
+    apiserver_port="$(free_port)"
+    taken_ports+=("$apiserver_port")
+    server="https://127.0.0.1:$apiserver_port"
+    setsid "$KUBE_APISERVER" \
+        --etcd-servers="$etcd_url" \
+        --bind-address=127.0.0.1 \
+        --advertise-address=127.0.0.1 \
+        --secure-port="$apiserver_port" \
+        --cert-dir="$dir/certs" \
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+        --service-account-key-file="$dir/pki/sa.key" \
+        --service-account-signing-key-file="$dir/pki/sa.key" \
+        --service-cluster-ip-range="$service_cidr" \
+        --authorization-mode=RBAC \
+        --token-auth-file="$dir/pki/tokens.csv" \
+        --endpoint-reconciler-type=none \
+        </dev/null >"$dir/apiserver.log" 2>&1 &
+    apiserver_pid=$!
+    started+=("$apiserver_pid")
+}
 
+tries=1
+start_apiserver
 until [ "$(curl -ksS --max-time 2 -H "Authorization: Bearer $admin_token" \
     "$server/readyz" 2>/dev/null)" = "ok" ]; do
-    kill -0 "$apiserver_pid" 2>/dev/null || fail "kube-apiserver exited" "$dir/apiserver.log"
+    if ! kill -0 "$apiserver_pid" 2>/dev/null; then
+        wait "$apiserver_pid" 2>/dev/null || true
+        started=("$etcd_pid")
+        if bind_clash "$dir/apiserver.log" && [ $tries -lt $bind_tries ]; then
+            log "kube-apiserver's port $apiserver_port was taken meanwhile; trying another"
+            tries=$((tries + 1))
+            start_apiserver
+            continue
+        fi
+        fail "kube-apiserver exited" "$dir/apiserver.log"
+    fi
     kill -0 "$etcd_pid" 2>/dev/null || fail "etcd exited" "$dir/etcd.log"
     [ $SECONDS -lt $deadline ] ||
         fail "kube-apiserver was not ready (/readyz) within ${timeout_s}s" "$dir/apiserver.log"

@@ -283,6 +283,16 @@ impl KubeApiServer {
     /// netns` name; None: the caller's namespace) and waits until ready.
     /// Services get cluster IPs from `service_cidr` (None: 10.96.0.0/16).
     pub fn start(netns: Option<&str>, service_cidr: Option<&str>) -> Result<KubeApiServer> {
+        Self::start_with(netns, service_cidr, &[])
+    }
+
+    /// [`Self::start`], with `env` set for the start script (for example
+    /// other `ETCD` and `KUBE_APISERVER` binaries).
+    pub fn start_with(
+        netns: Option<&str>,
+        service_cidr: Option<&str>,
+        env: &[(&str, &Path)],
+    ) -> Result<KubeApiServer> {
         let dir = tempfile::Builder::new()
             .prefix("trellis-kube-")
             .tempdir()
@@ -296,6 +306,7 @@ impl KubeApiServer {
         if let Some(cidr) = service_cidr {
             cmd.env("KUBE_SERVICE_CIDR", cidr);
         }
+        cmd.envs(env.iter().copied());
         let out = run(cmd, "tests/kube/start-local.sh", None, START_TIMEOUT)?;
         // Whatever it printed, stop what it started if anything goes wrong below.
         let parsed = parse_start_output(&out.stdout);

@@ -46,3 +46,48 @@ fn apiserver_starts_on_loopback_and_reviews_tokens() {
     let status = kube.token_review("not-a-token").expect("token review");
     assert_ne!(status["authenticated"], true, "{status}");
 }
+
+/// Parallel tests pick ports at the same moment, so one may bind a port
+/// another has just found free (CI saw etcd exit with "bind: address
+/// already in use"). The start script retries such a start on other ports.
+/// Here each binary's first start is made to fail that way, by a wrapper
+/// that runs the real binary from its second call on.
+#[test]
+fn a_port_taken_between_check_and_bind_is_retried_on_other_ports() {
+    if !require_kube() {
+        return;
+    }
+    let wrappers = tempfile::tempdir().expect("a temp dir");
+    let wrap = |name: &str, real: &str| {
+        let real = std::env::var(real).expect("the binary's variable");
+        let once = wrappers.path().join(format!("{name}.failed-once"));
+        let path = wrappers.path().join(name);
+        let script = format!(
+            "#!/bin/sh\nif [ ! -e '{once}' ]; then\n  touch '{once}'\n  \
+             echo 'listen tcp 127.0.0.1:1: bind: address already in use' >&2\n  exit 1\nfi\n\
+             exec '{real}' \"$@\"\n",
+            once = once.display()
+        );
+        std::fs::write(&path, script).expect("write the wrapper");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("make the wrapper executable");
+        (path, once)
+    };
+    let (etcd, etcd_once) = wrap("etcd", "ETCD");
+    let (apiserver, apiserver_once) = wrap("kube-apiserver", "KUBE_APISERVER");
+    let kube = KubeApiServer::start_with(
+        None,
+        None,
+        &[("ETCD", &etcd), ("KUBE_APISERVER", &apiserver)],
+    )
+    .expect("the API server starts after a clash on each port");
+    assert!(etcd_once.exists(), "etcd's first start failed");
+    assert!(
+        apiserver_once.exists(),
+        "kube-apiserver's first start failed"
+    );
+    let ns = kube
+        .kubectl(&["get", "namespace", "default", "-o", "name"], None)
+        .expect("get namespace");
+    assert_eq!(ns.trim(), "namespace/default");
+}
