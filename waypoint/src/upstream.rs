@@ -21,7 +21,7 @@ use hbone::{ConnectRequest, GoAwaySignal, H2Stream, Identity, Pool, PoolKey};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use trellis_api::config::{Protocol, Workload};
@@ -29,6 +29,8 @@ use trellis_core::certs::CertManager;
 
 use crate::body::ReplayBody;
 use trellis_core::WorkloadIdentity;
+
+mod group;
 
 /// Upper bound for reaching an endpoint (TCP + TLS + CONNECT); a silently
 /// dropped SYN would otherwise hang for minutes.
@@ -273,7 +275,9 @@ impl Upstream {
     ) -> Result<H2Sender, UpstreamError> {
         let addr = ep.addr;
         let (io, goaway) = self.connect_watched(ep, forwarded_for).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        // One task for the connection and all hyper spawns for it: see group.rs.
+        let (exec, group) = group::Group::new();
+        let (sender, conn) = http2::Builder::new(exec)
             .timer(hyper_util::rt::TokioTimer::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
@@ -287,12 +291,12 @@ impl Upstream {
         let conns = self.conns.clone();
         let id = next_conn_id();
         let signal = goaway.clone();
-        tokio::spawn(async move {
+        tokio::spawn(group.run(async move {
             if let Err(e) = until_goaway(conn, signal, || forget(&conns, key, id)).await {
                 tracing::debug!(%addr, error = %e, "upstream http/2 connection ended");
             }
             forget_closed(&conns, key);
-        });
+        }));
         self.lock().h2.insert(
             key,
             Pooled {
