@@ -230,11 +230,41 @@ pub fn te_trailers(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
+/// TE forwarded as `trailers` if it offered that, else dropped: the only
+/// value HTTP/2 allows, and the only one a proxy may pass on.
+fn strip_te(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(TE).iter();
+    let exact = matches!((values.next(), values.next()), (Some(v), None) if v == "trailers");
+    if exact {
+        return;
+    }
+    if te_trailers(headers) {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    } else {
+        headers.remove(TE);
+    }
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none: one pass over the names is cheaper than a
     // hashed removal per hop-by-hop name.
-    let hop = |n: &HeaderName| n == CONNECTION || n == TE || n == UPGRADE || HOP_BY_HOP.contains(n);
-    if !headers.keys().any(hop) {
+    // TE alone is the common case (every gRPC request has `te: trailers`),
+    // handled without the removals below.
+    let hop = |n: &HeaderName| n == CONNECTION || n == UPGRADE || HOP_BY_HOP.contains(n);
+    let mut te = false;
+    let mut other = false;
+    for n in headers.keys() {
+        if n == TE {
+            te = true;
+        } else if hop(n) {
+            other = true;
+            break;
+        }
+    }
+    if !other {
+        if te {
+            strip_te(headers);
+        }
         return;
     }
     let nominated: Vec<HeaderName> = headers
@@ -256,11 +286,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(name);
     }
 
-    if te_trailers(headers) {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
-    } else {
-        headers.remove(TE);
-    }
+    strip_te(headers);
 
     if keep_upgrade && headers.contains_key(UPGRADE) {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
