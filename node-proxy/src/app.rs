@@ -471,6 +471,7 @@ fn run_admin(
                 cluster_id: proxy.settings.cluster_id.clone(),
                 pods: pods.clone(),
                 snapshot_seen: seen.clone(),
+                retries: Default::default(),
             };
             tokio::spawn(client.run(stop.clone()));
         }

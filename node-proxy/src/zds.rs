@@ -8,6 +8,7 @@
 //! here. A lost connection is retried with jittered backoff; the pods keep
 //! being served meanwhile (their rules are the agent's and stay too).
 
+pub mod retry;
 pub mod session;
 
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ use trellis_api::pb::istio::workload::zds::{
 };
 use trellis_netns::seqpacket::SeqpacketConn;
 
-use crate::pods::Pods;
+use crate::pods::{PodError, Pods};
 use session::{Action, Request, Session, MAX_PACKET};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -35,6 +36,8 @@ pub struct ZdsClient {
     pub pods: Arc<Pods>,
     /// Set at the first SnapshotSent: readiness waits for it.
     pub snapshot_seen: Arc<AtomicBool>,
+    /// Pods whose enrolment waits for a lingering port (see [`retry`]).
+    pub retries: retry::Retries,
 }
 
 impl ZdsClient {
@@ -103,9 +106,26 @@ impl ZdsClient {
                 let Some(Request::Add { netns, .. }) = req else {
                     return Err(format!("AddWorkload {uid} without its netns"));
                 };
-                self.pods
-                    .add_zds(&uid, &workload, netns)
-                    .map_err(|e| e.to_string())
+                self.retries.cancel(&uid);
+                // Kept for a retry: add_zds consumes the fd it is given.
+                let kept = netns.try_clone();
+                match self.pods.add_zds(&uid, &workload, netns) {
+                    Ok(()) => Ok(()),
+                    Err(e @ PodError::Lingering { .. }) => match kept {
+                        Ok(fd) => {
+                            self.retries.start(self.pods.clone(), uid, workload, fd);
+                            Err(format!(
+                                "{e}. This proxy tries again every {:?} for {:?} and enrolls the pod once the port is free",
+                                retry::EVERY,
+                                retry::FOR
+                            ))
+                        }
+                        Err(dup) => Err(format!(
+                            "{e} (no retry: cannot duplicate the netns fd: {dup})"
+                        )),
+                    },
+                    Err(e) => Err(e.to_string()),
+                }
             }
             Action::Keep { uid } => {
                 debug!(pod = %uid, "kept by the agent's snapshot");
@@ -114,6 +134,7 @@ impl ZdsClient {
             Action::Del { uid } => {
                 // Unknown is fine: the pod may have failed to enroll, or
                 // been dropped by an earlier snapshot.
+                self.retries.cancel(&uid);
                 let _ = self.pods.remove(&uid);
                 Ok(())
             }
@@ -127,6 +148,7 @@ impl ZdsClient {
                 for uid in &stale {
                     let _ = self.pods.remove(uid);
                 }
+                self.retries.cancel_unless(|uid| keep.contains(uid));
                 info!(
                     kept = keep.len(),
                     dropped = stale.len(),

@@ -324,3 +324,125 @@ fn agent_drops_a_bad_peer_and_reports_a_refusing_proxy_to_the_plugin() {
     );
     assert!(agent.alive());
 }
+
+/// Leaves port 15001 of `pod` held only by TIME_WAIT sockets of a process
+/// that bound it without SO_REUSEADDR and exited: what an exited ztunnel
+/// leaves behind for up to 60 s.
+fn leave_time_wait_on_15001(pod: &PodNetns) {
+    let script = "import socket\n\
+        l = socket.socket(); l.bind(('0.0.0.0', 15001)); l.listen(1)\n\
+        c = socket.create_connection(('127.0.0.1', 15001)); a, _ = l.accept()\n\
+        a.close(); c.recv(1); c.close(); l.close()\n";
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", pod.name(), "sh", "-c"])
+        .arg(format!("ip link set lo up && python3 -c \"{script}\""))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Ends those sockets early (SOCK_DESTROY) where the kernel allows it;
+/// elsewhere they last their 60 s.
+fn end_time_wait_on_15001(pod: &PodNetns) {
+    let _ = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pod.name(),
+            "ss",
+            "-K",
+            "state",
+            "time-wait",
+        ])
+        .arg("( sport = :15001 )")
+        .output();
+}
+
+#[test]
+fn a_pod_whose_port_lingers_after_ztunnel_is_enrolled_once_the_kernel_frees_it() {
+    if !trellis_e2e::require_root() {
+        return;
+    }
+    let topo = Topology::builder().node("node1").build().unwrap();
+    let files = ClusterFiles::new().unwrap();
+    let ca = files.ca("ca").unwrap();
+    let config = files
+        .write_config(
+            "mesh.yaml",
+            "workloads:\n  - uid: Kubernetes//Pod/demo/p1\n    name: p1\n    namespace: demo\n    serviceAccount: p1\n    addresses: [198.18.200.40]\n    node: node1\n    protocol: HBONE\n  - uid: Kubernetes//Pod/demo/p2\n    name: p2\n    namespace: demo\n    serviceAccount: p2\n    addresses: [198.18.200.41]\n    node: node1\n    protocol: HBONE\n",
+        )
+        .unwrap();
+    let pods = [
+        PodNetns::create(topo.prefix(), "p1").unwrap(),
+        PodNetns::create(topo.prefix(), "p2").unwrap(),
+    ];
+    let fds: Vec<OwnedFd> = pods
+        .iter()
+        .map(|p| std::fs::File::open(p.path()).unwrap().into())
+        .collect();
+    for pod in &pods {
+        leave_time_wait_on_15001(pod);
+    }
+    let sock = files.path("zds.sock");
+    let rt = rt();
+    let listener = {
+        let _g = rt.enter();
+        SeqpacketListener::bind(&sock).unwrap()
+    };
+    let sock_arg = sock.display().to_string();
+    let (proxy, c) = std::thread::scope(|scope| {
+        let starter = scope.spawn(|| {
+            NodeProxy::start(
+                &topo,
+                &files,
+                "node1",
+                &config,
+                &ca,
+                &[],
+                &["--zds-socket", &sock_arg],
+            )
+        });
+        let c = rt.block_on(async {
+            let c = accept_hello(&listener).await;
+            for (uid, name, fd) in [("uid-1", "p1", &fds[0]), ("uid-2", "p2", &fds[1])] {
+                let err = ask(&c, &add(uid, name), Some(fd)).await;
+                assert!(
+                    err.contains("TIME_WAIT") && err.contains("tries again"),
+                    "{name}: {err:?}"
+                );
+            }
+            // The agent gives up on p2 (the pod is deleted): its retry stops.
+            let del = req(Req::Del(DelWorkload {
+                uid: "uid-2".into(),
+            }));
+            assert_eq!(ask(&c, &del, None).await, "");
+            let snap = req(Req::SnapshotSent(SnapshotSent {}));
+            assert_eq!(ask(&c, &snap, None).await, "");
+            c
+        });
+        (starter.join().unwrap().expect("the proxy is ready"), c)
+    });
+    assert!(
+        served(&proxy).is_empty(),
+        "nothing enrolled while the ports linger"
+    );
+    for pod in &pods {
+        end_time_wait_on_15001(pod);
+    }
+    // Two retry periods where SOCK_DESTROY worked; up to the whole TIME_WAIT
+    // where it did not.
+    wait_until(
+        Duration::from_secs(75),
+        "p1 enrolled by the proxy's own retry",
+        || served(&proxy) == [("uid-1".to_string(), "Kubernetes//Pod/demo/p1".to_string())],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    // p2's port is as free as p1's, and p2 stays out: its retry was cancelled.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(served(&proxy).len(), 1, "the deleted pod was not enrolled");
+    drop(c);
+}
