@@ -82,6 +82,7 @@ free_port() {
 # "address already in use" is retried on fresh ports, up to $bind_tries times.
 bind_tries=5
 bind_clash() { grep -q 'address already in use' "$1" 2>/dev/null; }
+starts=1
 
 # ---- keys and credentials -------------------------------------------------
 mkdir -p "$dir/pki" "$dir/certs"
@@ -115,6 +116,19 @@ fail() { # message, log file
     stop_started
     exit 1
 }
+# After NAME (pid PID, the last of $started, log LOG) exited: starts it again
+# with START on other ports if a port clash killed it, else fails.
+restart_after_clash() { # name, pid, log, start
+    wait "$2" 2>/dev/null || true
+    started=("${started[@]:0:${#started[@]}-1}")
+    if bind_clash "$3" && [ "$starts" -lt "$bind_tries" ]; then
+        log "a port of $1 was taken between the check and its bind; trying other ports"
+        starts=$((starts + 1))
+        "$4"
+        return 0
+    fi
+    fail "$1 exited" "$3"
+}
 
 # ---- etcd -------------------------------------------------------------------
 start_ns="$(date +%s%N)"
@@ -143,23 +157,15 @@ start_etcd() {
         --log-level=warn \
         </dev/null >"$dir/etcd.log" 2>&1 &
     etcd_pid=$!
-    started+=("$etcd_pid")
+    started=("$etcd_pid")
 }
 
 deadline=$((SECONDS + timeout_s))
-tries=1
 start_etcd
 until curl -fsS --max-time 2 "$etcd_url/health" 2>/dev/null | grep -q '"health":"true"'; do
     if ! kill -0 "$etcd_pid" 2>/dev/null; then
-        wait "$etcd_pid" 2>/dev/null || true
-        started=()
-        if bind_clash "$dir/etcd.log" && [ $tries -lt $bind_tries ]; then
-            log "etcd's port $etcd_client_port or $etcd_peer_port was taken meanwhile; trying other ports"
-            tries=$((tries + 1))
-            start_etcd
-            continue
-        fi
-        fail "etcd exited" "$dir/etcd.log"
+        restart_after_clash etcd "$etcd_pid" "$dir/etcd.log" start_etcd
+        continue
     fi
     [ $SECONDS -lt $deadline ] || fail "etcd was not healthy within ${timeout_s}s" "$dir/etcd.log"
     sleep 0.2
@@ -197,23 +203,15 @@ start_apiserver() {
         --endpoint-reconciler-type=none \
         </dev/null >"$dir/apiserver.log" 2>&1 &
     apiserver_pid=$!
-    started+=("$apiserver_pid")
+    started=("$etcd_pid" "$apiserver_pid")
 }
 
-tries=1
 start_apiserver
 until [ "$(curl -ksS --max-time 2 -H "Authorization: Bearer $admin_token" \
     "$server/readyz" 2>/dev/null)" = "ok" ]; do
     if ! kill -0 "$apiserver_pid" 2>/dev/null; then
-        wait "$apiserver_pid" 2>/dev/null || true
-        started=("$etcd_pid")
-        if bind_clash "$dir/apiserver.log" && [ $tries -lt $bind_tries ]; then
-            log "kube-apiserver's port $apiserver_port was taken meanwhile; trying another"
-            tries=$((tries + 1))
-            start_apiserver
-            continue
-        fi
-        fail "kube-apiserver exited" "$dir/apiserver.log"
+        restart_after_clash kube-apiserver "$apiserver_pid" "$dir/apiserver.log" start_apiserver
+        continue
     fi
     kill -0 "$etcd_pid" 2>/dev/null || fail "etcd exited" "$dir/etcd.log"
     [ $SECONDS -lt $deadline ] ||

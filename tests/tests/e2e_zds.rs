@@ -92,48 +92,95 @@ fn served(p: &NodeProxy) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A node with workloads `pods` (name, address) in its config, and the
+/// test as its CNI agent on a ZDS socket.
+struct AgentNode {
+    topo: Topology,
+    files: ClusterFiles,
+    ca: std::path::PathBuf,
+    config: std::path::PathBuf,
+    sock: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+    listener: SeqpacketListener,
+}
+
+impl AgentNode {
+    fn new(pods: &[(&str, &str)]) -> AgentNode {
+        let topo = Topology::builder().node("node1").build().unwrap();
+        let files = ClusterFiles::new().unwrap();
+        let ca = files.ca("ca").unwrap();
+        let mut yaml = String::from("workloads:\n");
+        for (name, addr) in pods {
+            yaml += &format!(
+                "  - uid: Kubernetes//Pod/demo/{name}\n    name: {name}\n    namespace: demo\n    serviceAccount: {name}\n    addresses: [{addr}]\n    node: node1\n    protocol: HBONE\n"
+            );
+        }
+        let config = files.write_config("mesh.yaml", &yaml).unwrap();
+        let sock = files.path("zds.sock");
+        let rt = rt();
+        let listener = {
+            let _g = rt.enter();
+            SeqpacketListener::bind(&sock).unwrap()
+        };
+        AgentNode {
+            topo,
+            files,
+            ca,
+            config,
+            sock,
+            rt,
+            listener,
+        }
+    }
+
+    /// Starts the node proxy and, once it has said hello, plays the agent
+    /// with `agent` (given whether the start has returned yet: it returns
+    /// only when the proxy is ready, which waits for the snapshot).
+    fn start(
+        &self,
+        agent: impl FnOnce(&SeqpacketConn, &dyn Fn() -> bool),
+    ) -> (NodeProxy, SeqpacketConn) {
+        let sock_arg = self.sock.display().to_string();
+        std::thread::scope(|scope| {
+            let starter = scope.spawn(|| {
+                NodeProxy::start(
+                    &self.topo,
+                    &self.files,
+                    "node1",
+                    &self.config,
+                    &self.ca,
+                    &[],
+                    &["--zds-socket", &sock_arg],
+                )
+            });
+            let c = self.rt.block_on(accept_hello(&self.listener));
+            agent(&c, &|| starter.is_finished());
+            let proxy = starter
+                .join()
+                .unwrap()
+                .expect("the proxy is ready after the snapshot");
+            (proxy, c)
+        })
+    }
+}
+
 #[test]
 fn node_proxy_answers_every_request_refuses_garbage_and_reconciles_snapshots() {
     if !trellis_e2e::require_root() {
         return;
     }
-    let topo = Topology::builder().node("node1").build().unwrap();
-    let files = ClusterFiles::new().unwrap();
-    let ca = files.ca("ca").unwrap();
-    let config = files
-        .write_config(
-            "mesh.yaml",
-            "workloads:\n  - uid: Kubernetes//Pod/demo/p1\n    name: p1\n    namespace: demo\n    serviceAccount: p1\n    addresses: [198.18.200.30]\n    node: node1\n    protocol: HBONE\n",
-        )
-        .unwrap();
-    let pod = PodNetns::create(topo.prefix(), "p1").unwrap();
+    let node = AgentNode::new(&[("p1", "198.18.200.30")]);
+    let pod = PodNetns::create(node.topo.prefix(), "p1").unwrap();
     let netns_fd: OwnedFd = std::fs::File::open(pod.path()).unwrap().into();
     let not_netns: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-    let sock = files.path("zds.sock");
-    let rt = rt();
-    let listener = {
-        let _g = rt.enter();
-        SeqpacketListener::bind(&sock).unwrap()
-    };
-    let sock_arg = sock.display().to_string();
     let p1 = || ("uid-1".to_string(), "Kubernetes//Pod/demo/p1".to_string());
+    let rt = &node.rt;
+    let listener = &node.listener;
 
     // The proxy starts while the test, as agent, sends it requests: start
     // returns once the proxy is ready, which must wait for the snapshot.
-    let (proxy, c) = std::thread::scope(|scope| {
-        let starter = scope.spawn(|| {
-            NodeProxy::start(
-                &topo,
-                &files,
-                "node1",
-                &config,
-                &ca,
-                &[],
-                &["--zds-socket", &sock_arg],
-            )
-        });
-        let c = rt.block_on(async {
-            let c = accept_hello(&listener).await;
+    let (proxy, c) = node.start(|c, started| {
+        rt.block_on(async {
             // (case, request, fd sent with it, fragment the Ack's error must hold; "" = success)
             let steps: Vec<(&str, Vec<u8>, Option<&OwnedFd>, &str)> = vec![
                 ("garbage", vec![0xff; 5], None, "not a ZDS WorkloadRequest"),
@@ -190,22 +237,16 @@ fn node_proxy_answers_every_request_refuses_garbage_and_reconciles_snapshots() {
             ];
             for (name, msg, fd, want) in steps {
                 if name == "snapshot sent" {
-                    assert!(!starter.is_finished(), "ready before the agent's snapshot");
+                    assert!(!started(), "ready before the agent's snapshot");
                 }
-                let err = ask(&c, &msg, fd).await;
+                let err = ask(c, &msg, fd).await;
                 if want.is_empty() {
                     assert_eq!(err, "", "{name}");
                 } else {
                     assert!(err.contains(want), "{name}: {err:?} lacks {want:?}");
                 }
             }
-            c
-        });
-        let proxy = starter
-            .join()
-            .unwrap()
-            .expect("the proxy is ready after the snapshot");
-        (proxy, c)
+        })
     });
 
     rt.block_on(async {
@@ -219,7 +260,7 @@ fn node_proxy_answers_every_request_refuses_garbage_and_reconciles_snapshots() {
 
         // A new connection (an agent restart): its snapshot names p1 again.
         drop(c);
-        let c = accept_hello(&listener).await;
+        let c = accept_hello(listener).await;
         assert_eq!(ask(&c, &add("uid-1", "p1"), Some(&netns_fd)).await, "");
         let snap = req(Req::SnapshotSent(SnapshotSent {}));
         assert_eq!(ask(&c, &snap, None).await, "");
@@ -227,7 +268,7 @@ fn node_proxy_answers_every_request_refuses_garbage_and_reconciles_snapshots() {
 
         // The next connection's snapshot does not name it: it is dropped.
         drop(c);
-        let c = accept_hello(&listener).await;
+        let c = accept_hello(listener).await;
         assert_eq!(ask(&c, &snap, None).await, "");
         assert!(served(&proxy).is_empty(), "reconciled away");
         drop(c);
@@ -367,18 +408,10 @@ fn a_pod_whose_port_lingers_after_ztunnel_is_enrolled_once_the_kernel_frees_it()
     if !trellis_e2e::require_root() {
         return;
     }
-    let topo = Topology::builder().node("node1").build().unwrap();
-    let files = ClusterFiles::new().unwrap();
-    let ca = files.ca("ca").unwrap();
-    let config = files
-        .write_config(
-            "mesh.yaml",
-            "workloads:\n  - uid: Kubernetes//Pod/demo/p1\n    name: p1\n    namespace: demo\n    serviceAccount: p1\n    addresses: [198.18.200.40]\n    node: node1\n    protocol: HBONE\n  - uid: Kubernetes//Pod/demo/p2\n    name: p2\n    namespace: demo\n    serviceAccount: p2\n    addresses: [198.18.200.41]\n    node: node1\n    protocol: HBONE\n",
-        )
-        .unwrap();
+    let node = AgentNode::new(&[("p1", "198.18.200.40"), ("p2", "198.18.200.41")]);
     let pods = [
-        PodNetns::create(topo.prefix(), "p1").unwrap(),
-        PodNetns::create(topo.prefix(), "p2").unwrap(),
+        PodNetns::create(node.topo.prefix(), "p1").unwrap(),
+        PodNetns::create(node.topo.prefix(), "p2").unwrap(),
     ];
     let fds: Vec<OwnedFd> = pods
         .iter()
@@ -387,29 +420,10 @@ fn a_pod_whose_port_lingers_after_ztunnel_is_enrolled_once_the_kernel_frees_it()
     for pod in &pods {
         leave_time_wait_on_15001(pod);
     }
-    let sock = files.path("zds.sock");
-    let rt = rt();
-    let listener = {
-        let _g = rt.enter();
-        SeqpacketListener::bind(&sock).unwrap()
-    };
-    let sock_arg = sock.display().to_string();
-    let (proxy, c) = std::thread::scope(|scope| {
-        let starter = scope.spawn(|| {
-            NodeProxy::start(
-                &topo,
-                &files,
-                "node1",
-                &config,
-                &ca,
-                &[],
-                &["--zds-socket", &sock_arg],
-            )
-        });
-        let c = rt.block_on(async {
-            let c = accept_hello(&listener).await;
+    let (proxy, c) = node.start(|c, _| {
+        node.rt.block_on(async {
             for (uid, name, fd) in [("uid-1", "p1", &fds[0]), ("uid-2", "p2", &fds[1])] {
-                let err = ask(&c, &add(uid, name), Some(fd)).await;
+                let err = ask(c, &add(uid, name), Some(fd)).await;
                 assert!(
                     err.contains("TIME_WAIT") && err.contains("tries again"),
                     "{name}: {err:?}"
@@ -419,12 +433,10 @@ fn a_pod_whose_port_lingers_after_ztunnel_is_enrolled_once_the_kernel_frees_it()
             let del = req(Req::Del(DelWorkload {
                 uid: "uid-2".into(),
             }));
-            assert_eq!(ask(&c, &del, None).await, "");
+            assert_eq!(ask(c, &del, None).await, "");
             let snap = req(Req::SnapshotSent(SnapshotSent {}));
-            assert_eq!(ask(&c, &snap, None).await, "");
-            c
-        });
-        (starter.join().unwrap().expect("the proxy is ready"), c)
+            assert_eq!(ask(c, &snap, None).await, "");
+        })
     });
     assert!(
         served(&proxy).is_empty(),
