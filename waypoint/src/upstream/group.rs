@@ -53,6 +53,9 @@ pub struct Group {
     free: Vec<usize>,
     /// Scratch for the indices taken off the ready queue.
     batch: Vec<usize>,
+    /// Scratch for the futures taken off the incoming queue: swapped with
+    /// it, so neither buffer is allocated again per request.
+    incoming: Vec<BoxFuture>,
 }
 
 /// The ready-queue index of [`Group::run`]'s own future.
@@ -135,6 +138,7 @@ impl Group {
             slots: Vec::new(),
             free: Vec::new(),
             batch: Vec::new(),
+            incoming: Vec::new(),
         };
         (GroupExec { shared }, group)
     }
@@ -158,8 +162,8 @@ impl Group {
     }
 
     /// Moves handed-over futures into slots, each queued for a first poll.
-    fn admit(&mut self, incoming: Vec<BoxFuture>, ready: &mut Vec<usize>) {
-        for fut in incoming {
+    fn admit(&mut self, incoming: &mut Vec<BoxFuture>, ready: &mut Vec<usize>) {
+        for fut in incoming.drain(..) {
             ready.push(match self.free.pop() {
                 // The slot's waker is reused unless one is still held
                 // elsewhere (two references: the slot's own pair).
@@ -216,7 +220,8 @@ impl Group {
             {
                 let mut state = self.shared.lock();
                 std::mem::swap(&mut batch, &mut state.ready);
-                let incoming = std::mem::take(&mut state.incoming);
+                let mut incoming = std::mem::take(&mut self.incoming);
+                std::mem::swap(&mut incoming, &mut state.incoming);
                 if incoming.is_empty() && batch.is_empty() {
                     state.polling = false;
                     if main.is_none() && self.live() == 0 {
@@ -224,21 +229,24 @@ impl Group {
                         return Poll::Ready(());
                     }
                     self.batch = batch;
+                    self.incoming = incoming;
                     return Poll::Pending;
                 }
                 if polls >= BUDGET {
                     // Put back what was taken: the next turn starts there.
                     state.ready.append(&mut batch);
-                    state.incoming = incoming;
+                    std::mem::swap(&mut incoming, &mut state.incoming);
                     state.polling = false;
                     drop(state);
                     self.batch = batch;
+                    self.incoming = incoming;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
                 state.polling = true;
                 drop(state);
-                self.admit(incoming, &mut batch);
+                self.admit(&mut incoming, &mut batch);
+                self.incoming = incoming;
             }
             for &index in &batch {
                 polls += 1;
