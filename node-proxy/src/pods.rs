@@ -11,7 +11,7 @@
 //! `--install-redirect`, installs and removes the rules itself.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -168,7 +168,15 @@ impl Pods {
     /// came with AddWorkload, `workload` the config uid it is served as.
     /// The agent owns the capture rules. The same pod and netns again is a
     /// no-op, so a reconnecting agent's snapshot keeps open connections.
-    pub fn add_zds(&self, uid: &str, workload: &str, netns: OwnedFd) -> Result<(), PodError> {
+    /// Enrolls a pod the CNI agent handed over with its netns fd. The fd
+    /// is only borrowed (the pod keeps its own handle to the netns): the
+    /// caller may keep it to try again.
+    pub fn add_zds(
+        &self,
+        uid: &str,
+        workload: &str,
+        netns: BorrowedFd<'_>,
+    ) -> Result<(), PodError> {
         self.check_thawed()?;
         if uid.is_empty() {
             return Err(PodError::EmptyUid);
@@ -179,7 +187,6 @@ impl Pods {
             path: PathBuf::from(format!("<netns fd of pod {uid} from ZDS>")),
             source,
         })?;
-        drop(netns);
         let label = PathBuf::from(format!("zds:{uid}"));
         self.enroll(uid, workload, ns, &label, Origin::Zds, false)
     }

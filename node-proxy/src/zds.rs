@@ -11,6 +11,7 @@
 pub mod retry;
 pub mod session;
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,23 +108,16 @@ impl ZdsClient {
                     return Err(format!("AddWorkload {uid} without its netns"));
                 };
                 self.retries.cancel(&uid);
-                // Kept for a retry: add_zds consumes the fd it is given.
-                let kept = netns.try_clone();
-                match self.pods.add_zds(&uid, &workload, netns) {
+                match self.pods.add_zds(&uid, &workload, netns.as_fd()) {
                     Ok(()) => Ok(()),
-                    Err(e @ PodError::Lingering { .. }) => match kept {
-                        Ok(fd) => {
-                            self.retries.start(self.pods.clone(), uid, workload, fd);
-                            Err(format!(
-                                "{e}. This proxy tries again every {:?} for {:?} and enrolls the pod once the port is free",
-                                retry::EVERY,
-                                retry::FOR
-                            ))
-                        }
-                        Err(dup) => Err(format!(
-                            "{e} (no retry: cannot duplicate the netns fd: {dup})"
-                        )),
-                    },
+                    Err(e @ PodError::Lingering { .. }) => {
+                        self.retries.start(self.pods.clone(), uid, workload, netns);
+                        Err(format!(
+                            "{e}. This proxy tries again every {:?} for {:?} and enrolls the pod once the port is free",
+                            retry::EVERY,
+                            retry::FOR
+                        ))
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             }

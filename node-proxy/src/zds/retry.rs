@@ -7,7 +7,7 @@
 //! until the agent happens to send it again.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -71,11 +71,6 @@ impl Retries {
         });
     }
 
-    /// The uids being retried.
-    pub fn uids(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
-    }
-
     /// Retries enrolling `uid` (its netns `netns`) every [`EVERY`] until it
     /// succeeds, fails otherwise, [`FOR`] has passed, or it is cancelled.
     pub fn start(&self, pods: Arc<Pods>, uid: String, workload: String, netns: OwnedFd) {
@@ -92,11 +87,7 @@ impl Retries {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(EVERY) => {}
                 }
-                let fd = match netns.try_clone() {
-                    Ok(fd) => fd,
-                    Err(e) => break Err(format!("cannot duplicate the pod's netns fd: {e}")),
-                };
-                match pods.add_zds(&uid, &workload, fd) {
+                match pods.add_zds(&uid, &workload, netns.as_fd()) {
                     Ok(()) => break Ok(()),
                     Err(e) => {
                         if after(&e, started.elapsed()) == Next::Stop {

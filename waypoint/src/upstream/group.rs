@@ -124,8 +124,8 @@ impl Wake for SlotWake {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panicking future is caught by nothing here and ends the task;
-        // the queue itself is never left half-updated.
+        // Nothing that can panic runs under the lock, so a poisoned lock
+        // still guards a whole queue.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -203,9 +203,7 @@ impl Group {
     fn live(&self) -> usize {
         self.slots.len() - self.free.len()
     }
-}
 
-impl Group {
     /// One turn: polls what was woken (`main` included) until nothing is,
     /// or the budget is spent.
     fn poll_all<F: Future<Output = ()>>(
