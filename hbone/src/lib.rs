@@ -29,6 +29,8 @@ mod request;
 pub mod server;
 pub mod settings;
 pub mod stream;
+#[cfg(test)]
+mod test_h2;
 pub mod tls;
 pub mod transport;
 

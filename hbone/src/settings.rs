@@ -10,6 +10,15 @@ const MAX_WINDOW: u32 = (1 << 31) - 1;
 const MIN_FRAME: u32 = 1 << 14;
 const MAX_FRAME: u32 = (1 << 24) - 1;
 
+/// Data h2 may buffer per stream before it stops granting send capacity.
+/// Two relay chunks: the copy loop hands h2 a new chunk while the last one
+/// is still queued, and with h2's default (400 KiB) a 256 KiB chunk was cut
+/// to the 144 KiB left, so strace of a bulk tunnel showed DATA frames and
+/// TLS `writev`s of every multiple of 16 KiB instead of one per chunk. The
+/// copy loop reads no more while a chunk waits, so a stream holds at most
+/// this plus one chunk.
+const STREAM_SEND_BUFFER: usize = 2 * crate::copy::CHUNK;
+
 /// HTTP/2 settings for HBONE connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct H2Settings {
@@ -99,6 +108,7 @@ impl H2Settings {
             .max_frame_size(self.max_frame_size)
             .max_header_list_size(self.max_header_list_size)
             .max_concurrent_streams(self.max_concurrent_streams)
+            .max_send_buffer_size(STREAM_SEND_BUFFER)
             // HBONE never uses server push; refusing it removes a code path a peer could abuse.
             .enable_push(false);
         Ok(b)
@@ -112,7 +122,8 @@ impl H2Settings {
             .initial_connection_window_size(self.connection_window)
             .max_frame_size(self.max_frame_size)
             .max_header_list_size(self.max_header_list_size)
-            .max_concurrent_streams(self.max_concurrent_streams);
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_send_buffer_size(STREAM_SEND_BUFFER);
         Ok(b)
     }
 }
@@ -162,5 +173,43 @@ mod tests {
             );
             assert!(s.client_builder().is_err() && s.server_builder().is_err());
         }
+    }
+
+    /// The copy loop hands h2 a new chunk while the last one is still queued;
+    /// the stream must then have room for all of it, or the chunk leaves as
+    /// two DATA frames and two TLS writes (h2's default buffer left 144 KiB).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stream_with_a_chunk_queued_has_room_for_a_whole_next_chunk() {
+        use crate::copy::CHUNK;
+        use bytes::Bytes;
+        let (mut client, mut conn) = crate::test_h2::pair().await;
+        let server = tokio::spawn(async move {
+            let (_req, mut respond) = conn.accept().await.expect("a stream").expect("ok");
+            respond
+                .send_response(http::Response::new(()), false)
+                .expect("respond");
+            while conn.accept().await.is_some() {}
+        });
+        let req = crate::test_h2::request();
+        let (response, mut send) = client.send_request(req, false).expect("send request");
+        // The response comes after the server's SETTINGS and window updates.
+        response.await.expect("response");
+        send.reserve_capacity(CHUNK);
+        assert_eq!(send.capacity(), CHUNK, "room for the first chunk");
+        // Not flushed: the connection task does not run until this test awaits.
+        send.send_data(Bytes::from(vec![0u8; CHUNK]), false)
+            .expect("queue a chunk");
+        send.reserve_capacity(CHUNK);
+        assert_eq!(send.capacity(), CHUNK, "room for a whole second chunk");
+        send.send_data(Bytes::from(vec![0u8; CHUNK]), false)
+            .expect("queue a second chunk");
+        send.reserve_capacity(CHUNK);
+        assert_eq!(
+            send.capacity(),
+            0,
+            "no room for a third: the buffer stays bounded"
+        );
+        drop((send, client));
+        server.abort();
     }
 }
