@@ -159,6 +159,17 @@ impl Up {
                 self.bytes += n as u64;
                 if chunk.is_empty() {
                     self.pending = None;
+                    if self.chunk == CHUNK {
+                        // Let the connection task encrypt and write this
+                        // chunk before the next read: the chunk is still in
+                        // cache, and its buffer is free again for that read.
+                        // Reading on at once kept two or three chunks and
+                        // their records in flight, and the copies and the
+                        // AES over them missed the cache (a perf profile put
+                        // `_copy_from_iter` at 2.8x a TLS relay's per GB).
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
                 continue;
             }
@@ -329,6 +340,7 @@ impl Down {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::future::Future;
 
     use super::*;
 
@@ -370,6 +382,40 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// After handing h2 a bulk chunk the loop yields, so the connection task
+    /// writes that chunk (still in cache, its buffer then free for reuse)
+    /// before the next read.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bulk_chunk_is_written_before_the_next_read() {
+        let (mut client, mut conn) = crate::test_h2::pair().await;
+        tokio::spawn(async move {
+            let (_req, mut respond) = conn.accept().await.expect("a stream").expect("ok");
+            respond
+                .send_response(http::Response::new(()), true)
+                .expect("respond");
+            while conn.accept().await.is_some() {}
+        });
+        let (response, send) = client
+            .send_request(crate::test_h2::request(), false)
+            .expect("send request");
+        let recv = response.await.expect("response").into_body();
+        let mut tcp = Scripted {
+            reads: [FIRST_CHUNK, CHUNK, CHUNK, CHUNK].into(),
+            offered: Vec::new(),
+        };
+        {
+            let copy = copy_bidirectional(&mut tcp, H2Stream::new(send, recv, None));
+            let mut copy = std::pin::pin!(copy);
+            for _ in 0..2 {
+                let pending = poll_fn(|cx| Poll::Ready(copy.as_mut().poll(cx).is_pending())).await;
+                assert!(pending, "the copy has more to do");
+            }
+        }
+        // One read per poll: the small first read (which filled its buffer,
+        // so the tunnel is bulk from then on), then one bulk read.
+        assert_eq!(tcp.offered, [FIRST_CHUNK, CHUNK], "reads in two polls");
     }
 
     /// A read that stops short of its buffer must not leave the next bulk
