@@ -389,18 +389,8 @@ mod tests {
     /// before the next read.
     #[tokio::test(flavor = "current_thread")]
     async fn a_bulk_chunk_is_written_before_the_next_read() {
-        let (mut client, mut conn) = crate::test_h2::pair().await;
-        tokio::spawn(async move {
-            let (_req, mut respond) = conn.accept().await.expect("a stream").expect("ok");
-            respond
-                .send_response(http::Response::new(()), true)
-                .expect("respond");
-            while conn.accept().await.is_some() {}
-        });
-        let (response, send) = client
-            .send_request(crate::test_h2::request(), false)
-            .expect("send request");
-        let recv = response.await.expect("response").into_body();
+        let (send, recv, _server) =
+            crate::test_h2::stream(true, |_body| std::future::pending::<()>()).await;
         let mut tcp = Scripted {
             reads: [FIRST_CHUNK, CHUNK, CHUNK, CHUNK].into(),
             offered: Vec::new(),
@@ -423,14 +413,7 @@ mod tests {
     /// whatever it carries, so every bulk read is offered a whole chunk.
     #[tokio::test(flavor = "current_thread")]
     async fn every_bulk_read_is_offered_a_whole_chunk() {
-        let (mut client, mut conn) = crate::test_h2::pair().await;
-        let server = tokio::spawn(async move {
-            let (req, mut respond) = conn.accept().await.expect("a stream").expect("ok");
-            respond
-                .send_response(http::Response::new(()), true)
-                .expect("respond");
-            let driver = tokio::spawn(async move { while conn.accept().await.is_some() {} });
-            let mut body = req.into_body();
+        let (send, recv, server) = crate::test_h2::stream(true, |mut body| async move {
             let mut got = 0;
             while let Some(data) = body.data().await {
                 let data = data.expect("data");
@@ -439,13 +422,9 @@ mod tests {
                     .release_capacity(data.len())
                     .expect("release");
             }
-            driver.abort();
             got
-        });
-        let (response, send) = client
-            .send_request(crate::test_h2::request(), false)
-            .expect("send request");
-        let recv = response.await.expect("response").into_body();
+        })
+        .await;
         let reads = [FIRST_CHUNK, 100 << 10, 100 << 10, 3 << 10, CHUNK, 100 << 10];
         let mut tcp = Scripted {
             reads: reads.into(),

@@ -182,18 +182,8 @@ mod tests {
     async fn a_stream_with_a_chunk_queued_has_room_for_a_whole_next_chunk() {
         use crate::copy::CHUNK;
         use bytes::Bytes;
-        let (mut client, mut conn) = crate::test_h2::pair().await;
-        let server = tokio::spawn(async move {
-            let (_req, mut respond) = conn.accept().await.expect("a stream").expect("ok");
-            respond
-                .send_response(http::Response::new(()), false)
-                .expect("respond");
-            while conn.accept().await.is_some() {}
-        });
-        let req = crate::test_h2::request();
-        let (response, mut send) = client.send_request(req, false).expect("send request");
-        // The response comes after the server's SETTINGS and window updates.
-        response.await.expect("response");
+        let (mut send, _recv, server) =
+            crate::test_h2::stream(false, |_body| std::future::pending::<()>()).await;
         send.reserve_capacity(CHUNK);
         assert_eq!(send.capacity(), CHUNK, "room for the first chunk");
         // Not flushed: the connection task does not run until this test awaits.
@@ -209,7 +199,6 @@ mod tests {
             0,
             "no room for a third: the buffer stays bounded"
         );
-        drop((send, client));
         server.abort();
     }
 }
