@@ -6,7 +6,8 @@
 //!   out (an idle connection holds no read buffer); once a read fills it,
 //!   bulk reads go into a reusable `BytesMut` whose filled part is
 //!   `split().freeze()`d and handed to h2 without copying, after waiting for
-//!   send capacity so h2 never buffers beyond what the peer's window allows;
+//!   send capacity so h2 never buffers beyond what the peer's window allows,
+//!   one chunk per poll so that h2 writes each before the next is read;
 //! - tunnel → tcp: write each received `Bytes` straight to the socket and
 //!   release flow-control capacity only for what the socket accepted.
 
