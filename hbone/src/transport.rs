@@ -19,13 +19,13 @@ use tokio::net::TcpStream;
 pub const READ_BUFFER: usize = 256 * 1024;
 
 /// Encrypted bytes rustls may hold before a write must wait for the socket
-/// (its default is 64 KiB). It must exceed a whole relay chunk (256 KiB)
-/// plus its DATA frame's header: rustls compares the plaintext offered with
-/// the room left, so at exactly the chunk size every chunk took a second
-/// `writev` for its last 9 bytes (with the default, a 128 KiB chunk took two).
+/// (its default is 64 KiB). It must exceed a whole relay chunk plus its
+/// DATA frame's header: rustls compares the plaintext offered with the room
+/// left, so at exactly the chunk size every chunk took a second `writev`
+/// for its last 9 bytes (with the default, a 128 KiB chunk took two).
 /// rustls allocates this only while it holds unwritten records, so an idle
 /// connection pays nothing for it.
-pub const SEND_BUFFER: usize = 512 * 1024;
+pub const SEND_BUFFER: usize = 2 * crate::copy::CHUNK;
 
 /// A TCP socket with a read buffer, as HBONE's TLS runs over it.
 pub type Transport = BufReader<TcpStream>;

@@ -168,9 +168,8 @@ impl Pods {
     /// came with AddWorkload, `workload` the config uid it is served as.
     /// The agent owns the capture rules. The same pod and netns again is a
     /// no-op, so a reconnecting agent's snapshot keeps open connections.
-    /// Enrolls a pod the CNI agent handed over with its netns fd. The fd
-    /// is only borrowed (the pod keeps its own handle to the netns): the
-    /// caller may keep it to try again.
+    /// The fd is only borrowed (the pod opens its own handle to the
+    /// netns), so the caller may keep it to try again.
     pub fn add_zds(
         &self,
         uid: &str,
