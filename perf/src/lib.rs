@@ -45,6 +45,7 @@ pub mod run;
 pub mod servers;
 pub mod sidecars;
 pub mod soak;
+pub mod strace;
 pub mod sys;
 pub mod throughput;
 pub mod topo;

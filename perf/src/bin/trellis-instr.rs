@@ -23,6 +23,7 @@
 //! (HTTP/1.1, HTTP/2, gRPC unary) on one connection each, through the same
 //! routes and policy as the bench.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,18 +39,23 @@ use trellis_perf::l7::nginx::{self, NginxProxy};
 use trellis_perf::l7::servers::{Listen, Upstreams};
 use trellis_perf::l7::{GRPC_PAYLOAD_BYTES, GRPC_PORT, HTTP_BODY_BYTES, HTTP_PORT};
 use trellis_perf::servers::EchoServer;
+use trellis_perf::strace::{Calls, Strace};
 use trellis_perf::topo::{self, BenchTopo};
 use trellis_perf::{latency, run, sys, LOADGEN_CPU, SERVER_CPU};
 
 const USAGE: &str = "usage: trellis-instr [--pings N] [--bulk-mib M] [--out DIR]
        trellis-instr --waypoint [--requests N] [--out DIR]
+       trellis-instr --syscalls [--pings N] | --syscalls --waypoint [--requests N]
 
   --pings N      64 B round trips counted (default 2000, at most 100000)
   --bulk-mib M   MiB echoed in 64 KiB messages for the bulk figure (default 16, at most 256)
   --waypoint     count the waypoint per request instead of the node proxies
   --requests N   requests counted per protocol with --waypoint (default 2000, at most 100000)
   --out DIR      where instr.{json,md} (instr-waypoint.{json,md} with --waypoint) go; default perf/results
-  --keep DIR     keep the callgrind files there (cg.<pid>.<part>, for callgrind_annotate)";
+  --keep DIR     keep the callgrind files there (cg.<pid>.<part>, for callgrind_annotate)
+  --syscalls     no callgrind: count each node proxy's syscalls per 64 B round trip (with
+                 --waypoint: the waypoint's per request) with strace, by name and how many
+                 failed (e.g. reads that found nothing); prints, writes nothing";
 
 const PING: usize = 64;
 const BULK_MSG: usize = 64 * 1024;
@@ -59,6 +65,7 @@ struct Args {
     pings: usize,
     bulk_mib: usize,
     waypoint: bool,
+    syscalls: bool,
     requests: usize,
     out: PathBuf,
     keep: Option<PathBuf>,
@@ -69,6 +76,7 @@ fn args() -> Result<Option<Args>> {
         pings: 2000,
         bulk_mib: 16,
         waypoint: false,
+        syscalls: false,
         requests: 2000,
         out: PathBuf::from("perf/results"),
         keep: None,
@@ -91,6 +99,7 @@ fn args() -> Result<Option<Args>> {
             "--bulk-mib" => a.bulk_mib = num("--bulk-mib", 256)?,
             "--requests" => a.requests = num("--requests", 100_000)?,
             "--waypoint" => a.waypoint = true,
+            "--syscalls" => a.syscalls = true,
             "--out" => a.out = it.next().context("--out needs a directory")?.into(),
             "--keep" => a.keep = Some(it.next().context("--keep needs a directory")?.into()),
             "-h" | "--help" => {
@@ -232,6 +241,20 @@ fn markdown(doc: &serde_json::Value) -> String {
 
 fn main() -> Result<()> {
     let Some(a) = args()? else { return Ok(()) };
+    if a.syscalls {
+        run::preflight(
+            "trellis-instr",
+            [LOADGEN_CPU, SERVER_CPU],
+            &[("strace", "strace")],
+        )?;
+        let _lock = run::lock()?;
+        sys::pin_current_thread(LOADGEN_CPU)?;
+        return if a.waypoint {
+            waypoint_syscalls(&a)
+        } else {
+            syscalls(&a)
+        };
+    }
     let cpus = run::preflight(
         "trellis-instr",
         [LOADGEN_CPU, SERVER_CPU],
@@ -343,6 +366,144 @@ fn node_proxies(r: Run<'_>) -> Result<serde_json::Value> {
         }
     }
     Ok(doc)
+}
+
+/// Each node proxy's syscalls per 64 B round trip, counted by strace over
+/// `--pings` round trips on one connection; the proxies run at full speed
+/// (strace slows each syscall, not what the proxies decide to call).
+fn syscalls(a: &Args) -> Result<()> {
+    let tmp = tempfile::tempdir().context("creating a directory for strace's output")?;
+    let bt = BenchTopo::build(0)?;
+    let echo_addr = SocketAddr::new(bt.server.ip, 7000);
+    let _echo = EchoServer::start(&bt.server.netns()?, echo_addr, SERVER_CPU)?;
+    let bin = topo::proxy_binary()?;
+    let p1 = bt.start_proxy(&bin, "node1", &bt.client, SERVER_CPU)?;
+    let p2 = bt.start_proxy(&bin, "node2", &bt.server, SERVER_CPU)?;
+    let ns = bt.client.netns()?;
+    latency::wait_echo(&ns, LOADGEN_CPU, echo_addr, Duration::from_secs(30))?;
+    let pids = [p1.pid, p2.pid];
+    let dir = tmp.path().to_path_buf();
+    let pings = a.pings;
+    let counts = sys::on_pinned_thread("instr-load", LOADGEN_CPU, &ns, move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut s = latency::connect(echo_addr)?;
+        round_trips(&mut s, PING, WARMUP_PINGS, deadline)?;
+        let tracers = pids
+            .iter()
+            .map(|&pid| Strace::attach(pid, &dir.join(format!("st.{pid}"))))
+            .collect::<Result<Vec<_>>>()?;
+        round_trips(&mut s, PING, pings, deadline)?;
+        tracers
+            .into_iter()
+            .map(Strace::finish)
+            .collect::<Result<Vec<_>>>()
+    })?;
+    print!(
+        "{}",
+        syscall_table(
+            &format!("syscalls per 64 B round trip ({pings} round trips, one connection)"),
+            &[("node1", &counts[0]), ("node2", &counts[1])],
+            pings,
+        )
+    );
+    Ok(())
+}
+
+/// Syscalls per unit of work side by side: calls and failed calls of each
+/// column, per syscall name, and all calls.
+fn syscall_table(title: &str, cols: &[(&str, &BTreeMap<String, Calls>)], units: usize) -> String {
+    let mut md = format!("# {title}\n\n| syscall |");
+    let mut rule = String::from("|---|");
+    for (name, _) in cols {
+        md += &format!(" {name} calls | {name} failed |");
+        rule += "---:|---:|";
+    }
+    md += &format!("\n{rule}\n");
+    let names: std::collections::BTreeSet<&String> =
+        cols.iter().flat_map(|(_, m)| m.keys()).collect();
+    let per = |n: u64| n as f64 / units as f64;
+    for name in names {
+        md += &format!("| {name} |");
+        for (_, m) in cols {
+            let c = m.get(name).copied().unwrap_or_default();
+            md += &format!(" {:.2} | {:.2} |", per(c.calls), per(c.errors));
+        }
+        md += "\n";
+    }
+    md += "| all |";
+    for (_, m) in cols {
+        md += &format!(" {:.2} | |", per(m.values().map(|c| c.calls).sum()));
+    }
+    md + "\n"
+}
+
+/// The waypoint's syscalls per request, per protocol, counted by strace on
+/// `trellis-l7-bench`'s topology with everything at full speed.
+fn waypoint_syscalls(a: &Args) -> Result<()> {
+    let t = L7Topo::build()?;
+    let server_ns = t.bt.server.netns()?;
+    let upstreams = Upstreams::start(
+        &[Listen {
+            ns: &server_ns,
+            http: SocketAddr::new(t.bt.server.ip, HTTP_PORT),
+            grpc: SocketAddr::new(t.bt.server.ip, GRPC_PORT),
+        }],
+        LOADGEN_CPU,
+    )?;
+    let proxy_bin = topo::proxy_binary()?;
+    let _proxies = [
+        t.bt.start_proxy(&proxy_bin, "node1", &t.bt.client, LOADGEN_CPU)?,
+        t.bt.start_proxy(&proxy_bin, "node2", &t.bt.server, LOADGEN_CPU)?,
+    ];
+    let bin = topo::sibling_binary("trellis-waypoint", "trellis-waypoint")?;
+    let wp = WaypointProc::start_wrapped(&t, &bin, SERVER_CPU, &[], Duration::from_secs(30))?;
+    let targets: Vec<Target> = Proto::ALL.iter().map(|&p| t.waypoint_target(p)).collect();
+    let n = a.requests;
+    let tmp = tempfile::tempdir().context("creating a directory for strace's output")?;
+    let dir = tmp.path().to_path_buf();
+    let pid = wp.pid;
+    let client_ns = t.bt.client.netns()?;
+    let ns = client_ns.try_clone().context("cloning a netns handle")?;
+    let before = upstreams.counts().get();
+    let counts = sys::on_pinned_thread("instr-load", LOADGEN_CPU, &ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the client's runtime")?;
+        rt.block_on(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut out = Vec::new();
+            for (i, target) in targets.iter().enumerate() {
+                let what = target.proto.label();
+                let mut c = Client::connect(&client_ns, target)
+                    .await
+                    .with_context(|| format!("connecting for {what}"))?;
+                calls(&mut c, WARMUP_REQUESTS, deadline, what).await?;
+                let st = Strace::attach(pid, &dir.join(format!("st.{i}")))?;
+                calls(&mut c, n, deadline, what).await?;
+                out.push((what, st.finish()?));
+            }
+            Ok(out)
+        })
+    })?;
+    let after = upstreams.counts().get();
+    let routed = (after[1] - before[1]) + (after[3] - before[3]);
+    let expected = (Proto::ALL.len() * (WARMUP_REQUESTS + n)) as u64;
+    if routed != expected {
+        bail!(
+            "the server saw {routed} routed requests, not the {expected} sent through the waypoint"
+        );
+    }
+    let cols: Vec<(&str, &BTreeMap<String, Calls>)> = counts.iter().map(|(w, m)| (*w, m)).collect();
+    print!(
+        "{}",
+        syscall_table(
+            &format!("the waypoint's syscalls per request ({n} sequential requests per protocol, one connection each)"),
+            &cols,
+            n,
+        )
+    );
+    Ok(())
 }
 
 const COUNTS_NOTE: &str = "counts: callgrind Ir (user-space instructions, kernel excluded) between zeroing and dumping the counters; task polls = calls of tokio's raw::poll; allocations = calls of malloc (glibc, the node proxy) or mi_malloc_aligned / mi_zalloc_aligned (mimalloc, the waypoint)";

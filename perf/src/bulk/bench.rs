@@ -26,13 +26,15 @@ const IPERF_PORT: u16 = 5201;
 
 pub const USAGE: &str = "usage: trellis-bulk-bench [--quick] [--secs N] [--repeat N] [--out DIR] \
 [--columns direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis,ztunnel] \
-[--ztunnel PATH] [--syscalls DIR] [--profile DIR]\n\
+[--ztunnel PATH] [--pings N] [--syscalls DIR] [--profile DIR]\n\
   --quick          3 s per run, 1 round; writes bulk-quick.{json,md}\n\
   --secs N         iperf3 seconds per run (default 10)\n\
   --repeat N       rounds, each measuring every column once (default 3)\n\
   --out DIR        where bulk.{json,md} go; default perf/results\n\
   --columns LIST   which columns, in this order within a round (default all but ztunnel)\n\
   --ztunnel PATH   Istio's ztunnel binary for the ztunnel column (or $TRELLIS_ZTUNNEL)\n\
+  --pings N        64 B round trips through each column after its iperf3 run (default 20000,\n\
+                   2000 with --quick; 0: none)\n\
   --syscalls DIR   count the mesh processes' syscalls with perf stat (perturbs the figures;\n\
                    writes bulk-syscalls.{json,md})\n\
   --profile DIR    perf record the meshed columns' processes into DIR and report their top\n\
@@ -50,6 +52,8 @@ pub struct Opts {
     pub profile: Option<PathBuf>,
     /// The ztunnel binary, when the ztunnel column is asked for.
     pub ztunnel: Option<PathBuf>,
+    /// 64 B round trips per column and round.
+    pub pings: usize,
 }
 
 impl Opts {
@@ -62,6 +66,7 @@ impl Opts {
         let mut syscalls = None;
         let mut profile = None;
         let mut ztunnel = None;
+        let mut pings = None;
         while let Some(flag) = a.next_flag() {
             match flag.as_str() {
                 "--quick" => quick = true,
@@ -72,6 +77,7 @@ impl Opts {
                 "--syscalls" => syscalls = Some(a.path("--syscalls")?),
                 "--profile" => profile = Some(a.path("--profile")?),
                 "--ztunnel" => ztunnel = Some(a.path("--ztunnel")?),
+                "--pings" => pings = Some(count(&a.value("--pings")?, "--pings", 0, 200_000)?),
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -94,6 +100,7 @@ impl Opts {
             syscalls,
             profile,
             ztunnel,
+            pings: pings.unwrap_or(if quick { 2_000 } else { 20_000 }),
         })
     }
 
@@ -258,6 +265,8 @@ pub fn run(o: &Opts) -> Result<()> {
         server_cpu: SERVER_CPU,
         syscalls: o.syscalls.as_deref(),
         profile: o.profile.as_deref(),
+        echo,
+        pings: o.pings,
     };
     let zt = o
         .ztunnel
@@ -310,6 +319,12 @@ pub fn run(o: &Opts) -> Result<()> {
                 s.server_cpu_s_per_gb(),
                 s.retransmits
             ));
+            if let Some(r) = s.rtt {
+                say(format!(
+                    "  64 B RTT p50 {:.1} µs, p99 {:.1} µs",
+                    r.p50_us, r.p99_us
+                ));
+            }
             samples.push(s);
         }
     }
@@ -351,7 +366,7 @@ pub fn run(o: &Opts) -> Result<()> {
     let setup = json!({
         "iperf_secs": o.secs, "repeat": o.repeat,
         "columns": o.columns.iter().map(|c| c.name()).collect::<Vec<_>>(),
-        "relay_buffer_bytes": DEFAULT_BUFFER, "syscalls": o.syscalls.is_some(),
+        "relay_buffer_bytes": DEFAULT_BUFFER, "syscalls": o.syscalls.is_some(), "pings": o.pings,
         "ztunnel": zt.as_ref().map(|z| json!({
             "binary": z.bin.display().to_string(), "version": z.version,
             "env_node1": zconfig::env_line(&zconfig::env(&z.node_env("node1"))),
@@ -455,6 +470,13 @@ fn setup_notes(o: &Opts) -> Vec<String> {
         ),
         "proxy CPU: utime+stime of the relays or node proxies over the iperf3 run; CPU 1 busy: all of CPU 1 (iperf3 -s, proxies, softirq) per GB; ctx switches: voluntary+involuntary of the mesh processes' threads (not for splice, whose per-connection threads leave /proc before they are read)".to_string(),
     ];
+    if o.pings > 0 {
+        notes.push(format!(
+            "round trip: after each iperf3 run, {} ping-pongs of 64 B through the same column on one connection to an echo server in the server pod (after {} to warm up), as trellis-bench measures issue 12's added RTT; added = the column's p50 (p99) minus direct's in the same round",
+            o.pings,
+            o.pings / 10
+        ));
+    }
     if let Some(dir) = &o.profile {
         notes.push(format!(
             "PERTURBED: perf record (cpu-clock 999 Hz, DWARF call graphs) sampled the mesh processes during each run; data in {}",

@@ -1,6 +1,7 @@
 //! One measured iperf3 run through a column: throughput, the CPU of the
 //! processes on the path, and their context switches and (optionally)
-//! syscalls per MB.
+//! syscalls per MB; then 64 B ping-pongs through the same column, so the
+//! relay pairs bound the round trip as they bound the bulk figures.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::columns::Column;
+use crate::latency::{self, PingPong};
 use crate::proc_stats::{BusyMeter, CpuMeter};
 use crate::throughput;
 use crate::topo::BenchTopo;
@@ -32,10 +34,20 @@ pub struct Sample {
     pub ctx_switches: Option<u64>,
     /// Syscalls of the mesh processes (with `--syscalls` only).
     pub syscalls: Option<u64>,
+    /// 64 B round trips through the column after the iperf3 run (None
+    /// with `--pings 0`).
+    pub rtt: Option<Rtt>,
     /// The same by kind (`l7::profile::SYSCALL_EVENTS` and
     /// [`SYSCALL_KINDS`], named without their `syscalls:sys_enter_`
     /// prefix; `context-switches` too); empty without `--syscalls`.
     pub syscall_kinds: BTreeMap<String, u64>,
+}
+
+/// A column's 64 B round trip, in µs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rtt {
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 impl Sample {
@@ -80,6 +92,10 @@ pub struct Measure<'a> {
     pub syscalls: Option<&'a Path>,
     /// perf record data of the meshed columns into this dir (perturbs the figures).
     pub profile: Option<&'a Path>,
+    /// The echo server the ping-pongs go to.
+    pub echo: SocketAddr,
+    /// 64 B round trips measured after each iperf3 run (0: none).
+    pub pings: usize,
 }
 
 impl Measure<'_> {
@@ -124,6 +140,7 @@ impl Measure<'_> {
         if r.bytes == 0 {
             bail!("iperf3 through {} moved no bytes", column.name());
         }
+        let rtt = (self.pings > 0).then(|| self.round_trips()).transpose()?;
         Ok(Sample {
             column,
             round,
@@ -137,7 +154,28 @@ impl Measure<'_> {
                 _ => None,
             },
             syscalls,
+            rtt,
             syscall_kinds: kinds,
+        })
+    }
+
+    /// `pings` 64 B round trips on one connection, after a tenth as many
+    /// to warm up, as `trellis-bench` measures issue 12's RTT.
+    fn round_trips(&self) -> Result<Rtt> {
+        let s = latency::ping_pong(
+            &self.bt.client.netns()?,
+            self.load_cpu,
+            self.echo,
+            PingPong {
+                count: self.pings,
+                warmup: self.pings / 10,
+                size: 64,
+                max_time: Duration::from_secs(120),
+            },
+        )?;
+        Ok(Rtt {
+            p50_us: s.p50_us,
+            p99_us: s.p99_us,
         })
     }
 }

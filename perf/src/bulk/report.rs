@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::columns::Column;
-use super::measure::Sample;
+use super::measure::{Rtt, Sample};
 use crate::hist::round2;
 
 /// Mean, min and max of one figure over the repeats.
@@ -74,6 +74,20 @@ pub struct Summary {
     pub ctx_per_mb: Option<Stat>,
     pub syscalls_per_mb: Option<Stat>,
     pub retransmits: Stat,
+    pub rtt_p50_us: Option<Stat>,
+    pub rtt_p99_us: Option<Stat>,
+    /// What the column adds to direct's round trip in the same round.
+    pub added_p50_us: Option<Stat>,
+    pub added_p99_us: Option<Stat>,
+}
+
+/// `f` of `s`'s round trip minus `f` of direct's in the same round (None
+/// without both).
+fn added(samples: &[Sample], s: &Sample, f: fn(&Rtt) -> f64) -> Option<f64> {
+    let direct = samples
+        .iter()
+        .find(|d| d.column == Column::Direct && d.round == s.round)?;
+    Some(f(s.rtt.as_ref()?) - f(direct.rtt.as_ref()?))
 }
 
 /// Summaries in the order of `columns`; a column with no sample is left out.
@@ -97,6 +111,14 @@ pub fn summarize(columns: &[Column], samples: &[Sample]) -> Vec<Summary> {
                 ctx_per_mb: of(&|s| s.ctx_per_mb()),
                 syscalls_per_mb: of(&|s| s.syscalls_per_mb()),
                 retransmits: of(&|s| Some(s.retransmits as f64))?,
+                rtt_p50_us: of(&|s| s.rtt.map(|r| r.p50_us)),
+                rtt_p99_us: of(&|s| s.rtt.map(|r| r.p99_us)),
+                added_p50_us: (column != Column::Direct)
+                    .then(|| of(&|s| added(samples, s, |r| r.p50_us)))
+                    .flatten(),
+                added_p99_us: (column != Column::Direct)
+                    .then(|| of(&|s| added(samples, s, |r| r.p99_us)))
+                    .flatten(),
             })
         })
         .collect()
@@ -110,6 +132,9 @@ pub struct Ratio {
     pub throughput: f64,
     /// Trellis's proxy CPU per GB ÷ the column's (None against direct).
     pub cpu_per_gb: Option<f64>,
+    /// What Trellis adds to the 64 B round trip's p50 ÷ what the column
+    /// adds (None against direct, or without round trips).
+    pub added_rtt_p50: Option<f64>,
 }
 
 /// Trellis's ratio to every other column (none without a Trellis column).
@@ -124,6 +149,10 @@ pub fn ratios(summaries: &[Summary]) -> Vec<Ratio> {
             against: s.column,
             throughput: t.gbit_per_s.mean / s.gbit_per_s.mean,
             cpu_per_gb: match (&t.proxy_cpu_s_per_gb, &s.proxy_cpu_s_per_gb) {
+                (Some(a), Some(b)) if b.mean > 0.0 => Some(a.mean / b.mean),
+                _ => None,
+            },
+            added_rtt_p50: match (&t.added_p50_us, &s.added_p50_us) {
                 (Some(a), Some(b)) if b.mean > 0.0 => Some(a.mean / b.mean),
                 _ => None,
             },
@@ -164,30 +193,59 @@ pub fn markdown(
     let r = ratios(summaries);
     if !r.is_empty() {
         md += "\nTrellis ÷ each column (on the means):\n\n";
-        md += "| against | throughput | proxy CPU per GB |\n|---|---:|---:|\n";
+        md += "| against | throughput | proxy CPU per GB | added 64 B RTT p50 |\n|---|---:|---:|---:|\n";
+        let x_cell = |v: Option<f64>| v.map_or_else(|| "–".into(), |c| format!("{c:.2}×"));
         for x in r {
             md += &format!(
-                "| {} | {:.2}× | {} |\n",
+                "| {} | {:.2}× | {} | {} |\n",
                 x.against.label(),
                 x.throughput,
-                x.cpu_per_gb
-                    .map_or_else(|| "–".into(), |c| format!("{c:.2}×"))
+                x_cell(x.cpu_per_gb),
+                x_cell(x.added_rtt_p50),
             );
         }
     }
+    md += &rtt_table(summaries);
     md += &kinds_table(summaries, samples);
     md += "\nEvery run, in the order measured:\n\n";
-    md += "| round | column | Gbit/s | proxy CPU (s/GB) | CPU 1 busy (s/GB) | retransmits |\n|---:|---|---:|---:|---:|---:|\n";
+    md += "| round | column | Gbit/s | proxy CPU (s/GB) | CPU 1 busy (s/GB) | retransmits | RTT p50 (µs) | RTT p99 (µs) |\n|---:|---|---:|---:|---:|---:|---:|---:|\n";
     for s in samples {
+        let rtt = |f: fn(&Rtt) -> f64| {
+            s.rtt
+                .as_ref()
+                .map_or_else(|| "–".into(), |r| format!("{:.1}", f(r)))
+        };
         md += &format!(
-            "| {} | {} | {:.2} | {} | {:.3} | {} |\n",
+            "| {} | {} | {:.2} | {} | {:.3} | {} | {} | {} |\n",
             s.round,
             s.column.name(),
             s.gbit_per_s,
             s.proxy_cpu_s_per_gb()
                 .map_or_else(|| "–".into(), |c| format!("{c:.3}")),
             s.server_cpu_s_per_gb(),
-            s.retransmits
+            s.retransmits,
+            rtt(|r| r.p50_us),
+            rtt(|r| r.p99_us),
+        );
+    }
+    md
+}
+
+/// The 64 B round trip of each column and what it adds to direct's; empty
+/// when no round trips were measured.
+pub fn rtt_table(summaries: &[Summary]) -> String {
+    if summaries.iter().all(|s| s.rtt_p50_us.is_none()) {
+        return String::new();
+    }
+    let mut md = String::from("\n64 B round trip, µs (mean over the rounds; added: minus direct's in the same round):\n\n| column | p50 | p99 | added p50 | added p99 |\n|---|---:|---:|---:|---:|\n");
+    for s in summaries {
+        md += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            s.column.label(),
+            opt_cell(&s.rtt_p50_us, 1),
+            opt_cell(&s.rtt_p99_us, 1),
+            opt_cell(&s.added_p50_us, 1),
+            opt_cell(&s.added_p99_us, 1),
         );
     }
     md
@@ -261,11 +319,16 @@ pub fn to_json(notes: &[String], summaries: &[Summary], samples: &[Sample], setu
             "ctx_switches_per_mb": opt(&s.ctx_per_mb),
             "syscalls_per_mb": opt(&s.syscalls_per_mb),
             "retransmits": s.retransmits.to_json(),
+            "rtt_p50_us": opt(&s.rtt_p50_us),
+            "rtt_p99_us": opt(&s.rtt_p99_us),
+            "added_rtt_p50_us": opt(&s.added_p50_us),
+            "added_rtt_p99_us": opt(&s.added_p99_us),
         })).collect::<Vec<_>>(),
         "trellis_ratios": ratios(summaries).iter().map(|r| json!({
             "against": r.against.name(),
             "throughput": round3(r.throughput),
             "proxy_cpu_per_gb": r.cpu_per_gb.map(round3),
+            "added_rtt_p50": r.added_rtt_p50.map(round3),
         })).collect::<Vec<_>>(),
         "samples": samples.iter().map(|s| json!({
             "round": s.round,
@@ -277,6 +340,8 @@ pub fn to_json(notes: &[String], summaries: &[Summary], samples: &[Sample], setu
             "server_cpu_busy_s": round3(s.server_cpu_busy_s),
             "ctx_switches": s.ctx_switches,
             "syscalls": s.syscalls,
+            "rtt_p50_us": s.rtt.map(|r| round2(r.p50_us)),
+            "rtt_p99_us": s.rtt.map(|r| round2(r.p99_us)),
             "syscall_kinds": s.syscall_kinds,
         })).collect::<Vec<_>>(),
     })
@@ -298,6 +363,7 @@ mod tests {
             server_cpu_busy_s: 1.0,
             ctx_switches: cpu_s.map(|_| 4000),
             syscalls: None,
+            rtt: None,
             syscall_kinds: Default::default(),
         }
     }
@@ -340,6 +406,56 @@ mod tests {
         assert!(at("all syscalls") < at("writev") && at("writev") < at("madvise"));
         // Nothing counted: no table.
         assert_eq!(kinds_table(&s[..1], &samples[3..]), "");
+    }
+
+    #[test]
+    fn round_trips_are_added_over_direct_in_the_same_round() {
+        let with = |column, round, p50: f64| Sample {
+            rtt: Some(Rtt {
+                p50_us: p50,
+                p99_us: 2.0 * p50,
+            }),
+            ..sample(column, round, 4.0, Some(1.0))
+        };
+        let samples = vec![
+            with(Column::Direct, 0, 100.0),
+            with(Column::TcpRelay, 0, 130.0),
+            with(Column::Trellis, 0, 150.0),
+            with(Column::Ztunnel, 0, 160.0),
+            // Direct was slower in this round: what the others add is
+            // measured against it, not against round 0's.
+            with(Column::Direct, 1, 120.0),
+            with(Column::TcpRelay, 1, 150.0),
+            with(Column::Trellis, 1, 170.0),
+            with(Column::Ztunnel, 1, 180.0),
+            // A round without direct adds nothing to the added figures.
+            with(Column::Trellis, 2, 999.0),
+        ];
+        let cols = [
+            Column::Direct,
+            Column::TcpRelay,
+            Column::Trellis,
+            Column::Ztunnel,
+        ];
+        let s = summarize(&cols, &samples);
+        assert_eq!(s[0].added_p50_us, None, "direct adds nothing to itself");
+        assert_eq!(s[1].added_p50_us.unwrap().mean, 30.0);
+        assert_eq!(s[1].added_p99_us.unwrap().mean, 60.0);
+        let t = s[2].added_p50_us.unwrap();
+        assert_eq!((t.mean, t.n), (50.0, 2));
+        assert_eq!(s[3].added_p50_us.unwrap().mean, 60.0);
+        let r = ratios(&s);
+        let against = |c| r.iter().find(|x| x.against == c).unwrap().added_rtt_p50;
+        assert_eq!(against(Column::Direct), None);
+        assert!((against(Column::Ztunnel).unwrap() - 50.0 / 60.0).abs() < 1e-9);
+        assert!((against(Column::TcpRelay).unwrap() - 50.0 / 30.0).abs() < 1e-9);
+        let md = rtt_table(&s);
+        assert!(md.contains("| Istio ztunnel (node proxies, shared mode) | 170.0 (160.0–180.0) | 340.0 (320.0–360.0) | 60.0 (60.0–60.0) | 120.0 (120.0–120.0) |"), "{md}");
+        // No round trips: no table.
+        assert_eq!(
+            rtt_table(&summarize(&cols, &[sample(Column::Direct, 0, 1.0, None)])),
+            ""
+        );
     }
 
     #[test]
