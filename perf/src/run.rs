@@ -161,6 +161,9 @@ pub fn preflight(bench: &str, pinned: [usize; 2], tools: &[(&str, &str)]) -> Res
     for (tool, pkg) in tools {
         crate::topo::require_tool(tool, pkg)?;
     }
+    // Ctrl-C or a timeout's SIGTERM must not leave proxies running in
+    // namespaces nobody deletes.
+    trellis_e2e::cleanup::cleanup_on_signal().context("installing the signal clean-up")?;
     Ok(cpus)
 }
 

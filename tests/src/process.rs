@@ -106,6 +106,7 @@ pub(crate) fn spawn(netns: &str, argv: &[&str], log_dir: &Path, pids: &Pids) -> 
     let mut args = vec!["netns", "exec", netns];
     args.extend_from_slice(argv);
     let command = command_line("ip", &args);
+    crate::cleanup::refuse_if_dying(&command)?;
     let log = log_dir.join(format!("{netns}-{}.log", N.fetch_add(1, Ordering::Relaxed)));
     let io_err = |what: &str, e: std::io::Error| TopologyError::Command {
         command: command.clone(),

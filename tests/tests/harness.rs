@@ -400,3 +400,79 @@ fn waits_report_what_they_waited_for() {
     let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("1 + 1 == 3"), "{msg}");
 }
+
+/// Set in the child process of the signal test.
+const SIGNAL_CHILD: &str = "TRELLIS_SIGNAL_TEST_CHILD";
+
+#[test]
+fn a_signal_removes_the_namespaces_and_what_runs_in_them() {
+    if std::env::var_os(SIGNAL_CHILD).is_some() {
+        // The child: a topology with a process in it, the clean-up
+        // installed, then wait to be signalled.
+        let topo = three_pods();
+        let sleeper = topo.spawn("c", &["sleep", "60"]).unwrap();
+        trellis_e2e::cleanup::cleanup_on_signal().unwrap();
+        // Straight to fd 1, flushed: the test harness captures print!.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "READY {} {}", sleeper.pid(), topo.netns_names().join(" ")).unwrap();
+        out.flush().unwrap();
+        drop(out);
+        std::thread::sleep(Duration::from_secs(60));
+        panic!("no signal came within 60 s");
+    }
+    if !require_root() {
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_signal_removes_the_namespaces_and_what_runs_in_them",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(SIGNAL_CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // If this test fails before signalling, the child ends itself after
+    // 60 s, and its topology's Drop removes what it made.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        // libtest's "test <name> ... " comes first on the same line.
+        .find_map(|l| l.find("READY ").map(|at| l[at..].to_string()))
+        .expect("the child never said READY");
+    let mut words = ready.split_whitespace().skip(1);
+    let sleeper: i32 = words.next().unwrap().parse().unwrap();
+    let names: Vec<String> = words.map(String::from).collect();
+    assert_eq!(names.len(), 6, "{ready}");
+    assert!(names.iter().all(|n| netns_exists(n)), "{ready}");
+    assert!(Path::new(&format!("/proc/{sleeper}")).exists());
+
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
+    for n in &names {
+        assert!(!netns_exists(n), "{n} is left after the signal");
+    }
+    // The sleeper was SIGKILLed; init reaps it once its parent is gone.
+    assert_eventually!(
+        T,
+        std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z")),
+        "the process in the pod ({sleeper}) is gone"
+    );
+}
