@@ -189,7 +189,7 @@ async fn until_synced(stores: &[Arc<StateStore>], limit: Duration) -> Result<()>
 
 /// This process's CPU seconds so far (0 if /proc cannot be read).
 fn own_cpu() -> f64 {
-    crate::proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0)
+    crate::harness::proc_stats::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 fn emit(v: Value) {

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_netns::{self as netns, NetNs, SocketOpts};
 
-use crate::hist::{self, Summary};
+use crate::harness::hist::{self, Summary};
 
 /// The shape of a soak run.
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +74,7 @@ pub fn run_clients(
     hold_until: Instant,
     counters: Arc<Counters>,
 ) -> Result<()> {
-    let rt = crate::sys::runtime()?;
+    let rt = crate::harness::sys::runtime()?;
     // One handle for every connection: a clone per connection would hold a
     // descriptor each, as many as the sockets themselves.
     let ns = Arc::new(ns.try_clone()?);
@@ -197,7 +197,7 @@ impl Sample {
                 .iter()
                 .map(|&p| {
                     (
-                        crate::proc_stats::rss_kib(p).unwrap_or(0),
+                        crate::harness::proc_stats::rss_kib(p).unwrap_or(0),
                         fd_count(p).unwrap_or(0),
                     )
                 })
@@ -210,7 +210,7 @@ impl Sample {
         for (n, (rss, fds)) in names.iter().zip(&self.proxies) {
             p.insert(n.to_string(), json!({"rss_kib": rss, "fds": fds}));
         }
-        json!({"at_s": crate::hist::round2(self.at_s), "open_conns": self.open_conns,
+        json!({"at_s": crate::harness::hist::round2(self.at_s), "open_conns": self.open_conns,
                "echoes": self.echoes, "errors": self.errors, "proxies": p})
     }
 }

@@ -12,7 +12,7 @@ use trellis_e2e::waypoint_proc::waypoint_bin;
 use trellis_perf::chain::bench::{check_chain, start_services};
 use trellis_perf::chain::columns::{Binaries, Column, MeshUp};
 use trellis_perf::chain::topo::{Addressing, ChainTopo};
-use trellis_perf::http_load::{self, RateConfig};
+use trellis_perf::l4::http_load::{self, RateConfig};
 use trellis_perf::sidecars::envoy::Envoy;
 
 const DEPTH: usize = 3;

@@ -415,7 +415,13 @@ fn a_signal_removes_the_namespaces_and_what_runs_in_them() {
         // Straight to fd 1, flushed: the test harness captures print!.
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "READY {} {}", sleeper.pid(), topo.netns_names().join(" ")).unwrap();
+        writeln!(
+            out,
+            "READY {} {}",
+            sleeper.pid(),
+            topo.netns_names().join(" ")
+        )
+        .unwrap();
         out.flush().unwrap();
         drop(out);
         std::thread::sleep(Duration::from_secs(60));

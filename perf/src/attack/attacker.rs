@@ -236,12 +236,12 @@ pub fn run(
     let h = std::thread::Builder::new()
         .name(format!("attack-{}", attack.key()))
         .spawn(move || -> anyhow::Result<Outcome> {
-            crate::sys::pin_current_thread(cpu)?;
+            crate::harness::sys::pin_current_thread(cpu)?;
             // SAFETY: setpriority on this thread (tid) only.
             unsafe {
                 libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
             }
-            let rt = crate::sys::runtime()?;
+            let rt = crate::harness::sys::runtime()?;
             let cpu0 = thread_cpu_s();
             let t0 = Instant::now();
             let mut out = rt.block_on(run_async(attack, ns, target, bounds));

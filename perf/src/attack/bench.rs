@@ -13,9 +13,9 @@ use trellis_netns::NetNs;
 
 use super::attacker::{self, Attack, Bounds, Outcome};
 use super::victim::{self, Victim};
-use crate::hist::round2;
+use crate::harness::hist::round2;
+use crate::harness::proc_stats;
 use crate::l7::client::Target as VictimTarget;
-use crate::proc_stats;
 
 /// Which proxy is attacked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

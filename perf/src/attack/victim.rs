@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use trellis_netns::NetNs;
 
-use crate::hist::{self, Summary};
+use crate::harness::hist::{self, Summary};
 use crate::l7::client::{Target, HTTP_PATH};
 use crate::l7::load::{self, LoadResult, RateConfig, Watch};
 use crate::l7::HTTP_BODY_BYTES;
@@ -90,7 +90,7 @@ type Fresh = (Histogram<u64>, u64, u64, u64, BTreeMap<String, u64>);
 /// One new connection and one GET every [`FRESH_EVERY`], latency from the
 /// scheduled start; bounded by `duration` and the client's own timeout.
 fn fresh_loop(ns: &NetNs, cpu: usize, target: &Target, duration: Duration) -> Result<Fresh> {
-    crate::sys::pin_current_thread(cpu)?;
+    crate::harness::sys::pin_current_thread(cpu)?;
     let mut h = hist::new_ns();
     let (mut sent, mut errors, mut skipped) = (0u64, 0u64, 0u64);
     let mut kinds = BTreeMap::new();

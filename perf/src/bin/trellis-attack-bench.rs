@@ -16,12 +16,12 @@ use serde_json::json;
 use trellis_perf::attack::attacker::{Attack, Bounds, Target};
 use trellis_perf::attack::bench::{self, Proxy, Row, Setup};
 use trellis_perf::attack::report;
+use trellis_perf::harness::run::{self, say, write_results};
+use trellis_perf::harness::topo::{self, NAMESPACE, TRUST_DOMAIN};
 use trellis_perf::l7::client::Proto;
 use trellis_perf::l7::mesh::{L7Topo, WaypointProc, WEB_VIP};
 use trellis_perf::l7::servers::{Listen, Upstreams};
 use trellis_perf::l7::{load, GRPC_PORT, HTTP_PORT};
-use trellis_perf::run::{self, say, write_results};
-use trellis_perf::topo::{self, NAMESPACE, TRUST_DOMAIN};
 use trellis_perf::{LOADGEN_CPU, SERVER_CPU};
 
 struct Opts {

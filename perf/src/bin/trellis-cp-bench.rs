@@ -20,7 +20,7 @@ use trellis_controller::run::{Metrics, Outcome, Publisher};
 use trellis_controller::xds::XdsService;
 use trellis_perf::cp::gen::{self, Scale};
 use trellis_perf::cp::{self, ClientArgs, CountingAlloc};
-use trellis_perf::proc_stats;
+use trellis_perf::harness::proc_stats;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -50,7 +50,7 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("perf/results"));
     let scale = if quick { Scale::QUICK } else { Scale::FULL };
     scale.check().map_err(anyhow::Error::msg)?;
-    trellis_perf::sys::raise_nofile().context("raising the open-file limit")?;
+    trellis_perf::harness::sys::raise_nofile().context("raising the open-file limit")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -78,7 +78,7 @@ fn clients(args: &[String]) -> Result<()> {
         },
         lookups: num("--lookups")?,
     };
-    trellis_perf::sys::raise_nofile().context("raising the open-file limit")?;
+    trellis_perf::harness::sys::raise_nofile().context("raising the open-file limit")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -410,8 +410,8 @@ async fn controller(scale: Scale, quick: bool, out: &Path) -> Result<()> {
     let name = if quick { "cp-quick" } else { "cp-latest" };
     let notes = vec![
         format!("scale: {} pods, {} services, {} nodes, {} namespaces", scale.pods, scale.services, scale.nodes, scale.namespaces),
-        trellis_perf::run::machine_line(2),
-        format!("git {}", trellis_perf::run::git_rev()),
+        trellis_perf::harness::run::machine_line(2),
+        format!("git {}", trellis_perf::harness::run::git_rev()),
         "controller and subscribers in two processes on the same 2 cores; the change latency includes the subscribers' own decode and apply".into(),
         "node config bytes: live heap of the subscriber process (counting allocator) before and after, so they include its gRPC/TLS buffers".into(),
     ];

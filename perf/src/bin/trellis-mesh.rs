@@ -13,9 +13,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use trellis_perf::servers::{EchoServer, Iperf3Server, Nginx};
-use trellis_perf::topo::{self, BenchTopo};
-use trellis_perf::{latency, sys, LOADGEN_CPU, SERVER_CPU};
+use trellis_perf::harness::servers::{EchoServer, Iperf3Server, Nginx};
+use trellis_perf::harness::sys;
+use trellis_perf::harness::topo::{self, BenchTopo};
+use trellis_perf::l4::latency;
+use trellis_perf::{LOADGEN_CPU, SERVER_CPU};
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread started after,
 /// so they can be awaited with [`wait_signal`] and the topology dropped normally.

@@ -18,8 +18,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use trellis_perf::harness::run;
 use trellis_perf::plots::{self, Chart, PlotError};
-use trellis_perf::run;
 
 fn usage() -> &'static str {
     "usage: trellis-plots [--results DIR] [--out DIR]\n\

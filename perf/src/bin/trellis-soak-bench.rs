@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use trellis_perf::hist::round2;
-use trellis_perf::run::{self, say, write_results};
-use trellis_perf::servers::EchoServer;
+use trellis_perf::harness::hist::round2;
+use trellis_perf::harness::run::{self, say, write_results};
+use trellis_perf::harness::servers::EchoServer;
+use trellis_perf::harness::topo::{self, BenchTopo};
 use trellis_perf::soak::{self, Counters, Sample, SoakConfig};
-use trellis_perf::topo::{self, BenchTopo};
 use trellis_perf::{LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;
@@ -99,7 +99,7 @@ fn parse_args() -> Result<Opts> {
 /// The echo-server child: serves in the netns it was started in until
 /// killed, or [`ECHO_SERVER_LIFETIME`].
 fn echo_server_child(addr: &str) -> Result<()> {
-    trellis_perf::sys::raise_nofile()?;
+    trellis_perf::harness::sys::raise_nofile()?;
     let addr: SocketAddr = addr.parse().context("--echo-server ADDR")?;
     let ns = trellis_netns::NetNs::open("/proc/self/ns/net")?;
     let _echo = EchoServer::start(&ns, addr, LOADGEN_CPU)?;
@@ -184,7 +184,7 @@ fn main() -> Result<()> {
         std::thread::Builder::new()
             .name("soak-clients".into())
             .spawn(move || {
-                trellis_perf::sys::pin_current_thread(LOADGEN_CPU)?;
+                trellis_perf::harness::sys::pin_current_thread(LOADGEN_CPU)?;
                 soak::run_clients(&ns, dst, cfg, hold_until, c)
             })?
     };

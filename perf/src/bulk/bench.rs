@@ -15,11 +15,12 @@ use super::measure::{Measure, Sample};
 use super::profile;
 use super::relay::DEFAULT_BUFFER;
 use super::report;
-use crate::run::{self, read_trim, say, write_results, Args};
-use crate::servers::{EchoServer, Iperf3Server};
-use crate::topo::{self, BenchTopo};
+use crate::harness::run::{self, read_trim, say, write_results, Args};
+use crate::harness::servers::{EchoServer, Iperf3Server};
+use crate::harness::topo::{self, BenchTopo};
+use crate::l4::latency;
 use crate::ztunnel::{config as zconfig, ZtunnelMesh, ZtunnelPair};
-use crate::{latency, LOADGEN_CPU, SERVER_CPU};
+use crate::{LOADGEN_CPU, SERVER_CPU};
 
 const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;

@@ -13,8 +13,8 @@ use trellis_netns::redirect::{self, RedirectConfig};
 use trellis_netns::NetNs;
 
 use super::relay::{Mode, DEFAULT_BUFFER};
+use crate::harness::topo::{wait_listening, BenchTopo, NodeProxy};
 use crate::sidecars::mesh::write_identity;
-use crate::topo::{wait_listening, BenchTopo, NodeProxy};
 use crate::ztunnel::ZtunnelPair;
 
 /// One way of carrying the iperf3 flow from the client pod to the server pod.
@@ -351,7 +351,7 @@ impl RelayPair {
 /// The TLS flags of `pod`'s relay: its certificate files, and for the
 /// outbound relay the identity it requires of the server pod's.
 fn tls_flags(ca: &DevCa, dir: &Path, pod: &Pod, outbound: bool) -> Result<Vec<String>> {
-    use crate::topo::{NAMESPACE, TRUST_DOMAIN};
+    use crate::harness::topo::{NAMESPACE, TRUST_DOMAIN};
     let pod_dir: PathBuf = dir.join(&pod.name);
     std::fs::create_dir_all(&pod_dir).with_context(|| format!("creating {}", pod_dir.display()))?;
     // The service accounts of mesh.yaml: the pod's name.

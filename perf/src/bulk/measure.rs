@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::columns::Column;
-use crate::latency::{self, PingPong};
-use crate::proc_stats::{BusyMeter, CpuMeter};
-use crate::throughput;
-use crate::topo::BenchTopo;
+use crate::harness::proc_stats::{BusyMeter, CpuMeter};
+use crate::harness::topo::BenchTopo;
+use crate::l4::latency::{self, PingPong};
+use crate::l4::throughput;
 
 /// One iperf3 run through one column.
 #[derive(Debug, Clone, PartialEq)]
@@ -245,14 +245,15 @@ impl PerfRecord {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let out = super::profile::data_path(dir, column, round);
         let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-        let child = crate::run::perf_record(&list.join(","), &out)?;
+        let child = crate::harness::run::perf_record(&list.join(","), &out)?;
         // As for perf stat: no signal to wait on for the attach.
         std::thread::sleep(Duration::from_millis(1000));
         Ok(PerfRecord { child, out })
     }
 
     fn finish(mut self) -> Result<PathBuf> {
-        if !crate::run::stop_perf(std::slice::from_mut(&mut self.child), PERF_RECORD_EXIT) {
+        if !crate::harness::run::stop_perf(std::slice::from_mut(&mut self.child), PERF_RECORD_EXIT)
+        {
             bail!(
                 "perf record did not exit within {PERF_RECORD_EXIT:?} of SIGINT; {} is incomplete",
                 self.out.display()
@@ -311,12 +312,12 @@ impl PerfStat {
 
     /// The counts by kind ("all syscalls" among them).
     fn finish(mut self) -> Result<BTreeMap<String, u64>> {
-        if !crate::run::stop_perf(std::slice::from_mut(&mut self.child), PERF_EXIT) {
+        if !crate::harness::run::stop_perf(std::slice::from_mut(&mut self.child), PERF_EXIT) {
             bail!("perf stat did not exit within {PERF_EXIT:?} of SIGINT");
         }
         let text = std::fs::read_to_string(&self.out)
             .with_context(|| format!("reading {}", self.out.display()))?;
-        let counts = crate::run::perf_stat_counts(&text);
+        let counts = crate::harness::run::perf_stat_counts(&text);
         if !counts.contains_key("all syscalls") {
             bail!(
                 "no {SYSCALL_EVENT} count in {}:\n{text}",
@@ -351,7 +352,11 @@ mod tests {
     fn syscall_count_from_perf_stat_csv() {
         let text = "# started on Mon Dec  7 03:30:00 2026\n\n\
                     1234567,,raw_syscalls:sys_enter,3000000000,100.00,,\n";
-        let all = |t: &str| crate::run::perf_stat_counts(t).get("all syscalls").copied();
+        let all = |t: &str| {
+            crate::harness::run::perf_stat_counts(t)
+                .get("all syscalls")
+                .copied()
+        };
         assert_eq!(all(text), Some(1234567));
         let not_counted = "<not counted>,,raw_syscalls:sys_enter,0,0.00,,\n";
         assert_eq!(all(not_counted), None);

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::columns::Column;
 use super::measure::{Rtt, Sample};
-use crate::hist::round2;
+use crate::harness::hist::round2;
 
 /// Mean, min and max of one figure over the repeats.
 #[derive(Debug, Clone, Copy, PartialEq)]

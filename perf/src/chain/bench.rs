@@ -12,9 +12,9 @@ use super::columns::{Binaries, Column, MeshUp, MESH_READY};
 use super::report::Cell;
 use super::service::{expected_body, start_chain, Hop, HopSpec};
 use super::topo::{ChainTopo, MAX_DEPTH};
-use crate::http_load::{self, RateConfig, WARMUP_PER_CONN};
-use crate::proc_stats::CpuMeter;
-use crate::run::say;
+use crate::harness::proc_stats::CpuMeter;
+use crate::harness::run::say;
+use crate::l4::http_load::{self, RateConfig, WARMUP_PER_CONN};
 
 /// The load and what it runs on.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ pub fn run(ct: &ChainTopo, bins: &Binaries, o: &ChainOpts) -> Result<Vec<Cell>> 
             let hops = start_services(ct, col, depth, o.mesh_cpu)?;
             check_chain(ct, col, depth)
                 .with_context(|| format!("{}, {depth} services", col.name()))?;
-            crate::run::settle_within(Duration::from_secs(5));
+            crate::harness::run::settle_within(Duration::from_secs(5));
             let head: SocketAddr = ct.target(0, col.addressing());
             let meter = CpuMeter::start(&pids)?;
             let r = http_load::fixed_rate(

@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::topo::{Addressing, ChainTopo, SERVICE_PORT};
+use crate::harness::topo::NodeProxy;
 use crate::l7::mesh::WaypointProc;
 use crate::sidecars::bootstrap::{PortSpec, Protocol, Variant};
 use crate::sidecars::envoy::Envoy;
 use crate::sidecars::mesh::{start_mesh, MeshPod, MeshSpec, Sidecar};
-use crate::topo::NodeProxy;
 
 /// One way of carrying the chain's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use super::columns::Column;
-use crate::hist::round2;
-use crate::http_load::RateResult;
+use crate::harness::hist::round2;
+use crate::l4::http_load::RateResult;
 
 /// The bound on every ratio: ambient ≤ 0.5× the Envoy sidecars'.
 pub const TARGET_RATIO: f64 = 0.5;

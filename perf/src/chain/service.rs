@@ -24,7 +24,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use trellis_netns::{self as netns, ListenOpts, NetNs};
 
-use crate::sys;
+use crate::harness::sys;
 
 /// Filler after the path line in the last service's answer.
 pub const BODY_BYTES: usize = 1024;

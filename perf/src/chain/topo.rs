@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use anyhow::{anyhow, Context, Result};
 use trellis_e2e::Pod;
 
-use crate::topo::{self, BenchTopo};
+use crate::harness::topo::{self, BenchTopo};
 
 /// Where every chain service listens in its pod.
 pub const SERVICE_PORT: u16 = 8080;

@@ -14,9 +14,9 @@ use super::mesh::{self, L7Topo, WaypointProc};
 use super::nginx::{NginxProxy, Support};
 use super::servers::Upstreams;
 use super::{LOAD_CPU, PROXY_CPU};
-use crate::run::say;
-use crate::sys;
-use crate::topo::NodeProxy;
+use crate::harness::run::say;
+use crate::harness::sys;
+use crate::harness::topo::NodeProxy;
 
 /// What the bench runs and where. Fields drop in order: the processes and
 /// servers before the namespaces they live in.

@@ -15,13 +15,13 @@ use trellis_netns::NetNs;
 use super::client::HTTP_PATH;
 use super::mesh::{client_principal, L7Topo, ENVOY_VIP, ENVOY_WAYPOINT};
 use super::{grpc, GRPC_PORT, HTTP_PORT, ROUTE_HEADER};
+use crate::harness::topo::{NAMESPACE, TRUST_DOMAIN};
 use crate::sidecars::envoy::Envoy;
 use crate::sidecars::mesh::{self, Admin};
 use crate::sidecars::waypoint::{
     self, AllowRule, Endpoint, PortProtocol, RouteMatch, RouteSpec, ServicePortSpec,
     WaypointConfig, WaypointService,
 };
-use crate::topo::{NAMESPACE, TRUST_DOMAIN};
 
 /// The service the Envoy waypoint serves, as the mesh config declares
 /// `web` for the Trellis waypoint: HTTPRoute on port 80 (PathPrefix

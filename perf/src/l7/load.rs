@@ -27,9 +27,9 @@ use serde_json::{json, Value};
 use trellis_netns::NetNs;
 
 use super::client::{Client, Target};
-use crate::hist::{self, round2, Summary};
-use crate::proc_stats::{cpu_seconds_by_pid, cpu_seconds_sum};
-use crate::sys;
+use crate::harness::hist::{self, round2, Summary};
+use crate::harness::proc_stats::{cpu_seconds_by_pid, cpu_seconds_sum};
+use crate::harness::sys;
 
 /// Which processes' CPU time a run reports.
 #[derive(Clone, Debug, Default)]

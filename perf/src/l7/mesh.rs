@@ -27,7 +27,7 @@ use trellis_netns::NetNs;
 
 use super::client::{Proto, Target};
 use super::{GRPC_PORT, HTTP_PORT};
-use crate::topo::{self, BenchTopo, NAMESPACE, TRUST_DOMAIN};
+use crate::harness::topo::{self, BenchTopo, NAMESPACE, TRUST_DOMAIN};
 
 pub const WEB_VIP: &str = "198.19.100.20";
 pub const L4_VIP: &str = "198.19.100.21";

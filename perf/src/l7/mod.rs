@@ -24,7 +24,9 @@ pub mod grpc;
 pub mod load;
 pub mod mesh;
 pub mod nginx;
+mod opts;
 pub mod profile;
+pub mod program;
 pub mod report;
 pub mod servers;
 

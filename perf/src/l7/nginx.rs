@@ -18,7 +18,7 @@ use trellis_e2e::ChildGuard;
 use super::client::Proto;
 use super::mesh::{L7Topo, NGINX_GRPC_PORT, NGINX_HTTP1_PORT, NGINX_HTTP2_PORT};
 use super::{GRPC_PORT, HTTP_PORT, ROUTE_HEADER};
-use crate::topo::wait_listening;
+use crate::harness::topo::wait_listening;
 
 /// Per protocol: None if supported, else why not (nginx -t's complaint).
 pub type Support = BTreeMap<Proto, Option<String>>;

@@ -106,7 +106,7 @@ pub fn record<T>(
 ) -> Result<(T, BTreeMap<String, u64>)> {
     let pid_s = pid.to_string();
     let stat_file = data.with_extension("perfstat.csv");
-    let rec = crate::run::perf_record(&pid_s, data)?;
+    let rec = crate::harness::run::perf_record(&pid_s, data)?;
     let stat = Command::new("perf")
         .args([
             "stat",
@@ -126,15 +126,15 @@ pub fn record<T>(
     match stat {
         Ok(c) => children.push(c),
         Err(e) => {
-            crate::run::stop_perf(&mut children, PERF_EXIT);
+            crate::harness::run::stop_perf(&mut children, PERF_EXIT);
             return Err(e).context("starting perf stat");
         }
     }
     std::thread::sleep(Duration::from_millis(1000)); // let them attach
     let r = load();
-    crate::run::stop_perf(&mut children, PERF_EXIT);
+    crate::harness::run::stop_perf(&mut children, PERF_EXIT);
     let counts = std::fs::read_to_string(&stat_file)
-        .map(|t| crate::run::perf_stat_counts(&t))
+        .map(|t| crate::harness::run::perf_stat_counts(&t))
         .unwrap_or_default();
     Ok((r?, counts))
 }
@@ -430,7 +430,7 @@ mod tests {
             assert_eq!(group(sym), want, "{sym}");
         }
         let stat = "# started on x\n\n123,,raw_syscalls:sys_enter,1000,100.00,,\n45,,syscalls:sys_enter_writev,1000,100.00,,\n<not counted>,,syscalls:sys_enter_sendmsg,0,0.00,,\n";
-        let m = crate::run::perf_stat_counts(stat);
+        let m = crate::harness::run::perf_stat_counts(stat);
         assert_eq!(m.get("all syscalls"), Some(&123));
         assert_eq!(m.get("writev"), Some(&45));
         assert_eq!(m.len(), 2);

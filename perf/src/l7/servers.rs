@@ -28,7 +28,7 @@ use trellis_netns::{self as netns, ListenOpts, NetNs};
 
 use super::grpc::EchoService;
 use super::{HTTP_BODY_BYTES, ROUTE_HEADER};
-use crate::sys;
+use crate::harness::sys;
 
 static BODY: [u8; HTTP_BODY_BYTES] = [b'x'; HTTP_BODY_BYTES];
 

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::report::{PathResults, ProxyCosts};
+use crate::l4::report::{PathResults, ProxyCosts};
 
 /// One column: a path's results and, for a mesh, its processes' costs.
 pub struct Column<'a> {

@@ -57,8 +57,8 @@ impl<'a> MeshSpec<'a> {
     /// A mesh of the bench topology's pods: its trust domain and namespace.
     pub fn bench(variant: Variant, cpu: usize, dir: &'a Path) -> MeshSpec<'a> {
         MeshSpec {
-            trust_domain: crate::topo::TRUST_DOMAIN,
-            namespace: crate::topo::NAMESPACE,
+            trust_domain: crate::harness::topo::TRUST_DOMAIN,
+            namespace: crate::harness::topo::NAMESPACE,
             variant,
             cpu,
             dir,

@@ -26,9 +26,9 @@ use super::bootstrap::{Destination, PortSpec, Protocol, Variant};
 use super::envoy::Envoy;
 use super::mesh::{MeshPod, MeshSpec, Sidecar};
 use crate::cp::gen::{pod_ip, service_vip};
-use crate::proc_stats::rss_kib;
-use crate::run::say;
-use crate::topo::{workload, BenchTopo, NAMESPACE, TRUST_DOMAIN};
+use crate::harness::proc_stats::rss_kib;
+use crate::harness::run::say;
+use crate::harness::topo::{workload, BenchTopo, NAMESPACE, TRUST_DOMAIN};
 
 /// Endpoints (pods) behind each service.
 pub const ENDPOINTS_PER_SERVICE: usize = 2;

@@ -30,9 +30,9 @@ use serde_json::{json, Value};
 use super::bootstrap::{PortSpec, Protocol, Variant};
 use super::envoy::Envoy;
 use super::mesh::{destinations, MeshPod, MeshSpec, Sidecar};
-use crate::run::say;
-use crate::sys;
-use crate::topo::{BenchTopo, NodeProxy};
+use crate::harness::run::say;
+use crate::harness::sys;
+use crate::harness::topo::{BenchTopo, NodeProxy};
 
 /// A pod's first request gives up after this (an error, not a sample).
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

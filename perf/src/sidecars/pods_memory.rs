@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 use super::bootstrap::{PortSpec, Protocol, Variant};
 use super::envoy::Envoy;
 use super::mesh::{start_mesh, MeshPod, MeshSpec};
-use crate::proc_stats::rss_kib;
-use crate::run::say;
-use crate::topo::{BenchTopo, NodeProxy};
+use crate::harness::proc_stats::rss_kib;
+use crate::harness::run::say;
+use crate::harness::topo::{BenchTopo, NodeProxy};
 
 /// How long the processes idle after startup before their RSS is read (as
 /// the idle RSS of `trellis-bench`'s proxies).

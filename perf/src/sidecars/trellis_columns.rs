@@ -25,9 +25,9 @@ use trellis_e2e::Pod;
 
 use crate::chain::columns::{Column, MeshUp};
 use crate::chain::topo::WAYPOINT_POD;
+use crate::harness::proc_stats::rss_kib;
+use crate::harness::topo::{self, BenchTopo};
 use crate::l7::mesh::WaypointProc;
-use crate::proc_stats::rss_kib;
-use crate::topo::{self, BenchTopo};
 
 /// The service the server pod backs (endpoint: the server workload).
 pub const SERVER_SERVICE: &str = "server";

@@ -34,8 +34,8 @@ use trellis_netns::NetNs;
 
 use self::config::{Counters, NodeEnv, Reporter, READINESS_PORT, STATS_PORT};
 use self::zds::ZdsServer;
-use crate::run::say;
-use crate::topo::{wait_listening, BenchTopo, NAMESPACE};
+use crate::harness::run::say;
+use crate::harness::topo::{wait_listening, BenchTopo, NAMESPACE};
 
 /// The controller's TLS gRPC port on node1's fabric address.
 const CONTROLLER_PORT: u16 = 15012;

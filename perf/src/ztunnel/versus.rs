@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::report::{PathResults, ProxyCosts};
+use crate::l4::report::{PathResults, ProxyCosts};
 
 /// One mesh's figures: the workloads through it, and its processes' costs.
 #[derive(Clone, Copy)]

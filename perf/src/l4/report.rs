@@ -2,10 +2,10 @@
 
 use serde_json::{json, Value};
 
-use crate::conn_rate::ConnRateResult;
-use crate::hist::{round2, Summary};
-use crate::http_load::RateResult;
-use crate::throughput::IperfResult;
+use crate::harness::hist::{round2, Summary};
+use crate::l4::conn_rate::ConnRateResult;
+use crate::l4::http_load::RateResult;
+use crate::l4::throughput::IperfResult;
 
 /// The targets, against direct in the same run.
 pub mod targets {

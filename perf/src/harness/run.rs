@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::proc_stats::cpu_seconds_by_pid;
+use crate::harness::proc_stats::cpu_seconds_by_pid;
 
 /// Where the exclusive run lock lives (`flock`); wrap manual sessions with
 /// `flock /run/lock/trellis-bench.lock ...` too.
@@ -150,7 +150,7 @@ pub fn preflight(bench: &str, pinned: [usize; 2], tools: &[(&str, &str)]) -> Res
     if !trellis_e2e::require_root() {
         bail!("{bench} needs root (network namespaces, nftables)");
     }
-    let cpus = crate::sys::allowed_cpus();
+    let cpus = crate::harness::sys::allowed_cpus();
     if !pinned.iter().all(|c| cpus.contains(c)) {
         bail!(
             "needs CPUs {} and {}; allowed: {cpus:?}",
@@ -159,7 +159,7 @@ pub fn preflight(bench: &str, pinned: [usize; 2], tools: &[(&str, &str)]) -> Res
         );
     }
     for (tool, pkg) in tools {
-        crate::topo::require_tool(tool, pkg)?;
+        crate::harness::topo::require_tool(tool, pkg)?;
     }
     // Ctrl-C or a timeout's SIGTERM must not leave proxies running in
     // namespaces nobody deletes.
@@ -173,7 +173,7 @@ pub struct Begun {
     _lock: std::fs::File,
     cpus: usize,
     pub nofile: u64,
-    /// The wake-up cost note ([`crate::calibrate::note`]).
+    /// The wake-up cost note ([`crate::harness::calibrate::note`]).
     pub wake: String,
     pub load_start: String,
     pub started: Instant,
@@ -184,9 +184,9 @@ pub struct Begun {
 /// the wake-up cost between `load_cpu` and `other_cpu` before any load runs.
 pub fn begin(cpus: &[usize], load_cpu: usize, other_cpu: usize) -> Result<Begun> {
     let lock = lock()?;
-    crate::sys::pin_current_thread(load_cpu)?;
-    let nofile = crate::sys::raise_nofile()?;
-    let wake = crate::calibrate::note(load_cpu, other_cpu);
+    crate::harness::sys::pin_current_thread(load_cpu)?;
+    let nofile = crate::harness::sys::raise_nofile()?;
+    let wake = crate::harness::calibrate::note(load_cpu, other_cpu);
     say(&wake);
     Ok(Begun {
         _lock: lock,

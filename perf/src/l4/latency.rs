@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use trellis_netns::NetNs;
 
-use crate::hist::{self, Summary};
-use crate::sys;
+use crate::harness::hist::{self, Summary};
+use crate::harness::sys;
 
 #[derive(Debug, Clone, Copy)]
 pub struct PingPong {

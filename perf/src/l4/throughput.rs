@@ -21,12 +21,12 @@ pub struct IperfResult {
 impl IperfResult {
     pub fn to_json(&self) -> Value {
         json!({
-            "gbit_per_s": crate::hist::round2(self.gbit_per_s),
+            "gbit_per_s": crate::harness::hist::round2(self.gbit_per_s),
             "bytes": self.bytes,
             "seconds": self.seconds,
             "retransmits": self.retransmits,
-            "iperf_client_cpu_pct": crate::hist::round2(self.client_cpu_pct),
-            "iperf_server_cpu_pct": crate::hist::round2(self.server_cpu_pct),
+            "iperf_client_cpu_pct": crate::harness::hist::round2(self.client_cpu_pct),
+            "iperf_server_cpu_pct": crate::harness::hist::round2(self.server_cpu_pct),
         })
     }
 }

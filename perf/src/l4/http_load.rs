@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use trellis_netns::NetNs;
 
-use crate::hist::{self, Summary};
-use crate::sys;
+use crate::harness::hist::{self, Summary};
+use crate::harness::sys;
 
 /// What one HTTP response looked like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_e2e::{ChildGuard, Pod, Topology};
 use trellis_netns::{self as netns, ListenOpts, NetNs};
 
-use crate::sys;
-use crate::topo::wait_listening;
+use crate::harness::sys;
+use crate::harness::topo::wait_listening;
 
 /// Echoes every byte back; one tokio task per connection on a single
 /// current-thread runtime pinned to one CPU. Holds idle connections cheaply.

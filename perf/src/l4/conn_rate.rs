@@ -13,9 +13,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use trellis_netns::NetNs;
 
-use crate::hist::{self, Summary};
-use crate::http_load::read_response;
-use crate::sys;
+use crate::harness::hist::{self, Summary};
+use crate::harness::sys;
+use crate::l4::http_load::read_response;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConnRateConfig {

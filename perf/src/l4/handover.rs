@@ -30,8 +30,8 @@ use trellis_e2e::mesh_kit::Mesh;
 use trellis_e2e::wait_until;
 use trellis_netns::NetNs;
 
-use crate::hist::{self, round2, Summary};
-use crate::proc_stats;
+use crate::harness::hist::{self, round2, Summary};
+use crate::harness::proc_stats;
 
 /// Time between the starts of two probes.
 pub const PACE: Duration = Duration::from_millis(1);

@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::run::read_trim;
-use crate::sys::pin_current_thread;
+use crate::harness::run::read_trim;
+use crate::harness::sys::pin_current_thread;
 
 /// Round trips per measurement: ~0.2 s at the slowest (cross-CPU) rate seen.
 const ROUND_TRIPS: usize = 3000;
@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn wake_cost_measures_both_round_trips_and_refuses_one_cpu() {
-        let cpus = crate::sys::allowed_cpus();
+        let cpus = crate::harness::sys::allowed_cpus();
         assert!(wake_cost(cpus[0], cpus[0]).is_err());
         let refused = note(cpus[0], cpus[0]);
         assert!(
