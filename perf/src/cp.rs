@@ -9,6 +9,7 @@
 //! the subscribers and reports over stdout, one JSON object per line.
 
 pub mod gen;
+pub mod program;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, Write};

@@ -13,5 +13,6 @@
 pub mod attacker;
 pub mod bench;
 pub use trellis_e2e::h2frames as frames;
+pub mod program;
 pub mod report;
 pub mod victim;

@@ -2,7 +2,6 @@
 //! `trellis-l7-bench`'s topology.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::harness::topo;
@@ -11,8 +10,7 @@ use crate::instr::strace::{Calls, Strace};
 use crate::l7::client::{Client, Proto, Target};
 use crate::l7::mesh::{L7Topo, WaypointProc};
 use crate::l7::nginx::{self, NginxProxy};
-use crate::l7::servers::{Listen, Upstreams};
-use crate::l7::{GRPC_PAYLOAD_BYTES, GRPC_PORT, HTTP_BODY_BYTES, HTTP_PORT};
+use crate::l7::{GRPC_PAYLOAD_BYTES, HTTP_BODY_BYTES};
 use crate::{LOADGEN_CPU, SERVER_CPU};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -29,20 +27,7 @@ pub(super) const WARMUP_REQUESTS: usize = 100;
 /// protocol.
 pub(super) fn waypoint(r: Run<'_>) -> Result<serde_json::Value> {
     let t = L7Topo::build()?;
-    let server_ns = t.bt.server.netns()?;
-    let plain_server_ns = t.plain_server.netns()?;
-    let listen = |ns, ip| Listen {
-        ns,
-        http: SocketAddr::new(ip, HTTP_PORT),
-        grpc: SocketAddr::new(ip, GRPC_PORT),
-    };
-    let upstreams = Upstreams::start(
-        &[
-            listen(&server_ns, t.bt.server.ip),
-            listen(&plain_server_ns, t.plain_server.ip),
-        ],
-        LOADGEN_CPU,
-    )?;
+    let upstreams = t.start_upstreams(true, LOADGEN_CPU)?;
     let routed = || {
         let [_, h, _, g] = upstreams.counts().get();
         h + g
@@ -220,15 +205,7 @@ pub(super) fn waypoint_markdown(doc: &serde_json::Value) -> String {
 /// `trellis-l7-bench`'s topology with everything at full speed.
 pub(super) fn waypoint_syscalls(a: &Args) -> Result<()> {
     let t = L7Topo::build()?;
-    let server_ns = t.bt.server.netns()?;
-    let upstreams = Upstreams::start(
-        &[Listen {
-            ns: &server_ns,
-            http: SocketAddr::new(t.bt.server.ip, HTTP_PORT),
-            grpc: SocketAddr::new(t.bt.server.ip, GRPC_PORT),
-        }],
-        LOADGEN_CPU,
-    )?;
+    let upstreams = t.start_upstreams(false, LOADGEN_CPU)?;
     let proxy_bin = topo::proxy_binary()?;
     let _proxies = [
         t.bt.start_proxy(&proxy_bin, "node1", &t.bt.client, LOADGEN_CPU)?,

@@ -26,6 +26,7 @@ use trellis_e2e::{ChildGuard, Pod};
 use trellis_netns::NetNs;
 
 use super::client::{Proto, Target};
+use super::servers::{Listen, Upstreams};
 use super::{GRPC_PORT, HTTP_PORT};
 use crate::harness::topo::{self, BenchTopo, NAMESPACE, TRUST_DOMAIN};
 
@@ -119,6 +120,24 @@ pub struct L7Topo {
 }
 
 impl L7Topo {
+    /// The upstream servers (HTTP and gRPC) in the server pod, and with
+    /// `plain_too` in the plain server pod as well (nginx's upstream), on
+    /// `cpu`.
+    pub fn start_upstreams(&self, plain_too: bool, cpu: usize) -> Result<Upstreams> {
+        let listen = |ns, ip| Listen {
+            ns,
+            http: SocketAddr::new(ip, HTTP_PORT),
+            grpc: SocketAddr::new(ip, GRPC_PORT),
+        };
+        let server_ns = self.bt.server.netns()?;
+        let plain_ns = self.plain_server.netns()?;
+        let mut at = vec![listen(&server_ns, self.bt.server.ip)];
+        if plain_too {
+            at.push(listen(&plain_ns, self.plain_server.ip));
+        }
+        Upstreams::start(&at, cpu)
+    }
+
     pub fn build() -> Result<L7Topo> {
         let extra = [
             ("node1", "plainclient"),

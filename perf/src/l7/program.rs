@@ -13,8 +13,7 @@ use super::mesh::{L7Topo, WaypointProc};
 use super::nginx::{self, NginxProxy};
 use super::profile::{self, Profile};
 use super::report::{self, ProtoResults, ProxyRuns};
-use super::servers::{Listen, Upstreams};
-use super::{GRPC_PORT, HTTP_PORT, LOAD_CPU, PROXY_CPU};
+use super::{LOAD_CPU, PROXY_CPU};
 use crate::harness::run::{self, git_rev, read_trim, say};
 use crate::harness::topo;
 use crate::sidecars::envoy::Envoy;
@@ -88,20 +87,7 @@ fn start(
         t.plain_server.ip,
         t.proxy.ip
     ));
-    let server_ns = t.bt.server.netns()?;
-    let plain_server_ns = t.plain_server.netns()?;
-    let listen = |ns, ip| Listen {
-        ns,
-        http: std::net::SocketAddr::new(ip, HTTP_PORT),
-        grpc: std::net::SocketAddr::new(ip, GRPC_PORT),
-    };
-    let upstreams = Upstreams::start(
-        &[
-            listen(&server_ns, t.bt.server.ip),
-            listen(&plain_server_ns, t.plain_server.ip),
-        ],
-        LOAD_CPU,
-    )?;
+    let upstreams = t.start_upstreams(true, LOAD_CPU)?;
     let support = nginx::probe(&t)?;
     for (p, why) in &support {
         if let Some(why) = why {

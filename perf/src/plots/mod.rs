@@ -7,6 +7,8 @@
 //! (Debian's fonts-dejavu-core). SVG text names `sans-serif` and is drawn
 //! by whatever shows the file.
 
+pub mod program;
+
 use std::path::{Path, PathBuf};
 
 use plotters::coord::ranged1d::ValueFormatter;

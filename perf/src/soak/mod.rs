@@ -9,6 +9,8 @@
 //! both proxies hold every connection; node1's is "the" proxy of the soak
 //! (one accepted socket per connection), node2's is reported beside it.
 
+pub mod program;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
