@@ -111,6 +111,11 @@ pub struct WaypointArgs {
     pub service_account: String,
     pub feed: Feed,
     pub bound_addrs_file: PathBuf,
+    /// `--log`: the log filter.
+    pub log: String,
+    /// `--access-log`: one line per request (the tests read it; a
+    /// benchmark leaves it off, as a busy deployment might).
+    pub access_log: bool,
     /// Appended as given.
     pub extra: Vec<String>,
 }
@@ -133,7 +138,15 @@ impl WaypointArgs {
             "--bound-addrs-file".into(),
             self.bound_addrs_file.clone().into(),
         ]);
-        a.extend(["--workers", "1", "--log", "info", "--access-log"].map(OsString::from));
+        a.extend([
+            "--workers".into(),
+            "1".into(),
+            "--log".into(),
+            (&self.log).into(),
+        ]);
+        if self.access_log {
+            a.push("--access-log".into());
+        }
         a.extend(self.extra.iter().map(Into::into));
         a
     }
@@ -306,6 +319,8 @@ mod tests {
                 service_account: "waypoint".into(),
                 feed,
                 bound_addrs_file: "/t/wp.json".into(),
+                log: "info".into(),
+                access_log: true,
                 extra: vec![],
             }
             .argv()

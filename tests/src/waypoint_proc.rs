@@ -103,6 +103,8 @@ impl Waypoint {
             service_account: spec.service_account.into(),
             feed,
             bound_addrs_file: files.path(&format!("{tag}-addrs.json")),
+            log: "info".into(),
+            access_log: true,
             extra: spec.extra.iter().map(|s| s.to_string()).collect(),
         };
         Waypoint::launch(

@@ -289,6 +289,74 @@ async fn controller(scale: Scale, quick: bool, out: &Path) -> Result<()> {
     let peak = peak_rss_mib();
     drop(clients);
 
+    report(
+        scale,
+        quick,
+        out,
+        &Measured {
+            rss_before,
+            full_sync,
+            full_sync_cpu,
+            rss_synced,
+            rss_serving,
+            peak,
+            state,
+            synced,
+            subs_cpu,
+            latencies,
+            cpus,
+            splits,
+            sub_cpus,
+        },
+    )
+}
+
+/// What one scale measured, for its report.
+struct Measured {
+    rss_before: f64,
+    full_sync: Duration,
+    full_sync_cpu: f64,
+    rss_synced: f64,
+    rss_serving: f64,
+    peak: f64,
+    /// The subscribers' node state (config sizes, on demand and full).
+    state: Value,
+    /// The subscribers' sync figures.
+    synced: Value,
+    subs_cpu: f64,
+    /// Per change: time to all subscribers, controller CPU, its split
+    /// (translate, encode, snapshot, push) and the subscribers' CPU.
+    latencies: Vec<f64>,
+    cpus: Vec<f64>,
+    splits: Vec<[f64; 4]>,
+    sub_cpus: Vec<f64>,
+}
+
+/// The scale's table against the targets, as Markdown and JSON in `out`.
+fn report(scale: Scale, quick: bool, out: &Path, m: &Measured) -> Result<()> {
+    let Measured {
+        rss_before,
+        full_sync,
+        full_sync_cpu,
+        rss_synced,
+        rss_serving,
+        peak,
+        state,
+        synced,
+        subs_cpu,
+        latencies,
+        cpus,
+        splits,
+        sub_cpus,
+    } = m;
+    let (rss_before, full_sync_cpu, rss_synced, rss_serving, peak, subs_cpu) = (
+        *rss_before,
+        *full_sync_cpu,
+        *rss_synced,
+        *rss_serving,
+        *peak,
+        *subs_cpu,
+    );
     let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     let median = |v: &[f64]| {
         let mut s = v.to_vec();
@@ -363,15 +431,15 @@ async fn controller(scale: Scale, quick: bool, out: &Path) -> Result<()> {
             &format!("one change to all {} subscribers", scale.nodes),
             format!(
                 "median {:.3} s, max {:.3} s ({CHANGES} changes)",
-                median(&latencies),
-                max(&latencies)
+                median(latencies),
+                max(latencies)
             ),
             format!("≤ {} s", targets::CHANGE_TO_ALL_S),
-            Some(max(&latencies) <= targets::CHANGE_TO_ALL_S),
+            Some(max(latencies) <= targets::CHANGE_TO_ALL_S),
         ),
         row(
             "controller CPU per change (translate + encode + snapshot + push)",
-            format!("median {:.3} s, max {:.3} s", median(&cpus), max(&cpus)),
+            format!("median {:.3} s, max {:.3} s", median(cpus), max(cpus)),
             "—".into(),
             None,
         ),
@@ -382,8 +450,8 @@ async fn controller(scale: Scale, quick: bool, out: &Path) -> Result<()> {
             ),
             format!(
                 "median {:.3} s, max {:.3} s (the push takes at least half of this on 2 cores)",
-                median(&sub_cpus),
-                max(&sub_cpus)
+                median(sub_cpus),
+                max(sub_cpus)
             ),
             "—".into(),
             None,

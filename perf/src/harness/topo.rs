@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use trellis_e2e::cluster::http_in;
+use trellis_e2e::proxy_args::{Feed, ProxyArgs, ProxyMode};
 use trellis_e2e::{ChildGuard, Pod, Topology};
 use trellis_netns::NetNs;
 
@@ -166,46 +167,24 @@ impl BenchTopo {
             .to_path_buf();
         let addrs_file = self.dir().join(format!("{node}-addrs.json"));
         let _ = std::fs::remove_file(&addrs_file);
+        // The tests' command line (each node its own runtime dir: lock and
+        // hand-over socket, as on separate machines), run under `taskset`
+        // and the wrapper.
+        let args = ProxyArgs {
+            node: node.to_string(),
+            mode: ProxyMode::Shared,
+            feed: self.files_feed(),
+            pods: vec![(pod.name.clone(), pod.netns_path().to_path_buf())],
+            bound_addrs_file: addrs_file.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         let cpu_s = cpu.to_string();
         let bin_s = bin.display().to_string();
-        let config = self.dir().join("mesh.yaml").display().to_string();
-        let ca = self.dir().join("ca").display().to_string();
-        let pod_arg = format!("{}={}", pod.name, pod.netns_path().display());
-        let addrs_s = addrs_file.display().to_string();
-        // Each node its own lock and hand-over socket, as on separate machines.
-        let run_dir = self.dir().join(format!("{node}-run")).display().to_string();
-        let argv = [
-            "taskset",
-            "-c",
-            &cpu_s,
-            &bin_s,
-            "--mode",
-            "shared",
-            "--node",
-            node,
-            "--config",
-            &config,
-            "--ca-dir",
-            &ca,
-            "--pod",
-            &pod_arg,
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--readiness-addr",
-            "127.0.0.1:0",
-            "--bound-addrs-file",
-            &addrs_s,
-            "--workers",
-            "1",
-            "--runtime-dir",
-            &run_dir,
-        ];
-        let mut full: Vec<&str> = argv[..3].to_vec();
+        let tail = utf8_argv(&args.argv())?;
+        let mut full: Vec<&str> = vec!["taskset", "-c", &cpu_s];
         full.extend_from_slice(wrapper);
-        full.extend_from_slice(&argv[3..]);
-        full.extend_from_slice(extra);
+        full.push(&bin_s);
+        full.extend(tail.iter().map(String::as_str));
         let mut guard = self
             .topo
             .spawn(node, &full)
@@ -231,45 +210,54 @@ impl BenchTopo {
 }
 
 impl BenchTopo {
+    /// The mesh config and dev CA this topology wrote, as a node proxy's feed.
+    pub fn files_feed(&self) -> Feed {
+        Feed::Files {
+            config: self.dir().join("mesh.yaml"),
+            ca_dir: self.dir().join("ca"),
+        }
+    }
+}
+
+/// `argv` as UTF-8 strings, for the topology's launcher.
+pub fn utf8_argv(argv: &[std::ffi::OsString]) -> Result<Vec<String>> {
+    argv.iter()
+        .map(|a| {
+            a.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("an argument is not UTF-8: {a:?}"))
+        })
+        .collect()
+}
+
+impl BenchTopo {
     /// Trellis in sidecar shape: `trellis-node-proxy --mode dedicated
     /// --capture` inside `pod`'s netns, serving only that pod (its
     /// workload uid is the pod's name), pinned to `cpu`; waits until it
     /// has written its bound addresses.
     pub fn start_sidecar_proxy(&self, bin: &Path, pod: &Pod, cpu: usize) -> Result<NodeProxy> {
-        let addrs_file = self.dir().join(format!("{}-sidecar-addrs.json", pod.name));
+        // A directory per pod: its runtime dir (node lock, hand-over
+        // socket) sits beside the bound-addresses file, and every
+        // sidecar-shaped proxy on a node needs its own.
+        let dir = self.dir().join(format!("{}-sidecar", pod.name));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let addrs_file = dir.join("addrs.json");
         let _ = std::fs::remove_file(&addrs_file);
+        let args = ProxyArgs {
+            node: pod.node.clone(),
+            mode: ProxyMode::Host {
+                workload_uid: pod.name.clone(),
+            },
+            feed: self.files_feed(),
+            pods: vec![],
+            bound_addrs_file: addrs_file.clone(),
+            extra: vec![],
+        };
         let cpu_s = cpu.to_string();
         let bin_s = bin.display().to_string();
-        let config = self.dir().join("mesh.yaml").display().to_string();
-        let ca = self.dir().join("ca").display().to_string();
-        let addrs_s = addrs_file.display().to_string();
-        let argv = [
-            "taskset",
-            "-c",
-            &cpu_s,
-            &bin_s,
-            "--mode",
-            "dedicated",
-            "--node",
-            &pod.node,
-            "--workload-uid",
-            &pod.name,
-            "--capture",
-            "--config",
-            &config,
-            "--ca-dir",
-            &ca,
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--readiness-addr",
-            "127.0.0.1:0",
-            "--bound-addrs-file",
-            &addrs_s,
-            "--workers",
-            "1",
-        ];
+        let tail = utf8_argv(&args.argv())?;
+        let mut argv: Vec<&str> = vec!["taskset", "-c", &cpu_s, &bin_s];
+        argv.extend(tail.iter().map(String::as_str));
         let who = format!("the sidecar-shaped proxy of {}", pod.name);
         let mut guard = self
             .topo

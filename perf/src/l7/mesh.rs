@@ -18,10 +18,11 @@
 //! the same endpoint and no waypoint: the mesh without L7, for reference.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use trellis_e2e::proxy_args::WaypointArgs;
 use trellis_e2e::{ChildGuard, Pod};
 use trellis_netns::NetNs;
 
@@ -254,45 +255,25 @@ impl WaypointProc {
         let dir = bt.dir();
         let addrs_file = dir.join("waypoint-addrs.json");
         let _ = std::fs::remove_file(&addrs_file);
-        let s = |p: PathBuf| p.display().to_string();
+        // The tests' command line, without their access log, run under
+        // `taskset` and the wrapper. For investigation, e.g.
+        // TRELLIS_WAYPOINT_LOG=debug; the default is a deployment's.
+        let args = WaypointArgs {
+            name: format!("{NAMESPACE}/waypoint"),
+            service_account: "waypoint".into(),
+            feed: bt.files_feed(),
+            bound_addrs_file: addrs_file.clone(),
+            log: std::env::var("TRELLIS_WAYPOINT_LOG").unwrap_or_else(|_| "info".into()),
+            access_log: false,
+            extra: vec![],
+        };
         let cpu_s = cpu.to_string();
-        let (bin_s, cfg, ca, addrs_s) = (
-            s(bin.to_path_buf()),
-            s(dir.join("mesh.yaml")),
-            s(dir.join("ca")),
-            s(addrs_file.clone()),
-        );
-        let name = format!("{NAMESPACE}/waypoint");
-        // For investigation, e.g. TRELLIS_WAYPOINT_LOG=debug; the default is
-        // a deployment's.
-        let log = std::env::var("TRELLIS_WAYPOINT_LOG").unwrap_or_else(|_| "info".into());
+        let bin_s = bin.display().to_string();
+        let tail = topo::utf8_argv(&args.argv())?;
         let mut argv: Vec<&str> = vec!["taskset", "-c", &cpu_s];
         argv.extend_from_slice(wrapper);
-        argv.extend_from_slice(&[
-            &bin_s,
-            "--name",
-            &name,
-            "--service-account",
-            "waypoint",
-            "--config",
-            &cfg,
-            "--ca-dir",
-            &ca,
-            "--listen",
-            "0.0.0.0:15008",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--readiness-addr",
-            "127.0.0.1:0",
-            "--bound-addrs-file",
-            &addrs_s,
-            "--workers",
-            "1",
-            "--log",
-            &log,
-        ]);
+        argv.push(&bin_s);
+        argv.extend(tail.iter().map(String::as_str));
         let mut guard = bt
             .topo
             .spawn(&pod.name, &argv)

@@ -142,7 +142,6 @@ pub fn run() -> Result<()> {
         bt.start_proxy_with(&proxy_bin, "node2", &bt.server, SERVER_CPU, &[], &extra)?,
     ];
     let pids: Vec<u32> = proxies.iter().map(|p| p.pid).collect();
-    let names = ["node1", "node2"];
     // One echo through the mesh first: the pooled HBONE connection and the
     // certificates exist before the baseline is taken.
     trellis_e2e::wait_until(
@@ -159,9 +158,35 @@ pub fn run() -> Result<()> {
         },
     )?;
     std::thread::sleep(Duration::from_secs(1));
+    let r = hold(cfg, &pids, &client_ns, dst, &mut proxies)?;
+    let pass = r.pass;
+    let (md, doc) = report(&o, &begun, &r);
+    println!("{md}");
+    write_results(
+        &o.out,
+        if o.quick { "soak-quick" } else { "soak" },
+        &doc,
+        &md,
+    )?;
+    if !pass {
+        bail!("the soak failed its targets: see the report");
+    }
+    Ok(())
+}
+
+/// Opens the connections, holds them with their echoes while sampling both
+/// proxies, closes them, and waits for the proxies' descriptors to come
+/// back to the baseline.
+fn hold(
+    cfg: SoakConfig,
+    pids: &[u32],
+    client_ns: &trellis_netns::NetNs,
+    dst: SocketAddr,
+    proxies: &mut [topo::NodeProxy],
+) -> Result<Soaked> {
     let counters = Arc::new(Counters::default());
     let t0 = Instant::now();
-    let baseline = Sample::take(t0, &pids, &counters);
+    let baseline = Sample::take(t0, pids, &counters);
     say(format!(
         "baseline: node1 RSS {} KiB fds {}, node2 RSS {} KiB fds {}; opening {} connections at {}/s, then holding them {:?} with a {}-byte echo every {:?} each",
         baseline.proxies[0].0,
@@ -197,14 +222,14 @@ pub fn run() -> Result<()> {
                 .min(Duration::from_millis(200)),
         );
         if Instant::now() >= next {
-            let s = Sample::take(t0, &pids, &counters);
+            let s = Sample::take(t0, pids, &counters);
             say(format!(
                 "{:>5.0} s: {} open, {} echoes, {} errors; node1 RSS {} KiB fds {}; node2 RSS {} KiB fds {}",
                 s.at_s, s.open_conns, s.echoes, s.errors, s.proxies[0].0, s.proxies[0].1, s.proxies[1].0, s.proxies[1].1
             ));
             samples.push(s);
             next += cfg.sample_every;
-            for p in &mut proxies {
+            for p in proxies.iter_mut() {
                 p.check_alive()?;
             }
         }
@@ -220,7 +245,7 @@ pub fn run() -> Result<()> {
     // every connection; what is left over the baseline is the pooled HBONE
     // connections between the nodes (one per 100 streams).
     std::thread::sleep(Duration::from_secs(1));
-    let at_close = Sample::take(t0, &pids, &counters);
+    let at_close = Sample::take(t0, pids, &counters);
     samples.push(at_close.clone());
     // Then every fd back to the baseline, once the pool's idle connections
     // are swept.
@@ -232,7 +257,7 @@ pub fn run() -> Result<()> {
     });
     let back_after = waited.elapsed().as_secs_f64() + 1.0;
     std::thread::sleep(Duration::from_secs(1));
-    let after = Sample::take(t0, &pids, &counters);
+    let after = Sample::take(t0, pids, &counters);
     samples.push(after.clone());
     let peak_fds: Vec<usize> = (0..pids.len())
         .map(|i| samples.iter().map(|s| s.proxies[i].1).max().unwrap_or(0))
@@ -254,7 +279,77 @@ pub fn run() -> Result<()> {
     let fds_back = back.is_ok();
     let growth_ok = growth[0].is_some_and(|g| g.1 < RSS_GROWTH_PCT);
     let pass = errors == 0 && fds_back && growth_ok && opened == cfg.connections as u64;
+    Ok(Soaked {
+        cfg,
+        samples,
+        baseline,
+        at_close,
+        after,
+        peak_fds,
+        growth,
+        lat,
+        errors,
+        opened,
+        echoes,
+        kinds,
+        fds_back,
+        back_after,
+        closed_at,
+        pass,
+    })
+}
 
+/// [`soak::rss_growth`]'s figures: growth to the end and to the largest
+/// sample in percent, then the RSS (KiB) after warm-up, at the end and at
+/// most.
+type Growth = (f64, f64, u64, u64, u64);
+
+/// What a soak measured, for its report.
+struct Soaked {
+    cfg: SoakConfig,
+    samples: Vec<Sample>,
+    baseline: Sample,
+    at_close: Sample,
+    after: Sample,
+    peak_fds: Vec<usize>,
+    /// Per proxy: RSS growth over the hold after warm-up ([`soak::rss_growth`]).
+    growth: Vec<Option<Growth>>,
+    lat: crate::harness::hist::Summary,
+    errors: u64,
+    opened: u64,
+    echoes: u64,
+    kinds: std::collections::BTreeMap<String, u64>,
+    fds_back: bool,
+    back_after: f64,
+    closed_at: f64,
+    pass: bool,
+}
+
+/// The soak's report: Markdown and JSON.
+fn report(o: &Opts, begun: &run::Begun, r: &Soaked) -> (String, serde_json::Value) {
+    let &Soaked {
+        cfg,
+        errors,
+        opened,
+        echoes,
+        fds_back,
+        back_after,
+        closed_at,
+        pass,
+        ..
+    } = r;
+    let Soaked {
+        samples,
+        baseline,
+        at_close,
+        after,
+        peak_fds,
+        growth,
+        lat,
+        kinds,
+        ..
+    } = r;
+    let names = ["node1", "node2"];
     let mut md = format!(
         "# Soak: {} connections through one node proxy for {} s\n\n",
         cfg.connections,
@@ -321,7 +416,7 @@ and the pooled HBONE connections between the nodes, one per 100 streams, when id
         if pass { "PASS" } else { "FAIL" }
     );
     md += "## Samples\n\n| s | open | echoes | errors | node1 RSS MiB | node1 fds | node2 RSS MiB | node2 fds |\n|---|---|---|---|---|---|---|---|\n";
-    for s in &samples {
+    for s in samples {
         md += &format!(
             "| {:.0} | {} | {} | {} | {:.1} | {} | {:.1} | {} |\n",
             s.at_s,
@@ -368,15 +463,5 @@ and the pooled HBONE connections between the nodes, one per 100 streams, when id
         "pass": pass,
         "notes": notes,
     });
-    println!("{md}");
-    write_results(
-        &o.out,
-        if o.quick { "soak-quick" } else { "soak" },
-        &doc,
-        &md,
-    )?;
-    if !pass {
-        bail!("the soak failed its targets: see the report");
-    }
-    Ok(())
+    (md, doc)
 }
