@@ -178,13 +178,8 @@ impl BenchTopo {
             bound_addrs_file: addrs_file.clone(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        let cpu_s = cpu.to_string();
-        let bin_s = bin.display().to_string();
-        let tail = utf8_argv(&args.argv())?;
-        let mut full: Vec<&str> = vec!["taskset", "-c", &cpu_s];
-        full.extend_from_slice(wrapper);
-        full.push(&bin_s);
-        full.extend(tail.iter().map(String::as_str));
+        let argv = pinned_argv(cpu, wrapper, bin, &args.argv())?;
+        let full: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut guard = self
             .topo
             .spawn(node, &full)
@@ -219,15 +214,24 @@ impl BenchTopo {
     }
 }
 
-/// `argv` as UTF-8 strings, for the topology's launcher.
-pub fn utf8_argv(argv: &[std::ffi::OsString]) -> Result<Vec<String>> {
-    argv.iter()
-        .map(|a| {
-            a.to_str()
-                .map(str::to_string)
-                .ok_or_else(|| anyhow!("an argument is not UTF-8: {a:?}"))
-        })
-        .collect()
+/// `taskset -c <cpu> [wrapper...] <bin> <args...>`, as the strings the
+/// topology's launcher takes.
+pub fn pinned_argv(
+    cpu: usize,
+    wrapper: &[&str],
+    bin: &Path,
+    args: &[std::ffi::OsString],
+) -> Result<Vec<String>> {
+    let mut argv = vec!["taskset".to_string(), "-c".into(), cpu.to_string()];
+    argv.extend(wrapper.iter().map(|w| w.to_string()));
+    argv.push(bin.display().to_string());
+    for a in args {
+        let a = a
+            .to_str()
+            .ok_or_else(|| anyhow!("an argument is not UTF-8: {a:?}"))?;
+        argv.push(a.to_string());
+    }
+    Ok(argv)
 }
 
 impl BenchTopo {
@@ -253,11 +257,8 @@ impl BenchTopo {
             bound_addrs_file: addrs_file.clone(),
             extra: vec![],
         };
-        let cpu_s = cpu.to_string();
-        let bin_s = bin.display().to_string();
-        let tail = utf8_argv(&args.argv())?;
-        let mut argv: Vec<&str> = vec!["taskset", "-c", &cpu_s, &bin_s];
-        argv.extend(tail.iter().map(String::as_str));
+        let argv = pinned_argv(cpu, &[], bin, &args.argv())?;
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let who = format!("the sidecar-shaped proxy of {}", pod.name);
         let mut guard = self
             .topo
@@ -485,5 +486,41 @@ impl NodeProxy {
             .with_context(|| format!("parsing GET /config_dump of {}", self.node))?;
         let len = |k: &str| v["config"][k].as_array().map_or(0, |a| a.len());
         Ok((len("workloads"), len("services")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn a_launch_is_pinned_then_wrapped_then_the_binary_and_its_arguments() {
+        let args: Vec<OsString> = vec!["--mode".into(), "shared".into()];
+        // (wrapper, expected)
+        let cases: [(&[&str], &[&str]); 2] = [
+            (&[], &["taskset", "-c", "1", "/b/p", "--mode", "shared"]),
+            (
+                &["valgrind", "--tool=callgrind"],
+                &[
+                    "taskset",
+                    "-c",
+                    "1",
+                    "valgrind",
+                    "--tool=callgrind",
+                    "/b/p",
+                    "--mode",
+                    "shared",
+                ],
+            ),
+        ];
+        for (wrapper, want) in cases {
+            let got = pinned_argv(1, wrapper, Path::new("/b/p"), &args).unwrap();
+            assert_eq!(got, want, "{wrapper:?}");
+        }
+        let bad = vec![OsString::from_vec(vec![0xff, 0xfe])];
+        let e = pinned_argv(0, &[], Path::new("/b/p"), &bad).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
     }
 }

@@ -267,13 +267,8 @@ impl WaypointProc {
             access_log: false,
             extra: vec![],
         };
-        let cpu_s = cpu.to_string();
-        let bin_s = bin.display().to_string();
-        let tail = topo::utf8_argv(&args.argv())?;
-        let mut argv: Vec<&str> = vec!["taskset", "-c", &cpu_s];
-        argv.extend_from_slice(wrapper);
-        argv.push(&bin_s);
-        argv.extend(tail.iter().map(String::as_str));
+        let argv = topo::pinned_argv(cpu, wrapper, bin, &args.argv())?;
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut guard = bt
             .topo
             .spawn(&pod.name, &argv)
