@@ -7,7 +7,7 @@
 //!   with the e2e tests, in `trellis_e2e::h2frames`).
 //! * [`attacker`]: the attacks, over mTLS with a valid mesh identity.
 //! * [`victim`]: the other tenant's steady traffic.
-//! * [`bench`]: one attack against one proxy, measured.
+//! * [`bench`](mod@bench): one attack against one proxy, measured.
 //! * [`report`]: the table.
 
 pub mod attacker;

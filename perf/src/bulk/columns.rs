@@ -1,7 +1,7 @@
 //! The columns of the bulk benchmark and what each runs on the path: nothing
 //! (direct), a relay pair ([`RelayPair`], sidecar-shaped behind the Envoy
 //! sidecars' capture), Trellis's two node proxies in shared mode, or Istio's
-//! two ztunnels in shared mode ([`super::ztunnel`]).
+//! two ztunnels in shared mode ([`crate::ztunnel`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

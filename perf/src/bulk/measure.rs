@@ -181,7 +181,7 @@ impl Measure<'_> {
 }
 
 /// Voluntary plus involuntary context switches of every living thread of
-/// `pids` (/proc/<pid>/task/*/status; /proc/<pid>/status has the main
+/// `pids` (`/proc/<pid>/task/*/status`; `/proc/<pid>/status` has the main
 /// thread's only).
 pub fn ctx_switches(pids: &[u32]) -> std::io::Result<u64> {
     let mut total = 0;

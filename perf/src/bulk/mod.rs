@@ -7,7 +7,7 @@
 //! * [`measure`]: one iperf3 run through a column, with the CPU and counters of its processes.
 //! * [`profile`]: `--profile`, perf record of the meshed columns, side by side.
 //! * [`report`]: mean and spread over the repeats, Trellis's ratio to each floor.
-//! * [`bench`]: the interleaved rounds (`trellis-bulk-bench`).
+//! * [`bench`](mod@bench): the interleaved rounds (`trellis-bulk-bench`).
 
 pub mod bench;
 pub mod columns;

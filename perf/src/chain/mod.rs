@@ -8,7 +8,7 @@
 //! * [`columns`]: direct, Trellis ambient (with and without a waypoint),
 //!   Envoy sidecars L4 and L7, Trellis sidecar-shaped: starting each mesh,
 //!   its processes, the check that the calls went through it.
-//! * [`bench`]: the run, column by column and depth by depth.
+//! * [`bench`](mod@bench): the run, column by column and depth by depth.
 //! * [`report`]: per-hop figures, CPU per request, the targets.
 
 pub mod bench;

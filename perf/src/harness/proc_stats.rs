@@ -2,7 +2,7 @@
 
 use std::io;
 
-/// Clock ticks per second for /proc/<pid>/stat times.
+/// Clock ticks per second for `/proc/<pid>/stat` times.
 pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -48,7 +48,7 @@ pub fn cpu_seconds_sum(pids: &[u32]) -> io::Result<f64> {
     pids.iter().map(|&p| cpu_seconds(p)).sum()
 }
 
-/// Resident set size in KiB (VmRSS from /proc/<pid>/status).
+/// Resident set size in KiB (VmRSS from `/proc/<pid>/status`).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -58,7 +58,7 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
-/// Number of threads (Threads: in /proc/<pid>/status).
+/// Number of threads (Threads: in `/proc/<pid>/status`).
 pub fn threads(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status

@@ -7,7 +7,7 @@
 //! * [`conn_rate`]: one new TCP connection per HTTP request, closed-loop with fixed concurrency.
 //! * [`handover`]: the node proxy's hand-over: accept gap and memory overlap (issue 16).
 //! * [`report`]: result rows with targets, JSON and Markdown.
-//! * [`bench`]: `trellis-bench` itself: its options, its phases, and how they are put together.
+//! * [`bench`](mod@bench): `trellis-bench` itself: its options, its phases, and how they are put together.
 
 pub mod bench;
 pub mod conn_rate;

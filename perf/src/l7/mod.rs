@@ -2,7 +2,7 @@
 //! nginx as a plain reverse proxy, on the same machine, cores, upstream
 //! servers and load, for HTTP/1.1, HTTP/2 and gRPC unary.
 //!
-//! * [`bench`]: the running setup, the three paths, one checked run on a path.
+//! * [`bench`](mod@bench): the running setup, the three paths, one checked run on a path.
 //! * [`mesh`]: the topology, the mesh config (service, HTTPRoute, GRPCRoute,
 //!   L7 AuthorizationPolicy), the waypoint process.
 //! * [`envoy_waypoint`]: Envoy as the waypoint of service `web-envoy`, HBONE

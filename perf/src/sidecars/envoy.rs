@@ -103,7 +103,7 @@ pub fn parse_install_output(stdout: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
-/// The build string of `envoy --version` ("... version: <build>").
+/// The build string of `envoy --version` (`... version: <build>`).
 pub fn parse_version(output: &str) -> Option<&str> {
     output
         .split_once("version: ")
