@@ -97,17 +97,12 @@ pub struct Nginx {
     _dir: tempfile::TempDir,
 }
 
-impl Nginx {
-    pub fn start(topo: &Topology, pod: &Pod, port: u16, cpu: usize) -> Result<Nginx> {
-        let dir = tempfile::Builder::new()
-            .prefix("trellis-bench-nginx-")
-            .tempdir()?;
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("www"))?;
-        std::fs::write(d.join("www/index.html"), "x".repeat(HTTP_BODY_BYTES))?;
-        let addr = SocketAddr::new(pod.ip, port);
-        let conf = format!(
-            r#"daemon off;
+/// An nginx.conf for one worker on one CPU, no master, no access log,
+/// long keep-alive, every temp path under `d`; `http` goes inside the
+/// `http` block (servers, upstreams).
+pub fn nginx_conf(d: &std::path::Path, http: &str) -> String {
+    format!(
+        r#"daemon off;
 master_process off;
 worker_processes 1;
 worker_rlimit_nofile 65536;
@@ -119,11 +114,6 @@ events {{
 }}
 http {{
     access_log off;
-    default_type text/html;
-    # As Debian's default nginx.conf: the head goes out in one write, the
-    # file in a sendfile of its own. A proxy that leaves Nagle on then
-    # holds the body until the client's delayed ACK (about 40 ms).
-    sendfile on;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
     client_body_temp_path {d}/body;
@@ -131,14 +121,37 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
+{http}}}
+"#,
+        d = d.display()
+    )
+}
+
+impl Nginx {
+    pub fn start(topo: &Topology, pod: &Pod, port: u16, cpu: usize) -> Result<Nginx> {
+        let dir = tempfile::Builder::new()
+            .prefix("trellis-bench-nginx-")
+            .tempdir()?;
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("www"))?;
+        std::fs::write(d.join("www/index.html"), "x".repeat(HTTP_BODY_BYTES))?;
+        let addr = SocketAddr::new(pod.ip, port);
+        let conf = nginx_conf(
+            d,
+            &format!(
+                r#"    default_type text/html;
+    # As Debian's default nginx.conf: the head goes out in one write, the
+    # file in a sendfile of its own. A proxy that leaves Nagle on then
+    # holds the body until the client's delayed ACK (about 40 ms).
+    sendfile on;
     server {{
         listen {addr} backlog=4096;
         root {d}/www;
         location / {{ }}
     }}
-}}
 "#,
-            d = d.display()
+                d = d.display()
+            ),
         );
         let conf_path = d.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
@@ -184,5 +197,34 @@ impl Iperf3Server {
             addr: SocketAddr::new(pod.ip, port),
             _guard: guard,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nginx_conf_holds_the_given_http_part_inside_its_http_block() {
+        let conf = nginx_conf(
+            std::path::Path::new("/t/ngx"),
+            "    server {\n        listen 198.18.2.2:80;\n    }\n",
+        );
+        assert!(
+            conf.starts_with("daemon off;\nmaster_process off;\n"),
+            "{conf}"
+        );
+        assert_eq!(
+            conf.matches('{').count(),
+            conf.matches('}').count(),
+            "{conf}"
+        );
+        let http = conf.find("http {").unwrap();
+        let server = conf.find("    server {").unwrap();
+        assert!(http < server, "{conf}");
+        // The http block ends the file, after the server.
+        assert!(conf.ends_with("    }\n}\n"), "{conf}");
+        assert!(conf.contains("pid /t/ngx/nginx.pid;"), "{conf}");
+        assert!(conf.contains("scgi_temp_path /t/ngx/scgi;"), "{conf}");
     }
 }

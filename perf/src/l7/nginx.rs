@@ -18,33 +18,17 @@ use trellis_e2e::ChildGuard;
 use super::client::Proto;
 use super::mesh::{L7Topo, NGINX_GRPC_PORT, NGINX_HTTP1_PORT, NGINX_HTTP2_PORT};
 use super::{GRPC_PORT, HTTP_PORT, ROUTE_HEADER};
+use crate::harness::servers::nginx_conf;
 use crate::harness::topo::wait_listening;
 
 /// Per protocol: None if supported, else why not (nginx -t's complaint).
 pub type Support = BTreeMap<Proto, Option<String>>;
 
 fn main_conf(d: &Path, servers: &str, upstream_ip: std::net::IpAddr) -> String {
-    format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile 65536;
-error_log {d}/error.log warn;
-pid {d}/nginx.pid;
-events {{
-    worker_connections 16384;
-    multi_accept on;
-}}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 120s;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream http_backend {{
+    nginx_conf(
+        d,
+        &format!(
+            r#"    upstream http_backend {{
         server {upstream_ip}:{HTTP_PORT};
         keepalive 64;
         keepalive_requests 1000000;
@@ -56,9 +40,8 @@ http {{
         keepalive_requests 1000000;
         keepalive_timeout 120s;
     }}
-{servers}}}
-"#,
-        d = d.display()
+{servers}"#
+        ),
     )
 }
 
