@@ -334,29 +334,22 @@ struct Measured {
 
 /// The scale's table against the targets, as Markdown and JSON in `out`.
 fn report(scale: Scale, quick: bool, out: &Path, m: &Measured) -> Result<()> {
-    let Measured {
+    // The figures by value, the collections by reference.
+    let &Measured {
         rss_before,
         full_sync,
         full_sync_cpu,
         rss_synced,
         rss_serving,
         peak,
-        state,
-        synced,
+        ref state,
+        ref synced,
         subs_cpu,
-        latencies,
-        cpus,
-        splits,
-        sub_cpus,
+        ref latencies,
+        ref cpus,
+        ref splits,
+        ref sub_cpus,
     } = m;
-    let (rss_before, full_sync_cpu, rss_synced, rss_serving, peak, subs_cpu) = (
-        *rss_before,
-        *full_sync_cpu,
-        *rss_synced,
-        *rss_serving,
-        *peak,
-        *subs_cpu,
-    );
     let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     let median = |v: &[f64]| {
         let mut s = v.to_vec();

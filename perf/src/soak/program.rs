@@ -327,27 +327,24 @@ struct Soaked {
 
 /// The soak's report: Markdown and JSON.
 fn report(o: &Opts, begun: &run::Begun, r: &Soaked) -> (String, serde_json::Value) {
+    // The figures by value, the collections by reference.
     let &Soaked {
         cfg,
+        ref samples,
+        ref baseline,
+        ref at_close,
+        ref after,
+        ref peak_fds,
+        ref growth,
+        ref lat,
         errors,
         opened,
         echoes,
+        ref kinds,
         fds_back,
         back_after,
         closed_at,
         pass,
-        ..
-    } = r;
-    let Soaked {
-        samples,
-        baseline,
-        at_close,
-        after,
-        peak_fds,
-        growth,
-        lat,
-        kinds,
-        ..
     } = r;
     let names = ["node1", "node2"];
     let mut md = format!(
