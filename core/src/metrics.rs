@@ -23,7 +23,7 @@ use crate::source::ConfigMetrics;
 
 mod counted;
 mod labels;
-pub use counted::{Counted, Side};
+pub use counted::{Counted, CountedOwned, Side};
 pub use labels::{ConnectionLabels, PeerFacts, Reporter, SecurityPolicy, LABEL_NAMES, UNKNOWN};
 
 /// Why the proxy refused or failed a connection, for
@@ -211,6 +211,7 @@ impl Metrics {
                 started: Instant::now(),
                 sent: 0,
                 received: 0,
+                owned_totals: None,
                 error: None,
             }),
         }
@@ -254,6 +255,9 @@ struct Open {
     started: Instant,
     sent: u64,
     received: u64,
+    /// Bytes counted by an owned socket wrapper ([`CountedOwned`]), added
+    /// to `sent`/`received` when the guard drops.
+    owned_totals: Option<Arc<counted::Totals>>,
     error: Option<String>,
 }
 
@@ -306,6 +310,11 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let o = &mut *self.inner;
+        if let Some(t) = &o.owned_totals {
+            let (sent, received) = t.get();
+            o.sent += sent;
+            o.received += received;
+        }
         o.close.closed.inc();
         let l = &o.labels;
         AccessLogEntry {

@@ -60,17 +60,17 @@ pub(crate) fn set_nodelay(tcp: &TcpStream) {
 /// State shared between a connection's handles, its driver task and its streams.
 #[derive(Debug)]
 pub(crate) struct ConnShared {
-    closed: AtomicBool,
-    active: AtomicUsize,
+    pub(crate) closed: AtomicBool,
+    pub(crate) active: AtomicUsize,
     /// When `active` last dropped to zero (or the connection was created).
     idle_since: Mutex<Instant>,
-    tls_failure: TlsFailure,
+    pub(crate) tls_failure: TlsFailure,
     /// Set when the peer sent GOAWAY: no new tunnels go here.
     pub(crate) goaway: Arc<GoAway>,
 }
 
 impl ConnShared {
-    fn new(tls_failure: TlsFailure, goaway: Arc<GoAway>) -> ConnShared {
+    pub(crate) fn new(tls_failure: TlsFailure, goaway: Arc<GoAway>) -> ConnShared {
         ConnShared {
             closed: AtomicBool::new(false),
             active: AtomicUsize::new(0),
@@ -95,6 +95,23 @@ impl ConnShared {
 pub(crate) struct StreamSlot(Arc<ConnShared>);
 
 impl StreamSlot {
+    /// Counts a new stream on `shared` regardless of limits.
+    pub(crate) fn force(shared: &Arc<ConnShared>) -> StreamSlot {
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        StreamSlot(shared.clone())
+    }
+
+    /// Counts a new stream if fewer than `max` are active.
+    pub(crate) fn reserve(shared: &Arc<ConnShared>, max: usize) -> Option<StreamSlot> {
+        shared
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(shared.clone()))
+    }
+
     pub(crate) fn shared(&self) -> &Arc<ConnShared> {
         &self.0
     }
@@ -189,20 +206,13 @@ impl ClientConn {
 
     /// Counts a new stream regardless of limits (h2 itself waits for the peer's limit).
     pub(crate) fn force_reserve(&self) -> StreamSlot {
-        self.shared.active.fetch_add(1, Ordering::AcqRel);
-        StreamSlot(self.shared.clone())
+        StreamSlot::force(&self.shared)
     }
 
     /// Counts a new stream if fewer than `max` are active (the pool's admission check).
     pub(crate) fn try_reserve(&self, max: usize) -> Option<StreamSlot> {
         let max = max.min(self.send.current_max_send_streams());
-        self.shared
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| StreamSlot(self.shared.clone()))
+        StreamSlot::reserve(&self.shared, max)
     }
 
     pub(crate) async fn connect_with_slot(

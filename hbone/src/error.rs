@@ -68,6 +68,15 @@ pub enum HboneError {
     /// The peer violated HTTP/2 or the connection failed at the HTTP/2 layer.
     #[error("http/2 error on hbone connection: {0}")]
     H2(#[source] h2::Error),
+    /// The peer broke HTTP/2's rules (we answered with GOAWAY or RST_STREAM
+    /// carrying `reason`), or closed the connection with an error.
+    #[error("http/2 protocol error on hbone connection: {detail} ({reason}); the peer is not a conforming hbone endpoint")]
+    Protocol {
+        /// The HTTP/2 error code sent or received.
+        reason: h2::Reason,
+        /// What was wrong.
+        detail: &'static str,
+    },
     /// The peer reset the tunnel stream.
     #[error("peer reset the tunnel stream with {0}; the destination proxy or workload aborted the connection")]
     StreamReset(h2::Reason),
@@ -106,6 +115,7 @@ impl HboneError {
             | HboneError::AlpnNotH2 { .. }
             | HboneError::IdentityMismatch { .. }
             | HboneError::H2(_)
+            | HboneError::Protocol { .. }
             | HboneError::StreamReset(_)
             | HboneError::Status(_)
             | HboneError::ConnectionClosed
@@ -140,6 +150,10 @@ impl HboneError {
             HboneError::H2(e) => match e.reason() {
                 Some(reason) => HboneError::H2(h2::Error::from(reason)),
                 None => HboneError::ConnectionClosed,
+            },
+            HboneError::Protocol { reason, detail } => HboneError::Protocol {
+                reason: *reason,
+                detail,
             },
             HboneError::StreamReset(r) => HboneError::StreamReset(*r),
             HboneError::Status(s) => HboneError::Status(*s),

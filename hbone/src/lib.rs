@@ -8,6 +8,7 @@
 //! - [`ca`]: a development CA.
 //! - [`client`] / [`server`]: the two ends of a tunnel; [`pool`] shares client connections.
 //! - [`stream`]: the tunnel byte stream and the fast copy loop.
+//! - [`lite`]: the same tunnels from one task per connection, without h2.
 //! - [`quiet`]: a future wrapper that is polled only when its own waker fired.
 
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ mod frames;
 pub mod goaway;
 pub mod identity;
 mod keepalive;
+pub mod lite;
 pub mod pool;
 pub mod quiet;
 mod request;

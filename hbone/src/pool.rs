@@ -16,7 +16,7 @@ use ahash::AHashMap;
 use http::HeaderMap;
 use tokio::sync::watch;
 
-use crate::client::{ClientConn, ConnectRequest, StreamSlot};
+use crate::client::{ClientConn, ConnShared, ConnectRequest, StreamSlot};
 use crate::error::HboneError;
 use crate::identity::Identity;
 use crate::settings::H2Settings;
@@ -24,6 +24,72 @@ use crate::stream::H2Stream;
 
 /// Pooled connections a `connect` may find unusable (e.g. going away) before giving up.
 const MAX_ATTEMPTS: usize = 3;
+
+/// A connection the pool can share: the h2-based [`ClientConn`] or
+/// [`crate::lite::Client`]. Sealed: its methods use the crate's internals.
+pub trait PoolConn: sealed::Sealed + Clone + Send + Sync + 'static {}
+
+impl PoolConn for ClientConn {}
+impl<S: Send + 'static> PoolConn for crate::lite::Client<S> where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin
+{
+}
+
+// The sealed trait's methods name crate-private types on purpose: no one
+// outside can call or implement them.
+#[allow(private_interfaces)]
+pub(crate) mod sealed {
+    use std::future::Future;
+    use std::sync::Arc;
+
+    use crate::client::{ConnShared, StreamSlot};
+    use crate::error::HboneError;
+    use crate::settings::H2Settings;
+    use crate::transport::ClientTls;
+
+    pub trait Sealed: Sized {
+        /// Starts HTTP/2 on a dialled connection.
+        fn handshake(
+            tls: ClientTls,
+            settings: &H2Settings,
+        ) -> impl Future<Output = Result<Self, HboneError>> + Send;
+        /// The state its handles share (counts, GOAWAY, closed).
+        fn shared(&self) -> &Arc<ConnShared>;
+        /// Counts a new stream if fewer than `max` are open.
+        fn try_reserve(&self, max: usize) -> Option<StreamSlot> {
+            StreamSlot::reserve(self.shared(), max)
+        }
+    }
+}
+
+#[allow(private_interfaces)]
+impl sealed::Sealed for ClientConn {
+    async fn handshake(tls: ClientTls, settings: &H2Settings) -> Result<Self, HboneError> {
+        ClientConn::handshake(tls, settings).await
+    }
+
+    fn shared(&self) -> &Arc<ConnShared> {
+        ClientConn::shared(self)
+    }
+
+    fn try_reserve(&self, max: usize) -> Option<StreamSlot> {
+        ClientConn::try_reserve(self, max)
+    }
+}
+
+#[allow(private_interfaces)]
+impl<S> sealed::Sealed for crate::lite::Client<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    async fn handshake(tls: ClientTls, settings: &H2Settings) -> Result<Self, HboneError> {
+        crate::lite::Client::handshake(tls, settings)
+    }
+
+    fn shared(&self) -> &Arc<ConnShared> {
+        crate::lite::Client::shared(self)
+    }
+}
 
 /// What a pooled connection is for; tunnels only share a connection with an equal key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -82,44 +148,107 @@ pub struct PoolStats {
 }
 
 /// A pool of HBONE client connections; clones share it.
-#[derive(Clone)]
-pub struct Pool {
-    inner: Arc<Inner>,
+pub struct Pool<C: PoolConn = ClientConn> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: PoolConn> Clone for Pool<C> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 /// Outcome of a dial that other callers wait for; the error is shared by all of them.
 type DialOutcome = Option<Result<(), Arc<HboneError>>>;
 
-struct Inner {
+struct Inner<C> {
     settings: PoolSettings,
-    state: Mutex<State>,
+    state: Mutex<State<C>>,
     reaper_started: AtomicBool,
 }
 
-#[derive(Default)]
-struct State {
-    conns: AHashMap<PoolKey, Vec<ClientConn>>,
+struct State<C> {
+    conns: AHashMap<PoolKey, Vec<C>>,
     dials: AHashMap<PoolKey, watch::Receiver<DialOutcome>>,
 }
 
-enum Step {
-    Reuse(ClientConn, StreamSlot),
+enum Step<C: PoolConn> {
+    Reuse(C, StreamSlot),
     Wait(watch::Receiver<DialOutcome>),
-    Dial(DialGuard),
+    Dial(DialGuard<C>),
 }
 
-impl Pool {
+impl<C: PoolConn> Pool<C> {
     /// Creates an empty pool; its idle reaper starts with the first `connect`.
-    pub fn new(settings: PoolSettings) -> Pool {
+    pub fn new(settings: PoolSettings) -> Pool<C> {
         Pool {
             inner: Arc::new(Inner {
                 settings,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    conns: AHashMap::new(),
+                    dials: AHashMap::new(),
+                }),
                 reaper_started: AtomicBool::new(false),
             }),
         }
     }
 
+    /// A connection for `key` with a stream counted on it: a pooled one
+    /// with headroom, the one another caller is dialling, or a new one from
+    /// `dial` (taken from the option; `ConnectionClosed` once used).
+    async fn checkout<F, Fut>(
+        &self,
+        key: &PoolKey,
+        dial: &mut Option<F>,
+    ) -> Result<(C, StreamSlot), HboneError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<ClientTls, HboneError>>,
+    {
+        self.ensure_reaper();
+        loop {
+            match self.inner.next_step(key) {
+                Step::Reuse(conn, slot) => return Ok((conn, slot)),
+                Step::Wait(mut rx) => {
+                    let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+                    if let Ok(Some(Err(e))) = outcome {
+                        return Err(e.duplicate());
+                    }
+                }
+                Step::Dial(guard) => {
+                    let Some(dial) = dial.take() else {
+                        return Err(HboneError::ConnectionClosed);
+                    };
+                    let conn = match dial().await {
+                        Ok(tls) => C::handshake(tls, &self.inner.settings.h2).await,
+                        Err(e) => Err(e),
+                    };
+                    return match conn {
+                        Ok(conn) => {
+                            tracing::debug!(dst = %key.dst, src = %key.src, "new pooled hbone connection");
+                            let slot = guard.succeed(conn.clone());
+                            Ok((conn, slot))
+                        }
+                        Err(e) => {
+                            guard.fail(Arc::new(e.duplicate()));
+                            Err(e)
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Drops `conn` from the pool after it proved unusable.
+    fn discard(&self, key: &PoolKey, conn: &C, e: &HboneError) {
+        tracing::debug!(error = %e, dst = %key.dst, "pooled hbone connection unusable");
+        self.inner.remove(key, conn);
+    }
+}
+
+impl Pool<ClientConn> {
     /// Opens a tunnel to `req.target` over a pooled connection for `key`.
     ///
     /// Reuses a live connection with stream headroom; otherwise calls `dial`
@@ -152,80 +281,82 @@ impl Pool {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<ClientTls, HboneError>>,
     {
-        self.ensure_reaper();
         let mut dial = Some(dial);
         let mut failures = 0;
         // Waiting on someone else's dial does not count as an attempt: each wait
         // ends with a finished dial, so the loop always makes progress.
         loop {
-            match self.inner.next_step(key) {
-                Step::Reuse(conn, slot) => match conn.connect_with_slot(req, slot).await {
-                    Ok(tunnel) => return Ok(tunnel),
-                    Err(e) if is_conn_unusable(&e) => {
-                        // Typically a GOAWAY from a draining peer: stop using it, try again.
-                        tracing::debug!(error = %e, dst = %key.dst, "pooled hbone connection unusable");
-                        self.inner.remove(key, &conn);
-                        failures += 1;
-                        if failures >= MAX_ATTEMPTS {
-                            return Err(e);
-                        }
-                    }
-                    Err(e) => return Err(e),
-                },
-                Step::Wait(mut rx) => {
-                    let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
-                    // On success, loop to take a stream on the new connection; if the
-                    // dialer was cancelled (sender gone), loop and maybe dial ourselves.
-                    if let Ok(Some(Err(e))) = outcome {
-                        return Err(e.duplicate());
+            let had_dial = dial.is_some();
+            let (conn, slot) = self.checkout(key, &mut dial).await?;
+            let dialled = had_dial && dial.is_none();
+            match conn.connect_with_slot(req, slot).await {
+                Ok(tunnel) => return Ok(tunnel),
+                // Typically a GOAWAY from a draining peer: stop using it, try
+                // again. A connection we just dialled failing is final.
+                Err(e) if !dialled && is_conn_unusable(&e) => {
+                    self.discard(key, &conn, &e);
+                    failures += 1;
+                    if failures >= MAX_ATTEMPTS {
+                        return Err(e);
                     }
                 }
-                Step::Dial(guard) => {
-                    // Dialing is terminal below, so `dial` is always still here.
-                    let Some(dial) = dial.take() else {
-                        return Err(HboneError::ConnectionClosed);
-                    };
-                    return self.dial_and_connect(key, req, dial, guard).await;
-                }
+                Err(e) => return Err(e),
             }
         }
     }
+}
 
-    async fn dial_and_connect<F, Fut>(
+impl<S> Pool<crate::lite::Client<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    /// Opens a tunnel carrying `sock` to `req.target` over a pooled
+    /// [`crate::lite`] connection for `key`, dialling as
+    /// [`connect`](Pool::connect) does; resolves once the peer answered 200.
+    pub async fn open<F, Fut>(
         &self,
         key: &PoolKey,
         req: &ConnectRequest,
+        sock: S,
         dial: F,
-        guard: DialGuard,
-    ) -> Result<(H2Stream, HeaderMap), HboneError>
+    ) -> Result<crate::lite::Tunnel, HboneError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<ClientTls, HboneError>>,
     {
-        let conn = match dial().await {
-            Ok(tls) => ClientConn::handshake(tls, &self.inner.settings.h2).await,
-            Err(e) => Err(e),
-        };
-        match conn {
-            Ok(conn) => {
-                tracing::debug!(dst = %key.dst, src = %key.src, "new pooled hbone connection");
-                let slot = guard.succeed(conn.clone());
-                conn.connect_with_slot(req, slot).await
-            }
-            Err(e) => {
-                guard.fail(Arc::new(e.duplicate()));
-                Err(e)
+        let mut dial = Some(dial);
+        let mut sock = sock;
+        let mut failures = 0;
+        loop {
+            let had_dial = dial.is_some();
+            let (conn, slot) = self.checkout(key, &mut dial).await?;
+            let dialled = had_dial && dial.is_none();
+            match conn.open_with_slot(req, sock, slot).await {
+                Ok(tunnel) => return Ok(tunnel),
+                // Refused before the stream was sent (GOAWAY, closed): the
+                // socket came back, so another connection can carry it.
+                Err((e, Some(back))) if !dialled && is_conn_unusable(&e) => {
+                    self.discard(key, &conn, &e);
+                    failures += 1;
+                    if failures >= MAX_ATTEMPTS {
+                        return Err(e);
+                    }
+                    sock = back;
+                }
+                Err((e, _)) => return Err(e),
             }
         }
     }
+}
 
+impl<C: PoolConn> Pool<C> {
     /// Current number of pooled connections and tunnels on them.
     pub fn stats(&self) -> PoolStats {
         let state = self.inner.lock();
         let mut stats = PoolStats::default();
         for conn in state.conns.values().flatten() {
             stats.connections += 1;
-            stats.streams += conn.active_streams();
+            stats.streams += conn.shared().active.load(Ordering::Acquire);
         }
         stats
     }
@@ -235,7 +366,7 @@ impl Pool {
         if self.inner.reaper_started.swap(true, Ordering::AcqRel) {
             return;
         }
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let weak: Weak<Inner<C>> = Arc::downgrade(&self.inner);
         let period = (self.inner.settings.idle_timeout / 2)
             .clamp(Duration::from_millis(10), Duration::from_secs(5));
         tokio::spawn(async move {
@@ -253,19 +384,19 @@ impl Pool {
     }
 }
 
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl<C: PoolConn> Inner<C> {
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
         // The state stays consistent even if a holder panicked: every update is a single map edit.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn next_step(self: &Arc<Self>, key: &PoolKey) -> Step {
+    fn next_step(self: &Arc<Self>, key: &PoolKey) -> Step<C> {
         let max = self.settings.max_streams_per_conn.max(1) as usize;
         let mut state = self.lock();
         if let Some(list) = state.conns.get_mut(key) {
             // A connection whose peer sent GOAWAY leaves the pool at once: it
             // ends when its open tunnels do, and new tunnels go to a new one.
-            list.retain(|c| !c.is_closed() && !c.is_going_away());
+            list.retain(|c| usable(c.shared()));
             for conn in list.iter() {
                 if let Some(slot) = conn.try_reserve(max) {
                     return Step::Reuse(conn.clone(), slot);
@@ -288,7 +419,7 @@ impl Inner {
         })
     }
 
-    fn remove(&self, key: &PoolKey, conn: &ClientConn) {
+    fn remove(&self, key: &PoolKey, conn: &C) {
         let mut state = self.lock();
         if let Some(list) = state.conns.get_mut(key) {
             list.retain(|c| !Arc::ptr_eq(c.shared(), conn.shared()));
@@ -307,7 +438,7 @@ impl Inner {
             state.conns.retain(|key, list| {
                 list.retain(|c| {
                     let idle = c.shared().idle_for(now).is_some_and(|d| d >= idle_timeout);
-                    let keep = !c.is_closed() && !c.is_going_away() && !idle;
+                    let keep = usable(c.shared()) && !idle;
                     if !keep {
                         tracing::debug!(dst = %key.dst, idle, "evicting pooled hbone connection");
                         evicted.push(c.clone());
@@ -324,16 +455,16 @@ impl Inner {
 }
 
 /// The right to dial for a key; waiters are released when it finishes or is dropped.
-struct DialGuard {
-    inner: Arc<Inner>,
+struct DialGuard<C: PoolConn> {
+    inner: Arc<Inner<C>>,
     key: PoolKey,
     tx: watch::Sender<DialOutcome>,
     finished: bool,
 }
 
-impl DialGuard {
+impl<C: PoolConn> DialGuard<C> {
     /// Publishes the new connection and takes the first stream slot on it for the dialer.
-    fn succeed(mut self, conn: ClientConn) -> StreamSlot {
+    fn succeed(mut self, conn: C) -> StreamSlot {
         let max = self.inner.settings.max_streams_per_conn.max(1) as usize;
         let slot = conn.try_reserve(max);
         {
@@ -349,7 +480,7 @@ impl DialGuard {
         self.tx.send_replace(Some(Ok(())));
         // A fresh connection always has headroom unless the peer allows zero streams;
         // then opening the stream fails with the peer's refusal, which is the truth.
-        slot.unwrap_or_else(|| conn.force_reserve())
+        slot.unwrap_or_else(|| StreamSlot::force(conn.shared()))
     }
 
     fn fail(mut self, e: Arc<HboneError>) {
@@ -359,7 +490,7 @@ impl DialGuard {
     }
 }
 
-impl Drop for DialGuard {
+impl<C: PoolConn> Drop for DialGuard<C> {
     fn drop(&mut self) {
         if !self.finished {
             // The dialing caller was cancelled: free the slot so a waiter can dial.
@@ -376,6 +507,11 @@ impl Drop for DialGuard {
 }
 
 /// Errors after which the connection must not get new tunnels.
+/// Whether a pooled connection may take new tunnels.
+fn usable(shared: &ConnShared) -> bool {
+    !shared.closed.load(Ordering::Acquire) && !shared.goaway.is_set()
+}
+
 fn is_conn_unusable(e: &HboneError) -> bool {
     match e {
         HboneError::H2(e) => e.is_go_away(),

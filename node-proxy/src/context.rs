@@ -103,19 +103,27 @@ pub struct WorkerCtx {
     pub proxy: Arc<ProxyCtx>,
     pub index: usize,
     pub pool: hbone::Pool,
+    /// `--hbone-engine lite`: tunnels whose client socket (counted) the
+    /// connection's task owns.
+    pub lite_pool: hbone::Pool<LiteClient>,
     pub lb: ActiveConns,
 }
 
+/// A pooled `hbone::lite` connection carrying counted client sockets.
+pub type LiteClient =
+    hbone::lite::Client<trellis_core::metrics::CountedOwned<tokio::net::TcpStream>>;
+
 impl WorkerCtx {
     pub fn new(proxy: Arc<ProxyCtx>, index: usize) -> Self {
-        let pool = hbone::Pool::new(hbone::PoolSettings {
+        let pool_settings = hbone::PoolSettings {
             h2: proxy.h2.clone(),
             ..Default::default()
-        });
+        };
         WorkerCtx {
+            pool: hbone::Pool::new(pool_settings.clone()),
+            lite_pool: hbone::Pool::new(pool_settings),
             proxy,
             index,
-            pool,
             lb: ActiveConns::default(),
         }
     }

@@ -10,10 +10,11 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 use trellis_api::config::Workload;
 use trellis_core::accept::{self, AcceptError};
-use trellis_core::metrics::{ErrorReason, Side};
+use trellis_core::metrics::{ConnectionGuard, CountedOwned, ErrorReason, Side};
 use trellis_core::state::ProxyState;
 
 use crate::context::{Scope, WorkerCtx};
+use crate::settings::HboneEngine;
 use crate::{admission, upstream};
 use trellis_core::WorkloadIdentity;
 
@@ -72,45 +73,133 @@ async fn serve(
         accept::accept(stream, peer, tls_cfg, &proxy.metrics, &proxy.limits).await?;
     info!(src.addr = %peer, src.identity = %src_id, dst.identity = %dst_id, "hbone connection established");
 
-    let drain = proxy.drain.clone();
-    let on_request = {
-        let ctx = ctx.clone();
-        let scope = scope.clone();
-        let src_id = src_id.clone();
-        move |req: hbone::IncomingRequest| {
-            // Each stream opens a socket to the pod: it counts as a connection.
-            let Some(permit) = ctx.proxy.limits.try_connection() else {
-                if let Some(suppressed) = ctx.proxy.limits.log_refused.check() {
-                    warn!(src.identity = %src_id, max_connections = ctx.proxy.limits.limits().max_connections, suppressed, "connection limit reached; refusing hbone streams with 503");
-                }
-                req.reject(StatusCode::SERVICE_UNAVAILABLE);
-                return;
-            };
-            // Debug level: see the `conn` span in worker.rs.
-            let span = tracing::debug_span!("stream", src.identity = %src_id);
-            let guard = ctx.proxy.drain.track();
-            tokio::spawn(
-                stream_task(
-                    ctx.clone(),
-                    scope.clone(),
-                    dst_wl.clone(),
-                    src_id.clone(),
-                    peer,
-                    req,
-                    (guard, permit),
-                )
-                .instrument(span),
-            );
+    let drain = async move { proxy.drain.signaled().await };
+    let result = match ctx.proxy.settings.hbone_engine {
+        HboneEngine::H2 => {
+            let on_request =
+                on_request::<hbone::IncomingRequest>(&ctx, &scope, &src_id, dst_wl, peer);
+            hbone::serve_with_shutdown(tls, &ctx.proxy.h2, on_request, drain).await
+        }
+        HboneEngine::Lite => {
+            let on_request = on_request::<LiteRequest>(&ctx, &scope, &src_id, dst_wl, peer);
+            hbone::lite::serve(tls, &ctx.proxy.h2, on_request, drain).await
         }
     };
-    hbone::serve_with_shutdown(
-        tls,
-        &proxy.h2,
-        on_request,
-        async move { drain.signaled().await },
-    )
-    .await
-    .map_err(|source| InboundError::Session { peer, source })
+    result.map_err(|source| InboundError::Session { peer, source })
+}
+
+/// What `--hbone-engine lite` hands over per stream.
+type LiteRequest = hbone::lite::Request<CountedOwned<TcpStream>>;
+
+/// The per-stream callback of the connection's serve loop: admission to
+/// the connection limit, then the stream's own task.
+fn on_request<R: Incoming>(
+    ctx: &Arc<WorkerCtx>,
+    scope: &Arc<Scope>,
+    src_id: &hbone::Identity,
+    dst_wl: Arc<Workload>,
+    peer: SocketAddr,
+) -> impl FnMut(R) + Send + 'static {
+    let (ctx, scope, src_id) = (ctx.clone(), scope.clone(), src_id.clone());
+    move |req: R| {
+        // Each stream opens a socket to the pod: it counts as a connection.
+        let Some(permit) = ctx.proxy.limits.try_connection() else {
+            if let Some(suppressed) = ctx.proxy.limits.log_refused.check() {
+                warn!(src.identity = %src_id, max_connections = ctx.proxy.limits.limits().max_connections, suppressed, "connection limit reached; refusing hbone streams with 503");
+            }
+            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        };
+        // Debug level: see the `conn` span in worker.rs.
+        let span = tracing::debug_span!("stream", src.identity = %src_id);
+        let guard = ctx.proxy.drain.track();
+        tokio::spawn(
+            stream_task(
+                ctx.clone(),
+                scope.clone(),
+                dst_wl.clone(),
+                src_id.clone(),
+                peer,
+                req,
+                (guard, permit),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+/// A CONNECT stream as an engine hands it over.
+trait Incoming: Send + 'static {
+    fn parsed(&self) -> &Result<hbone::ConnectRequest, hbone::RequestError>;
+    fn reject(self, status: StatusCode);
+    /// Whether the peer already reset the stream (never waits).
+    fn reset_by_peer(&mut self) -> bool;
+    /// Answers 200 with `headers` and relays with `app` until both sides
+    /// end, counting the bytes into `guard` as they flow.
+    fn relay(
+        self,
+        app: TcpStream,
+        guard: &mut ConnectionGuard,
+        headers: http::HeaderMap,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+impl Incoming for hbone::IncomingRequest {
+    fn parsed(&self) -> &Result<hbone::ConnectRequest, hbone::RequestError> {
+        &self.parsed
+    }
+
+    fn reject(self, status: StatusCode) {
+        hbone::IncomingRequest::reject(self, status)
+    }
+
+    fn reset_by_peer(&mut self) -> bool {
+        hbone::IncomingRequest::reset_by_peer(self)
+    }
+
+    async fn relay(
+        self,
+        mut app: TcpStream,
+        guard: &mut ConnectionGuard,
+        headers: http::HeaderMap,
+    ) -> Result<(), String> {
+        let stream = self
+            .accept_with_headers(headers)
+            .map_err(|e| e.to_string())?;
+        // Counted on the app's end as they flow (what it reads goes back to
+        // the client), so an error keeps the bytes moved before it.
+        hbone::copy_bidirectional(&mut guard.counted(&mut app, Side::Upstream), stream)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Incoming for LiteRequest {
+    fn parsed(&self) -> &Result<hbone::ConnectRequest, hbone::RequestError> {
+        &self.parsed
+    }
+
+    fn reject(self, status: StatusCode) {
+        hbone::lite::Request::reject(self, status)
+    }
+
+    fn reset_by_peer(&mut self) -> bool {
+        hbone::lite::Request::reset_by_peer(self)
+    }
+
+    async fn relay(
+        self,
+        app: TcpStream,
+        guard: &mut ConnectionGuard,
+        headers: http::HeaderMap,
+    ) -> Result<(), String> {
+        let app = guard.counted_owned(app, Side::Upstream);
+        self.accept(app, headers)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn local_workload(state: &ProxyState, scope: &Scope, ip: IpAddr) -> Option<Arc<Workload>> {
@@ -121,20 +210,20 @@ fn local_workload(state: &ProxyState, scope: &Scope, ip: IpAddr) -> Option<Arc<W
         .cloned()
 }
 
-async fn stream_task(
+async fn stream_task<R: Incoming>(
     ctx: Arc<WorkerCtx>,
     scope: Arc<Scope>,
     dst_wl: Arc<Workload>,
     src_id: hbone::Identity,
     peer: SocketAddr,
-    mut req: hbone::IncomingRequest,
+    mut req: R,
     _held: (
         trellis_core::drain::DrainGuard,
         trellis_core::limits::ConnPermit,
     ),
 ) {
     let proxy = &ctx.proxy;
-    let creq = match &req.parsed {
+    let creq = match req.parsed() {
         Ok(r) => r.clone(),
         Err(e) => {
             proxy.metrics.record_error(ErrorReason::MalformedConnect);
@@ -175,7 +264,7 @@ async fn stream_task(
         guard.set_error("the peer reset the stream before it was answered");
         return;
     }
-    let mut app = match Box::pin(upstream::connect(
+    let app = match Box::pin(upstream::connect(
         proxy,
         &scope,
         target,
@@ -196,19 +285,9 @@ async fn stream_task(
     };
     // As ztunnel: the 200 carries this workload's baggage, so a source
     // proxy that does not hold it can still label its metrics.
-    let stream = match req.accept_with_headers(trellis_core::baggage::headers(&dst_wl)) {
-        Ok(s) => s,
-        Err(e) => {
-            guard.set_error(e.to_string());
-            return;
-        }
-    };
-    // Counted on the app's end as they flow (what it reads goes back to
-    // the client), so an error keeps the bytes moved before it.
-    let copied =
-        hbone::copy_bidirectional(&mut guard.counted(&mut app, Side::Upstream), stream).await;
-    if let Err(e) = copied {
+    let headers = trellis_core::baggage::headers(&dst_wl);
+    if let Err(e) = req.relay(app, &mut guard, headers).await {
         debug!(error = %e, "hbone stream ended with an error");
-        guard.set_error(e.to_string());
+        guard.set_error(e);
     }
 }

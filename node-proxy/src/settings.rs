@@ -27,6 +27,17 @@ pub enum Mode {
     Dedicated,
 }
 
+/// Which implementation carries HBONE tunnels. Both speak the same wire
+/// protocol, so proxies with different engines interoperate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HboneEngine {
+    /// The h2 crate: a task per tunnel plus one driving each connection.
+    H2,
+    /// `hbone::lite`: one task per connection moves every tunnel's bytes,
+    /// with HTTP/2 framing of its own (HPACK from loona-hpack).
+    Lite,
+}
+
 /// A static outbound capture for dedicated mode without redirect rules:
 /// connections accepted on `listen` are treated as if sent to `target`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +114,10 @@ pub struct Settings {
     /// Cluster id in workload uids (`<cluster>//Pod/<ns>/<name>`); the controller's --cluster-id.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
+    /// HBONE implementation for tunnels in both directions: h2 (the h2
+    /// crate) or lite (one task per connection, see hbone::lite).
+    #[arg(long, value_enum, default_value = "h2")]
+    pub hbone_engine: HboneEngine,
     /// Worker threads (one current-thread runtime each, pinned); 0 = one per allowed CPU.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,

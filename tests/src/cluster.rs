@@ -543,6 +543,17 @@ impl Fixture {
 
     /// Starts `node`'s proxy with the fixture's CA, enrolling `pods`.
     pub fn proxy(&self, node: &str, config: &Path, pods: &[&str]) -> Result<NodeProxy> {
-        NodeProxy::start(&self.topo, &self.files, node, config, &self.ca, pods, &[])
+        self.proxy_with(node, config, pods, &[])
+    }
+
+    /// [`proxy`](Self::proxy) with extra flags, e.g. `["--hbone-engine", "lite"]`.
+    pub fn proxy_with(
+        &self,
+        node: &str,
+        config: &Path,
+        pods: &[&str],
+        extra: &[&str],
+    ) -> Result<NodeProxy> {
+        NodeProxy::start(&self.topo, &self.files, node, config, &self.ca, pods, extra)
     }
 }

@@ -75,6 +75,7 @@ pub fn proxy_settings(common: CommonFlags, node: &str) -> Settings {
         pods: vec![],
         zds_socket: None,
         cluster_id: "Kubernetes".into(),
+        hbone_engine: trellis_node_proxy::settings::HboneEngine::H2,
         workers: 1,
         drain_deadline: Duration::from_secs(2),
         access_log: trellis_node_proxy::settings::LogFormat::Text,

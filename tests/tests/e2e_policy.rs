@@ -19,8 +19,9 @@ use Scope::{Global, Namespace, WorkloadSelector};
 
 /// alpha (ns demo) and beta (ns other) are mesh clients on node1; outsider
 /// is a pod on node1 outside the mesh; server (ns demo) is on node2.
-fn mesh() -> Mesh {
+fn mesh(proxy_args: &[&str]) -> Mesh {
     Mesh::builder()
+        .proxy_args(proxy_args)
         .member("node1", "alpha", "demo", "alpha")
         .member("node1", "beta", "other", "beta")
         .outsider("node1", "outsider")
@@ -239,10 +240,21 @@ fn cases() -> Vec<Case> {
 /// under, so this also checks that each stream is judged by the current one.
 #[test]
 fn policies_allow_and_deny_by_principal_namespace_and_port() {
+    run_cases(&[]);
+}
+
+/// The same table with `hbone::lite` carrying the tunnels on both nodes:
+/// refusals travel as its responses, admissions as its tunnels.
+#[test]
+fn policies_hold_with_the_lite_hbone_engine() {
+    run_cases(&["--hbone-engine", "lite"]);
+}
+
+fn run_cases(proxy_args: &[&str]) {
     if !trellis_e2e::require_root() {
         return;
     }
-    let mut m = mesh();
+    let mut m = mesh(proxy_args);
     let servers: BTreeMap<u16, TestServer> = [8080, 9090]
         .into_iter()
         .map(|p| (p, m.echo("server", p)))

@@ -14,8 +14,29 @@ fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
 }
 
+const H2: &[&str] = &["--hbone-engine", "h2"];
+const LITE: &[&str] = &["--hbone-engine", "lite"];
+
 #[test]
 fn cross_node_hbone_keeps_source_ip_and_reports_both_identities() {
+    cross_node(H2, H2);
+}
+
+#[test]
+fn cross_node_hbone_with_the_lite_engine_on_both_nodes() {
+    cross_node(LITE, LITE);
+}
+
+/// The engines speak one wire protocol: a node can switch alone.
+#[test]
+fn cross_node_hbone_between_an_h2_node_and_a_lite_node_both_ways() {
+    cross_node(H2, LITE);
+    cross_node(LITE, H2);
+}
+
+/// Identity, source IP, a 200 kB echo and both proxies' metrics, with
+/// `client_args` on the client's node and `server_args` on the server's.
+fn cross_node(client_args: &[&str], server_args: &[&str]) {
     if !trellis_e2e::require_root() {
         return;
     }
@@ -27,8 +48,12 @@ fn cross_node_hbone_keeps_source_ip_and_reports_both_identities() {
             &render_config(&[f.wl("client"), f.wl("server")], &[], ""),
         )
         .unwrap();
-    let p1 = f.proxy("node1", &cfg, &["client"]).unwrap();
-    let p2 = f.proxy("node2", &cfg, &["server"]).unwrap();
+    let p1 = f
+        .proxy_with("node1", &cfg, &["client"], client_args)
+        .unwrap();
+    let p2 = f
+        .proxy_with("node2", &cfg, &["server"], server_args)
+        .unwrap();
     let server_ns = f.netns("server");
     let _id = TestServer::identity(Some(&server_ns), f.addr("server", 8080)).unwrap();
     let _echo = TestServer::echo(Some(&server_ns), f.addr("server", 9000)).unwrap();

@@ -514,13 +514,22 @@ async fn counted_bytes_show_while_open_and_survive_an_error() {
         (Side::Client, (20, 30)),
         (Side::Upstream, (30, 20)),
     ];
-    for (side, (want_sent, want_received)) in cases {
+    trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Io for T {}
+    // Each case twice: borrowing the guard (Counted), and owning the socket
+    // for another task (CountedOwned, whose totals join the log at drop).
+    let cases = cases.into_iter().flat_map(|c| [(c, false), (c, true)]);
+    for ((side, (want_sent, want_received)), owned) in cases {
         let m = Metrics::new();
         let (_log, logs) = capture_logs();
         let mut g = outbound_conn(&m, 40000);
         let (ours, mut peer) = tokio::io::duplex(64);
         {
-            let mut io = g.counted(ours, side);
+            let mut io: Box<dyn Io + '_> = if owned {
+                Box::new(g.counted_owned(ours, side))
+            } else {
+                Box::new(g.counted(ours, side))
+            };
             peer.write_all(&[1u8; 30]).await.unwrap();
             let mut buf = [0u8; 30];
             io.read_exact(&mut buf).await.unwrap();
@@ -529,7 +538,7 @@ async fn counted_bytes_show_while_open_and_survive_an_error() {
             assert_eq!(
                 bytes_and_closed(&m),
                 (Some(want_sent), Some(want_received), Some(0)),
-                "{side:?}: counted before the close"
+                "{side:?} owned={owned}: counted before the close"
             );
             // The peer goes away; the next write fails, as a reset would.
             drop(peer);
@@ -540,7 +549,7 @@ async fn counted_bytes_show_while_open_and_survive_an_error() {
         assert_eq!(
             bytes_and_closed(&m),
             (Some(want_sent), Some(want_received), Some(1)),
-            "{side:?}: an error keeps the bytes, and nothing counts twice on close"
+            "{side:?} owned={owned}: an error keeps the bytes, and nothing counts twice on close"
         );
         let line = logs
             .lines()
@@ -551,7 +560,7 @@ async fn counted_bytes_show_while_open_and_survive_an_error() {
             line.contains(&format!(
                 "bytes_sent={want_sent} bytes_received={want_received}"
             )),
-            "{side:?}: {line}"
+            "{side:?} owned={owned}: {line}"
         );
     }
 }

@@ -15,6 +15,7 @@ use trellis_core::baggage;
 use trellis_core::metrics::{ConnectionLabels, ErrorReason, Reporter, SecurityPolicy, Side};
 
 use crate::context::{ProxyCtx, Scope, WorkerCtx};
+use crate::settings::HboneEngine;
 use crate::upstream;
 use decide::Route;
 use trellis_core::WorkloadIdentity;
@@ -72,19 +73,19 @@ async fn fetch_missing(
 /// Serves one captured outbound connection.
 pub async fn handle(
     ctx: Arc<WorkerCtx>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     scope: Arc<Scope>,
     forward_target: Option<SocketAddr>,
 ) {
-    if let Err(e) = proxy(&ctx, &mut stream, peer, &scope, forward_target).await {
+    if let Err(e) = proxy(&ctx, stream, peer, &scope, forward_target).await {
         warn!(src.addr = %peer, pod = %scope.uid, error = %e, "outbound connection failed");
     }
 }
 
 async fn proxy(
     ctx: &WorkerCtx,
-    stream: &mut TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     scope: &Scope,
     forward_target: Option<SocketAddr>,
@@ -94,7 +95,7 @@ async fn proxy(
         Some(t) => t,
         None => {
             let local = stream.local_addr().map_err(OutboundError::NoOrigDst)?;
-            let dst = sockopt::original_dst(stream, local).map_err(OutboundError::NoOrigDst)?;
+            let dst = sockopt::original_dst(&stream, local).map_err(OutboundError::NoOrigDst)?;
             // Without a redirect, SO_ORIGINAL_DST reports the listener itself.
             if dst == local {
                 return Err(OutboundError::Loop(dst));
@@ -152,12 +153,13 @@ async fn proxy(
     let result = match &route {
         Route::Passthrough { dst, .. } => {
             match Box::pin(upstream::connect(proxy, scope, *dst, None)).await {
-                Ok(mut up) => {
-                    tokio::io::copy_bidirectional(&mut guard.counted(stream, Side::Client), &mut up)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                }
+                Ok(mut up) => tokio::io::copy_bidirectional(
+                    &mut guard.counted(&mut stream, Side::Client),
+                    &mut up,
+                )
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
                 Err(e) => {
                     proxy
                         .metrics
@@ -176,37 +178,59 @@ async fn proxy(
             let tunnel = *tunnel;
             let src_id = src_wl.identity();
             let tls = proxy.certs.client_config_ready(&src_id, expected).await?;
-            // The request and pool key live in this block only, so they are
-            // dropped before the copy and take no room in its future.
-            let connected = {
-                let key = hbone::PoolKey::new(src_id, vec![expected.clone()], tunnel);
-                // What ztunnel sends: the client, the service it addressed, a
-                // fresh trace context and the source workload's baggage (which
-                // the destination labels its metrics with if it does not hold
-                // the source). The 200's baggage is not read: an HBONE route
-                // always names its destination workload, and the state wins.
-                let req = hbone::ConnectRequest {
-                    target: *target,
-                    forwarded_for: Some(peer),
-                    forwarded_host: route.service().map(|s| s.hostname.clone()),
-                    traceparent: Some(trellis_core::traceparent::generate()),
-                    extra_headers: baggage::headers(&src_wl),
-                };
-                let dial = || async move {
-                    let tcp = upstream::connect(proxy, scope, tunnel, None)
-                        .await
-                        .map_err(|e| hbone::HboneError::Io(std::io::Error::other(e.to_string())))?;
-                    hbone::tls_connect(tcp, tls).await
-                };
-                // Boxed: connection setup (TLS handshake, pool wait) is large and
-                // short-lived; inline it would bloat the future for the whole connection.
-                Box::pin(ctx.pool.connect(&key, &req, dial)).await
+            // The request and pool key are made inside the boxed connect
+            // futures, so they take no room in the relay's future.
+            // What ztunnel sends: the client, the service it addressed, a
+            // fresh trace context and the source workload's baggage (which
+            // the destination labels its metrics with if it does not hold
+            // the source). The 200's baggage is not read: an HBONE route
+            // always names its destination workload, and the state wins.
+            let request = || hbone::ConnectRequest {
+                target: *target,
+                forwarded_for: Some(peer),
+                forwarded_host: route.service().map(|s| s.hostname.clone()),
+                traceparent: Some(trellis_core::traceparent::generate()),
+                extra_headers: baggage::headers(&src_wl),
             };
-            match connected {
-                Ok(h2) => hbone::copy_bidirectional(&mut guard.counted(stream, Side::Client), h2)
+            let key = || hbone::PoolKey::new(src_id.clone(), vec![expected.clone()], tunnel);
+            let dial = || async move {
+                let tcp = upstream::connect(proxy, scope, tunnel, None)
                     .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| hbone::HboneError::Io(std::io::Error::other(e.to_string())))?;
+                hbone::tls_connect(tcp, tls).await
+            };
+            // Boxed: connection setup (TLS handshake, pool wait) is large and
+            // short-lived; inline it would bloat the future for the whole connection.
+            let relayed = match proxy.settings.hbone_engine {
+                HboneEngine::H2 => {
+                    match Box::pin(async { ctx.pool.connect(&key(), &request(), dial).await }).await
+                    {
+                        Ok(h2) => Ok(hbone::copy_bidirectional(
+                            &mut guard.counted(&mut stream, Side::Client),
+                            h2,
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())),
+                        Err(e) => Err(e),
+                    }
+                }
+                HboneEngine::Lite => {
+                    // The connection's task takes the socket; it is counted
+                    // on its way there.
+                    let sock = guard.counted_owned(stream, Side::Client);
+                    let opened = Box::pin(async {
+                        ctx.lite_pool.open(&key(), &request(), sock, dial).await
+                    })
+                    .await;
+                    match opened {
+                        Ok(t) => Ok(t.finish().await.map(drop).map_err(|e| e.to_string())),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match relayed {
+                Ok(r) => r,
                 Err(source) => {
                     // The peer's certificate is valid but names another
                     // workload: a config or impersonation problem, not reachability.

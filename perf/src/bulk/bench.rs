@@ -26,7 +26,7 @@ const ECHO_PORT: u16 = 7000;
 const IPERF_PORT: u16 = 5201;
 
 pub const USAGE: &str = "usage: trellis-bulk-bench [--quick] [--secs N] [--repeat N] [--out DIR] \
-[--columns direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis,ztunnel] \
+[--columns direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis,trellis-lite,ztunnel] \
 [--ztunnel PATH] [--pings N] [--syscalls DIR] [--profile DIR]\n\
   --quick          3 s per run, 1 round; writes bulk-quick.{json,md}\n\
   --secs N         iperf3 seconds per run (default 10)\n\
@@ -142,7 +142,8 @@ struct Binaries {
 impl Binaries {
     fn locate(columns: &[Column]) -> Result<Binaries> {
         let proxy = columns
-            .contains(&Column::Trellis)
+            .iter()
+            .any(|c| c.trellis_args().is_some())
             .then(topo::proxy_binary)
             .transpose()?;
         let relay = columns
@@ -168,10 +169,11 @@ fn start(
 ) -> Result<Running> {
     let running = match (column, column.relay_mode()) {
         (Column::Direct, _) => Running::Direct,
-        (Column::Trellis, _) => Running::Trellis(TrellisPair::start(
+        (c, _) if c.trellis_args().is_some() => Running::Trellis(TrellisPair::start(
             bt,
             bins.proxy.as_deref().context("no proxy binary")?,
             SERVER_CPU,
+            c.trellis_args().unwrap_or_default(),
         )?),
         (Column::Ztunnel, _) => Running::Ztunnel(ZtunnelPair::start(
             bt,
@@ -398,7 +400,7 @@ fn profiles(dir: &Path, columns: &[Column], samples: &[Sample]) -> Result<Vec<pr
         .copied()
         .filter(|c| profile::profiled(*c))
         .collect();
-    order.sort_by_key(|c| (*c != Column::Trellis, *c != Column::Ztunnel));
+    order.sort_by_key(|c| (c.trellis_args().is_none(), *c != Column::Ztunnel));
     let mut out = Vec::new();
     for column in order {
         let Some(s) = samples.iter().find(|s| s.column == column && s.round == 0) else {

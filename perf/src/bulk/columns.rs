@@ -29,12 +29,14 @@ pub enum Column {
     TlsRelay,
     UringTlsRelay,
     Trellis,
+    /// Trellis with `--hbone-engine lite` (hbone::lite instead of h2).
+    TrellisLite,
     /// Istio's ztunnel, built outside the project: only with `--ztunnel PATH`.
     Ztunnel,
 }
 
 impl Column {
-    pub const ALL: [Column; 10] = [
+    pub const ALL: [Column; 11] = [
         Column::Direct,
         Column::TcpRelay,
         Column::SpliceRelay,
@@ -44,6 +46,7 @@ impl Column {
         Column::TlsRelay,
         Column::UringTlsRelay,
         Column::Trellis,
+        Column::TrellisLite,
         Column::Ztunnel,
     ];
 
@@ -68,6 +71,7 @@ impl Column {
             Column::TlsRelay => "tls-relay",
             Column::UringTlsRelay => "uring-tls",
             Column::Trellis => "trellis",
+            Column::TrellisLite => "trellis-lite",
             Column::Ztunnel => "ztunnel",
         }
     }
@@ -84,6 +88,9 @@ impl Column {
             Column::TlsRelay => "TLS relay pair (mTLS 1.3, no HTTP/2)",
             Column::UringTlsRelay => "TLS relay pair on io_uring (recv/send)",
             Column::Trellis => "Trellis ambient (node proxies, shared mode)",
+            Column::TrellisLite => {
+                "Trellis ambient, hbone::lite engine (node proxies, shared mode)"
+            }
             Column::Ztunnel => "Istio ztunnel (node proxies, shared mode)",
         }
     }
@@ -102,7 +109,16 @@ impl Column {
             Column::UringZcRelay => Some(Mode::UringZc),
             Column::TlsRelay => Some(Mode::Tls),
             Column::UringTlsRelay => Some(Mode::UringTls),
-            Column::Direct | Column::Trellis | Column::Ztunnel => None,
+            Column::Direct | Column::Trellis | Column::TrellisLite | Column::Ztunnel => None,
+        }
+    }
+
+    /// Whether it runs Trellis's node proxies (and with which extra flags).
+    pub fn trellis_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Column::Trellis => Some(&[]),
+            Column::TrellisLite => Some(&["--hbone-engine", "lite"]),
+            _ => None,
         }
     }
 
@@ -382,10 +398,11 @@ pub struct TrellisPair {
 }
 
 impl TrellisPair {
-    pub fn start(bt: &BenchTopo, bin: &Path, cpu: usize) -> Result<TrellisPair> {
+    /// Both proxies, with `extra` flags (the column's engine).
+    pub fn start(bt: &BenchTopo, bin: &Path, cpu: usize, extra: &[&str]) -> Result<TrellisPair> {
         let proxies = vec![
-            bt.start_proxy(bin, "node1", &bt.client, cpu)?,
-            bt.start_proxy(bin, "node2", &bt.server, cpu)?,
+            bt.start_proxy_args(bin, "node1", &bt.client, cpu, extra)?,
+            bt.start_proxy_args(bin, "node2", &bt.server, cpu, extra)?,
         ];
         let pods = [&bt.client, &bt.server]
             .into_iter()
@@ -429,11 +446,11 @@ mod tests {
             [Column::TlsRelay, Column::TcpRelay]
         );
         assert_eq!(
-            ok("direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis"),
+            ok("direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis,trellis-lite"),
             Column::defaults()
         );
         assert_eq!(
-            ok("direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis,ztunnel"),
+            ok("direct,tcp-relay,splice-relay,uring,uring-fixed,uring-zc,tls-relay,uring-tls,trellis,trellis-lite,ztunnel"),
             Column::ALL
         );
         assert_eq!(

@@ -124,9 +124,11 @@ pub fn summarize(columns: &[Column], samples: &[Sample]) -> Vec<Summary> {
         .collect()
 }
 
-/// Trellis against one other column, on the means.
+/// A Trellis column against one other column, on the means.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ratio {
+    /// The Trellis column (an engine).
+    pub of: Column,
     pub against: Column,
     /// Trellis's throughput ÷ the column's.
     pub throughput: f64,
@@ -137,25 +139,30 @@ pub struct Ratio {
     pub added_rtt_p50: Option<f64>,
 }
 
-/// Trellis's ratio to every other column (none without a Trellis column).
+/// Each Trellis column's ratio to every other column (none without a
+/// Trellis column).
 pub fn ratios(summaries: &[Summary]) -> Vec<Ratio> {
-    let Some(t) = summaries.iter().find(|s| s.column == Column::Trellis) else {
-        return vec![];
-    };
-    summaries
+    let trellis = summaries
         .iter()
-        .filter(|s| s.column != Column::Trellis)
-        .map(|s| Ratio {
-            against: s.column,
-            throughput: t.gbit_per_s.mean / s.gbit_per_s.mean,
-            cpu_per_gb: match (&t.proxy_cpu_s_per_gb, &s.proxy_cpu_s_per_gb) {
-                (Some(a), Some(b)) if b.mean > 0.0 => Some(a.mean / b.mean),
-                _ => None,
-            },
-            added_rtt_p50: match (&t.added_p50_us, &s.added_p50_us) {
-                (Some(a), Some(b)) if b.mean > 0.0 => Some(a.mean / b.mean),
-                _ => None,
-            },
+        .filter(|s| s.column.trellis_args().is_some());
+    trellis
+        .flat_map(|t| {
+            summaries
+                .iter()
+                .filter(move |s| s.column != t.column)
+                .map(move |s| Ratio {
+                    of: t.column,
+                    against: s.column,
+                    throughput: t.gbit_per_s.mean / s.gbit_per_s.mean,
+                    cpu_per_gb: match (&t.proxy_cpu_s_per_gb, &s.proxy_cpu_s_per_gb) {
+                        (Some(a), Some(b)) if b.mean > 0.0 => Some(a.mean / b.mean),
+                        _ => None,
+                    },
+                    added_rtt_p50: match (&t.added_p50_us, &s.added_p50_us) {
+                        (Some(a), Some(b)) if b.mean > 0.0 => Some(a.mean / b.mean),
+                        _ => None,
+                    },
+                })
         })
         .collect()
 }
@@ -192,12 +199,13 @@ pub fn markdown(
     }
     let r = ratios(summaries);
     if !r.is_empty() {
-        md += "\nTrellis ÷ each column (on the means):\n\n";
-        md += "| against | throughput | proxy CPU per GB | added 64 B RTT p50 |\n|---|---:|---:|---:|\n";
+        md += "\nEach Trellis column ÷ each other column (on the means):\n\n";
+        md += "| Trellis | against | throughput | proxy CPU per GB | added 64 B RTT p50 |\n|---|---|---:|---:|---:|\n";
         let x_cell = |v: Option<f64>| v.map_or_else(|| "–".into(), |c| format!("{c:.2}×"));
         for x in r {
             md += &format!(
-                "| {} | {:.2}× | {} | {} |\n",
+                "| {} | {} | {:.2}× | {} | {} |\n",
+                x.of.name(),
                 x.against.label(),
                 x.throughput,
                 x_cell(x.cpu_per_gb),
@@ -325,6 +333,7 @@ pub fn to_json(notes: &[String], summaries: &[Summary], samples: &[Sample], setu
             "added_rtt_p99_us": opt(&s.added_p99_us),
         })).collect::<Vec<_>>(),
         "trellis_ratios": ratios(summaries).iter().map(|r| json!({
+            "of": r.of.name(),
             "against": r.against.name(),
             "throughput": round3(r.throughput),
             "proxy_cpu_per_gb": r.cpu_per_gb.map(round3),
@@ -516,6 +525,22 @@ mod tests {
         assert!((r[1].cpu_per_gb.unwrap() - 3.2 / 1.2).abs() < 1e-9);
         // Without Trellis there is nothing to compare.
         assert!(ratios(&s[..2]).is_empty());
+        // Two engines: each against every other column, the other included.
+        let mut both = samples.clone();
+        both.push(sample(Column::TrellisLite, 0, 8.0, Some(2.0)));
+        let cols = [Column::Direct, Column::Trellis, Column::TrellisLite];
+        let r = ratios(&summarize(&cols, &both));
+        let pairs: Vec<(Column, Column)> = r.iter().map(|x| (x.of, x.against)).collect();
+        assert_eq!(
+            pairs,
+            [
+                (Column::Trellis, Column::Direct),
+                (Column::Trellis, Column::TrellisLite),
+                (Column::TrellisLite, Column::Direct),
+                (Column::TrellisLite, Column::Trellis),
+            ]
+        );
+        assert!((r[3].throughput - 8.0 / 5.0).abs() < 1e-9);
         let md = markdown("t", &["note".into()], &s, &samples);
         assert!(
             md.contains(

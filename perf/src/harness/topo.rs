@@ -138,12 +138,29 @@ impl BenchTopo {
     /// pinned to `cpu`, enrolling `pod`; waits until it has written its bound
     /// addresses (it does so after enrolling the startup pods).
     pub fn start_proxy(&self, bin: &Path, node: &str, pod: &Pod, cpu: usize) -> Result<NodeProxy> {
-        // A wrapper (e.g. `heaptrack`, `valgrind --tool=massif`) for manual
-        // investigation; the PID is then the wrapper's, so CPU and RSS
-        // figures are not the proxy's.
+        self.start_proxy_args(bin, node, pod, cpu, &[])
+    }
+
+    /// [`start_proxy`](Self::start_proxy) with `extra` arguments for the
+    /// proxy. Two variables help manual investigation:
+    /// `TRELLIS_PROXY_WRAPPER` (e.g. `heaptrack`, `valgrind --tool=massif`;
+    /// the PID is then the wrapper's, so CPU and RSS figures are not the
+    /// proxy's) and `TRELLIS_PROXY_ARGS` (more arguments, e.g.
+    /// `--hbone-engine lite`, for any bench that starts node proxies).
+    pub fn start_proxy_args(
+        &self,
+        bin: &Path,
+        node: &str,
+        pod: &Pod,
+        cpu: usize,
+        extra: &[&str],
+    ) -> Result<NodeProxy> {
         let wrapper = std::env::var("TRELLIS_PROXY_WRAPPER").unwrap_or_default();
         let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
-        self.start_proxy_with(bin, node, pod, cpu, &wrapper, &[])
+        let env_args = std::env::var("TRELLIS_PROXY_ARGS").unwrap_or_default();
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(env_args.split_whitespace());
+        self.start_proxy_with(bin, node, pod, cpu, &wrapper, &args)
     }
 
     /// [`start_proxy`](Self::start_proxy) with the proxy run under `wrapper`
