@@ -14,7 +14,7 @@ say() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 # Pinned: a new cargo-fuzz may change its flags or libFuzzer defaults.
 CARGO_FUZZ_VERSION=0.13.1
 seconds="${TRELLIS_FUZZ_SECONDS:-25}"
-targets=(hbone_connect zds xds cni csr sniff waypoint_l7 config_yaml manifests)
+targets=(hbone_connect hbone_lite zds xds cni csr sniff waypoint_l7 config_yaml manifests)
 
 if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
     say "installing cargo-fuzz $CARGO_FUZZ_VERSION"

@@ -8,60 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::lite_server::LiteServer;
 use common::*;
 use hbone::{copy_bidirectional, lite, server_config, tls_accept, H2Settings, HboneError};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 type Counts = Result<(u64, u64), HboneError>;
-
-/// A lite server: each request goes to `handle`, spawned.
-struct LiteServer {
-    addr: SocketAddr,
-    served: mpsc::UnboundedReceiver<Result<(), HboneError>>,
-    shutdown: watch::Sender<bool>,
-}
-
-impl LiteServer {
-    async fn start<F, Fut>(pki: &Pki, settings: H2Settings, handle: F) -> LiteServer
-    where
-        F: Fn(lite::Request<TcpStream>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let cfg = server_config(&pki.cert("server"), &pki.bundle).expect("server config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, served) = mpsc::unbounded_channel();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let handle = Arc::new(handle);
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (cfg, tx, handle) = (cfg.clone(), tx.clone(), handle.clone());
-                let settings = settings.clone();
-                let mut shutdown_rx = shutdown_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = tls_accept(tcp, cfg).await else {
-                        return;
-                    };
-                    let shutdown = async move {
-                        let _ = shutdown_rx.wait_for(|s| *s).await;
-                    };
-                    let on_request = move |req| {
-                        tokio::spawn(handle(req));
-                    };
-                    let _ = tx.send(lite::serve(tls, &settings, on_request, shutdown).await);
-                });
-            }
-        });
-        LiteServer {
-            addr,
-            served,
-            shutdown,
-        }
-    }
-}
 
 /// The node proxy's inbound shape: dial the target, relay, report counts.
 fn relay_to_target(

@@ -7,10 +7,12 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::lite_server::LiteServer;
 use common::*;
-use hbone::IncomingRequest;
+use hbone::{lite, H2Settings, IncomingRequest};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Under h2's own limit of 20 reset streams waiting to be accepted, past
@@ -56,11 +58,46 @@ async fn streams_reset_with_their_request_never_reach_the_handler() {
         })
     };
     let mut server = pki.serve(handler).await;
-    let mut tls = within(tls_dial(server.addr, pki.client_tls()))
+    let tls = within(tls_dial(server.addr, pki.client_tls()))
         .await
         .expect("tls");
     server.expect_accepted().await;
+    open_and_reset(tls).await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the stream that was not reset reaches the handler"
+    );
+}
 
+#[tokio::test]
+async fn the_lite_server_drops_streams_reset_with_their_request_too() {
+    let pki = Pki::new();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let server = LiteServer::start(
+        &pki,
+        H2Settings::default(),
+        move |req: lite::Request<TcpStream>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { req.reject(StatusCode::NOT_FOUND) }
+        },
+    )
+    .await;
+    let tls = within(tls_dial(server.addr, pki.client_tls()))
+        .await
+        .expect("tls");
+    open_and_reset(tls).await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the stream that was not reset reaches the handler"
+    );
+}
+
+/// Opens RESETS streams each reset in the same write, then one more, and
+/// reads until that one is answered.
+async fn open_and_reset(mut tls: hbone::ClientTls) {
     // One write, so one TLS record: the server reads each reset together
     // with the request it cancels, as it does from an attacker.
     let block = connect_block("10.0.0.1:80");
@@ -85,11 +122,6 @@ async fn streams_reset_with_their_request_never_reach_the_handler() {
         assert!(n > 0, "the server closed before answering stream {last}");
         back.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(
-        seen.load(Ordering::SeqCst),
-        1,
-        "only the stream that was not reset reaches the handler"
-    );
 }
 
 /// Whether `b` (server frames) holds a HEADERS frame on `stream`.

@@ -20,6 +20,7 @@
 mod conn;
 mod driver;
 mod frame;
+pub mod fuzzing;
 mod head;
 mod tunnel;
 mod wake;

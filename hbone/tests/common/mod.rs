@@ -1,6 +1,8 @@
 //! Shared fixtures: a dev CA, a real loopback HBONE server and client helpers.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod lite_server;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
