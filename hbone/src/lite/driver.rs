@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use super::conn::{Conn, ConnError, Event, OpenError};
 use super::head::{self, OwnedFields};
 use super::tunnel::{Next, Opened, Outcome, Tunnel, HIGH_WATER};
-use super::wake::{IdWake, ReadySet, COMMANDS, HANDSHAKE, SHUTDOWN, TIMER};
+use super::wake::{IdWake, ReadySet, COMMANDS, HANDSHAKE, SHUTDOWN, TIMER, TLS};
 use crate::client::{ConnShared, StreamSlot};
 use crate::conn_io::TlsFailure;
 use crate::error::HboneError;
@@ -136,6 +136,14 @@ pub(crate) struct Driver<IO, S> {
     tls_failure: TlsFailure,
     read_eof: bool,
     flushed: bool,
+    /// The TLS socket's own waker: input is read only after it fired (or
+    /// before it was ever polled), not on every wake-up of the task, each
+    /// futile read costing a trip through tokio-rustls and tokio's
+    /// readiness checks.
+    tls_wake: (Arc<IdWake>, Waker),
+    /// Input may be ready: the TLS waker fired since the last read that
+    /// found nothing.
+    tls_ready: bool,
 }
 
 impl<IO, S> Driver<IO, S>
@@ -156,6 +164,7 @@ where
     ) -> Driver<IO, S> {
         let ready = Arc::new(ReadySet::default());
         let cmds_wake = IdWake::new(COMMANDS, &ready);
+        let tls_wake = IdWake::new(TLS, &ready);
         let shutdown = shutdown.map(|s| {
             let (w, waker) = IdWake::new(SHUTDOWN, &ready);
             (s, w, waker)
@@ -197,6 +206,8 @@ where
             tls_failure,
             read_eof: false,
             flushed: true,
+            tls_wake,
+            tls_ready: true,
         }
     }
 
@@ -217,6 +228,8 @@ where
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HboneError>> {
         self.ready.register(cx.waker());
+        let tls_waker = self.tls_wake.1.clone();
+        let tls = &mut Context::from_waker(&tls_waker);
         loop {
             let mut progress = false;
             self.ready.take(&mut self.fired);
@@ -229,27 +242,33 @@ where
                     TIMER => self.poll_keepalive()?,
                     HANDSHAKE => self.poll_handshake()?,
                     SHUTDOWN => self.poll_shutdown_signal(),
+                    TLS => {
+                        self.tls_wake.0.clear();
+                        self.tls_ready = true;
+                    }
                     stream => self.service(stream),
                 }
             }
             self.fired = fired;
             let held_back = self.conn.unsent_answers() >= MAX_UNSENT_ANSWERS;
-            if !self.read_eof && !held_back {
-                progress |= self.poll_input(cx)?;
+            if self.tls_ready && !self.read_eof && !held_back {
+                progress |= self.poll_input(tls)?;
             }
             self.hand_over_requests();
             let before = self.conn.out().len();
-            match self.poll_output(cx) {
-                // The peer is gone: what we would tell it no longer matters.
-                Err(_) if self.read_eof => self.conn.out().clear(),
-                r => r?,
+            if before > 0 || !self.flushed {
+                match self.poll_output(tls) {
+                    // The peer is gone: what we would tell it no longer matters.
+                    Err(_) if self.read_eof => self.conn.out().clear(),
+                    r => r?,
+                }
             }
             if self.conn.out().len() < before && self.conn.out().len() < HIGH_WATER {
                 self.again.append(&mut self.need_output);
             }
             // Input held back for unsent answers resumes once they are out.
             progress |= held_back && self.conn.unsent_answers() < MAX_UNSENT_ANSWERS;
-            if let Some(done) = self.finished(cx) {
+            if let Some(done) = self.finished(tls) {
                 return done;
             }
             if !progress && self.again.is_empty() {
@@ -297,7 +316,10 @@ where
                     any = true;
                 }
                 Poll::Ready(Err(e)) => return Err(self.io_error(e)),
-                Poll::Pending => return Ok(any),
+                Poll::Pending => {
+                    self.tls_ready = false;
+                    return Ok(any);
+                }
             }
         }
     }

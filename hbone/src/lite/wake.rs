@@ -17,6 +17,7 @@ pub(crate) const TIMER: u32 = u32::MAX;
 pub(crate) const COMMANDS: u32 = u32::MAX - 1;
 pub(crate) const SHUTDOWN: u32 = u32::MAX - 2;
 pub(crate) const HANDSHAKE: u32 = u32::MAX - 3;
+pub(crate) const TLS: u32 = u32::MAX - 4;
 
 /// The ids that fired since the driver last looked, and the driver's task.
 #[derive(Default)]

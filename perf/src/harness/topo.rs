@@ -157,16 +157,13 @@ impl BenchTopo {
     ) -> Result<NodeProxy> {
         let wrapper = std::env::var("TRELLIS_PROXY_WRAPPER").unwrap_or_default();
         let wrapper: Vec<&str> = wrapper.split_whitespace().collect();
-        let env_args = std::env::var("TRELLIS_PROXY_ARGS").unwrap_or_default();
-        let mut args: Vec<&str> = extra.to_vec();
-        args.extend(env_args.split_whitespace());
-        self.start_proxy_with(bin, node, pod, cpu, &wrapper, &args)
+        self.start_proxy_with(bin, node, pod, cpu, &wrapper, extra)
     }
 
     /// [`start_proxy`](Self::start_proxy) with the proxy run under `wrapper`
     /// (a command and its arguments that exec the proxy, such as valgrind;
     /// empty: none) and `extra` arguments for the proxy (such as
-    /// `--max-connections N`).
+    /// `--max-connections N`), followed by those in `TRELLIS_PROXY_ARGS`.
     pub fn start_proxy_with(
         &self,
         bin: &Path,
@@ -193,7 +190,11 @@ impl BenchTopo {
             feed: self.files_feed(),
             pods: vec![(pod.name.clone(), pod.netns_path().to_path_buf())],
             bound_addrs_file: addrs_file.clone(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: extra
+                .iter()
+                .map(|s| s.to_string())
+                .chain(proxy_args_from_env())
+                .collect(),
         };
         let argv = pinned_argv(cpu, wrapper, bin, &args.argv())?;
         let full: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -506,6 +507,16 @@ impl NodeProxy {
     }
 }
 
+/// `TRELLIS_PROXY_ARGS`, split on whitespace: more flags for every node
+/// proxy a bench starts (e.g. `--hbone-engine lite`), for comparisons by hand.
+fn proxy_args_from_env() -> Vec<String> {
+    std::env::var("TRELLIS_PROXY_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,3 +552,4 @@ mod tests {
         assert!(e.to_string().contains("not UTF-8"), "{e}");
     }
 }
+
