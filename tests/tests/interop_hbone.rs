@@ -12,7 +12,7 @@
 //! `python3 -m pip install 'h2>=4.1,<5'` (`.ci/run` does it).
 //!
 //! Addresses: 127.0.9.0/24, distinct IPs per test (.1-.3, .11-.13, .21-.23,
-//! .31-.32, .41-.43) so parallel tests can use the fixed ports HBONE needs (15008)
+//! .31-.32, .41-.43, .51-.53, .61-.62) so parallel tests can use the fixed ports HBONE needs (15008)
 //! without colliding.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,7 +29,7 @@ use trellis_e2e::cluster::{http, labels_of};
 use trellis_e2e::process::OwnedChild;
 use trellis_e2e::{wait_for, TestServer};
 use trellis_node_proxy::app::{self, ProxyHandle};
-use trellis_node_proxy::settings::{OutboundForward, Settings};
+use trellis_node_proxy::settings::{HboneEngine, OutboundForward, Settings};
 
 const TRUST_DOMAIN: &str = "cluster.local";
 const NS: &str = "interop";
@@ -316,6 +316,8 @@ struct Ips {
     server: IpAddr,
     peer_node: IpAddr,
     peer_pod: IpAddr,
+    /// The proxy's HBONE engine.
+    engine: HboneEngine,
 }
 
 impl Ips {
@@ -324,6 +326,14 @@ impl Ips {
             server: ip(base),
             peer_node: ip(base + 1),
             peer_pod: ip(base + 2),
+            engine: HboneEngine::H2,
+        }
+    }
+
+    fn lite(self) -> Ips {
+        Ips {
+            engine: HboneEngine::Lite,
+            ..self
         }
     }
 
@@ -386,6 +396,7 @@ impl Inbound {
         std::fs::write(&trust, ca.root_cert_pem()).expect("write root");
         let echo = TestServer::echo(None, SocketAddr::new(ips.server, APP_PORT)).expect("echo app");
         let mut s = settings(dir.path(), "trellis-node", &format!("{NS}/server"));
+        s.hbone_engine = ips.engine;
         s.hbone_addr = Some(SocketAddr::new(ips.server, HBONE_PORT));
         let proxy = Proxy::start(s);
         Inbound {
@@ -453,7 +464,17 @@ fn str_field<'a>(report: &'a Value, key: &str) -> Option<&'a str> {
 
 #[test]
 fn openssl_h2_client_tunnels_through_the_trellis_inbound() {
-    let inbound = Inbound::start(Ips::from(1), false, ClientCert::MeshCa);
+    client_tunnels_through_the_inbound(Ips::from(1));
+}
+
+/// The same with `hbone::lite` serving the inbound.
+#[test]
+fn openssl_h2_client_tunnels_through_the_lite_inbound() {
+    client_tunnels_through_the_inbound(Ips::from(51).lite());
+}
+
+fn client_tunnels_through_the_inbound(ips: Ips) {
+    let inbound = Inbound::start(ips, false, ClientCert::MeshCa);
     let report = inbound.run_client();
     let r = brief(&report);
     assert!(report.get("error").is_none(), "client failed: {r}");
@@ -624,8 +645,17 @@ fn openssl_client_with_another_trust_root_is_refused() {
 
 #[test]
 fn trellis_outbound_tunnels_to_an_openssl_h2_server() {
+    outbound_tunnels_to_an_openssl_server(ip(31), ip(32), HboneEngine::H2);
+}
+
+/// The same with `hbone::lite` opening the tunnel.
+#[test]
+fn lite_outbound_tunnels_to_an_openssl_h2_server() {
+    outbound_tunnels_to_an_openssl_server(ip(61), ip(62), HboneEngine::Lite);
+}
+
+fn outbound_tunnels_to_an_openssl_server(client_ip: IpAddr, dest_ip: IpAddr, engine: HboneEngine) {
     require_python_h2();
-    let (client_ip, dest_ip) = (ip(31), ip(32));
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = hbone::DevCa::generate(TRUST_DOMAIN).expect("dev CA");
     ca.write_to_dir(&dir.path().join("ca")).expect("write CA");
@@ -663,6 +693,7 @@ fn trellis_outbound_tunnels_to_an_openssl_h2_server() {
 
     let target = SocketAddr::new(dest_ip, APP_PORT);
     let mut s = settings(dir.path(), "trellis-node", &format!("{NS}/client"));
+    s.hbone_engine = engine;
     s.outbound_forwards = vec![OutboundForward {
         listen: SocketAddr::new(client_ip, 0),
         target,

@@ -206,7 +206,7 @@ impl Begun {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        vec![
+        let mut notes = vec![
             format!(
                 "run: {mode}, {epoch} UTC epoch, git {}, took {:.0} s",
                 git_rev(),
@@ -215,7 +215,17 @@ impl Begun {
             machine_line(self.cpus),
             self.wake.clone(),
             format!("loadavg at start {}; at end {load_end}", self.load_start),
-        ]
+        ];
+        // Flags added to every node proxy by hand change what "Trellis" is.
+        if let Ok(args) = std::env::var("TRELLIS_PROXY_ARGS") {
+            if !args.trim().is_empty() {
+                notes.push(format!(
+                    "every Trellis node proxy ran with TRELLIS_PROXY_ARGS: `{}`",
+                    args.trim()
+                ));
+            }
+        }
+        notes
     }
 }
 

@@ -552,4 +552,3 @@ mod tests {
         assert!(e.to_string().contains("not UTF-8"), "{e}");
     }
 }
-
