@@ -23,7 +23,7 @@ use crate::source::ConfigMetrics;
 
 mod counted;
 mod labels;
-pub use counted::{Counted, CountedOwned, Side};
+pub use counted::{Counted, CountedIo, CountedOwned, GuardTally, OwnedTally, Side, Tally};
 pub use labels::{ConnectionLabels, PeerFacts, Reporter, SecurityPolicy, LABEL_NAMES, UNKNOWN};
 
 /// Why the proxy refused or failed a connection, for

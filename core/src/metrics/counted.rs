@@ -35,43 +35,126 @@ pub enum Side {
     Upstream,
 }
 
-/// A socket whose reads and writes are counted into a [`ConnectionGuard`]
-/// as they complete. Made by [`ConnectionGuard::counted`].
-pub struct Counted<'g, S> {
+/// A socket whose reads and writes are counted as they complete, into
+/// `T`: the guard itself ([`Counted`]) or counters shared with it
+/// ([`CountedOwned`]).
+pub struct CountedIo<S, T> {
     io: S,
-    open: &'g mut Open,
+    tally: T,
     side: Side,
+}
+
+/// A socket counted into a [`ConnectionGuard`] it borrows. Made by
+/// [`ConnectionGuard::counted`].
+pub type Counted<'g, S> = CountedIo<S, GuardTally<'g>>;
+
+/// Like [`Counted`], but owning its socket and not borrowing the guard, for
+/// a data path that takes the socket into another task (`hbone::lite`'s
+/// connection task). The Prometheus counters move at once, as with
+/// [`Counted`]; the access log's totals are added when the guard drops, so
+/// drop the guard only after the socket's tunnel ended. Made by
+/// [`ConnectionGuard::counted_owned`].
+pub type CountedOwned<S> = CountedIo<S, OwnedTally>;
+
+/// Where counted bytes go: `sent` back to the client, `received` from it.
+pub trait Tally {
+    fn add(&mut self, sent: u64, received: u64);
+}
+
+/// The guard's own totals and counters.
+pub struct GuardTally<'g>(&'g mut Open);
+
+impl Tally for GuardTally<'_> {
+    fn add(&mut self, sent: u64, received: u64) {
+        self.0.add_bytes(sent, received);
+    }
+}
+
+/// The guard's counters, and totals it reads when it drops.
+pub struct OwnedTally {
+    sent: IntCounter,
+    received: IntCounter,
+    totals: Arc<Totals>,
+}
+
+impl Tally for OwnedTally {
+    fn add(&mut self, sent: u64, received: u64) {
+        if sent > 0 {
+            self.sent.inc_by(sent);
+            self.totals.sent.fetch_add(sent, Ordering::Relaxed);
+        }
+        if received > 0 {
+            self.received.inc_by(received);
+            self.totals.received.fetch_add(received, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Bytes an owned wrapper counted: (sent, received), read by the guard
+/// when it drops.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Totals {
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl ConnectionGuard {
     /// Wraps one end of the connection so the bytes through it are counted
     /// as they flow. Wrap one end only, or every byte counts twice.
     pub fn counted<S>(&mut self, io: S, side: Side) -> Counted<'_, S> {
-        Counted {
+        CountedIo {
             io,
-            open: &mut self.inner,
+            tally: GuardTally(&mut self.inner),
+            side,
+        }
+    }
+
+    /// An owned [`counted`](Self::counted): see [`CountedOwned`]. Set the
+    /// response flags first; the counters are resolved here.
+    pub fn counted_owned<S>(&mut self, io: S, side: Side) -> CountedOwned<S> {
+        let open = &mut *self.inner;
+        let totals = open
+            .owned_totals
+            .get_or_insert_with(Default::default)
+            .clone();
+        CountedIo {
+            io,
+            tally: OwnedTally {
+                sent: open.close.sent.clone(),
+                received: open.close.received.clone(),
+                totals,
+            },
             side,
         }
     }
 }
 
-impl<S> Counted<'_, S> {
+impl<S, T: Tally> CountedIo<S, T> {
     fn read(&mut self, n: usize) {
         match self.side {
-            Side::Client => self.open.add_bytes(0, n as u64),
-            Side::Upstream => self.open.add_bytes(n as u64, 0),
+            Side::Client => self.tally.add(0, n as u64),
+            Side::Upstream => self.tally.add(n as u64, 0),
         }
     }
 
     fn written(&mut self, n: usize) {
         match self.side {
-            Side::Client => self.open.add_bytes(n as u64, 0),
-            Side::Upstream => self.open.add_bytes(0, n as u64),
+            Side::Client => self.tally.add(n as u64, 0),
+            Side::Upstream => self.tally.add(0, n as u64),
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for CountedIo<S, T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -88,7 +171,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for CountedIo<S, T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -117,122 +200,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-/// Bytes an owned wrapper counted: (sent, received), read by the guard
-/// when it drops.
-#[derive(Debug, Default)]
-pub(crate) struct Totals {
-    sent: AtomicU64,
-    received: AtomicU64,
-}
-
-impl Totals {
-    pub(crate) fn get(&self) -> (u64, u64) {
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.received.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// Like [`Counted`], but owning its socket and not borrowing the guard, for
-/// a data path that takes the socket into another task (`hbone::lite`'s
-/// connection task). The Prometheus counters move at once, as with
-/// [`Counted`]; the access log's totals are added when the guard drops, so
-/// drop the guard only after the socket's tunnel ended.
-pub struct CountedOwned<S> {
-    io: S,
-    sent: IntCounter,
-    received: IntCounter,
-    totals: Arc<Totals>,
-    side: Side,
-}
-
-impl ConnectionGuard {
-    /// An owned [`counted`](Self::counted): see [`CountedOwned`]. Set the
-    /// response flags first; the counters are resolved here.
-    pub fn counted_owned<S>(&mut self, io: S, side: Side) -> CountedOwned<S> {
-        let open = &mut *self.inner;
-        let totals = open
-            .owned_totals
-            .get_or_insert_with(Default::default)
-            .clone();
-        CountedOwned {
-            io,
-            sent: open.close.sent.clone(),
-            received: open.close.received.clone(),
-            totals,
-            side,
-        }
-    }
-}
-
-impl<S> CountedOwned<S> {
-    fn add(&self, sent: u64, received: u64) {
-        if sent > 0 {
-            self.sent.inc_by(sent);
-            self.totals.sent.fetch_add(sent, Ordering::Relaxed);
-        }
-        if received > 0 {
-            self.received.inc_by(received);
-            self.totals.received.fetch_add(received, Ordering::Relaxed);
-        }
-    }
-
-    fn read(&self, n: usize) {
-        match self.side {
-            Side::Client => self.add(0, n as u64),
-            Side::Upstream => self.add(n as u64, 0),
-        }
-    }
-
-    fn written(&self, n: usize) {
-        match self.side {
-            Side::Client => self.add(n as u64, 0),
-            Side::Upstream => self.add(0, n as u64),
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for CountedOwned<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            this.read(n);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for CountedOwned<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            this.written(n);
-        }
-        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -920,5 +920,18 @@ impl Conn {
     }
 }
 
+/// A field list from text pairs (tests of this module and of `head`).
+#[cfg(test)]
+pub(crate) fn fields(list: &[(&str, &str)]) -> Fields {
+    list.iter()
+        .map(|(n, v)| {
+            (
+                Bytes::copy_from_slice(n.as_bytes()),
+                Bytes::copy_from_slice(v.as_bytes()),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

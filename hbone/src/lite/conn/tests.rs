@@ -18,17 +18,6 @@ fn limits() -> Limits {
     }
 }
 
-fn fields(list: &[(&str, &str)]) -> Fields {
-    list.iter()
-        .map(|(n, v)| {
-            (
-                Bytes::copy_from_slice(n.as_bytes()),
-                Bytes::copy_from_slice(v.as_bytes()),
-            )
-        })
-        .collect()
-}
-
 /// One end of the connection, with what it was sent and what it reported.
 struct Peer {
     conn: Conn,

@@ -3,18 +3,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 
+use super::super::conn::fields;
 use super::*;
-
-fn fields(list: &[(&str, &str)]) -> Fields {
-    list.iter()
-        .map(|(n, v)| {
-            (
-                Bytes::copy_from_slice(n.as_bytes()),
-                Bytes::copy_from_slice(v.as_bytes()),
-            )
-        })
-        .collect()
-}
 
 fn owned_to_fields(owned: &OwnedFields) -> Fields {
     owned
