@@ -253,6 +253,9 @@ async fn stream_task<R: Incoming>(
         Some(&creq.extra_headers),
         "inbound",
     );
+    // Not held while the tunnel lasts (hours, for some): the request's
+    // copy and its headers.
+    drop(creq);
     if admitted.is_err() {
         req.reject(StatusCode::UNAUTHORIZED);
         return;

@@ -144,6 +144,11 @@ pub(crate) struct Driver<IO, S> {
     /// Input may be ready: the TLS waker fired since the last read that
     /// found nothing.
     tls_ready: bool,
+    /// The TLS socket took only part of the output: tunnels read no more
+    /// until it took the rest. Reading on would only queue more here, and
+    /// the room for it comes from moving the unsent bytes to the front of
+    /// the buffer: a copy of everything waiting, per read.
+    out_blocked: bool,
 }
 
 impl<IO, S> Driver<IO, S>
@@ -208,6 +213,7 @@ where
             flushed: true,
             tls_wake,
             tls_ready: true,
+            out_blocked: false,
         }
     }
 
@@ -263,7 +269,7 @@ where
                     r => r?,
                 }
             }
-            if self.conn.out().len() < before && self.conn.out().len() < HIGH_WATER {
+            if !self.out_blocked && self.conn.out().len() < HIGH_WATER {
                 self.again.append(&mut self.need_output);
             }
             // Input held back for unsent answers resumes once they are out.
@@ -470,7 +476,7 @@ where
         let Some(t) = self.tunnels.get_mut(&stream) else {
             return;
         };
-        match t.service(&mut self.conn) {
+        match t.service(&mut self.conn, !self.out_blocked) {
             Next::Idle => {}
             Next::NeedWindow => self.need_window.push(stream),
             Next::NeedOutput => self.need_output.push(stream),
@@ -630,6 +636,7 @@ where
             let out = self.conn.out();
             if out.is_empty() {
                 self.conn.output_drained();
+                self.out_blocked = false;
                 break;
             }
             match Pin::new(&mut self.io).poll_write(cx, out) {
@@ -641,7 +648,10 @@ where
                     self.flushed = false;
                 }
                 Poll::Ready(Err(e)) => return Err(self.io_error(e)),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => {
+                    self.out_blocked = true;
+                    return Ok(());
+                }
             }
         }
         if !self.flushed {

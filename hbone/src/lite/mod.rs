@@ -180,8 +180,10 @@ impl Tunnel {
     }
 
     /// Waits for the relay to end: bytes (to the peer, from the peer).
-    pub async fn finish(self) -> Result<Moved, HboneError> {
-        self.done.await.map_err(|_| HboneError::ConnectionClosed)?
+    /// The 200's headers are dropped first: a tunnel can wait for hours.
+    pub fn finish(self) -> impl Future<Output = Result<Moved, HboneError>> + Send {
+        let done = self.done;
+        async move { done.await.map_err(|_| HboneError::ConnectionClosed)? }
     }
 }
 
@@ -235,6 +237,8 @@ impl<S> Request<S> {
             done: done_tx,
         })
         .map_err(|_| HboneError::ConnectionClosed)?;
+        // Not held while the tunnel lasts: the request and its headers.
+        drop((self, cmds, headers));
         done_rx.await.map_err(|_| HboneError::ConnectionClosed)?
     }
 

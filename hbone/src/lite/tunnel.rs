@@ -142,8 +142,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Tunnel<S> {
         self.down_end |= end;
     }
 
-    /// Moves what can move now; see [`Next`].
-    pub(crate) fn service(&mut self, conn: &mut Conn) -> Next {
+    /// Moves what can move now; see [`Next`]. Without `room` (the TLS
+    /// socket is full) the socket is not read.
+    pub(crate) fn service(&mut self, conn: &mut Conn, room: bool) -> Next {
         self.wake.clear();
         if !self.active {
             return Next::Idle;
@@ -179,7 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Tunnel<S> {
                 break;
             }
             budget -= 1;
-            if conn.out().len() >= HIGH_WATER {
+            if !room || conn.out().len() >= HIGH_WATER {
                 next = Next::NeedOutput;
                 break;
             }
