@@ -444,6 +444,8 @@ async fn a_peer_that_stalls_or_dribbles_the_preface_is_cut_off() {
     let t = within(client.open(&hbone::ConnectRequest::new(backend), sock))
         .await
         .expect("open");
+    // Time passing is what is tested here, not a wait for a condition: the
+    // open tunnel must outlive the 300 ms handshake deadline untouched.
     tokio::time::sleep(Duration::from_millis(400)).await;
     app.shutdown().await.expect("shutdown");
     let mut got = Vec::new();
